@@ -1,0 +1,32 @@
+#pragma once
+// The `loco` subcommands. Each takes the arguments after its name and returns the exit code:
+// 0 success, 1 runtime failure, 2 bad usage.
+
+#include <string>
+#include <vector>
+
+#include "cli/flags.h"
+#include "p2p/base/status.h"
+
+namespace loco::cli {
+
+using Args = std::vector<std::string>;
+
+int runCoordinator(const Args& args);
+int runJoin(const Args& args);
+int runStatus(const Args& args);
+int runLocal(const Args& args);
+int runBench(const Args& args);
+
+// Shared plumbing for the commands.
+// Parses flags (printing usage on --help) and configures logging. Returns an exit code to stop
+// with, or -1 to go on.
+int parseAndSetUp(Flags& flags, const Args& args, const std::string& process_name);
+// Prints "loco: <message>" to stderr and returns 2 for kInvalidArgument, 1 otherwise.
+int reportFailure(const Status& status);
+// Writes `content` to `path` via a temporary file and rename, so readers never see half a file.
+Status writeFileAtomic(const std::string& path, const std::string& content);
+// Path of the running `loco` binary (to start children).
+std::string selfExecutable();
+
+}  // namespace loco::cli

@@ -1,0 +1,58 @@
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "cli/commands.h"
+#include "p2p/base/log.h"
+
+namespace loco::cli {
+
+int parseAndSetUp(Flags& flags, const Args& args, const std::string& process_name) {
+  Status st = flags.parse(args, processEnv());
+  if (flags.helpRequested()) {
+    std::fputs(flags.usage().c_str(), stdout);
+    return 0;
+  }
+  if (!st.isOk()) {
+    std::fprintf(stderr, "loco: %s\n", st.message().c_str());
+    return 2;
+  }
+  auto level = parseLogLevel(flags.get("log-level"));
+  if (!level) return reportFailure(level.status());
+  auto format = parseLogFormat(flags.get("log-format"));
+  if (!format) return reportFailure(format.status());
+  configureLogging(*level, *format, process_name);
+  return -1;
+}
+
+int reportFailure(const Status& status) {
+  std::fprintf(stderr, "loco: %s\n", status.message().c_str());
+  return status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+Status writeFileAtomic(const std::string& path, const std::string& content) {
+  std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << content;
+    f.flush();
+    if (!f) return Status(StatusCode::kIoError, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Status(StatusCode::kIoError, fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));
+  }
+  return Status();
+}
+
+std::string selfExecutable() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "loco";
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+}  // namespace loco::cli

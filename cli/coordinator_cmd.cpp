@@ -1,0 +1,55 @@
+#include <asio.hpp>
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "p2p/base/log.h"
+#include "p2p/coordinator.h"
+#include "p2p/net.h"
+
+namespace loco::cli {
+
+int runCoordinator(const Args& args) {
+  Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
+              {{"listen", "HOST:PORT to accept peers on (port 0: any free port)", "0.0.0.0:7000"},
+               {"heartbeat-interval", "ms between heartbeats", "500"},
+               {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
+               {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
+               {"port-file", "write the bound port to this file once listening", ""}});
+  if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
+
+  p2p::CoordinatorOptions opts;
+  auto listen = p2p::parseHostPort(flags.get("listen"), /*allow_port_zero=*/true);
+  if (!listen) return reportFailure(listen.status().withContext("--listen"));
+  opts.listen = *listen;
+  auto interval = flags.getInt("heartbeat-interval", 10, 600000);
+  auto timeout = flags.getInt("heartbeat-timeout", 20, 3600000);
+  auto handshake = flags.getInt("handshake-timeout", 10, 600000);
+  for (const auto* r : {&interval, &timeout, &handshake}) {
+    if (!*r) return reportFailure(r->status());
+  }
+  opts.heartbeat_interval = Millis(*interval);
+  opts.heartbeat_timeout = Millis(*timeout);
+  opts.handshake_timeout = Millis(*handshake);
+
+  p2p::raiseFileLimit();
+  asio::io_context io;
+  auto coord = p2p::Coordinator::start(io, opts);
+  if (!coord) return reportFailure(coord.status());
+  if (flags.isSet("port-file")) {
+    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port())); !st.isOk()) {
+      return reportFailure(st);
+    }
+  }
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const std::error_code& ec, int sig) {
+    if (ec) return;
+    LOG_INFO(kLogCoord, "signal {}: shutting down", sig);
+    (*coord)->shutdown();
+    io.stop();
+  });
+  io.run();
+  LOG_INFO(kLogCoord, "stopped");
+  return 0;
+}
+
+}  // namespace loco::cli

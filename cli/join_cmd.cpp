@@ -1,0 +1,226 @@
+#include <asio.hpp>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+#include <condition_variable>
+#include <mutex>
+
+#include "cli/commands.h"
+#include "crypto/identity.h"
+#include "p2p/base/log.h"
+#include "p2p/link.h"
+#include "p2p/membership_client.h"
+#include "p2p/net.h"
+
+namespace loco::cli {
+namespace {
+
+std::string shortId(const std::string& id) { return id.substr(0, 8); }
+
+// The address other peers should use to reach `listen_port`: the local address of the route to
+// the coordinator (a UDP connect sends no packet; it only picks the route).
+std::string defaultAdvertise(const p2p::HostPort& listen, const p2p::HostPort& coordinator, std::uint16_t port) {
+  if (listen.host != "0.0.0.0" && listen.host != "::") return p2p::HostPort{listen.host, port}.toString();
+  auto eps = p2p::resolve(coordinator);
+  if (eps) {
+    asio::io_context io;
+    asio::ip::udp::socket s(io);
+    std::error_code ec;
+    s.connect(asio::ip::udp::endpoint(eps->front().address(), eps->front().port()), ec);
+    if (!ec) {
+      auto local = s.local_endpoint(ec);
+      if (!ec) return p2p::HostPort{local.address().to_string(), port}.toString();
+    }
+  }
+  return p2p::HostPort{"127.0.0.1", port}.toString();
+}
+
+std::string describeView(const p2p::GroupView& v) {
+  std::string members;
+  for (const auto& p : v.peers) {
+    if (!members.empty()) members += " ";
+    members += shortId(p.id) + (p.state == p2p::PeerState::kPending ? "(pending)" : "");
+  }
+  return fmt::format("epoch={} world={} pending={} [{}]", v.epoch, v.world(), v.pending(), members);
+}
+
+// Wakes the main loop's sleeps when a signal arrives.
+struct StopFlag {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  int signal = 0;
+  void set(int sig) {
+    std::lock_guard lock(mu);
+    stop = true;
+    signal = sig;
+    cv.notify_all();
+  }
+  bool sleepFor(Millis d) {  // false when stopped
+    std::unique_lock lock(mu);
+    return !cv.wait_for(lock, d, [&] { return stop; });
+  }
+  bool stopped() {
+    std::lock_guard lock(mu);
+    return stop;
+  }
+};
+
+}  // namespace
+
+int runJoin(const Args& args) {
+  Flags flags("join", "join a training run as a peer",
+              {{"coordinator", "HOST:PORT of the run's coordinator", ""},
+               {"idle", "membership only: no training, a sync point every heartbeat", "", true},
+               {"listen", "HOST:PORT for other peers' link streams (port 0: any)", "0.0.0.0:0"},
+               {"advertise", "HOST:PORT other peers should connect to (default: derived)", ""},
+               {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
+               {"streams", "parallel TCP streams per peer link", "4"},
+               {"connect-timeout", "ms to keep trying to reach the coordinator before failing", "10000"}});
+  if (int rc = parseAndSetUp(flags, args, "peer"); rc >= 0) return rc;
+
+  if (!flags.isSet("coordinator")) {
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
+  }
+  if (!flags.getBool("idle")) {
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                "training is not available yet; run `loco join --idle` for a membership-only peer"));
+  }
+  auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
+  if (!coordinator) return reportFailure(coordinator.status().withContext("--coordinator"));
+  auto listen = p2p::parseHostPort(flags.get("listen"), true);
+  if (!listen) return reportFailure(listen.status().withContext("--listen"));
+  auto streams = flags.getInt("streams", 1, 64);
+  if (!streams) return reportFailure(streams.status());
+  auto connect_timeout = flags.getInt("connect-timeout", 100, 3600000);
+  if (!connect_timeout) return reportFailure(connect_timeout.status());
+  if (flags.isSet("advertise")) {
+    auto adv = p2p::parseHostPort(flags.get("advertise"));
+    if (!adv) return reportFailure(adv.status().withContext("--advertise"));
+  }
+
+  crypto::PeerIdentity identity;
+  if (flags.isSet("identity")) {
+    auto loaded = crypto::loadOrCreateIdentity(flags.get("identity"));
+    if (!loaded) return reportFailure(loaded.status());
+    identity = *loaded;
+  } else {
+    identity = crypto::ephemeralIdentity();
+  }
+  auto level = parseLogLevel(flags.get("log-level"));
+  auto format = parseLogFormat(flags.get("log-format"));
+  configureLogging(*level, *format, "peer " + shortId(identity.id));
+
+  p2p::raiseFileLimit();
+  p2p::NetworkThread net;
+  StopFlag stop;
+
+  // Link streams from other peers are accepted here; the collectives put them to work.
+  p2p::LinkOptions link_opts;
+  link_opts.streams = static_cast<std::uint32_t>(*streams);
+  std::vector<std::shared_ptr<p2p::Link>> links;
+  std::unique_ptr<p2p::LinkListener> listener;
+  std::unique_ptr<asio::signal_set> signals;
+  Status setup;
+  {
+    std::promise<void> ready;
+    net.post([&] {
+      auto l = p2p::LinkListener::start(net.context(), *listen, link_opts,
+                                        [&links](std::shared_ptr<p2p::Link> link, const std::string& from) {
+                                          LOG_INFO(kLogPeer, "link from peer {} ({} streams)", shortId(from),
+                                                   link->streamCount());
+                                          links.push_back(std::move(link));
+                                        });
+      if (l) {
+        listener = std::move(l.value());
+      } else {
+        setup = l.status();
+      }
+      signals = std::make_unique<asio::signal_set>(net.context(), SIGINT, SIGTERM);
+      signals->async_wait([&stop](const std::error_code& ec, int sig) {
+        if (!ec) stop.set(sig);
+      });
+      ready.set_value();
+    });
+    ready.get_future().wait();
+  }
+  if (!setup.isOk()) return reportFailure(setup);
+
+  std::string advertise = flags.isSet("advertise") ? flags.get("advertise")
+                                                   : defaultAdvertise(*listen, *coordinator, listener->port());
+  p2p::MembershipClient client(net, {*coordinator, identity.id, advertise, static_cast<std::uint32_t>(*streams)});
+  client.setViewCallback([](const p2p::GroupView& v) { LOG_INFO(kLogPeer, "membership {}", describeView(v)); });
+
+  auto cleanup = [&] {
+    std::promise<void> done;
+    net.post([&] {
+      if (signals) signals->cancel();
+      if (listener) listener->close();
+      links.clear();
+      done.set_value();
+    });
+    done.get_future().wait();
+  };
+
+  // Abort blocking membership calls when a signal arrives (checked by a watcher thread so that
+  // the signal handler itself stays trivial).
+  std::thread watcher([&] {
+    std::unique_lock lock(stop.mu);
+    stop.cv.wait(lock, [&] { return stop.stop; });
+    client.abort();
+  });
+  auto finish = [&](int code) {
+    stop.set(0);
+    watcher.join();
+    cleanup();
+    return code;
+  };
+
+  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", coordinator->toString(), advertise, *streams);
+  Status joined = client.join(Deadline::after(Millis(*connect_timeout)));
+  if (!joined.isOk()) {
+    if (joined.code() == StatusCode::kAborted) return finish(0);
+    return finish(reportFailure(joined));
+  }
+  LOG_INFO(kLogPeer, "registered as pending; waiting for admission at the next sync point");
+
+  const Millis interval = client.heartbeatInterval();
+  const Millis timeout = client.heartbeatTimeout();
+  while (!stop.stopped()) {
+    Status st;
+    if (client.state() == p2p::MembershipClient::State::kPending) {
+      st = client.waitForMembership(Deadline::after(interval));
+      if (st.code() == StatusCode::kTimeout) continue;
+      if (st.isOk()) LOG_INFO(kLogPeer, "admitted at epoch {}", client.epoch());
+    } else {
+      // --idle: a sync point every heartbeat; pending peers are admitted at these.
+      auto synced = client.syncPoint(Deadline::after(2 * timeout));
+      st = synced.status();
+      if (synced.isOk() || (st.code() == StatusCode::kTimeout &&
+                             client.state() == p2p::MembershipClient::State::kMember)) {
+        st = Status();
+        if (!stop.sleepFor(interval)) break;
+      }
+    }
+    if (st.isOk()) continue;
+    if (st.code() == StatusCode::kAborted) break;
+    if (st.code() == StatusCode::kEvicted) {
+      LOG_WARN(kLogPeer, "{}; rejoining as pending", st.message());
+    } else {
+      LOG_ERROR(kLogPeer, "{}; trying to rejoin for {} ms", st.message(), *connect_timeout);
+    }
+    Status rejoined = client.join(Deadline::after(Millis(*connect_timeout)));
+    if (rejoined.code() == StatusCode::kAborted) break;
+    if (!rejoined.isOk()) return finish(reportFailure(rejoined));
+    LOG_INFO(kLogPeer, "re-registered as pending");
+  }
+
+  LOG_INFO(kLogPeer, "leaving the group (signal {})", stop.signal);
+  Status left = client.leave(Deadline::after(Millis(1000)));
+  if (!left.isOk()) LOG_WARN(kLogPeer, "leave: {}", left.message());
+  return finish(0);
+}
+
+}  // namespace loco::cli

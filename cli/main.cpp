@@ -1,0 +1,50 @@
+// `loco`: the one binary for coordinators, peers, local swarms, status and benchmarks.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "collectives/accelerator.h"
+
+namespace {
+void printUsage(FILE* out) {
+  std::fputs(
+      "usage: loco COMMAND [flags]   (every flag also as LOCO_<FLAG>; `loco COMMAND --help` lists them)\n"
+      "\n"
+      "  coordinator  run the membership coordinator of a training run\n"
+      "  join         join a run as a peer (--idle: membership only)\n"
+      "  status       show a run's membership (--json for machines)\n"
+      "  local        start a coordinator and N peers on this machine and watch them\n"
+      "  bench        benchmarks: `loco bench link`\n"
+      "  version      print the version and the accelerator in use\n",
+      out);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    printUsage(stderr);
+    return 2;
+  }
+  std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  using namespace loco::cli;
+  if (cmd == "coordinator") return runCoordinator(args);
+  if (cmd == "join") return runJoin(args);
+  if (cmd == "status") return runStatus(args);
+  if (cmd == "local") return runLocal(args);
+  if (cmd == "bench") return runBench(args);
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("loco %s\naccelerator: %s\n", LOCO_VERSION,
+                loco::collectives::accelerator().description.c_str());
+    return 0;
+  }
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    printUsage(stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "loco: unknown command '%s'\n\n", cmd.c_str());
+  printUsage(stderr);
+  return 2;
+}

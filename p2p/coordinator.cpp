@@ -1,0 +1,292 @@
+#include "p2p/coordinator.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "crypto/identity.h"
+#include "p2p/base/log.h"
+#include "p2p/base/metrics.h"
+#include "p2p/net.h"
+
+namespace loco::p2p {
+namespace {
+std::string shortId(const std::string& id) { return id.substr(0, 8); }
+constexpr std::uint32_t kMaxStreams = 64;
+}  // namespace
+
+Result<std::unique_ptr<Coordinator>> Coordinator::start(asio::io_context& io, CoordinatorOptions options) {
+  if (options.heartbeat_interval.count() <= 0 || options.heartbeat_timeout.count() <= 0) {
+    return Status(StatusCode::kInvalidArgument, "heartbeat interval and timeout must be positive");
+  }
+  if (options.heartbeat_timeout < 2 * options.heartbeat_interval) {
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("--heartbeat-timeout ({} ms) must be at least twice --heartbeat-interval "
+                              "({} ms), or healthy peers would be evicted",
+                              options.heartbeat_timeout.count(), options.heartbeat_interval.count()));
+  }
+  std::unique_ptr<Coordinator> c(new Coordinator(io, options));
+  auto acceptor = listenOn(io, options.listen);
+  if (!acceptor) return acceptor.status().withContext("coordinator");
+  c->acceptor_ = std::move(acceptor.value());
+  c->port_ = c->acceptor_->local_endpoint().port();
+  c->accept();
+  c->tick();
+  LOG_INFO(kLogCoord, "listening on {}:{} (heartbeat interval {} ms, timeout {} ms)",
+           options.listen.host, c->port_, options.heartbeat_interval.count(),
+           options.heartbeat_timeout.count());
+  return c;
+}
+
+Coordinator::Coordinator(asio::io_context& io, CoordinatorOptions options)
+    : io_(io), options_(std::move(options)), tick_timer_(io), membership_(options_.heartbeat_timeout) {}
+
+Coordinator::~Coordinator() { shutdown(); }
+
+void Coordinator::shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  std::error_code ignored;
+  if (acceptor_) acceptor_->close(ignored);
+  tick_timer_.cancel();
+  auto peers = std::move(peers_);
+  peers_.clear();
+  for (auto& [id, conn] : peers) {
+    conn->setCloseHandler(nullptr);
+    conn->close(Status(StatusCode::kAborted, "coordinator shutting down"));
+  }
+  auto hs = std::move(handshaking_);
+  handshaking_.clear();
+  for (auto& conn : hs) {
+    conn->setCloseHandler(nullptr);
+    conn->close(Status(StatusCode::kAborted, "coordinator shutting down"));
+  }
+}
+
+void Coordinator::accept() {
+  acceptor_->async_accept([this](const std::error_code& ec, asio::ip::tcp::socket socket) {
+    if (shut_down_) return;
+    if (!ec) {
+      onAccepted(std::move(socket));
+    } else if (ec != asio::error::operation_aborted) {
+      // EMFILE and friends: count, log, and keep accepting (after a breath so we do not spin).
+      counter("coord.accept_errors").inc();
+      LOG_WARN(kLogCoord, "accept failed: {}", ec.message());
+      auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
+      t->async_wait([this, t](const std::error_code&) {
+        if (!shut_down_) accept();
+      });
+      return;
+    }
+    accept();
+  });
+}
+
+void Coordinator::onAccepted(asio::ip::tcp::socket socket) {
+  counter("coord.connections_accepted").inc();
+  tuneSocket(socket, options_.heartbeat_timeout);
+  if (handshaking_.size() >= options_.max_handshaking) {
+    // Under a flood, drop the oldest unidentified connection: a legitimate client that
+    // handshakes promptly still gets in.
+    counter("coord.handshaking_dropped").inc();
+    auto oldest = handshaking_.front();
+    handshaking_.erase(handshaking_.begin());
+    oldest->setCloseHandler(nullptr);
+    oldest->close(Status(StatusCode::kResourceExhausted, "too many connections without a handshake"));
+  }
+  Connection::Options copts;
+  copts.name = "incoming connection";
+  copts.first_frame_timeout = options_.handshake_timeout;
+  copts.max_queued_bytes = 16u << 20;
+  auto conn = Connection::create(io_, std::make_unique<TcpStream>(std::move(socket)), copts);
+  std::weak_ptr<Connection> weak = conn;
+  conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
+    if (auto c = weak.lock()) onHandshakeFrame(c, h, std::move(payload));
+  });
+  conn->setCloseHandler([this, raw = conn.get()](const Status& why) {
+    if (why.code() == StatusCode::kProtocolError || why.code() == StatusCode::kTimeout) {
+      counter("coord.connections_rejected").inc();
+      LOG_WARN(kLogCoord, "closed connection: {}", why.message());
+    }
+    dropHandshaking(raw);
+  });
+  handshaking_.push_back(conn);
+  conn->start();
+}
+
+void Coordinator::dropHandshaking(const Connection* conn) {
+  handshaking_.erase(std::remove_if(handshaking_.begin(), handshaking_.end(),
+                                    [&](const auto& c) { return c.get() == conn; }),
+                     handshaking_.end());
+}
+
+void Coordinator::refuse(const std::shared_ptr<Connection>& conn, StatusCode code, const std::string& reason) {
+  counter("coord.joins_refused").inc();
+  LOG_WARN(kLogCoord, "refused {}: {}", conn->remoteAddress(), reason);
+  conn->send(MsgType::kRefused, encodeRefused(RefusedMsg{code, reason}));
+  conn->closeAfterFlush(Status(code, reason));
+}
+
+void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, const FrameHeader& h,
+                                   std::vector<std::uint8_t> payload) {
+  switch (h.type) {
+    case MsgType::kStatusRequest:
+      sendStatus(*conn);
+      conn->closeAfterFlush(Status());
+      return;
+    case MsgType::kHello:
+      return onHello(conn, payload);
+    default:
+      counter("coord.bad_handshake").inc();
+      conn->close(Status(StatusCode::kProtocolError,
+                         fmt::format("{} sent {} before Hello", conn->remoteAddress(), msgTypeName(h.type))));
+  }
+}
+
+void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload) {
+  auto hello = decodeHello(payload);
+  if (!hello) return refuse(conn, StatusCode::kProtocolError, hello.status().message());
+  if (!crypto::isValidPeerId(hello->peer_id)) {
+    return refuse(conn, StatusCode::kInvalidArgument, "peer id must be 32 lowercase hex digits");
+  }
+  auto adv = parseHostPort(hello->advertise);
+  if (!adv) return refuse(conn, StatusCode::kInvalidArgument, "advertised " + adv.status().message());
+  if (hello->streams == 0 || hello->streams > kMaxStreams) {
+    return refuse(conn, StatusCode::kInvalidArgument,
+                  fmt::format("--streams must be between 1 and {}, got {}", kMaxStreams, hello->streams));
+  }
+  if (peers_.size() >= options_.max_peers) {
+    return refuse(conn, StatusCode::kResourceExhausted,
+                  fmt::format("the group is full ({} peers)", options_.max_peers));
+  }
+  const std::string id = hello->peer_id;
+  auto fx = membership_.join(id, hello->advertise, hello->streams, Clock::now());
+  if (!fx) return refuse(conn, fx.status().code(), fx.status().message());
+
+  dropHandshaking(conn.get());
+  peers_[id] = conn;
+  conn->setName(fmt::format("peer {}", shortId(id)));
+  conn->setFrameHandler([this, id](const FrameHeader& h, std::vector<std::uint8_t> p) {
+    onPeerFrame(id, h, std::move(p));
+  });
+  conn->setCloseHandler([this, id, raw = conn.get()](const Status& why) { onPeerClosed(id, raw, why); });
+  // We heartbeat the peer so it can tell a dead coordinator; its silence is judged by
+  // Membership::tick, not by the connection.
+  conn->setLiveness(options_.heartbeat_interval, Millis(0));
+  conn->send(MsgType::kWelcome,
+             encodeWelcome(WelcomeMsg{static_cast<std::uint32_t>(options_.heartbeat_interval.count()),
+                                      static_cast<std::uint32_t>(options_.heartbeat_timeout.count()),
+                                      membership_.epoch()}));
+  LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})", shortId(id),
+           conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
+  apply(std::move(fx.value()));
+}
+
+void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::vector<std::uint8_t>) {
+  auto now = Clock::now();
+  membership_.heartbeat(id, now);  // any frame proves the peer is alive
+  switch (h.type) {
+    case MsgType::kHeartbeat:
+      return;
+    case MsgType::kSyncRequest:
+      return apply(membership_.syncRequest(id, now));
+    case MsgType::kLeave: {
+      auto it = peers_.find(id);
+      if (it != peers_.end()) {
+        auto conn = it->second;
+        peers_.erase(it);
+        conn->setCloseHandler(nullptr);
+        conn->send(MsgType::kLeaveAck);
+        conn->closeAfterFlush(Status());
+      }
+      return apply(membership_.leave(id));
+    }
+    case MsgType::kStatusRequest: {
+      auto it = peers_.find(id);
+      if (it != peers_.end()) sendStatus(*it->second);
+      return;
+    }
+    default: {
+      counter("coord.unexpected_frames").inc();
+      auto it = peers_.find(id);
+      if (it != peers_.end()) {
+        it->second->close(Status(StatusCode::kProtocolError,
+                                 fmt::format("peer {} sent unexpected {}", shortId(id), msgTypeName(h.type))));
+      }
+    }
+  }
+}
+
+void Coordinator::onPeerClosed(const std::string& id, const Connection* conn, const Status& why) {
+  auto it = peers_.find(id);
+  if (it == peers_.end() || it->second.get() != conn) return;
+  peers_.erase(it);
+  apply(membership_.evict(id, fmt::format("connection lost ({})", why.message())));
+}
+
+void Coordinator::sendStatus(Connection& conn) {
+  GroupView v = membership_.view(Clock::now());
+  v.counters = counterSnapshot();
+  conn.send(MsgType::kStatusReply, encodeGroupView(v), membership_.epoch());
+}
+
+void Coordinator::apply(MembershipEffects fx) {
+  const auto epoch = membership_.epoch();
+  const auto world = membership_.ring().size();
+  for (const MembershipEvent& e : fx.events) {
+    switch (e.kind) {
+      case MembershipEvent::Kind::kPending:
+        LOG_INFO(kLogCoord, "peer {} pending epoch={} world={}", shortId(e.peer), e.epoch, world);
+        break;
+      case MembershipEvent::Kind::kAdmitted:
+        counter("coord.peers_admitted").inc();
+        LOG_INFO(kLogCoord, "peer {} admitted epoch={} world={}", shortId(e.peer), e.epoch, world);
+        break;
+      case MembershipEvent::Kind::kLeft:
+        counter("coord.peers_left").inc();
+        LOG_INFO(kLogCoord, "peer {} left epoch={} world={}", shortId(e.peer), e.epoch, world);
+        break;
+      case MembershipEvent::Kind::kEvicted: {
+        counter("coord.peers_evicted").inc();
+        LOG_WARN(kLogCoord, "peer {} evicted epoch={} world={}: {}", shortId(e.peer), e.epoch, world, e.reason);
+        auto it = peers_.find(e.peer);
+        if (it != peers_.end()) {
+          // Tell it, so that a peer that was only frozen learns it must rejoin.
+          auto conn = it->second;
+          peers_.erase(it);
+          conn->setCloseHandler(nullptr);
+          conn->send(MsgType::kEvicted, encodeEvicted(EvictedMsg{e.reason}), e.epoch);
+          conn->closeAfterFlush(Status(StatusCode::kEvicted, e.reason));
+        }
+        break;
+      }
+    }
+  }
+  if (fx.view_changed) {
+    auto payload = encodeGroupView(membership_.view(Clock::now()));
+    for (auto& [id, conn] : peers_) conn->send(MsgType::kMembership, payload, epoch);
+  }
+  if (fx.sync_done) {
+    for (const std::string& id : membership_.ring()) {
+      auto it = peers_.find(id);
+      if (it != peers_.end()) it->second->send(MsgType::kSyncDone, {}, epoch);
+    }
+  }
+}
+
+void Coordinator::tick() {
+  if (shut_down_) return;
+  auto fx = membership_.tick(Clock::now());
+  if (membership_.lastTickWasStall()) {
+    LOG_WARN(kLogCoord, "the coordinator was stalled; restarting every peer's heartbeat clock");
+  }
+  apply(std::move(fx));
+  // Tick well inside half the timeout so Membership can tell our own stalls from silent peers.
+  Millis period = std::min(Millis(100), options_.heartbeat_timeout / 8);
+  tick_timer_.expires_after(std::max(period, Millis(5)));
+  tick_timer_.async_wait([this](const std::error_code& ec) {
+    if (!ec) tick();
+  });
+}
+
+}  // namespace loco::p2p

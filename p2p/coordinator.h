@@ -1,0 +1,73 @@
+#pragma once
+// The coordinator: tracks membership and phase state, never carries tensor data (the role of
+// PCCL's master). Single-threaded and event-driven on one io_context: every input is a frame or a
+// timer, every outcome is broadcast exactly once. The rules live in Membership (membership.h);
+// this class does the I/O.
+//
+// Bad input (garbage, absurd lengths, unknown types, a handshake that never completes, floods)
+// closes only the offending connection, with a logged reason and a counter.
+
+#include <asio.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "p2p/address.h"
+#include "p2p/base/clock.h"
+#include "p2p/base/status.h"
+#include "p2p/connection.h"
+#include "p2p/membership.h"
+
+namespace loco::p2p {
+
+struct CoordinatorOptions {
+  HostPort listen{"0.0.0.0", 0};
+  Millis heartbeat_interval{500};
+  Millis heartbeat_timeout{3000};
+  Millis handshake_timeout{2000};     // a connection must send Hello/StatusRequest within this
+  std::size_t max_handshaking = 256;  // beyond this the oldest unidentified connection is dropped
+  std::size_t max_peers = 4096;
+};
+
+class Coordinator {
+ public:
+  // Binds and starts accepting on `io` (which the caller runs). Errors: kInvalidArgument for bad
+  // options, kUnavailable when the address cannot be bound.
+  static Result<std::unique_ptr<Coordinator>> start(asio::io_context& io, CoordinatorOptions options);
+  ~Coordinator();
+
+  std::uint16_t port() const { return port_; }
+  // Closes every connection and stops accepting. Call on the io thread.
+  void shutdown();
+
+ private:
+  Coordinator(asio::io_context& io, CoordinatorOptions options);
+  void accept();
+  void onAccepted(asio::ip::tcp::socket socket);
+  void onHandshakeFrame(const std::shared_ptr<Connection>& conn, const FrameHeader& h,
+                        std::vector<std::uint8_t> payload);
+  void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload);
+  void onPeerFrame(const std::string& id, const FrameHeader& h, std::vector<std::uint8_t> payload);
+  void onPeerClosed(const std::string& id, const Connection* conn, const Status& why);
+  void refuse(const std::shared_ptr<Connection>& conn, StatusCode code, const std::string& reason);
+  void sendStatus(Connection& conn);
+  void apply(MembershipEffects fx);
+  void tick();
+  void dropHandshaking(const Connection* conn);
+
+  asio::io_context& io_;
+  CoordinatorOptions options_;
+  std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
+  asio::steady_timer tick_timer_;
+  std::uint16_t port_ = 0;
+  bool shut_down_ = false;
+
+  Membership membership_;
+  std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
+  std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
+};
+
+}  // namespace loco::p2p

@@ -1,0 +1,92 @@
+#pragma once
+// The wire framing (DESIGN.md §3). Every message on every loco TCP stream is one frame:
+//
+//   offset size field
+//        0    4 magic    "LOCO" (0x4F434F4C little-endian)
+//        4    1 version  kWireVersion
+//        5    1 type     MsgType
+//        6    2 flags    per-type; unknown bits are rejected
+//        8    4 length   payload bytes that follow the header
+//       12    4 chunk    chunk index (Data frames)
+//       16    8 epoch    membership epoch the sender was in
+//       24    8 op_id    operation id / transfer tag
+//
+// All integers little-endian. The length is checked against the type's maximum before anything is
+// allocated. Parsing is a pure function over bytes: no sockets, no allocation, fuzzable.
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "p2p/base/bytes.h"
+#include "p2p/base/status.h"
+
+namespace loco::p2p {
+
+inline constexpr std::uint32_t kFrameMagic = 0x4F434F4C;  // bytes 'L','O','C','O'
+inline constexpr std::uint8_t kWireVersion = 1;
+inline constexpr std::size_t kFrameHeaderSize = 32;
+
+enum class MsgType : std::uint8_t {
+  kHello = 1,          // peer -> coordinator: register (HelloMsg)
+  kWelcome = 2,        // coordinator -> peer: registered (WelcomeMsg)
+  kRefused = 3,        // coordinator -> peer: registration refused (RefusedMsg), then close
+  kHeartbeat = 4,      // either way, empty
+  kSyncRequest = 5,    // peer -> coordinator: reached a sync point in `epoch`
+  kSyncDone = 6,       // coordinator -> peers: all members synced; continue in `epoch`
+  kMembership = 7,     // coordinator -> peers: the group's view (MembershipMsg)
+  kLeave = 8,          // peer -> coordinator: graceful leave
+  kLeaveAck = 9,       // coordinator -> peer
+  kEvicted = 10,       // coordinator -> peer: you were removed (EvictedMsg), then close
+  kStatusRequest = 11, // client -> coordinator
+  kStatusReply = 12,   // coordinator -> client (StatusMsg)
+  kLinkHello = 13,     // peer -> peer: open one stream of a link (LinkHelloMsg)
+  kLinkAccept = 14,    // peer -> peer: stream accepted
+  kData = 15,          // bulk bytes: op_id = transfer tag, chunk = chunk index
+};
+
+std::string_view msgTypeName(MsgType t);
+
+struct FrameHeader {
+  MsgType type = MsgType::kHeartbeat;
+  std::uint16_t flags = 0;
+  std::uint32_t length = 0;
+  std::uint32_t chunk = 0;
+  std::uint64_t epoch = 0;
+  std::uint64_t op_id = 0;
+};
+
+// Largest payload accepted for each type; 0 for types without payload.
+std::uint32_t maxPayload(MsgType t);
+inline constexpr std::uint32_t kMaxDataChunk = 16u << 20;
+
+// Why a header was rejected; each reason has its own metric ("p2p.frames_rejected.<name>").
+enum class FrameError { kNone, kBadMagic, kBadVersion, kUnknownType, kBadFlags, kTooLong };
+std::string_view frameErrorName(FrameError e);
+
+struct HeaderParse {
+  FrameError error = FrameError::kNone;
+  FrameHeader header;
+  bool ok() const { return error == FrameError::kNone; }
+};
+
+// Validates one header. Use decodeFrame for input that may be partial.
+HeaderParse parseFrameHeader(std::span<const std::uint8_t, kFrameHeaderSize> bytes);
+
+std::array<std::uint8_t, kFrameHeaderSize> encodeFrameHeader(const FrameHeader& h);
+
+// Decodes the first frame in `in`, which may hold a partial frame, several frames or garbage.
+struct FrameDecode {
+  enum class Kind { kFrame, kNeedMore, kError } kind = Kind::kNeedMore;
+  FrameError error = FrameError::kNone;
+  FrameHeader header;
+  ByteSpan payload;
+  std::size_t consumed = 0;  // bytes of `in` this frame used (header + payload)
+};
+FrameDecode decodeFrame(ByteSpan in);
+
+// Header + payload in one buffer, ready to write (tests and small control messages).
+std::vector<std::uint8_t> encodeFrame(FrameHeader h, ByteSpan payload);
+
+}  // namespace loco::p2p

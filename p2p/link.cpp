@@ -1,0 +1,383 @@
+#include "p2p/link.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "crypto/identity.h"
+#include "p2p/base/log.h"
+#include "p2p/base/metrics.h"
+#include "p2p/messages.h"
+#include "p2p/net.h"
+
+namespace loco::p2p {
+namespace {
+constexpr std::uint32_t kMaxLinkStreams = 64;
+}
+
+Link::Link(std::string name, std::vector<std::shared_ptr<Connection>> streams, LinkOptions options)
+    : name_(std::move(name)), streams_(std::move(streams)), state_(streams_.size()), options_(options) {}
+
+Link::~Link() {
+  for (auto& s : streams_) {
+    s->setCloseHandler(nullptr);
+    s->close(Status(StatusCode::kAborted, "link destroyed"));
+  }
+}
+
+void Link::start() {
+  for (std::size_t i = 0; i < streams_.size(); ++i) wire(i);
+}
+
+void Link::wire(std::size_t index) {
+  auto& conn = streams_[index];
+  std::weak_ptr<Link> weak = weak_from_this();
+  conn->setDataHandlers(
+      [weak, index](const FrameHeader& h) {
+        if (auto self = weak.lock()) return self->target(index, h);
+        return Connection::DataTarget{Connection::DataTarget::Kind::kReject, {},
+                                      Status(StatusCode::kAborted, "link gone")};
+      },
+      [weak, index](const FrameHeader& h) {
+        if (auto self = weak.lock()) self->dataDone(index, h);
+      });
+  conn->setFrameHandler([](const FrameHeader&, std::vector<std::uint8_t>) {});  // heartbeats
+  conn->setCloseHandler([weak](const Status& why) {
+    if (auto self = weak.lock()) self->close(why);
+  });
+}
+
+std::uint32_t Link::chunkCount(std::size_t bytes) const {
+  return static_cast<std::uint32_t>((bytes + options_.chunk_bytes - 1) / options_.chunk_bytes);
+}
+
+std::size_t Link::chunkLength(std::size_t total, std::uint32_t chunk) const {
+  std::size_t begin = static_cast<std::size_t>(chunk) * options_.chunk_bytes;
+  return std::min<std::size_t>(options_.chunk_bytes, total - begin);
+}
+
+void Link::send(std::uint64_t tag, ByteSpan data, Done done) {
+  if (closed_) return done(close_reason_);
+  auto op = std::make_shared<SendOp>();
+  op->tag = tag;
+  op->data = data;
+  op->done = std::move(done);
+  op->chunks = chunkCount(data.size());
+  if (op->chunks == 0) return op->done(Status());
+  sends_.push_back(std::move(op));
+  pump();
+}
+
+void Link::pump() {
+  bool progress = true;
+  while (progress && !closed_) {
+    progress = false;
+    for (std::size_t i = 0; i < streams_.size() && !sends_.empty(); ++i) {
+      if (state_[i].queued >= options_.queued_chunks_per_stream) continue;
+      auto it = std::find_if(sends_.begin(), sends_.end(),
+                             [](const auto& op) { return op->next < op->chunks; });
+      if (it == sends_.end()) return;
+      std::shared_ptr<SendOp> op = *it;
+      std::uint32_t chunk = op->next++;
+      std::size_t offset = static_cast<std::size_t>(chunk) * options_.chunk_bytes;
+      FrameHeader h{MsgType::kData, 0, 0, chunk, 0, op->tag};
+      ++state_[i].queued;
+      progress = true;
+      std::weak_ptr<Link> weak = weak_from_this();
+      streams_[i]->sendRef(h, op->data.subspan(offset, chunkLength(op->data.size(), chunk)),
+                           [weak, op, i](const Status& st) {
+                             auto self = weak.lock();
+                             if (!self) return;
+                             --self->state_[i].queued;
+                             if (!st.isOk() && op->error.isOk()) op->error = st;
+                             if (++op->written == op->chunks) {
+                               self->sends_.erase(std::remove(self->sends_.begin(), self->sends_.end(), op),
+                                                  self->sends_.end());
+                               op->done(op->error);
+                             }
+                             self->pump();
+                           });
+    }
+  }
+}
+
+Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len) {
+  if (chunk >= op.chunks || len != chunkLength(op.dst.size(), chunk) || op.seen[chunk]) {
+    return Status(StatusCode::kProtocolError,
+                  fmt::format("{}: chunk {} ({} bytes) of transfer {} does not fit the {}-byte receive "
+                              "buffer or arrived twice",
+                              name_, chunk, len, tag, op.dst.size()));
+  }
+  op.seen[chunk] = true;
+  return Status();
+}
+
+Connection::DataTarget Link::target(std::size_t index, const FrameHeader& h) {
+  using Kind = Connection::DataTarget::Kind;
+  auto& st = state_[index];
+  auto it = recvs_.find(h.op_id);
+  if (it != recvs_.end()) {
+    Status ok = acceptChunk(it->second, h.op_id, h.chunk, h.length);
+    if (!ok.isOk()) return {Kind::kReject, {}, ok};
+    st.staging = false;
+    std::size_t offset = static_cast<std::size_t>(h.chunk) * options_.chunk_bytes;
+    return {Kind::kReady, it->second.dst.subspan(offset, h.length), {}};
+  }
+  if (staged_bytes_ + h.length > options_.max_staged_bytes) {
+    st.parked = true;
+    counter("p2p.link_streams_parked").inc();
+    return {Kind::kPark, {}, {}};
+  }
+  st.staging = true;
+  st.stage_buf.assign(h.length, 0);
+  staged_bytes_ += h.length;
+  return {Kind::kReady, MutableByteSpan(st.stage_buf), {}};
+}
+
+void Link::dataDone(std::size_t index, const FrameHeader& h) {
+  auto& st = state_[index];
+  if (st.staging) {
+    st.staging = false;
+    staged_[h.op_id].push_back(Staged{h.chunk, std::move(st.stage_buf)});
+    st.stage_buf.clear();
+    return;
+  }
+  auto it = recvs_.find(h.op_id);
+  if (it != recvs_.end() && ++it->second.received == it->second.chunks) finishRecv(h.op_id);
+}
+
+void Link::finishRecv(std::uint64_t tag) {
+  auto it = recvs_.find(tag);
+  Done done = std::move(it->second.done);
+  recvs_.erase(it);
+  done(Status());
+}
+
+void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
+  if (closed_) return done(close_reason_);
+  if (recvs_.count(tag) != 0) {
+    return done(Status(StatusCode::kInvalidArgument, fmt::format("{}: transfer {} is already being received", name_, tag)));
+  }
+  RecvOp op;
+  op.dst = dst;
+  op.done = std::move(done);
+  op.chunks = chunkCount(dst.size());
+  op.seen.assign(op.chunks, false);
+  if (op.chunks == 0) return op.done(Status());
+  auto& ref = recvs_.emplace(tag, std::move(op)).first->second;
+  // Chunks that arrived early.
+  if (auto sit = staged_.find(tag); sit != staged_.end()) {
+    auto chunks = std::move(sit->second);
+    staged_.erase(sit);
+    for (Staged& s : chunks) {
+      staged_bytes_ -= s.bytes.size();
+      Status ok = acceptChunk(ref, tag, s.chunk, s.bytes.size());
+      if (!ok.isOk()) return close(ok);
+      std::memcpy(ref.dst.data() + static_cast<std::size_t>(s.chunk) * options_.chunk_bytes, s.bytes.data(),
+                  s.bytes.size());
+      ++ref.received;
+    }
+    if (ref.received == ref.chunks) return finishRecv(tag);
+  }
+  for (std::size_t i = 0; i < streams_.size(); ++i) {
+    if (state_[i].parked) {
+      state_[i].parked = false;
+      streams_[i]->resumeReading();
+    }
+  }
+}
+
+void Link::close(const Status& why) {
+  if (closed_) return;
+  closed_ = true;
+  close_reason_ = why.isOk() ? Status(StatusCode::kAborted, name_ + ": link closed") : why;
+  for (auto& s : streams_) {
+    s->setCloseHandler(nullptr);
+    s->close(close_reason_);
+  }
+  auto recvs = std::move(recvs_);
+  recvs_.clear();
+  for (auto& [tag, op] : recvs) op.done(close_reason_);
+  // Sends complete through their chunks' write callbacks, which the closed streams fail.
+  staged_.clear();
+  staged_bytes_ = 0;
+  if (auto h = std::move(on_close_)) h(close_reason_);
+}
+
+// ---- listener ---------------------------------------------------------------------------------
+
+LinkListener::LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link)
+    : io_(io), options_(options), on_link_(std::move(on_link)) {}
+
+LinkListener::~LinkListener() { close(); }
+
+Result<std::unique_ptr<LinkListener>> LinkListener::start(asio::io_context& io, const HostPort& listen,
+                                                          LinkOptions options, OnLink on_link) {
+  std::unique_ptr<LinkListener> l(new LinkListener(io, options, std::move(on_link)));
+  auto acc = listenOn(io, listen);
+  if (!acc) return acc.status().withContext("link listener");
+  l->acceptor_ = std::move(acc.value());
+  l->port_ = l->acceptor_->local_endpoint().port();
+  l->accept();
+  return l;
+}
+
+void LinkListener::close() {
+  if (closed_) return;
+  closed_ = true;
+  std::error_code ignored;
+  if (acceptor_) acceptor_->close(ignored);
+  for (auto& c : handshaking_) {
+    c->setCloseHandler(nullptr);
+    c->close(Status(StatusCode::kAborted, "listener closed"));
+  }
+  handshaking_.clear();
+  partial_.clear();
+}
+
+void LinkListener::accept() {
+  acceptor_->async_accept([this](const std::error_code& ec, asio::ip::tcp::socket socket) {
+    if (closed_) return;
+    if (ec) {
+      if (ec == asio::error::operation_aborted) return;
+      counter("p2p.link_accept_errors").inc();
+      auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
+      t->async_wait([this, t](const std::error_code&) {
+        if (!closed_) accept();
+      });
+      return;
+    }
+    tuneSocket(socket, Millis(0));
+    Connection::Options copts;
+    copts.name = "incoming link stream";
+    copts.first_frame_timeout = options_.handshake_timeout;
+    auto conn = Connection::create(io_, std::make_unique<TcpStream>(std::move(socket)), copts);
+    std::weak_ptr<Connection> weak = conn;
+    conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
+      auto c = weak.lock();
+      if (!c) return;
+      if (h.type != MsgType::kLinkHello) {
+        return c->close(Status(StatusCode::kProtocolError, fmt::format("{} before LinkHello", msgTypeName(h.type))));
+      }
+      onHello(c, payload);
+    });
+    conn->setCloseHandler([this, raw = conn.get()](const Status& why) {
+      LOG_DEBUG(kLogP2p, "link stream closed during handshake: {}", why.message());
+      handshaking_.erase(std::remove_if(handshaking_.begin(), handshaking_.end(),
+                                        [&](const auto& c) { return c.get() == raw; }),
+                         handshaking_.end());
+    });
+    handshaking_.push_back(conn);
+    conn->start();
+    accept();
+  });
+}
+
+void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload) {
+  auto hello = decodeLinkHello(payload);
+  Status bad;
+  if (!hello) {
+    bad = hello.status();
+  } else if (hello->stream_count == 0 || hello->stream_count > kMaxLinkStreams ||
+             hello->stream_index >= hello->stream_count) {
+    bad = Status(StatusCode::kProtocolError, fmt::format("stream {} of {} is out of range", hello->stream_index,
+                                                         hello->stream_count));
+  } else if (hello->chunk_bytes != options_.chunk_bytes) {
+    bad = Status(StatusCode::kProtocolError, fmt::format("chunk size {} differs from ours ({})",
+                                                         hello->chunk_bytes, options_.chunk_bytes));
+  }
+  if (!bad.isOk()) return conn->close(bad);
+
+  handshaking_.erase(std::remove(handshaking_.begin(), handshaking_.end(), conn), handshaking_.end());
+  conn->setCloseHandler(nullptr);
+  auto& p = partial_[hello->link_id];
+  if (p.streams.empty()) {
+    p.streams.resize(hello->stream_count);
+    p.from = hello->from_peer;
+    p.started = Clock::now();
+  }
+  if (p.streams.size() != hello->stream_count || p.streams[hello->stream_index] || p.from != hello->from_peer) {
+    partial_.erase(hello->link_id);
+    return conn->close(Status(StatusCode::kProtocolError, "inconsistent LinkHello"));
+  }
+  p.streams[hello->stream_index] = conn;
+  conn->send(MsgType::kLinkAccept);
+  if (++p.arrived < p.streams.size()) return;
+  auto streams = std::move(p.streams);
+  std::string from = p.from;
+  partial_.erase(hello->link_id);
+  auto link = std::make_shared<Link>(fmt::format("link from {}", from.substr(0, 8)), std::move(streams), options_);
+  link->start();
+  on_link_(std::move(link), from);
+}
+
+// ---- connecting -------------------------------------------------------------------------------
+
+namespace {
+struct LinkDial : std::enable_shared_from_this<LinkDial> {
+  asio::io_context& io;
+  LinkOptions options;
+  std::string self_id;
+  std::string remote;
+  std::vector<std::shared_ptr<Connection>> streams;
+  std::size_t accepted = 0;
+  bool finished = false;
+  std::function<void(Result<std::shared_ptr<Link>>)> done;
+
+  LinkDial(asio::io_context& i, LinkOptions o) : io(i), options(o) {}
+
+  void fail(const Status& st) {
+    if (finished) return;
+    finished = true;
+    for (auto& s : streams) {
+      if (!s) continue;
+      s->setCloseHandler(nullptr);
+      s->close(st);
+    }
+    done(st);
+  }
+};
+}  // namespace
+
+void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id, LinkOptions options,
+                 Deadline deadline, std::function<void(Result<std::shared_ptr<Link>>)> done) {
+  auto eps = resolve(remote);
+  if (!eps) return done(eps.status());
+  auto dial = std::make_shared<LinkDial>(io, options);
+  dial->self_id = self_id;
+  dial->remote = remote.toString();
+  dial->streams.resize(options.streams);
+  dial->done = std::move(done);
+  const std::string link_id = crypto::randomHex(16);
+  for (std::uint32_t i = 0; i < options.streams; ++i) {
+    asyncConnect(io, eps.value(), deadline, [dial, i, link_id, deadline](auto sock) {
+      if (dial->finished) return;
+      if (!sock) return dial->fail(sock.status().withContext("link to " + dial->remote));
+      tuneSocket(*sock.value(), Millis(0));
+      Connection::Options copts;
+      copts.name = fmt::format("link to {} stream {}", dial->remote, i);
+      copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
+      auto conn = Connection::create(dial->io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+      dial->streams[i] = conn;
+      conn->setCloseHandler([dial](const Status& why) { dial->fail(why.withContext("link handshake")); });
+      conn->setFrameHandler([dial](const FrameHeader& h, std::vector<std::uint8_t>) {
+        if (dial->finished) return;
+        if (h.type != MsgType::kLinkAccept) {
+          return dial->fail(Status(StatusCode::kProtocolError, fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
+        }
+        if (++dial->accepted < dial->streams.size()) return;
+        dial->finished = true;
+        auto link = std::make_shared<Link>(fmt::format("link to {}", dial->remote), dial->streams, dial->options);
+        link->start();
+        dial->done(std::move(link));
+      });
+      conn->start();
+      conn->send(MsgType::kLinkHello,
+                 encodeLinkHello(LinkHelloMsg{link_id, dial->self_id, i, static_cast<std::uint32_t>(dial->streams.size()),
+                                              dial->options.chunk_bytes}));
+    });
+  }
+}
+
+}  // namespace loco::p2p

@@ -1,0 +1,145 @@
+#pragma once
+// A link between two peers: K parallel TCP streams (DESIGN.md §3). One large transfer is cut into
+// chunks that the streams pull as they drain, so all K carry it and a slow stream simply takes
+// fewer chunks. The receiver writes each chunk straight into the destination buffer.
+//
+// Buffering is bounded: chunks that arrive before their recv() is posted are staged up to
+// max_staged_bytes; beyond that the stream stops reading (TCP backpressure) until recv() is posted.
+//
+// Thread rules: create, call and destroy on the network thread; completions run there.
+// Errors: a stream that closes fails the whole link; every pending send/recv completes with the
+// reason (kPeerLost, kTimeout, kProtocolError, kAborted).
+
+#include <asio.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "p2p/address.h"
+#include "p2p/base/clock.h"
+#include "p2p/base/status.h"
+#include "p2p/connection.h"
+
+namespace loco::p2p {
+
+struct LinkOptions {
+  std::uint32_t streams = 4;
+  std::uint32_t chunk_bytes = 1u << 20;
+  std::size_t max_staged_bytes = 64u << 20;
+  std::uint32_t queued_chunks_per_stream = 2;  // keeps every socket busy without hoarding
+  Millis handshake_timeout{5000};
+};
+
+class Link : public std::enable_shared_from_this<Link> {
+ public:
+  using Done = std::function<void(const Status&)>;
+
+  Link(std::string name, std::vector<std::shared_ptr<Connection>> streams, LinkOptions options);
+  ~Link();
+  // Takes over the streams' handlers; call once, right after construction.
+  void start();
+
+  // Sends `data` under `tag`; `data` must stay valid until `done`. Completes when every chunk was
+  // handed to the kernel.
+  void send(std::uint64_t tag, ByteSpan data, Done done);
+  // Receives the transfer `tag` into `dst`, whose size must equal the sent size.
+  void recv(std::uint64_t tag, MutableByteSpan dst, Done done);
+  void close(const Status& why);
+  void setCloseHandler(std::function<void(const Status&)> h) { on_close_ = std::move(h); }
+
+  std::size_t streamCount() const { return streams_.size(); }
+  std::size_t stagedBytes() const { return staged_bytes_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  struct SendOp {
+    std::uint64_t tag;
+    ByteSpan data;
+    Done done;
+    std::uint32_t chunks = 0;
+    std::uint32_t next = 0;      // next chunk to hand to a stream
+    std::uint32_t written = 0;   // chunks the kernel has taken
+    Status error;
+  };
+  struct RecvOp {
+    MutableByteSpan dst;
+    Done done;
+    std::uint32_t chunks = 0;
+    std::uint32_t received = 0;
+    std::vector<bool> seen;
+  };
+  struct Staged {
+    std::uint32_t chunk;
+    std::vector<std::uint8_t> bytes;
+  };
+  struct StreamState {
+    std::uint32_t queued = 0;       // chunks handed to this stream, not yet written
+    bool parked = false;
+    bool staging = false;           // the frame being read goes to staging
+    std::vector<std::uint8_t> stage_buf;
+  };
+
+  void wire(std::size_t index);
+  void pump();
+  Connection::DataTarget target(std::size_t index, const FrameHeader& h);
+  void dataDone(std::size_t index, const FrameHeader& h);
+  Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len);
+  std::uint32_t chunkCount(std::size_t bytes) const;
+  std::size_t chunkLength(std::size_t total, std::uint32_t chunk) const;
+  void finishRecv(std::uint64_t tag);
+
+  std::string name_;
+  std::vector<std::shared_ptr<Connection>> streams_;
+  std::vector<StreamState> state_;
+  LinkOptions options_;
+  std::deque<std::shared_ptr<SendOp>> sends_;
+  std::map<std::uint64_t, RecvOp> recvs_;
+  std::map<std::uint64_t, std::vector<Staged>> staged_;
+  std::size_t staged_bytes_ = 0;
+  bool closed_ = false;
+  Status close_reason_;
+  std::function<void(const Status&)> on_close_;
+};
+
+// Accepts incoming link streams and hands out a Link once all K streams of one link arrived.
+class LinkListener {
+ public:
+  using OnLink = std::function<void(std::shared_ptr<Link>, const std::string& from_peer)>;
+  static Result<std::unique_ptr<LinkListener>> start(asio::io_context& io, const HostPort& listen,
+                                                     LinkOptions options, OnLink on_link);
+  ~LinkListener();
+  std::uint16_t port() const { return port_; }
+  void close();
+
+ private:
+  LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link);
+  void accept();
+  void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload);
+
+  struct Partial {
+    std::vector<std::shared_ptr<Connection>> streams;
+    std::size_t arrived = 0;
+    std::string from;
+    TimePoint started;
+  };
+  asio::io_context& io_;
+  LinkOptions options_;
+  OnLink on_link_;
+  std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
+  std::uint16_t port_ = 0;
+  std::map<std::string, Partial> partial_;
+  std::vector<std::shared_ptr<Connection>> handshaking_;
+  bool closed_ = false;
+};
+
+// Opens the K streams of a new link to `remote`. `done` runs on the io thread.
+void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
+                 LinkOptions options, Deadline deadline,
+                 std::function<void(Result<std::shared_ptr<Link>>)> done);
+
+}  // namespace loco::p2p

@@ -1,0 +1,144 @@
+#include "p2p/membership.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace loco::p2p {
+
+void MembershipEffects::merge(MembershipEffects other) {
+  for (auto& e : other.events) events.push_back(std::move(e));
+  view_changed = view_changed || other.view_changed;
+  sync_done = sync_done || other.sync_done;
+}
+
+Membership::Peer* Membership::find(const std::string& id) {
+  auto it = std::find_if(peers_.begin(), peers_.end(), [&](const Peer& p) { return p.id == id; });
+  return it == peers_.end() ? nullptr : &*it;
+}
+const Membership::Peer* Membership::find(const std::string& id) const {
+  auto it = std::find_if(peers_.begin(), peers_.end(), [&](const Peer& p) { return p.id == id; });
+  return it == peers_.end() ? nullptr : &*it;
+}
+
+bool Membership::contains(const std::string& id) const { return find(id) != nullptr; }
+
+Result<MembershipEffects> Membership::join(const std::string& id, const std::string& addr,
+                                           std::uint32_t streams, TimePoint now) {
+  if (const Peer* existing = find(id)) {
+    return Status(StatusCode::kAlreadyExists,
+                  fmt::format("peer id {} is already registered as a {} from {}; another live "
+                              "process uses the same identity file",
+                              id, peerStateName(existing->state), existing->addr));
+  }
+  peers_.push_back(Peer{id, addr, streams, PeerState::kPending, now});
+  MembershipEffects fx;
+  fx.view_changed = true;
+  fx.events.push_back({MembershipEvent::Kind::kPending, id, epoch_, ""});
+  fx.merge(maybeCompleteBarrier());
+  return fx;
+}
+
+void Membership::heartbeat(const std::string& id, TimePoint now) {
+  if (Peer* p = find(id)) p->last_heard = std::max(p->last_heard, now);
+}
+
+MembershipEffects Membership::syncRequest(const std::string& id, TimePoint now) {
+  Peer* p = find(id);
+  if (p == nullptr || p->state != PeerState::kMember) return {};
+  p->last_heard = std::max(p->last_heard, now);
+  synced_.insert(id);
+  return maybeCompleteBarrier();
+}
+
+MembershipEffects Membership::leave(const std::string& id) {
+  return remove(id, MembershipEvent::Kind::kLeft, "left");
+}
+
+MembershipEffects Membership::evict(const std::string& id, const std::string& reason) {
+  return remove(id, MembershipEvent::Kind::kEvicted, reason);
+}
+
+MembershipEffects Membership::remove(const std::string& id, MembershipEvent::Kind kind,
+                                     const std::string& reason) {
+  auto it = std::find_if(peers_.begin(), peers_.end(), [&](const Peer& p) { return p.id == id; });
+  if (it == peers_.end()) return {};
+  bool was_member = it->state == PeerState::kMember;
+  peers_.erase(it);
+  MembershipEffects fx;
+  fx.view_changed = true;
+  if (was_member) {
+    ring_.erase(std::remove(ring_.begin(), ring_.end(), id), ring_.end());
+    synced_.erase(id);
+    ++epoch_;
+  }
+  fx.events.push_back({kind, id, epoch_, reason});
+  // The leaver may have been the last member the barrier waited for.
+  fx.merge(maybeCompleteBarrier());
+  return fx;
+}
+
+MembershipEffects Membership::maybeCompleteBarrier() {
+  bool any_pending = std::any_of(peers_.begin(), peers_.end(),
+                                 [](const Peer& p) { return p.state == PeerState::kPending; });
+  if (ring_.empty()) {
+    // Nobody to wait for: admit whoever is pending.
+    if (!any_pending) return {};
+  } else if (synced_.size() < ring_.size()) {
+    return {};
+  }
+  MembershipEffects fx;
+  if (any_pending) {
+    ++epoch_;
+    for (Peer& p : peers_) {
+      if (p.state != PeerState::kPending) continue;
+      p.state = PeerState::kMember;
+      ring_.push_back(p.id);
+      fx.events.push_back({MembershipEvent::Kind::kAdmitted, p.id, epoch_, ""});
+    }
+    fx.view_changed = true;
+  }
+  fx.sync_done = true;
+  synced_.clear();
+  return fx;
+}
+
+MembershipEffects Membership::tick(TimePoint now) {
+  last_tick_stalled_ = last_tick_.has_value() && now - *last_tick_ > heartbeat_timeout_ / 2;
+  last_tick_ = now;
+  if (last_tick_stalled_) {
+    for (Peer& p : peers_) p.last_heard = std::max(p.last_heard, now);
+    return {};
+  }
+  std::vector<std::pair<std::string, std::int64_t>> expired;
+  for (const Peer& p : peers_) {
+    if (now - p.last_heard > heartbeat_timeout_) expired.emplace_back(p.id, toMillis(now - p.last_heard));
+  }
+  MembershipEffects fx;
+  for (auto& [id, silent_ms] : expired) {
+    fx.merge(evict(id, fmt::format("no heartbeat for {} ms (timeout {} ms)", silent_ms,
+                                   heartbeat_timeout_.count())));
+  }
+  return fx;
+}
+
+std::vector<std::string> Membership::registered() const {
+  std::vector<std::string> out = ring_;
+  for (const Peer& p : peers_) {
+    if (p.state == PeerState::kPending) out.push_back(p.id);
+  }
+  return out;
+}
+
+GroupView Membership::view(TimePoint now) const {
+  GroupView v;
+  v.epoch = epoch_;
+  for (const std::string& id : registered()) {
+    const Peer* p = find(id);
+    v.peers.push_back(PeerInfo{p->id, p->addr, p->state,
+                               std::max<std::int64_t>(0, toMillis(now - p->last_heard)), p->streams});
+  }
+  return v;
+}
+
+}  // namespace loco::p2p

@@ -1,0 +1,84 @@
+#pragma once
+// Payloads of the control messages (see MsgType in frame.h). encode* never fails; decode* is a
+// pure function that rejects anything malformed, truncated or with trailing bytes (kProtocolError).
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "p2p/base/bytes.h"
+#include "p2p/base/status.h"
+
+namespace loco::p2p {
+
+inline constexpr std::size_t kMaxAddrLen = 262;   // "[v6]:port" or a DNS name with port
+inline constexpr std::size_t kMaxReasonLen = 1024;
+
+struct HelloMsg {
+  std::string peer_id;    // 32 hex digits
+  std::string advertise;  // HOST:PORT other peers reach this peer's links at
+  std::uint32_t streams = 0;
+  std::string version;    // loco's version, for logs
+};
+
+struct WelcomeMsg {
+  std::uint32_t heartbeat_interval_ms = 0;
+  std::uint32_t heartbeat_timeout_ms = 0;
+  std::uint64_t epoch = 0;
+};
+
+// Sent before the coordinator closes a connection it will not serve.
+struct RefusedMsg {
+  StatusCode code = StatusCode::kInternal;
+  std::string reason;
+};
+
+struct EvictedMsg {
+  std::string reason;
+};
+
+enum class PeerState : std::uint8_t { kPending = 1, kMember = 2 };
+std::string_view peerStateName(PeerState s);
+
+struct PeerInfo {
+  std::string id;
+  std::string addr;
+  PeerState state = PeerState::kPending;
+  std::int64_t heartbeat_age_ms = 0;
+  std::uint32_t streams = 0;
+};
+
+// The group as the coordinator sees it: members in ring order, then pending peers. Broadcast as
+// kMembership on every change; returned by kStatusReply with the coordinator's counters added.
+struct GroupView {
+  std::uint64_t epoch = 0;
+  std::vector<PeerInfo> peers;
+  std::vector<std::pair<std::string, std::uint64_t>> counters;
+
+  std::size_t world() const;    // members
+  std::size_t pending() const;
+};
+
+struct LinkHelloMsg {
+  std::string link_id;       // random, names the link both ends build
+  std::string from_peer;
+  std::uint32_t stream_index = 0;
+  std::uint32_t stream_count = 0;
+  std::uint32_t chunk_bytes = 0;
+};
+
+std::vector<std::uint8_t> encodeHello(const HelloMsg& m);
+Result<HelloMsg> decodeHello(ByteSpan in);
+std::vector<std::uint8_t> encodeWelcome(const WelcomeMsg& m);
+Result<WelcomeMsg> decodeWelcome(ByteSpan in);
+std::vector<std::uint8_t> encodeRefused(const RefusedMsg& m);
+Result<RefusedMsg> decodeRefused(ByteSpan in);
+std::vector<std::uint8_t> encodeEvicted(const EvictedMsg& m);
+Result<EvictedMsg> decodeEvicted(ByteSpan in);
+std::vector<std::uint8_t> encodeGroupView(const GroupView& v);
+Result<GroupView> decodeGroupView(ByteSpan in);
+std::vector<std::uint8_t> encodeLinkHello(const LinkHelloMsg& m);
+Result<LinkHelloMsg> decodeLinkHello(ByteSpan in);
+
+}  // namespace loco::p2p

@@ -1,0 +1,53 @@
+#include "p2p/status_client.h"
+
+#include <fmt/format.h>
+
+#include "p2p/connection.h"
+#include "p2p/net.h"
+
+namespace loco::p2p {
+
+Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
+  auto eps = resolve(coordinator);
+  if (!eps) return eps.status().withContext("--coordinator");
+  asio::io_context io;
+  std::optional<Result<GroupView>> result;
+  std::shared_ptr<Connection> conn;
+  asyncConnect(io, eps.value(), deadline, [&](auto sock) {
+    if (!sock) {
+      result = sock.status();
+      return;
+    }
+    tuneSocket(*sock.value(), Millis(0));
+    Connection::Options copts;
+    copts.name = "coordinator";
+    conn = Connection::create(io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+    conn->setFrameHandler([&](const FrameHeader& h, std::vector<std::uint8_t> payload) {
+      if (h.type == MsgType::kStatusReply) {
+        auto v = decodeGroupView(payload);
+        result = v ? Result<GroupView>(std::move(v.value())) : Result<GroupView>(v.status());
+      } else {
+        result = Status(StatusCode::kProtocolError, fmt::format("unexpected {} reply", msgTypeName(h.type)));
+      }
+      conn->close(Status());
+    });
+    conn->setCloseHandler([&](const Status& why) {
+      if (!result) result = why.isOk() ? Status(StatusCode::kPeerLost, "closed without a reply") : why;
+    });
+    conn->start();
+    conn->send(MsgType::kStatusRequest);
+  });
+  while (!result && !deadline.expired()) {
+    io.run_for(std::min<Clock::duration>(deadline.remaining(), Millis(50)));
+    if (io.stopped()) io.restart();
+  }
+  if (conn) {
+    conn->setCloseHandler(nullptr);
+    conn->close(Status());
+  }
+  if (!result) return Status(StatusCode::kTimeout, fmt::format("no status reply from {}", coordinator.toString()));
+  if (!result->isOk()) return result->status().withContext(fmt::format("status from {}", coordinator.toString()));
+  return std::move(*result);
+}
+
+}  // namespace loco::p2p

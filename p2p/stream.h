@@ -1,0 +1,44 @@
+#pragma once
+// A reliable, ordered byte stream: plain TCP today, TLS (asio::ssl::stream) later. Everything
+// above works on this interface, so TLS slots in by adding one implementation here.
+// All calls and completions happen on the owning network thread.
+
+#include <asio.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace loco::p2p {
+
+class Stream {
+ public:
+  using IoHandler = std::function<void(const std::error_code&, std::size_t)>;
+  virtual ~Stream() = default;
+  // Completes after at least one byte (or an error).
+  virtual void asyncReadSome(asio::mutable_buffer buf, IoHandler done) = 0;
+  // Completes after every byte of `bufs` was written (or an error).
+  virtual void asyncWriteAll(const std::vector<asio::const_buffer>& bufs, IoHandler done) = 0;
+  // Cancels outstanding operations (they complete with operation_aborted) and closes.
+  virtual void close() = 0;
+  virtual std::string remoteAddress() const = 0;
+  virtual std::string localAddress() const = 0;
+};
+
+class TcpStream final : public Stream {
+ public:
+  explicit TcpStream(asio::ip::tcp::socket socket);
+  void asyncReadSome(asio::mutable_buffer buf, IoHandler done) override;
+  void asyncWriteAll(const std::vector<asio::const_buffer>& bufs, IoHandler done) override;
+  void close() override;
+  std::string remoteAddress() const override { return remote_; }
+  std::string localAddress() const override { return local_; }
+
+ private:
+  asio::ip::tcp::socket socket_;
+  std::string remote_;
+  std::string local_;
+};
+
+}  // namespace loco::p2p

@@ -1,0 +1,682 @@
+// Unit tests for the coordinator's pure membership state machine (p2p/membership.h, DESIGN.md §4).
+// Time is fake: TimePoints built from a fixed origin, advanced by ticks every 100 ms so that the
+// stall detection (tick gap > timeout / 2) only triggers where a test wants it.
+
+#include "p2p/membership.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace loco::p2p {
+namespace {
+
+using Kind = MembershipEvent::Kind;
+using std::chrono::milliseconds;
+
+constexpr Millis kTimeout{1000};
+constexpr Millis kTickEvery{100};
+
+std::vector<std::string> idsOf(const MembershipEffects& fx, Kind kind) {
+  std::vector<std::string> out;
+  for (const auto& e : fx.events) {
+    if (e.kind == kind) out.push_back(e.peer);
+  }
+  return out;
+}
+
+const MembershipEvent* findEvent(const MembershipEffects& fx, Kind kind, const std::string& peer) {
+  for (const auto& e : fx.events) {
+    if (e.kind == kind && e.peer == peer) return &e;
+  }
+  return nullptr;
+}
+
+class MembershipTest : public ::testing::Test {
+ protected:
+  Membership m{kTimeout};
+  TimePoint t0 = TimePoint{} + std::chrono::hours(1);
+  TimePoint now = t0;
+  std::set<std::string> alive;  // peers that send a heartbeat before every tick
+
+  MembershipEffects join(const std::string& id) {
+    auto r = m.join(id, id + ".example:7000", 4, now);
+    EXPECT_TRUE(r.isOk()) << r.status().toString();
+    return r.isOk() ? *r : MembershipEffects{};
+  }
+
+  MembershipEffects syncAll() {
+    MembershipEffects fx;
+    std::vector<std::string> ring = m.ring();
+    for (const auto& id : ring) fx.merge(m.syncRequest(id, now));
+    return fx;
+  }
+
+  // Two members: a admitted alone, b admitted at a's sync point.
+  void twoMembers(const std::string& a, const std::string& b) {
+    join(a);
+    join(b);
+    syncAll();
+    ASSERT_EQ(m.ring(), (std::vector<std::string>{a, b}));
+  }
+
+  // Ticks every 100 ms until `now` has advanced by `d`; `alive` peers heartbeat before each tick.
+  MembershipEffects advance(Millis d) {
+    MembershipEffects fx;
+    TimePoint end = now + d;
+    while (now < end) {
+      now += kTickEvery;
+      for (const auto& id : alive) m.heartbeat(id, now);
+      fx.merge(m.tick(now));
+      EXPECT_FALSE(m.lastTickWasStall());
+    }
+    return fx;
+  }
+};
+
+// ---- admission ---------------------------------------------------------------------------------
+
+TEST_F(MembershipTest, FirstJoinerIsAdmittedAtOnce) {
+  EXPECT_EQ(m.epoch(), 0u);
+  MembershipEffects fx = join("a");
+  EXPECT_EQ(m.epoch(), 1u);
+  EXPECT_TRUE(fx.view_changed);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"a"});
+  const MembershipEvent* admitted = findEvent(fx, Kind::kAdmitted, "a");
+  ASSERT_NE(admitted, nullptr);
+  EXPECT_EQ(admitted->epoch, 1u);
+  EXPECT_EQ(m.ring(), std::vector<std::string>{"a"});
+  EXPECT_TRUE(m.contains("a"));
+  GroupView v = m.view(now);
+  ASSERT_EQ(v.peers.size(), 1u);
+  EXPECT_EQ(v.peers[0].state, PeerState::kMember);
+}
+
+TEST_F(MembershipTest, JoinerStaysPendingUntilEveryMemberSyncs) {
+  twoMembers("a", "b");
+  const std::uint64_t e = m.epoch();
+  EXPECT_EQ(e, 2u);
+
+  MembershipEffects fx = join("c");
+  EXPECT_TRUE(fx.view_changed);  // the pending peer shows up in the view
+  EXPECT_FALSE(fx.sync_done);
+  EXPECT_EQ(idsOf(fx, Kind::kPending), std::vector<std::string>{"c"});
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(m.epoch(), e);
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+
+  fx = m.syncRequest("a", now);
+  EXPECT_FALSE(fx.sync_done);
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_EQ(m.epoch(), e);
+  EXPECT_EQ(m.ring().size(), 2u);
+
+  fx = m.syncRequest("b", now);
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_TRUE(fx.view_changed);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"c"});
+  EXPECT_EQ(findEvent(fx, Kind::kAdmitted, "c")->epoch, e + 1);
+  EXPECT_EQ(m.epoch(), e + 1);  // exactly one increment
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "c"}));
+}
+
+TEST_F(MembershipTest, RepeatedSyncFromOneMemberDoesNotCompleteTheBarrier) {
+  twoMembers("a", "b");
+  join("c");
+  EXPECT_FALSE(m.syncRequest("a", now).sync_done);
+  EXPECT_FALSE(m.syncRequest("a", now).sync_done);
+  EXPECT_EQ(m.ring().size(), 2u);
+  EXPECT_TRUE(m.syncRequest("b", now).sync_done);
+  EXPECT_EQ(m.ring().size(), 3u);
+}
+
+TEST_F(MembershipTest, SeveralPendingJoinersAreAdmittedTogetherInOneEpoch) {
+  join("a");
+  const std::uint64_t e = m.epoch();
+  join("b");
+  join("c");
+  join("d");
+  EXPECT_EQ(m.epoch(), e);
+  MembershipEffects fx = m.syncRequest("a", now);
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_EQ(m.epoch(), e + 1);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"b", "c", "d"}));
+  for (const auto& ev : fx.events) EXPECT_EQ(ev.epoch, e + 1) << ev.peer;
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "c", "d"}));
+}
+
+TEST_F(MembershipTest, JoinerArrivingMidBarrierIsAdmittedWithTheOthers) {
+  twoMembers("a", "b");
+  const std::uint64_t e = m.epoch();
+  join("c");
+  m.syncRequest("a", now);  // some but not all members synced
+  join("d");
+  EXPECT_EQ(m.ring().size(), 2u);
+  MembershipEffects fx = m.syncRequest("b", now);
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"c", "d"}));
+  EXPECT_EQ(m.epoch(), e + 1);
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "c", "d"}));
+}
+
+TEST_F(MembershipTest, BarrierWithNothingPendingCompletesWithoutNewEpoch) {
+  twoMembers("a", "b");
+  const std::uint64_t e = m.epoch();
+  EXPECT_FALSE(m.syncRequest("b", now).sync_done);
+  MembershipEffects fx = m.syncRequest("a", now);
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_EQ(m.epoch(), e);
+  // The barrier is reset: the next one again needs everyone.
+  EXPECT_FALSE(m.syncRequest("a", now).sync_done);
+  EXPECT_TRUE(m.syncRequest("b", now).sync_done);
+}
+
+TEST_F(MembershipTest, SyncRequestsFromPendingOrUnknownPeersAreIgnored) {
+  twoMembers("a", "b");
+  join("c");
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = m.syncRequest("c", now);
+  EXPECT_FALSE(fx.sync_done);
+  EXPECT_TRUE(fx.events.empty());
+  fx = m.syncRequest("nobody", now);
+  EXPECT_FALSE(fx.sync_done);
+  EXPECT_TRUE(fx.events.empty());
+  m.syncRequest("a", now);
+  // c's request did not count for b.
+  EXPECT_EQ(m.ring().size(), 2u);
+  EXPECT_EQ(m.epoch(), e);
+}
+
+// ---- leaving -----------------------------------------------------------------------------------
+
+TEST_F(MembershipTest, PendingPeerLeavingBeforeAdmissionChangesNoEpoch) {
+  twoMembers("a", "b");
+  const std::uint64_t e = m.epoch();
+  join("c");
+  MembershipEffects fx = m.leave("c");
+  EXPECT_EQ(m.epoch(), e);
+  EXPECT_TRUE(fx.view_changed);
+  EXPECT_FALSE(fx.sync_done);
+  ASSERT_NE(findEvent(fx, Kind::kLeft, "c"), nullptr);
+  EXPECT_EQ(findEvent(fx, Kind::kLeft, "c")->epoch, e);
+  EXPECT_FALSE(m.contains("c"));
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+  // The next barrier admits nobody and keeps the epoch.
+  fx = syncAll();
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(m.epoch(), e);
+}
+
+TEST_F(MembershipTest, PendingPeerEvictedBeforeAdmissionChangesNoEpoch) {
+  twoMembers("a", "b");
+  const std::uint64_t e = m.epoch();
+  join("c");
+  MembershipEffects fx = m.evict("c", "connection lost");
+  EXPECT_EQ(m.epoch(), e);
+  ASSERT_NE(findEvent(fx, Kind::kEvicted, "c"), nullptr);
+  EXPECT_EQ(findEvent(fx, Kind::kEvicted, "c")->reason, "connection lost");
+  EXPECT_FALSE(m.contains("c"));
+}
+
+TEST_F(MembershipTest, MemberLeavingBumpsOneEpochAndLeavesTheRing) {
+  twoMembers("a", "b");
+  join("c");
+  syncAll();
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = m.leave("b");
+  EXPECT_EQ(m.epoch(), e + 1);
+  EXPECT_TRUE(fx.view_changed);
+  ASSERT_NE(findEvent(fx, Kind::kLeft, "b"), nullptr);
+  EXPECT_EQ(findEvent(fx, Kind::kLeft, "b")->epoch, e + 1);
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "c"}));
+  EXPECT_FALSE(m.contains("b"));
+}
+
+TEST_F(MembershipTest, MemberLeavingDuringBarrierCompletesItWhenAllRemainingSynced) {
+  twoMembers("a", "b");
+  join("c");
+  syncAll();  // ring a, b, c
+  const std::uint64_t e = m.epoch();
+  m.syncRequest("a", now);
+  m.syncRequest("b", now);
+  MembershipEffects fx = m.leave("c");  // c was the one the barrier waited for
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_EQ(m.epoch(), e + 1);  // the leave; nothing pending to admit
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST_F(MembershipTest, MemberLeavingDuringBarrierAdmitsThePendingJoiner) {
+  twoMembers("a", "b");
+  join("c");
+  syncAll();  // ring a, b, c
+  const std::uint64_t e = m.epoch();
+  join("d");
+  m.syncRequest("a", now);
+  m.syncRequest("b", now);
+  MembershipEffects fx = m.leave("c");
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_NE(findEvent(fx, Kind::kLeft, "c"), nullptr);
+  ASSERT_NE(findEvent(fx, Kind::kAdmitted, "d"), nullptr);
+  // Two member-set changes (c out, d in), one epoch each, in that order.
+  EXPECT_EQ(findEvent(fx, Kind::kLeft, "c")->epoch, e + 1);
+  EXPECT_EQ(findEvent(fx, Kind::kAdmitted, "d")->epoch, e + 2);
+  EXPECT_EQ(m.epoch(), e + 2);
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "d"}));
+}
+
+TEST_F(MembershipTest, MemberLeavingDoesNotCompleteTheBarrierWhileOthersHaveNotSynced) {
+  twoMembers("a", "b");
+  join("c");
+  syncAll();  // ring a, b, c
+  join("d");
+  m.syncRequest("a", now);
+  MembershipEffects fx = m.leave("c");
+  EXPECT_FALSE(fx.sync_done);
+  EXPECT_EQ(findEvent(fx, Kind::kAdmitted, "d"), nullptr);
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+  // b is still holding the barrier up; a's earlier sync still counts.
+  fx = m.syncRequest("b", now);
+  EXPECT_TRUE(fx.sync_done);
+  EXPECT_NE(findEvent(fx, Kind::kAdmitted, "d"), nullptr);
+}
+
+TEST_F(MembershipTest, LastMemberLeavingAdmitsWhoeverIsPending) {
+  join("a");
+  join("b");  // pending: a never reaches a sync point
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = m.leave("a");
+  EXPECT_NE(findEvent(fx, Kind::kLeft, "a"), nullptr);
+  EXPECT_NE(findEvent(fx, Kind::kAdmitted, "b"), nullptr);
+  EXPECT_EQ(m.epoch(), e + 2);
+  EXPECT_EQ(m.ring(), std::vector<std::string>{"b"});
+}
+
+TEST_F(MembershipTest, LeaveOrEvictOfUnknownPeerDoesNothing) {
+  twoMembers("a", "b");
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = m.leave("zz");
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_FALSE(fx.view_changed);
+  fx = m.evict("zz", "x");
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_FALSE(fx.view_changed);
+  EXPECT_EQ(m.epoch(), e);
+  m.heartbeat("zz", now);  // harmless
+  EXPECT_FALSE(m.contains("zz"));
+}
+
+// ---- identity ----------------------------------------------------------------------------------
+
+TEST_F(MembershipTest, DuplicateMemberIdIsRefusedWithAlreadyExistsNamingTheId) {
+  const std::string id = "0123456789abcdef0123456789abcdef";
+  join(id);
+  const std::uint64_t e = m.epoch();
+  auto r = m.join(id, "other:7000", 2, now);
+  ASSERT_FALSE(r.isOk());
+  EXPECT_EQ(r.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_NE(r.status().message().find(id), std::string::npos) << r.status().message();
+  EXPECT_EQ(m.epoch(), e);
+  EXPECT_EQ(m.registered(), std::vector<std::string>{id});
+  // The original registration is untouched.
+  GroupView v = m.view(now);
+  ASSERT_EQ(v.peers.size(), 1u);
+  EXPECT_EQ(v.peers[0].addr, id + ".example:7000");
+}
+
+TEST_F(MembershipTest, DuplicatePendingIdIsRefusedWithAlreadyExists) {
+  join("a");
+  join("b");  // pending
+  auto r = m.join("b", "b2:1", 1, now);
+  ASSERT_FALSE(r.isOk());
+  EXPECT_EQ(r.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_NE(r.status().message().find("b"), std::string::npos);
+  EXPECT_EQ(m.registered(), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST_F(MembershipTest, EvictedPeerCanRejoinWithTheSameIdAsPending) {
+  twoMembers("a", "b");
+  join("c");
+  syncAll();  // ring a, b, c
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = m.evict("b", "connection lost");
+  ASSERT_NE(findEvent(fx, Kind::kEvicted, "b"), nullptr);
+  EXPECT_EQ(findEvent(fx, Kind::kEvicted, "b")->reason, "connection lost");
+  EXPECT_EQ(m.epoch(), e + 1);
+
+  fx = join("b");
+  EXPECT_EQ(idsOf(fx, Kind::kPending), std::vector<std::string>{"b"});
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "c"}));
+  GroupView v = m.view(now);
+  ASSERT_EQ(v.peers.size(), 3u);
+  EXPECT_EQ(v.peers[2].id, "b");
+  EXPECT_EQ(v.peers[2].state, PeerState::kPending);
+
+  fx = syncAll();
+  EXPECT_NE(findEvent(fx, Kind::kAdmitted, "b"), nullptr);
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "c", "b"}));  // rejoined at the end
+  EXPECT_EQ(m.epoch(), e + 2);
+}
+
+// ---- heartbeats and stalls ---------------------------------------------------------------------
+
+TEST_F(MembershipTest, SilentMemberIsEvictedAfterTheTimeoutAndNotBefore) {
+  twoMembers("a", "b");
+  alive = {"a"};
+  const std::uint64_t e = m.epoch();
+  // Up to 900 ms of silence: still there after every tick.
+  for (int i = 0; i < 9; ++i) {
+    MembershipEffects fx = advance(kTickEvery);
+    EXPECT_TRUE(fx.events.empty()) << "evicted after only " << (i + 1) * 100 << " ms";
+    EXPECT_TRUE(m.contains("b"));
+  }
+  // By 1100 ms (more than the 1000 ms timeout) it is gone.
+  MembershipEffects fx = advance(Millis(200));
+  EXPECT_FALSE(m.contains("b"));
+  const MembershipEvent* ev = findEvent(fx, Kind::kEvicted, "b");
+  ASSERT_NE(ev, nullptr);
+  EXPECT_NE(ev->reason.find("heartbeat"), std::string::npos) << ev->reason;
+  EXPECT_EQ(ev->epoch, e + 1);
+  EXPECT_EQ(m.epoch(), e + 1);
+  EXPECT_TRUE(fx.view_changed);
+  EXPECT_EQ(m.ring(), std::vector<std::string>{"a"});
+  EXPECT_TRUE(m.contains("a"));
+}
+
+TEST_F(MembershipTest, HeartbeatsKeepEveryoneRegistered) {
+  twoMembers("a", "b");
+  join("c");  // pending peers heartbeat too
+  alive = {"a", "b", "c"};
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = advance(Millis(20000));
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_EQ(m.epoch(), e);
+  EXPECT_EQ(m.registered(), (std::vector<std::string>{"a", "b", "c"}));
+}
+
+TEST_F(MembershipTest, SyncRequestCountsAsProofOfLife) {
+  twoMembers("a", "b");
+  alive = {"a"};
+  advance(Millis(800));
+  m.syncRequest("b", now);
+  advance(Millis(800));  // 800 ms since b's sync request
+  EXPECT_TRUE(m.contains("b"));
+  advance(Millis(400));
+  EXPECT_FALSE(m.contains("b"));
+}
+
+TEST_F(MembershipTest, SilentPendingPeerIsEvictedWithoutEpochChange) {
+  join("a");
+  join("b");  // pending: a does not reach a sync point during this test
+  alive = {"a"};
+  const std::uint64_t e = m.epoch();
+  MembershipEffects fx = advance(Millis(1500));
+  EXPECT_NE(findEvent(fx, Kind::kEvicted, "b"), nullptr);
+  EXPECT_FALSE(m.contains("b"));
+  EXPECT_EQ(m.epoch(), e);
+}
+
+TEST_F(MembershipTest, StallEvictsNobodyAndRestartsEveryClock) {
+  twoMembers("a", "b");
+  alive = {};  // nobody heartbeats at all
+  const std::uint64_t e = m.epoch();
+  EXPECT_TRUE(advance(Millis(500)).events.empty());
+
+  // The coordinator was frozen for 5 s: a tick gap far above timeout / 2.
+  now = t0 + Millis(5500);
+  MembershipEffects fx = m.tick(now);
+  EXPECT_TRUE(m.lastTickWasStall());
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_EQ(m.epoch(), e);
+  EXPECT_TRUE(m.contains("a"));
+  EXPECT_TRUE(m.contains("b"));
+  for (const PeerInfo& p : m.view(now).peers) EXPECT_EQ(p.heartbeat_age_ms, 0) << p.id;
+
+  // Clocks restarted at the stall: another 900 ms of silence is still within the timeout ...
+  fx = advance(Millis(900));
+  EXPECT_TRUE(fx.events.empty());
+  EXPECT_EQ(m.registered().size(), 2u);
+  // ... but real silence after the stall is still detected.
+  fx = advance(Millis(300));
+  EXPECT_FALSE(m.contains("a"));
+  EXPECT_FALSE(m.contains("b"));
+  EXPECT_EQ(idsOf(fx, Kind::kEvicted).size(), 2u);
+}
+
+TEST_F(MembershipTest, TickGapBelowHalfTheTimeoutIsNotAStall) {
+  join("a");
+  m.tick(now);
+  now += Millis(400);
+  m.tick(now);
+  EXPECT_FALSE(m.lastTickWasStall());
+  now += Millis(600);
+  m.tick(now);
+  EXPECT_TRUE(m.lastTickWasStall());
+  now += Millis(100);
+  m.tick(now);
+  EXPECT_FALSE(m.lastTickWasStall());
+}
+
+TEST_F(MembershipTest, FirstTickIsNeverAStall) {
+  join("a");
+  now += Millis(900);
+  MembershipEffects fx = m.tick(now);
+  EXPECT_FALSE(m.lastTickWasStall());
+  EXPECT_TRUE(fx.events.empty());
+}
+
+TEST_F(MembershipTest, EvictedByTimeoutPeerCanRejoinAsPending) {
+  twoMembers("a", "b");
+  join("c");
+  syncAll();
+  alive = {"a", "c"};
+  advance(Millis(1500));
+  ASSERT_FALSE(m.contains("b"));
+  MembershipEffects fx = join("b");
+  EXPECT_EQ(idsOf(fx, Kind::kPending), std::vector<std::string>{"b"});
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "c"}));
+  alive.insert("b");
+  EXPECT_TRUE(advance(Millis(2000)).events.empty());  // fresh clock after rejoining
+  EXPECT_TRUE(m.contains("b"));
+}
+
+// ---- ring and view -----------------------------------------------------------------------------
+
+TEST_F(MembershipTest, RingOrderIsAdmissionOrder) {
+  join("a");
+  join("c");
+  join("b");
+  syncAll();
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "c", "b"}));
+  m.leave("c");
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+  join("e");
+  join("d");
+  syncAll();
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "e", "d"}));
+  m.leave("a");
+  join("a");
+  syncAll();
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"b", "e", "d", "a"}));
+}
+
+TEST_F(MembershipTest, ViewListsMembersInRingOrderThenPendingWithStatesAndAges) {
+  // Members a, b; pending c, d. Registration order interleaves them to show the view reorders.
+  join("a");                 // t0, admitted
+  now = t0 + Millis(10);
+  join("b");                 // pending
+  now = t0 + Millis(20);
+  m.syncRequest("a", now);   // b admitted
+  now = t0 + Millis(200);
+  join("c");
+  now = t0 + Millis(250);
+  join("d");
+  m.heartbeat("a", t0 + Millis(300));
+  m.heartbeat("b", t0 + Millis(100));
+  now = t0 + Millis(400);
+
+  GroupView v = m.view(now);
+  EXPECT_EQ(v.epoch, m.epoch());
+  ASSERT_EQ(v.peers.size(), 4u);
+  std::vector<std::string> ids;
+  for (const auto& p : v.peers) ids.push_back(p.id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"a", "b", "c", "d"}));
+  EXPECT_EQ(v.peers[0].state, PeerState::kMember);
+  EXPECT_EQ(v.peers[1].state, PeerState::kMember);
+  EXPECT_EQ(v.peers[2].state, PeerState::kPending);
+  EXPECT_EQ(v.peers[3].state, PeerState::kPending);
+  EXPECT_EQ(v.peers[0].heartbeat_age_ms, 100);
+  EXPECT_EQ(v.peers[1].heartbeat_age_ms, 300);
+  EXPECT_EQ(v.peers[2].heartbeat_age_ms, 200);
+  EXPECT_EQ(v.peers[3].heartbeat_age_ms, 150);
+  EXPECT_EQ(v.peers[0].addr, "a.example:7000");
+  EXPECT_EQ(v.peers[0].streams, 4u);
+  EXPECT_EQ(v.world(), 2u);
+  EXPECT_EQ(v.pending(), 2u);
+  EXPECT_EQ(m.registered(), ids);
+}
+
+TEST_F(MembershipTest, ViewNeverReportsNegativeHeartbeatAge) {
+  join("a");
+  m.heartbeat("a", now + Millis(500));
+  GroupView v = m.view(now);
+  ASSERT_EQ(v.peers.size(), 1u);
+  EXPECT_EQ(v.peers[0].heartbeat_age_ms, 0);
+}
+
+TEST_F(MembershipTest, HeartbeatWithAnOlderTimestampDoesNotMoveTheClockBack) {
+  join("a");
+  m.heartbeat("a", now + Millis(300));
+  m.heartbeat("a", now + Millis(100));
+  EXPECT_EQ(m.view(now + Millis(400)).peers[0].heartbeat_age_ms, 100);
+}
+
+TEST(MembershipEffectsTest, MergeConcatenatesEventsAndOrsFlags) {
+  MembershipEffects a;
+  a.events.push_back({Kind::kPending, "x", 1, ""});
+  MembershipEffects b;
+  b.events.push_back({Kind::kAdmitted, "x", 2, ""});
+  b.view_changed = true;
+  b.sync_done = true;
+  a.merge(b);
+  ASSERT_EQ(a.events.size(), 2u);
+  EXPECT_EQ(a.events[1].kind, Kind::kAdmitted);
+  EXPECT_TRUE(a.view_changed);
+  EXPECT_TRUE(a.sync_done);
+  a.merge(MembershipEffects{});
+  EXPECT_TRUE(a.view_changed);
+  EXPECT_TRUE(a.sync_done);
+}
+
+// ---- epochs under a long random schedule -------------------------------------------------------
+
+// Runs a deterministic random mix of joins, leaves, evictions, sync requests, heartbeats and ticks
+// and checks after every step: epochs never decrease; the epoch advances by exactly the number of
+// member-set changes (one per member removed, one per admission batch); the ring holds exactly
+// the members, without duplicates; the view lists members in ring order, then pending peers.
+TEST_F(MembershipTest, EpochsStrictlyIncreaseOncePerMemberSetChange) {
+  std::mt19937 rng(12345u);
+  const std::vector<std::string> pool = {"p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"};
+  auto pick = [&]() { return pool[std::uniform_int_distribution<std::size_t>(0, pool.size() - 1)(rng)]; };
+  std::uniform_int_distribution<int> op(0, 99);
+  std::uniform_int_distribution<int> coin(0, 9);
+  std::uint64_t admissions = 0, removals = 0;
+
+  for (int step = 0; step < 20000; ++step) {
+    const std::vector<std::string> ring_before = m.ring();
+    const std::set<std::string> members_before(ring_before.begin(), ring_before.end());
+    const std::uint64_t epoch_before = m.epoch();
+    MembershipEffects fx;
+    int o = op(rng);
+    if (o < 15) {
+      std::string id = pick();
+      auto r = m.join(id, id + ":1", 1, now);
+      if (r.isOk()) {
+        fx = *r;
+      } else {
+        EXPECT_EQ(r.status().code(), StatusCode::kAlreadyExists);
+      }
+    } else if (o < 20) {
+      fx = m.leave(pick());
+    } else if (o < 23) {
+      fx = m.evict(pick(), "test");
+    } else if (o < 60) {
+      fx = m.syncRequest(pick(), now);
+    } else {
+      // Most peers heartbeat most of the time; some go silent long enough to be evicted.
+      now += kTickEvery;
+      for (const auto& id : pool) {
+        if (coin(rng) < 8 && id != "p7") m.heartbeat(id, now);
+      }
+      fx = m.tick(now);
+      EXPECT_FALSE(m.lastTickWasStall());
+    }
+
+    // Count member-set changes from the events.
+    std::set<std::uint64_t> admission_epochs;
+    std::uint64_t removed_members = 0;
+    std::set<std::string> members = members_before;
+    std::uint64_t last_event_epoch = epoch_before;
+    for (const auto& ev : fx.events) {
+      EXPECT_GE(ev.epoch, last_event_epoch) << "step " << step;
+      last_event_epoch = ev.epoch;
+      if (ev.kind == Kind::kAdmitted) {
+        admission_epochs.insert(ev.epoch);
+        members.insert(ev.peer);
+      } else if ((ev.kind == Kind::kLeft || ev.kind == Kind::kEvicted) && members.count(ev.peer)) {
+        ++removed_members;
+        members.erase(ev.peer);
+      }
+    }
+    const std::uint64_t changes = admission_epochs.size() + removed_members;
+    admissions += admission_epochs.size();
+    removals += removed_members;
+    ASSERT_EQ(m.epoch(), epoch_before + changes) << "step " << step;
+    if (changes > 0) {
+      EXPECT_TRUE(fx.view_changed) << "step " << step;
+      EXPECT_EQ(last_event_epoch, m.epoch()) << "step " << step;
+    }
+
+    // The ring is exactly the member set the events describe, without duplicates.
+    const std::vector<std::string>& ring = m.ring();
+    ASSERT_EQ(std::set<std::string>(ring.begin(), ring.end()), members) << "step " << step;
+    ASSERT_EQ(ring.size(), members.size()) << "step " << step;
+    // Survivors keep their relative ring order; newcomers are appended.
+    std::vector<std::string> survivors;
+    for (const auto& id : ring_before) {
+      if (members.count(id)) survivors.push_back(id);
+    }
+    ASSERT_TRUE(std::equal(survivors.begin(), survivors.end(), ring.begin())) << "step " << step;
+
+    GroupView v = m.view(now);
+    ASSERT_EQ(v.epoch, m.epoch());
+    ASSERT_GE(v.peers.size(), ring.size());
+    for (std::size_t i = 0; i < v.peers.size(); ++i) {
+      if (i < ring.size()) {
+        EXPECT_EQ(v.peers[i].id, ring[i]) << "step " << step;
+        EXPECT_EQ(v.peers[i].state, PeerState::kMember) << "step " << step;
+      } else {
+        EXPECT_EQ(v.peers[i].state, PeerState::kPending) << "step " << step;
+      }
+      EXPECT_GE(v.peers[i].heartbeat_age_ms, 0);
+    }
+    // With no members, nobody may be left waiting: a joiner is admitted at once.
+    if (ring.empty()) {
+      EXPECT_TRUE(v.peers.empty()) << "step " << step;
+    }
+    if (HasFailure()) FAIL() << "stopped at step " << step;
+  }
+  // The schedule exercised what it claims to.
+  EXPECT_GT(admissions, 100u);
+  EXPECT_GT(removals, 100u);
+}
+
+}  // namespace
+}  // namespace loco::p2p

@@ -1,0 +1,332 @@
+// Unit tests for the control-message codecs (p2p/messages.h): every message round trips, and
+// every decoder rejects truncation, trailing bytes, over-long strings and bad counts/enums with
+// kProtocolError.
+
+#include "p2p/messages.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace loco::p2p {
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+
+// A decoder reduced to "accepted or not", so the generic malformed-input checks can loop over all.
+struct Codec {
+  const char* name;
+  Bytes valid;  // a valid, non-trivial encoding
+  std::function<Status(ByteSpan)> decode;
+};
+
+template <typename T>
+Status statusOf(const Result<T>& r) {
+  return r.isOk() ? Status::ok() : r.status();
+}
+
+GroupView sampleView() {
+  GroupView v;
+  v.epoch = 0x1122334455667788ull;
+  v.peers.push_back({"0123456789abcdef0123456789abcdef", "10.0.0.1:7000", PeerState::kMember, 15, 4});
+  v.peers.push_back({"fedcba9876543210fedcba9876543210", "[fe80::1%eth0]:7001", PeerState::kMember, 0, 1});
+  v.peers.push_back({"00000000000000000000000000000000", "node-3.example:7002", PeerState::kPending, -5, 8});
+  v.counters.push_back({"coord.joins", 3});
+  v.counters.push_back({"coord.evictions", ~0ull});
+  return v;
+}
+
+std::vector<Codec> allCodecs() {
+  return {
+      {"Hello", encodeHello({"0123456789abcdef0123456789abcdef", "peer-1:7000", 4, "0.1.0"}),
+       [](ByteSpan b) { return statusOf(decodeHello(b)); }},
+      {"Welcome", encodeWelcome({500, 5000, 12}), [](ByteSpan b) { return statusOf(decodeWelcome(b)); }},
+      {"Refused", encodeRefused({StatusCode::kAlreadyExists, "peer id already registered"}),
+       [](ByteSpan b) { return statusOf(decodeRefused(b)); }},
+      {"Evicted", encodeEvicted({"no heartbeat for 5000 ms"}),
+       [](ByteSpan b) { return statusOf(decodeEvicted(b)); }},
+      {"GroupView", encodeGroupView(sampleView()), [](ByteSpan b) { return statusOf(decodeGroupView(b)); }},
+      {"LinkHello", encodeLinkHello({"9f8e7d6c", "0123456789abcdef0123456789abcdef", 2, 4, 1u << 20}),
+       [](ByteSpan b) { return statusOf(decodeLinkHello(b)); }},
+  };
+}
+
+// ---- round trips -------------------------------------------------------------------------------
+
+TEST(Messages, HelloRoundTrips) {
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "[::1]:7000", 16, "0.1.0+dev"};
+  auto r = decodeHello(encodeHello(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->peer_id, m.peer_id);
+  EXPECT_EQ(r->advertise, m.advertise);
+  EXPECT_EQ(r->streams, m.streams);
+  EXPECT_EQ(r->version, m.version);
+}
+
+TEST(Messages, HelloWithEmptyStringsRoundTrips) {
+  auto r = decodeHello(encodeHello(HelloMsg{}));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->peer_id, "");
+  EXPECT_EQ(r->advertise, "");
+  EXPECT_EQ(r->streams, 0u);
+}
+
+TEST(Messages, WelcomeRoundTrips) {
+  WelcomeMsg m{250, 3000, 0xFFFFFFFFFFFFFFFEull};
+  auto r = decodeWelcome(encodeWelcome(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->heartbeat_interval_ms, 250u);
+  EXPECT_EQ(r->heartbeat_timeout_ms, 3000u);
+  EXPECT_EQ(r->epoch, m.epoch);
+}
+
+TEST(Messages, RefusedRoundTripsEveryStatusCode) {
+  for (int c = 0; c <= static_cast<int>(StatusCode::kInternal); ++c) {
+    RefusedMsg m{static_cast<StatusCode>(c), "reason " + std::to_string(c)};
+    auto r = decodeRefused(encodeRefused(m));
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
+    EXPECT_EQ(r->code, m.code);
+    EXPECT_EQ(r->reason, m.reason);
+  }
+}
+
+TEST(Messages, RefusedWithUnknownCodeDecodesAsInternal) {
+  // A newer coordinator may send a code this build does not know: it must not become an
+  // out-of-range enum value.
+  Bytes b = encodeRefused({StatusCode::kInternal, "x"});
+  b[0] = 0xFF;
+  b[1] = 0xFF;
+  b[2] = 0xFF;
+  b[3] = 0xFF;
+  auto r = decodeRefused(b);
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->code, StatusCode::kInternal);
+  EXPECT_EQ(r->reason, "x");
+}
+
+TEST(Messages, EvictedRoundTrips) {
+  EvictedMsg m{"no heartbeat for 5100 ms (timeout 5000 ms)"};
+  auto r = decodeEvicted(encodeEvicted(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->reason, m.reason);
+}
+
+TEST(Messages, GroupViewRoundTripsPeersStatesAgesAndCounters) {
+  GroupView v = sampleView();
+  auto r = decodeGroupView(encodeGroupView(v));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->epoch, v.epoch);
+  ASSERT_EQ(r->peers.size(), v.peers.size());
+  for (std::size_t i = 0; i < v.peers.size(); ++i) {
+    EXPECT_EQ(r->peers[i].id, v.peers[i].id);
+    EXPECT_EQ(r->peers[i].addr, v.peers[i].addr);
+    EXPECT_EQ(r->peers[i].state, v.peers[i].state);
+    EXPECT_EQ(r->peers[i].heartbeat_age_ms, v.peers[i].heartbeat_age_ms);
+    EXPECT_EQ(r->peers[i].streams, v.peers[i].streams);
+  }
+  EXPECT_EQ(r->counters, v.counters);
+  EXPECT_EQ(r->world(), 2u);
+  EXPECT_EQ(r->pending(), 1u);
+}
+
+TEST(Messages, EmptyGroupViewRoundTrips) {
+  auto r = decodeGroupView(encodeGroupView(GroupView{}));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->epoch, 0u);
+  EXPECT_TRUE(r->peers.empty());
+  EXPECT_TRUE(r->counters.empty());
+  EXPECT_EQ(r->world(), 0u);
+  EXPECT_EQ(r->pending(), 0u);
+}
+
+TEST(Messages, LinkHelloRoundTrips) {
+  LinkHelloMsg m{"a1b2c3d4e5f60718", "0123456789abcdef0123456789abcdef", 3, 8, 4u << 20};
+  auto r = decodeLinkHello(encodeLinkHello(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->link_id, m.link_id);
+  EXPECT_EQ(r->from_peer, m.from_peer);
+  EXPECT_EQ(r->stream_index, 3u);
+  EXPECT_EQ(r->stream_count, 8u);
+  EXPECT_EQ(r->chunk_bytes, 4u << 20);
+}
+
+TEST(Messages, PeerStateNames) {
+  EXPECT_EQ(peerStateName(PeerState::kMember), "member");
+  EXPECT_EQ(peerStateName(PeerState::kPending), "pending");
+}
+
+// ---- generic malformed input ---------------------------------------------------------------------
+
+TEST(Messages, EveryDecoderAcceptsItsValidEncoding) {
+  for (const Codec& c : allCodecs()) {
+    Status s = c.decode(c.valid);
+    EXPECT_TRUE(s.isOk()) << c.name << ": " << s.toString();
+  }
+}
+
+TEST(Messages, EveryDecoderRejectsEveryTruncation) {
+  for (const Codec& c : allCodecs()) {
+    for (std::size_t n = 0; n < c.valid.size(); ++n) {
+      Status s = c.decode(ByteSpan(c.valid.data(), n));
+      EXPECT_EQ(s.code(), StatusCode::kProtocolError) << c.name << " truncated to " << n;
+    }
+  }
+}
+
+TEST(Messages, EveryDecoderRejectsTrailingBytes) {
+  for (const Codec& c : allCodecs()) {
+    for (std::size_t extra : {1u, 4u, 100u}) {
+      Bytes b = c.valid;
+      b.insert(b.end(), extra, 0);
+      Status s = c.decode(b);
+      EXPECT_EQ(s.code(), StatusCode::kProtocolError) << c.name << " + " << extra << " bytes";
+    }
+  }
+}
+
+TEST(Messages, RejectionMessageNamesTheMessage) {
+  for (const Codec& c : allCodecs()) {
+    Status s = c.decode(ByteSpan());
+    EXPECT_EQ(s.code(), StatusCode::kProtocolError);
+    std::string expect = std::string(c.name) == "GroupView" ? "Membership" : c.name;
+    EXPECT_NE(s.message().find(expect), std::string::npos) << s.message();
+  }
+}
+
+// ---- over-long strings ------------------------------------------------------------------------
+
+TEST(Messages, HelloAdvertiseAtTheLimitIsAcceptedAndOneMoreIsRejected) {
+  HelloMsg m{"0123456789abcdef0123456789abcdef", std::string(kMaxAddrLen, 'h'), 1, "v"};
+  EXPECT_TRUE(decodeHello(encodeHello(m)).isOk());
+  m.advertise.push_back('h');
+  auto r = decodeHello(encodeHello(m));
+  ASSERT_FALSE(r.isOk());
+  EXPECT_EQ(r.status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, HelloOverLongPeerIdOrVersionIsRejected) {
+  HelloMsg m{std::string(4096, 'a'), "h:1", 1, "v"};
+  EXPECT_EQ(decodeHello(encodeHello(m)).status().code(), StatusCode::kProtocolError);
+  m = HelloMsg{"0123456789abcdef0123456789abcdef", "h:1", 1, std::string(4096, 'v')};
+  EXPECT_EQ(decodeHello(encodeHello(m)).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, ReasonAtTheLimitIsAcceptedAndOneMoreIsRejected) {
+  std::string at(kMaxReasonLen, 'r');
+  std::string over(kMaxReasonLen + 1, 'r');
+  EXPECT_TRUE(decodeRefused(encodeRefused({StatusCode::kAborted, at})).isOk());
+  EXPECT_TRUE(decodeEvicted(encodeEvicted({at})).isOk());
+  EXPECT_EQ(decodeRefused(encodeRefused({StatusCode::kAborted, over})).status().code(),
+            StatusCode::kProtocolError);
+  EXPECT_EQ(decodeEvicted(encodeEvicted({over})).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, GroupViewOverLongPeerAddrOrIdOrCounterNameIsRejected) {
+  GroupView v = sampleView();
+  v.peers[1].addr = std::string(kMaxAddrLen + 1, 'a');
+  EXPECT_EQ(decodeGroupView(encodeGroupView(v)).status().code(), StatusCode::kProtocolError);
+  v = sampleView();
+  v.peers[1].addr = std::string(kMaxAddrLen, 'a');
+  EXPECT_TRUE(decodeGroupView(encodeGroupView(v)).isOk());
+  v = sampleView();
+  v.peers[2].id = std::string(4096, 'f');
+  EXPECT_EQ(decodeGroupView(encodeGroupView(v)).status().code(), StatusCode::kProtocolError);
+  v = sampleView();
+  v.counters[0].first = std::string(4096, 'c');
+  EXPECT_EQ(decodeGroupView(encodeGroupView(v)).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, LinkHelloOverLongIdsAreRejected) {
+  LinkHelloMsg m{std::string(4096, 'l'), "p", 0, 1, 1};
+  EXPECT_EQ(decodeLinkHello(encodeLinkHello(m)).status().code(), StatusCode::kProtocolError);
+  m = LinkHelloMsg{"l", std::string(4096, 'p'), 0, 1, 1};
+  EXPECT_EQ(decodeLinkHello(encodeLinkHello(m)).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, StringLengthPrefixLargerThanTheInputIsRejected) {
+  // Hello whose peer_id claims 60 bytes (under any limit) but the payload ends after 10.
+  Bytes b = {60, 0, 0, 0};
+  b.insert(b.end(), 10, 'a');
+  EXPECT_EQ(decodeHello(b).status().code(), StatusCode::kProtocolError);
+  // And a length prefix of 0xFFFFFFFF.
+  Bytes huge = {0xFF, 0xFF, 0xFF, 0xFF, 'a', 'b'};
+  EXPECT_EQ(decodeEvicted(huge).status().code(), StatusCode::kProtocolError);
+}
+
+// ---- GroupView counts and enums ----------------------------------------------------------------
+
+// epoch, peer count, then `n` minimal peers (empty id and addr), then zero counters.
+Bytes groupViewWithPeers(std::uint32_t count_field, std::uint32_t actual) {
+  Bytes b;
+  ByteWriter w(b);
+  w.u64(1);
+  w.u32(count_field);
+  for (std::uint32_t i = 0; i < actual; ++i) {
+    w.str("");
+    w.str("");
+    w.u8(static_cast<std::uint8_t>(PeerState::kMember));
+    w.i64(0);
+    w.u32(1);
+  }
+  w.u32(0);
+  return b;
+}
+
+TEST(Messages, GroupViewPeerCountAboveTheLimitIsRejected) {
+  // The limit is kMaxPeers = 65536 in messages.cpp. Even with every peer present, one more is refused.
+  Bytes over = groupViewWithPeers(65537, 65537);
+  EXPECT_EQ(decodeGroupView(over).status().code(), StatusCode::kProtocolError);
+  auto at = decodeGroupView(groupViewWithPeers(65536, 65536));
+  ASSERT_TRUE(at.isOk()) << at.status().toString();
+  EXPECT_EQ(at->peers.size(), 65536u);
+}
+
+TEST(Messages, GroupViewHugePeerCountWithoutPeersIsRejectedCheaply) {
+  // Must fail from the count alone, without trying to reserve 4 billion entries.
+  for (std::uint32_t n : {0xFFFFFFFFu, 0x80000000u, 65536u, 3u}) {
+    EXPECT_EQ(decodeGroupView(groupViewWithPeers(n, 0)).status().code(), StatusCode::kProtocolError) << n;
+  }
+}
+
+TEST(Messages, GroupViewCounterCountAboveTheInputIsRejected) {
+  Bytes b;
+  ByteWriter w(b);
+  w.u64(1);
+  w.u32(0);
+  w.u32(0xFFFFFFFFu);
+  EXPECT_EQ(decodeGroupView(b).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, GroupViewInvalidPeerStateByteIsRejected) {
+  for (int state : {0, 3, 4, 0x7F, 0xFF}) {
+    Bytes b = groupViewWithPeers(1, 1);
+    // epoch(8) count(4) id len(4) addr len(4), then the state byte.
+    std::size_t state_off = 8 + 4 + 4 + 4;
+    ASSERT_EQ(b[state_off], static_cast<std::uint8_t>(PeerState::kMember));
+    b[state_off] = static_cast<std::uint8_t>(state);
+    auto r = decodeGroupView(b);
+    EXPECT_EQ(r.status().code(), StatusCode::kProtocolError) << "state " << state;
+  }
+  for (PeerState ok : {PeerState::kPending, PeerState::kMember}) {
+    Bytes b = groupViewWithPeers(1, 1);
+    b[8 + 4 + 4 + 4] = static_cast<std::uint8_t>(ok);
+    auto r = decodeGroupView(b);
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
+    EXPECT_EQ(r->peers[0].state, ok);
+  }
+}
+
+TEST(Messages, EncodingIsLittleEndianAndLengthPrefixed) {
+  Bytes b = encodeWelcome({0x01020304u, 0x0A0B0C0Du, 0x1122334455667788ull});
+  Bytes want = {0x04, 0x03, 0x02, 0x01, 0x0D, 0x0C, 0x0B, 0x0A,
+                0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11};
+  EXPECT_EQ(b, want);
+  Bytes e = encodeEvicted({"ab"});
+  Bytes want_e = {2, 0, 0, 0, 'a', 'b'};
+  EXPECT_EQ(e, want_e);
+}
+
+}  // namespace
+}  // namespace loco::p2p
