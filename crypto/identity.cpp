@@ -91,8 +91,10 @@ Result<PeerIdentity> loadOrCreateIdentity(const std::string& path) {
   // Write a private temp file, then link() it into place: link fails with EEXIST if another
   // process won the race, and then both use the winner's id.
   PeerIdentity ident = ephemeralIdentity();
-  std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  int fd = ::open(tmp.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  // mkstemp: a fresh name per call (threads, or a leftover from a crashed run with our pid),
+  // created with mode 0600.
+  std::string tmp = path + ".tmp.XXXXXX";
+  int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) {
     return Status(StatusCode::kIoError,
                   fmt::format("cannot create identity file {}: {}", tmp, errnoText()));
@@ -115,7 +117,7 @@ Result<PeerIdentity> loadOrCreateIdentity(const std::string& path) {
     errno = saved;
     return Status(StatusCode::kIoError, fmt::format("cannot create identity file {}: {}", path, errnoText()));
   }
-  LOG_INFO(kLogPeer, "created identity {} in {}", ident.id.substr(0, 8), path);
+  LOG_DEBUG(kLogPeer, "created identity {} in {}", ident.id.substr(0, 8), path);
   return ident;
 }
 

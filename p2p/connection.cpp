@@ -93,7 +93,10 @@ void Connection::onHeader() {
   auto self = shared_from_this();
   readPayload(MutableByteSpan(payload_buf_), 0, [self] {
     self->got_first_frame_ = true;
-    if (self->on_frame_ && !self->closing_) self->on_frame_(self->current_, std::move(self->payload_buf_));
+    // A copy: the handler may replace itself (a handshake handing the connection on).
+    if (auto handler = self->on_frame_; handler && !self->closing_) {
+      handler(self->current_, std::move(self->payload_buf_));
+    }
     self->payload_buf_.clear();
     self->readHeader();
   });
@@ -118,7 +121,7 @@ void Connection::deliverData() {
   auto self = shared_from_this();
   readPayload(t.dst, 0, [self] {
     self->got_first_frame_ = true;
-    if (self->on_data_done_) self->on_data_done_(self->current_);
+    if (auto handler = self->on_data_done_) handler(self->current_);
     self->readHeader();
   });
 }

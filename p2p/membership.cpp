@@ -110,9 +110,15 @@ MembershipEffects Membership::tick(TimePoint now) {
     for (Peer& p : peers_) p.last_heard = std::max(p.last_heard, now);
     return {};
   }
+  // Silent pending peers go first: evicting a member can complete a barrier, which must not
+  // admit a peer that is itself about to be evicted.
   std::vector<std::pair<std::string, std::int64_t>> expired;
-  for (const Peer& p : peers_) {
-    if (now - p.last_heard > heartbeat_timeout_) expired.emplace_back(p.id, toMillis(now - p.last_heard));
+  for (PeerState state : {PeerState::kPending, PeerState::kMember}) {
+    for (const Peer& p : peers_) {
+      if (p.state == state && now - p.last_heard > heartbeat_timeout_) {
+        expired.emplace_back(p.id, toMillis(now - p.last_heard));
+      }
+    }
   }
   MembershipEffects fx;
   for (auto& [id, silent_ms] : expired) {

@@ -51,6 +51,7 @@ Status MembershipClient::join(Deadline deadline) {
   if (!eps) return eps.status().withContext("--coordinator");
   closeConnection();
   const std::string target = options_.coordinator.toString();
+  Status refused;  // the last "connection refused", reported if the deadline passes meanwhile
   for (;;) {
     std::uint64_t session;
     {
@@ -96,8 +97,14 @@ Status MembershipClient::join(Deadline deadline) {
     if (state_ == State::kPending || state_ == State::kMember) return Status();
     Status err = last_error_;
     bool refused_connection = err.code() == StatusCode::kUnavailable && connect_done_;
-    if (err.isOk()) {
-      err = Status(StatusCode::kTimeout, fmt::format("no answer from coordinator {}", target));
+    if (refused_connection) refused = err;
+    if (err.isOk() || (err.code() == StatusCode::kTimeout && !refused.isOk())) {
+      err = refused.isOk()
+                ? Status(StatusCode::kTimeout, fmt::format("no answer from coordinator {}", target))
+                : Status(StatusCode::kUnavailable,
+                         fmt::format("{} (retried until the connect timeout); is `loco coordinator` "
+                                     "running there?",
+                                     refused.message()));
     }
     if (!refused_connection || deadline.expired()) {
       lock.unlock();

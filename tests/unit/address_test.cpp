@@ -92,8 +92,8 @@ INSTANTIATE_TEST_SUITE_P(Address, AddressInvalid,
                                            "host:80x", "::1:80", "[::1]80", "bad host:80",
                                            "host:99999999999999999999", "host: 80", "host:+80",
                                            "[::1", "[]:80", "[::1]:", "host:0x50", "ho/st:80"),
-                         [](const ::testing::TestParamInfo<const char*>& info) {
-                           return "Case" + std::to_string(info.index);
+                         [](const ::testing::TestParamInfo<const char*>& param) {
+                           return "Case" + std::to_string(param.index);
                          });
 
 }  // namespace

@@ -156,6 +156,7 @@ TEST_F(IdentityTest, UncreatablePathIsIoErrorNamingThePath) {
 
 // identity.h: "All functions are ... thread-safe" and "Two processes creating the same file at
 // once end up with one id". Several threads racing to create one file must all succeed and agree.
+
 TEST_F(IdentityTest, ConcurrentCreationOfOneFileYieldsOneId) {
   for (int round = 0; round < 20; ++round) {
     const std::string p = path("race" + std::to_string(round));
@@ -183,6 +184,22 @@ TEST_F(IdentityTest, ConcurrentCreationOfOneFileYieldsOneId) {
     EXPECT_EQ(distinct.size(), 1u) << "round " << round;
     if (HasFailure()) break;
   }
+}
+
+// A peer killed between creating its temporary file and linking it into place leaves
+// "<path>.tmp.<pid>" behind. In a container the restarted peer usually gets the same pid, so the
+// leftover must not make identity creation fail forever ("kIoError if it cannot be ... created":
+// it can be).
+
+TEST_F(IdentityTest, LeftoverTemporaryFileFromACrashedRunWithTheSamePidDoesNotBlockCreation) {
+  const std::string p = path("identity");
+  writeFile(p + ".tmp." + std::to_string(::getpid()), "half-written");
+  auto r = loadOrCreateIdentity(p);
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_TRUE(isValidPeerId(r->id));
+  auto again = loadOrCreateIdentity(p);
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  EXPECT_EQ(again->id, r->id);
 }
 
 TEST(Identity, RandomHexHasTwoLowercaseHexDigitsPerByte) {
