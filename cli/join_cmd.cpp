@@ -156,8 +156,8 @@ int runJoin(const Args& args) {
   auto cleanup = [&] {
     std::promise<void> done;
     net.post([&] {
-      if (signals) signals->cancel();
-      if (listener) listener->close();
+      signals.reset();
+      listener.reset();
       links.clear();
       done.set_value();
     });

@@ -48,6 +48,7 @@ void Connection::start() {
 void Connection::setLiveness(Millis heartbeat_interval, Millis liveness_timeout) {
   options_.heartbeat_interval = heartbeat_interval;
   options_.liveness_timeout = liveness_timeout;
+  if (liveness_timeout.count() > 0) stream_->setUserTimeout(liveness_timeout);
   last_rx_ = Clock::now();
   armTimer();
 }

@@ -91,15 +91,20 @@ void Link::pump() {
                              if (!self) return;
                              --self->state_[i].queued;
                              if (!st.isOk() && op->error.isOk()) op->error = st;
-                             if (++op->written == op->chunks) {
-                               self->sends_.erase(std::remove(self->sends_.begin(), self->sends_.end(), op),
-                                                  self->sends_.end());
-                               op->done(op->error);
-                             }
+                             ++op->written;
+                             self->maybeFinishSend(op);
                              self->pump();
                            });
     }
   }
+}
+
+void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
+  if (op->written < op->chunks) return;
+  auto it = std::find(sends_.begin(), sends_.end(), op);
+  if (it == sends_.end()) return;  // already completed
+  sends_.erase(it);
+  op->done(op->error);
 }
 
 Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len) {
@@ -199,7 +204,14 @@ void Link::close(const Status& why) {
   auto recvs = std::move(recvs_);
   recvs_.clear();
   for (auto& [tag, op] : recvs) op.done(close_reason_);
-  // Sends complete through their chunks' write callbacks, which the closed streams fail.
+  // Chunks never handed to a stream will not be sent; the ones handed over complete through
+  // their write callbacks, which the closed streams fail.
+  auto sends = sends_;
+  for (auto& op : sends) {
+    if (op->error.isOk()) op->error = close_reason_;
+    op->chunks = op->next;
+    maybeFinishSend(op);
+  }
   staged_.clear();
   staged_bytes_ = 0;
   if (auto h = std::move(on_close_)) h(close_reason_);
@@ -248,7 +260,7 @@ void LinkListener::accept() {
       });
       return;
     }
-    tuneSocket(socket, Millis(0));
+    tuneSocket(socket, options_.tcp_user_timeout);
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
@@ -354,7 +366,7 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
     asyncConnect(io, eps.value(), deadline, [dial, i, link_id, deadline](auto sock) {
       if (dial->finished) return;
       if (!sock) return dial->fail(sock.status().withContext("link to " + dial->remote));
-      tuneSocket(*sock.value(), Millis(0));
+      tuneSocket(*sock.value(), dial->options.tcp_user_timeout);
       Connection::Options copts;
       copts.name = fmt::format("link to {} stream {}", dial->remote, i);
       copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());

@@ -33,6 +33,10 @@ struct LinkOptions {
   std::size_t max_staged_bytes = 64u << 20;
   std::uint32_t queued_chunks_per_stream = 2;  // keeps every socket busy without hoarding
   Millis handshake_timeout{5000};
+  // Unacknowledged data older than this kills a stream (TCP_USER_TIMEOUT): a partitioned peer
+  // fails the link instead of stalling it for the kernel's ~15 minutes. Membership heartbeats
+  // usually notice first.
+  Millis tcp_user_timeout{10000};
 };
 
 class Link : public std::enable_shared_from_this<Link> {
@@ -86,6 +90,8 @@ class Link : public std::enable_shared_from_this<Link> {
 
   void wire(std::size_t index);
   void pump();
+  // Completes `op` once every chunk handed to a stream has been written or failed.
+  void maybeFinishSend(const std::shared_ptr<SendOp>& op);
   Connection::DataTarget target(std::size_t index, const FrameHeader& h);
   void dataDone(std::size_t index, const FrameHeader& h);
   Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len);

@@ -35,10 +35,12 @@ void NetworkThread::stop() {
 void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout) {
   std::error_code ec;
   socket.set_option(asio::ip::tcp::no_delay(true), ec);
-  if (user_timeout.count() > 0) {
-    unsigned int ms = static_cast<unsigned int>(user_timeout.count());
-    ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
-  }
+  setTcpUserTimeout(socket, user_timeout);
+}
+
+void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout) {
+  unsigned int ms = static_cast<unsigned int>(std::max<std::int64_t>(0, user_timeout.count()));
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
 }
 
 Result<std::vector<asio::ip::tcp::endpoint>> resolve(const HostPort& hp) {

@@ -41,6 +41,7 @@ class NetworkThread {
 // connection) as the backstop behind application heartbeats. Errors are ignored: tuning is best
 // effort and the connection works without it.
 void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout);
+void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout);
 
 // Blocking name resolution (call it off the network thread). kInvalidArgument when the name
 // does not resolve.

@@ -20,6 +20,8 @@ void TcpStream::asyncWriteAll(const std::vector<asio::const_buffer>& bufs, IoHan
   asio::async_write(socket_, bufs, std::move(done));
 }
 
+void TcpStream::setUserTimeout(Millis timeout) { setTcpUserTimeout(socket_, timeout); }
+
 void TcpStream::close() {
   std::error_code ignored;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "p2p/base/clock.h"
+
 namespace loco::p2p {
 
 class Stream {
@@ -24,6 +26,9 @@ class Stream {
   virtual void close() = 0;
   virtual std::string remoteAddress() const = 0;
   virtual std::string localAddress() const = 0;
+  // Kernel-level backstop behind heartbeats: unacknowledged data older than this kills the
+  // connection (TCP_USER_TIMEOUT for TCP). 0 restores the system default.
+  virtual void setUserTimeout(Millis timeout) = 0;
 };
 
 class TcpStream final : public Stream {
@@ -34,6 +39,7 @@ class TcpStream final : public Stream {
   void close() override;
   std::string remoteAddress() const override { return remote_; }
   std::string localAddress() const override { return local_; }
+  void setUserTimeout(Millis timeout) override;
 
  private:
   asio::ip::tcp::socket socket_;
