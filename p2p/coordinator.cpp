@@ -160,7 +160,7 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
                   fmt::format("the group is full ({} peers)", options_.max_peers));
   }
   const std::string id = hello->peer_id;
-  auto fx = membership_.join(id, hello->advertise, hello->streams, Clock::now());
+  auto fx = membership_.join(id, hello->advertise, hello->streams, Clock::now(), hello->last_epoch);
   if (!fx) return refuse(conn, fx.status().code(), fx.status().message());
 
   dropHandshaking(conn.get());

@@ -24,13 +24,14 @@ const Membership::Peer* Membership::find(const std::string& id) const {
 bool Membership::contains(const std::string& id) const { return find(id) != nullptr; }
 
 Result<MembershipEffects> Membership::join(const std::string& id, const std::string& addr,
-                                           std::uint32_t streams, TimePoint now) {
+                                           std::uint32_t streams, TimePoint now, std::uint64_t last_epoch) {
   if (const Peer* existing = find(id)) {
     return Status(StatusCode::kAlreadyExists,
                   fmt::format("peer id {} is already registered as a {} from {}; another live "
                               "process uses the same identity file",
                               id, peerStateName(existing->state), existing->addr));
   }
+  epoch_ = std::max(epoch_, last_epoch);
   peers_.push_back(Peer{id, addr, streams, PeerState::kPending, now});
   MembershipEffects fx;
   fx.view_changed = true;

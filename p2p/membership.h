@@ -46,9 +46,10 @@ class Membership {
  public:
   explicit Membership(Millis heartbeat_timeout) : heartbeat_timeout_(heartbeat_timeout) {}
 
-  // Registers a new peer as pending. kAlreadyExists if `id` is registered.
+  // Registers a new peer as pending. kAlreadyExists if `id` is registered. `last_epoch` is the
+  // highest epoch the peer has seen: after a coordinator restart the epoch continues above it.
   Result<MembershipEffects> join(const std::string& id, const std::string& addr,
-                                 std::uint32_t streams, TimePoint now);
+                                 std::uint32_t streams, TimePoint now, std::uint64_t last_epoch = 0);
   void heartbeat(const std::string& id, TimePoint now);
   // A member reached a sync point. Requests from pending or unknown peers are ignored.
   MembershipEffects syncRequest(const std::string& id, TimePoint now);

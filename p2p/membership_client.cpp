@@ -54,16 +54,18 @@ Status MembershipClient::join(Deadline deadline) {
   Status refused;  // the last "connection refused", reported if the deadline passes meanwhile
   for (;;) {
     std::uint64_t session;
+    std::uint64_t last_epoch;
     {
       std::lock_guard lock(mu_);
       if (aborted_) return Status(StatusCode::kAborted, "join aborted");
       session = ++session_;
+      last_epoch = epoch_;
       state_ = State::kConnecting;
       connect_done_ = false;
       last_error_ = Status();
     }
-    net_.post([this, session, eps = eps.value(), deadline] {
-      asyncConnect(net_.context(), eps, deadline, [this, session, deadline](auto result) {
+    net_.post([this, session, eps = eps.value(), deadline, last_epoch] {
+      asyncConnect(net_.context(), eps, deadline, [this, session, deadline, last_epoch](auto result) {
         if (!result) {
           std::lock_guard lock(mu_);
           if (session != session_) return;
@@ -85,7 +87,7 @@ Status MembershipClient::join(Deadline deadline) {
         conn_->setCloseHandler([this, session](const Status& why) { onClosed(session, why); });
         conn_->start();
         conn_->send(MsgType::kHello, encodeHello(HelloMsg{options_.peer_id, options_.advertise,
-                                                           options_.streams, LOCO_VERSION}));
+                                                           options_.streams, LOCO_VERSION, last_epoch}));
       });
     });
     std::unique_lock lock(mu_);

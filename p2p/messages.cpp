@@ -34,6 +34,7 @@ std::vector<std::uint8_t> encodeHello(const HelloMsg& m) {
   w.str(m.advertise);
   w.u32(m.streams);
   w.str(m.version);
+  w.u64(m.last_epoch);
   return out;
 }
 
@@ -41,7 +42,7 @@ Result<HelloMsg> decodeHello(ByteSpan in) {
   ByteReader r(in);
   HelloMsg m;
   if (!(r.str(m.peer_id, kMaxIdLen) && r.str(m.advertise, kMaxAddrLen) && r.u32(m.streams) &&
-        r.str(m.version, kMaxVersionLen) && r.done())) {
+        r.str(m.version, kMaxVersionLen) && r.u64(m.last_epoch) && r.done())) {
     return malformed("Hello");
   }
   return m;

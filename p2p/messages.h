@@ -20,6 +20,9 @@ struct HelloMsg {
   std::string advertise;  // HOST:PORT other peers reach this peer's links at
   std::uint32_t streams = 0;
   std::string version;    // loco's version, for logs
+  // The highest epoch this peer has seen (0 if none): a restarted coordinator continues above
+  // it, so epochs never go backwards for anyone.
+  std::uint64_t last_epoch = 0;
 };
 
 struct WelcomeMsg {

@@ -12,6 +12,7 @@
 
 #include "p2p/frame.h"
 #include "p2p/messages.h"
+#include "p2p/status_client.h"
 #include "tests/support/swarm.h"
 
 namespace loco::testing {
@@ -271,6 +272,58 @@ TEST(Fault, CoordinatorWithEightIdlePeersUsesLittleCpu) {
   const double percent = 100.0 * static_cast<double>(cpuMillis(cpid) - cpu0) / wall_ms;
   std::printf("coordinator CPU with 8 idle peers: %.2f%% of one core (target < 2%%)\n", percent);
   EXPECT_LT(percent, 2.0);
+}
+
+}  // namespace
+}  // namespace loco::testing
+
+namespace loco::testing {
+namespace {
+
+// DESIGN.md §4: the coordinator is restartable. Peers that lose it keep trying to rejoin for
+// --connect-timeout; a new coordinator on the same address takes them back, and because each
+// peer reports the highest epoch it saw, epochs never go backwards.
+TEST(Fault, PeersRejoinARestartedCoordinatorAndEpochsKeepRising) {
+  TempDir dir;
+  std::string port_file = dir.file("port");
+  auto start = [&](const std::string& listen) {
+    ::unlink(port_file.c_str());
+    auto p = std::make_unique<Process>(std::vector<std::string>{"coordinator", "--listen", listen, "--port-file",
+                                                                port_file, "--heartbeat-interval", "200",
+                                                                "--heartbeat-timeout", "2000"},
+                                       dir.file("coordinator.log"));
+    EXPECT_TRUE(eventually(milliseconds(10000), [&] { return !readFile(port_file).empty(); }));
+    return p;
+  };
+  auto coordinator = start("127.0.0.1:0");
+  const std::string port = std::to_string(std::atoi(readFile(port_file).c_str()));
+  const p2p::HostPort addr{"127.0.0.1", static_cast<std::uint16_t>(std::stoi(port))};
+  auto view = [&]() -> std::optional<p2p::GroupView> {
+    auto v = p2p::fetchStatus(addr, Deadline::after(Millis(1000)));
+    if (!v) return std::nullopt;
+    return std::move(v.value());
+  };
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int i = 0; i < 3; ++i) {
+    peers.push_back(std::make_unique<Process>(
+        std::vector<std::string>{"join", "--idle", "--coordinator", "127.0.0.1:" + port, "--connect-timeout", "15000"},
+        dir.file("peer" + std::to_string(i) + ".log")));
+  }
+  ASSERT_TRUE(eventually(milliseconds(10000), [&] {
+    auto v = view();
+    return v && v->world() == 3;
+  }));
+  const std::uint64_t epoch_before = view()->epoch;
+
+  coordinator->signal(SIGKILL);
+  ASSERT_TRUE(coordinator->waitExit(milliseconds(5000)).has_value());
+  coordinator = start("127.0.0.1:" + port);
+  ASSERT_TRUE(eventually(milliseconds(15000), [&] {
+    auto v = view();
+    return v && v->world() == 3 && v->pending() == 0;
+  })) << peers[0]->log();
+  EXPECT_GT(view()->epoch, epoch_before) << "epochs must keep rising across a coordinator restart";
+  for (auto& p : peers) EXPECT_TRUE(p->running());
 }
 
 }  // namespace

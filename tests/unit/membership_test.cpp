@@ -680,3 +680,23 @@ TEST_F(MembershipTest, EpochsStrictlyIncreaseOncePerMemberSetChange) {
 
 }  // namespace
 }  // namespace loco::p2p
+
+namespace loco::p2p {
+namespace {
+
+// A restarted coordinator learns the epoch from the first peers that rejoin: the next epoch is
+// above anything a peer has seen, never back at 1.
+TEST(Membership, RestartedCoordinatorContinuesAboveThePeersLastEpoch) {
+  Membership m(Millis(3000));
+  const TimePoint now = TimePoint{} + std::chrono::hours(1);
+  auto r = m.join("a", "a:1", 1, now, /*last_epoch=*/41);
+  ASSERT_TRUE(r.isOk());
+  EXPECT_EQ(m.epoch(), 42u);
+  auto lower = m.join("b", "b:1", 1, now, /*last_epoch=*/7);
+  ASSERT_TRUE(lower.isOk());
+  m.syncRequest("a", now);
+  EXPECT_EQ(m.epoch(), 43u) << "a stale peer's lower epoch must not pull the epoch back";
+}
+
+}  // namespace
+}  // namespace loco::p2p

@@ -56,13 +56,14 @@ std::vector<Codec> allCodecs() {
 // ---- round trips -------------------------------------------------------------------------------
 
 TEST(Messages, HelloRoundTrips) {
-  HelloMsg m{"0123456789abcdef0123456789abcdef", "[::1]:7000", 16, "0.1.0+dev"};
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "[::1]:7000", 16, "0.1.0+dev", 0x0102030405060708ull};
   auto r = decodeHello(encodeHello(m));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
   EXPECT_EQ(r->peer_id, m.peer_id);
   EXPECT_EQ(r->advertise, m.advertise);
   EXPECT_EQ(r->streams, m.streams);
   EXPECT_EQ(r->version, m.version);
+  EXPECT_EQ(r->last_epoch, m.last_epoch);
 }
 
 TEST(Messages, HelloWithEmptyStringsRoundTrips) {
