@@ -47,6 +47,8 @@ std::uint32_t maxPayload(MsgType t) {
   return 0;
 }
 
+std::uint16_t allowedFlags(MsgType t) { return t == MsgType::kData ? kFlagLastChunk : 0; }
+
 std::string_view frameErrorName(FrameError e) {
   switch (e) {
     case FrameError::kNone: return "none";
@@ -82,8 +84,8 @@ HeaderParse parseFrameHeader(std::span<const std::uint8_t, kFrameHeaderSize> byt
     out.error = FrameError::kUnknownType;
   } else {
     h.type = static_cast<MsgType>(type);
-    if (h.flags != 0) {
-      out.error = FrameError::kBadFlags;  // no type defines flags yet
+    if ((h.flags & ~allowedFlags(h.type)) != 0) {
+      out.error = FrameError::kBadFlags;
     } else if (h.length > maxPayload(h.type)) {
       out.error = FrameError::kTooLong;
     }

@@ -5,7 +5,7 @@
 //        0    4 magic    "LOCO" (0x4F434F4C little-endian)
 //        4    1 version  kWireVersion
 //        5    1 type     MsgType
-//        6    2 flags    per-type; unknown bits are rejected
+//        6    2 flags    per-type (allowedFlags); unknown bits are rejected
 //        8    4 length   payload bytes that follow the header
 //       12    4 chunk    chunk index (Data frames)
 //       16    8 epoch    membership epoch the sender was in
@@ -56,6 +56,11 @@ struct FrameHeader {
   std::uint64_t epoch = 0;
   std::uint64_t op_id = 0;
 };
+
+// Data: this chunk is the last of its transfer (the receiver checks its buffer size by it).
+inline constexpr std::uint16_t kFlagLastChunk = 1;
+// The flag bits a type may carry; any other bit is a protocol error.
+std::uint16_t allowedFlags(MsgType t);
 
 // Largest payload accepted for each type; 0 for types without payload.
 std::uint32_t maxPayload(MsgType t);

@@ -81,7 +81,8 @@ void Link::pump() {
       std::shared_ptr<SendOp> op = *it;
       std::uint32_t chunk = op->next++;
       std::size_t offset = static_cast<std::size_t>(chunk) * options_.chunk_bytes;
-      FrameHeader h{MsgType::kData, 0, 0, chunk, 0, op->tag};
+      const std::uint16_t flags = chunk + 1 == op->chunks ? kFlagLastChunk : 0;
+      FrameHeader h{MsgType::kData, flags, 0, chunk, 0, op->tag};
       ++state_[i].queued;
       progress = true;
       std::weak_ptr<Link> weak = weak_from_this();
@@ -107,12 +108,15 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
   op->done(op->error);
 }
 
-Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len) {
-  if (chunk >= op.chunks || len != chunkLength(op.dst.size(), chunk) || op.seen[chunk]) {
+Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len, bool last) {
+  // The sender flags its last chunk, so a buffer that is whole chunks too short or too long is
+  // caught as surely as one that is a few bytes off.
+  if (chunk >= op.chunks || len != chunkLength(op.dst.size(), chunk) || op.seen[chunk] ||
+      last != (chunk + 1 == op.chunks)) {
     return Status(StatusCode::kProtocolError,
-                  fmt::format("{}: chunk {} ({} bytes) of transfer {} does not fit the {}-byte receive "
-                              "buffer or arrived twice",
-                              name_, chunk, len, tag, op.dst.size()));
+                  fmt::format("{}: chunk {} ({} bytes{}) of transfer {} does not fit the {}-byte receive "
+                              "buffer or arrived twice; sender and receiver disagree on the size",
+                              name_, chunk, len, last ? ", last" : "", tag, op.dst.size()));
   }
   op.seen[chunk] = true;
   return Status();
@@ -123,7 +127,7 @@ Connection::DataTarget Link::target(std::size_t index, const FrameHeader& h) {
   auto& st = state_[index];
   auto it = recvs_.find(h.op_id);
   if (it != recvs_.end()) {
-    Status ok = acceptChunk(it->second, h.op_id, h.chunk, h.length);
+    Status ok = acceptChunk(it->second, h.op_id, h.chunk, h.length, (h.flags & kFlagLastChunk) != 0);
     if (!ok.isOk()) return {Kind::kReject, {}, ok};
     st.staging = false;
     std::size_t offset = static_cast<std::size_t>(h.chunk) * options_.chunk_bytes;
@@ -144,8 +148,11 @@ void Link::dataDone(std::size_t index, const FrameHeader& h) {
   auto& st = state_[index];
   if (st.staging) {
     st.staging = false;
-    staged_[h.op_id].push_back(Staged{h.chunk, std::move(st.stage_buf)});
+    Staged staged{h.chunk, (h.flags & kFlagLastChunk) != 0, std::move(st.stage_buf)};
     st.stage_buf.clear();
+    // Its recv() may have been posted while the chunk was still arriving.
+    if (recvs_.count(h.op_id) != 0) return deliverStaged(h.op_id, std::move(staged));
+    staged_[h.op_id].push_back(std::move(staged));
     return;
   }
   auto it = recvs_.find(h.op_id);
@@ -170,21 +177,35 @@ void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
   op.chunks = chunkCount(dst.size());
   op.seen.assign(op.chunks, false);
   if (op.chunks == 0) return op.done(Status());
-  auto& ref = recvs_.emplace(tag, std::move(op)).first->second;
+  recvs_.emplace(tag, std::move(op));
+  auto self = shared_from_this();  // completions below may drop the last other reference
   // Chunks that arrived early.
   if (auto sit = staged_.find(tag); sit != staged_.end()) {
     auto chunks = std::move(sit->second);
     staged_.erase(sit);
     for (Staged& s : chunks) {
-      staged_bytes_ -= s.bytes.size();
-      Status ok = acceptChunk(ref, tag, s.chunk, s.bytes.size());
-      if (!ok.isOk()) return close(ok);
-      std::memcpy(ref.dst.data() + static_cast<std::size_t>(s.chunk) * options_.chunk_bytes, s.bytes.data(),
-                  s.bytes.size());
-      ++ref.received;
+      if (closed_ || recvs_.count(tag) == 0) break;
+      deliverStaged(tag, std::move(s));
     }
-    if (ref.received == ref.chunks) return finishRecv(tag);
   }
+  // Staging has room again, or this recv is what a parked stream waited for.
+  if (!closed_) resumeParked();
+}
+
+void Link::deliverStaged(std::uint64_t tag, Staged staged) {
+  staged_bytes_ -= staged.bytes.size();
+  RecvOp& op = recvs_.at(tag);
+  Status ok = acceptChunk(op, tag, staged.chunk, staged.bytes.size(), staged.last);
+  if (!ok.isOk()) return close(ok);
+  std::memcpy(op.dst.data() + static_cast<std::size_t>(staged.chunk) * options_.chunk_bytes, staged.bytes.data(),
+              staged.bytes.size());
+  if (++op.received == op.chunks) {
+    finishRecv(tag);
+    if (!closed_) resumeParked();
+  }
+}
+
+void Link::resumeParked() {
   for (std::size_t i = 0; i < streams_.size(); ++i) {
     if (state_[i].parked) {
       state_[i].parked = false;

@@ -79,6 +79,7 @@ class Link : public std::enable_shared_from_this<Link> {
   };
   struct Staged {
     std::uint32_t chunk;
+    bool last;
     std::vector<std::uint8_t> bytes;
   };
   struct StreamState {
@@ -94,7 +95,10 @@ class Link : public std::enable_shared_from_this<Link> {
   void maybeFinishSend(const std::shared_ptr<SendOp>& op);
   Connection::DataTarget target(std::size_t index, const FrameHeader& h);
   void dataDone(std::size_t index, const FrameHeader& h);
-  Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len);
+  Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len, bool last);
+  // Copies a staged chunk into a posted receive; closes the link if it does not fit.
+  void deliverStaged(std::uint64_t tag, Staged staged);
+  void resumeParked();
   std::uint32_t chunkCount(std::size_t bytes) const;
   std::size_t chunkLength(std::size_t total, std::uint32_t chunk) const;
   void finishRecv(std::uint64_t tag);

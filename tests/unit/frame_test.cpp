@@ -172,9 +172,10 @@ TEST(Frame, UnknownTypeZeroAndSixteenThroughTwoFiftyFiveAreRejected) {
   }
 }
 
-TEST(Frame, AnyNonzeroFlagsAreRejectedForEveryType) {
+TEST(Frame, FlagsATypeDoesNotDefineAreRejectedForEveryType) {
   for (MsgType t : allTypes()) {
     for (int bit = 0; bit < 16; ++bit) {
+      if ((allowedFlags(t) >> bit) & 1u) continue;
       FrameHeader h = sampleHeader(t);
       h.flags = static_cast<std::uint16_t>(1u << bit);
       Bytes b = headerBytes(h);
@@ -184,6 +185,19 @@ TEST(Frame, AnyNonzeroFlagsAreRejectedForEveryType) {
     FrameHeader h = sampleHeader(t);
     h.flags = 0xFFFF;
     EXPECT_EQ(parse(headerBytes(h)).error, FrameError::kBadFlags) << msgTypeName(t);
+  }
+}
+
+TEST(Frame, DataMayCarryTheLastChunkFlagAndOnlyData) {
+  FrameHeader h = sampleHeader(MsgType::kData);
+  h.flags = kFlagLastChunk;
+  auto p = parse(headerBytes(h));
+  EXPECT_TRUE(p.ok());
+  EXPECT_EQ(p.header.flags, kFlagLastChunk);
+  for (MsgType t : allTypes()) {
+    if (t != MsgType::kData) {
+      EXPECT_EQ(allowedFlags(t), 0) << msgTypeName(t);
+    }
   }
 }
 
@@ -386,7 +400,7 @@ FrameDecode::Kind checkArbitraryInput(ByteSpan in) {
       EXPECT_EQ(d.consumed, kFrameHeaderSize + d.header.length);
       EXPECT_EQ(d.payload.size(), d.header.length);
       EXPECT_EQ(d.payload.data(), in.data() + kFrameHeaderSize);
-      EXPECT_EQ(d.header.flags, 0);
+      EXPECT_EQ(d.header.flags & ~allowedFlags(d.header.type), 0);
       break;
     case FrameDecode::Kind::kNeedMore:
       EXPECT_EQ(d.consumed, 0u);
