@@ -64,8 +64,8 @@ void Coordinator::shutdown() {
 }
 
 void Coordinator::accept() {
-  acceptor_->async_accept([this](const std::error_code& ec, asio::ip::tcp::socket socket) {
-    if (shut_down_) return;
+  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+    if (alive.expired() || shut_down_) return;
     if (!ec) {
       onAccepted(std::move(socket));
     } else if (ec != asio::error::operation_aborted) {
@@ -73,8 +73,8 @@ void Coordinator::accept() {
       counter("coord.accept_errors").inc();
       LOG_WARN(kLogCoord, "accept failed: {}", ec.message());
       auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
-      t->async_wait([this, t](const std::error_code&) {
-        if (!shut_down_) accept();
+      t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
+        if (!alive.expired() && !shut_down_) accept();
       });
       return;
     }
@@ -284,8 +284,8 @@ void Coordinator::tick() {
   // Tick well inside half the timeout so Membership can tell our own stalls from silent peers.
   Millis period = std::min(Millis(100), options_.heartbeat_timeout / 8);
   tick_timer_.expires_after(std::max(period, Millis(5)));
-  tick_timer_.async_wait([this](const std::error_code& ec) {
-    if (!ec) tick();
+  tick_timer_.async_wait([this, alive = lifetime_.watch()](const std::error_code& ec) {
+    if (!ec && !alive.expired()) tick();
   });
 }
 

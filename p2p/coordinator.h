@@ -20,6 +20,7 @@
 #include "p2p/base/status.h"
 #include "p2p/connection.h"
 #include "p2p/membership.h"
+#include "p2p/net.h"
 
 namespace loco::p2p {
 
@@ -60,6 +61,7 @@ class Coordinator {
 
   asio::io_context& io_;
   CoordinatorOptions options_;
+  LifetimeGuard lifetime_;  // declared before anything whose handlers capture `this`
   std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
   asio::steady_timer tick_timer_;
   std::uint16_t port_ = 0;

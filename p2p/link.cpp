@@ -270,14 +270,14 @@ void LinkListener::close() {
 }
 
 void LinkListener::accept() {
-  acceptor_->async_accept([this](const std::error_code& ec, asio::ip::tcp::socket socket) {
-    if (closed_) return;
+  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+    if (alive.expired() || closed_) return;
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
       counter("p2p.link_accept_errors").inc();
       auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
-      t->async_wait([this, t](const std::error_code&) {
-        if (!closed_) accept();
+      t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
+        if (!alive.expired() && !closed_) accept();
       });
       return;
     }

@@ -24,6 +24,7 @@
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
 #include "p2p/connection.h"
+#include "p2p/net.h"
 
 namespace loco::p2p {
 
@@ -140,6 +141,7 @@ class LinkListener {
   asio::io_context& io_;
   LinkOptions options_;
   OnLink on_link_;
+  LifetimeGuard lifetime_;
   std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
   std::uint16_t port_ = 0;
   std::map<std::string, Partial> partial_;

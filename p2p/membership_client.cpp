@@ -29,7 +29,16 @@ std::string_view clientStateName(MembershipClient::State s) {
 MembershipClient::MembershipClient(NetworkThread& net, MembershipClientOptions options)
     : net_(net), options_(std::move(options)) {}
 
-MembershipClient::~MembershipClient() { closeConnection(); }
+MembershipClient::~MembershipClient() {
+  // On the network thread, so that no connect completion can be running while we go away.
+  std::promise<void> released;
+  net_.post([this, &released] {
+    lifetime_.reset();
+    released.set_value();
+  });
+  released.get_future().wait();
+  closeConnection();
+}
 
 void MembershipClient::setViewCallback(std::function<void(const GroupView&)> cb) { view_cb_ = std::move(cb); }
 
@@ -65,7 +74,9 @@ Status MembershipClient::join(Deadline deadline) {
       last_error_ = Status();
     }
     net_.post([this, session, eps = eps.value(), deadline, last_epoch] {
-      asyncConnect(net_.context(), eps, deadline, [this, session, deadline, last_epoch](auto result) {
+      std::weak_ptr<void> alive = lifetime_;
+      asyncConnect(net_.context(), eps, deadline, [this, alive, session, deadline, last_epoch](auto result) {
+        if (alive.expired()) return;  // the client was destroyed while connecting
         if (!result) {
           std::lock_guard lock(mu_);
           if (session != session_) return;

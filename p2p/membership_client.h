@@ -2,7 +2,8 @@
 // A peer's session with the coordinator: registration, heartbeats, the group view, sync points
 // and graceful leave. The protocol runs on a NetworkThread; the public calls are blocking, take
 // a Deadline and may be called from any one application thread (the training thread). abort()
-// may be called from any thread and wakes every blocking call with kAborted.
+// may be called from any thread and wakes every blocking call with kAborted. The NetworkThread
+// must outlive the client (its destructor closes the connection on that thread).
 
 #include <condition_variable>
 #include <cstdint>
@@ -88,6 +89,7 @@ class MembershipClient {
   Millis heartbeat_timeout_{3000};
 
   std::shared_ptr<Connection> conn_;  // network thread only
+  std::shared_ptr<void> lifetime_ = std::make_shared<int>(0);  // see LifetimeGuard (net.h)
 };
 
 std::string_view clientStateName(MembershipClient::State s);

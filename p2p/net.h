@@ -37,6 +37,17 @@ class NetworkThread {
   std::thread thread_;
 };
 
+// Completion handlers that capture `this` outlive their object when it is destroyed with
+// operations still pending (they then run with operation_aborted). Such objects own a
+// LifetimeGuard; handlers capture guard.watch() and return at once if it expired.
+class LifetimeGuard {
+ public:
+  std::weak_ptr<void> watch() const { return token_; }
+
+ private:
+  std::shared_ptr<void> token_ = std::make_shared<int>(0);
+};
+
 // TCP_NODELAY always; TCP_USER_TIMEOUT (unacknowledged data older than this kills the
 // connection) as the backstop behind application heartbeats. Errors are ignored: tuning is best
 // effort and the connection works without it.

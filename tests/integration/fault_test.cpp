@@ -256,7 +256,12 @@ TEST(Fault, HundredJoinLeaveCyclesLeakNoFdsOrMemory) {
   std::printf("after 100 join/leave cycles: coordinator fds %d -> %d, RSS %ld -> %ld KiB\n", fds_start, fds_end,
               rss_start, rss_end);
   EXPECT_LE(fds_end, fds_start + fds_start / 10);
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan keeps freed memory in quarantine, so RSS grows by design; only fds say something here.
+  std::printf("RSS bound not checked under AddressSanitizer\n");
+#else
   EXPECT_LE(rss_end, rss_start + rss_start / 10);
+#endif
 }
 
 TEST(Fault, CoordinatorWithEightIdlePeersUsesLittleCpu) {
