@@ -124,6 +124,18 @@ int runJoin(const Args& args) {
   std::unique_ptr<p2p::LinkListener> listener;
   std::unique_ptr<asio::signal_set> signals;
   Status setup;
+  // The listener and signal set belong to the network thread; so does their destruction.
+  auto cleanup = [&] {
+    std::promise<void> done;
+    net.post([&] {
+      signals.reset();
+      listener.reset();
+      links.clear();
+      done.set_value();
+    });
+    done.get_future().wait();
+  };
+
   {
     std::promise<void> ready;
     net.post([&] {
@@ -146,23 +158,15 @@ int runJoin(const Args& args) {
     });
     ready.get_future().wait();
   }
-  if (!setup.isOk()) return reportFailure(setup);
+  if (!setup.isOk()) {
+    cleanup();
+    return reportFailure(setup);
+  }
 
   std::string advertise = flags.isSet("advertise") ? flags.get("advertise")
                                                    : defaultAdvertise(*listen, *coordinator, listener->port());
   p2p::MembershipClient client(net, {*coordinator, identity.id, advertise, static_cast<std::uint32_t>(*streams)});
   client.setViewCallback([](const p2p::GroupView& v) { LOG_INFO(kLogPeer, "membership {}", describeView(v)); });
-
-  auto cleanup = [&] {
-    std::promise<void> done;
-    net.post([&] {
-      signals.reset();
-      listener.reset();
-      links.clear();
-      done.set_value();
-    });
-    done.get_future().wait();
-  };
 
   // Abort blocking membership calls when a signal arrives (checked by a watcher thread so that
   // the signal handler itself stays trivial).
