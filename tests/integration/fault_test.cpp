@@ -20,10 +20,6 @@ namespace {
 
 using std::chrono::steady_clock;
 
-double secondsSince(steady_clock::time_point t) {
-  return std::chrono::duration<double>(steady_clock::now() - t).count();
-}
-
 // A raw TCP client for speaking garbage to the coordinator.
 class RawClient {
  public:

@@ -12,10 +12,6 @@ namespace {
 using std::chrono::duration_cast;
 using std::chrono::steady_clock;
 
-double secondsSince(steady_clock::time_point t) {
-  return std::chrono::duration<double>(steady_clock::now() - t).count();
-}
-
 TEST(Membership, FourPeersJoinAndFormOneRing) {
   Swarm swarm(250, 3000);
   for (int i = 1; i <= 4; ++i) swarm.addPeer("peer" + std::to_string(i));

@@ -53,6 +53,10 @@ class Process {
   std::string log_path_;
 };
 
+inline double secondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
 // Polls `pred` every 10 ms until it is true or `timeout` passes; returns whether it became true.
 bool eventually(milliseconds timeout, const std::function<bool()>& pred);
 
