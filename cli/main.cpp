@@ -17,6 +17,7 @@ void printUsage(FILE* out) {
       "  status       show a run's membership (--json for machines)\n"
       "  local        start a coordinator and N peers on this machine and watch them\n"
       "  bench        benchmarks: `loco bench link`\n"
+      "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
       "  version      print the version and the accelerator in use\n",
       out);
 }
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
   if (cmd == "status") return runStatus(args);
   if (cmd == "local") return runLocal(args);
   if (cmd == "bench") return runBench(args);
+  if (cmd == "lab") return runLab(args);
   if (cmd == "version" || cmd == "--version") {
     std::printf("loco %s\naccelerator: %s\n", LOCO_VERSION,
                 loco::collectives::accelerator().description.c_str());
