@@ -55,14 +55,6 @@ std::pair<pid_t, long> hubState(const std::string& name) {
   return {pid, reloads};
 }
 
-Result<LabConfig> loadLab(const std::string& name) {
-  LOCO_RETURN_IF_ERROR(lab::validateLabName(name));
-  if (!std::filesystem::exists(lab::configPath(name))) {
-    return Status(StatusCode::kNotFound, fmt::format("no lab named '{}' (loco lab up {} --hosts N creates one)", name, name));
-  }
-  return lab::parseConfig(readText(lab::configPath(name)));
-}
-
 Status saveLab(const LabConfig& cfg) { return writeFileAtomic(lab::configPath(cfg.name), cfg.serialize()); }
 
 // Tells the hub to re-read the config and waits until it has.
@@ -340,7 +332,7 @@ int labExec(const Args& args) {
   if (digits == std::string::npos || digits + 1 == host.size()) {
     return reportFailure(Status(StatusCode::kInvalidArgument, fmt::format("'{}' is not a lab host (want NAMEi, e.g. t1)", host)));
   }
-  auto cfg = loadLab(host.substr(0, digits + 1));
+  auto cfg = lab::loadLab(host.substr(0, digits + 1));
   if (!cfg) return reportFailure(cfg.status());
   int index = std::atoi(host.c_str() + digits + 1);
   if (index < 1 || index > cfg->hosts) {
@@ -363,7 +355,7 @@ int labSet(const Args& args) {
   Flags flags("lab set", "change a lab's link parameters while traffic flows", linkFlags());
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
   if (flags.positional().size() != 1) return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab set NAME [options]"));
-  auto cfg = loadLab(flags.positional()[0]);
+  auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   auto options = linkOptions(flags);
   if (!options) return reportFailure(options.status());
@@ -388,7 +380,7 @@ int labPartition(const Args& args, bool heal) {
     return reportFailure(Status(StatusCode::kInvalidArgument,
                                 heal ? "usage: loco lab heal NAME" : "usage: loco lab partition NAME --groups 1,2/3,4"));
   }
-  auto cfg = loadLab(flags.positional()[0]);
+  auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   if (heal) {
     cfg->partition.clear();
@@ -408,7 +400,7 @@ int labStatus(const Args& args) {
   Flags flags("lab status", "show a lab's hosts, addresses and settings", {{"json", "one JSON object", "", true}});
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
   if (flags.positional().size() != 1) return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab status NAME [--json]"));
-  auto cfg = loadLab(flags.positional()[0]);
+  auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   if (flags.getBool("json")) {
     std::string json = cfg->toJson();

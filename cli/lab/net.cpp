@@ -1,6 +1,7 @@
 #include "cli/lab/net.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
@@ -106,6 +107,32 @@ Status checkLabSupport() {
   spawnAndWait({"ip", "netns", "del", probe}, "", out);
   return Status();
 }
+
+Result<LabConfig> loadLab(const std::string& name) {
+  LOCO_RETURN_IF_ERROR(validateLabName(name));
+  std::ifstream f(configPath(name));
+  if (!f) {
+    return Status(StatusCode::kNotFound, fmt::format("no lab named '{}' (loco lab up {} --hosts N creates one)", name, name));
+  }
+  std::stringstream s;
+  s << f.rdbuf();
+  return parseConfig(s.str());
+}
+
+Status enterHost(const LabConfig& cfg, int host) {
+  const std::string path = "/run/netns/" + cfg.nsName(host);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status(StatusCode::kNotFound, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  int rc = ::setns(fd, CLONE_NEWNET);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    return Status(StatusCode::kUnavailable, fmt::format("cannot enter lab host {}: {}", cfg.nsName(host), std::strerror(err)));
+  }
+  return Status();
+}
+
+std::vector<std::string> inHost(const LabConfig& cfg, int host) { return {"ip", "netns", "exec", cfg.nsName(host)}; }
 
 std::vector<std::string> labNamespaces(const std::string& name) {
   std::string out;

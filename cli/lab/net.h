@@ -27,6 +27,16 @@ Status checkLabSupport();
 // failure.
 Status runCommand(const std::vector<std::string>& argv, const std::string& input = "");
 
+// A lab that exists, from its state file. kNotFound names the lab and how to create it.
+Result<LabConfig> loadLab(const std::string& name);
+
+// Moves this process into host `host` of the lab: the calling thread, and every thread it
+// creates afterwards, uses that host's network. Call before starting any thread.
+Status enterHost(const LabConfig& cfg, int host);
+
+// argv prefix that runs a command inside host `host`: {"ip", "netns", "exec", NAMEi}.
+std::vector<std::string> inHost(const LabConfig& cfg, int host);
+
 // Namespaces that belong to lab `name` (NAME followed by digits).
 std::vector<std::string> labNamespaces(const std::string& name);
 
