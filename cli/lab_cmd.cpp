@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <limits>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -83,20 +84,23 @@ std::vector<FlagSpec> linkFlags() {
 
 Result<lab::LabOptions> linkOptions(const Flags& flags) {
   lab::LabOptions o;
-  auto number = [&](const char* name, double min, double max, std::optional<double>& out) -> Status {
+  // Only "is it a number" here: lab::applyOptions owns the ranges.
+  auto number = [&](const char* name, std::optional<double>& out) -> Status {
     if (!flags.isSet(name)) return Status();
-    auto v = lab::parseNumber(std::string("--") + name, flags.get(name), min, max);
+    auto v = lab::parseNumber(std::string("--") + name, flags.get(name), std::numeric_limits<double>::lowest(),
+                              std::numeric_limits<double>::max());
     if (!v) return v.status();
     out = *v;
     return Status();
   };
-  LOCO_RETURN_IF_ERROR(number("delay-ms", 0, 10000, o.delay_ms));
-  LOCO_RETURN_IF_ERROR(number("jitter-ms", 0, 10000, o.jitter_ms));
-  LOCO_RETURN_IF_ERROR(number("loss", 0, 1, o.loss));
-  LOCO_RETURN_IF_ERROR(number("rate-mbit", 0, 100000, o.rate_mbit));
+  LOCO_RETURN_IF_ERROR(number("delay-ms", o.delay_ms));
+  LOCO_RETURN_IF_ERROR(number("jitter-ms", o.jitter_ms));
+  LOCO_RETURN_IF_ERROR(number("loss", o.loss));
+  LOCO_RETURN_IF_ERROR(number("rate-mbit", o.rate_mbit));
   std::optional<double> rmem;
-  LOCO_RETURN_IF_ERROR(number("tcp-rmem-max", 4096, 1 << 30, rmem));
-  if (rmem) o.tcp_rmem_max = static_cast<std::int64_t>(*rmem);
+  LOCO_RETURN_IF_ERROR(number("tcp-rmem-max", rmem));
+  // Out-of-range values become -1, which applyOptions rejects with the range.
+  if (rmem) o.tcp_rmem_max = (*rmem >= 0 && *rmem <= 1e15) ? static_cast<std::int64_t>(*rmem) : -1;
   o.host_specs = flags.getAll("host");
   o.link_specs = flags.getAll("link");
   return o;

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/lab/net.h"
 #include "crypto/identity.h"
 #include "p2p/status_client.h"
 
@@ -50,6 +51,11 @@ struct Swarm {
   std::string failure;
   bool interrupted = false;
   std::string log_level = "info";
+  std::optional<lab::LabConfig> lab;  // --lab: processes live in the lab's hosts
+
+  // Host for process `index` (0: coordinator, then peers), and how to reach it.
+  int hostOf(std::size_t index) const { return lab ? static_cast<int>(index % lab->hosts) + 1 : 0; }
+  std::string addressOf(std::size_t index) const { return lab ? lab->address(hostOf(index)) : "127.0.0.1"; }
 
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - started).count(); }
   void say(const std::string& msg) {
@@ -70,11 +76,13 @@ void onExit(uv_process_t* proc, int64_t exit_status, int term_signal) {
   uv_close(reinterpret_cast<uv_handle_t*>(proc), nullptr);
 }
 
-Status spawn(Swarm& s, Child& child, const std::vector<std::string>& args) {
+Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::string>& args) {
   std::string log_path = fmt::format("{}/{}.log", s.out_dir, child.name);
   int fd = ::open(log_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) return Status(StatusCode::kIoError, fmt::format("cannot create {}", log_path));
-  std::vector<std::string> full = {s.exe};
+  std::vector<std::string> full;
+  if (s.lab) full = lab::inHost(*s.lab, s.hostOf(index));
+  full.push_back(s.exe);
   full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
@@ -86,7 +94,7 @@ Status spawn(Swarm& s, Child& child, const std::vector<std::string>& args) {
   stdio[2].flags = UV_INHERIT_FD;
   stdio[2].data.fd = fd;
   uv_process_options_t opts{};
-  opts.file = s.exe.c_str();
+  opts.file = full[0].c_str();
   opts.args = argv.data();
   opts.exit_cb = onExit;
   opts.stdio = stdio;
@@ -151,7 +159,7 @@ void tick(Swarm& s) {
   }
   std::optional<p2p::GroupView> view;
   if (s.port != 0 && coord.running) {
-    auto v = p2p::fetchStatus({"127.0.0.1", s.port}, Deadline::after(Millis(500)));
+    auto v = p2p::fetchStatus({s.addressOf(0), s.port}, Deadline::after(Millis(500)));
     if (v) {
       view = std::move(v.value());
       std::string line = viewLine(*view, s);
@@ -167,12 +175,12 @@ void tick(Swarm& s) {
       int port = 0;
       if (f >> port && port > 0) {
         s.port = static_cast<std::uint16_t>(port);
-        s.say(fmt::format("coordinator listening on 127.0.0.1:{}; starting {} peers", port, s.peers));
+        s.say(fmt::format("coordinator listening on {}:{}; starting {} peers", s.addressOf(0), port, s.peers));
         for (std::size_t i = 1; i < s.children.size(); ++i) {
           Child& c = *s.children[i];
-          Status st = spawn(s, c, {"join", "--idle", "--coordinator", fmt::format("127.0.0.1:{}", port), "--listen",
-                                   "127.0.0.1:0", "--identity", fmt::format("{}/{}.id", s.out_dir, c.name),
-                                   "--log-level", s.log_level});
+          Status st = spawn(s, c, i, {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), port),
+                                      "--listen", s.addressOf(i) + ":0", "--identity",
+                                      fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
           if (!st.isOk()) {
             s.failure = st.message();
             return beginShutdown(s, s.failure);
@@ -248,7 +256,8 @@ int runLocal(const Args& args) {
               {{"peers", "number of peers", "4"},
                {"out", "directory for logs and identities", "loco-local"},
                {"hold-ms", "ms to keep the full group before one peer leaves", "2000"},
-               {"timeout-ms", "give up (and kill everything) after this long", "60000"}});
+               {"timeout-ms", "give up (and kill everything) after this long", "60000"},
+               {"lab", "place the coordinator in host 1 and the peers round-robin in this lab's hosts", ""}});
   if (int rc = parseAndSetUp(flags, args, "local"); rc >= 0) return rc;
   auto peers = flags.getInt("peers", 2, 64);
   auto hold = flags.getInt("hold-ms", 0, 3600000);
@@ -257,6 +266,13 @@ int runLocal(const Args& args) {
     if (!*r) return reportFailure(r->status());
   }
   Swarm s;
+  if (flags.isSet("lab")) {
+    auto cfg = lab::loadLab(flags.get("lab"));
+    if (!cfg) return reportFailure(cfg.status());
+    // This process watches from host 1, where the coordinator lives (before any thread starts).
+    if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
+    s.lab = std::move(cfg.value());
+  }
   s.exe = selfExecutable();
   s.out_dir = flags.get("out");
   s.peers = static_cast<int>(*peers);
@@ -287,9 +303,10 @@ int runLocal(const Args& args) {
   uv_signal_start(&s.sigint, onSignal, SIGINT);
   uv_signal_start(&s.sigterm, onSignal, SIGTERM);
 
-  s.say(fmt::format("local swarm: 1 coordinator + {} peers, logs in {}/", s.peers, s.out_dir));
-  Status st = spawn(s, *s.children[0],
-                    {"coordinator", "--listen", "127.0.0.1:0", "--port-file", s.out_dir + "/coordinator.port",
+  s.say(fmt::format("local swarm: 1 coordinator + {} peers{}, logs in {}/", s.peers,
+                    s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "", s.out_dir));
+  Status st = spawn(s, *s.children[0], 0,
+                    {"coordinator", "--listen", s.addressOf(0) + ":0", "--port-file", s.out_dir + "/coordinator.port",
                      "--heartbeat-interval", "250", "--heartbeat-timeout", "2000", "--log-level", s.log_level});
   if (!st.isOk()) return reportFailure(st);
   uv_timer_start(&s.timer, [](uv_timer_t* t) { tick(*static_cast<Swarm*>(t->data)); }, 0, 200);

@@ -53,10 +53,8 @@ Result<std::vector<std::pair<std::string, std::string>>> parseKv(const std::stri
   return out;
 }
 
-std::string num(double v) {
-  std::string s = fmt::format("{:.6g}", v);
-  return s;
-}
+// Shortest text that reads back as the same double, so the state file loses nothing.
+std::string num(double v) { return fmt::format("{}", v); }
 
 }  // namespace
 
@@ -131,10 +129,18 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
     }
     next.hosts = *o.hosts;
   }
-  if (o.delay_ms) next.delay_ms = *o.delay_ms;
-  if (o.jitter_ms) next.jitter_ms = *o.jitter_ms;
-  if (o.loss) next.loss = *o.loss;
-  if (o.rate_mbit) next.rate_mbit = *o.rate_mbit;
+  auto bounded = [](const char* flag, std::optional<double> v, double max, double& out) -> Status {
+    if (!v) return Status();
+    if (!std::isfinite(*v) || *v < 0 || *v > max) {
+      return bad(fmt::format("{} must be between 0 and {}, got {}", flag, num(max), num(*v)));
+    }
+    out = *v;
+    return Status();
+  };
+  LOCO_RETURN_IF_ERROR(bounded("--delay-ms", o.delay_ms, kMaxDelayMs, next.delay_ms));
+  LOCO_RETURN_IF_ERROR(bounded("--jitter-ms", o.jitter_ms, kMaxDelayMs, next.jitter_ms));
+  LOCO_RETURN_IF_ERROR(bounded("--loss", o.loss, 1, next.loss));
+  LOCO_RETURN_IF_ERROR(bounded("--rate-mbit", o.rate_mbit, kMaxRateMbit, next.rate_mbit));
   if (o.tcp_rmem_max) {
     if (*o.tcp_rmem_max < kMinRmem || *o.tcp_rmem_max > kMaxRmem) {
       return bad(fmt::format("--tcp-rmem-max must be between {} and {} bytes, got {}", kMinRmem, kMaxRmem,
@@ -198,9 +204,19 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
       if (key == "rate-mbit") p.rate_mbit = *v;
     }
   }
-  // Overrides must still name existing hosts if --hosts shrank (only `up` sets hosts).
+  // Everything must still name existing hosts if --hosts shrank (only `up` sets hosts today).
   for (auto& [i, h] : next.host_overrides) {
     if (i > next.hosts) return bad(fmt::format("--host override for host {} but the lab has {} hosts", i, next.hosts));
+  }
+  for (auto& [key, p] : next.pair_overrides) {
+    if (key.second > next.hosts) {
+      return bad(fmt::format("--link override for hosts {}-{} but the lab has {} hosts", key.first, key.second, next.hosts));
+    }
+  }
+  for (auto& group : next.partition) {
+    for (int i : group) {
+      if (i > next.hosts) return bad(fmt::format("the partition names host {} but the lab has {} hosts", i, next.hosts));
+    }
   }
   cfg = std::move(next);
   return Status();
@@ -264,6 +280,7 @@ Result<LabConfig> parseConfig(const std::string& text) {
     } else if (key == "hosts" || key == "subnet") {
       v = parseNumber(key, value, key == "hosts" ? 2 : 1, key == "hosts" ? kMaxHosts : 254);
       if (!v) return v.status();
+      if (*v != std::floor(*v)) return bad(fmt::format("lab state file: {} must be a whole number, got {}", key, value));
       (key == "hosts" ? cfg.hosts : cfg.subnet) = static_cast<int>(*v);
     } else if (key == "delay-ms" || key == "jitter-ms") {
       if (!(v = parseNumber(key, value, 0, kMaxDelayMs))) return v.status();

@@ -234,5 +234,39 @@ TEST(Lab, InterruptedUpLeavesNothingBehind) {
   EXPECT_FALSE(std::filesystem::exists("/run/loco-lab/" + name));
 }
 
+
+TEST(Lab, LocalSwarmRunsAcrossLabHosts) {
+  SKIP_WITHOUT_LAB_SUPPORT();
+  TempDir dir;
+  const std::string name = uniqueLabName("loc");
+  LabGuard guard{dir, name};
+  ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "3", "--delay-ms", "10"}).code, 0);
+  const std::string subnet = "10.213." + std::to_string(subnetOf(name)) + ".";
+  CommandResult local = loco(dir, {"local", "--lab", name, "--peers", "3", "--hold-ms", "200", "--out", dir.file("run")},
+                             milliseconds(60000));
+  ASSERT_EQ(local.code, 0) << local.out;
+  EXPECT_NE(local.out.find("all processes exited cleanly"), std::string::npos) << local.out;
+  const std::string coordinator_log = readFile(dir.file("run/coordinator.log"));
+  EXPECT_NE(coordinator_log.find("listening on " + subnet + "1:"), std::string::npos) << coordinator_log;
+  EXPECT_NE(coordinator_log.find("advertising " + subnet + "2:"), std::string::npos) << "a peer lives in host 2\n"
+                                                                                     << coordinator_log;
+}
+
+TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
+  SKIP_WITHOUT_LAB_SUPPORT();
+  TempDir dir;
+  const std::string name = uniqueLabName("ben");
+  LabGuard guard{dir, name};
+  ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "2", "--delay-ms", "5", "--rate-mbit", "200"}).code, 0);
+  CommandResult bench = loco(dir, {"bench", "link", "--lab", name, "--streams", "2", "--mib", "8", "--iters", "2"},
+                             milliseconds(60000));
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(bench.out, m, std::regex(R"re("gbit_s":([0-9.]+).*"lab":")re"))) << bench.out;
+  const double gbit = std::stod(m[1]);
+  EXPECT_GT(gbit, 0.02) << bench.out;
+  EXPECT_LT(gbit, 0.21) << "a 200 Mbit/s access link caps the transfer\n" << bench.out;
+}
+
 }  // namespace
 }  // namespace loco::testing
