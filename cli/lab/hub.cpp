@@ -233,7 +233,7 @@ class Hub {
     return b;
   }
   void giveBack(std::vector<std::uint8_t> b) {
-    if (pool_.size() < 4096) pool_.push_back(std::move(b));
+    if (b.capacity() >= kBufSize && pool_.size() < 256) pool_.push_back(std::move(b));
   }
 
   int hostForMac(const std::uint8_t* mac) const {
@@ -257,6 +257,13 @@ class Hub {
         continue;
       }
       buf.resize(static_cast<std::size_t>(n));
+      if (buf.size() < kBufSize / 4) {
+        // A small frame gets a buffer of its size: thousands of MTU frames may be in flight on
+        // a long link, and 64 KiB each would be most of the hub's memory.
+        std::vector<std::uint8_t> small(buf.begin(), buf.end());
+        giveBack(std::move(buf));
+        buf = std::move(small);
+      }
       const Nanos now = nowNs();
       const std::uint8_t* dst_mac = buf.data() + kVnetHdr;
       if (dst_mac[0] & 1) {  // broadcast / multicast (ARP): every other host
@@ -299,7 +306,7 @@ class Hub {
         return giveBack(std::move(buf));
       }
     }
-    if (queued_bytes_ + buf.size() > kMaxQueuedBytes) {
+    if (queued_bytes_ + buf.capacity() > kMaxQueuedBytes) {
       ++dropped_queue_;
       return giveBack(std::move(buf));
     }
@@ -328,7 +335,7 @@ class Hub {
     t += static_cast<Nanos>(std::max(0.0, delay_ms) * 1e6);
     t = std::max(t, pair_last_[src][dst]);
     pair_last_[src][dst] = t;
-    queued_bytes_ += buf.size();
+    queued_bytes_ += buf.capacity();
     heap_.push(Pending{t, seq_++, false, src, dst, wire, std::move(buf)});
   }
 
@@ -343,7 +350,7 @@ class Hub {
           Nanos done = std::max(p.due, down_free_[p.dst]) + serialisationNs(p.wire, down);
           if (done - p.due > bufferNs(down)) {
             ++dropped_queue_;
-            queued_bytes_ -= p.buf.size();
+            queued_bytes_ -= p.buf.capacity();
             giveBack(std::move(p.buf));
             continue;
           }
@@ -358,7 +365,7 @@ class Hub {
         }
       }
       send(p);
-      queued_bytes_ -= p.buf.size();
+      queued_bytes_ -= p.buf.capacity();
       giveBack(std::move(p.buf));
     }
   }
