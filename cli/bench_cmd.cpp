@@ -52,7 +52,7 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
     std::promise<Status> started;
     receiver_net.post([&] {
       auto l = p2p::LinkListener::start(receiver_net.context(), {"127.0.0.1", 0}, opts,
-                                        [&](std::shared_ptr<p2p::Link> link, const std::string&) {
+                                        [&](std::shared_ptr<p2p::Link> link, const std::string&, std::uint64_t) {
                                           accepted.set_value(std::move(link));
                                         });
       if (l) listener = std::move(l.value());
@@ -129,7 +129,7 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
   std::unique_ptr<p2p::LinkListener> listener;
   std::promise<Status> started;
   net.post([&] {
-    auto l = p2p::LinkListener::start(net.context(), listen, opts, [&](std::shared_ptr<p2p::Link> link, const std::string&) {
+    auto l = p2p::LinkListener::start(net.context(), listen, opts, [&](std::shared_ptr<p2p::Link> link, const std::string&, std::uint64_t) {
       accepted.set_value(std::move(link));
     });
     if (l) listener = std::move(l.value());

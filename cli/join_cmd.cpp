@@ -140,7 +140,7 @@ int runJoin(const Args& args) {
     std::promise<void> ready;
     net.post([&] {
       auto l = p2p::LinkListener::start(net.context(), *listen, link_opts,
-                                        [&links](std::shared_ptr<p2p::Link> link, const std::string& from) {
+                                        [&links](std::shared_ptr<p2p::Link> link, const std::string& from, std::uint64_t) {
                                           LOG_INFO(kLogPeer, "link from peer {} ({} streams)", shortId(from),
                                                    link->streamCount());
                                           links.push_back(std::move(link));

@@ -182,7 +182,7 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
   apply(std::move(fx.value()));
 }
 
-void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::vector<std::uint8_t>) {
+void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::vector<std::uint8_t> payload) {
   auto now = Clock::now();
   membership_.heartbeat(id, now);  // any frame proves the peer is alive
   switch (h.type) {
@@ -206,6 +206,8 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::
       if (it != peers_.end()) sendStatus(*it->second);
       return;
     }
+    case MsgType::kOpReport:
+      return apply(membership_.opReport(id, h.epoch, h.op_id, !payload.empty() && payload[0] != 0));
     default: {
       counter("coord.unexpected_frames").inc();
       auto it = peers_.find(id);
@@ -261,6 +263,12 @@ void Coordinator::apply(MembershipEffects fx) {
         break;
       }
     }
+  }
+  // Decisions first: a peer must learn its operation aborted before it sees the new view.
+  for (const OpDecision& d : fx.decisions) {
+    counter(d.commit ? "coord.ops_committed" : "coord.ops_aborted").inc();
+    const std::uint8_t verdict = d.commit ? 1 : 0;
+    for (auto& [id, conn] : peers_) conn->send(MsgType::kOpDecision, ByteSpan(&verdict, 1), d.epoch, d.op_id);
   }
   if (fx.view_changed) {
     auto payload = encodeGroupView(membership_.view(Clock::now()));

@@ -21,6 +21,8 @@ std::string_view msgTypeName(MsgType t) {
     case MsgType::kLinkHello: return "LinkHello";
     case MsgType::kLinkAccept: return "LinkAccept";
     case MsgType::kData: return "Data";
+    case MsgType::kOpReport: return "OpReport";
+    case MsgType::kOpDecision: return "OpDecision";
   }
   return "Unknown";
 }
@@ -35,6 +37,8 @@ std::uint32_t maxPayload(MsgType t) {
     case MsgType::kStatusReply: return 8u << 20;
     case MsgType::kLinkHello: return 1024;
     case MsgType::kData: return kMaxDataChunk;
+    case MsgType::kOpReport:
+    case MsgType::kOpDecision: return 1;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:
@@ -63,7 +67,7 @@ std::string_view frameErrorName(FrameError e) {
 
 namespace {
 bool knownType(std::uint8_t t) {
-  return t >= static_cast<std::uint8_t>(MsgType::kHello) && t <= static_cast<std::uint8_t>(MsgType::kData);
+  return t >= static_cast<std::uint8_t>(MsgType::kHello) && t <= static_cast<std::uint8_t>(kLastMsgType);
 }
 }  // namespace
 

@@ -44,7 +44,10 @@ enum class MsgType : std::uint8_t {
   kLinkHello = 13,     // peer -> peer: open one stream of a link (LinkHelloMsg)
   kLinkAccept = 14,    // peer -> peer: stream accepted
   kData = 15,          // bulk bytes: op_id = transfer tag, chunk = chunk index
+  kOpReport = 16,      // peer -> coordinator: my part of (epoch, op_id) is done (1) or failed (0)
+  kOpDecision = 17,    // coordinator -> peers: (epoch, op_id) commits (1) or aborts (0)
 };
+inline constexpr MsgType kLastMsgType = MsgType::kOpDecision;
 
 std::string_view msgTypeName(MsgType t);
 

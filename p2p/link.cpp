@@ -293,7 +293,7 @@ void LinkListener::accept() {
       if (h.type != MsgType::kLinkHello) {
         return c->close(Status(StatusCode::kProtocolError, fmt::format("{} before LinkHello", msgTypeName(h.type))));
       }
-      onHello(c, payload);
+      onHello(c, payload, h.epoch);
     });
     conn->setCloseHandler([this, raw = conn.get()](const Status& why) {
       LOG_DEBUG(kLogP2p, "link stream closed during handshake: {}", why.message());
@@ -307,7 +307,7 @@ void LinkListener::accept() {
   });
 }
 
-void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload) {
+void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload, std::uint64_t epoch) {
   auto hello = decodeLinkHello(payload);
   Status bad;
   if (!hello) {
@@ -328,6 +328,7 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
   if (p.streams.empty()) {
     p.streams.resize(hello->stream_count);
     p.from = hello->from_peer;
+    p.epoch = epoch;
     p.started = Clock::now();
   }
   if (p.streams.size() != hello->stream_count || p.streams[hello->stream_index] || p.from != hello->from_peer) {
@@ -339,10 +340,11 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
   if (++p.arrived < p.streams.size()) return;
   auto streams = std::move(p.streams);
   std::string from = p.from;
+  const std::uint64_t link_epoch = p.epoch;
   partial_.erase(hello->link_id);
   auto link = std::make_shared<Link>(fmt::format("link from {}", from.substr(0, 8)), std::move(streams), options_);
   link->start();
-  on_link_(std::move(link), from);
+  on_link_(std::move(link), from, link_epoch);
 }
 
 // ---- connecting -------------------------------------------------------------------------------
@@ -374,7 +376,7 @@ struct LinkDial : std::enable_shared_from_this<LinkDial> {
 }  // namespace
 
 void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id, LinkOptions options,
-                 Deadline deadline, std::function<void(Result<std::shared_ptr<Link>>)> done) {
+                 Deadline deadline, std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch) {
   auto eps = resolve(remote);
   if (!eps) return done(eps.status());
   auto dial = std::make_shared<LinkDial>(io, options);
@@ -384,7 +386,7 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
   dial->done = std::move(done);
   const std::string link_id = crypto::randomHex(16);
   for (std::uint32_t i = 0; i < options.streams; ++i) {
-    asyncConnect(io, eps.value(), deadline, [dial, i, link_id, deadline](auto sock) {
+    asyncConnect(io, eps.value(), deadline, [dial, i, link_id, deadline, epoch](auto sock) {
       if (dial->finished) return;
       if (!sock) return dial->fail(sock.status().withContext("link to " + dial->remote));
       tuneSocket(*sock.value(), dial->options.tcp_user_timeout);
@@ -408,7 +410,8 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
       conn->start();
       conn->send(MsgType::kLinkHello,
                  encodeLinkHello(LinkHelloMsg{link_id, dial->self_id, i, static_cast<std::uint32_t>(dial->streams.size()),
-                                              dial->options.chunk_bytes}));
+                                              dial->options.chunk_bytes}),
+                 epoch);
     });
   }
 }

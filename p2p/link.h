@@ -120,7 +120,8 @@ class Link : public std::enable_shared_from_this<Link> {
 // Accepts incoming link streams and hands out a Link once all K streams of one link arrived.
 class LinkListener {
  public:
-  using OnLink = std::function<void(std::shared_ptr<Link>, const std::string& from_peer)>;
+  // `epoch`: the membership epoch the dialer was in (links belong to one epoch's ring).
+  using OnLink = std::function<void(std::shared_ptr<Link>, const std::string& from_peer, std::uint64_t epoch)>;
   static Result<std::unique_ptr<LinkListener>> start(asio::io_context& io, const HostPort& listen,
                                                      LinkOptions options, OnLink on_link);
   ~LinkListener();
@@ -130,12 +131,13 @@ class LinkListener {
  private:
   LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link);
   void accept();
-  void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload);
+  void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload, std::uint64_t epoch);
 
   struct Partial {
     std::vector<std::shared_ptr<Connection>> streams;
     std::size_t arrived = 0;
     std::string from;
+    std::uint64_t epoch = 0;
     TimePoint started;
   };
   asio::io_context& io_;
@@ -152,6 +154,6 @@ class LinkListener {
 // Opens the K streams of a new link to `remote`. `done` runs on the io thread.
 void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
                  LinkOptions options, Deadline deadline,
-                 std::function<void(Result<std::shared_ptr<Link>>)> done);
+                 std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch = 0);
 
 }  // namespace loco::p2p

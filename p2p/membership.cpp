@@ -8,6 +8,7 @@ namespace loco::p2p {
 
 void MembershipEffects::merge(MembershipEffects other) {
   for (auto& e : other.events) events.push_back(std::move(e));
+  for (auto& d : other.decisions) decisions.push_back(d);
   view_changed = view_changed || other.view_changed;
   sync_done = sync_done || other.sync_done;
 }
@@ -71,6 +72,7 @@ MembershipEffects Membership::remove(const std::string& id, MembershipEvent::Kin
   if (was_member) {
     ring_.erase(std::remove(ring_.begin(), ring_.end(), id), ring_.end());
     synced_.erase(id);
+    abortOpenOps(fx, epoch_);
     ++epoch_;
   }
   fx.events.push_back({kind, id, epoch_, reason});
@@ -90,6 +92,7 @@ MembershipEffects Membership::maybeCompleteBarrier() {
   }
   MembershipEffects fx;
   if (any_pending) {
+    abortOpenOps(fx, epoch_);  // none should be open at a sync point; never let one straddle epochs
     ++epoch_;
     for (Peer& p : peers_) {
       if (p.state != PeerState::kPending) continue;
@@ -101,6 +104,35 @@ MembershipEffects Membership::maybeCompleteBarrier() {
   }
   fx.sync_done = true;
   synced_.clear();
+  return fx;
+}
+
+void Membership::abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch) {
+  for (auto& [op_id, done] : ops_) fx.decisions.push_back({old_epoch, op_id, false});
+  ops_.clear();
+  aborted_ops_.clear();
+}
+
+MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id, bool ok) {
+  Peer* p = find(id);
+  if (p == nullptr || p->state != PeerState::kMember) return {};
+  MembershipEffects fx;
+  if (epoch != epoch_) {
+    fx.decisions.push_back({epoch, op_id, false});  // the member set has changed since
+    return fx;
+  }
+  if (!ok || aborted_ops_.count(op_id) != 0) {
+    ops_.erase(op_id);
+    aborted_ops_.insert(op_id);
+    fx.decisions.push_back({epoch, op_id, false});
+    return fx;
+  }
+  auto& done = ops_[op_id];
+  done.insert(id);
+  if (done.size() == ring_.size()) {
+    ops_.erase(op_id);
+    fx.decisions.push_back({epoch, op_id, true});
+  }
   return fx;
 }
 

@@ -15,6 +15,7 @@
 // Not thread-safe: the coordinator calls it from its one network thread.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -34,8 +35,18 @@ struct MembershipEvent {
   std::string reason;   // for kLeft / kEvicted
 };
 
+// The coordinator's verdict on one collective operation: commit when every member of the
+// operation's epoch reported it done, abort on a failure report or any membership change.
+// Peers report success only after a commit, so no two survivors can disagree.
+struct OpDecision {
+  std::uint64_t epoch;
+  std::uint64_t op_id;
+  bool commit;
+};
+
 struct MembershipEffects {
   std::vector<MembershipEvent> events;
+  std::vector<OpDecision> decisions;  // broadcast each to every member
   bool view_changed = false;  // broadcast the new view to every registered peer
   bool sync_done = false;     // send SyncDone(epoch) to every member: the barrier completed
 
@@ -56,6 +67,11 @@ class Membership {
   MembershipEffects leave(const std::string& id);
   // Connection lost or protocol violation: removed at once.
   MembershipEffects evict(const std::string& id, const std::string& reason);
+  // A member finished (ok) or failed its part of operation `op_id` in `epoch`. A report for an
+  // epoch other than the current one is answered with an abort at once.
+  MembershipEffects opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id, bool ok);
+  std::size_t pendingOps() const { return ops_.size(); }
+
   // Evicts peers silent for longer than the heartbeat timeout. If the caller itself was stalled
   // (ticks further apart than half the timeout, e.g. the coordinator was SIGSTOPped), everyone's
   // clock restarts instead: the silence was ours, not theirs.
@@ -88,6 +104,10 @@ class Membership {
   std::vector<Peer> peers_;          // registration order
   std::vector<std::string> ring_;    // members in ring order
   std::set<std::string> synced_;     // members waiting at the current barrier
+  std::map<std::uint64_t, std::set<std::string>> ops_;  // op_id -> members done, current epoch
+  std::set<std::uint64_t> aborted_ops_;                  // current epoch; late reports get an abort
+  // Aborts every operation still open (called when the member set changes).
+  void abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch);
   std::optional<TimePoint> last_tick_;
   bool last_tick_stalled_ = false;
 };

@@ -41,6 +41,17 @@ MembershipClient::~MembershipClient() {
 }
 
 void MembershipClient::setViewCallback(std::function<void(const GroupView&)> cb) { view_cb_ = std::move(cb); }
+void MembershipClient::setDecisionCallback(std::function<void(std::uint64_t, std::uint64_t, bool)> cb) {
+  decision_cb_ = std::move(cb);
+}
+void MembershipClient::setLostCallback(std::function<void(const Status&)> cb) { lost_cb_ = std::move(cb); }
+
+void MembershipClient::reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok) {
+  net_.post([this, epoch, op_id, ok] {
+    const std::uint8_t verdict = ok ? 1 : 0;
+    if (conn_) conn_->send(MsgType::kOpReport, ByteSpan(&verdict, 1), epoch, op_id);
+  });
+}
 
 void MembershipClient::closeConnection() {
   std::promise<void> closed;
@@ -132,6 +143,10 @@ Status MembershipClient::join(Deadline deadline) {
 void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std::vector<std::uint8_t> payload) {
   std::function<void(const GroupView&)> cb;
   GroupView view_copy;
+  if (h.type == MsgType::kOpDecision) {
+    if (session == session_ && decision_cb_ && payload.size() == 1) decision_cb_(h.epoch, h.op_id, payload[0] != 0);
+    return;
+  }
   {
     std::lock_guard lock(mu_);
     if (session != session_) return;
@@ -180,6 +195,11 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std:
                              fmt::format("evicted by the coordinator at epoch {}: {}", h.epoch,
                                          e ? e->reason : std::string("no reason given")));
         state_ = State::kEvicted;
+        if (lost_cb_) {
+          auto lost = lost_cb_;
+          Status why = last_error_;
+          net_.post([lost, why] { lost(why); });
+        }
         break;
       }
       case MsgType::kLeaveAck:
@@ -202,7 +222,13 @@ void MembershipClient::onClosed(std::uint64_t session, const Status& why) {
                            fmt::format("lost the coordinator {}: {}", options_.coordinator.toString(),
                                        why.message()));
     }
+    const bool was_in_group = state_ == State::kPending || state_ == State::kMember;
     state_ = State::kDisconnected;
+    if (was_in_group && lost_cb_) {
+      auto lost = lost_cb_;
+      Status reason = last_error_;
+      net_.post([lost, reason] { lost(reason); });
+    }
   }
   connect_done_ = true;
   cv_.notify_all();

@@ -41,6 +41,13 @@ class MembershipClient {
 
   // Called on the network thread with every new view (set before join()).
   void setViewCallback(std::function<void(const GroupView&)> cb);
+  // Called on the network thread with the coordinator's verdict on each operation (set before
+  // join()): commit or abort of (epoch, op_id).
+  void setDecisionCallback(std::function<void(std::uint64_t epoch, std::uint64_t op_id, bool commit)> cb);
+  // Called on the network thread when this peer is evicted or loses the coordinator.
+  void setLostCallback(std::function<void(const Status&)> cb);
+  // Tells the coordinator this peer's part of (epoch, op_id) is done or failed. Non-blocking.
+  void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok);
 
   // Connects and registers as pending; blocks until the coordinator welcomes this peer. A refused
   // connection (coordinator not up yet) is retried until the deadline. Errors: kInvalidArgument
@@ -74,6 +81,8 @@ class MembershipClient {
   NetworkThread& net_;
   MembershipClientOptions options_;
   std::function<void(const GroupView&)> view_cb_;
+  std::function<void(std::uint64_t, std::uint64_t, bool)> decision_cb_;
+  std::function<void(const Status&)> lost_cb_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -118,7 +118,7 @@ class LinkTest : public ::testing::Test {
     auto accepted_calls = std::make_shared<std::atomic<int>>(0);
     auto started = runOn(recv_net_, [this, opts, accepted, accepted_calls]() -> Status {
       auto l = LinkListener::start(recv_net_.context(), {"127.0.0.1", 0}, opts,
-                                   [accepted, accepted_calls](std::shared_ptr<Link> link, const std::string&) {
+                                   [accepted, accepted_calls](std::shared_ptr<Link> link, const std::string&, std::uint64_t) {
                                      if (accepted_calls->fetch_add(1) == 0) accepted->set_value(std::move(link));
                                    });
       if (!l) return l.status();

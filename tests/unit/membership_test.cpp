@@ -700,3 +700,70 @@ TEST(Membership, RestartedCoordinatorContinuesAboveThePeersLastEpoch) {
 
 }  // namespace
 }  // namespace loco::p2p
+
+namespace loco::p2p {
+namespace {
+
+// Three members at epoch E, admitted together.
+struct ThreeMembers {
+  Membership m{Millis(3000)};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  std::uint64_t epoch = 0;
+  ThreeMembers() {
+    (void)m.join("a", "a:1", 1, now);
+    (void)m.join("b", "b:1", 1, now);
+    (void)m.join("c", "c:1", 1, now);
+    m.syncRequest("a", now);
+    epoch = m.epoch();
+  }
+};
+
+TEST(MembershipOps, CommitsOnlyWhenEveryMemberReportedDone) {
+  ThreeMembers g;
+  ASSERT_EQ(g.m.ring().size(), 3u);
+  EXPECT_TRUE(g.m.opReport("a", g.epoch, 7, true).decisions.empty());
+  EXPECT_TRUE(g.m.opReport("b", g.epoch, 7, true).decisions.empty());
+  auto fx = g.m.opReport("c", g.epoch, 7, true);
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_TRUE(fx.decisions[0].commit);
+  EXPECT_EQ(fx.decisions[0].op_id, 7u);
+  EXPECT_EQ(g.m.pendingOps(), 0u);
+}
+
+TEST(MembershipOps, OneFailureAbortsAndLateDoneReportsAreAbortedToo) {
+  ThreeMembers g;
+  (void)g.m.opReport("a", g.epoch, 1, true);
+  auto fx = g.m.opReport("b", g.epoch, 1, false);
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_FALSE(fx.decisions[0].commit);
+  auto late = g.m.opReport("c", g.epoch, 1, true);
+  ASSERT_EQ(late.decisions.size(), 1u);
+  EXPECT_FALSE(late.decisions[0].commit) << "an aborted operation can never commit";
+  EXPECT_EQ(g.m.pendingOps(), 0u);
+}
+
+TEST(MembershipOps, LosingAMemberAbortsEveryOpenOperationOfItsEpoch) {
+  ThreeMembers g;
+  (void)g.m.opReport("a", g.epoch, 1, true);
+  (void)g.m.opReport("a", g.epoch, 2, true);
+  (void)g.m.opReport("b", g.epoch, 2, true);
+  auto fx = g.m.evict("c", "killed");
+  ASSERT_EQ(fx.decisions.size(), 2u);
+  for (auto& d : fx.decisions) {
+    EXPECT_FALSE(d.commit);
+    EXPECT_EQ(d.epoch, g.epoch);
+  }
+  // The survivors' reports for the old epoch are answered with aborts, never commits.
+  auto stale = g.m.opReport("b", g.epoch, 1, true);
+  ASSERT_EQ(stale.decisions.size(), 1u);
+  EXPECT_FALSE(stale.decisions[0].commit);
+}
+
+TEST(MembershipOps, ReportsFromNonMembersAreIgnored) {
+  ThreeMembers g;
+  EXPECT_TRUE(g.m.opReport("stranger", g.epoch, 1, true).decisions.empty());
+  EXPECT_EQ(g.m.pendingOps(), 0u);
+}
+
+}  // namespace
+}  // namespace loco::p2p
