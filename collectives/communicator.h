@@ -1,0 +1,94 @@
+#pragma once
+// Collective operations over a group of peers (DESIGN.md §5). A Communicator is one peer: it
+// registers with the coordinator, keeps ring links to its neighbours (one per epoch), and runs
+// all-reduce as a pipelined ring (reduce-scatter, then all-gather) striped over each link's K
+// streams.
+//
+// Guarantees:
+// - Bit-identical results on every peer for every wire format: the owner of each reduced
+//   segment encodes it once; every peer, the owner included, decodes those bytes.
+// - All or nothing: an operation succeeds on a peer only after the coordinator saw every member
+//   finish it. Otherwise every survivor gets an error and its buffer back exactly as it was.
+//   One failed operation aborts every operation in flight in that epoch.
+// - Operations are issued in the same order on every peer (collective semantics) and stamped
+//   with the epoch; the group changes only at syncPoint(), never during an operation.
+//
+// Thread rules: call from one application thread; Operation::wait from any thread. Everything
+// blocks with a deadline and fails rather than hangs.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "collectives/codec.h"
+#include "p2p/address.h"
+#include "p2p/base/clock.h"
+#include "p2p/base/status.h"
+
+namespace loco::collectives {
+
+enum class DType : std::uint8_t { kF32, kF16, kBF16 };
+enum class ReduceOp : std::uint8_t { kSum, kAvg, kMin, kMax };
+
+std::size_t dtypeSize(DType d);
+Result<DType> parseDType(std::string_view name);
+Result<ReduceOp> parseReduceOp(std::string_view name);
+
+struct CommunicatorOptions {
+  p2p::HostPort coordinator;
+  std::string peer_id;                       // 32 hex digits (crypto::PeerIdentity)
+  p2p::HostPort listen{"0.0.0.0", 0};        // for neighbours' link streams
+  std::string advertise;                     // HOST:PORT; empty: derived from the route to the coordinator
+  std::uint32_t streams = 4;                 // TCP streams per ring link
+  std::uint32_t chunk_bytes = 1u << 20;      // striping unit
+};
+
+struct AllReduceOptions {
+  Millis timeout{120000};  // the whole operation, links included
+};
+
+// A handle on an operation in flight.
+class Operation {
+ public:
+  struct State;
+  explicit Operation(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  // Blocks until the operation ends or the deadline passes (kTimeout; the operation goes on).
+  // Errors: kAborted (the group aborted it; the buffer is restored), kPeerLost, kInvalidArgument
+  // (peers disagree on size, dtype, op or wire), kTimeout.
+  Status wait(Deadline deadline);
+  bool finished() const;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+class Communicator {
+ public:
+  // Starts the network thread and the link listener and registers with the coordinator
+  // (pending until the next sync point). Errors as MembershipClient::join.
+  static Result<std::unique_ptr<Communicator>> create(CommunicatorOptions options, Deadline deadline);
+  ~Communicator();
+
+  // Blocks until admitted.
+  Status waitForMembership(Deadline deadline);
+  // A sync point of the whole group (pending peers are admitted here); no operation may be in
+  // flight (kInvalidArgument). Returns the epoch to continue in.
+  Result<std::uint64_t> syncPoint(Deadline deadline);
+  // Starts an all-reduce of `count` elements at `data` (in place). `data` must stay valid and
+  // untouched until the operation ends. Zero elements: kInvalidArgument (the group aborts it).
+  Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp op, Wire wire,
+                                               AllReduceOptions options = {});
+  Status leave(Deadline deadline);
+
+  std::uint64_t epoch() const;
+  std::size_t world() const;
+  const std::string& peerId() const;
+
+  class Impl;
+
+ private:
+  explicit Communicator(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace loco::collectives

@@ -1,0 +1,182 @@
+// All-reduce over real sockets: a coordinator process and several Communicators in this process
+// (each with its own network thread, as separate peers would have).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "collectives/communicator.h"
+#include "crypto/identity.h"
+#include "tests/support/process.h"
+
+namespace loco::testing {
+namespace {
+
+using collectives::Communicator;
+using collectives::DType;
+using collectives::ReduceOp;
+using collectives::Wire;
+
+std::vector<float> input(std::size_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// N admitted peers with one coordinator.
+struct Group {
+  TempDir dir;
+  CoordinatorProcess coordinator{dir, 200, 2000};
+  std::vector<std::unique_ptr<Communicator>> peers;
+
+  explicit Group(int n) {
+    for (int i = 0; i < n; ++i) {
+      collectives::CommunicatorOptions o;
+      o.coordinator = {"127.0.0.1", coordinator.port()};
+      o.peer_id = crypto::randomHex(16);
+      o.listen = {"127.0.0.1", 0};
+      auto c = Communicator::create(o, Deadline::after(Millis(10000)));
+      EXPECT_TRUE(c.isOk()) << c.status().toString();
+      peers.push_back(std::move(c.value()));
+    }
+    // Everyone reaches sync points until the whole group is admitted.
+    std::vector<std::thread> threads;
+    for (auto& p : peers) {
+      threads.emplace_back([&p, n] {
+        EXPECT_TRUE(p->waitForMembership(Deadline::after(Millis(10000))).isOk());
+        for (int k = 0; k < 100 && p->world() < static_cast<std::size_t>(n); ++k) {
+          (void)p->syncPoint(Deadline::after(Millis(5000)));
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+  }
+
+  // Runs one all-reduce on every peer at once; returns each peer's status.
+  std::vector<Status> allReduce(std::vector<std::vector<float>>& bufs, ReduceOp op, Wire wire) {
+    std::vector<Status> out(peers.size());
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < peers.size(); ++i) {
+      threads.emplace_back([&, i] {
+        auto h = peers[i]->allReduce(bufs[i].data(), bufs[i].size(), DType::kF32, op, wire);
+        out[i] = h ? (*h)->wait(Deadline::after(Millis(30000))) : h.status();
+      });
+    }
+    for (auto& t : threads) t.join();
+    return out;
+  }
+};
+
+TEST(AllReduce, SumOfFourPeersIsCorrectAndBitIdenticalForEveryWire) {
+  Group g(4);
+  ASSERT_EQ(g.peers[0]->world(), 4u);
+  const std::size_t n = 100003;  // not a multiple of anything
+  for (Wire wire : {Wire::kRaw, Wire::kFp16, Wire::kBf16, Wire::kInt8, Wire::kInt4}) {
+    SCOPED_TRACE(collectives::wireName(wire));
+    std::vector<std::vector<float>> bufs;
+    for (int i = 0; i < 4; ++i) bufs.push_back(input(n, 100 + i));
+    std::vector<double> expect(n, 0.0);
+    for (auto& b : bufs) {
+      for (std::size_t k = 0; k < n; ++k) expect[k] += b[k] / 4.0;
+    }
+    auto st = g.allReduce(bufs, ReduceOp::kAvg, wire);
+    for (auto& s : st) ASSERT_TRUE(s.isOk()) << s.toString();
+    for (int i = 1; i < 4; ++i) {
+      ASSERT_EQ(std::memcmp(bufs[0].data(), bufs[i].data(), n * 4), 0) << "peer " << i << " differs bitwise";
+    }
+    double err = 0, norm = 0;
+    for (std::size_t k = 0; k < n; ++k) {
+      err += (bufs[0][k] - expect[k]) * (bufs[0][k] - expect[k]);
+      norm += expect[k] * expect[k];
+    }
+    const double rel = std::sqrt(err / norm);
+    std::printf("wire %s: relative RMS error %.5f%%\n", std::string(collectives::wireName(wire)).c_str(), 100 * rel);
+    const double bound = wire == Wire::kRaw ? 1e-6 : wire == Wire::kFp16 ? 5e-4 : wire == Wire::kBf16 ? 5e-3
+                                           : wire == Wire::kInt8 ? 1e-2 : 0.15;
+    EXPECT_LT(rel, bound);
+  }
+}
+
+TEST(AllReduce, MinAndMaxAreExact) {
+  Group g(3);
+  const std::size_t n = 5000;
+  for (ReduceOp op : {ReduceOp::kMin, ReduceOp::kMax}) {
+    std::vector<std::vector<float>> bufs;
+    for (int i = 0; i < 3; ++i) bufs.push_back(input(n, 7 + i));
+    std::vector<float> expect = bufs[0];
+    for (int i = 1; i < 3; ++i) {
+      for (std::size_t k = 0; k < n; ++k) {
+        expect[k] = op == ReduceOp::kMin ? std::min(expect[k], bufs[i][k]) : std::max(expect[k], bufs[i][k]);
+      }
+    }
+    auto st = g.allReduce(bufs, op, Wire::kRaw);
+    for (auto& s : st) ASSERT_TRUE(s.isOk()) << s.toString();
+    for (auto& b : bufs) ASSERT_EQ(std::memcmp(b.data(), expect.data(), n * 4), 0);
+  }
+}
+
+TEST(AllReduce, MismatchedSizesFailEverywhereAndRestoreEveryBuffer) {
+  Group g(3);
+  std::vector<std::vector<float>> bufs = {input(1000, 1), input(1000, 2), input(999, 3)};
+  auto before = bufs;
+  auto st = g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_FALSE(st[i].isOk()) << "peer " << i;
+    EXPECT_EQ(bufs[i], before[i]) << "peer " << i << " buffer must be restored";
+  }
+  bool named = false;
+  for (auto& s : st) named = named || s.message().find("disagree") != std::string::npos;
+  EXPECT_TRUE(named) << st[0].toString();
+  // The group recovers: the next operation works.
+  bufs = {input(1000, 1), input(1000, 2), input(1000, 3)};
+  for (auto& s : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw)) EXPECT_TRUE(s.isOk()) << s.toString();
+}
+
+TEST(AllReduce, SeveralOperationsInFlightAtOnce) {
+  Group g(3);
+  const int kOps = 6;
+  std::vector<std::vector<std::vector<float>>> bufs(3);
+  for (int i = 0; i < 3; ++i) {
+    for (int k = 0; k < kOps; ++k) bufs[i].push_back(input(20000 + k, 50 * i + k));
+  }
+  std::vector<std::thread> threads;
+  std::vector<std::vector<Status>> st(3, std::vector<Status>(kOps));
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      std::vector<std::shared_ptr<collectives::Operation>> ops;
+      for (int k = 0; k < kOps; ++k) {
+        auto h = g.peers[i]->allReduce(bufs[i][k].data(), bufs[i][k].size(), DType::kF32, ReduceOp::kSum, Wire::kRaw);
+        ASSERT_TRUE(h.isOk());
+        ops.push_back(*h);
+      }
+      for (int k = 0; k < kOps; ++k) st[i][k] = ops[k]->wait(Deadline::after(Millis(30000)));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < kOps; ++k) {
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(st[i][k].isOk()) << st[i][k].toString();
+    EXPECT_EQ(bufs[0][k], bufs[1][k]);
+    EXPECT_EQ(bufs[0][k], bufs[2][k]);
+  }
+}
+
+TEST(AllReduce, ZeroElementsIsAClearErrorAndNobodyHangs) {
+  Group g(2);
+  std::vector<float> a(10, 1.0f);
+  auto bad = g.peers[0]->allReduce(a.data(), 0, DType::kF32, ReduceOp::kSum, Wire::kRaw);
+  ASSERT_FALSE(bad.isOk());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  // The other peer's matching operation is aborted rather than left waiting.
+  auto h = g.peers[1]->allReduce(a.data(), a.size(), DType::kF32, ReduceOp::kSum, Wire::kRaw);
+  ASSERT_TRUE(h.isOk());
+  Status st = (*h)->wait(Deadline::after(Millis(10000)));
+  EXPECT_EQ(st.code(), StatusCode::kAborted) << st.toString();
+  EXPECT_EQ(a, std::vector<float>(10, 1.0f));
+}
+
+}  // namespace
+}  // namespace loco::testing
