@@ -101,6 +101,8 @@ class Communicator::Impl {
     int pending = 0;                    // transfers of the current step still running
     Status step_error;
     std::vector<std::uint8_t> send_buf, recv_buf, forward;
+    ByteSpan send_span;        // what this step sends (send_buf, or the buffer itself for raw)
+    MutableByteSpan recv_span; // where this step receives
     std::vector<float> scratch;         // min/max decode target
     Descriptor mine{}, theirs{};
     bool reported_done = false;
@@ -348,37 +350,58 @@ class Communicator::Impl {
       if (!st.isOk() && op->step_error.isOk()) op->step_error = st;
       if (--op->pending == 0) stepDone(op);
     };
+    const bool raw = op->wire == Wire::kRaw;
+    auto floats = [&](std::size_t begin, std::size_t len) {
+      return MutableByteSpan(reinterpret_cast<std::uint8_t*>(op->work + begin), len * sizeof(float));
+    };
     if (s == 0) {
       op->send_buf.resize(sizeof(Descriptor));
       std::memcpy(op->send_buf.data(), &op->mine, sizeof(Descriptor));
       op->recv_buf.assign(sizeof(Descriptor), 0);
+      op->send_span = op->send_buf;
+      op->recv_span = op->recv_buf;
     } else if (s < static_cast<int>(N)) {
       const int t = s - 1;  // reduce-scatter step t
       auto [sb, sl] = segment(*op, (r + N - static_cast<std::size_t>(t)) % N);
       auto [rb, rl] = segment(*op, (r + 2 * N - static_cast<std::size_t>(t) - 1) % N);
-      op->send_buf.resize(encodedBytes(op->wire, sl));
-      encode(op->wire, std::span<const float>(op->work + sb, sl), op->send_buf);
-      op->recv_buf.assign(encodedBytes(op->wire, rl), 0);
+      if (raw) {
+        op->send_span = floats(sb, sl);  // zero copy: the partial sums go out as they are
+      } else {
+        op->send_buf.resize(encodedBytes(op->wire, sl));
+        encode(op->wire, std::span<const float>(op->work + sb, sl), op->send_buf);
+        op->send_span = op->send_buf;
+      }
+      op->recv_buf.resize(encodedBytes(op->wire, rl));
+      op->recv_span = op->recv_buf;
     } else {
       const std::size_t t = static_cast<std::size_t>(s) - N;  // all-gather step t
       auto [rb, rl] = segment(*op, (r + N - t) % N);
+      auto [fb, fl] = segment(*op, (r + 1 + N - t) % N);  // what goes out: owned (t=0), then forwarded
       if (t == 0) {
         // This peer owns segment r+1: finish it, encode it once, and take the decoded value
         // itself, exactly like every other peer will.
-        auto [ob, ol] = segment(*op, (r + 1) % N);
         if (op->red == ReduceOp::kAvg) {
-          for (std::size_t i = 0; i < ol; ++i) op->work[ob + i] /= static_cast<float>(N);
+          for (std::size_t i = 0; i < fl; ++i) op->work[fb + i] /= static_cast<float>(N);
         }
-        op->send_buf.resize(encodedBytes(op->wire, ol));
-        encode(op->wire, std::span<const float>(op->work + ob, ol), op->send_buf);
-        decode(op->wire, op->send_buf, std::span<float>(op->work + ob, ol));
-      } else {
+        if (!raw) {
+          op->send_buf.resize(encodedBytes(op->wire, fl));
+          encode(op->wire, std::span<const float>(op->work + fb, fl), op->send_buf);
+          decode(op->wire, op->send_buf, std::span<float>(op->work + fb, fl));
+        }
+      } else if (!raw) {
         op->send_buf = std::move(op->forward);  // forward the bytes as received, never re-encoded
       }
-      op->recv_buf.assign(encodedBytes(op->wire, rl), 0);
+      // Raw: the segment's bytes in the buffer are exactly what was received (or owned).
+      op->send_span = raw ? ByteSpan(floats(fb, fl)) : ByteSpan(op->send_buf);
+      if (raw) {
+        op->recv_span = floats(rb, rl);  // straight into place
+      } else {
+        op->recv_buf.resize(encodedBytes(op->wire, rl));
+        op->recv_span = op->recv_buf;
+      }
     }
-    in_link_->recv(tag, op->recv_buf, done);
-    out_link_->send(tag, op->send_buf, done);
+    in_link_->recv(tag, op->recv_span, done);
+    out_link_->send(tag, op->send_span, done);
   }
 
   void stepDone(const std::shared_ptr<Op>& op) {
@@ -409,11 +432,12 @@ class Communicator::Impl {
           acc[i] = op->red == ReduceOp::kMin ? std::min(acc[i], op->scratch[i]) : std::max(acc[i], op->scratch[i]);
         }
       }
-    } else {
+    } else if (op->wire != Wire::kRaw) {
       const std::size_t t = static_cast<std::size_t>(s) - N;
       auto [rb, rl] = segment(*op, (r + N - t) % N);
       decode(op->wire, op->recv_buf, std::span<float>(op->work + rb, rl));
       op->forward = std::move(op->recv_buf);
+      op->recv_buf = {};
     }
     if (++op->step <= static_cast<int>(2 * N - 2)) return runStep(op);
     dataDone(op);

@@ -1,0 +1,271 @@
+// `loco bench allreduce`: N peer processes (and a coordinator) all-reduce M MiB, on loopback or
+// in a lab's hosts. Each worker times its operations and hashes its result; the parent prints
+// one JSON line per configuration:
+//   {"bench":"allreduce","peers":N,"mib":M,"wire":"…","streams":K,"p50_ms":…,"algbw_gbs":…,
+//    "busbw_gbs":…,"rel_rms_err":…,"bitwise_equal":true|false}
+// busbw = bytes·2(N−1)/N / time; rel_rms_err is rank 0's result against an fp64 reference.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/lab/net.h"
+#include "collectives/communicator.h"
+#include "crypto/identity.h"
+
+namespace loco::cli {
+namespace {
+
+using collectives::Wire;
+
+std::vector<float> gaussianInput(std::size_t n, int rank) {
+  std::mt19937_64 rng(1000 + static_cast<std::uint64_t>(rank));
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+std::uint64_t fnv1a(const void* data, std::size_t bytes) {
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  std::uint64_t h = 1469598103934665603ull;
+  for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int iters, int streams) {
+  auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
+  auto listen = p2p::parseHostPort(flags.get("listen"), true);
+  if (!coordinator || !listen) return reportFailure(Status(StatusCode::kInvalidArgument, "worker: bad addresses"));
+  const int rank = std::atoi(flags.get("rank").c_str());
+  collectives::CommunicatorOptions o;
+  o.coordinator = *coordinator;
+  o.peer_id = crypto::randomHex(16);
+  o.listen = *listen;
+  o.streams = static_cast<std::uint32_t>(streams);
+  auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
+  if (!comm) return reportFailure(comm.status());
+  auto& c = **comm;
+  if (Status st = c.waitForMembership(Deadline::after(Millis(30000))); !st.isOk()) return reportFailure(st);
+  for (int k = 0; k < 400 && c.world() < static_cast<std::size_t>(peers); ++k) (void)c.syncPoint(Deadline::after(Millis(10000)));
+  if (c.world() != static_cast<std::size_t>(peers)) {
+    return reportFailure(Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), peers)));
+  }
+  const std::size_t n = bytes / sizeof(float);
+  const std::vector<float> input = gaussianInput(n, rank);
+  std::vector<float> buf(n);
+  std::vector<double> times_ms;
+  for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
+    std::memcpy(buf.data(), input.data(), bytes);
+    if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return reportFailure(st.status());  // start together
+    auto t0 = Clock::now();
+    auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
+    if (!op) return reportFailure(op.status());
+    if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk()) return reportFailure(st);
+    if (it >= 0) times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  double rel = -1;
+  if (rank == 0) {
+    std::vector<double> ref(n, 0.0);
+    for (int r = 0; r < peers; ++r) {
+      auto x = r == 0 ? input : gaussianInput(n, r);
+      for (std::size_t i = 0; i < n; ++i) ref[i] += x[i];
+    }
+    double err = 0, norm = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      double want = ref[i] / peers;
+      err += (buf[i] - want) * (buf[i] - want);
+      norm += want * want;
+    }
+    rel = std::sqrt(err / norm);
+  }
+  std::string times;
+  for (double t : times_ms) times += fmt::format("{}{:.4f}", times.empty() ? "" : " ", t);
+  if (Status st = writeFileAtomic(flags.get("out"), fmt::format("{:016x} {:.6e}\n{}\n", fnv1a(buf.data(), bytes), rel, times));
+      !st.isOk()) {
+    return reportFailure(st);
+  }
+  (void)c.syncPoint(Deadline::after(Millis(60000)));  // nobody leaves while others still run
+  (void)c.leave(Deadline::after(Millis(2000)));
+  return 0;
+}
+
+pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    std::vector<std::string> copy = argv;
+    std::vector<char*> cargv;
+    for (auto& a : copy) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    ::execvp(cargv[0], cargv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+std::string readText(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+int runBenchAllReduce(const Args& args) {
+  Flags flags("bench allreduce", "N peer processes all-reduce M MiB; prints one JSON line",
+              {{"peers", "number of peers", "4"},
+               {"mib", "MiB per all-reduce (fp32)", "64"},
+               {"kib", "KiB per all-reduce instead of --mib (latency runs)", ""},
+               {"wire", "raw, fp16, bf16, int8 or int4", "raw"},
+               {"streams", "TCP streams per ring link", "4"},
+               {"iters", "timed operations (the median is reported)", "5"},
+               {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
+               {"worker", "internal: one peer of a run", "", true},
+               {"coordinator", "internal", ""},
+               {"listen", "internal", ""},
+               {"rank", "internal", ""},
+               {"out", "internal", ""}});
+  if (int rc = parseAndSetUp(flags, args, "bench"); rc >= 0) return rc;
+  auto peers = flags.getInt("peers", 1, 64);
+  auto iters = flags.getInt("iters", 1, 100000);
+  auto streams = flags.getInt("streams", 1, 64);
+  auto wire = collectives::parseWire(flags.get("wire"));
+  if (!peers) return reportFailure(peers.status());
+  if (!iters) return reportFailure(iters.status());
+  if (!streams) return reportFailure(streams.status());
+  if (!wire) return reportFailure(wire.status());
+  std::size_t bytes;
+  if (flags.isSet("kib")) {
+    auto kib = flags.getInt("kib", 1, 1 << 24);
+    if (!kib) return reportFailure(kib.status());
+    bytes = static_cast<std::size_t>(*kib) << 10;
+  } else {
+    auto mib = flags.getInt("mib", 1, 16384);
+    if (!mib) return reportFailure(mib.status());
+    bytes = static_cast<std::size_t>(*mib) << 20;
+  }
+  if (flags.getBool("worker")) return runWorker(flags, bytes, *wire, static_cast<int>(*peers), static_cast<int>(*iters), static_cast<int>(*streams));
+
+  std::optional<lab::LabConfig> cfg;
+  if (flags.isSet("lab")) {
+    auto c = lab::loadLab(flags.get("lab"));
+    if (!c) return reportFailure(c.status());
+    cfg = std::move(c.value());
+  }
+  auto hostArgv = [&](int host) { return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{}; };
+  auto address = [&](int host) { return cfg ? cfg->address(host) : std::string("127.0.0.1"); };
+  const int N = static_cast<int>(*peers);
+  char dir_template[] = "/tmp/loco-allreduce-XXXXXX";
+  if (::mkdtemp(dir_template) == nullptr) return reportFailure(Status(StatusCode::kIoError, "mkdtemp failed"));
+  const std::string dir = dir_template;
+  const std::string exe = selfExecutable();
+  std::vector<pid_t> pids;
+  auto cleanup = [&] {
+    for (pid_t p : pids) ::kill(p, SIGKILL);
+    for (pid_t p : pids) ::waitpid(p, nullptr, 0);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  };
+  auto coord_argv = hostArgv(1);
+  for (std::string a : {exe, std::string("coordinator"), std::string("--listen"), address(1) + ":0", std::string("--port-file"),
+                        dir + "/port", std::string("--log-level"), std::string("warn")}) {
+    coord_argv.push_back(a);
+  }
+  pids.push_back(spawnProcess(coord_argv, dir + "/coordinator.log"));
+  int port = 0;
+  for (int i = 0; i < 500 && port == 0; ++i) {
+    std::ifstream(dir + "/port") >> port;
+    if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (port == 0) {
+    cleanup();
+    return reportFailure(Status(StatusCode::kTimeout, "the coordinator did not start"));
+  }
+  for (int r = 0; r < N; ++r) {
+    const int host = cfg ? r % cfg->hosts + 1 : 0;
+    auto argv = hostArgv(host);
+    for (std::string a : {exe, std::string("bench"), std::string("allreduce"), std::string("--worker"),
+                          std::string("--coordinator"), fmt::format("{}:{}", address(1), port), std::string("--listen"),
+                          address(host) + ":0", std::string("--rank"), std::to_string(r), std::string("--peers"),
+                          std::to_string(N), std::string("--wire"), flags.get("wire"), std::string("--streams"),
+                          std::to_string(*streams), std::string("--iters"), std::to_string(*iters), std::string("--out"),
+                          fmt::format("{}/worker-{}.result", dir, r), std::string("--log-level"), std::string("warn")}) {
+      argv.push_back(a);
+    }
+    argv.push_back(flags.isSet("kib") ? "--kib" : "--mib");
+    argv.push_back(flags.isSet("kib") ? flags.get("kib") : flags.get("mib"));
+    pids.push_back(spawnProcess(argv, fmt::format("{}/worker-{}.log", dir, r)));
+  }
+  // Wait for every worker, bounded.
+  std::string failure;
+  const auto deadline = Clock::now() + std::chrono::minutes(10);
+  for (std::size_t i = 1; i < pids.size(); ++i) {
+    int status = 0;
+    while (::waitpid(pids[i], &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        failure = "workers did not finish within 10 minutes";
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!failure.empty()) break;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      failure = fmt::format("worker {} failed: {}", i - 1, readText(fmt::format("{}/worker-{}.log", dir, i - 1)));
+      break;
+    }
+    pids[i] = -1;
+  }
+  pids.erase(std::remove(pids.begin(), pids.end(), -1), pids.end());
+  if (!failure.empty()) {
+    cleanup();
+    return reportFailure(Status(StatusCode::kInternal, failure));
+  }
+  std::vector<double> worst(static_cast<std::size_t>(*iters), 0.0);
+  std::set<std::string> hashes;
+  double rel = -1;
+  for (int r = 0; r < N; ++r) {
+    std::istringstream in(readText(fmt::format("{}/worker-{}.result", dir, r)));
+    std::string hash;
+    double err = 0;
+    in >> hash >> err;
+    hashes.insert(hash);
+    if (r == 0) rel = err;
+    for (double& w : worst) {
+      double t = 0;
+      in >> t;
+      w = std::max(w, t);
+    }
+  }
+  cleanup();
+  std::sort(worst.begin(), worst.end());
+  const double p50_ms = worst[worst.size() / 2];
+  const double algbw = static_cast<double>(bytes) / (p50_ms / 1000) / 1e9;
+  const double busbw = algbw * 2.0 * (N - 1) / N;
+  std::printf("%s\n", fmt::format(R"({{"bench":"allreduce","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{}{}}})",
+                                  N, flags.isSet("kib") ? "kib" : "mib", flags.isSet("kib") ? flags.get("kib") : flags.get("mib"),
+                                  flags.get("wire"), *streams, p50_ms, algbw, busbw, rel, hashes.size() == 1 ? "true" : "false",
+                                  cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "")
+                          .c_str());
+  return 0;
+}
+
+}  // namespace loco::cli
