@@ -125,8 +125,11 @@ class Communicator::Impl {
         done.set_value();
       });
       done.get_future().wait();
-      client_.reset();
+      client_.reset();  // needs the network thread to close its connection
     }
+    // Stop the network thread before any member goes: no handler may run into a half-destroyed
+    // communicator.
+    net_.stop();
   }
 
   Status start(Deadline deadline) {

@@ -217,6 +217,7 @@ void Link::resumeParked() {
 void Link::close(const Status& why) {
   if (closed_) return;
   closed_ = true;
+  auto self = shared_from_this();  // the close handler may drop the last other owner
   close_reason_ = why.isOk() ? Status(StatusCode::kAborted, name_ + ": link closed") : why;
   for (auto& s : streams_) {
     s->setCloseHandler(nullptr);
@@ -350,8 +351,11 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
 // ---- connecting -------------------------------------------------------------------------------
 
 namespace {
+// One link being dialed. Its deadline timer owns it until it finishes; the connections' handlers
+// only hold weak references, so an abandoned dial (network thread stopped) leaves no cycle.
 struct LinkDial : std::enable_shared_from_this<LinkDial> {
   asio::io_context& io;
+  asio::steady_timer timer;
   LinkOptions options;
   std::string self_id;
   std::string remote;
@@ -360,11 +364,12 @@ struct LinkDial : std::enable_shared_from_this<LinkDial> {
   bool finished = false;
   std::function<void(Result<std::shared_ptr<Link>>)> done;
 
-  LinkDial(asio::io_context& i, LinkOptions o) : io(i), options(o) {}
+  LinkDial(asio::io_context& i, LinkOptions o) : io(i), timer(i), options(o) {}
 
   void fail(const Status& st) {
     if (finished) return;
     finished = true;
+    timer.cancel();
     for (auto& s : streams) {
       if (!s) continue;
       s->setCloseHandler(nullptr);
@@ -385,32 +390,42 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
   dial->streams.resize(options.streams);
   dial->done = std::move(done);
   const std::string link_id = crypto::randomHex(16);
+  dial->timer.expires_at(deadline.at());
+  dial->timer.async_wait([dial](const std::error_code& ec) {
+    if (!ec) dial->fail(Status(StatusCode::kTimeout, "link to " + dial->remote + ": streams not accepted before the deadline"));
+  });
   for (std::uint32_t i = 0; i < options.streams; ++i) {
-    asyncConnect(io, eps.value(), deadline, [dial, i, link_id, deadline, epoch](auto sock) {
-      if (dial->finished) return;
-      if (!sock) return dial->fail(sock.status().withContext("link to " + dial->remote));
-      tuneSocket(*sock.value(), dial->options.tcp_user_timeout);
+    std::weak_ptr<LinkDial> weak_dial = dial;
+    asyncConnect(io, eps.value(), deadline, [weak_dial, i, link_id, deadline, epoch](auto sock) {
+      auto d = weak_dial.lock();
+      if (!d || d->finished) return;
+      if (!sock) return d->fail(sock.status().withContext("link to " + d->remote));
+      tuneSocket(*sock.value(), d->options.tcp_user_timeout);
       Connection::Options copts;
-      copts.name = fmt::format("link to {} stream {}", dial->remote, i);
+      copts.name = fmt::format("link to {} stream {}", d->remote, i);
       copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
-      auto conn = Connection::create(dial->io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
-      dial->streams[i] = conn;
-      conn->setCloseHandler([dial](const Status& why) { dial->fail(why.withContext("link handshake")); });
-      conn->setFrameHandler([dial](const FrameHeader& h, std::vector<std::uint8_t>) {
-        if (dial->finished) return;
+      auto conn = Connection::create(d->io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+      d->streams[i] = conn;
+      conn->setCloseHandler([weak_dial](const Status& why) {
+        if (auto dc = weak_dial.lock()) dc->fail(why.withContext("link handshake"));
+      });
+      conn->setFrameHandler([weak_dial](const FrameHeader& h, std::vector<std::uint8_t>) {
+        auto dd = weak_dial.lock();
+        if (!dd || dd->finished) return;
         if (h.type != MsgType::kLinkAccept) {
-          return dial->fail(Status(StatusCode::kProtocolError, fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
+          return dd->fail(Status(StatusCode::kProtocolError, fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
         }
-        if (++dial->accepted < dial->streams.size()) return;
-        dial->finished = true;
-        auto link = std::make_shared<Link>(fmt::format("link to {}", dial->remote), dial->streams, dial->options);
+        if (++dd->accepted < dd->streams.size()) return;
+        dd->finished = true;
+        dd->timer.cancel();
+        auto link = std::make_shared<Link>(fmt::format("link to {}", dd->remote), dd->streams, dd->options);
         link->start();
-        dial->done(std::move(link));
+        dd->done(std::move(link));
       });
       conn->start();
       conn->send(MsgType::kLinkHello,
-                 encodeLinkHello(LinkHelloMsg{link_id, dial->self_id, i, static_cast<std::uint32_t>(dial->streams.size()),
-                                              dial->options.chunk_bytes}),
+                 encodeLinkHello(LinkHelloMsg{link_id, d->self_id, i, static_cast<std::uint32_t>(d->streams.size()),
+                                              d->options.chunk_bytes}),
                  epoch);
     });
   }
