@@ -139,7 +139,11 @@ Connection::DataTarget Link::target(std::size_t index, const FrameHeader& h) {
     return {Kind::kPark, {}, {}};
   }
   st.staging = true;
-  st.stage_buf.assign(h.length, 0);
+  if (!spare_chunks_.empty()) {
+    st.stage_buf = std::move(spare_chunks_.back());
+    spare_chunks_.pop_back();
+  }
+  st.stage_buf.resize(h.length);
   staged_bytes_ += h.length;
   return {Kind::kReady, MutableByteSpan(st.stage_buf), {}};
 }
@@ -199,6 +203,7 @@ void Link::deliverStaged(std::uint64_t tag, Staged staged) {
   if (!ok.isOk()) return close(ok);
   std::memcpy(op.dst.data() + static_cast<std::size_t>(staged.chunk) * options_.chunk_bytes, staged.bytes.data(),
               staged.bytes.size());
+  if (spare_chunks_.size() < 16) spare_chunks_.push_back(std::move(staged.bytes));
   if (++op.received == op.chunks) {
     finishRecv(tag);
     if (!closed_) resumeParked();

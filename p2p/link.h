@@ -112,6 +112,7 @@ class Link : public std::enable_shared_from_this<Link> {
   std::map<std::uint64_t, RecvOp> recvs_;
   std::map<std::uint64_t, std::vector<Staged>> staged_;
   std::size_t staged_bytes_ = 0;
+  std::vector<std::vector<std::uint8_t>> spare_chunks_;  // staging buffers for reuse (no zeroing)
   bool closed_ = false;
   Status close_reason_;
   std::function<void(const Status&)> on_close_;
