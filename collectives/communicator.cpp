@@ -157,7 +157,7 @@ class Communicator::Impl {
     if (client_) {
       std::promise<void> done;
       net_.post([this, &done] {
-        failAll(Status(StatusCode::kAborted, "the communicator is shutting down"));
+        abortEverything(Status(StatusCode::kAborted, "the communicator is shutting down"));
         closeRing();
         accepted_.clear();
         listener_.reset();
@@ -191,7 +191,7 @@ class Communicator::Impl {
         net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise, options_.streams});
     client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) { onDecision(epoch, op_id, commit); });
     client_->setLostCallback([this](const Status& why) {
-      failAll(why.withContext("lost the group during an all-reduce"));
+      abortEverything(why.withContext("lost the group during an all-reduce"));
       closeRing();
     });
     return client_->join(deadline);
@@ -563,6 +563,17 @@ class Communicator::Impl {
     ops_.erase(op->op_id);
     ring_waiters_.erase(std::remove(ring_waiters_.begin(), ring_waiters_.end(), op), ring_waiters_.end());
     op->handle->finish(std::move(st));
+  }
+
+  // This peer left or was removed from the group: no verdict will come for anything in flight,
+  // and the group aborts it (its epoch changed), so every operation ends restored.
+  void abortEverything(const Status& why) {
+    std::vector<std::shared_ptr<Op>> all;
+    for (auto& [id, op] : ops_) all.push_back(op);
+    for (auto& op : all) {
+      op->reported_done = true;  // nothing to report any more
+      fail(op, why);
+    }
   }
 
   void failAll(const Status& why) {
