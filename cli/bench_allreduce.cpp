@@ -27,6 +27,12 @@
 #include "crypto/identity.h"
 
 namespace loco::cli {
+
+#ifdef LOCO_HAVE_GLOO
+Status glooAllReduce(int rank, int size, const std::string& hostname, const std::string& store_dir,
+                     const std::vector<float>& input, std::vector<float>& buf, int iters, std::vector<double>& times_ms);
+#endif
+
 namespace {
 
 using collectives::Wire;
@@ -44,6 +50,49 @@ std::uint64_t fnv1a(const void* data, std::size_t bytes) {
   std::uint64_t h = 1469598103934665603ull;
   for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
   return h;
+}
+
+// rank 0 compares its result with an fp64 reference; every rank hashes its result.
+Status writeResult(const Flags& flags, int rank, int peers, const std::vector<float>& input, const std::vector<float>& buf,
+                   const std::vector<double>& times_ms) {
+  const std::size_t n = buf.size();
+  double rel = -1;
+  if (rank == 0) {
+    std::vector<double> ref(n, 0.0);
+    for (int r = 0; r < peers; ++r) {
+      auto x = r == 0 ? input : gaussianInput(n, r);
+      for (std::size_t i = 0; i < n; ++i) ref[i] += x[i];
+    }
+    double err = 0, norm = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      double want = ref[i] / peers;
+      err += (buf[i] - want) * (buf[i] - want);
+      norm += want * want;
+    }
+    rel = std::sqrt(err / norm);
+  }
+  std::string times;
+  for (double t : times_ms) times += fmt::format("{}{:.4f}", times.empty() ? "" : " ", t);
+  return writeFileAtomic(flags.get("out"), fmt::format("{:016x} {:.6e}\n{}\n", fnv1a(buf.data(), n * 4), rel, times));
+}
+
+int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
+#ifdef LOCO_HAVE_GLOO
+  const int rank = std::atoi(flags.get("rank").c_str());
+  auto listen = p2p::parseHostPort(flags.get("listen"), true);
+  if (!listen) return reportFailure(listen.status());
+  const std::vector<float> input = gaussianInput(bytes / sizeof(float), rank);
+  std::vector<float> buf(input.size());
+  std::vector<double> times_ms;
+  if (Status st = glooAllReduce(rank, peers, listen->host, flags.get("store"), input, buf, iters, times_ms); !st.isOk()) {
+    return reportFailure(st);
+  }
+  if (Status st = writeResult(flags, rank, peers, input, buf, times_ms); !st.isOk()) return reportFailure(st);
+  return 0;
+#else
+  (void)flags, (void)bytes, (void)peers, (void)iters;
+  return reportFailure(Status(StatusCode::kUnavailable, "this loco was built without Gloo (apt-get install libgloo-dev)"));
+#endif
 }
 
 int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int iters, int streams) {
@@ -77,27 +126,7 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk()) return reportFailure(st);
     if (it >= 0) times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
-  double rel = -1;
-  if (rank == 0) {
-    std::vector<double> ref(n, 0.0);
-    for (int r = 0; r < peers; ++r) {
-      auto x = r == 0 ? input : gaussianInput(n, r);
-      for (std::size_t i = 0; i < n; ++i) ref[i] += x[i];
-    }
-    double err = 0, norm = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      double want = ref[i] / peers;
-      err += (buf[i] - want) * (buf[i] - want);
-      norm += want * want;
-    }
-    rel = std::sqrt(err / norm);
-  }
-  std::string times;
-  for (double t : times_ms) times += fmt::format("{}{:.4f}", times.empty() ? "" : " ", t);
-  if (Status st = writeFileAtomic(flags.get("out"), fmt::format("{:016x} {:.6e}\n{}\n", fnv1a(buf.data(), bytes), rel, times));
-      !st.isOk()) {
-    return reportFailure(st);
-  }
+  if (Status st = writeResult(flags, rank, peers, input, buf, times_ms); !st.isOk()) return reportFailure(st);
   (void)c.syncPoint(Deadline::after(Millis(60000)));  // nobody leaves while others still run
   (void)c.leave(Deadline::after(Millis(2000)));
   return 0;
@@ -128,6 +157,110 @@ std::string readText(const std::string& path) {
   return s.str();
 }
 
+struct RunSummary {
+  double p50_ms = 0;
+  double rel = -1;
+  bool bitwise_equal = false;
+};
+
+// One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
+// lab's hosts (round-robin, coordinator and Gloo's rendezvous in host 1's view of /tmp).
+Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfig>& cfg, int N, bool gloo, int streams,
+                           int iters, const std::string& size_key, const std::string& size_value) {
+  auto hostArgv = [&](int host) { return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{}; };
+  auto address = [&](int host) { return cfg ? cfg->address(host) : std::string("127.0.0.1"); };
+  char dir_template[] = "/tmp/loco-allreduce-XXXXXX";
+  if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
+  const std::string dir = dir_template;
+  const std::string exe = selfExecutable();
+  std::vector<pid_t> pids;
+  auto cleanup = [&] {
+    for (pid_t p : pids) ::kill(p, SIGKILL);
+    for (pid_t p : pids) ::waitpid(p, nullptr, 0);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  };
+  int port = 0;
+  if (!gloo) {
+    auto coord_argv = hostArgv(1);
+    for (std::string a : {exe, std::string("coordinator"), std::string("--listen"), address(1) + ":0",
+                          std::string("--port-file"), dir + "/port", std::string("--log-level"), std::string("warn")}) {
+      coord_argv.push_back(a);
+    }
+    pids.push_back(spawnProcess(coord_argv, dir + "/coordinator.log"));
+    for (int i = 0; i < 500 && port == 0; ++i) {
+      std::ifstream(dir + "/port") >> port;
+      if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (port == 0) {
+      cleanup();
+      return Status(StatusCode::kTimeout, "the coordinator did not start");
+    }
+  } else {
+    std::filesystem::create_directories(dir + "/store");
+  }
+  const std::size_t first_worker = pids.size();
+  for (int r = 0; r < N; ++r) {
+    const int host = cfg ? r % cfg->hosts + 1 : 0;
+    auto argv = hostArgv(host);
+    for (std::string a : {exe, std::string("bench"), std::string("allreduce"), std::string("--worker"),
+                          std::string("--impl"), std::string(gloo ? "gloo" : "loco"), std::string("--store"), dir + "/store",
+                          std::string("--coordinator"), fmt::format("{}:{}", address(1), port), std::string("--listen"),
+                          address(host) + ":0", std::string("--rank"), std::to_string(r), std::string("--peers"),
+                          std::to_string(N), std::string("--wire"), flags.get("wire"), std::string("--streams"),
+                          std::to_string(streams), std::string("--iters"), std::to_string(iters), std::string("--out"),
+                          fmt::format("{}/worker-{}.result", dir, r), std::string("--log-level"), std::string("warn"),
+                          "--" + size_key, size_value}) {
+      argv.push_back(a);
+    }
+    pids.push_back(spawnProcess(argv, fmt::format("{}/worker-{}.log", dir, r)));
+  }
+  std::string failure;
+  const auto deadline = Clock::now() + std::chrono::minutes(10);
+  for (std::size_t i = first_worker; i < pids.size() && failure.empty(); ++i) {
+    int status = 0;
+    while (::waitpid(pids[i], &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        failure = "workers did not finish within 10 minutes";
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!failure.empty()) break;
+    pids[i] = -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      failure = fmt::format("{} worker {} failed: {}", gloo ? "gloo" : "loco", i - first_worker,
+                            readText(fmt::format("{}/worker-{}.log", dir, i - first_worker)));
+    }
+  }
+  pids.erase(std::remove(pids.begin(), pids.end(), -1), pids.end());
+  if (!failure.empty()) {
+    cleanup();
+    return Status(StatusCode::kInternal, failure);
+  }
+  std::vector<double> worst(static_cast<std::size_t>(iters), 0.0);
+  std::set<std::string> hashes;
+  RunSummary out;
+  for (int r = 0; r < N; ++r) {
+    std::istringstream in(readText(fmt::format("{}/worker-{}.result", dir, r)));
+    std::string hash;
+    double err = 0;
+    in >> hash >> err;
+    hashes.insert(hash);
+    if (r == 0) out.rel = err;
+    for (double& w : worst) {
+      double t = 0;
+      in >> t;
+      w = std::max(w, t);  // an operation takes as long as its slowest peer
+    }
+  }
+  cleanup();
+  std::sort(worst.begin(), worst.end());
+  out.p50_ms = worst[worst.size() / 2];
+  out.bitwise_equal = hashes.size() == 1;
+  return out;
+}
+
 }  // namespace
 
 int runBenchAllReduce(const Args& args) {
@@ -139,7 +272,10 @@ int runBenchAllReduce(const Args& args) {
                {"streams", "TCP streams per ring link", "4"},
                {"iters", "timed operations (the median is reported)", "5"},
                {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
+               {"baseline", "gloo: also run Gloo's ring all-reduce on the same inputs and hosts", ""},
                {"worker", "internal: one peer of a run", "", true},
+               {"impl", "internal: loco or gloo", "loco"},
+               {"store", "internal: Gloo's rendezvous directory", ""},
                {"coordinator", "internal", ""},
                {"listen", "internal", ""},
                {"rank", "internal", ""},
@@ -163,7 +299,10 @@ int runBenchAllReduce(const Args& args) {
     if (!mib) return reportFailure(mib.status());
     bytes = static_cast<std::size_t>(*mib) << 20;
   }
-  if (flags.getBool("worker")) return runWorker(flags, bytes, *wire, static_cast<int>(*peers), static_cast<int>(*iters), static_cast<int>(*streams));
+  if (flags.getBool("worker")) {
+    if (flags.get("impl") == "gloo") return runGlooWorker(flags, bytes, static_cast<int>(*peers), static_cast<int>(*iters));
+    return runWorker(flags, bytes, *wire, static_cast<int>(*peers), static_cast<int>(*iters), static_cast<int>(*streams));
+  }
 
   std::optional<lab::LabConfig> cfg;
   if (flags.isSet("lab")) {
@@ -171,100 +310,30 @@ int runBenchAllReduce(const Args& args) {
     if (!c) return reportFailure(c.status());
     cfg = std::move(c.value());
   }
-  auto hostArgv = [&](int host) { return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{}; };
-  auto address = [&](int host) { return cfg ? cfg->address(host) : std::string("127.0.0.1"); };
+  const std::string baseline = flags.get("baseline");
+  if (!baseline.empty() && baseline != "gloo") {
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--baseline takes only gloo"));
+  }
   const int N = static_cast<int>(*peers);
-  char dir_template[] = "/tmp/loco-allreduce-XXXXXX";
-  if (::mkdtemp(dir_template) == nullptr) return reportFailure(Status(StatusCode::kIoError, "mkdtemp failed"));
-  const std::string dir = dir_template;
-  const std::string exe = selfExecutable();
-  std::vector<pid_t> pids;
-  auto cleanup = [&] {
-    for (pid_t p : pids) ::kill(p, SIGKILL);
-    for (pid_t p : pids) ::waitpid(p, nullptr, 0);
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  };
-  auto coord_argv = hostArgv(1);
-  for (std::string a : {exe, std::string("coordinator"), std::string("--listen"), address(1) + ":0", std::string("--port-file"),
-                        dir + "/port", std::string("--log-level"), std::string("warn")}) {
-    coord_argv.push_back(a);
+  const std::string size_key = flags.isSet("kib") ? "kib" : "mib";
+  const std::string size_value = flags.isSet("kib") ? flags.get("kib") : flags.get("mib");
+  const std::string lab_field = cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "";
+  std::optional<double> gloo_p50;
+  for (bool gloo : {true, false}) {
+    if (gloo && baseline != "gloo") continue;
+    auto run = runOnce(flags, cfg, N, gloo, static_cast<int>(*streams), static_cast<int>(*iters), size_key, size_value);
+    if (!run) return reportFailure(run.status());
+    const double algbw = static_cast<double>(bytes) / (run->p50_ms / 1000) / 1e9;
+    const double busbw = algbw * 2.0 * (N - 1) / N;
+    std::string line = fmt::format(
+        R"({{"bench":"allreduce","impl":"{}","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{}{})",
+        gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"), gloo ? 1 : *streams, run->p50_ms,
+        algbw, busbw, run->rel, run->bitwise_equal ? "true" : "false", lab_field);
+    if (gloo) gloo_p50 = run->p50_ms;
+    if (!gloo && gloo_p50) line += fmt::format(",\"speedup_vs_gloo\":{:.3f}", *gloo_p50 / run->p50_ms);
+    std::printf("%s}\n", line.c_str());
+    std::fflush(stdout);
   }
-  pids.push_back(spawnProcess(coord_argv, dir + "/coordinator.log"));
-  int port = 0;
-  for (int i = 0; i < 500 && port == 0; ++i) {
-    std::ifstream(dir + "/port") >> port;
-    if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (port == 0) {
-    cleanup();
-    return reportFailure(Status(StatusCode::kTimeout, "the coordinator did not start"));
-  }
-  for (int r = 0; r < N; ++r) {
-    const int host = cfg ? r % cfg->hosts + 1 : 0;
-    auto argv = hostArgv(host);
-    for (std::string a : {exe, std::string("bench"), std::string("allreduce"), std::string("--worker"),
-                          std::string("--coordinator"), fmt::format("{}:{}", address(1), port), std::string("--listen"),
-                          address(host) + ":0", std::string("--rank"), std::to_string(r), std::string("--peers"),
-                          std::to_string(N), std::string("--wire"), flags.get("wire"), std::string("--streams"),
-                          std::to_string(*streams), std::string("--iters"), std::to_string(*iters), std::string("--out"),
-                          fmt::format("{}/worker-{}.result", dir, r), std::string("--log-level"), std::string("warn")}) {
-      argv.push_back(a);
-    }
-    argv.push_back(flags.isSet("kib") ? "--kib" : "--mib");
-    argv.push_back(flags.isSet("kib") ? flags.get("kib") : flags.get("mib"));
-    pids.push_back(spawnProcess(argv, fmt::format("{}/worker-{}.log", dir, r)));
-  }
-  // Wait for every worker, bounded.
-  std::string failure;
-  const auto deadline = Clock::now() + std::chrono::minutes(10);
-  for (std::size_t i = 1; i < pids.size(); ++i) {
-    int status = 0;
-    while (::waitpid(pids[i], &status, WNOHANG) == 0) {
-      if (Clock::now() > deadline) {
-        failure = "workers did not finish within 10 minutes";
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    if (!failure.empty()) break;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      failure = fmt::format("worker {} failed: {}", i - 1, readText(fmt::format("{}/worker-{}.log", dir, i - 1)));
-      break;
-    }
-    pids[i] = -1;
-  }
-  pids.erase(std::remove(pids.begin(), pids.end(), -1), pids.end());
-  if (!failure.empty()) {
-    cleanup();
-    return reportFailure(Status(StatusCode::kInternal, failure));
-  }
-  std::vector<double> worst(static_cast<std::size_t>(*iters), 0.0);
-  std::set<std::string> hashes;
-  double rel = -1;
-  for (int r = 0; r < N; ++r) {
-    std::istringstream in(readText(fmt::format("{}/worker-{}.result", dir, r)));
-    std::string hash;
-    double err = 0;
-    in >> hash >> err;
-    hashes.insert(hash);
-    if (r == 0) rel = err;
-    for (double& w : worst) {
-      double t = 0;
-      in >> t;
-      w = std::max(w, t);
-    }
-  }
-  cleanup();
-  std::sort(worst.begin(), worst.end());
-  const double p50_ms = worst[worst.size() / 2];
-  const double algbw = static_cast<double>(bytes) / (p50_ms / 1000) / 1e9;
-  const double busbw = algbw * 2.0 * (N - 1) / N;
-  std::printf("%s\n", fmt::format(R"({{"bench":"allreduce","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{}{}}})",
-                                  N, flags.isSet("kib") ? "kib" : "mib", flags.isSet("kib") ? flags.get("kib") : flags.get("mib"),
-                                  flags.get("wire"), *streams, p50_ms, algbw, busbw, rel, hashes.size() == 1 ? "true" : "false",
-                                  cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "")
-                          .c_str());
   return 0;
 }
 
