@@ -1,7 +1,8 @@
 #pragma once
 // Test support: start `loco` as real child processes, signal them, wait with deadlines, read
 // /proc. Every Process is killed (SIGKILL, by pid) and reaped in its destructor, so a failing test
-// leaves nothing behind.
+// leaves nothing behind; children also get PR_SET_PDEATHSIG, so even a crashing test binary
+// takes them with it.
 
 #include <sys/types.h>
 
