@@ -109,7 +109,12 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
   if (Status st = c.waitForMembership(Deadline::after(Millis(30000))); !st.isOk()) return reportFailure(st);
-  for (int k = 0; k < 400 && c.world() < static_cast<std::size_t>(peers); ++k) (void)c.syncPoint(Deadline::after(Millis(10000)));
+  // Sync points admit the others; a peer alone syncs instantly, so wait by time, not by count
+  // (peers across an emulated WAN take a few round trips to register).
+  for (Deadline until = Deadline::after(Millis(60000)); c.world() < static_cast<std::size_t>(peers) && !until.expired();) {
+    (void)c.syncPoint(Deadline::after(Millis(10000)));
+    if (c.world() < static_cast<std::size_t>(peers)) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   if (c.world() != static_cast<std::size_t>(peers)) {
     return reportFailure(Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), peers)));
   }
