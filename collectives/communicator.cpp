@@ -190,6 +190,7 @@ class Communicator::Impl {
     client_ = std::make_unique<p2p::MembershipClient>(
         net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise, options_.streams});
     client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) { onDecision(epoch, op_id, commit); });
+    client_->setViewCallback([this](const p2p::GroupView& v) { onView(v); });
     client_->setLostCallback([this](const Status& why) {
       abortEverything(why.withContext("lost the group during an all-reduce"));
       closeRing();
@@ -524,6 +525,22 @@ class Communicator::Impl {
     releaseBuffers(*op);
     op->reported_done = true;
     client_->reportOp(op->epoch, op->op_id, true);
+  }
+
+  // A new epoch while operations run means a member left (admissions happen only at sync
+  // points). Operations of older epochs that have not reported done can never commit; without
+  // this they would wait on a frozen peer's silent links until their timeout, because the
+  // coordinator knows no operation nobody has reported yet.
+  void onView(const p2p::GroupView& v) {
+    std::vector<std::shared_ptr<Op>> stale;
+    for (auto& [id, op] : ops_) {
+      if (op->epoch < v.epoch && !op->reported_done) stale.push_back(op);
+    }
+    for (auto& op : stale) {
+      fail(op, Status(StatusCode::kAborted, fmt::format("the group changed during the all-reduce (epoch {} -> {}); the "
+                                                        "buffer is restored",
+                                                        op->epoch, v.epoch)));
+    }
   }
 
   void onDecision(std::uint64_t epoch, std::uint64_t op_id, bool commit) {

@@ -329,3 +329,55 @@ TEST(Fault, PeersRejoinARestartedCoordinatorAndEpochsKeepRising) {
 
 }  // namespace
 }  // namespace loco::testing
+
+namespace loco::testing {
+namespace {
+
+// A peer frozen (SIGSTOP) during an all-reduce: the coordinator evicts it after the heartbeat
+// timeout and aborts the operation, so every survivor's wait ends with an error shortly after,
+// instead of hanging on a link that never closes.
+TEST(Fault, FrozenPeerDuringAllReduceFailsTheSurvivorsWithinTheHeartbeatTimeout) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 1500);
+  std::vector<std::unique_ptr<Process>> workers;
+  for (int r = 0; r < 3; ++r) {
+    workers.push_back(std::make_unique<Process>(
+        std::vector<std::string>{"bench", "allreduce", "--worker", "--coordinator", coordinator.address(), "--listen",
+                                 "127.0.0.1:0", "--rank", std::to_string(r), "--peers", "3", "--mib", "32", "--iters",
+                                 "100000", "--out", dir.file("w" + std::to_string(r)), "--streams", "2"},
+        dir.file("worker" + std::to_string(r) + ".log")));
+  }
+  // Wait until they are all-reducing (3 members), then let a few operations run.
+  ASSERT_TRUE(eventually(milliseconds(20000), [&] {
+    auto v = coordinator.view();
+    return v && v->world() == 3;
+  }));
+  ASSERT_TRUE(eventually(milliseconds(20000), [&] { return coordinator.counter("coord.ops_committed") >= 2; }));
+  const std::uint64_t committed_before = coordinator.counter("coord.ops_committed");
+  const auto t0 = std::chrono::steady_clock::now();
+  workers[2]->signal(SIGSTOP);
+  // Two correct outcomes, depending on where the freeze lands: inside an operation, the group
+  // aborts it and both survivors' waits fail (the bench worker then exits non-zero); between
+  // operations (at a sync point), the frozen peer is evicted and the two carry on together.
+  bool survivors_failed = false, group_went_on = false;
+  ASSERT_TRUE(eventually(milliseconds(8000), [&] {
+    survivors_failed = !workers[0]->running() && !workers[1]->running();
+    auto v = coordinator.view();
+    group_went_on = v && v->world() == 2 && coordinator.counter("coord.ops_committed") > committed_before;
+    return survivors_failed || group_went_on;
+  })) << "survivors neither failed nor went on\n" << workers[0]->log();
+  const double seconds = secondsSince(t0);
+  std::printf("frozen peer: survivors %s after %.2f s (heartbeat timeout 1.5 s)\n",
+              survivors_failed ? "failed their operation" : "went on without it", seconds);
+  EXPECT_LT(seconds, 1.5 + 2.5);
+  if (survivors_failed) {
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_NE(workers[r]->waitExit(milliseconds(1000)), 0) << "an aborted operation must not look like success";
+      EXPECT_NE(workers[r]->log().find("the buffer is restored"), std::string::npos) << workers[r]->log();
+    }
+  }
+  workers[2]->signal(SIGCONT);
+}
+
+}  // namespace
+}  // namespace loco::testing
