@@ -137,31 +137,6 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   return 0;
 }
 
-pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int fd = ::open(log.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-    }
-    std::vector<std::string> copy = argv;
-    std::vector<char*> cargv;
-    for (auto& a : copy) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    ::execvp(cargv[0], cargv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-std::string readText(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 struct RunSummary {
   double p50_ms = 0;
   double rel = -1;
@@ -235,7 +210,7 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     pids[i] = -1;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       failure = fmt::format("{} worker {} failed: {}", gloo ? "gloo" : "loco", i - first_worker,
-                            readText(fmt::format("{}/worker-{}.log", dir, i - first_worker)));
+                            readTextFile(fmt::format("{}/worker-{}.log", dir, i - first_worker)));
     }
   }
   pids.erase(std::remove(pids.begin(), pids.end(), -1), pids.end());
@@ -247,7 +222,7 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
   std::set<std::string> hashes;
   RunSummary out;
   for (int r = 0; r < N; ++r) {
-    std::istringstream in(readText(fmt::format("{}/worker-{}.result", dir, r)));
+    std::istringstream in(readTextFile(fmt::format("{}/worker-{}.result", dir, r)));
     std::string hash;
     double err = 0;
     in >> hash >> err;

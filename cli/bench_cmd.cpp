@@ -192,14 +192,7 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
                         std::to_string(opts.chunk_bytes >> 10)}) {
     argv.push_back(a);
   }
-  pid_t child = ::fork();
-  if (child == 0) {
-    std::vector<char*> cargv;
-    for (auto& a : argv) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    ::execvp(cargv[0], cargv.data());
-    ::_exit(127);
-  }
+  const pid_t child = spawnProcess(argv);  // the receiver's messages reach our stderr
   std::string receiver_end;  // how the receiver ended, if it did on its own
   auto reap = [&] {
     int status = 0;
@@ -281,21 +274,13 @@ Result<double> benchIperf3(std::uint32_t streams, int seconds, const lab::LabCon
   }
   const int port = 20000 + static_cast<int>(::getpid() % 20000);
   const std::string server_addr = cfg ? cfg->address(2) : "127.0.0.1";
-  pid_t server = ::fork();
-  if (server == 0) {
-    std::freopen("/dev/null", "w", stdout);
-    std::vector<std::string> argv;
-    if (cfg) argv = lab::inHost(*cfg, 2);
-    for (std::string a : {std::string("iperf3"), std::string("-s"), std::string("-1"), std::string("-B"), server_addr,
-                          std::string("-p"), std::to_string(port)}) {
-      argv.push_back(a);
-    }
-    std::vector<char*> cargv;
-    for (auto& a : argv) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    ::execvp(cargv[0], cargv.data());
-    ::_exit(127);
+  std::vector<std::string> argv;
+  if (cfg) argv = lab::inHost(*cfg, 2);
+  for (std::string a : {std::string("iperf3"), std::string("-s"), std::string("-1"), std::string("-B"), server_addr,
+                        std::string("-p"), std::to_string(port)}) {
+    argv.push_back(a);
   }
+  const pid_t server = spawnProcess(argv, "/dev/null");
   ::usleep(300 * 1000);
   std::string cmd = fmt::format("iperf3 -c {} -p {} -P {} -t {} -J 2>/dev/null", server_addr, port, streams, seconds);
   std::string out;

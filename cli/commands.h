@@ -2,6 +2,8 @@
 // The `loco` subcommands. Each takes the arguments after its name and returns the exit code:
 // 0 success, 1 runtime failure, 2 bad usage.
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -30,5 +32,10 @@ int reportFailure(const Status& status);
 Status writeFileAtomic(const std::string& path, const std::string& content);
 // Path of the running `loco` binary (to start children).
 std::string selfExecutable();
+// The whole file as text; "" when it cannot be read.
+std::string readTextFile(const std::string& path);
+// Starts argv[0] (searched on PATH) with stdout and stderr going to `log` ("" keeps them) and
+// stdin from /dev/null. Returns the child's pid, or -1.
+pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log = "");
 
 }  // namespace loco::cli

@@ -4,7 +4,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
+
 #include <fstream>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "p2p/base/log.h"
@@ -46,6 +49,35 @@ Status writeFileAtomic(const std::string& path, const std::string& content) {
     return Status(StatusCode::kIoError, fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));
   }
   return Status();
+}
+
+std::string readTextFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int in = ::open("/dev/null", O_RDONLY);
+    if (in >= 0) ::dup2(in, 0);
+    if (!log.empty()) {
+      int fd = ::open(log.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+      }
+    }
+    std::vector<std::string> copy = argv;
+    std::vector<char*> cargv;
+    for (auto& a : copy) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    ::execvp(cargv[0], cargv.data());
+    ::_exit(127);
+  }
+  return pid;
 }
 
 std::string selfExecutable() {

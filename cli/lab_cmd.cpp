@@ -33,13 +33,6 @@ using lab::LabConfig;
 std::atomic<bool> g_interrupted{false};
 void onInterrupt(int) { g_interrupted = true; }
 
-std::string readText(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
 
 pid_t readPid(const std::string& path) {
@@ -214,7 +207,7 @@ int labUp(const Args& args) {
     if (!alive(supervisor)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::string log = readText(lab::logPath(name));
+  std::string log = readTextFile(lab::logPath(name));
   ::kill(supervisor, SIGTERM);
   for (int i = 0; i < 500 && alive(supervisor); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   lab::teardown(name);

@@ -24,6 +24,7 @@
 #include <sstream>
 #include <vector>
 
+#include "cli/commands.h"
 #include "cli/lab/config.h"
 #include "p2p/base/log.h"
 #include <fmt/format.h>
@@ -62,13 +63,6 @@ Nanos serialisationNs(std::size_t bytes, double mbit) {
 // How far ahead a port at `mbit` may schedule before it tail-drops: 50 ms of traffic, and at
 // least 64 KiB (one GSO frame) so slow links still pass full-size frames.
 Nanos bufferNs(double mbit) { return std::max(kMinBufferNs, serialisationNs(64 * 1024, mbit)); }
-
-std::string readText(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
 
 struct Pending {
   Nanos due;
@@ -184,7 +178,7 @@ class Hub {
   }
 
   Status reload() {
-    auto cfg = parseConfig(readText(config_path_));
+    auto cfg = parseConfig(cli::readTextFile(config_path_));
     if (!cfg) return cfg.status().withContext("hub: " + config_path_);
     if (cfg_.hosts != 0 && cfg->hosts != cfg_.hosts) {
       return Status(StatusCode::kInvalidArgument, "hub: the number of hosts cannot change");

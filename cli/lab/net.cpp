@@ -1,5 +1,7 @@
 #include "cli/lab/net.h"
 
+#include "cli/commands.h"
+
 #include <fcntl.h>
 #include <sched.h>
 #include <fmt/format.h>
@@ -110,13 +112,10 @@ Status checkLabSupport() {
 
 Result<LabConfig> loadLab(const std::string& name) {
   LOCO_RETURN_IF_ERROR(validateLabName(name));
-  std::ifstream f(configPath(name));
-  if (!f) {
+  if (!std::filesystem::exists(configPath(name))) {
     return Status(StatusCode::kNotFound, fmt::format("no lab named '{}' (loco lab up {} --hosts N creates one)", name, name));
   }
-  std::stringstream s;
-  s << f.rdbuf();
-  return parseConfig(s.str());
+  return parseConfig(cli::readTextFile(configPath(name)));
 }
 
 Status enterHost(const LabConfig& cfg, int host) {
@@ -153,10 +152,7 @@ Result<int> pickSubnet() {
   std::error_code ec;
   for (auto it = std::filesystem::directory_iterator(stateRoot(), ec); !ec && it != std::filesystem::directory_iterator();
        it.increment(ec)) {
-    std::ifstream f(it->path() / "config");
-    std::stringstream s;
-    s << f.rdbuf();
-    if (auto cfg = parseConfig(s.str())) used.insert(cfg->subnet);
+    if (auto cfg = parseConfig(cli::readTextFile((it->path() / "config").string()))) used.insert(cfg->subnet);
   }
   for (int s = 1; s <= 254; ++s) {
     // Skip subnets whose veth names are taken by something else on this machine.
@@ -223,10 +219,7 @@ void teardown(const std::string& name) {
     spawnAndWait({"ip", "netns", "del", ns}, "", out);  // also removes both ends of its veth
   }
   // Outside ends whose namespace was never created or already gone.
-  std::ifstream f(configPath(name));
-  std::stringstream s;
-  s << f.rdbuf();
-  if (auto cfg = parseConfig(s.str())) {
+  if (auto cfg = parseConfig(cli::readTextFile(configPath(name)))) {
     for (int i = 1; i <= cfg->hosts; ++i) {
       if (std::filesystem::exists("/sys/class/net/" + cfg->vethName(i))) {
         spawnAndWait({"ip", "link", "del", cfg->vethName(i)}, "", out);
