@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
 #include <sstream>
@@ -25,6 +26,7 @@
 #include "cli/lab/net.h"
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
+#include "p2p/status_client.h"
 
 namespace loco::cli {
 
@@ -95,11 +97,44 @@ int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
 #endif
 }
 
+// --topology-update: the ring starts in rank order (each worker registers after the previous
+// one), one all-reduce runs on it, the bandwidth probes finish, and the next sync point applies
+// the coordinator's better ring. Writes "<initial ms> <ring before> <ring after>" (ids joined
+// by ',') to `out`.topology.
+Status runTopologyPhase(const Flags& flags, collectives::Communicator& c, std::vector<float>& buf, Wire wire) {
+  auto joined = [](const std::vector<std::string>& ids) {
+    std::string s;
+    for (const auto& id : ids) s += (s.empty() ? "" : ",") + id;
+    return s;
+  };
+  const std::string before = joined(c.ring());
+  if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return st.status();
+  auto t0 = Clock::now();
+  auto op = c.allReduce(buf.data(), buf.size(), collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
+  if (!op) return op.status();
+  LOCO_RETURN_IF_ERROR((*op)->wait(Deadline::after(Millis(600000))));
+  const double initial_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  LOCO_RETURN_IF_ERROR(c.waitForProbes(Deadline::after(Millis(120000))));
+  if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return st.status();
+  return writeFileAtomic(flags.get("out") + ".topology",
+                         fmt::format("{:.4f} {} {} {}\n", initial_ms, before, joined(c.ring()), c.peerId()));
+}
+
 int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int iters, int streams) {
   auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
   auto listen = p2p::parseHostPort(flags.get("listen"), true);
   if (!coordinator || !listen) return reportFailure(Status(StatusCode::kInvalidArgument, "worker: bad addresses"));
   const int rank = std::atoi(flags.get("rank").c_str());
+  const bool topology = flags.getBool("topology-update");
+  if (topology) {
+    // Register in rank order, so the initial ring is 0-1-2-…
+    for (Deadline until = Deadline::after(Millis(60000));;) {
+      auto v = p2p::fetchStatus(*coordinator, Deadline::after(Millis(5000)));
+      if (v && v->peers.size() == static_cast<std::size_t>(rank)) break;
+      if (until.expired()) return reportFailure(Status(StatusCode::kTimeout, "the previous workers did not register"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   collectives::CommunicatorOptions o;
   o.coordinator = *coordinator;
   o.peer_id = crypto::randomHex(16);
@@ -122,6 +157,10 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   const std::vector<float> input = gaussianInput(n, rank);
   std::vector<float> buf(n);
   std::vector<double> times_ms;
+  if (topology) {
+    std::memcpy(buf.data(), input.data(), bytes);
+    if (Status st = runTopologyPhase(flags, c, buf, wire); !st.isOk()) return reportFailure(st);
+  }
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
     std::memcpy(buf.data(), input.data(), bytes);
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return reportFailure(st.status());  // start together
@@ -141,6 +180,10 @@ struct RunSummary {
   double p50_ms = 0;
   double rel = -1;
   bool bitwise_equal = false;
+  // --topology-update: the first all-reduce (initial ring) and the rings before and after, as
+  // lab hosts (or ranks on loopback) joined by '-'.
+  double initial_ms = 0;
+  std::string ring_before, ring_after;
 };
 
 // One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
@@ -193,6 +236,7 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           "--" + size_key, size_value}) {
       argv.push_back(a);
     }
+    if (flags.getBool("topology-update")) argv.push_back("--topology-update");
     pids.push_back(spawnProcess(argv, fmt::format("{}/worker-{}.log", dir, r)));
   }
   std::string failure;
@@ -234,6 +278,27 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
       w = std::max(w, t);  // an operation takes as long as its slowest peer
     }
   }
+  if (!gloo && flags.getBool("topology-update")) {
+    std::map<std::string, int> place;  // peer id -> host (lab) or rank
+    std::vector<std::string> rings;
+    for (int r = 0; r < N; ++r) {
+      std::istringstream in(readTextFile(fmt::format("{}/worker-{}.result.topology", dir, r)));
+      double initial = 0;
+      std::string before, after, id;
+      in >> initial >> before >> after >> id;
+      out.initial_ms = std::max(out.initial_ms, initial);
+      place[id] = cfg ? r % cfg->hosts + 1 : r;
+      if (r == 0) rings = {before, after};
+    }
+    auto named = [&](const std::string& ring) {
+      std::string s, id;
+      std::istringstream ids(ring);
+      while (std::getline(ids, id, ',')) s += (s.empty() ? "" : "-") + (place.count(id) ? std::to_string(place[id]) : "?");
+      return s;
+    };
+    out.ring_before = named(rings.at(0));
+    out.ring_after = named(rings.at(1));
+  }
   cleanup();
   std::sort(worst.begin(), worst.end());
   out.p50_ms = worst[worst.size() / 2];
@@ -253,6 +318,7 @@ int runBenchAllReduce(const Args& args) {
                {"iters", "timed operations (the median is reported)", "5"},
                {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
                {"baseline", "gloo: also run Gloo's ring all-reduce on the same inputs and hosts", ""},
+               {"topology-update", "start from ring order 1-2-…-N, time one all-reduce, let the coordinator reorder the ring by measured bandwidth, then time --iters more", "", true},
                {"worker", "internal: one peer of a run", "", true},
                {"impl", "internal: loco or gloo", "loco"},
                {"store", "internal: Gloo's rendezvous directory", ""},
@@ -310,6 +376,10 @@ int runBenchAllReduce(const Args& args) {
         gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"), gloo ? 1 : *streams, run->p50_ms,
         algbw, busbw, run->rel, run->bitwise_equal ? "true" : "false", lab_field);
     if (gloo) gloo_p50 = run->p50_ms;
+    if (!gloo && !run->ring_before.empty()) {
+      line += fmt::format(R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",
+                          run->ring_before, run->initial_ms, run->ring_after, run->initial_ms / run->p50_ms);
+    }
     if (!gloo && gloo_p50) line += fmt::format(",\"speedup_vs_gloo\":{:.3f}", *gloo_p50 / run->p50_ms);
     std::printf("%s}\n", line.c_str());
     std::fflush(stdout);

@@ -23,6 +23,27 @@ std::string jsonEscape(const std::string& s) {
   return out;
 }
 
+std::vector<std::string> ringOf(const p2p::GroupView& v) {
+  std::vector<std::string> ring;
+  for (const auto& p : v.peers) {
+    if (p.state == p2p::PeerState::kMember) ring.push_back(p.id);
+  }
+  return ring;
+}
+
+p2p::BandwidthTable tableOf(const p2p::GroupView& v) {
+  p2p::BandwidthTable t;
+  for (const auto& e : v.edges) t.update(e);
+  return t;
+}
+
+bool isRingEdge(const std::vector<std::string>& ring, const p2p::EdgeEstimate& e) {
+  for (std::size_t i = 0; i < ring.size() && ring.size() > 1; ++i) {
+    if (ring[i] == e.from && ring[(i + 1) % ring.size()] == e.to) return true;
+  }
+  return false;
+}
+
 std::string toJson(const p2p::GroupView& v) {
   std::string out = fmt::format("{{\"epoch\":{},\"world\":{},\"pending\":{},\"peers\":[", v.epoch, v.world(), v.pending());
   for (std::size_t i = 0; i < v.peers.size(); ++i) {
@@ -34,7 +55,16 @@ std::string toJson(const p2p::GroupView& v) {
   for (std::size_t i = 0; i < v.counters.size(); ++i) {
     out += fmt::format("{}\"{}\":{}", i ? "," : "", jsonEscape(v.counters[i].first), v.counters[i].second);
   }
-  out += "}}";
+  out += "},\"links\":[";
+  const auto ring = ringOf(v);
+  for (std::size_t i = 0; i < v.edges.size(); ++i) {
+    const auto& e = v.edges[i];
+    out += fmt::format(R"({}{{"from":"{}","to":"{}","mbit_s":{:.1f},"source":"{}","in_ring":{}}})", i ? "," : "",
+                       jsonEscape(e.from), jsonEscape(e.to), e.bytes_per_s * 8e-6, p2p::edgeSourceName(e.source),
+                       isRingEdge(ring, e) ? "true" : "false");
+  }
+  const double slowest = p2p::ringBottleneck(ring, tableOf(v));
+  out += fmt::format("],\"ring_slowest_mbit_s\":{}}}", ring.size() > 1 && slowest > 0 ? fmt::format("{:.1f}", slowest * 8e-6) : "null");
   return out;
 }
 
@@ -48,6 +78,16 @@ std::string toTable(const p2p::GroupView& v) {
     out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms\n", pos, p.id, p2p::peerStateName(p.state), p.addr,
                        p.heartbeat_age_ms);
   }
+  if (v.edges.empty()) return out;
+  // The bandwidth estimates the ring order is chosen from; '*' marks the ring's own links.
+  const auto ring_ids = ringOf(v);
+  out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {}\n", "FROM", "TO", "MBIT/S", "SOURCE");
+  for (const auto& e : v.edges) {
+    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", e.from.substr(0, 8), e.to.substr(0, 8), e.bytes_per_s * 8e-6,
+                       p2p::edgeSourceName(e.source), isRingEdge(ring_ids, e) ? " *" : "");
+  }
+  const double slowest = p2p::ringBottleneck(ring_ids, tableOf(v));
+  if (ring_ids.size() > 1 && slowest > 0) out += fmt::format("ring's slowest link: {:.1f} Mbit/s\n", slowest * 8e-6);
   return out;
 }
 

@@ -6,8 +6,11 @@
 #include <condition_variable>
 #include <cstring>
 #include <future>
+#include <cmath>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
@@ -115,6 +118,16 @@ std::uint64_t pieceTag(std::uint64_t op_id, std::size_t step, std::size_t piece)
 constexpr std::size_t kMinPieceElems = 16384;  // 64 KiB of fp32
 constexpr std::size_t kMaxPieces = 16;
 
+// Topology probes (p2p/topology.h): a dialled link with this epoch is a probe, not a ring link.
+// The prober sends up to kProbePieces pieces; the receiver measures what arrives within
+// kProbeWindow of the link's acceptance. 4 MiB at most: 0.3 s at 100 Mbit/s.
+constexpr std::uint64_t kProbeEpoch = ~std::uint64_t{0};
+constexpr std::size_t kProbePieceBytes = 256u << 10;
+constexpr std::size_t kProbePieces = 16;
+constexpr Millis kProbeWindow{2000};
+// Passive estimates need enough bytes for the rate to mean something.
+constexpr std::uint64_t kMinPassiveBytes = 4u << 20;
+
 struct Descriptor {  // step 0: what each peer believes the operation is
   std::uint64_t count;
   std::uint8_t dtype, op, wire, pad = 0;
@@ -159,6 +172,7 @@ class Communicator::Impl {
       net_.post([this, &done] {
         abortEverything(Status(StatusCode::kAborted, "the communicator is shutting down"));
         closeRing();
+        stopProbes();
         accepted_.clear();
         listener_.reset();
         done.set_value();
@@ -259,6 +273,7 @@ class Communicator::Impl {
   // ---- ring links ----
 
   void onAccepted(std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
+    if (epoch == kProbeEpoch) return receiveProbe(std::move(link), from);
     auto key = std::make_pair(from, epoch);
     std::weak_ptr<Link> weak = link;
     link->setCloseHandler([this, key, weak](const Status&) {
@@ -285,6 +300,8 @@ class Communicator::Impl {
       in_link_.reset();
     }
     dialing_ = false;
+    passive_bytes_ = 0;
+    passive_busy_s_ = 0;
   }
 
   // Makes sure links to the ring neighbours of `epoch` exist, then runs `ready`. The view must
@@ -355,6 +372,11 @@ class Communicator::Impl {
 
   void begin(const std::shared_ptr<Op>& op, AllReduceOptions options) {
     ops_[op->op_id] = op;
+    if (early_aborts_.erase({op->epoch, op->op_id}) != 0) {
+      op->reported_done = true;  // the group has decided already
+      return fail(op, Status(StatusCode::kAborted, "the group aborted this all-reduce before this peer issued it (a peer "
+                                                   "failed it); the buffer is restored"));
+    }
     op->timer = std::make_unique<asio::steady_timer>(net_.context(), options.timeout);
     op->timer->async_wait([this, op, t = options.timeout, alive = lifetime_.watch()](const std::error_code& ec) {
       if (ec || alive.expired()) return;
@@ -523,6 +545,7 @@ class Communicator::Impl {
 
   void dataDone(const std::shared_ptr<Op>& op) {
     releaseBuffers(*op);
+    measureRingLink();  // before the report: the coordinator then has it at the next sync point
     op->reported_done = true;
     client_->reportOp(op->epoch, op->op_id, true);
   }
@@ -532,6 +555,7 @@ class Communicator::Impl {
   // this they would wait on a frozen peer's silent links until their timeout, because the
   // coordinator knows no operation nobody has reported yet.
   void onView(const p2p::GroupView& v) {
+    queueProbes(v);
     std::vector<std::shared_ptr<Op>> stale;
     for (auto& [id, op] : ops_) {
       if (op->epoch < v.epoch && !op->reported_done) stale.push_back(op);
@@ -545,6 +569,13 @@ class Communicator::Impl {
 
   void onDecision(std::uint64_t epoch, std::uint64_t op_id, bool commit) {
     auto it = ops_.find(op_id);
+    if (it == ops_.end() && !commit) {
+      // Another peer failed this operation before this peer issued it (e.g. a zero-length
+      // call): remember the verdict, or the operation would wait for peers that gave up on it.
+      if (early_aborts_.size() >= kMaxEarlyAborts) early_aborts_.erase(early_aborts_.begin());
+      early_aborts_.insert({epoch, op_id});
+      return;
+    }
     if (it == ops_.end() || it->second->epoch != epoch) return;
     auto op = it->second;
     if (commit && op->reported_done) {
@@ -602,6 +633,168 @@ class Communicator::Impl {
     for (auto& op : all) fail(op, why);
   }
 
+  // ---- topology (p2p/topology.h) ----
+
+  // The outgoing ring link's rate while it had data to send. Fast links mostly idle waiting for
+  // data from upstream and show a high rate; the slow link of a ring is always backlogged and
+  // shows its true rate, which is what the ring order needs.
+  void measureRingLink() {
+    if (!options_.measure_topology || !out_link_ || ring_ids_.size() < 2) return;
+    auto m = out_link_->takeSendMeter();
+    passive_bytes_ += m.bytes;
+    passive_busy_s_ += m.busy_s;
+    if (passive_bytes_ < kMinPassiveBytes || passive_busy_s_ <= 0) return;
+    const double rate = static_cast<double>(passive_bytes_) / passive_busy_s_;
+    passive_bytes_ = 0;
+    passive_busy_s_ = 0;
+    const std::string& next = ring_ids_[(rank_ + 1) % ring_ids_.size()];
+    double& known = reported_rate_[next];
+    if (known > 0 && std::abs(rate / known - 1) < 0.1) return;  // nothing new to say
+    known = rate;
+    client_->reportLinks({p2p::EdgeEstimate{options_.peer_id, next, rate, p2p::EdgeSource::kPassive}});
+  }
+
+  // Probes every member this peer has no estimate towards, except the ring successor, which
+  // real traffic measures. One probe at a time, so probes do not split this peer's uplink.
+  void queueProbes(const p2p::GroupView& v) {
+    if (!options_.measure_topology) return;
+    std::vector<const p2p::PeerInfo*> members;
+    for (const auto& p : v.peers) {
+      if (p.state == p2p::PeerState::kMember) members.push_back(&p);
+    }
+    auto me = std::find_if(members.begin(), members.end(), [&](auto* p) { return p->id == options_.peer_id; });
+    if (me == members.end() || members.size() < 3) return setProbesIdle();
+    const std::string& next = members[static_cast<std::size_t>(me - members.begin() + 1) % members.size()]->id;
+    for (auto* p : members) {
+      if (p->id == options_.peer_id || p->id == next || probed_.count(p->id) != 0 || reported_rate_.count(p->id) != 0) continue;
+      probed_.insert(p->id);
+      probe_queue_.emplace_back(p->id, p->addr);
+    }
+    startNextProbe();
+  }
+
+  void setProbesIdle() {
+    std::lock_guard lock(probe_mu_);
+    probes_idle_ = probe_queue_.empty() && !probe_link_ && !probe_dialing_;
+    probe_cv_.notify_all();
+  }
+
+  void startNextProbe() {
+    if (probe_link_ || probe_dialing_ || probe_queue_.empty()) return setProbesIdle();
+    auto [id, addr] = probe_queue_.front();
+    probe_queue_.pop_front();
+    auto hp = p2p::parseHostPort(addr);
+    if (!hp) return startNextProbe();
+    probe_dialing_ = true;
+    setProbesIdle();
+    p2p::connectLink(net_.context(), *hp, options_.peer_id, link_opts_, Deadline::after(Millis(5000)),
+                     [this, id, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
+                       if (alive.expired()) return;
+                       probe_dialing_ = false;
+                       if (!r) {
+                         LOG_DEBUG(kLogP2p, "probe to {} failed: {}", id.substr(0, 8), r.status().message());
+                         return startNextProbe();
+                       }
+                       probe_link_ = std::move(r.value());
+                       // The receiver closes the link when it has measured; a timer bounds the wait.
+                       probe_link_->setCloseHandler([this](const Status&) { endProbe(); });
+                       for (std::size_t i = 0; i < kProbePieces; ++i) {
+                         probe_link_->send(i + 1, probe_payload_, [](const Status&) {});
+                       }
+                       probe_timer_ = std::make_unique<asio::steady_timer>(net_.context(), kProbeWindow + Millis(1000));
+                       probe_timer_->async_wait([this, alive = lifetime_.watch()](const std::error_code& ec) {
+                         if (!ec && !alive.expired()) endProbe();
+                       });
+                     },
+                     kProbeEpoch);
+  }
+
+  void endProbe() {
+    if (!probe_link_) return;
+    if (probe_timer_) probe_timer_->cancel();
+    auto link = std::move(probe_link_);
+    link->setCloseHandler(nullptr);
+    link->close(Status(StatusCode::kAborted, "probe finished"));
+    startNextProbe();
+  }
+
+  struct ProbeReceive {
+    std::shared_ptr<Link> link;
+    std::string from;
+    TimePoint accepted, last;
+    std::size_t pieces = 0;
+    std::vector<std::uint8_t> sink;
+    std::unique_ptr<asio::steady_timer> timer;
+    bool finished = false;
+  };
+
+  // The receiving end measures: it sees when bytes arrive, not when a kernel buffer took them.
+  void receiveProbe(std::shared_ptr<Link> link, const std::string& from) {
+    auto rx = std::make_shared<ProbeReceive>();
+    rx->link = std::move(link);
+    rx->from = from;
+    rx->accepted = Clock::now();
+    rx->sink.resize(kProbePieceBytes);
+    probe_receives_.push_back(rx);
+    rx->link->setCloseHandler([this, rx](const Status&) { finishProbeReceive(rx); });
+    for (std::size_t i = 0; i < kProbePieces; ++i) {
+      rx->link->recv(i + 1, rx->sink, [this, rx](const Status& st) {
+        if (rx->finished || !st.isOk()) return finishProbeReceive(rx);
+        rx->last = Clock::now();
+        if (++rx->pieces == kProbePieces) finishProbeReceive(rx);
+      });
+    }
+    rx->timer = std::make_unique<asio::steady_timer>(net_.context(), kProbeWindow);
+    rx->timer->async_wait([this, rx, alive = lifetime_.watch()](const std::error_code& ec) {
+      if (!ec && !alive.expired()) finishProbeReceive(rx);
+    });
+  }
+
+  void finishProbeReceive(const std::shared_ptr<ProbeReceive>& rx) {
+    if (rx->finished) return;
+    rx->finished = true;
+    rx->timer->cancel();
+    rx->link->setCloseHandler(nullptr);
+    rx->link->close(Status(StatusCode::kAborted, "probe measured"));
+    probe_receives_.erase(std::remove(probe_receives_.begin(), probe_receives_.end(), rx), probe_receives_.end());
+    const double seconds = toSeconds(rx->last - rx->accepted);
+    if (rx->pieces == 0 || seconds <= 0) return;
+    // From acceptance, so the figure includes the first round trip and slow start: a lower
+    // bound, which passive measurement replaces once the link carries ring traffic.
+    const double rate = static_cast<double>(rx->pieces * kProbePieceBytes) / seconds;
+    LOG_DEBUG(kLogP2p, "probe from {}: {:.1f} Mbit/s", rx->from.substr(0, 8), rate * 8e-6);
+    client_->reportLinks({p2p::EdgeEstimate{rx->from, options_.peer_id, rate, p2p::EdgeSource::kProbe}});
+  }
+
+  void stopProbes() {
+    probe_queue_.clear();
+    if (probe_link_) {
+      probe_link_->setCloseHandler(nullptr);
+      probe_link_->close(Status(StatusCode::kAborted, "shutting down"));
+      probe_link_.reset();
+    }
+    if (probe_timer_) probe_timer_->cancel();
+    auto receives = probe_receives_;
+    for (auto& rx : receives) {
+      rx->finished = true;
+      rx->timer->cancel();
+      rx->link->setCloseHandler(nullptr);
+      rx->link->close(Status(StatusCode::kAborted, "shutting down"));
+    }
+    probe_receives_.clear();
+    setProbesIdle();
+  }
+
+ public:
+  Status waitForProbes(Deadline deadline) {
+    std::unique_lock lock(probe_mu_);
+    if (!probe_cv_.wait_until(lock, deadline.at(), [&] { return probes_idle_; })) {
+      return Status(StatusCode::kTimeout, "bandwidth probes still running at the deadline");
+    }
+    return Status();
+  }
+
+ private:
   CommunicatorOptions options_;
   p2p::LinkOptions link_opts_;
   p2p::NetworkThread net_{"loco-comm"};
@@ -621,6 +814,22 @@ class Communicator::Impl {
   std::map<std::pair<std::string, std::uint64_t>, std::shared_ptr<Link>> accepted_;
   std::vector<std::shared_ptr<Op>> ring_waiters_;
   std::map<std::uint64_t, std::shared_ptr<Op>> ops_;
+  static constexpr std::size_t kMaxEarlyAborts = 1024;
+  std::set<std::pair<std::uint64_t, std::uint64_t>> early_aborts_;  // (epoch, op id) aborted before issued here
+  // Topology (network thread, except probes_idle_ under probe_mu_):
+  std::uint64_t passive_bytes_ = 0;
+  double passive_busy_s_ = 0;
+  std::map<std::string, double> reported_rate_;  // my outgoing links measured passively
+  std::set<std::string> probed_;
+  std::deque<std::pair<std::string, std::string>> probe_queue_;  // id, address
+  std::shared_ptr<Link> probe_link_;
+  bool probe_dialing_ = false;
+  std::unique_ptr<asio::steady_timer> probe_timer_;
+  std::vector<std::shared_ptr<ProbeReceive>> probe_receives_;
+  const std::vector<std::uint8_t> probe_payload_ = std::vector<std::uint8_t>(kProbePieceBytes, 0);
+  std::mutex probe_mu_;
+  std::condition_variable probe_cv_;
+  bool probes_idle_ = true;
 };
 
 // ---- Communicator ------------------------------------------------------------------------------
@@ -641,8 +850,16 @@ Result<std::shared_ptr<Operation>> Communicator::allReduce(void* data, std::size
   return impl_->allReduce(data, count, dtype, op, wire, options);
 }
 Status Communicator::leave(Deadline deadline) { return impl_->client().leave(deadline); }
+Status Communicator::waitForProbes(Deadline deadline) { return impl_->waitForProbes(deadline); }
 std::uint64_t Communicator::epoch() const { return impl_->client().epoch(); }
 std::size_t Communicator::world() const { return impl_->client().view().world(); }
+std::vector<std::string> Communicator::ring() const {
+  std::vector<std::string> ring;
+  for (const auto& p : impl_->client().view().peers) {
+    if (p.state == p2p::PeerState::kMember) ring.push_back(p.id);
+  }
+  return ring;
+}
 const std::string& Communicator::peerId() const { return impl_->options().peer_id; }
 
 }  // namespace loco::collectives

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "collectives/codec.h"
 #include "p2p/address.h"
@@ -41,6 +42,10 @@ struct CommunicatorOptions {
   std::string advertise;                     // HOST:PORT; empty: derived from the route to the coordinator
   std::uint32_t streams = 4;                 // TCP streams per ring link
   std::uint32_t chunk_bytes = 1u << 20;      // striping unit
+  // Measure link bandwidths (passively on ring links, by short probes to other members) and
+  // report them to the coordinator, which reorders the ring so its slowest link is as fast as
+  // possible (p2p/topology.h).
+  bool measure_topology = true;
 };
 
 struct AllReduceOptions {
@@ -79,9 +84,15 @@ class Communicator {
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp op, Wire wire,
                                                AllReduceOptions options = {});
   Status leave(Deadline deadline);
+  // Blocks until this peer has probed every member it had no bandwidth estimate for (probes
+  // start when a view arrives and run in the background). For benchmarks and tests: a sync point
+  // after this applies the better ring, if there is one. Errors: kTimeout.
+  Status waitForProbes(Deadline deadline);
 
   std::uint64_t epoch() const;
   std::size_t world() const;
+  // Member ids in ring order (rank r sends to rank r+1), as of the latest view.
+  std::vector<std::string> ring() const;
   const std::string& peerId() const;
 
   class Impl;

@@ -189,7 +189,10 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::
     case MsgType::kHeartbeat:
       return;
     case MsgType::kSyncRequest:
+      maybeProposeRing();
       return apply(membership_.syncRequest(id, now));
+    case MsgType::kLinkReport:
+      return onLinkReport(id, payload);
     case MsgType::kLeave: {
       auto it = peers_.find(id);
       if (it != peers_.end()) {
@@ -219,6 +222,39 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::
   }
 }
 
+void Coordinator::onLinkReport(const std::string& id, ByteSpan payload) {
+  auto report = decodeLinkReport(payload);
+  if (!report) {
+    counter("coord.bad_link_reports").inc();
+    auto it = peers_.find(id);
+    if (it != peers_.end()) it->second->close(report.status().withContext("link report from " + shortId(id)));
+    return;
+  }
+  for (const EdgeEstimate& e : report->edges) {
+    // A peer speaks only for links it is an end of, between peers the group knows.
+    if ((e.from != id && e.to != id) || !membership_.contains(e.from) || !membership_.contains(e.to)) continue;
+    if (bandwidth_.update(e)) {
+      bandwidth_dirty_ = true;
+      LOG_DEBUG(kLogCoord, "link {} -> {}: {:.1f} Mbit/s ({})", shortId(e.from), shortId(e.to), e.bytes_per_s * 8e-6,
+                edgeSourceName(e.source));
+    }
+  }
+}
+
+void Coordinator::maybeProposeRing() {
+  if (!bandwidth_dirty_) return;
+  bandwidth_dirty_ = false;
+  const auto& ring = membership_.ring();
+  auto best = bestRing(ring, bandwidth_);
+  if (!best) return;
+  constexpr double kReorderGain = 1.2;
+  const double now_slowest = ringBottleneck(ring, bandwidth_), best_slowest = ringBottleneck(*best, bandwidth_);
+  if (best_slowest <= now_slowest * kReorderGain) return;
+  LOG_INFO(kLogCoord, "topology: a ring whose slowest link is {:.1f} Mbit/s (now {:.1f}); applying it at the next sync point",
+           best_slowest * 8e-6, now_slowest * 8e-6);
+  membership_.proposeRing(std::move(*best));
+}
+
 void Coordinator::onPeerClosed(const std::string& id, const Connection* conn, const Status& why) {
   auto it = peers_.find(id);
   if (it == peers_.end() || it->second.get() != conn) return;
@@ -229,6 +265,7 @@ void Coordinator::onPeerClosed(const std::string& id, const Connection* conn, co
 void Coordinator::sendStatus(Connection& conn) {
   GroupView v = membership_.view(Clock::now());
   v.counters = counterSnapshot();
+  v.edges = bandwidth_.edges();
   conn.send(MsgType::kStatusReply, encodeGroupView(v), membership_.epoch());
 }
 
@@ -244,11 +281,17 @@ void Coordinator::apply(MembershipEffects fx) {
         counter("coord.peers_admitted").inc();
         LOG_INFO(kLogCoord, "peer {} admitted epoch={} world={}", shortId(e.peer), e.epoch, world);
         break;
+      case MembershipEvent::Kind::kReordered:
+        counter("coord.ring_reorders").inc();
+        LOG_INFO(kLogCoord, "ring reordered for speed epoch={}: {}", e.epoch, e.reason);
+        break;
       case MembershipEvent::Kind::kLeft:
+        bandwidth_.erase(e.peer);
         counter("coord.peers_left").inc();
         LOG_INFO(kLogCoord, "peer {} left epoch={} world={}", shortId(e.peer), e.epoch, world);
         break;
       case MembershipEvent::Kind::kEvicted: {
+        bandwidth_.erase(e.peer);
         counter("coord.peers_evicted").inc();
         LOG_WARN(kLogCoord, "peer {} evicted epoch={} world={}: {}", shortId(e.peer), e.epoch, world, e.reason);
         auto it = peers_.find(e.peer);
@@ -271,6 +314,7 @@ void Coordinator::apply(MembershipEffects fx) {
     for (auto& [id, conn] : peers_) conn->send(MsgType::kOpDecision, ByteSpan(&verdict, 1), d.epoch, d.op_id);
   }
   if (fx.view_changed) {
+    bandwidth_dirty_ = true;  // another member set: its best ring may differ
     auto payload = encodeGroupView(membership_.view(Clock::now()));
     for (auto& [id, conn] : peers_) conn->send(MsgType::kMembership, payload, epoch);
   }

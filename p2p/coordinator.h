@@ -21,6 +21,7 @@
 #include "p2p/connection.h"
 #include "p2p/membership.h"
 #include "p2p/net.h"
+#include "p2p/topology.h"
 
 namespace loco::p2p {
 
@@ -57,6 +58,10 @@ class Coordinator {
   void sendStatus(Connection& conn);
   void apply(MembershipEffects fx);
   void tick();
+  void onLinkReport(const std::string& id, ByteSpan payload);
+  // Proposes the ring with the fastest slowest edge once every edge among the members is known
+  // and it beats the current ring by kReorderGain (so noise does not reshuffle the ring).
+  void maybeProposeRing();
   void dropHandshaking(const Connection* conn);
 
   asio::io_context& io_;
@@ -68,6 +73,8 @@ class Coordinator {
   bool shut_down_ = false;
 
   Membership membership_;
+  BandwidthTable bandwidth_;
+  bool bandwidth_dirty_ = false;
   std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
   std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
 };

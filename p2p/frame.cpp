@@ -23,6 +23,7 @@ std::string_view msgTypeName(MsgType t) {
     case MsgType::kData: return "Data";
     case MsgType::kOpReport: return "OpReport";
     case MsgType::kOpDecision: return "OpDecision";
+    case MsgType::kLinkReport: return "LinkReport";
   }
   return "Unknown";
 }
@@ -39,6 +40,7 @@ std::uint32_t maxPayload(MsgType t) {
     case MsgType::kData: return kMaxDataChunk;
     case MsgType::kOpReport:
     case MsgType::kOpDecision: return 1;
+    case MsgType::kLinkReport: return 64u << 10;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:

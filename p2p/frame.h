@@ -46,8 +46,9 @@ enum class MsgType : std::uint8_t {
   kData = 15,          // bulk bytes: op_id = transfer tag, chunk = chunk index
   kOpReport = 16,      // peer -> coordinator: my part of (epoch, op_id) is done (1) or failed (0)
   kOpDecision = 17,    // coordinator -> peers: (epoch, op_id) commits (1) or aborts (0)
+  kLinkReport = 18,    // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
 };
-inline constexpr MsgType kLastMsgType = MsgType::kOpDecision;
+inline constexpr MsgType kLastMsgType = MsgType::kLinkReport;
 
 std::string_view msgTypeName(MsgType t);
 

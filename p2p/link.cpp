@@ -65,6 +65,7 @@ void Link::send(std::uint64_t tag, ByteSpan data, Done done) {
   op->done = std::move(done);
   op->chunks = chunkCount(data.size());
   if (op->chunks == 0) return op->done(Status());
+  if (sends_.empty()) busy_since_ = Clock::now();
   sends_.push_back(std::move(op));
   pump();
 }
@@ -100,11 +101,22 @@ void Link::pump() {
   }
 }
 
+Link::SendMeter Link::takeSendMeter() {
+  if (!sends_.empty()) {
+    auto now = Clock::now();
+    meter_.busy_s += toSeconds(now - busy_since_);
+    busy_since_ = now;
+  }
+  return std::exchange(meter_, SendMeter{});
+}
+
 void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
   if (op->written < op->chunks) return;
   auto it = std::find(sends_.begin(), sends_.end(), op);
   if (it == sends_.end()) return;  // already completed
   sends_.erase(it);
+  if (op->error.isOk()) meter_.bytes += op->data.size();
+  if (sends_.empty()) meter_.busy_s += toSeconds(Clock::now() - busy_since_);
   op->done(op->error);
 }
 

@@ -57,6 +57,15 @@ class Link : public std::enable_shared_from_this<Link> {
   void close(const Status& why);
   void setCloseHandler(std::function<void(const Status&)> h) { on_close_ = std::move(h); }
 
+  // Bytes sent and the time the link had sends outstanding since the last call: bytes/busy is
+  // the rate the link sustains while it has something to send, whatever idles it between
+  // sends (passive bandwidth estimation, topology.h).
+  struct SendMeter {
+    std::uint64_t bytes = 0;
+    double busy_s = 0;
+  };
+  SendMeter takeSendMeter();
+
   std::size_t streamCount() const { return streams_.size(); }
   std::size_t stagedBytes() const { return staged_bytes_; }
   const std::string& name() const { return name_; }
@@ -109,6 +118,8 @@ class Link : public std::enable_shared_from_this<Link> {
   std::vector<StreamState> state_;
   LinkOptions options_;
   std::deque<std::shared_ptr<SendOp>> sends_;
+  SendMeter meter_;
+  TimePoint busy_since_;  // when sends_ last became non-empty
   std::map<std::uint64_t, RecvOp> recvs_;
   std::map<std::uint64_t, std::vector<Staged>> staged_;
   std::size_t staged_bytes_ = 0;

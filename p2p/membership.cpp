@@ -102,6 +102,21 @@ MembershipEffects Membership::maybeCompleteBarrier() {
     }
     fx.view_changed = true;
   }
+  if (!proposed_ring_.empty()) {
+    std::vector<std::string> a = proposed_ring_, b = ring_;
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    if (a == b && proposed_ring_ != ring_) {
+      abortOpenOps(fx, epoch_);
+      ++epoch_;
+      ring_ = proposed_ring_;
+      std::string order;
+      for (const auto& id : ring_) order += (order.empty() ? "" : " ") + id.substr(0, 8);
+      fx.events.push_back({MembershipEvent::Kind::kReordered, "", epoch_, order});
+      fx.view_changed = true;
+    }
+    proposed_ring_.clear();
+  }
   fx.sync_done = true;
   synced_.clear();
   return fx;

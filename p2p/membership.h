@@ -28,11 +28,11 @@
 namespace loco::p2p {
 
 struct MembershipEvent {
-  enum class Kind { kPending, kAdmitted, kLeft, kEvicted };
+  enum class Kind { kPending, kAdmitted, kLeft, kEvicted, kReordered };
   Kind kind;
   std::string peer;
   std::uint64_t epoch;  // epoch after the event
-  std::string reason;   // for kLeft / kEvicted
+  std::string reason;   // for kLeft / kEvicted; the new ring for kReordered
 };
 
 // The coordinator's verdict on one collective operation: commit when every member of the
@@ -71,6 +71,9 @@ class Membership {
   // epoch other than the current one is answered with an abort at once.
   MembershipEffects opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id, bool ok);
   std::size_t pendingOps() const { return ops_.size(); }
+  // A better ring order (topology.h). It takes effect at the next completed sync barrier, as a
+  // new epoch, if it is then still an order of exactly the members; otherwise it is dropped.
+  void proposeRing(std::vector<std::string> order) { proposed_ring_ = std::move(order); }
 
   // Evicts peers silent for longer than the heartbeat timeout. If the caller itself was stalled
   // (ticks further apart than half the timeout, e.g. the coordinator was SIGSTOPped), everyone's
@@ -106,6 +109,7 @@ class Membership {
   std::set<std::string> synced_;     // members waiting at the current barrier
   std::map<std::uint64_t, std::set<std::string>> ops_;  // op_id -> members done, current epoch
   std::set<std::uint64_t> aborted_ops_;                  // current epoch; late reports get an abort
+  std::vector<std::string> proposed_ring_;               // applied at the next barrier
   // Aborts every operation still open (called when the member set changes).
   void abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch);
   std::optional<TimePoint> last_tick_;

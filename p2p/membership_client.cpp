@@ -53,6 +53,12 @@ void MembershipClient::reportOp(std::uint64_t epoch, std::uint64_t op_id, bool o
   });
 }
 
+void MembershipClient::reportLinks(std::vector<EdgeEstimate> edges) {
+  net_.post([this, edges = std::move(edges)] {
+    if (conn_) conn_->send(MsgType::kLinkReport, encodeLinkReport(LinkReportMsg{edges}));
+  });
+}
+
 void MembershipClient::closeConnection() {
   std::promise<void> closed;
   net_.post([this, &closed] {

@@ -48,6 +48,9 @@ class MembershipClient {
   void setLostCallback(std::function<void(const Status&)> cb);
   // Tells the coordinator this peer's part of (epoch, op_id) is done or failed. Non-blocking.
   void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok);
+  // Sends bandwidth measurements to the coordinator (topology.h). Non-blocking; sent in order
+  // with reportOp and syncPoint, so a report made before a sync point counts at that sync point.
+  void reportLinks(std::vector<EdgeEstimate> edges);
 
   // Connects and registers as pending; blocks until the coordinator welcomes this peer. A refused
   // connection (coordinator not up yet) is retried until the deadline. Errors: kInvalidArgument

@@ -11,6 +11,35 @@ constexpr std::size_t kMaxVersionLen = 64;
 constexpr std::size_t kMaxCounterNameLen = 128;
 constexpr std::uint32_t kMaxPeers = 65536;
 constexpr std::uint32_t kMaxCounters = 4096;
+constexpr std::uint32_t kMaxEdges = 65536;
+
+void writeEdges(ByteWriter& w, const std::vector<EdgeEstimate>& edges) {
+  w.u32(static_cast<std::uint32_t>(edges.size()));
+  for (const auto& e : edges) {
+    w.str(e.from);
+    w.str(e.to);
+    w.u64(static_cast<std::uint64_t>(std::max(0.0, e.bytes_per_s)));
+    w.u8(static_cast<std::uint8_t>(e.source));
+  }
+}
+
+bool readEdges(ByteReader& r, std::vector<EdgeEstimate>& edges) {
+  std::uint32_t n = 0;
+  if (!r.u32(n) || n > kMaxEdges) return false;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    EdgeEstimate e;
+    std::uint64_t rate = 0;
+    std::uint8_t source = 0;
+    if (!(r.str(e.from, kMaxIdLen) && r.str(e.to, kMaxIdLen) && r.u64(rate) && r.u8(source))) return false;
+    if (source != static_cast<std::uint8_t>(EdgeSource::kProbe) && source != static_cast<std::uint8_t>(EdgeSource::kPassive)) {
+      return false;
+    }
+    e.bytes_per_s = static_cast<double>(rate);
+    e.source = static_cast<EdgeSource>(source);
+    edges.push_back(std::move(e));
+  }
+  return true;
+}
 
 Status malformed(std::string_view what) {
   return Status(StatusCode::kProtocolError, fmt::format("malformed {} payload", what));
@@ -115,6 +144,7 @@ std::vector<std::uint8_t> encodeGroupView(const GroupView& v) {
     w.str(name);
     w.u64(value);
   }
+  writeEdges(w, v.edges);
   return out;
 }
 
@@ -146,8 +176,22 @@ Result<GroupView> decodeGroupView(ByteSpan in) {
     if (!(r.str(name, kMaxCounterNameLen) && r.u64(value))) return malformed("Membership");
     v.counters.emplace_back(std::move(name), value);
   }
-  if (!r.done()) return malformed("Membership");
+  if (!readEdges(r, v.edges) || !r.done()) return malformed("Membership");
   return v;
+}
+
+std::vector<std::uint8_t> encodeLinkReport(const LinkReportMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  writeEdges(w, m.edges);
+  return out;
+}
+
+Result<LinkReportMsg> decodeLinkReport(ByteSpan in) {
+  ByteReader r(in);
+  LinkReportMsg m;
+  if (!readEdges(r, m.edges) || !r.done()) return malformed("LinkReport");
+  return m;
 }
 
 std::vector<std::uint8_t> encodeLinkHello(const LinkHelloMsg& m) {

@@ -9,6 +9,7 @@
 
 #include "p2p/base/bytes.h"
 #include "p2p/base/status.h"
+#include "p2p/topology.h"
 
 namespace loco::p2p {
 
@@ -58,6 +59,8 @@ struct GroupView {
   std::uint64_t epoch = 0;
   std::vector<PeerInfo> peers;
   std::vector<std::pair<std::string, std::uint64_t>> counters;
+  // Status replies only: the coordinator's link bandwidth estimates (topology.h).
+  std::vector<EdgeEstimate> edges;
 
   std::size_t world() const;    // members
   std::size_t pending() const;
@@ -69,6 +72,12 @@ struct LinkHelloMsg {
   std::uint32_t stream_index = 0;
   std::uint32_t stream_count = 0;
   std::uint32_t chunk_bytes = 0;
+};
+
+// A peer's bandwidth measurements: passive ones of its own outgoing ring link, probe results of
+// links into it. Rates travel as whole bytes per second.
+struct LinkReportMsg {
+  std::vector<EdgeEstimate> edges;
 };
 
 std::vector<std::uint8_t> encodeHello(const HelloMsg& m);
@@ -83,5 +92,7 @@ std::vector<std::uint8_t> encodeGroupView(const GroupView& v);
 Result<GroupView> decodeGroupView(ByteSpan in);
 std::vector<std::uint8_t> encodeLinkHello(const LinkHelloMsg& m);
 Result<LinkHelloMsg> decodeLinkHello(ByteSpan in);
+std::vector<std::uint8_t> encodeLinkReport(const LinkReportMsg& m);
+Result<LinkReportMsg> decodeLinkReport(ByteSpan in);
 
 }  // namespace loco::p2p

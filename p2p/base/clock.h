@@ -14,6 +14,8 @@ inline std::int64_t toMillis(Clock::duration d) {
   return std::chrono::duration_cast<Millis>(d).count();
 }
 
+inline double toSeconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
 class Deadline {
  public:
   explicit Deadline(TimePoint at) : at_(at) {}

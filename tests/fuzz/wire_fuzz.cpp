@@ -30,6 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kMembership:
       case MsgType::kStatusReply: (void)decodeGroupView(d.payload); break;
       case MsgType::kLinkHello: (void)decodeLinkHello(d.payload); break;
+      case MsgType::kLinkReport: (void)decodeLinkReport(d.payload); break;
       default: break;
     }
     in = in.subspan(d.consumed);
@@ -40,6 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodeRefused(whole);
   (void)decodeEvicted(whole);
   (void)decodeLinkHello(whole);
+  (void)decodeLinkReport(whole);
   auto view = decodeGroupView(whole);
   if (view.isOk()) {
     // Whatever decodes must encode back to the same bytes.

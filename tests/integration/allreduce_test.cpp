@@ -9,6 +9,7 @@
 
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
+#include "p2p/status_client.h"
 #include "tests/support/process.h"
 
 namespace loco::testing {
@@ -247,6 +248,41 @@ TEST(AllReduceFault, PeerDyingMidOperationNeverLeavesSurvivorsDisagreeing) {
     EXPECT_EQ(retry[0], retry[2]);
   }
   std::printf("peer deaths mid-operation: %d committed before the death, %d aborted, 0 divergent\n", committed, aborted);
+}
+
+// Topology on loopback: one all-reduce measures the ring links, probes measure the rest, and
+// the coordinator then knows every directed link among the members and shows them in status.
+TEST(AllReduce, EveryLinkGetsABandwidthEstimateShownInStatus) {
+  Group g(3);
+  ASSERT_EQ(g.peers[0]->world(), 3u);
+  std::vector<std::vector<float>> bufs;
+  for (int i = 0; i < 3; ++i) bufs.push_back(input(2u << 20, 70 + i));  // 8 MiB: enough for a passive figure
+  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw)) ASSERT_TRUE(st.isOk()) << st.toString();
+  for (auto& p : g.peers) ASSERT_TRUE(p->waitForProbes(Deadline::after(Millis(20000))).isOk());
+  const auto ring = g.peers[0]->ring();
+  ASSERT_EQ(ring.size(), 3u);
+  std::vector<p2p::EdgeEstimate> edges;
+  // Reports travel on their own; give the coordinator a moment.
+  for (Deadline until = Deadline::after(Millis(10000)); !until.expired();) {
+    auto v = p2p::fetchStatus({"127.0.0.1", g.coordinator.port()}, Deadline::after(Millis(2000)));
+    ASSERT_TRUE(v.isOk()) << v.status().toString();
+    edges = v->edges;
+    if (edges.size() == 6) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(edges.size(), 6u) << "3 peers have 6 directed links";
+  for (const auto& e : edges) {
+    EXPECT_GT(e.bytes_per_s, 1e6) << e.from << " -> " << e.to;
+    bool ring_edge = false;
+    for (std::size_t i = 0; i < 3; ++i) ring_edge = ring_edge || (ring[i] == e.from && ring[(i + 1) % 3] == e.to);
+    EXPECT_EQ(e.source, ring_edge ? p2p::EdgeSource::kPassive : p2p::EdgeSource::kProbe)
+        << "ring links are measured by their traffic, the others by probes";
+  }
+  // The group still works after whatever reorder the estimates caused.
+  std::vector<std::thread> sync;
+  for (auto& p : g.peers) sync.emplace_back([&p] { EXPECT_TRUE(p->syncPoint(Deadline::after(Millis(10000))).isOk()); });
+  for (auto& t : sync) t.join();
+  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw)) EXPECT_TRUE(st.isOk()) << st.toString();
 }
 
 }  // namespace

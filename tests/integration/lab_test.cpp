@@ -268,5 +268,39 @@ TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
   EXPECT_LT(gbit, 0.21) << "a 200 Mbit/s access link caps the transfer\n" << bench.out;
 }
 
+// Topology: hosts 1-2 and 3-4 share only 10 Mbit/s. The ring starts as 1-2-3-4 (two slow
+// links); after one all-reduce (passive estimates) and the probes, the next sync point must
+// apply a ring that uses neither slow pair, in either direction, and the all-reduce gets faster.
+TEST(Lab, TopologyUpdateRoutesTheRingAroundSlowPairs) {
+  SKIP_WITHOUT_LAB_SUPPORT();
+  TempDir dir;
+  const std::string name = uniqueLabName("top");
+  LabGuard guard{dir, name};
+  ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "4", "--delay-ms", "5", "--rate-mbit", "100", "--link",
+                       "1-2:rate-mbit=10", "--link", "3-4:rate-mbit=10"})
+                .code,
+            0);
+  CommandResult bench = loco(dir, {"bench", "allreduce", "--lab", name, "--peers", "4", "--mib", "8", "--iters", "1",
+                                   "--topology-update"},
+                             milliseconds(100000));
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      bench.out, m,
+      std::regex(R"re("bitwise_equal":(true|false).*"ring_before":"([0-9-]+)".*"ring_after":"([0-9-]+)","speedup_vs_initial":([0-9.]+))re")))
+      << bench.out;
+  EXPECT_EQ(m[1], "true") << bench.out;
+  EXPECT_EQ(m[2], "1-2-3-4") << bench.out;
+  const std::string ring = m[3];
+  ASSERT_EQ(ring.size(), 7u) << bench.out;
+  for (std::size_t i = 0; i < 4; ++i) {
+    const std::string a(1, ring[2 * i]), b(1, ring[2 * ((i + 1) % 4)]);
+    const std::string pair = a < b ? a + b : b + a;
+    EXPECT_TRUE(pair != "12" && pair != "34") << "the ring " << ring << " still uses the slow pair " << pair << "\n"
+                                              << bench.out;
+  }
+  EXPECT_GT(std::stod(m[4]), 2.0) << "avoiding two 10 Mbit/s links should pay off\n" << bench.out;
+}
+
 }  // namespace
 }  // namespace loco::testing

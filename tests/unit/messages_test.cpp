@@ -35,6 +35,7 @@ GroupView sampleView() {
   v.peers.push_back({"00000000000000000000000000000000", "node-3.example:7002", PeerState::kPending, -5, 8});
   v.counters.push_back({"coord.joins", 3});
   v.counters.push_back({"coord.evictions", ~0ull});
+  v.edges.push_back({"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", 12500000, EdgeSource::kPassive});
   return v;
 }
 
@@ -50,10 +51,32 @@ std::vector<Codec> allCodecs() {
       {"GroupView", encodeGroupView(sampleView()), [](ByteSpan b) { return statusOf(decodeGroupView(b)); }},
       {"LinkHello", encodeLinkHello({"9f8e7d6c", "0123456789abcdef0123456789abcdef", 2, 4, 1u << 20}),
        [](ByteSpan b) { return statusOf(decodeLinkHello(b)); }},
+      {"LinkReport",
+       encodeLinkReport({{{"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", 1e6, EdgeSource::kProbe},
+                          {"fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef", 3e9, EdgeSource::kPassive}}}),
+       [](ByteSpan b) { return statusOf(decodeLinkReport(b)); }},
   };
 }
 
 // ---- round trips -------------------------------------------------------------------------------
+
+TEST(Messages, LinkReportRoundTripsInWholeBytesPerSecond) {
+  LinkReportMsg m{{{"aa", "bb", 1234567.9, EdgeSource::kPassive}, {"bb", "aa", 42, EdgeSource::kProbe}}};
+  auto r = decodeLinkReport(encodeLinkReport(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  ASSERT_EQ(r->edges.size(), 2u);
+  EXPECT_EQ(r->edges[0].from, "aa");
+  EXPECT_EQ(r->edges[0].to, "bb");
+  EXPECT_EQ(r->edges[0].bytes_per_s, 1234567.0);
+  EXPECT_EQ(r->edges[0].source, EdgeSource::kPassive);
+  EXPECT_EQ(r->edges[1].source, EdgeSource::kProbe);
+}
+
+TEST(Messages, LinkReportWithAnUnknownSourceIsMalformed) {
+  auto bytes = encodeLinkReport({{{"aa", "bb", 10, EdgeSource::kProbe}}});
+  bytes.back() = 9;  // the source byte is last
+  EXPECT_EQ(decodeLinkReport(bytes).status().code(), StatusCode::kProtocolError);
+}
 
 TEST(Messages, HelloRoundTrips) {
   HelloMsg m{"0123456789abcdef0123456789abcdef", "[::1]:7000", 16, "0.1.0+dev", 0x0102030405060708ull};
@@ -271,7 +294,8 @@ Bytes groupViewWithPeers(std::uint32_t count_field, std::uint32_t actual) {
     w.i64(0);
     w.u32(1);
   }
-  w.u32(0);
+  w.u32(0);  // counters
+  w.u32(0);  // link estimates
   return b;
 }
 
