@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <future>
@@ -267,6 +268,7 @@ class Communicator::Impl {
   }
 
   p2p::MembershipClient& client() { return *client_; }
+  std::uint64_t bytesSent() const { return bytes_sent_.load(std::memory_order_relaxed); }
   const CommunicatorOptions& options() const { return options_; }
 
  private:
@@ -484,6 +486,7 @@ class Communicator::Impl {
     // Raw sends go straight from the buffer: nothing writes that range again while it is sent.
     ByteSpan span = bytes ? ByteSpan(*bytes) : ByteSpan(reinterpret_cast<const std::uint8_t*>(op->work + b), len * 4);
     ++op->sends_in_flight;
+    bytes_sent_.fetch_add(span.size(), std::memory_order_relaxed);
     out_link_->send(pieceTag(op->op_id, s, p), span, [this, op, bytes](const Status& st) {
       if (bytes) pool_.give(std::move(*bytes));
       if (op->handle->finished) return;
@@ -814,6 +817,7 @@ class Communicator::Impl {
   std::map<std::pair<std::string, std::uint64_t>, std::shared_ptr<Link>> accepted_;
   std::vector<std::shared_ptr<Op>> ring_waiters_;
   std::map<std::uint64_t, std::shared_ptr<Op>> ops_;
+  std::atomic<std::uint64_t> bytes_sent_{0};
   static constexpr std::size_t kMaxEarlyAborts = 1024;
   std::set<std::pair<std::uint64_t, std::uint64_t>> early_aborts_;  // (epoch, op id) aborted before issued here
   // Topology (network thread, except probes_idle_ under probe_mu_):
@@ -853,6 +857,7 @@ Status Communicator::leave(Deadline deadline) { return impl_->client().leave(dea
 Status Communicator::waitForProbes(Deadline deadline) { return impl_->waitForProbes(deadline); }
 std::uint64_t Communicator::epoch() const { return impl_->client().epoch(); }
 std::size_t Communicator::world() const { return impl_->client().view().world(); }
+std::uint64_t Communicator::bytesSent() const { return impl_->bytesSent(); }
 std::vector<std::string> Communicator::ring() const {
   std::vector<std::string> ring;
   for (const auto& p : impl_->client().view().peers) {

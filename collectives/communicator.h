@@ -91,6 +91,8 @@ class Communicator {
 
   std::uint64_t epoch() const;
   std::size_t world() const;
+  // Bytes this peer has sent for all-reduces so far (payload, every attempt).
+  std::uint64_t bytesSent() const;
   // Member ids in ring order (rank r sends to rank r+1), as of the latest view.
   std::vector<std::string> ring() const;
   const std::string& peerId() const;
