@@ -52,7 +52,7 @@ class Reader {
   bool getFloats(std::vector<float>& v, std::uint64_t count) {
     if ((end_ - pos_) / sizeof(float) < count) return false;
     v.resize(count);
-    std::memcpy(v.data(), bytes_.data() + pos_, count * sizeof(float));
+    if (count > 0) std::memcpy(v.data(), bytes_.data() + pos_, count * sizeof(float));  // data() may be null
     pos_ += count * sizeof(float);
     return true;
   }
