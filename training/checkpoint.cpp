@@ -19,7 +19,8 @@
 namespace loco::training {
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "checkpoints are written in host order = little-endian");
+static_assert(std::endian::native == std::endian::little,
+              "checkpoints are written in host order = little-endian");
 
 constexpr std::array<char, 8> kMagic = {'L', 'O', 'C', 'O', 'C', 'K', 'P', 'T'};
 constexpr std::uint32_t kVersion = 1;
@@ -52,7 +53,8 @@ class Reader {
   bool getFloats(std::vector<float>& v, std::uint64_t count) {
     if ((end_ - pos_) / sizeof(float) < count) return false;
     v.resize(count);
-    if (count > 0) std::memcpy(v.data(), bytes_.data() + pos_, count * sizeof(float));  // data() may be null
+    if (count > 0)
+      std::memcpy(v.data(), bytes_.data() + pos_, count * sizeof(float));  // data() may be null
     pos_ += count * sizeof(float);
     return true;
   }
@@ -66,7 +68,8 @@ class Reader {
 };
 
 Status ioError(std::string_view what, const std::string& path, int err) {
-  return Status(StatusCode::kIoError, fmt::format("checkpoint: {} {}: {}", what, path, std::strerror(err)));
+  return Status(StatusCode::kIoError,
+                fmt::format("checkpoint: {} {}: {}", what, path, std::strerror(err)));
 }
 
 Status writeAll(int fd, const std::uint8_t* data, std::size_t size, const std::string& path) {
@@ -75,7 +78,9 @@ Status writeAll(int fd, const std::uint8_t* data, std::size_t size, const std::s
     ssize_t n = ::write(fd, data + done, size - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return ioError("writing", path, errno);
-    if (n == 0) return Status(StatusCode::kIoError, fmt::format("checkpoint: writing {} made no progress", path));
+    if (n == 0)
+      return Status(StatusCode::kIoError,
+                    fmt::format("checkpoint: writing {} made no progress", path));
     done += static_cast<std::size_t>(n);
   }
   return Status::ok();
@@ -92,8 +97,10 @@ Status fsyncDir(const std::string& dir) {
 }
 
 Status dataLoss(const std::string& path, std::string why) {
-  return Status(StatusCode::kDataLoss,
-                fmt::format("checkpoint {} is unusable: {}; restore it from a copy or start without it", path, why));
+  return Status(
+      StatusCode::kDataLoss,
+      fmt::format("checkpoint {} is unusable: {}; restore it from a copy or start without it", path,
+                  why));
 }
 
 }  // namespace
@@ -111,8 +118,8 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   for (const auto& [name, v] : sections) {
     if (!v->empty() && v->size() != n) {
       return Status(StatusCode::kInvalidArgument,
-                    fmt::format("checkpoint {}: {} holds {} values, the model has {} parameters", path, name,
-                                v->size(), n));
+                    fmt::format("checkpoint {}: {} holds {} values, the model has {} parameters",
+                                path, name, v->size(), n));
     }
   }
 
@@ -121,7 +128,8 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   out.insert(out.end(), kMagic.begin(), kMagic.end());
   put<std::uint32_t>(out, kVersion);
   put<std::uint32_t>(out, 0);
-  for (std::uint32_t f : {s.model.width, s.model.layers, s.model.heads, s.model.context, s.model.vocab}) {
+  for (std::uint32_t f :
+       {s.model.width, s.model.layers, s.model.heads, s.model.context, s.model.vocab}) {
     put<std::uint32_t>(out, f);
   }
   for (std::uint64_t f : {s.seed, s.step, s.outer_step, s.adam_steps}) put<std::uint64_t>(out, f);
@@ -129,14 +137,16 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   put<std::uint64_t>(out, XXH3_64bits(out.data(), out.size()));
 
   const std::filesystem::path target(path);
-  const std::string dir = target.has_parent_path() ? target.parent_path().string() : std::string(".");
+  const std::string dir =
+      target.has_parent_path() ? target.parent_path().string() : std::string(".");
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ioError("creating", tmp, errno);
   Status st = writeAll(fd, out.data(), out.size(), tmp);
   if (st.isOk() && ::fsync(fd) != 0) st = ioError("syncing", tmp, errno);
   if (::close(fd) != 0 && st.isOk()) st = ioError("closing", tmp, errno);
-  if (st.isOk() && ::rename(tmp.c_str(), path.c_str()) != 0) st = ioError("renaming over", path, errno);
+  if (st.isOk() && ::rename(tmp.c_str(), path.c_str()) != 0)
+    st = ioError("renaming over", path, errno);
   if (!st.isOk()) {
     ::unlink(tmp.c_str());
     return st;
@@ -161,7 +171,8 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (size < kHeaderBytes + kChecksumBytes) {
     ::close(fd);
-    return dataLoss(path, fmt::format("{} bytes is shorter than any checkpoint (truncated?)", size));
+    return dataLoss(path,
+                    fmt::format("{} bytes is shorter than any checkpoint (truncated?)", size));
   }
   // Read the header first: it bounds the size a genuine file can have before we allocate for it.
   std::vector<std::uint8_t> bytes(kHeaderBytes);
@@ -206,18 +217,21 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
   }
   if (version != kVersion) {
     ::close(fd);
-    return dataLoss(path, fmt::format("format version {} is not the supported {}", version, kVersion));
+    return dataLoss(path,
+                    fmt::format("format version {} is not the supported {}", version, kVersion));
   }
   if (Status v = validateModelConfig(s.model); !v.isOk()) {
     ::close(fd);
     return dataLoss(path, "its header holds an invalid model (" + v.message() + ")");
   }
   const std::uint64_t n = paramCount(s.model);
-  const std::uint64_t max_size = kHeaderBytes + kSections * (8 + n * sizeof(float)) + kChecksumBytes;
+  const std::uint64_t max_size =
+      kHeaderBytes + kSections * (8 + n * sizeof(float)) + kChecksumBytes;
   if (size > max_size) {
     ::close(fd);
-    return dataLoss(path, fmt::format("{} bytes is more than a checkpoint of this model can hold ({})", size,
-                                      max_size));
+    return dataLoss(
+        path, fmt::format("{} bytes is more than a checkpoint of this model can hold ({})", size,
+                          max_size));
   }
   bytes.resize(size);
   rs = readUpTo(size);
@@ -232,7 +246,8 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
   }
   Reader r(bytes, body);
   r.skip(kHeaderBytes);  // parsed above
-  std::vector<float>* sections[kSections] = {&s.params, &s.outer_params, &s.outer_momentum, &s.adam_m, &s.adam_v};
+  std::vector<float>* sections[kSections] = {&s.params, &s.outer_params, &s.outer_momentum,
+                                             &s.adam_m, &s.adam_v};
   const char* names[kSections] = {"params", "outer_params", "outer_momentum", "adam_m", "adam_v"};
   for (std::size_t i = 0; i < kSections; ++i) {
     std::uint64_t count = 0;
@@ -240,7 +255,9 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
       return dataLoss(path, fmt::format("section {} is malformed", names[i]));
     }
   }
-  if (r.pos() != body) return dataLoss(path, fmt::format("{} unexpected bytes after the last section", body - r.pos()));
+  if (r.pos() != body)
+    return dataLoss(path,
+                    fmt::format("{} unexpected bytes after the last section", body - r.pos()));
   return s;
 }
 

@@ -7,7 +7,8 @@
 //   "LOCOCKPT" · u32 version · u32 reserved(0)
 //   u32 width, layers, heads, context, vocab
 //   u64 seed, step, outer_step, adam_steps
-//   5 sections, each u64 count then count fp32: params, outer_params, outer_momentum, adam_m, adam_v
+//   5 sections, each u64 count then count fp32: params, outer_params, outer_momentum, adam_m,
+//   adam_v
 //     (count is 0 or the model's parameter count)
 //   u64 XXH3-64 of every byte before it
 // Writes are atomic: a temporary file in the same directory, fsync, rename over the target,
@@ -28,8 +29,8 @@ namespace loco::training {
 struct TrainingState {
   ModelConfig model;
   std::uint64_t seed = 0;
-  std::uint64_t step = 0;        // inner steps done = the next step to run (schedule position)
-  std::uint64_t outer_step = 0;  // outer rounds done
+  std::uint64_t step = 0;             // inner steps done = the next step to run (schedule position)
+  std::uint64_t outer_step = 0;       // outer rounds done
   std::vector<float> params;          // this peer's (inner) parameters θ_m
   std::vector<float> outer_params;    // global parameters θ (empty: none, e.g. DDP)
   std::vector<float> outer_momentum;  // outer momentum b (empty: no outer step yet, or μ = 0)

@@ -44,8 +44,8 @@ GptImpl::GptImpl(const ModelConfig& c) : config_(c) {
   ln_f_ = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   // Not a parameter: never in the flat buffer, never synchronised.
   const std::int64_t t = c.context;
-  mask_ = register_buffer(
-      "mask", torch::full({t, t}, -std::numeric_limits<float>::infinity()).triu(1));
+  mask_ =
+      register_buffer("mask", torch::full({t, t}, -std::numeric_limits<float>::infinity()).triu(1));
 }
 
 void GptImpl::initialize(std::uint64_t seed) {
@@ -55,10 +55,14 @@ void GptImpl::initialize(std::uint64_t seed) {
   for (auto& item : named_parameters()) {
     const std::string& name = item.key();
     torch::Tensor& p = item.value();
-    auto endsWith = [&](std::string_view s) { return name.size() >= s.size() && name.ends_with(s); };
+    auto endsWith = [&](std::string_view s) {
+      return name.size() >= s.size() && name.ends_with(s);
+    };
     if (name.find(".ln") != std::string::npos || name.rfind("ln_f.", 0) == 0) {
-      if (endsWith(".weight")) p.fill_(1.0);
-      else p.zero_();
+      if (endsWith(".weight"))
+        p.fill_(1.0);
+      else
+        p.zero_();
     } else if (endsWith(".bias")) {
       p.zero_();
     } else if (endsWith("attn_proj.weight") || endsWith("mlp_proj.weight")) {
@@ -118,10 +122,14 @@ std::size_t reattachGradients(FlatBuffers& flat) {
     const ParamInfo& info = flat.layout[i];
     const torch::Tensor& g = p.grad();
     if (g.defined() && g.data_ptr<float>() == base + info.offset && g.is_contiguous()) continue;
-    auto view = flat.grads.narrow(0, static_cast<std::int64_t>(info.offset), static_cast<std::int64_t>(info.count))
+    auto view = flat.grads
+                    .narrow(0, static_cast<std::int64_t>(info.offset),
+                            static_cast<std::int64_t>(info.count))
                     .view(p.sizes());
-    if (g.defined()) view.copy_(g);
-    else view.zero_();
+    if (g.defined())
+      view.copy_(g);
+    else
+      view.zero_();
     p.mutable_grad() = view;
     ++fixed;
   }

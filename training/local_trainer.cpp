@@ -37,13 +37,16 @@ auto guarded(std::string_view what, F&& f) -> decltype(f()) {
   try {
     return f();
   } catch (const c10::Error& e) {
-    return Status(StatusCode::kInternal, fmt::format("{}: LibTorch: {}", what, e.what_without_backtrace()));
+    return Status(StatusCode::kInternal,
+                  fmt::format("{}: LibTorch: {}", what, e.what_without_backtrace()));
   } catch (const std::exception& e) {
     return Status(StatusCode::kInternal, fmt::format("{}: {}", what, e.what()));
   }
 }
 
-Status bad(std::string msg) { return Status(StatusCode::kInvalidArgument, std::move(msg)); }
+Status bad(std::string msg) {
+  return Status(StatusCode::kInvalidArgument, std::move(msg));
+}
 
 }  // namespace
 
@@ -53,11 +56,14 @@ Status validateTrainConfig(const TrainConfig& c) {
   if (c.batch_size == 0 || c.batch_size > kMaxBatch) {
     return bad(fmt::format("batch size {} is out of range 1..{}", c.batch_size, kMaxBatch));
   }
-  if (c.eval.batches == 0 || c.eval.batch_size == 0 || c.eval.batch_size > kMaxBatch || c.eval.batches > 4096) {
-    return bad(fmt::format("evaluation of {} batches of {} is out of range (1..4096 batches of 1..{})", c.eval.batches,
-                           c.eval.batch_size, kMaxBatch));
+  if (c.eval.batches == 0 || c.eval.batch_size == 0 || c.eval.batch_size > kMaxBatch ||
+      c.eval.batches > 4096) {
+    return bad(
+        fmt::format("evaluation of {} batches of {} is out of range (1..4096 batches of 1..{})",
+                    c.eval.batches, c.eval.batch_size, kMaxBatch));
   }
-  if (c.world == 0 || c.rank >= c.world) return bad(fmt::format("rank {} is not below world {}", c.rank, c.world));
+  if (c.world == 0 || c.rank >= c.world)
+    return bad(fmt::format("rank {} is not below world {}", c.rank, c.world));
   if (c.threads < 1 || c.threads > kMaxThreads) {
     return bad(fmt::format("threads {} is out of range 1..{}", c.threads, kMaxThreads));
   }
@@ -106,8 +112,8 @@ class LocalTrainer::Impl {
 
   torch::Tensor loss(const torch::Tensor& inputs, const torch::Tensor& targets) {
     auto logits = model->forward(inputs);
-    return torch::nn::functional::cross_entropy(logits.view({-1, static_cast<std::int64_t>(config.model.vocab)}),
-                                                targets.view({-1}));
+    return torch::nn::functional::cross_entropy(
+        logits.view({-1, static_cast<std::int64_t>(config.model.vocab)}), targets.view({-1}));
   }
 };
 
@@ -121,20 +127,22 @@ Result<std::unique_ptr<LocalTrainer>> LocalTrainer::create(const TrainConfig& co
   return create(config, std::move(corpus).value());
 }
 
-Result<std::unique_ptr<LocalTrainer>> LocalTrainer::create(const TrainConfig& config,
-                                                           std::shared_ptr<const TextCorpus> corpus) {
+Result<std::unique_ptr<LocalTrainer>> LocalTrainer::create(
+    const TrainConfig& config, std::shared_ptr<const TextCorpus> corpus) {
   LOCO_RETURN_IF_ERROR(validateTrainConfig(config));
   if (!corpus) return bad("trainer: no corpus");
   const std::size_t window = std::size_t{config.model.context} + 1;
   if (corpus->validation().size() < window) {
-    return bad(fmt::format("trainer: the validation split of {} has {} bytes, fewer than one window of {} for "
-                           "context {}",
-                           corpus->origin(), corpus->validation().size(), window, config.model.context));
+    return bad(fmt::format(
+        "trainer: the validation split of {} has {} bytes, fewer than one window of {} for "
+        "context {}",
+        corpus->origin(), corpus->validation().size(), window, config.model.context));
   }
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->corpus = std::move(corpus);
-  LOCO_RETURN_IF_ERROR(checkShard(impl->shardSpec(), impl->corpus->train().size(), config.model.context));
+  LOCO_RETURN_IF_ERROR(
+      checkShard(impl->shardSpec(), impl->corpus->train().size(), config.model.context));
   LOCO_RETURN_IF_ERROR(setThreads(config.threads));
   return guarded("trainer: building the model", [&]() -> Result<std::unique_ptr<LocalTrainer>> {
     ensureThreads();
@@ -143,8 +151,9 @@ Result<std::unique_ptr<LocalTrainer>> LocalTrainer::create(const TrainConfig& co
     impl->flat = flattenParameters(*impl->model);
     const std::size_t n = static_cast<std::size_t>(impl->flat.params.numel());
     if (n != paramCount(config.model)) {
-      return Status(StatusCode::kInternal, fmt::format("trainer: the model has {} parameters, paramCount says {}", n,
-                                                       paramCount(config.model)));
+      return Status(StatusCode::kInternal,
+                    fmt::format("trainer: the model has {} parameters, paramCount says {}", n,
+                                paramCount(config.model)));
     }
     std::vector<std::uint8_t> mask(n, 0);
     for (const ParamInfo& p : impl->flat.layout) {
@@ -153,9 +162,11 @@ Result<std::unique_ptr<LocalTrainer>> LocalTrainer::create(const TrainConfig& co
     impl->adam = std::make_unique<AdamW>(std::move(mask), config.inner.adam);
     impl->val_windows = evenWindows(impl->corpus->validation().size(), config.model.context,
                                     std::size_t{config.eval.batches} * config.eval.batch_size);
-    LOG_INFO(kLogTrain, "model {} params={} corpus={} bytes ({} train, {} validation) rank={}/{} sharding={}",
+    LOG_INFO(kLogTrain,
+             "model {} params={} corpus={} bytes ({} train, {} validation) rank={}/{} sharding={}",
              describe(config.model), n, impl->corpus->totalBytes(), impl->corpus->train().size(),
-             impl->corpus->validation().size(), config.rank, config.world, shardingName(config.sharding));
+             impl->corpus->validation().size(), config.rank, config.world,
+             shardingName(config.sharding));
     return std::unique_ptr<LocalTrainer>(new LocalTrainer(std::move(impl)));
   });
 }
@@ -164,15 +175,17 @@ Result<float> LocalTrainer::innerStep(std::uint64_t step) {
   Result<float> loss = computeBackward(step);
   if (!loss.isOk()) return loss;
   if (!std::isfinite(*loss)) {
-    return Status(StatusCode::kDataLoss,
-                  fmt::format("inner step {}: training loss is {}; parameters left unchanged", step, *loss));
+    return Status(
+        StatusCode::kDataLoss,
+        fmt::format("inner step {}: training loss is {}; parameters left unchanged", step, *loss));
   }
   Result<double> norm = applyGrads(step);
   if (!norm.isOk()) return norm.status();
   return loss;
 }
 
-Result<float> LocalTrainer::computeBackward(std::uint64_t step, std::uint32_t micro, std::uint32_t micro_count) {
+Result<float> LocalTrainer::computeBackward(std::uint64_t step, std::uint32_t micro,
+                                            std::uint32_t micro_count) {
   if (micro_count == 0 || micro >= micro_count) {
     return bad(fmt::format("computeBackward: micro-batch {} of {}", micro, micro_count));
   }
@@ -182,13 +195,15 @@ Result<float> LocalTrainer::computeBackward(std::uint64_t step, std::uint32_t mi
     const std::size_t rows = m.config.batch_size;
     std::vector<std::size_t> windows(rows * (micro + 1));
     sampleWindows(m.shardSpec(), m.corpus->train().size(), m.config.model.context, step, windows);
-    auto [inputs, targets] =
-        m.batch(m.corpus->train(), std::span<const std::size_t>(windows).subspan(rows * micro, rows));
+    auto [inputs, targets] = m.batch(
+        m.corpus->train(), std::span<const std::size_t>(windows).subspan(rows * micro, rows));
     if (micro == 0) m.flat.grads.zero_();
     auto loss = m.loss(inputs, targets);
     (micro_count > 1 ? loss / static_cast<double>(micro_count) : loss).backward();
     if (std::size_t fixed = reattachGradients(m.flat); fixed > 0) {
-      LOG_WARN(kLogTrain, "step {}: {} gradients were not accumulated in the flat buffer; copied back", step, fixed);
+      LOG_WARN(kLogTrain,
+               "step {}: {} gradients were not accumulated in the flat buffer; copied back", step,
+               fixed);
     }
     return loss.item<float>();
   });
@@ -200,8 +215,9 @@ Result<double> LocalTrainer::applyGrads(std::uint64_t step) {
   std::span<float> grads(gradData(), n);
   const double norm = clipGlobalNorm(grads, m.config.inner.grad_clip);
   if (!std::isfinite(norm)) {
-    return Status(StatusCode::kDataLoss,
-                  fmt::format("inner step {}: gradient norm is {}; parameters left unchanged", step, norm));
+    return Status(
+        StatusCode::kDataLoss,
+        fmt::format("inner step {}: gradient norm is {}; parameters left unchanged", step, norm));
   }
   m.adam->step(std::span<float>(paramData(), n), grads, learningRate(step));
   m.next_step = step + 1;
@@ -216,21 +232,36 @@ Result<float> LocalTrainer::validationLoss() {
     const std::size_t rows = m.config.eval.batch_size;
     double sum = 0;
     for (std::uint32_t b = 0; b < m.config.eval.batches; ++b) {
-      auto [inputs, targets] = m.batch(m.corpus->validation(),
-                                       std::span<const std::size_t>(m.val_windows).subspan(b * rows, rows));
+      auto [inputs, targets] =
+          m.batch(m.corpus->validation(),
+                  std::span<const std::size_t>(m.val_windows).subspan(b * rows, rows));
       sum += m.loss(inputs, targets).item<double>();
     }
     return static_cast<float>(sum / m.config.eval.batches);
   });
 }
 
-float* LocalTrainer::paramData() { return impl_->flat.params.data_ptr<float>(); }
-const float* LocalTrainer::paramData() const { return impl_->flat.params.data_ptr<float>(); }
-float* LocalTrainer::gradData() { return impl_->flat.grads.data_ptr<float>(); }
-std::size_t LocalTrainer::numParams() const { return static_cast<std::size_t>(impl_->flat.params.numel()); }
-const std::vector<ParamInfo>& LocalTrainer::paramLayout() const { return impl_->flat.layout; }
-const TrainConfig& LocalTrainer::config() const { return impl_->config; }
-const TextCorpus& LocalTrainer::corpus() const { return *impl_->corpus; }
+float* LocalTrainer::paramData() {
+  return impl_->flat.params.data_ptr<float>();
+}
+const float* LocalTrainer::paramData() const {
+  return impl_->flat.params.data_ptr<float>();
+}
+float* LocalTrainer::gradData() {
+  return impl_->flat.grads.data_ptr<float>();
+}
+std::size_t LocalTrainer::numParams() const {
+  return static_cast<std::size_t>(impl_->flat.params.numel());
+}
+const std::vector<ParamInfo>& LocalTrainer::paramLayout() const {
+  return impl_->flat.layout;
+}
+const TrainConfig& LocalTrainer::config() const {
+  return impl_->config;
+}
+const TextCorpus& LocalTrainer::corpus() const {
+  return *impl_->corpus;
+}
 
 Status LocalTrainer::setShard(std::uint32_t rank, std::uint32_t world) {
   ShardSpec s = impl_->shardSpec();
@@ -270,16 +301,19 @@ Status LocalTrainer::importState(const TrainingState& s) {
   LOCO_RETURN_IF_ERROR(checkSameShape(m.config.model, s.model, "training state"));
   const std::size_t n = numParams();
   if (s.params.size() != n) {
-    return bad(fmt::format("training state holds {} parameters, the model has {}", s.params.size(), n));
+    return bad(
+        fmt::format("training state holds {} parameters, the model has {}", s.params.size(), n));
   }
   if (!s.adam_m.empty() || !s.adam_v.empty()) {
     LOCO_RETURN_IF_ERROR(m.adam->restore(AdamWState{s.adam_steps, s.adam_m, s.adam_v}));
   } else {
-    LOCO_RETURN_IF_ERROR(m.adam->restore(AdamWState{0, std::vector<float>(n, 0.0f), std::vector<float>(n, 0.0f)}));
+    LOCO_RETURN_IF_ERROR(
+        m.adam->restore(AdamWState{0, std::vector<float>(n, 0.0f), std::vector<float>(n, 0.0f)}));
   }
   if (s.seed != m.config.seed) {
-    LOG_WARN(kLogTrain, "resuming a run of seed {} with seed {}: batches will differ from the original run", s.seed,
-             m.config.seed);
+    LOG_WARN(kLogTrain,
+             "resuming a run of seed {} with seed {}: batches will differ from the original run",
+             s.seed, m.config.seed);
   }
   std::memcpy(paramData(), s.params.data(), n * sizeof(float));
   m.next_step = s.step;
@@ -287,7 +321,8 @@ Status LocalTrainer::importState(const TrainingState& s) {
 }
 
 Status LocalTrainer::setThreads(int n) {
-  if (n < 1 || n > kMaxThreads) return bad(fmt::format("threads {} is out of range 1..{}", n, kMaxThreads));
+  if (n < 1 || n > kMaxThreads)
+    return bad(fmt::format("threads {} is out of range 1..{}", n, kMaxThreads));
   static std::once_flag interop_once;
   std::call_once(interop_once, [] {
     // Throws when the pool already started (someone ran an inter-op task first): then it keeps

@@ -40,9 +40,9 @@ namespace loco::training {
 inline constexpr std::string_view kLogTrain = "train";
 
 struct InnerConfig {
-  LrSchedule schedule;       // lr 3e-3, warm-up 20 steps, cosine to 10% at total_steps
-  AdamWOptions adam;         // betas 0.9/0.95, weight decay 0.1 on matrices and embeddings
-  float grad_clip = 1.0f;    // global L2 norm; <= 0 disables
+  LrSchedule schedule;     // lr 3e-3, warm-up 20 steps, cosine to 10% at total_steps
+  AdamWOptions adam;       // betas 0.9/0.95, weight decay 0.1 on matrices and embeddings
+  float grad_clip = 1.0f;  // global L2 norm; <= 0 disables
 };
 
 // The fixed validation set: `batches` batches of `batch_size` windows at evenly spaced offsets
@@ -54,16 +54,16 @@ struct EvalConfig {
 
 struct TrainConfig {
   ModelConfig model;
-  CorpusOptions data;                   // path, validation fraction (ignored by the create()
-                                        // that takes a loaded corpus)
+  // Path and validation fraction; ignored by the create() that takes a loaded corpus.
+  CorpusOptions data;
   Sharding sharding = Sharding::kIid;
-  std::uint32_t rank = 0;               // this peer's data shard / random stream
+  std::uint32_t rank = 0;  // this peer's data shard / random stream
   std::uint32_t world = 1;
-  std::uint32_t batch_size = 16;        // windows per step (per micro-batch, see computeBackward)
-  std::uint64_t seed = 1;               // model init and batch sampling
+  std::uint32_t batch_size = 16;  // windows per step (per micro-batch, see computeBackward)
+  std::uint64_t seed = 1;         // model init and batch sampling
   InnerConfig inner;
   EvalConfig eval;
-  int threads = 1;                      // LibTorch intra-op threads for the whole process
+  int threads = 1;  // LibTorch intra-op threads for the whole process
 };
 
 // kInvalidArgument naming the first bad field.
@@ -71,11 +71,11 @@ Status validateTrainConfig(const TrainConfig& c);
 
 // One tensor of the model inside the flat buffers.
 struct ParamInfo {
-  std::string name;         // "blocks.0.attn_qkv.weight", "wte.weight", ...
-  std::size_t offset = 0;   // elements from the start of paramData()/gradData()
+  std::string name;        // "blocks.0.attn_qkv.weight", "wte.weight", ...
+  std::size_t offset = 0;  // elements from the start of paramData()/gradData()
   std::size_t count = 0;
-  int layer = -1;           // transformer block index; -1 for embeddings and the final LN
-  bool decayed = false;     // gets AdamW weight decay
+  int layer = -1;        // transformer block index; -1 for embeddings and the final LN
+  bool decayed = false;  // gets AdamW weight decay
 };
 
 class LocalTrainer {
@@ -83,7 +83,7 @@ class LocalTrainer {
   // Loads the corpus (config.data) and builds the model. Errors: everything validateTrainConfig
   // and TextCorpus::load return, checkShard's kInvalidArgument, kInternal from LibTorch.
   static Result<std::unique_ptr<LocalTrainer>> create(const TrainConfig& config);
-  // Same with an already loaded corpus (shared by in-process peers; must outlive no one: the
+  // Same with an already loaded corpus (shared by in-process peers; the trainer holds a
   // trainer keeps a reference). Its context check is redone for config.model.context.
   static Result<std::unique_ptr<LocalTrainer>> create(const TrainConfig& config,
                                                       std::shared_ptr<const TextCorpus> corpus);
@@ -102,8 +102,10 @@ class LocalTrainer {
   // [micro·batch_size, (micro+1)·batch_size) of step's draw); micro 0 overwrites gradData(),
   // later ones add to it, each scaled by 1/micro_count, so the sum is the mean gradient of the
   // whole batch (gradient accumulation beyond what memory allows).
+  // The loss (and so the gradients) may be NaN/Inf: check before an all-reduce (findNonFinite).
   // Errors: kInvalidArgument (micro >= micro_count), kInternal.
-  Result<float> computeBackward(std::uint64_t step, std::uint32_t micro = 0, std::uint32_t micro_count = 1);
+  Result<float> computeBackward(std::uint64_t step, std::uint32_t micro = 0,
+                                std::uint32_t micro_count = 1);
 
   // Clips gradData() to the global norm limit and applies AdamW with the learning rate of
   // `step`. Returns the gradient norm before clipping. kDataLoss (nothing applied) when the norm

@@ -13,7 +13,9 @@ constexpr std::uint32_t kMaxHeads = 1024;
 constexpr std::uint32_t kMaxContext = 1u << 16;
 constexpr std::uint64_t kMaxParams = 1ull << 34;  // 64 GiB of fp32
 
-Status bad(std::string msg) { return Status(StatusCode::kInvalidArgument, "model: " + std::move(msg)); }
+Status bad(std::string msg) {
+  return Status(StatusCode::kInvalidArgument, "model: " + std::move(msg));
+}
 
 }  // namespace
 
@@ -28,7 +30,8 @@ Status validateModelConfig(const ModelConfig& c) {
     return bad(fmt::format("heads {} is out of range 1..{}", c.heads, kMaxHeads));
   }
   if (c.width % c.heads != 0) {
-    return bad(fmt::format("width {} is not a multiple of heads {} (head size must be whole)", c.width, c.heads));
+    return bad(fmt::format("width {} is not a multiple of heads {} (head size must be whole)",
+                           c.width, c.heads));
   }
   if (c.context == 0 || c.context > kMaxContext) {
     return bad(fmt::format("context {} is out of range 1..{}", c.context, kMaxContext));
@@ -37,7 +40,8 @@ Status validateModelConfig(const ModelConfig& c) {
     return bad(fmt::format("vocab {} is not {}: the tokenizer is byte-level", c.vocab, kVocabSize));
   }
   if (paramCount(c) > kMaxParams) {
-    return bad(fmt::format("{} has {} parameters, more than the limit {}", describe(c), paramCount(c), kMaxParams));
+    return bad(fmt::format("{} has {} parameters, more than the limit {}", describe(c),
+                           paramCount(c), kMaxParams));
   }
   return Status::ok();
 }
@@ -49,11 +53,12 @@ std::uint64_t paramCount(const ModelConfig& c) {
 }
 
 std::string describe(const ModelConfig& c) {
-  return fmt::format("width={} layers={} heads={} context={} vocab={}", c.width, c.layers, c.heads, c.context,
-                     c.vocab);
+  return fmt::format("width={} layers={} heads={} context={} vocab={}", c.width, c.layers, c.heads,
+                     c.context, c.vocab);
 }
 
-Status checkSameShape(const ModelConfig& expected, const ModelConfig& found, std::string_view what) {
+Status checkSameShape(const ModelConfig& expected, const ModelConfig& found,
+                      std::string_view what) {
   std::string diff;
   auto field = [&](std::string_view name, std::uint32_t e, std::uint32_t f) {
     if (e == f) return;
@@ -66,10 +71,12 @@ Status checkSameShape(const ModelConfig& expected, const ModelConfig& found, std
   field("context", expected.context, found.context);
   field("vocab", expected.vocab, found.vocab);
   if (diff.empty()) return Status::ok();
-  return Status(StatusCode::kInvalidArgument,
-                fmt::format("{}: model shape mismatch: {}; start from a checkpoint of the same model or change the "
-                            "model flags to match",
-                            what, diff));
+  return Status(
+      StatusCode::kInvalidArgument,
+      fmt::format(
+          "{}: model shape mismatch: {}; start from a checkpoint of the same model or change the "
+          "model flags to match",
+          what, diff));
 }
 
 }  // namespace loco::training

@@ -22,10 +22,10 @@ namespace loco::training {
 inline constexpr std::uint32_t kVocabSize = 256;
 
 struct ModelConfig {
-  std::uint32_t width = 128;    // embedding width d; a multiple of `heads`
-  std::uint32_t layers = 2;     // transformer blocks
-  std::uint32_t heads = 4;      // attention heads; head size = width / heads
-  std::uint32_t context = 64;   // longest sequence (position embeddings)
+  std::uint32_t width = 128;   // embedding width d; a multiple of `heads`
+  std::uint32_t layers = 2;    // transformer blocks
+  std::uint32_t heads = 4;     // attention heads; head size = width / heads
+  std::uint32_t context = 64;  // longest sequence (position embeddings)
   std::uint32_t vocab = kVocabSize;
 
   bool operator==(const ModelConfig&) const = default;

@@ -8,34 +8,43 @@
 namespace loco::training {
 namespace {
 
-Status bad(std::string msg) { return Status(StatusCode::kInvalidArgument, std::move(msg)); }
+Status bad(std::string msg) {
+  return Status(StatusCode::kInvalidArgument, std::move(msg));
+}
 
 }  // namespace
 
 float LrSchedule::at(std::uint64_t step) const {
   if (step < warmup_steps) {
-    return lr * static_cast<float>(static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
+    return lr *
+           static_cast<float>(static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
   }
   const double min_lr = static_cast<double>(lr) * min_lr_ratio;
   const std::uint64_t decay_steps = total_steps > warmup_steps ? total_steps - warmup_steps : 0;
   if (decay_steps == 0 || step >= total_steps) return static_cast<float>(min_lr);
-  const double progress = static_cast<double>(step - warmup_steps) / static_cast<double>(decay_steps);
-  return static_cast<float>(min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(std::numbers::pi * progress)));
+  const double progress =
+      static_cast<double>(step - warmup_steps) / static_cast<double>(decay_steps);
+  return static_cast<float>(min_lr +
+                            0.5 * (lr - min_lr) * (1.0 + std::cos(std::numbers::pi * progress)));
 }
 
 Status validateInner(const AdamWOptions& adam, const LrSchedule& s) {
-  if (!std::isfinite(s.lr) || s.lr <= 0) return bad(fmt::format("inner optimizer: lr {} must be > 0", s.lr));
+  if (!std::isfinite(s.lr) || s.lr <= 0)
+    return bad(fmt::format("inner optimizer: lr {} must be > 0", s.lr));
   if (!(s.min_lr_ratio >= 0 && s.min_lr_ratio <= 1)) {
     return bad(fmt::format("inner optimizer: min lr ratio {} is outside [0, 1]", s.min_lr_ratio));
   }
   if (s.total_steps == 0) return bad("inner optimizer: total steps must be > 0");
   if (s.warmup_steps > s.total_steps) {
-    return bad(fmt::format("inner optimizer: warm-up of {} steps is longer than the {} total steps", s.warmup_steps,
-                           s.total_steps));
+    return bad(fmt::format("inner optimizer: warm-up of {} steps is longer than the {} total steps",
+                           s.warmup_steps, s.total_steps));
   }
-  if (!(adam.beta1 >= 0 && adam.beta1 < 1)) return bad(fmt::format("inner optimizer: beta1 {} is outside [0, 1)", adam.beta1));
-  if (!(adam.beta2 >= 0 && adam.beta2 < 1)) return bad(fmt::format("inner optimizer: beta2 {} is outside [0, 1)", adam.beta2));
-  if (!(adam.eps > 0 && std::isfinite(adam.eps))) return bad(fmt::format("inner optimizer: eps {} must be > 0", adam.eps));
+  if (!(adam.beta1 >= 0 && adam.beta1 < 1))
+    return bad(fmt::format("inner optimizer: beta1 {} is outside [0, 1)", adam.beta1));
+  if (!(adam.beta2 >= 0 && adam.beta2 < 1))
+    return bad(fmt::format("inner optimizer: beta2 {} is outside [0, 1)", adam.beta2));
+  if (!(adam.eps > 0 && std::isfinite(adam.eps)))
+    return bad(fmt::format("inner optimizer: eps {} must be > 0", adam.eps));
   if (!(adam.weight_decay >= 0 && std::isfinite(adam.weight_decay))) {
     return bad(fmt::format("inner optimizer: weight decay {} must be >= 0", adam.weight_decay));
   }
@@ -55,7 +64,8 @@ void AdamW::step(std::span<float> params, std::span<const float> grads, float lr
   const float b1 = options_.beta1;
   const float b2 = options_.beta2;
   const float bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), t));
-  const float bias2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
+  const float bias2_sqrt =
+      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
   const float step_size = lr / bias1;
   const float decay = 1.0f - lr * options_.weight_decay;
   const float eps = options_.eps;
@@ -76,8 +86,8 @@ void AdamW::step(std::span<float> params, std::span<const float> grads, float lr
 
 Status AdamW::restore(AdamWState state) {
   if (state.m.size() != decay_mask_.size() || state.v.size() != decay_mask_.size()) {
-    return bad(fmt::format("inner optimizer state holds {}/{} moments for {} parameters", state.m.size(),
-                           state.v.size(), decay_mask_.size()));
+    return bad(fmt::format("inner optimizer state holds {}/{} moments for {} parameters",
+                           state.m.size(), state.v.size(), decay_mask_.size()));
   }
   state_ = std::move(state);
   return Status::ok();
@@ -101,19 +111,22 @@ double clipGlobalNorm(std::span<float> grads, double max_norm) {
 }
 
 Status validateOuter(const OuterSgdOptions& o) {
-  if (!std::isfinite(o.lr) || o.lr <= 0) return bad(fmt::format("outer optimizer: lr {} must be > 0", o.lr));
+  if (!std::isfinite(o.lr) || o.lr <= 0)
+    return bad(fmt::format("outer optimizer: lr {} must be > 0", o.lr));
   if (!(o.momentum >= 0 && o.momentum < 1)) {
     return bad(fmt::format("outer optimizer: momentum {} is outside [0, 1)", o.momentum));
   }
   return Status::ok();
 }
 
-OuterSgd::OuterSgd(std::size_t num_params, OuterSgdOptions options) : num_params_(num_params), options_(options) {}
+OuterSgd::OuterSgd(std::size_t num_params, OuterSgdOptions options)
+    : num_params_(num_params), options_(options) {}
 
 Status OuterSgd::step(std::span<float> global, std::span<const float> delta) {
   if (global.size() != num_params_ || delta.size() != num_params_) {
-    return bad(fmt::format("outer step: buffers of {} and {} elements for an optimizer of {} parameters",
-                           global.size(), delta.size(), num_params_));
+    return bad(
+        fmt::format("outer step: buffers of {} and {} elements for an optimizer of {} parameters",
+                    global.size(), delta.size(), num_params_));
   }
   const float lr = options_.lr;
   const float mu = options_.momentum;
@@ -140,14 +153,15 @@ Status OuterSgd::step(std::span<float> global, std::span<const float> delta) {
 
 Status OuterSgd::restoreMomentum(std::vector<float> momentum) {
   if (!momentum.empty() && momentum.size() != num_params_) {
-    return bad(fmt::format("outer momentum of {} elements for an optimizer of {} parameters", momentum.size(),
-                           num_params_));
+    return bad(fmt::format("outer momentum of {} elements for an optimizer of {} parameters",
+                           momentum.size(), num_params_));
   }
   momentum_ = std::move(momentum);
   return Status::ok();
 }
 
-void pseudoGradient(std::span<const float> global, std::span<const float> local, std::span<float> delta) {
+void pseudoGradient(std::span<const float> global, std::span<const float> local,
+                    std::span<float> delta) {
   const std::size_t n = delta.size();
   for (std::size_t i = 0; i < n; ++i) delta[i] = global[i] - local[i];
 }

@@ -6,7 +6,8 @@
 // Inner: AdamW in PyTorch's semantics (decoupled weight decay p ← p·(1 − lr·wd) before the
 // Adam update, bias-corrected moments, eps added after the square root), global-norm gradient
 // clipping as torch.nn.utils.clip_grad_norm_, and a learning-rate schedule of linear warm-up then
-// cosine decay. Its state stays local to a peer (REFERENCE: syncing it triples traffic for no gain).
+// cosine decay. Its state stays local to a peer (REFERENCE: syncing it triples traffic for no
+// gain).
 //
 // Outer: SGD with Nesterov momentum in PyTorch's semantics over pseudo-gradients
 // Δ = θ_global − θ_local (old minus new):
@@ -122,7 +123,8 @@ class OuterSgd {
 };
 
 // delta[i] = global[i] − local[i] (old minus new). All three the same length.
-void pseudoGradient(std::span<const float> global, std::span<const float> local, std::span<float> delta);
+void pseudoGradient(std::span<const float> global, std::span<const float> local,
+                    std::span<float> delta);
 
 // Index of the first NaN or ±Inf in `values`, or values.size() when all are finite.
 std::size_t findNonFinite(std::span<const float> values);

@@ -39,24 +39,29 @@ struct WalkStats {
 };
 
 // Reads a whole regular file. Sets *is_binary instead of failing when it holds a NUL byte.
-Status readFile(const std::string& path, std::uint64_t budget, std::vector<std::uint8_t>& out, bool* is_binary) {
+Status readFile(const std::string& path, std::uint64_t budget, std::vector<std::uint8_t>& out,
+                bool* is_binary) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    return Status(StatusCode::kIoError, fmt::format("corpus: cannot open {}: {}", path, std::strerror(errno)));
+    return Status(StatusCode::kIoError,
+                  fmt::format("corpus: cannot open {}: {}", path, std::strerror(errno)));
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     int e = errno;
     ::close(fd);
-    return Status(StatusCode::kIoError, fmt::format("corpus: cannot stat {}: {}", path, std::strerror(e)));
+    return Status(StatusCode::kIoError,
+                  fmt::format("corpus: cannot stat {}: {}", path, std::strerror(e)));
   }
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (size > budget) {
     ::close(fd);
-    return Status(StatusCode::kResourceExhausted,
-                  fmt::format("corpus: {} would take the corpus beyond its limit of {} bytes; point the data path "
-                              "at fewer files",
-                              path, budget));
+    return Status(
+        StatusCode::kResourceExhausted,
+        fmt::format(
+            "corpus: {} would take the corpus beyond its limit of {} bytes; point the data path "
+            "at fewer files",
+            path, budget));
   }
   const std::size_t start = out.size();
   out.resize(start + size);
@@ -70,7 +75,8 @@ Status readFile(const std::string& path, std::uint64_t budget, std::vector<std::
       int e = errno;
       ::close(fd);
       out.resize(start);
-      return Status(StatusCode::kIoError, fmt::format("corpus: reading {} failed: {}", path, std::strerror(e)));
+      return Status(StatusCode::kIoError,
+                    fmt::format("corpus: reading {} failed: {}", path, std::strerror(e)));
     }
     if (n == 0) break;  // shrank meanwhile
     done += static_cast<std::size_t>(n);
@@ -82,22 +88,26 @@ Status readFile(const std::string& path, std::uint64_t budget, std::vector<std::
   return Status::ok();
 }
 
-Result<std::shared_ptr<const TextCorpus>> split(std::vector<std::uint8_t> bytes, double val_fraction,
-                                                std::uint32_t context, std::vector<std::string> files,
+Result<std::shared_ptr<const TextCorpus>> split(std::vector<std::uint8_t> bytes,
+                                                double val_fraction, std::uint32_t context,
+                                                std::vector<std::string> files,
                                                 std::string origin) {
   if (!(val_fraction > 0.0 && val_fraction <= 0.5)) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("corpus: validation fraction {} is out of range (0, 0.5]", val_fraction));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("corpus: validation fraction {} is out of range (0, 0.5]", val_fraction));
   }
   const std::size_t window = std::size_t{context} + 1;
   const std::size_t total = bytes.size();
   std::size_t val = static_cast<std::size_t>(std::ceil(static_cast<double>(total) * val_fraction));
   val = std::max(val, window);
   if (total < 2 * window || total - val < window) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("corpus: {} holds {} bytes of text; context {} needs at least {} ({} for training "
-                              "and {} for validation); add text or lower the context",
-                              origin, total, context, 2 * window, window, window));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format(
+            "corpus: {} holds {} bytes of text; context {} needs at least {} ({} for training "
+            "and {} for validation); add text or lower the context",
+            origin, total, context, 2 * window, window, window));
   }
   const std::size_t train = total - val;
   return std::shared_ptr<const TextCorpus>(
@@ -110,9 +120,13 @@ std::vector<std::uint8_t> encodeText(std::string_view text) {
   return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
-std::string decodeTokens(std::span<const std::uint8_t> tokens) { return std::string(tokens.begin(), tokens.end()); }
+std::string decodeTokens(std::span<const std::uint8_t> tokens) {
+  return std::string(tokens.begin(), tokens.end());
+}
 
-std::string_view shardingName(Sharding s) { return s == Sharding::kIid ? "iid" : "contiguous"; }
+std::string_view shardingName(Sharding s) {
+  return s == Sharding::kIid ? "iid" : "contiguous";
+}
 
 Result<Sharding> parseSharding(std::string_view name) {
   if (name == "iid") return Sharding::kIid;
@@ -121,16 +135,19 @@ Result<Sharding> parseSharding(std::string_view name) {
                 fmt::format("unknown sharding '{}': expected iid or contiguous", name));
 }
 
-Result<std::shared_ptr<const TextCorpus>> TextCorpus::load(const CorpusOptions& options, std::uint32_t context) {
+Result<std::shared_ptr<const TextCorpus>> TextCorpus::load(const CorpusOptions& options,
+                                                           std::uint32_t context) {
   const std::string& root = options.path;
   if (root.empty()) return Status(StatusCode::kInvalidArgument, "corpus: the data path is empty");
   std::error_code ec;
-  const fs::file_status root_status = fs::status(root, ec);  // follows a link given as the path itself
+  const fs::file_status root_status =
+      fs::status(root, ec);  // follows a link given as the path itself
   if (ec || !fs::exists(root_status)) {
-    return Status(StatusCode::kNotFound,
-                  fmt::format("corpus: {} does not exist; pass a text file or a directory of text files (the "
-                              "default {} comes with Debian's fortunes package: bash .ci/install-deps)",
-                              root, kDefaultCorpusPath));
+    return Status(
+        StatusCode::kNotFound,
+        fmt::format("corpus: {} does not exist; pass a text file or a directory of text files (the "
+                    "default {} comes with Debian's fortunes package: bash .ci/install-deps)",
+                    root, kDefaultCorpusPath));
   }
 
   std::vector<std::string> candidates;
@@ -140,17 +157,21 @@ Result<std::shared_ptr<const TextCorpus>> TextCorpus::load(const CorpusOptions& 
   } else if (fs::is_directory(root_status)) {
     fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec);
     if (ec) {
-      return Status(StatusCode::kIoError, fmt::format("corpus: cannot list {}: {}", root, ec.message()));
+      return Status(StatusCode::kIoError,
+                    fmt::format("corpus: cannot list {}: {}", root, ec.message()));
     }
     std::uint64_t visited = 0;
     for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
       if (ec) {
-        return Status(StatusCode::kIoError, fmt::format("corpus: walking {} failed: {}", root, ec.message()));
+        return Status(StatusCode::kIoError,
+                      fmt::format("corpus: walking {} failed: {}", root, ec.message()));
       }
       if (++visited > options.max_files) {
-        return Status(StatusCode::kResourceExhausted,
-                      fmt::format("corpus: {} holds more than {} entries; point the data path at a smaller tree",
-                                  root, options.max_files));
+        return Status(
+            StatusCode::kResourceExhausted,
+            fmt::format(
+                "corpus: {} holds more than {} entries; point the data path at a smaller tree",
+                root, options.max_files));
       }
       const fs::directory_entry& entry = *it;
       if (entry.is_symlink(ec)) {
@@ -186,16 +207,19 @@ Result<std::shared_ptr<const TextCorpus>> TextCorpus::load(const CorpusOptions& 
     files.push_back(path);
   }
   if (files.empty()) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("corpus: no text files at {} (skipped {} binary files with NUL bytes, {} .dat "
-                              "files, {} symbolic links); pass a file or directory of plain text",
-                              root, stats.binary, stats.dat, stats.links));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("corpus: no text files at {} (skipped {} binary files with NUL bytes, {} .dat "
+                    "files, {} symbolic links); pass a file or directory of plain text",
+                    root, stats.binary, stats.dat, stats.links));
   }
   return split(std::move(bytes), options.val_fraction, context, std::move(files), root);
 }
 
-Result<std::shared_ptr<const TextCorpus>> TextCorpus::fromBytes(std::vector<std::uint8_t> bytes, double val_fraction,
-                                                                std::uint32_t context, std::string origin) {
+Result<std::shared_ptr<const TextCorpus>> TextCorpus::fromBytes(std::vector<std::uint8_t> bytes,
+                                                                double val_fraction,
+                                                                std::uint32_t context,
+                                                                std::string origin) {
   return split(std::move(bytes), val_fraction, context, {}, std::move(origin));
 }
 
@@ -206,21 +230,24 @@ Status checkShard(const ShardSpec& spec, std::size_t train_size, std::uint32_t c
   }
   const std::size_t window = std::size_t{context} + 1;
   if (spec.sharding == Sharding::kContiguous && train_size / spec.world < window) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("data shard: a contiguous 1/{} slice of the {}-byte train split is shorter than one "
-                              "window of {} bytes; use iid sharding, fewer peers or more text",
-                              spec.world, train_size, window));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format(
+            "data shard: a contiguous 1/{} slice of the {}-byte train split is shorter than one "
+            "window of {} bytes; use iid sharding, fewer peers or more text",
+            spec.world, train_size, window));
   }
   if (train_size < window) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("data shard: the train split has {} bytes, fewer than one window of {}", train_size,
-                              window));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("data shard: the train split has {} bytes, fewer than one window of {}",
+                    train_size, window));
   }
   return Status::ok();
 }
 
-void sampleWindows(const ShardSpec& spec, std::size_t train_size, std::uint32_t context, std::uint64_t step,
-                   std::span<std::size_t> out) {
+void sampleWindows(const ShardSpec& spec, std::size_t train_size, std::uint32_t context,
+                   std::uint64_t step, std::span<std::size_t> out) {
   const std::size_t window = std::size_t{context} + 1;
   std::size_t begin = 0;
   std::size_t end = train_size;

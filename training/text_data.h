@@ -45,9 +45,9 @@ Result<Sharding> parseSharding(std::string_view name);
 
 struct CorpusOptions {
   std::string path{kDefaultCorpusPath};
-  double val_fraction = 0.05;             // (0, 0.5]
-  std::uint64_t max_bytes = 1ull << 32;   // refuse bigger corpora rather than exhaust memory
-  std::uint32_t max_files = 1u << 20;     // bound on the directory walk
+  double val_fraction = 0.05;            // (0, 0.5]
+  std::uint64_t max_bytes = 1ull << 32;  // refuse bigger corpora rather than exhaust memory
+  std::uint32_t max_files = 1u << 20;    // bound on the directory walk
 };
 
 class TextCorpus {
@@ -57,10 +57,13 @@ class TextCorpus {
   // Errors: kNotFound (path missing), kInvalidArgument (no text files there, too few bytes,
   // bad val_fraction), kResourceExhausted (beyond max_bytes / max_files), kIoError (read failed).
   // Every message names the path.
-  static Result<std::shared_ptr<const TextCorpus>> load(const CorpusOptions& options, std::uint32_t context);
+  static Result<std::shared_ptr<const TextCorpus>> load(const CorpusOptions& options,
+                                                        std::uint32_t context);
   // An in-memory corpus (tests, benchmarks); same split and size checks as load().
-  static Result<std::shared_ptr<const TextCorpus>> fromBytes(std::vector<std::uint8_t> bytes, double val_fraction,
-                                                             std::uint32_t context, std::string origin = "memory");
+  static Result<std::shared_ptr<const TextCorpus>> fromBytes(std::vector<std::uint8_t> bytes,
+                                                             double val_fraction,
+                                                             std::uint32_t context,
+                                                             std::string origin = "memory");
 
   std::span<const std::uint8_t> train() const { return {bytes_.data(), train_size_}; }
   std::span<const std::uint8_t> validation() const {
@@ -71,9 +74,12 @@ class TextCorpus {
   const std::vector<std::string>& files() const { return files_; }
   const std::string& origin() const { return origin_; }
 
-  TextCorpus(std::vector<std::uint8_t> bytes, std::size_t train_size, std::vector<std::string> files,
-             std::string origin)
-      : bytes_(std::move(bytes)), train_size_(train_size), files_(std::move(files)), origin_(std::move(origin)) {}
+  TextCorpus(std::vector<std::uint8_t> bytes, std::size_t train_size,
+             std::vector<std::string> files, std::string origin)
+      : bytes_(std::move(bytes)),
+        train_size_(train_size),
+        files_(std::move(files)),
+        origin_(std::move(origin)) {}
 
  private:
   std::vector<std::uint8_t> bytes_;
@@ -98,8 +104,8 @@ Status checkShard(const ShardSpec& spec, std::size_t train_size, std::uint32_t c
 // Start offsets (into the train split) of the `out.size()` windows of `step`'s batch; each
 // window covers context + 1 bytes. Pure and deterministic; row i does not depend on out.size(),
 // so growing the batch keeps the rows already drawn. Call checkShard first.
-void sampleWindows(const ShardSpec& spec, std::size_t train_size, std::uint32_t context, std::uint64_t step,
-                   std::span<std::size_t> out);
+void sampleWindows(const ShardSpec& spec, std::size_t train_size, std::uint32_t context,
+                   std::uint64_t step, std::span<std::size_t> out);
 
 // `count` fixed window offsets spread evenly over a split of `size` bytes (the same on every
 // peer and every run, so validation losses are comparable). Windows overlap when the split is

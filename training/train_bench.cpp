@@ -13,18 +13,23 @@ namespace loco::training {
 std::string TrainBenchResult::toJson() const {
   const ModelConfig& m = options.model;
   return fmt::format(
-      "{{\"bench\":\"train\",\"width\":{},\"layers\":{},\"heads\":{},\"context\":{},\"batch\":{},\"threads\":{},"
+      "{{\"bench\":\"train\",\"width\":{},\"layers\":{},\"heads\":{},\"context\":{},\"batch\":{},"
+      "\"threads\":{},"
       "\"params\":{},\"steps\":{},\"ms_per_step\":{:.2f},\"p50_ms\":{:.2f},\"fwd_bwd_ms\":{:.2f},"
-      "\"optimizer_ms\":{:.2f},\"tokens_per_s\":{:.0f},\"first_loss\":{:.4f},\"last_loss\":{:.4f}}}",
-      m.width, m.layers, m.heads, m.context, options.batch_size, options.threads, params, options.steps, mean_ms,
-      p50_ms, fwd_bwd_ms, optimizer_ms, tokens_per_s, first_loss, last_loss);
+      "\"optimizer_ms\":{:.2f},\"tokens_per_s\":{:.0f},\"first_loss\":{:.4f},\"last_loss\":{:.4f}}"
+      "}",
+      m.width, m.layers, m.heads, m.context, options.batch_size, options.threads, params,
+      options.steps, mean_ms, p50_ms, fwd_bwd_ms, optimizer_ms, tokens_per_s, first_loss,
+      last_loss);
 }
 
-Result<TrainBenchResult> benchTrain(const TrainBenchOptions& options, std::shared_ptr<const TextCorpus> corpus) {
+Result<TrainBenchResult> benchTrain(const TrainBenchOptions& options,
+                                    std::shared_ptr<const TextCorpus> corpus) {
   if (options.steps == 0 || options.steps > 100000 || options.warmup_steps > 100000) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("bench train: {} steps after {} warm-up steps is out of range (1..100000)",
-                              options.steps, options.warmup_steps));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("bench train: {} steps after {} warm-up steps is out of range (1..100000)",
+                    options.steps, options.warmup_steps));
   }
   TrainConfig config;
   config.model = options.model;
@@ -34,7 +39,8 @@ Result<TrainBenchResult> benchTrain(const TrainBenchOptions& options, std::share
   config.inner.schedule.total_steps = options.warmup_steps + options.steps;
   config.inner.schedule.warmup_steps = std::min<std::uint64_t>(config.inner.schedule.warmup_steps,
                                                                config.inner.schedule.total_steps);
-  auto trainer = corpus ? LocalTrainer::create(config, std::move(corpus)) : LocalTrainer::create(config);
+  auto trainer =
+      corpus ? LocalTrainer::create(config, std::move(corpus)) : LocalTrainer::create(config);
   if (!trainer.isOk()) return trainer.status();
   LocalTrainer& t = **trainer;
 
@@ -67,7 +73,8 @@ Result<TrainBenchResult> benchTrain(const TrainBenchOptions& options, std::share
   r.p50_ms = steps[steps.size() / 2];
   r.fwd_bwd_ms = fwd_bwd / n;
   r.optimizer_ms = opt / n;
-  r.tokens_per_s = static_cast<double>(options.batch_size) * options.model.context / (r.mean_ms / 1000.0);
+  r.tokens_per_s =
+      static_cast<double>(options.batch_size) * options.model.context / (r.mean_ms / 1000.0);
   return r;
 }
 

@@ -14,22 +14,22 @@
 namespace loco::training {
 
 struct TrainBenchOptions {
-  ModelConfig model;                     // default: the 0.43M reference model
+  ModelConfig model;  // default: the 0.43M reference model
   std::uint32_t batch_size = 16;
   int threads = 1;
-  std::uint32_t warmup_steps = 3;        // not timed (allocator and OpenMP pool warm-up)
-  std::uint32_t steps = 20;              // timed, 1..100000
+  std::uint32_t warmup_steps = 3;             // not timed (allocator and OpenMP pool warm-up)
+  std::uint32_t steps = 20;                   // timed, 1..100000
   std::string data_path{kDefaultCorpusPath};  // ignored when a corpus is passed in
 };
 
 struct TrainBenchResult {
   TrainBenchOptions options;
   std::uint64_t params = 0;
-  double mean_ms = 0;        // whole inner step
+  double mean_ms = 0;  // whole inner step
   double p50_ms = 0;
-  double fwd_bwd_ms = 0;     // mean of computeBackward
-  double optimizer_ms = 0;   // mean of applyGrads (clip + AdamW)
-  double tokens_per_s = 0;   // batch·context / mean step time
+  double fwd_bwd_ms = 0;    // mean of computeBackward
+  double optimizer_ms = 0;  // mean of applyGrads (clip + AdamW)
+  double tokens_per_s = 0;  // batch·context / mean step time
   float first_loss = 0;
   float last_loss = 0;
 

@@ -11,8 +11,8 @@
 namespace loco::training {
 namespace {
 
-using testing::TempDir;
 using testing::sampleText;
+using testing::TempDir;
 
 constexpr std::uint32_t kContext = 16;
 
@@ -36,7 +36,8 @@ TEST(Corpus, MissingPathIsNotFoundAndNamesThePath) {
   auto r = TextCorpus::load(at(dir.file("nope")), kContext);
   ASSERT_FALSE(r.isOk());
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(r.status().message().find(dir.file("nope")), std::string::npos) << r.status().toString();
+  EXPECT_NE(r.status().message().find(dir.file("nope")), std::string::npos)
+      << r.status().toString();
 }
 
 TEST(Corpus, EmptyDirectoryHasNoText) {
@@ -98,7 +99,8 @@ TEST(Corpus, ValidationIsTheLastFivePercent) {
 }
 
 TEST(Corpus, DefaultFortunesCorpusLoadsWhenInstalled) {
-  if (!std::filesystem::exists(std::string(kDefaultCorpusPath))) GTEST_SKIP() << "fortunes not installed";
+  if (!std::filesystem::exists(std::string(kDefaultCorpusPath)))
+    GTEST_SKIP() << "fortunes not installed";
   auto r = TextCorpus::load(CorpusOptions{}, 64);
   ASSERT_TRUE(r.isOk()) << r.status().toString();
   EXPECT_GT((*r)->totalBytes(), 1'000'000u);

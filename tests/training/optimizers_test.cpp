@@ -112,7 +112,7 @@ TEST(AdamW, FirstStepMovesEachParameterByAboutLrAgainstItsGradient) {
   std::vector<float> g = {0.3f, -2.0f};
   opt.step(p, g, 0.01f);
   EXPECT_NEAR(p[0], 1.0f * (1 - 0.01f * 0.1f) - 0.01f, 1e-6);  // decayed
-  EXPECT_NEAR(p[1], 1.0f + 0.01f, 1e-6);                      // not decayed
+  EXPECT_NEAR(p[1], 1.0f + 0.01f, 1e-6);                       // not decayed
   EXPECT_EQ(opt.state().steps, 1u);
   EXPECT_NEAR(opt.state().m[1], -0.2f, 1e-7);
   EXPECT_NEAR(opt.state().v[1], 0.05f * 4.0f, 1e-7);
@@ -129,7 +129,8 @@ TEST(AdamW, SecondStepMatchesTorchFormula) {
   opt.step(p, g2, 0.1f);
   const double m = 0.9 * 0.1 * 1.0 + 0.1 * -0.5;
   const double v = 0.95 * 0.05 * 1.0 + 0.05 * 0.25;
-  const double expected = -0.1 - 0.1 / (1 - 0.81) * m / (std::sqrt(v) / std::sqrt(1 - 0.9025) + 1e-8);
+  const double expected =
+      -0.1 - 0.1 / (1 - 0.81) * m / (std::sqrt(v) / std::sqrt(1 - 0.9025) + 1e-8);
   EXPECT_NEAR(p[0], expected, 1e-6);
 }
 

@@ -40,8 +40,9 @@ class TempDir {
 
 // Deterministic English-like text with a lot of structure, so a tiny model learns fast.
 inline std::string sampleText(std::size_t bytes) {
-  static const char* kWords[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and",
-                                 "a",   "cat",   "sat",   "on",  "mat",   "while", "bird", "sings"};
+  static const char* kWords[] = {"the",  "quick", "brown", "fox",  "jumps", "over",
+                                 "lazy", "dog",   "and",   "a",    "cat",   "sat",
+                                 "on",   "mat",   "while", "bird", "sings"};
   std::string out;
   std::uint64_t x = 12345;
   while (out.size() < bytes) {

@@ -17,8 +17,8 @@
 namespace loco::training {
 namespace {
 
-using testing::TempDir;
 using testing::sampleText;
+using testing::TempDir;
 
 // A model small enough that 50 steps take well under a second.
 TrainConfig tinyConfig() {
@@ -26,7 +26,8 @@ TrainConfig tinyConfig() {
   c.model = ModelConfig{.width = 32, .layers = 2, .heads = 2, .context = 16, .vocab = kVocabSize};
   c.batch_size = 8;
   c.seed = 42;
-  c.inner.schedule = LrSchedule{.lr = 1e-2f, .min_lr_ratio = 0.1f, .warmup_steps = 5, .total_steps = 60};
+  c.inner.schedule =
+      LrSchedule{.lr = 1e-2f, .min_lr_ratio = 0.1f, .warmup_steps = 5, .total_steps = 60};
   c.eval = EvalConfig{.batches = 4, .batch_size = 8};
   c.threads = 1;
   return c;
@@ -83,7 +84,8 @@ TEST(Trainer, RefusesBadConfigsClearly) {
   c.model.width = 33;
   auto r = LocalTrainer::create(c, tinyCorpus());
   ASSERT_FALSE(r.isOk());
-  EXPECT_NE(r.status().message().find("multiple of heads"), std::string::npos) << r.status().toString();
+  EXPECT_NE(r.status().message().find("multiple of heads"), std::string::npos)
+      << r.status().toString();
   c = tinyConfig();
   c.rank = 2;
   c.world = 2;
@@ -197,7 +199,8 @@ TEST(Trainer, OtherRanksDrawOtherBatchesFromTheSameStart) {
 TEST(Trainer, NonFiniteLossLeavesParametersUntouched) {
   auto t = makeTrainer();
   ASSERT_TRUE(t);
-  t->paramData()[t->paramLayout().back().offset] = std::numeric_limits<float>::quiet_NaN();  // ln_f bias
+  t->paramData()[t->paramLayout().back().offset] =
+      std::numeric_limits<float>::quiet_NaN();  // ln_f bias
   std::vector<float> before(t->paramData(), t->paramData() + t->numParams());
   auto r = t->innerStep(0);
   ASSERT_FALSE(r.isOk());
@@ -303,14 +306,16 @@ TEST(Checkpoint, CorruptTruncatedAndForeignFilesAreDataLoss) {
 
   auto missing = loadCheckpoint(dir.file("absent.bin"));
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(saveCheckpoint(dir.file("no/such/dir/ckpt.bin"), a->exportState()).code(), StatusCode::kIoError);
+  EXPECT_EQ(saveCheckpoint(dir.file("no/such/dir/ckpt.bin"), a->exportState()).code(),
+            StatusCode::kIoError);
 }
 
 // The figure `loco bench train` reports: the 0.43M reference model, batch 16, one thread.
 TEST(Bench, ReferenceModelThroughputWithOneThread) {
   TrainBenchOptions o;  // width 128, 2 layers, 4 heads, context 64, batch 16, 1 thread
   o.steps = 20;
-  auto corpus = TextCorpus::fromBytes(encodeText(sampleText(200000)), 0.05, o.model.context, "sample text");
+  auto corpus =
+      TextCorpus::fromBytes(encodeText(sampleText(200000)), 0.05, o.model.context, "sample text");
   ASSERT_TRUE(corpus.isOk());
   auto r = benchTrain(o, *corpus);
   ASSERT_TRUE(r.isOk()) << r.status().toString();
