@@ -84,7 +84,7 @@ class LocalTrainer {
   // and TextCorpus::load return, checkShard's kInvalidArgument, kInternal from LibTorch.
   static Result<std::unique_ptr<LocalTrainer>> create(const TrainConfig& config);
   // Same with an already loaded corpus (shared by in-process peers; the trainer holds a
-  // trainer keeps a reference). Its context check is redone for config.model.context.
+  // reference). Its context check is redone for config.model.context.
   static Result<std::unique_ptr<LocalTrainer>> create(const TrainConfig& config,
                                                       std::shared_ptr<const TextCorpus> corpus);
   ~LocalTrainer();
