@@ -1,0 +1,54 @@
+#pragma once
+// Checkpoints: everything a peer needs to resume a run and continue with exactly the losses of an
+// uninterrupted run (batches are a pure function of (seed, rank, step), so no sampler state is
+// stored). No LibTorch.
+//
+// File format (little-endian), version 1:
+//   "LOCOCKPT" · u32 version · u32 reserved(0)
+//   u32 width, layers, heads, context, vocab
+//   u64 seed, step, outer_step, adam_steps
+//   5 sections, each u64 count then count fp32: params, outer_params, outer_momentum, adam_m,
+//   adam_v
+//     (count is 0 or the model's parameter count)
+//   u64 XXH3-64 of every byte before it
+// Writes are atomic: a temporary file in the same directory, fsync, rename over the target,
+// fsync of the directory. A crash leaves either the old checkpoint or the new one, never a mix.
+//
+// Blocking: file I/O. Thread-safe (no shared state); two writers of one path race on rename
+// only, and the last rename wins whole.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "p2p/base/status.h"
+#include "training/model_config.h"
+
+namespace loco::training {
+
+struct TrainingState {
+  ModelConfig model;
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;             // inner steps done = the next step to run (schedule position)
+  std::uint64_t outer_step = 0;       // outer rounds done
+  std::vector<float> params;          // this peer's (inner) parameters θ_m
+  std::vector<float> outer_params;    // global parameters θ (empty: none, e.g. DDP)
+  std::vector<float> outer_momentum;  // outer momentum b (empty: no outer step yet, or μ = 0)
+  std::uint64_t adam_steps = 0;       // inner AdamW state; empty moments: not stored
+  std::vector<float> adam_m;
+  std::vector<float> adam_v;
+};
+
+// Errors: kInvalidArgument (invalid model, or a vector that is neither empty nor paramCount
+// long), kIoError (naming the path and the system error).
+Status saveCheckpoint(const std::string& path, const TrainingState& state);
+
+// Errors: kNotFound (no such file), kDataLoss (not a loco checkpoint, unknown version,
+// truncated, trailing bytes, checksum mismatch — each said so), kIoError.
+Result<TrainingState> loadCheckpoint(const std::string& path);
+
+// As above, and kInvalidArgument when the stored model differs from `expected`, naming each
+// differing field ("width 256 (found) vs 128 (expected)").
+Result<TrainingState> loadCheckpoint(const std::string& path, const ModelConfig& expected);
+
+}  // namespace loco::training
