@@ -21,6 +21,7 @@
 #include "p2p/connection.h"
 #include "p2p/membership.h"
 #include "p2p/net.h"
+#include "p2p/state_sync.h"
 
 namespace loco::p2p {
 
@@ -58,6 +59,10 @@ class Coordinator {
   void apply(MembershipEffects fx);
   void tick();
   void dropHandshaking(const Connection* conn);
+  // Shared-state sync rounds (state_sync.h).
+  void onStateFrame(const std::string& id, const FrameHeader& h, ByteSpan payload);
+  void applyState(StateSyncEffects fx);
+  std::vector<PeerInfo> members() const;
 
   asio::io_context& io_;
   CoordinatorOptions options_;
@@ -68,6 +73,7 @@ class Coordinator {
   bool shut_down_ = false;
 
   Membership membership_;
+  StateSyncRounds state_sync_;
   std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
   std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
 };
