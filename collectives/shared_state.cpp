@@ -434,6 +434,8 @@ void StateEngine::onChunk(std::uint64_t generation, std::size_t index, std::uint
     return pump();
   }
   std::memcpy(a->chunks[chunk].data, buf.data(), buf.size());
+  static Counter& received = counter("collectives.state_bytes_received");
+  received.inc(buf.size());
   a->report.bytes_received += buf.size();
   ++a->report.chunks_received;
   if (a->spare.size() < 64) a->spare.push_back(std::move(buf));
