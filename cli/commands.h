@@ -21,6 +21,7 @@ int runLocal(const Args& args);
 int runBench(const Args& args);
 int runLab(const Args& args);
 int runBenchAllReduce(const Args& args);
+int runBenchJoin(const Args& args);
 
 // Shared plumbing for the commands.
 // Parses flags (printing usage on --help) and configures logging. Returns an exit code to stop

@@ -36,7 +36,7 @@ void printUsage(FILE* out) {
       "  join         join a run as a peer (--idle: membership only)\n"
       "  status       show a run's membership (--json for machines)\n"
       "  local        start a coordinator and N peers on this machine and watch them\n"
-      "  bench        benchmarks: `loco bench link`\n"
+      "  bench        benchmarks: `loco bench link|allreduce|join`\n"
       "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
       "  version      print the version and the accelerator in use\n",
       out);

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 
+#include "collectives/state_engine.h"
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
 #include "p2p/link.h"
@@ -172,6 +173,7 @@ class Communicator::Impl {
       std::promise<void> done;
       net_.post([this, &done] {
         abortEverything(Status(StatusCode::kAborted, "the communicator is shutting down"));
+        if (state_) state_->shutdown();
         closeRing();
         stopProbes();
         accepted_.clear();
@@ -205,9 +207,25 @@ class Communicator::Impl {
     client_ = std::make_unique<p2p::MembershipClient>(
         net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise, options_.streams});
     client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) { onDecision(epoch, op_id, commit); });
-    client_->setViewCallback([this](const p2p::GroupView& v) { onView(v); });
+    {
+      // Created on the network thread, which is the only one that reads state_ afterwards.
+      std::promise<void> created;
+      net_.post([&] {
+        state_ = std::make_unique<StateEngine>(net_, *client_, options_.peer_id, link_opts_);
+        created.set_value();
+      });
+      created.get_future().wait();
+    }
+    client_->setStateCallback([this](const p2p::FrameHeader& h, std::vector<std::uint8_t> payload) {
+      state_->onCoordinatorFrame(h, std::move(payload));
+    });
+    client_->setViewCallback([this](const p2p::GroupView& v) {
+      onView(v);
+      state_->onView(v);
+    });
     client_->setLostCallback([this](const Status& why) {
       abortEverything(why.withContext("lost the group during an all-reduce"));
+      state_->onLost(why);
       closeRing();
     });
     return client_->join(deadline);
@@ -267,6 +285,16 @@ class Communicator::Impl {
     return client_->syncPoint(deadline);
   }
 
+  Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options, Deadline deadline) {
+    std::promise<std::size_t> in_flight;
+    net_.post([&] { in_flight.set_value(ops_.size()); });
+    if (std::size_t n = in_flight.get_future().get(); n != 0) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("shared-state sync with {} all-reduce(s) in flight; wait for them first", n));
+    }
+    return state_->sync(state, options, deadline);
+  }
+
   p2p::MembershipClient& client() { return *client_; }
   std::uint64_t bytesSent() const { return bytes_sent_.load(std::memory_order_relaxed); }
   const CommunicatorOptions& options() const { return options_; }
@@ -276,6 +304,10 @@ class Communicator::Impl {
 
   void onAccepted(std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
     if (epoch == kProbeEpoch) return receiveProbe(std::move(link), from);
+    if ((epoch & kStateLinkEpochBit) != 0) {  // a peer fetching shared-state chunks, not a ring link
+      if (state_) return state_->onLink(std::move(link), from);
+      return link->close(Status(StatusCode::kAborted, "not ready for shared-state links"));
+    }
     auto key = std::make_pair(from, epoch);
     std::weak_ptr<Link> weak = link;
     link->setCloseHandler([this, key, weak](const Status&) {
@@ -804,6 +836,7 @@ class Communicator::Impl {
   p2p::LifetimeGuard lifetime_;
   BufferPool pool_;
   std::unique_ptr<p2p::MembershipClient> client_;
+  std::unique_ptr<StateEngine> state_;  // shared state (state_engine.h)
   std::unique_ptr<p2p::LinkListener> listener_;
   // Application thread:
   std::uint64_t seq_epoch_ = ~std::uint64_t{0};
@@ -852,6 +885,9 @@ Result<std::uint64_t> Communicator::syncPoint(Deadline deadline) { return impl_-
 Result<std::shared_ptr<Operation>> Communicator::allReduce(void* data, std::size_t count, DType dtype, ReduceOp op,
                                                            Wire wire, AllReduceOptions options) {
   return impl_->allReduce(data, count, dtype, op, wire, options);
+}
+Result<SyncReport> Communicator::syncSharedState(SharedState& state, const SyncOptions& options, Deadline deadline) {
+  return impl_->syncSharedState(state, options, deadline);
 }
 Status Communicator::leave(Deadline deadline) { return impl_->client().leave(deadline); }
 Status Communicator::waitForProbes(Deadline deadline) { return impl_->waitForProbes(deadline); }

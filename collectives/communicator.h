@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "collectives/codec.h"
+#include "collectives/shared_state.h"
 #include "p2p/address.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
@@ -83,6 +84,15 @@ class Communicator {
   // untouched until the operation ends. Zero elements: kInvalidArgument (the group aborts it).
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp op, Wire wire,
                                                AllReduceOptions options = {});
+  // Synchronizes `state` with the group (shared_state.h). Every member calls it at the same
+  // point, between collective operations (one in flight: kInvalidArgument). Blocks until the
+  // whole group's round is over or the deadline; meanwhile this peer serves its chunks to others.
+  // Errors: kInvalidArgument (not admitted; no buffers; the layout differs from the group's:
+  // the message names the first mismatching buffer), kAborted (send-only and lost the election;
+  // shutting down), kNotFound (every peer synced receive-only), kDataLoss (no source left for a
+  // needed chunk), kTimeout, kPeerLost / kEvicted (lost the group). On error this peer's
+  // revision is unchanged; chunks already verified stay in its buffers.
+  Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options, Deadline deadline);
   Status leave(Deadline deadline);
   // Blocks until this peer has probed every member it had no bandwidth estimate for (probes
   // start when a view arrives and run in the background). For benchmarks and tests: a sync point

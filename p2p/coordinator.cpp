@@ -211,6 +211,10 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::
     }
     case MsgType::kOpReport:
       return apply(membership_.opReport(id, h.epoch, h.op_id, !payload.empty() && payload[0] != 0));
+    case MsgType::kStateManifest:
+    case MsgType::kStateDone:
+    case MsgType::kStateComplaint:
+      return onStateFrame(id, h, payload);
     default: {
       counter("coord.unexpected_frames").inc();
       auto it = peers_.find(id);
@@ -323,6 +327,69 @@ void Coordinator::apply(MembershipEffects fx) {
       auto it = peers_.find(id);
       if (it != peers_.end()) it->second->send(MsgType::kSyncDone, {}, epoch);
     }
+  }
+  // A member that left no longer holds up (or serves) a shared-state round.
+  if (fx.view_changed) applyState(state_sync_.membersChanged(members()));
+}
+
+std::vector<PeerInfo> Coordinator::members() const {
+  std::vector<PeerInfo> out;
+  for (PeerInfo& p : membership_.view(Clock::now()).peers) {
+    if (p.state == PeerState::kMember) out.push_back(std::move(p));
+  }
+  return out;
+}
+
+void Coordinator::onStateFrame(const std::string& id, const FrameHeader& h, ByteSpan payload) {
+  auto it = peers_.find(id);
+  if (it == peers_.end()) return;
+  auto conn = it->second;
+  switch (h.type) {
+    case MsgType::kStateManifest: {
+      auto m = decodeStateManifest(payload);
+      if (!m) {
+        counter("coord.state_bad_manifests").inc();
+        return conn->close(m.status().withContext(fmt::format("peer {}", shortId(id))));
+      }
+      LOG_DEBUG(kLogCoord, "peer {} shared-state manifest: revision {}, {} buffers, {} chunks, {}", shortId(id),
+                m->revision, m->buffers.size(), m->hashes.size(), stateStrategyName(m->strategy));
+      return applyState(state_sync_.manifest(id, std::move(m.value()), members()));
+    }
+    case MsgType::kStateDone:
+      return applyState(state_sync_.done(id, h.op_id, members()));
+    case MsgType::kStateComplaint: {
+      auto c = decodeStateComplaint(payload);
+      if (!c) return conn->close(c.status().withContext(fmt::format("peer {}", shortId(id))));
+      counter("coord.state_complaints").inc();
+      LOG_WARN(kLogCoord, "peer {} reports that peer {} served {} corrupt shared-state chunk(s): {}", shortId(id),
+               shortId(c->accused), c->bad_chunks, c->reason);
+      if (c->accused == id || !membership_.contains(c->accused)) return;
+      return apply(membership_.evict(
+          c->accused, fmt::format("served {} shared-state chunk(s) that failed their hash check (reported by peer {})",
+                                  c->bad_chunks, shortId(id))));
+    }
+    default:
+      return;
+  }
+}
+
+void Coordinator::applyState(StateSyncEffects fx) {
+  for (auto& [id, plan] : fx.plans) {
+    auto it = peers_.find(id);
+    if (it == peers_.end()) continue;
+    if (plan.code != StatusCode::kOk) {
+      counter("coord.state_refusals").inc();
+      LOG_WARN(kLogCoord, "peer {} shared-state sync refused: {}", shortId(id), plan.reason);
+    }
+    it->second->send(MsgType::kStatePlan, encodeStatePlan(plan), membership_.epoch(), fx.round);
+  }
+  if (!fx.plans.empty()) {
+    counter("coord.state_rounds").inc();
+    LOG_DEBUG(kLogCoord, "shared-state round {} planned for {} peers", fx.round, fx.plans.size());
+  }
+  for (const std::string& id : fx.complete) {
+    auto it = peers_.find(id);
+    if (it != peers_.end()) it->second->send(MsgType::kStateComplete, {}, membership_.epoch(), fx.complete_round);
   }
 }
 

@@ -22,6 +22,7 @@
 #include "p2p/membership.h"
 #include "p2p/net.h"
 #include "p2p/topology.h"
+#include "p2p/state_sync.h"
 
 namespace loco::p2p {
 
@@ -63,6 +64,10 @@ class Coordinator {
   // and it beats the current ring by kReorderGain (so noise does not reshuffle the ring).
   void maybeProposeRing();
   void dropHandshaking(const Connection* conn);
+  // Shared-state sync rounds (state_sync.h).
+  void onStateFrame(const std::string& id, const FrameHeader& h, ByteSpan payload);
+  void applyState(StateSyncEffects fx);
+  std::vector<PeerInfo> members() const;
 
   asio::io_context& io_;
   CoordinatorOptions options_;
@@ -75,6 +80,7 @@ class Coordinator {
   Membership membership_;
   BandwidthTable bandwidth_;
   bool bandwidth_dirty_ = false;
+  StateSyncRounds state_sync_;
   std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
   std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
 };

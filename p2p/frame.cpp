@@ -23,6 +23,11 @@ std::string_view msgTypeName(MsgType t) {
     case MsgType::kData: return "Data";
     case MsgType::kOpReport: return "OpReport";
     case MsgType::kOpDecision: return "OpDecision";
+    case MsgType::kStateManifest: return "StateManifest";
+    case MsgType::kStatePlan: return "StatePlan";
+    case MsgType::kStateDone: return "StateDone";
+    case MsgType::kStateComplete: return "StateComplete";
+    case MsgType::kStateComplaint: return "StateComplaint";
     case MsgType::kLinkReport: return "LinkReport";
   }
   return "Unknown";
@@ -40,6 +45,12 @@ std::uint32_t maxPayload(MsgType t) {
     case MsgType::kData: return kMaxDataChunk;
     case MsgType::kOpReport:
     case MsgType::kOpDecision: return 1;
+    // Hashes of up to kMaxStateChunks chunks plus names; sources' bitmaps (see messages.h).
+    case MsgType::kStateManifest:
+    case MsgType::kStatePlan: return kMaxStateMessage;
+    case MsgType::kStateDone: return 1;
+    case MsgType::kStateComplete: return 0;
+    case MsgType::kStateComplaint: return 4096;
     case MsgType::kLinkReport: return 64u << 10;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:

@@ -46,7 +46,13 @@ enum class MsgType : std::uint8_t {
   kData = 15,          // bulk bytes: op_id = transfer tag, chunk = chunk index
   kOpReport = 16,      // peer -> coordinator: my part of (epoch, op_id) is done (1) or failed (0)
   kOpDecision = 17,    // coordinator -> peers: (epoch, op_id) commits (1) or aborts (0)
-  kLinkReport = 18,    // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+  // Shared state (state_sync.h). The coordinator sees hashes and layouts, never tensor bytes.
+  kStateManifest = 18,   // peer -> coordinator: layout, revision and chunk hashes (StateManifestMsg)
+  kStatePlan = 19,       // coordinator -> peer: op_id = round; what to fetch from whom (StatePlanMsg)
+  kStateDone = 20,       // peer -> coordinator: op_id = round (0: withdraw); 1 byte: ok
+  kStateComplete = 21,   // coordinator -> peers: round op_id is over; sources may stop serving
+  kStateComplaint = 22,  // peer -> coordinator: a source served corrupt chunks (StateComplaintMsg)
+  kLinkReport = 23,      // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
 };
 inline constexpr MsgType kLastMsgType = MsgType::kLinkReport;
 
@@ -69,6 +75,7 @@ std::uint16_t allowedFlags(MsgType t);
 // Largest payload accepted for each type; 0 for types without payload.
 std::uint32_t maxPayload(MsgType t);
 inline constexpr std::uint32_t kMaxDataChunk = 16u << 20;
+inline constexpr std::uint32_t kMaxStateMessage = 16u << 20;
 
 // Why a header was rejected; each reason has its own metric ("p2p.frames_rejected.<name>").
 enum class FrameError { kNone, kBadMagic, kBadVersion, kUnknownType, kBadFlags, kTooLong };

@@ -59,6 +59,16 @@ void MembershipClient::reportLinks(std::vector<EdgeEstimate> edges) {
   });
 }
 
+void MembershipClient::setStateCallback(std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb) {
+  state_cb_ = std::move(cb);
+}
+
+void MembershipClient::sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload, std::uint64_t op_id) {
+  net_.post([this, type, payload = std::move(payload), op_id] {
+    if (conn_) conn_->send(type, payload, epoch(), op_id);
+  });
+}
+
 void MembershipClient::closeConnection() {
   std::promise<void> closed;
   net_.post([this, &closed] {
@@ -151,6 +161,10 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std:
   GroupView view_copy;
   if (h.type == MsgType::kOpDecision) {
     if (session == session_ && decision_cb_ && payload.size() == 1) decision_cb_(h.epoch, h.op_id, payload[0] != 0);
+    return;
+  }
+  if (h.type == MsgType::kStatePlan || h.type == MsgType::kStateComplete) {
+    if (session == session_ && state_cb_) state_cb_(h, std::move(payload));
     return;
   }
   {

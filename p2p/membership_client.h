@@ -51,6 +51,12 @@ class MembershipClient {
   // Sends bandwidth measurements to the coordinator (topology.h). Non-blocking; sent in order
   // with reportOp and syncPoint, so a report made before a sync point counts at that sync point.
   void reportLinks(std::vector<EdgeEstimate> edges);
+  // Called on the network thread with every shared-state frame from the coordinator
+  // (kStatePlan, kStateComplete; see state_sync.h). Set before join().
+  void setStateCallback(std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb);
+  // Queues a frame to the coordinator (shared-state manifests, reports, complaints). Non-blocking;
+  // dropped when not connected (the caller's deadline then expires, or the lost callback runs).
+  void sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload, std::uint64_t op_id = 0);
 
   // Connects and registers as pending; blocks until the coordinator welcomes this peer. A refused
   // connection (coordinator not up yet) is retried until the deadline. Errors: kInvalidArgument
@@ -86,6 +92,7 @@ class MembershipClient {
   std::function<void(const GroupView&)> view_cb_;
   std::function<void(std::uint64_t, std::uint64_t, bool)> decision_cb_;
   std::function<void(const Status&)> lost_cb_;
+  std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> state_cb_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -215,4 +215,142 @@ Result<LinkHelloMsg> decodeLinkHello(ByteSpan in) {
   return m;
 }
 
+// ---- shared state -------------------------------------------------------------------------------
+
+std::string_view stateStrategyName(StateStrategy s) {
+  switch (s) {
+    case StateStrategy::kEnforcePopular: return "enforce-popular";
+    case StateStrategy::kReceiveOnly: return "receive-only";
+    case StateStrategy::kSendOnly: return "send-only";
+  }
+  return "?";
+}
+
+std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers, std::uint32_t chunk_bytes) {
+  if (chunk_bytes == 0) return 0;
+  std::uint64_t n = 0;
+  for (const auto& b : buffers) n += (b.bytes() + chunk_bytes - 1) / chunk_bytes;
+  return n;
+}
+
+namespace {
+// Element counts beyond this would overflow count * elem_bytes (and no machine holds them).
+constexpr std::uint64_t kMaxStateElements = std::uint64_t{1} << 56;
+
+void writeHashes(ByteWriter& w, const std::vector<std::uint64_t>& hashes) {
+  w.u32(static_cast<std::uint32_t>(hashes.size()));
+  for (std::uint64_t h : hashes) w.u64(h);
+}
+
+bool readHashes(ByteReader& r, std::vector<std::uint64_t>& hashes) {
+  std::uint32_t n = 0;
+  if (!r.u32(n) || n > kMaxStateChunks || n > r.remaining() / 8) return false;
+  hashes.resize(n);
+  for (auto& h : hashes) {
+    if (!r.u64(h)) return false;
+  }
+  return true;
+}
+}  // namespace
+
+std::vector<std::uint8_t> encodeStateManifest(const StateManifestMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(static_cast<std::uint8_t>(m.strategy));
+  w.u64(m.revision);
+  w.u32(m.chunk_bytes);
+  w.u32(static_cast<std::uint32_t>(m.buffers.size()));
+  for (const auto& b : m.buffers) {
+    w.str(b.name);
+    w.u8(b.dtype);
+    w.u8(b.elem_bytes);
+    w.u64(b.count);
+  }
+  writeHashes(w, m.hashes);
+  return out;
+}
+
+Result<StateManifestMsg> decodeStateManifest(ByteSpan in) {
+  ByteReader r(in);
+  StateManifestMsg m;
+  std::uint8_t strategy = 0;
+  std::uint32_t n = 0;
+  if (!(r.u8(strategy) && r.u64(m.revision) && r.u32(m.chunk_bytes) && r.u32(n))) return malformed("StateManifest");
+  if (strategy < 1 || strategy > 3 || m.chunk_bytes == 0 || n > kMaxStateBuffers || n > r.remaining() / 14) {
+    return malformed("StateManifest");
+  }
+  m.strategy = static_cast<StateStrategy>(strategy);
+  m.buffers.resize(n);
+  for (auto& b : m.buffers) {
+    if (!(r.str(b.name, kMaxStateNameLen) && r.u8(b.dtype) && r.u8(b.elem_bytes) && r.u64(b.count))) {
+      return malformed("StateManifest");
+    }
+    if (b.elem_bytes == 0 || b.elem_bytes > 16 || b.count > kMaxStateElements) return malformed("StateManifest");
+  }
+  if (!readHashes(r, m.hashes) || !r.done()) return malformed("StateManifest");
+  if (stateChunkCount(m.buffers, m.chunk_bytes) != m.hashes.size()) return malformed("StateManifest");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeStatePlan(const StatePlanMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u32(static_cast<std::uint32_t>(m.code));
+  w.str(m.reason);
+  w.u64(m.revision);
+  w.u64(m.elected_revision);
+  writeHashes(w, m.canonical);
+  w.u32(static_cast<std::uint32_t>(m.sources.size()));
+  for (const auto& s : m.sources) {
+    w.str(s.peer_id);
+    w.str(s.addr);
+    w.u32(s.streams);
+    w.bytes(s.holds);  // its length follows from the chunk count
+  }
+  return out;
+}
+
+Result<StatePlanMsg> decodeStatePlan(ByteSpan in) {
+  ByteReader r(in);
+  StatePlanMsg m;
+  std::uint32_t code = 0, n = 0;
+  if (!(r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.u64(m.revision) && r.u64(m.elected_revision) &&
+        readHashes(r, m.canonical) && r.u32(n))) {
+    return malformed("StatePlan");
+  }
+  if (code > static_cast<std::uint32_t>(StatusCode::kInternal) || n > kMaxStateSources) return malformed("StatePlan");
+  m.code = static_cast<StatusCode>(code);
+  const std::size_t bitmap = (m.canonical.size() + 7) / 8;
+  m.sources.resize(n);
+  for (auto& s : m.sources) {
+    if (!(r.str(s.peer_id, kMaxIdLen) && r.str(s.addr, kMaxAddrLen) && r.u32(s.streams)) || r.remaining() < bitmap) {
+      return malformed("StatePlan");
+    }
+    s.holds.resize(bitmap);
+    for (auto& b : s.holds) {
+      if (!r.u8(b)) return malformed("StatePlan");
+    }
+  }
+  if (!r.done()) return malformed("StatePlan");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeStateComplaint(const StateComplaintMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.str(m.accused);
+  w.u32(m.bad_chunks);
+  w.str(m.reason);
+  return out;
+}
+
+Result<StateComplaintMsg> decodeStateComplaint(ByteSpan in) {
+  ByteReader r(in);
+  StateComplaintMsg m;
+  if (!(r.str(m.accused, kMaxIdLen) && r.u32(m.bad_chunks) && r.str(m.reason, kMaxReasonLen) && r.done())) {
+    return malformed("StateComplaint");
+  }
+  return m;
+}
+
 }  // namespace loco::p2p

@@ -74,6 +74,64 @@ struct LinkHelloMsg {
   std::uint32_t chunk_bytes = 0;
 };
 
+// ---- shared state (state_sync.h) ---------------------------------------------------------------
+
+inline constexpr std::size_t kMaxStateBuffers = 16384;
+inline constexpr std::size_t kMaxStateNameLen = 256;
+inline constexpr std::size_t kMaxStateChunks = 1u << 20;  // 1 TiB at 1 MiB chunks
+inline constexpr std::size_t kMaxStateSources = 32;       // per plan
+
+enum class StateStrategy : std::uint8_t { kEnforcePopular = 1, kReceiveOnly = 2, kSendOnly = 3 };
+std::string_view stateStrategyName(StateStrategy s);
+
+struct StateBufferInfo {
+  std::string name;
+  std::uint8_t dtype = 0;       // opaque to p2p/: compared, never interpreted
+  std::uint8_t elem_bytes = 0;  // 1..16
+  std::uint64_t count = 0;      // elements
+  std::uint64_t bytes() const { return count * elem_bytes; }
+  bool operator==(const StateBufferInfo&) const = default;
+};
+
+// Chunks of a layout: every buffer is cut into chunk_bytes pieces on its own (the last one
+// shorter), buffers in order. 0 chunks for an empty buffer.
+std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers, std::uint32_t chunk_bytes);
+
+// What one peer holds: sent to the coordinator at every shared-state sync.
+struct StateManifestMsg {
+  StateStrategy strategy = StateStrategy::kEnforcePopular;
+  std::uint64_t revision = 0;
+  std::uint32_t chunk_bytes = 0;
+  std::vector<StateBufferInfo> buffers;
+  std::vector<std::uint64_t> hashes;  // one per chunk (stateChunkCount)
+};
+
+// A peer that holds canonical chunks. `holds` has one bit per chunk (bit c of byte c/8).
+struct StateSource {
+  std::string peer_id;
+  std::string addr;
+  std::uint32_t streams = 0;
+  std::vector<std::uint8_t> holds;
+  bool holdsChunk(std::size_t c) const { return c / 8 < holds.size() && (holds[c / 8] >> (c % 8)) & 1; }
+};
+
+// The coordinator's verdict for one peer. code != kOk: this peer's sync fails with `reason`
+// (layout mismatch, a send-only peer that lost); everything else is empty then.
+struct StatePlanMsg {
+  StatusCode code = StatusCode::kOk;
+  std::string reason;
+  std::uint64_t revision = 0;          // every peer's revision after this sync
+  std::uint64_t elected_revision = 0;  // the revision of the peers whose content won
+  std::vector<std::uint64_t> canonical;  // the winning hash of every chunk
+  std::vector<StateSource> sources;      // empty when this peer needs nothing
+};
+
+struct StateComplaintMsg {
+  std::string accused;  // peer id
+  std::uint32_t bad_chunks = 0;
+  std::string reason;
+};
+
 // A peer's bandwidth measurements: passive ones of its own outgoing ring link, probe results of
 // links into it. Rates travel as whole bytes per second.
 struct LinkReportMsg {
@@ -94,5 +152,11 @@ std::vector<std::uint8_t> encodeLinkHello(const LinkHelloMsg& m);
 Result<LinkHelloMsg> decodeLinkHello(ByteSpan in);
 std::vector<std::uint8_t> encodeLinkReport(const LinkReportMsg& m);
 Result<LinkReportMsg> decodeLinkReport(ByteSpan in);
+std::vector<std::uint8_t> encodeStateManifest(const StateManifestMsg& m);
+Result<StateManifestMsg> decodeStateManifest(ByteSpan in);
+std::vector<std::uint8_t> encodeStatePlan(const StatePlanMsg& m);
+Result<StatePlanMsg> decodeStatePlan(ByteSpan in);
+std::vector<std::uint8_t> encodeStateComplaint(const StateComplaintMsg& m);
+Result<StateComplaintMsg> decodeStateComplaint(ByteSpan in);
 
 }  // namespace loco::p2p

@@ -31,6 +31,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kStatusReply: (void)decodeGroupView(d.payload); break;
       case MsgType::kLinkHello: (void)decodeLinkHello(d.payload); break;
       case MsgType::kLinkReport: (void)decodeLinkReport(d.payload); break;
+      case MsgType::kStateManifest: {
+        auto m = decodeStateManifest(d.payload);
+        // Whatever decodes must encode back to the same bytes.
+        if (m.isOk() && encodeStateManifest(*m).size() != d.payload.size()) std::abort();
+        break;
+      }
+      case MsgType::kStatePlan: {
+        auto p = decodeStatePlan(d.payload);
+        if (p.isOk() && encodeStatePlan(*p).size() != d.payload.size()) std::abort();
+        break;
+      }
+      case MsgType::kStateComplaint: (void)decodeStateComplaint(d.payload); break;
       default: break;
     }
     in = in.subspan(d.consumed);
@@ -42,6 +54,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodeEvicted(whole);
   (void)decodeLinkHello(whole);
   (void)decodeLinkReport(whole);
+  (void)decodeStateManifest(whole);
+  (void)decodeStatePlan(whole);
+  (void)decodeStateComplaint(whole);
   auto view = decodeGroupView(whole);
   if (view.isOk()) {
     // Whatever decodes must encode back to the same bytes.

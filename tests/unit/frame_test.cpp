@@ -106,7 +106,7 @@ TEST(Frame, EveryTypeHasANameAndEveryErrorHasAMetricName) {
 
 TEST(Frame, TypesWithoutPayloadHaveMaxZeroAndDataAllowsAFullChunk) {
   for (MsgType t : {MsgType::kHeartbeat, MsgType::kSyncRequest, MsgType::kSyncDone, MsgType::kLeave,
-                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept}) {
+                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept, MsgType::kStateComplete}) {
     EXPECT_EQ(maxPayload(t), 0u) << msgTypeName(t);
   }
   EXPECT_EQ(maxPayload(MsgType::kData), kMaxDataChunk);
@@ -128,6 +128,24 @@ TEST(Frame, LargestControlMessagesFitTheirFrameMaximum) {
   EXPECT_LE(encodeWelcome(welcome).size(), maxPayload(MsgType::kWelcome));
   LinkHelloMsg link{std::string(64, 'l'), std::string(64, 'p'), 3, 4, 1u << 20};
   EXPECT_LE(encodeLinkHello(link).size(), maxPayload(MsgType::kLinkHello));
+  StateComplaintMsg complaint{std::string(64, 'a'), ~0u, std::string(kMaxReasonLen, 'r')};
+  EXPECT_LE(encodeStateComplaint(complaint).size(), maxPayload(MsgType::kStateComplaint));
+  // The largest plan: every chunk hashed, the most sources with full bitmaps and addresses.
+  StatePlanMsg plan;
+  plan.reason = std::string(kMaxReasonLen, 'r');
+  plan.canonical.assign(kMaxStateChunks, 0);
+  for (std::size_t i = 0; i < kMaxStateSources; ++i) {
+    plan.sources.push_back({std::string(64, 'p'), std::string(kMaxAddrLen, 'a'), 4,
+                            std::vector<std::uint8_t>(kMaxStateChunks / 8, 0xFF)});
+  }
+  EXPECT_LE(encodeStatePlan(plan).size(), maxPayload(MsgType::kStatePlan));
+  // The largest manifest: the most buffers with the longest names, the most chunks.
+  StateManifestMsg manifest;
+  manifest.chunk_bytes = 1u << 20;
+  for (std::size_t i = 0; i < kMaxStateBuffers; ++i) manifest.buffers.push_back({std::string(kMaxStateNameLen, 'n'), 1, 4, 0});
+  manifest.buffers[0].count = (std::uint64_t{kMaxStateChunks} << 20) / 4;
+  manifest.hashes.assign(kMaxStateChunks, 0);
+  EXPECT_LE(encodeStateManifest(manifest).size(), maxPayload(MsgType::kStateManifest));
 }
 
 // ---- malformed headers -----------------------------------------------------------------------
@@ -495,7 +513,7 @@ TEST(FrameRobustness, SingleByteMutationsOfValidFramesNeverCrash) {
                                encodeLinkHello({"link1", std::string(32, 'd'), 0, 4, 1 << 20})));
   frames.push_back(encodeFrame(sampleHeader(MsgType::kData), payloadFor(MsgType::kData, 64)));
   for (MsgType t : {MsgType::kHeartbeat, MsgType::kSyncRequest, MsgType::kSyncDone, MsgType::kLeave,
-                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept}) {
+                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept, MsgType::kStateComplete}) {
     frames.push_back(encodeFrame(sampleHeader(t), {}));
   }
   std::uniform_int_distribution<int> byte(0, 255);

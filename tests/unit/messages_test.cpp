@@ -39,8 +39,34 @@ GroupView sampleView() {
   return v;
 }
 
+StateManifestMsg sampleManifest() {
+  StateManifestMsg m;
+  m.strategy = StateStrategy::kSendOnly;
+  m.revision = 41;
+  m.chunk_bytes = 1000;
+  m.buffers.push_back({"weights", 1, 4, 600});   // 2400 bytes: 3 chunks
+  m.buffers.push_back({"step", 6, 8, 1});        // 1 chunk
+  m.buffers.push_back({"empty", 7, 1, 0});       // none
+  m.hashes = {0x1111111111111111ull, 2, ~0ull, 4};
+  return m;
+}
+
+StatePlanMsg samplePlan() {
+  StatePlanMsg p;
+  p.revision = 42;
+  p.elected_revision = 41;
+  p.canonical = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  p.sources.push_back({"0123456789abcdef0123456789abcdef", "10.0.0.1:7000", 4, {0xFF, 0x01}});
+  p.sources.push_back({"fedcba9876543210fedcba9876543210", "[::1]:7001", 1, {0x0F, 0x00}});
+  return p;
+}
+
 std::vector<Codec> allCodecs() {
   return {
+      {"StateManifest", encodeStateManifest(sampleManifest()), [](ByteSpan b) { return statusOf(decodeStateManifest(b)); }},
+      {"StatePlan", encodeStatePlan(samplePlan()), [](ByteSpan b) { return statusOf(decodeStatePlan(b)); }},
+      {"StateComplaint", encodeStateComplaint({"0123456789abcdef0123456789abcdef", 3, "bad hashes"}),
+       [](ByteSpan b) { return statusOf(decodeStateComplaint(b)); }},
       {"Hello", encodeHello({"0123456789abcdef0123456789abcdef", "peer-1:7000", 4, "0.1.0"}),
        [](ByteSpan b) { return statusOf(decodeHello(b)); }},
       {"Welcome", encodeWelcome({500, 5000, 12}), [](ByteSpan b) { return statusOf(decodeWelcome(b)); }},
@@ -174,6 +200,78 @@ TEST(Messages, LinkHelloRoundTrips) {
   EXPECT_EQ(r->stream_index, 3u);
   EXPECT_EQ(r->stream_count, 8u);
   EXPECT_EQ(r->chunk_bytes, 4u << 20);
+}
+
+TEST(Messages, StateManifestRoundTrips) {
+  StateManifestMsg m = sampleManifest();
+  auto r = decodeStateManifest(encodeStateManifest(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->strategy, StateStrategy::kSendOnly);
+  EXPECT_EQ(r->revision, 41u);
+  EXPECT_EQ(r->chunk_bytes, 1000u);
+  EXPECT_EQ(r->buffers, m.buffers);
+  EXPECT_EQ(r->hashes, m.hashes);
+  EXPECT_EQ(stateChunkCount(m.buffers, 1000), 4u);
+}
+
+TEST(Messages, StateManifestWhoseHashCountDisagreesWithItsLayoutIsRejected) {
+  StateManifestMsg m = sampleManifest();
+  m.hashes.push_back(5);
+  EXPECT_EQ(decodeStateManifest(encodeStateManifest(m)).status().code(), StatusCode::kProtocolError);
+  m = sampleManifest();
+  m.chunk_bytes = 0;
+  EXPECT_FALSE(decodeStateManifest(encodeStateManifest(m)).isOk());
+  m = sampleManifest();
+  m.strategy = static_cast<StateStrategy>(9);
+  EXPECT_FALSE(decodeStateManifest(encodeStateManifest(m)).isOk());
+  m = sampleManifest();
+  m.buffers[0].elem_bytes = 0;
+  EXPECT_FALSE(decodeStateManifest(encodeStateManifest(m)).isOk());
+  m = sampleManifest();
+  m.buffers[0].name = std::string(kMaxStateNameLen + 1, 'n');
+  EXPECT_FALSE(decodeStateManifest(encodeStateManifest(m)).isOk());
+  // Element counts that would overflow the byte size are refused, not wrapped.
+  m = sampleManifest();
+  m.buffers[0].count = ~0ull / 2;
+  EXPECT_FALSE(decodeStateManifest(encodeStateManifest(m)).isOk());
+}
+
+TEST(Messages, StatePlanRoundTripsWithSourcesAndBitmaps) {
+  StatePlanMsg p = samplePlan();
+  auto r = decodeStatePlan(encodeStatePlan(p));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->code, StatusCode::kOk);
+  EXPECT_EQ(r->revision, 42u);
+  EXPECT_EQ(r->elected_revision, 41u);
+  EXPECT_EQ(r->canonical, p.canonical);
+  ASSERT_EQ(r->sources.size(), 2u);
+  EXPECT_EQ(r->sources[1].addr, "[::1]:7001");
+  EXPECT_EQ(r->sources[0].holds, p.sources[0].holds);
+  EXPECT_TRUE(r->sources[0].holdsChunk(8));
+  EXPECT_FALSE(r->sources[1].holdsChunk(8));
+  EXPECT_TRUE(r->sources[1].holdsChunk(3));
+  EXPECT_FALSE(r->sources[1].holdsChunk(100));
+}
+
+TEST(Messages, StatePlanErrorRoundTripsAndTooManySourcesAreRejected) {
+  StatePlanMsg p;
+  p.code = StatusCode::kInvalidArgument;
+  p.reason = "buffer 'w' differs";
+  auto r = decodeStatePlan(encodeStatePlan(p));
+  ASSERT_TRUE(r.isOk());
+  EXPECT_EQ(r->code, StatusCode::kInvalidArgument);
+  EXPECT_EQ(r->reason, p.reason);
+  p = samplePlan();
+  while (p.sources.size() <= kMaxStateSources) p.sources.push_back(p.sources[0]);
+  EXPECT_FALSE(decodeStatePlan(encodeStatePlan(p)).isOk());
+}
+
+TEST(Messages, StateComplaintRoundTrips) {
+  auto r = decodeStateComplaint(encodeStateComplaint({"abc", 7, "why"}));
+  ASSERT_TRUE(r.isOk());
+  EXPECT_EQ(r->accused, "abc");
+  EXPECT_EQ(r->bad_chunks, 7u);
+  EXPECT_EQ(r->reason, "why");
 }
 
 TEST(Messages, PeerStateNames) {
