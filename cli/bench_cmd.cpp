@@ -303,11 +303,14 @@ Result<double> benchIperf3(std::uint32_t streams, int seconds, const lab::LabCon
 int runBench(const Args& args) {
   if (!args.empty() && args[0] == "allreduce") return runBenchAllReduce(Args(args.begin() + 1, args.end()));
   if (!args.empty() && args[0] == "join") return runBenchJoin(Args(args.begin() + 1, args.end()));
+  if (!args.empty() && args[0] == "train") return runBenchTrain(Args(args.begin() + 1, args.end()));
   if (args.empty() || args[0] != "link") {
     std::fprintf(stderr,
                  "usage: loco bench link [--streams K] [--mib M] [--iters I] [--baseline iperf3] [--lab NAME]\n"
                  "       loco bench allreduce [--peers N] [--mib M | --kib K] [--wire W] [--streams K] [--iters I] [--lab NAME]\n"
-                 "       loco bench join [--peers N] [--mib M] [--streams K] [--lab NAME] [--kill-source-ms T]\n");
+                 "       loco bench join [--peers N] [--mib M] [--streams K] [--lab NAME] [--kill-source-ms T]\n"
+
+                 "       loco bench train [--width D] [--layers L] [--heads H] [--context T] [--batch B] [--threads N]\n");
     return 2;
   }
   Flags flags("bench link", "move M MiB between two endpoints over 127.0.0.1 on a K-stream link",

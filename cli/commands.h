@@ -22,6 +22,7 @@ int runBench(const Args& args);
 int runLab(const Args& args);
 int runBenchAllReduce(const Args& args);
 int runBenchJoin(const Args& args);
+int runBenchTrain(const Args& args);
 
 // Shared plumbing for the commands.
 // Parses flags (printing usage on --help) and configures logging. Returns an exit code to stop

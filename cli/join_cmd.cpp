@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "cli/commands.h"
+#include "cli/join_train.h"
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/link.h"
@@ -71,22 +72,20 @@ struct StopFlag {
 }  // namespace
 
 int runJoin(const Args& args) {
-  Flags flags("join", "join a training run as a peer",
-              {{"coordinator", "HOST:PORT of the run's coordinator", ""},
-               {"idle", "membership only: no training, a sync point every heartbeat", "", true},
-               {"listen", "HOST:PORT for other peers' link streams (port 0: any)", "0.0.0.0:0"},
-               {"advertise", "HOST:PORT other peers should connect to (default: derived)", ""},
-               {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
-               {"streams", "parallel TCP streams per peer link", "4"},
-               {"connect-timeout", "ms to keep trying to reach the coordinator before failing", "10000"}});
+  std::vector<FlagSpec> specs{
+      {"coordinator", "HOST:PORT of the run's coordinator", ""},
+      {"idle", "membership only: no training, a sync point every heartbeat", "", true},
+      {"listen", "HOST:PORT for other peers' link streams (port 0: any)", "0.0.0.0:0"},
+      {"advertise", "HOST:PORT other peers should connect to (default: derived)", ""},
+      {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
+      {"streams", "parallel TCP streams per peer link", "4"},
+      {"connect-timeout", "ms to keep trying to reach the coordinator before failing", "10000"}};
+  for (auto& spec : trainingPeerFlagSpecs()) specs.push_back(std::move(spec));
+  Flags flags("join", "join a training run as a peer (trains unless --idle)", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "peer"); rc >= 0) return rc;
 
   if (!flags.isSet("coordinator")) {
     return reportFailure(Status(StatusCode::kInvalidArgument, "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
-  }
-  if (!flags.getBool("idle")) {
-    return reportFailure(Status(StatusCode::kInvalidArgument,
-                                "training is not available yet; run `loco join --idle` for a membership-only peer"));
   }
   auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
   if (!coordinator) return reportFailure(coordinator.status().withContext("--coordinator"));
@@ -114,6 +113,11 @@ int runJoin(const Args& args) {
   configureLogging(*level, *format, "peer " + shortId(identity.id));
 
   p2p::raiseFileLimit();
+  if (!flags.getBool("idle")) {
+    TrainingPeerSetup setup{*coordinator, *listen, flags.get("advertise"), identity.id,
+                            static_cast<std::uint32_t>(*streams), Millis(*connect_timeout)};
+    return runTrainingPeer(flags, setup);
+  }
   p2p::NetworkThread net;
   StopFlag stop;
 

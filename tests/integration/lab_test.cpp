@@ -242,7 +242,7 @@ TEST(Lab, LocalSwarmRunsAcrossLabHosts) {
   LabGuard guard{dir, name};
   ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "3", "--delay-ms", "10"}).code, 0);
   const std::string subnet = "10.213." + std::to_string(subnetOf(name)) + ".";
-  CommandResult local = loco(dir, {"local", "--lab", name, "--peers", "3", "--hold-ms", "200", "--out", dir.file("run")},
+  CommandResult local = loco(dir, {"local", "--idle", "--lab", name, "--peers", "3", "--hold-ms", "200", "--out", dir.file("run")},
                              milliseconds(60000));
   ASSERT_EQ(local.code, 0) << local.out;
   EXPECT_NE(local.out.find("all processes exited cleanly"), std::string::npos) << local.out;

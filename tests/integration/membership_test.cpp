@@ -133,7 +133,7 @@ TEST(Membership, JsonLogsAreOneObjectPerLine) {
 
 TEST(Membership, LocalSwarmRunsItsScenarioAndExitsCleanly) {
   TempDir dir;
-  Process local({"local", "--peers", "4", "--hold-ms", "300", "--out", dir.file("run")}, dir.file("local.log"));
+  Process local({"local", "--idle", "--peers", "4", "--hold-ms", "300", "--out", dir.file("run")}, dir.file("local.log"));
   auto rc = local.waitExit(milliseconds(60000));
   std::string out = local.log();
   ASSERT_EQ(rc, 0) << out;

@@ -1,0 +1,116 @@
+// `loco join` without --idle: a training peer. It builds the model and data from the training
+// flags, joins the group through a Communicator and runs DDP or DiLoCo (training/distributed.h)
+// until the schedule is done or a signal asks it to stop. Every round is logged and, with
+// --metrics, appended as one JSON line (what `loco local` reads).
+#include <fmt/format.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/join_train.h"
+#include "cli/training_flags.h"
+#include "collectives/communicator.h"
+#include "p2p/base/log.h"
+#include "training/local_trainer.h"
+
+namespace loco::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void onStopSignal(int) { g_stop.store(true); }
+
+std::string jsonNumber(double v) { return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null"; }
+
+std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
+  return fmt::format(
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
+      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.world, r.contributors, jsonNumber(r.train_loss),
+      r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent, r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
+}
+
+}  // namespace
+
+std::vector<FlagSpec> trainingPeerFlagSpecs() {
+  auto specs = trainingFlagSpecs();
+  specs.push_back({"rank", "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)", "0"});
+  specs.push_back({"world-hint", "number of data shards for contiguous sharding", "1"});
+  specs.push_back({"wait-for", "before the first round, wait until this many peers are members", "1"});
+  specs.push_back({"metrics", "append one JSON line per round to this file", ""});
+  specs.push_back({"measure-topology", "measure links and let the coordinator reorder the ring (on|off)", "on"});
+  specs.push_back({"inject-nan-at-round", "fault injection: a NaN in this peer's contribution at that outer step", "-1"});
+  return specs;
+}
+
+int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
+  auto config = trainingConfigFromFlags(flags);
+  if (!config) return reportFailure(config.status());
+  auto rank = flags.getInt("rank", 0, 1 << 20);
+  auto world_hint = flags.getInt("world-hint", 1, 1 << 20);
+  auto wait_for = flags.getInt("wait-for", 1, 4096);
+  auto nan_round = flags.getInt("inject-nan-at-round", -1, 1LL << 40);
+  for (const auto* r : {&rank, &world_hint, &wait_for, &nan_round}) {
+    if (!*r) return reportFailure(r->status());
+  }
+  const std::string topology = flags.get("measure-topology");
+  if (topology != "on" && topology != "off") {
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--measure-topology takes on or off"));
+  }
+  config->train.rank = static_cast<std::uint32_t>(*rank);
+  config->train.world = static_cast<std::uint32_t>(std::max<std::int64_t>(*world_hint, *rank + 1));
+  config->wait_for_world = static_cast<std::size_t>(*wait_for);
+  config->inject_nan_at_round = *nan_round;
+
+  // Data and model first: a bad path or shape fails before this peer joins anyone.
+  auto trainer = training::LocalTrainer::create(config->train);
+  if (!trainer) return reportFailure(trainer.status());
+  LOG_INFO(training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}", training::methodName(config->method), *rank,
+           (*trainer)->numParams(), config->steps,
+           config->method == training::Method::kDiloco ? fmt::format(", H={}", config->inner_steps) : "");
+
+  std::FILE* metrics = nullptr;
+  if (flags.isSet("metrics")) {
+    metrics = std::fopen(flags.get("metrics").c_str(), "a");
+    if (metrics == nullptr) {
+      return reportFailure(Status(StatusCode::kIoError, fmt::format("cannot open --metrics {}", flags.get("metrics"))));
+    }
+  }
+
+  collectives::CommunicatorOptions o;
+  o.coordinator = setup.coordinator;
+  o.peer_id = setup.peer_id;
+  o.listen = setup.listen;
+  o.advertise = setup.advertise;
+  o.streams = setup.streams;
+  o.measure_topology = topology == "on";
+  auto comm = collectives::Communicator::create(o, Deadline::after(setup.connect_timeout));
+  if (!comm) {
+    if (metrics) std::fclose(metrics);
+    return reportFailure(comm.status());
+  }
+
+  struct sigaction sa{};
+  sa.sa_handler = onStopSignal;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+
+  Status st = training::runDistributed(**comm, **trainer, *config, g_stop, [&](const training::RoundRecord& r) {
+    LOG_INFO(training::kLogTrain, "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}", r.outer_step,
+             r.inner_step, r.world, r.train_loss, r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "",
+             r.bytes_sent / 1e6, r.retries ? fmt::format(" after {} retries", r.retries) : "");
+    if (metrics) {
+      std::fprintf(metrics, "%s\n", roundJson(r, config->train.rank, setup.peer_id).c_str());
+      std::fflush(metrics);
+    }
+  });
+  if (metrics) std::fclose(metrics);
+  Status left = (*comm)->leave(Deadline::after(Millis(2000)));
+  if (!left.isOk()) LOG_WARN(kLogPeer, "leave: {}", left.message());
+  if (!st.isOk()) return reportFailure(st);
+  LOG_INFO(training::kLogTrain, "{}", g_stop.load() ? "stopped by a signal" : "training finished");
+  return 0;
+}
+
+}  // namespace loco::cli

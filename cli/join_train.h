@@ -1,0 +1,27 @@
+#pragma once
+// `loco join`'s training mode (join_train.cpp).
+
+#include <string>
+#include <vector>
+
+#include "cli/flags.h"
+#include "p2p/address.h"
+#include "p2p/base/clock.h"
+
+namespace loco::cli {
+
+struct TrainingPeerSetup {
+  p2p::HostPort coordinator;
+  p2p::HostPort listen;
+  std::string advertise;  // "" derives it
+  std::string peer_id;
+  std::uint32_t streams = 4;
+  Millis connect_timeout{10000};
+};
+
+// The flags a training peer takes beyond join's own.
+std::vector<FlagSpec> trainingPeerFlagSpecs();
+// Runs a training peer to the end; returns the exit code.
+int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup);
+
+}  // namespace loco::cli

@@ -1,0 +1,136 @@
+#include "cli/training_flags.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+
+#include "training/text_data.h"
+
+namespace loco::cli {
+
+std::vector<FlagSpec> trainingFlagSpecs() {
+  return {
+      {"data", "text file or directory to train on", std::string(training::kDefaultCorpusPath)},
+      {"sharding", "iid (every peer samples the whole corpus) or contiguous (a slice per peer)", "iid"},
+      {"method", "ddp (gradients all-reduced every step) or diloco", "diloco"},
+      {"inner-steps", "DiLoCo: inner steps per round (H)", "30"},
+      {"steps", "inner steps per peer for the whole run", "600"},
+      {"wire", "how Δ (DDP: gradients) travel: raw, fp16, bf16, int8 or int4", "raw"},
+      {"outer-lr", "DiLoCo outer learning rate (FedAvg: 1)", "0.7"},
+      {"outer-momentum", "DiLoCo outer Nesterov momentum (FedAvg: 0)", "0.9"},
+      {"width", "model width", "128"},
+      {"layers", "transformer blocks", "2"},
+      {"heads", "attention heads", "4"},
+      {"context", "context length in bytes", "64"},
+      {"batch", "sequences per inner step", "16"},
+      {"lr", "inner AdamW peak learning rate", "0.003"},
+      {"warmup", "inner warm-up steps", "20"},
+      {"seed", "model initialisation and sampling seed", "1"},
+      {"threads", "LibTorch threads per peer", "1"},
+      {"eval-every", "rounds (DDP: steps) between validation losses", "1"},
+      {"checkpoint-dir", "write DIR/peer-<rank>.ckpt after every round", ""},
+      {"resume", "start from the checkpoints in --checkpoint-dir", "", true},
+  };
+}
+
+namespace {
+
+Result<double> getDouble(const Flags& flags, const std::string& name, double min, double max) {
+  const std::string v = flags.get(name);
+  char* end = nullptr;
+  double d = std::strtod(v.c_str(), &end);
+  if (v.empty() || end == nullptr || *end != '\0' || !std::isfinite(d) || d < min || d > max) {
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("--{} ({}) must be a number in [{}, {}], got '{}'", name, envName(name), min, max, v));
+  }
+  return d;
+}
+
+}  // namespace
+
+Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) {
+  training::DistributedConfig c;
+  auto method = training::parseMethod(flags.get("method"));
+  if (!method) return method.status().withContext("--method");
+  c.method = *method;
+  auto wire = collectives::parseWire(flags.get("wire"));
+  if (!wire) return wire.status().withContext("--wire");
+  c.wire = *wire;
+  auto sharding = training::parseSharding(flags.get("sharding"));
+  if (!sharding) return sharding.status().withContext("--sharding");
+  c.train.sharding = *sharding;
+  struct IntFlag {
+    const char* name;
+    std::int64_t min, max;
+    std::int64_t* out;
+  };
+  std::int64_t inner = 0, steps = 0, width = 0, layers = 0, heads = 0, context = 0, batch = 0, warmup = 0, seed = 0,
+               threads = 0, eval_every = 0;
+  for (const IntFlag& f : std::vector<IntFlag>{{"inner-steps", 1, 1000000, &inner},
+                                               {"steps", 1, 100000000, &steps},
+                                               {"width", 1, 65536, &width},
+                                               {"layers", 1, 1024, &layers},
+                                               {"heads", 1, 1024, &heads},
+                                               {"context", 2, 65536, &context},
+                                               {"batch", 1, 65536, &batch},
+                                               {"warmup", 0, 100000000, &warmup},
+                                               {"seed", 0, (std::int64_t{1} << 62), &seed},
+                                               {"threads", 1, 256, &threads},
+                                               {"eval-every", 1, 1000000, &eval_every}}) {
+    auto v = flags.getInt(f.name, f.min, f.max);
+    if (!v) return v.status();
+    *f.out = *v;
+  }
+  auto outer_lr = getDouble(flags, "outer-lr", 1e-6, 100);
+  auto outer_momentum = getDouble(flags, "outer-momentum", 0, 0.999);
+  auto lr = getDouble(flags, "lr", 1e-8, 10);
+  for (const auto* r : {&outer_lr, &outer_momentum, &lr}) {
+    if (!*r) return r->status();
+  }
+  c.inner_steps = static_cast<std::uint32_t>(inner);
+  c.steps = static_cast<std::uint64_t>(steps);
+  c.outer.lr = static_cast<float>(*outer_lr);
+  c.outer.momentum = static_cast<float>(*outer_momentum);
+  c.outer.nesterov = *outer_momentum > 0;
+  c.train.model.width = static_cast<std::uint32_t>(width);
+  c.train.model.layers = static_cast<std::uint32_t>(layers);
+  c.train.model.heads = static_cast<std::uint32_t>(heads);
+  c.train.model.context = static_cast<std::uint32_t>(context);
+  c.train.batch_size = static_cast<std::uint32_t>(batch);
+  c.train.seed = static_cast<std::uint64_t>(seed);
+  c.train.threads = static_cast<int>(threads);
+  c.train.data.path = flags.get("data");
+  c.train.inner.schedule.lr = static_cast<float>(*lr);
+  c.train.inner.schedule.warmup_steps = static_cast<std::uint64_t>(warmup);
+  c.train.inner.schedule.total_steps = c.steps;
+  c.eval_every = static_cast<std::uint32_t>(eval_every);
+  c.checkpoint_dir = flags.get("checkpoint-dir");
+  c.resume = flags.getBool("resume");
+  if (c.method == training::Method::kDdp && flags.isSet("inner-steps")) {
+    return Status(StatusCode::kInvalidArgument, "--inner-steps is for --method diloco; DDP synchronizes every step");
+  }
+  if (c.method == training::Method::kDdp && (flags.isSet("outer-lr") || flags.isSet("outer-momentum"))) {
+    return Status(StatusCode::kInvalidArgument, "--outer-lr and --outer-momentum are for --method diloco");
+  }
+  // DDP rounds are single steps: evaluating after each would cost more than the training.
+  if (c.method == training::Method::kDdp && !flags.isSet("eval-every")) c.eval_every = 10;
+  if (c.train.inner.schedule.warmup_steps >= c.steps) {
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("--warmup {} must be shorter than --steps {}", c.train.inner.schedule.warmup_steps, c.steps));
+  }
+  LOCO_RETURN_IF_ERROR(training::validateDistributedConfig(c));
+  return c;
+}
+
+std::vector<std::string> forwardedTrainingFlags(const Flags& flags) {
+  std::vector<std::string> out;
+  for (const FlagSpec& spec : trainingFlagSpecs()) {
+    if (!flags.isSet(spec.name)) continue;
+    out.push_back("--" + spec.name);
+    if (!spec.is_bool) out.push_back(flags.get(spec.name));
+  }
+  return out;
+}
+
+}  // namespace loco::cli

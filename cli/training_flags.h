@@ -1,0 +1,21 @@
+#pragma once
+// The training flags that `loco join` and `loco local` share (local forwards the ones given to
+// every peer it starts), and the DistributedConfig built from them. One place for their names,
+// defaults and checks.
+
+#include <string>
+#include <vector>
+
+#include "cli/flags.h"
+#include "p2p/base/status.h"
+#include "training/distributed.h"
+
+namespace loco::cli {
+
+std::vector<FlagSpec> trainingFlagSpecs();
+// kInvalidArgument naming the flag for every bad or contradictory value. Does not read the data.
+Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags);
+// "--name value" pairs for every training flag that was set (to pass on to peers).
+std::vector<std::string> forwardedTrainingFlags(const Flags& flags);
+
+}  // namespace loco::cli

@@ -1,0 +1,387 @@
+#include "training/distributed.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "collectives/communicator.h"
+#include "collectives/shared_state.h"
+#include "p2p/base/log.h"
+#include "training/checkpoint.h"
+
+namespace loco::training {
+
+std::string_view methodName(Method m) { return m == Method::kDdp ? "ddp" : "diloco"; }
+
+Result<Method> parseMethod(std::string_view name) {
+  if (name == "ddp") return Method::kDdp;
+  if (name == "diloco") return Method::kDiloco;
+  return Status(StatusCode::kInvalidArgument, fmt::format("unknown method '{}' (use ddp or diloco)", name));
+}
+
+Status validateDistributedConfig(const DistributedConfig& c) {
+  LOCO_RETURN_IF_ERROR(validateTrainConfig(c.train));
+  if (c.steps == 0) return Status(StatusCode::kInvalidArgument, "--steps must be at least 1");
+  if (c.method == Method::kDiloco) {
+    if (c.inner_steps == 0) return Status(StatusCode::kInvalidArgument, "--inner-steps must be at least 1");
+    if (c.inner_steps > c.steps) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--inner-steps {} exceeds --steps {}: not even one round would finish", c.inner_steps, c.steps));
+    }
+    LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
+  }
+  if (c.ddp_sync_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
+  if (c.eval_every == 0) return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
+  if (c.resume && c.checkpoint_dir.empty()) {
+    return Status(StatusCode::kInvalidArgument, "--resume needs --checkpoint-dir (where the checkpoints are)");
+  }
+  if (c.train.inner.schedule.total_steps != c.steps) {
+    return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");
+  }
+  return Status();
+}
+
+namespace {
+
+using collectives::Communicator;
+using collectives::DType;
+using collectives::ReduceOp;
+using collectives::StateDType;
+
+// The shared progress of the run (one I64 buffer of the shared state).
+enum Progress : std::size_t { kOuterStep, kInnerStep, kMomentumStarted, kAdamSteps, kProgressFields };
+
+// Round statistics travel beside the contributions, raw, summed: [contributes, its train loss,
+// its MB sent since its last report]. Padded so that every ring segment holds an element.
+constexpr std::size_t kStatsLen = 64;
+enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
+
+bool fatal(const Status& st) {
+  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost || st.code() == StatusCode::kAborted ||
+         st.code() == StatusCode::kInvalidArgument;
+}
+
+class Run {
+ public:
+  Run(Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config, const std::atomic<bool>& stop,
+      const std::function<void(const RoundRecord&)>& on_round)
+      : comm_(comm), trainer_(trainer), cfg_(config), stop_(stop), on_round_(on_round), P_(trainer.numParams()),
+        diloco_(config.method == Method::kDiloco), outer_(P_, config.outer) {}
+
+  Status run() {
+    LOCO_RETURN_IF_ERROR(setUpState());
+    if (cfg_.resume) LOCO_RETURN_IF_ERROR(resume());
+    LOCO_RETURN_IF_ERROR(comm_.waitForMembership(deadline()));
+    bool synced = true;  // admission is this peer's first sync point
+    // Start together: every member sees the same world at the same barrier, so all leave this
+    // loop after the same sync point.
+    for (Deadline until = deadline(); comm_.world() < cfg_.wait_for_world && !stop_.load();) {
+      if (until.expired()) {
+        return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", comm_.world(), cfg_.wait_for_world));
+      }
+      auto epoch = comm_.syncPoint(deadline());
+      if (!epoch && fatal(epoch.status())) return epoch.status();
+    }
+    std::uint32_t failed = 0;
+    while (!stop_.load()) {
+      if (!synced) {
+        auto epoch = comm_.syncPoint(deadline());
+        if (!epoch) {
+          if (fatal(epoch.status())) return epoch.status();
+          if (++failed > cfg_.max_failed_attempts) return epoch.status().withContext("too many failed rounds");
+          continue;
+        }
+      }
+      synced = false;
+      Status st = syncState();
+      if (st.code() == StatusCode::kInvalidArgument) return st;
+      if (!st.isOk()) {
+        LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point", st.message());
+        if (++failed > cfg_.max_failed_attempts) return st.withContext("too many failed rounds");
+        continue;
+      }
+      if (done()) break;  // a peer that arrives after the last round
+      auto reduced = reduce();
+      if (!reduced) {
+        if (reduced.status().code() == StatusCode::kEvicted || reduced.status().code() == StatusCode::kPeerLost) {
+          if (comm_.world() == 0) return reduced.status();
+        }
+        ++retries_;
+        LOG_WARN(kLogTrain, "round {} failed ({}); retrying with the survivors", progress_[kOuterStep],
+                 reduced.status().message());
+        if (++failed > cfg_.max_failed_attempts) return reduced.status().withContext("too many failed rounds");
+        continue;
+      }
+      failed = 0;
+      LOCO_RETURN_IF_ERROR(apply(*reduced));
+      if (done()) break;
+      LOCO_RETURN_IF_ERROR(localPhase());
+    }
+    return Status();
+  }
+
+ private:
+  Deadline deadline() const { return Deadline::after(cfg_.op_timeout); }
+  bool done() const { return static_cast<std::uint64_t>(progress_[kInnerStep]) >= cfg_.steps; }
+
+  Status setUpState() {
+    if (diloco_) {
+      theta_.assign(trainer_.paramData(), trainer_.paramData() + P_);
+      momentum_.assign(P_, 0.0f);
+      LOCO_RETURN_IF_ERROR(state_.add("outer.params", StateDType::kF32, theta_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", StateDType::kF32, momentum_.data(), P_));
+    } else {
+      // DDP peers apply identical updates, so the parameters and AdamW's moments are group state.
+      adam_m_.assign(P_, 0.0f);
+      adam_v_.assign(P_, 0.0f);
+      LOCO_RETURN_IF_ERROR(state_.add("params", StateDType::kF32, trainer_.paramData(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("adam.m", StateDType::kF32, adam_m_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("adam.v", StateDType::kF32, adam_v_.data(), P_));
+    }
+    LOCO_RETURN_IF_ERROR(state_.add("progress", StateDType::kI64, progress_.data(), progress_.size()));
+    contribution_.assign(P_, 0.0f);
+    reduce_buf_.assign(P_, 0.0f);
+    return Status();
+  }
+
+  std::string checkpointPath() const {
+    return fmt::format("{}/peer-{}.ckpt", cfg_.checkpoint_dir, cfg_.train.rank);
+  }
+
+  Status resume() {
+    auto loaded = loadCheckpoint(checkpointPath(), cfg_.train.model);
+    if (!loaded) return loaded.status().withContext("--resume");
+    TrainingState& s = *loaded;
+    LOCO_RETURN_IF_ERROR(trainer_.importState(s));
+    if (diloco_) {
+      if (s.outer_params.size() != P_) {
+        return Status(StatusCode::kInvalidArgument, checkpointPath() + " holds no DiLoCo outer parameters (a DDP run?)");
+      }
+      theta_ = s.outer_params;
+      if (!s.outer_momentum.empty()) momentum_ = s.outer_momentum;
+      progress_[kMomentumStarted] = s.outer_momentum.empty() ? 0 : 1;
+    }
+    progress_[kOuterStep] = static_cast<std::int64_t>(s.outer_step);
+    progress_[kInnerStep] = static_cast<std::int64_t>(s.step);
+    progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
+    LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(), s.outer_step, s.step);
+    return Status();
+  }
+
+  Status syncState() {
+    if (!diloco_) {
+      TrainingState s = trainer_.exportState();
+      std::copy(s.adam_m.begin(), s.adam_m.end(), adam_m_.begin());
+      std::copy(s.adam_v.begin(), s.adam_v.end(), adam_v_.begin());
+      progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
+    }
+    auto rep = comm_.syncSharedState(state_, collectives::SyncOptions{}, deadline());
+    if (!rep) return rep.status();
+    state_bytes_sent_ += rep->bytes_sent;
+    if (rep->bytes_received > 0) {
+      LOG_INFO(kLogTrain, "received {:.2f} MB of shared state from {} peer(s): outer step {}, inner step {}",
+               rep->bytes_received / 1e6, rep->sources_used, progress_[kOuterStep], progress_[kInnerStep]);
+      if (!diloco_) {
+        TrainingState s = trainer_.exportState();
+        s.adam_m = adam_m_;
+        s.adam_v = adam_v_;
+        s.adam_steps = static_cast<std::uint64_t>(progress_[kAdamSteps]);
+        s.step = static_cast<std::uint64_t>(progress_[kInnerStep]);
+        LOCO_RETURN_IF_ERROR(trainer_.importState(s));
+      }
+    }
+    // A contribution counts only for the round it was computed in.
+    if (have_contribution_ && contribution_for_ != progress_[kOuterStep]) have_contribution_ = false;
+    return Status();
+  }
+
+  std::uint64_t bytesSentSoFar() const { return comm_.bytesSent() + state_bytes_sent_; }
+
+  struct Reduced {
+    std::array<float, kStatsLen> stats;
+    std::size_t world;
+  };
+
+  // Both all-reduces of a round, in flight together. On failure the buffers are as before.
+  Result<Reduced> reduce() {
+    Reduced r;
+    r.stats.fill(0.0f);
+    const std::uint64_t sent = bytesSentSoFar();
+    if (have_contribution_) {
+      r.stats[kContributes] = 1.0f;
+      r.stats[kLoss] = static_cast<float>(contribution_loss_);
+      std::copy(contribution_.begin(), contribution_.end(), reduce_buf_.begin());
+    } else {
+      std::fill(reduce_buf_.begin(), reduce_buf_.end(), 0.0f);
+    }
+    r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
+    r.world = comm_.world();
+    collectives::AllReduceOptions options;
+    options.timeout = cfg_.op_timeout;
+    auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum, collectives::Wire::kRaw, options);
+    if (!stats_op) return stats_op.status();
+    auto data_op = comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
+    Status a = (*stats_op)->wait(deadline());
+    if (!data_op) return data_op.status();
+    Status b = (*data_op)->wait(deadline());
+    LOCO_RETURN_IF_ERROR(a);
+    LOCO_RETURN_IF_ERROR(b);
+    sent_reported_ = sent;
+    total_megabytes_ += r.stats[kMegabytesSent];
+    return r;
+  }
+
+  Status apply(const Reduced& r) {
+    const float contributors = r.stats[kContributes];
+    RoundRecord rec;
+    rec.world = r.world;
+    rec.contributors = static_cast<std::size_t>(contributors);
+    rec.retries = retries_;
+    retries_ = 0;
+    if (contributors > 0) {
+      for (float& x : reduce_buf_) x /= contributors;
+      if (diloco_) {
+        // OuterSgd keeps its momentum privately; the group's copy is the shared one.
+        LOCO_RETURN_IF_ERROR(outer_.restoreMomentum(progress_[kMomentumStarted] ? momentum_ : std::vector<float>{}));
+        LOCO_RETURN_IF_ERROR(outer_.step(theta_, reduce_buf_));
+        if (!outer_.momentum().empty()) {
+          momentum_ = outer_.momentum();
+          progress_[kMomentumStarted] = 1;
+        }
+        progress_[kInnerStep] = std::min<std::int64_t>(progress_[kInnerStep] + cfg_.inner_steps, cfg_.steps);
+      } else {
+        std::copy(reduce_buf_.begin(), reduce_buf_.end(), trainer_.gradData());
+        auto norm = trainer_.applyGrads(static_cast<std::uint64_t>(progress_[kInnerStep]));
+        if (!norm) return norm.status().withContext("applying the averaged gradient");
+        progress_[kInnerStep] += 1;
+      }
+      progress_[kOuterStep] += 1;
+      rec.train_loss = r.stats[kLoss] / contributors;
+    } else {
+      rec.train_loss = std::nan("");
+    }
+    have_contribution_ = false;
+    if (diloco_) std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
+    rec.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
+    rec.inner_step = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    rec.bytes_sent = total_megabytes_ * 1e6;
+    rec.tokens_per_s = last_tokens_per_s_;
+    rec.state_digest = state_.digest();
+    const auto ring = comm_.ring();
+    const bool evaluator = !ring.empty() && ring.front() == comm_.peerId();
+    const bool first = !reported_first_;
+    if (contributors == 0 && !first) return Status();  // nothing happened worth a line
+    reported_first_ = true;
+    if (evaluator && (first || done() || rec.outer_step % cfg_.eval_every == 0)) {
+      auto val = trainer_.validationLoss();
+      if (!val) return val.status().withContext("validation");
+      rec.val_loss = *val;
+    }
+    rec.wall_s = toSeconds(Clock::now() - started_);
+    if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
+        (diloco_ || rec.outer_step % cfg_.ddp_sync_every == 0 || done())) {
+      LOCO_RETURN_IF_ERROR(writeCheckpoint());
+    }
+    if (on_round_) on_round_(rec);
+    return Status();
+  }
+
+  Status writeCheckpoint() {
+    TrainingState s = trainer_.exportState();
+    s.step = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    s.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
+    if (diloco_) {
+      s.outer_params = theta_;
+      if (progress_[kMomentumStarted]) s.outer_momentum = momentum_;
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(cfg_.checkpoint_dir, ec);
+    return saveCheckpoint(checkpointPath(), s);
+  }
+
+  // DiLoCo: H inner steps from θ, then Δ_m = θ − θ_m. DDP: one gradient.
+  Status localPhase() {
+    const auto t0 = Clock::now();
+    const auto from = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    double loss_sum = 0;
+    std::size_t losses = 0, steps_run = 0;
+    if (diloco_) {
+      const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
+      for (std::uint64_t s = from; s < until && !stop_.load(); ++s, ++steps_run) {
+        auto loss = trainer_.innerStep(s);
+        if (!loss) {
+          if (loss.status().code() != StatusCode::kDataLoss) return loss.status();
+          LOG_WARN(kLogTrain, "inner step {} skipped: {}", s, loss.status().message());
+          continue;
+        }
+        loss_sum += *loss;
+        ++losses;
+      }
+      pseudoGradient(theta_, std::span<const float>(trainer_.paramData(), P_), contribution_);
+    } else {
+      auto loss = trainer_.computeBackward(from);
+      if (!loss) return loss.status();
+      loss_sum = *loss;
+      losses = 1;
+      steps_run = 1;
+      std::copy(trainer_.gradData(), trainer_.gradData() + P_, contribution_.begin());
+    }
+    const double seconds = toSeconds(Clock::now() - t0);
+    if (seconds > 0) {
+      last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size * cfg_.train.model.context / seconds;
+    }
+    if (cfg_.inject_nan_at_round >= 0 && progress_[kOuterStep] == cfg_.inject_nan_at_round) {
+      contribution_[P_ / 2] = std::nanf("");  // fault injection (tests)
+    }
+    std::size_t bad = 0;
+    if (!allFinite(contribution_, &bad)) {
+      LOG_WARN(kLogTrain, "round {}: this peer's {} holds a non-finite value at element {}; dropping its contribution "
+               "so it cannot poison the group",
+               progress_[kOuterStep], diloco_ ? "pseudo-gradient" : "gradient", bad);
+      have_contribution_ = false;
+      return Status();
+    }
+    have_contribution_ = losses > 0;
+    contribution_for_ = progress_[kOuterStep];
+    contribution_loss_ = losses > 0 ? loss_sum / static_cast<double>(losses) : 0;
+    return Status();
+  }
+
+  Communicator& comm_;
+  LocalTrainer& trainer_;
+  const DistributedConfig& cfg_;
+  const std::atomic<bool>& stop_;
+  const std::function<void(const RoundRecord&)>& on_round_;
+  const std::size_t P_;
+  const bool diloco_;
+  OuterSgd outer_;
+  collectives::SharedState state_;
+  std::vector<float> theta_, momentum_, adam_m_, adam_v_;
+  std::array<std::int64_t, kProgressFields> progress_{};
+  std::vector<float> contribution_, reduce_buf_;
+  bool have_contribution_ = false;
+  std::int64_t contribution_for_ = -1;
+  double contribution_loss_ = 0;
+  std::uint64_t state_bytes_sent_ = 0, sent_reported_ = 0;
+  double total_megabytes_ = 0;
+  double last_tokens_per_s_ = 0;
+  std::uint32_t retries_ = 0;
+  bool reported_first_ = false;
+  TimePoint started_ = Clock::now();
+};
+
+}  // namespace
+
+Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config,
+                      const std::atomic<bool>& stop, const std::function<void(const RoundRecord&)>& on_round) {
+  LOCO_RETURN_IF_ERROR(validateDistributedConfig(config));
+  if (trainer.numParams() == 0) return Status(StatusCode::kInvalidArgument, "the model has no parameters");
+  Run run(comm, trainer, config, stop, on_round);
+  return run.run();
+}
+
+}  // namespace loco::training

@@ -1,0 +1,94 @@
+#pragma once
+// Training over the runtime (DESIGN.md §6): DDP and DiLoCo across the members of a
+// collectives::Communicator group, with peers joining and leaving mid-run.
+//
+// Shared state (collectives/shared_state.h) holds what every peer must agree on: DiLoCo's global
+// parameters θ, its outer momentum and the run's progress (outer step, schedule position); DDP's
+// parameters, AdamW moments and progress. It is synchronized after every sync point, so a joiner
+// receives it before its first collective and a drifted peer is repaired.
+//
+// One round (DiLoCo; DDP is the same with one inner step and gradients instead of Δ):
+//   1. sync point (joiners are admitted here), then syncSharedState;
+//   2. two all-reduces in flight together: the statistics (who contributes, their train loss and
+//      bytes) in raw fp32, and the contributions Σ Δ_m in the chosen wire format;
+//   3. if anyone contributed: Δ̄ = ΣΔ_m / contributors, outer Nesterov step on θ, progress + 1;
+//   4. θ_m ← θ and H inner steps give this peer's Δ_m for the next round.
+// A peer contributes zeros (and is not counted) when it has no Δ for the current outer step (it
+// just joined, or its Δ is from a round the group already applied) or when its Δ holds NaN/Inf
+// (logged with the reason): it never poisons the others. A failed all-reduce (a peer died or
+// left) restores every survivor's buffers; the survivors go back to 1 and retry the round on the
+// new epoch with the same Δs. Because each all-reduce commits on every member or on none, a
+// round is applied by all survivors or by none of them.
+//
+// Determinism: the same seed, membership and ring order give bit-identical results; sampling
+// depends on (seed, rank, step), where rank is this peer's fixed data rank, not its ring position.
+//
+// Thread rules: runDistributed blocks the calling thread (the training thread) for the whole
+// run; `stop` may be set from any thread and ends the run at the next round boundary.
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "collectives/codec.h"
+#include "p2p/base/clock.h"
+#include "p2p/base/status.h"
+#include "training/local_trainer.h"
+#include "training/optimizers.h"
+
+namespace loco::collectives {
+class Communicator;
+}
+
+namespace loco::training {
+
+enum class Method : std::uint8_t { kDdp, kDiloco };
+std::string_view methodName(Method m);
+Result<Method> parseMethod(std::string_view name);
+
+struct DistributedConfig {
+  TrainConfig train;                 // model, data, batch, seed, inner schedule, threads; train.rank is the data rank
+  Method method = Method::kDiloco;
+  std::uint32_t inner_steps = 30;    // H (DiLoCo)
+  std::uint64_t steps = 600;         // inner steps per peer for the whole run
+  OuterSgdOptions outer;             // DiLoCo's outer optimizer
+  collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
+  std::uint32_t ddp_sync_every = 10;  // DDP: steps between sync points (joiners enter there)
+  std::uint32_t eval_every = 1;       // rounds (DDP: steps) between validation losses
+  std::string checkpoint_dir;        // "" = none; else DIR/peer-<rank>.ckpt after every round
+  bool resume = false;               // start from DIR/peer-<rank>.ckpt
+  std::size_t wait_for_world = 1;    // before the first round, wait until this many peers are members
+  Millis op_timeout{300000};         // one sync point, state sync or all-reduce
+  std::uint32_t max_failed_attempts = 50;  // consecutive failed rounds before giving up
+  std::int64_t inject_nan_at_round = -1;   // fault injection for tests: a NaN in this peer's Δ at that outer step
+};
+
+// Validates the combination (kInvalidArgument naming the flag-level problem).
+Status validateDistributedConfig(const DistributedConfig& c);
+
+// What one applied (or consistently skipped) round looked like on this peer.
+struct RoundRecord {
+  std::uint64_t outer_step = 0;   // rounds applied so far (DDP: steps)
+  std::uint64_t inner_step = 0;   // schedule position after the round
+  std::size_t world = 0;          // members in the round's epoch
+  std::size_t contributors = 0;   // peers whose Δ counted
+  double train_loss = 0;          // mean over contributors of their inner losses (nats/byte)
+  std::optional<double> val_loss;  // on the global parameters; only the evaluating peer
+  double bytes_sent = 0;          // all peers' collective bytes so far (shared-state repairs included)
+  std::uint32_t retries = 0;      // failed attempts before this round went through
+  double tokens_per_s = 0;        // this peer's inner-loop throughput in the last round
+  std::uint64_t state_digest = 0;  // hash of the shared state after the round was applied
+  double wall_s = 0;              // since runDistributed started
+};
+
+// Runs the whole training on an admitted (or pending) communicator. Returns when the schedule
+// is done (everyone reaches the same final round), `stop` is set, or on a fatal error:
+// kInvalidArgument (config, or a checkpoint of another shape), kDataLoss (the group's state
+// disagrees beyond repair), kPeerLost / kEvicted with no way back, kAborted.
+// `on_round` runs on the calling thread after every round.
+Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config,
+                      const std::atomic<bool>& stop, const std::function<void(const RoundRecord&)>& on_round);
+
+}  // namespace loco::training
