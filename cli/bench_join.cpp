@@ -51,11 +51,13 @@ Status waitForWorld(collectives::Communicator& c, std::size_t n, Millis timeout)
     (void)c.syncPoint(Deadline::after(Millis(10000)));
     if (c.world() < n) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  if (c.world() < n) return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), n));
+  if (c.world() < n)
+    return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), n));
   return Status();
 }
 
-int runJoinWorker(const Flags& flags, std::size_t bytes, std::uint32_t streams, std::uint32_t chunk_bytes) {
+int runJoinWorker(const Flags& flags, std::size_t bytes, std::uint32_t streams,
+                  std::uint32_t chunk_bytes) {
   auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
   auto listen = p2p::parseHostPort(flags.get("listen"), true);
   auto sources = flags.getInt("sources", 1, 64);
@@ -78,7 +80,8 @@ int runJoinWorker(const Flags& flags, std::size_t bytes, std::uint32_t streams, 
   auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
-  if (Status st = c.waitForMembership(Deadline::after(Millis(60000))); !st.isOk()) return reportFailure(st);
+  if (Status st = c.waitForMembership(Deadline::after(Millis(60000))); !st.isOk())
+    return reportFailure(st);
 
   std::vector<float> params(bytes / sizeof(float), 0.0f);
   std::int64_t step = 0;
@@ -87,27 +90,35 @@ int runJoinWorker(const Flags& flags, std::size_t bytes, std::uint32_t streams, 
     step = 1000;
   }
   SharedState state(chunk_bytes);
-  if (Status st = state.add("params", StateDType::kF32, params.data(), params.size()); !st.isOk()) return reportFailure(st);
-  if (Status st = state.add("step", StateDType::kI64, &step, 1); !st.isOk()) return reportFailure(st);
+  if (Status st = state.add("params", StateDType::kF32, params.data(), params.size()); !st.isOk())
+    return reportFailure(st);
+  if (Status st = state.add("step", StateDType::kI64, &step, 1); !st.isOk())
+    return reportFailure(st);
 
   if (!joiner) {
     // Up to date first: the sources sync among themselves (revision 0 -> 1).
-    if (Status st = waitForWorld(c, static_cast<std::size_t>(*sources), Millis(120000)); !st.isOk()) return reportFailure(st);
+    if (Status st = waitForWorld(c, static_cast<std::size_t>(*sources), Millis(120000)); !st.isOk())
+      return reportFailure(st);
     auto first = c.syncSharedState(state, {}, Deadline::after(Millis(120000)));
     if (!first) return reportFailure(first.status());
-    if (Status st = writeFileAtomic(flags.get("ready"), fmt::format("{:016x}\n", state.digest())); !st.isOk()) {
+    if (Status st = writeFileAtomic(flags.get("ready"), fmt::format("{:016x}\n", state.digest()));
+        !st.isOk()) {
       return reportFailure(st);
     }
-    if (Status st = waitForWorld(c, static_cast<std::size_t>(*total), Millis(300000)); !st.isOk()) return reportFailure(st);
+    if (Status st = waitForWorld(c, static_cast<std::size_t>(*total), Millis(300000)); !st.isOk())
+      return reportFailure(st);
   } else {
     sync_opts.strategy = SyncStrategy::kReceiveOnly;
-    if (Status st = writeFileAtomic(flags.get("ready"), "syncing\n"); !st.isOk()) return reportFailure(st);
+    if (Status st = writeFileAtomic(flags.get("ready"), "syncing\n"); !st.isOk())
+      return reportFailure(st);
   }
   auto r = c.syncSharedState(state, sync_opts, Deadline::after(Millis(600000)));
   if (!r) return reportFailure(r.status());
-  Status st = writeFileAtomic(flags.get("out"), fmt::format("{:016x} {:.6f} {:.6f} {} {} {} {} {}\n", state.digest(), r->seconds,
-                                                            r->transfer_seconds, r->bytes_received, r->bytes_sent,
-                                                            r->sources_used, r->chunks_rejected, r->sources_dropped));
+  Status st =
+      writeFileAtomic(flags.get("out"),
+                      fmt::format("{:016x} {:.6f} {:.6f} {} {} {} {} {}\n", state.digest(),
+                                  r->seconds, r->transfer_seconds, r->bytes_received, r->bytes_sent,
+                                  r->sources_used, r->chunks_rejected, r->sources_dropped));
   if (!st.isOk()) return reportFailure(st);
   (void)c.leave(Deadline::after(Millis(2000)));
   return 0;
@@ -121,9 +132,11 @@ struct JoinResult {
 };
 
 // One run: a coordinator, N−1 sources, then the joiner (on loopback or in the lab's hosts).
-Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabConfig>& cfg, int N, int max_sources,
-                               int kill_ms) {
-  auto hostArgv = [&](int host) { return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{}; };
+Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabConfig>& cfg, int N,
+                               int max_sources, int kill_ms) {
+  auto hostArgv = [&](int host) {
+    return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{};
+  };
   auto address = [&](int host) { return cfg ? cfg->address(host) : std::string("127.0.0.1"); };
   char dir_template[] = "/tmp/loco-join-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
@@ -146,8 +159,8 @@ Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabC
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
   };
-  pids.push_back(spawnProcess(argvFor(1, {"coordinator", "--listen", address(1) + ":0", "--port-file", dir + "/port",
-                                          "--log-level", "warn"}),
+  pids.push_back(spawnProcess(argvFor(1, {"coordinator", "--listen", address(1) + ":0",
+                                          "--port-file", dir + "/port", "--log-level", "warn"}),
                               dir + "/coordinator.log"));
   int port = 0;
   for (int i = 0; i < 500 && port == 0; ++i) {
@@ -159,17 +172,41 @@ Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabC
     return Status(StatusCode::kTimeout, "the coordinator did not start");
   }
   auto worker = [&](int index, int host, const std::string& role, int max_src) {
-    return argvFor(host, {"bench", "join", "--worker", "--role", role, "--coordinator", fmt::format("{}:{}", address(1), port),
-                          "--listen", address(host) + ":0", "--peers", std::to_string(N), "--sources", std::to_string(N - 1),
-                          "--mib", flags.get("mib"), "--streams", flags.get("streams"), "--chunk-kib", flags.get("chunk-kib"),
-                          "--max-sources", std::to_string(max_src), "--serve-mbit", flags.get("serve-mbit"), "--ready",
-                          fmt::format("{}/ready-{}", dir, index), "--out", fmt::format("{}/result-{}", dir, index),
-                          "--log-level", "warn"});
+    return argvFor(host, {"bench",
+                          "join",
+                          "--worker",
+                          "--role",
+                          role,
+                          "--coordinator",
+                          fmt::format("{}:{}", address(1), port),
+                          "--listen",
+                          address(host) + ":0",
+                          "--peers",
+                          std::to_string(N),
+                          "--sources",
+                          std::to_string(N - 1),
+                          "--mib",
+                          flags.get("mib"),
+                          "--streams",
+                          flags.get("streams"),
+                          "--chunk-kib",
+                          flags.get("chunk-kib"),
+                          "--max-sources",
+                          std::to_string(max_src),
+                          "--serve-mbit",
+                          flags.get("serve-mbit"),
+                          "--ready",
+                          fmt::format("{}/ready-{}", dir, index),
+                          "--out",
+                          fmt::format("{}/result-{}", dir, index),
+                          "--log-level",
+                          "warn"});
   };
   const int joiner = N - 1;  // index of the joiner's files; sources are 0..N-2
   std::vector<pid_t> workers(static_cast<std::size_t>(N), -1);
   for (int i = 0; i < N - 1; ++i) {
-    workers[i] = spawnProcess(worker(i, cfg ? i + 1 : 0, "source", 0), fmt::format("{}/worker-{}.log", dir, i));
+    workers[i] = spawnProcess(worker(i, cfg ? i + 1 : 0, "source", 0),
+                              fmt::format("{}/worker-{}.log", dir, i));
     pids.push_back(workers[i]);
   }
   auto failed = [&](int i) {
@@ -182,7 +219,8 @@ Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabC
   for (int i = 0; i < N - 1 && failure.empty(); ++i) {
     while (readTextFile(fmt::format("{}/ready-{}", dir, i)).empty()) {
       if (failed(i) || Clock::now() > setup_deadline) {
-        failure = fmt::format("source {} did not get ready: {}", i, readTextFile(fmt::format("{}/worker-{}.log", dir, i)));
+        failure = fmt::format("source {} did not get ready: {}", i,
+                              readTextFile(fmt::format("{}/worker-{}.log", dir, i)));
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -192,11 +230,13 @@ Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabC
     cleanup();
     return Status(StatusCode::kInternal, failure);
   }
-  workers[joiner] = spawnProcess(worker(joiner, cfg ? N : 0, "joiner", max_sources), fmt::format("{}/worker-{}.log", dir, joiner));
+  workers[joiner] = spawnProcess(worker(joiner, cfg ? N : 0, "joiner", max_sources),
+                                 fmt::format("{}/worker-{}.log", dir, joiner));
   pids.push_back(workers[joiner]);
   int killed = -1;
   if (kill_ms > 0) {
-    while (readTextFile(fmt::format("{}/ready-{}", dir, joiner)).empty() && Clock::now() < setup_deadline) {
+    while (readTextFile(fmt::format("{}/ready-{}", dir, joiner)).empty() &&
+           Clock::now() < setup_deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(kill_ms));
@@ -233,8 +273,8 @@ Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabC
   {
     std::istringstream in(readTextFile(fmt::format("{}/result-{}", dir, joiner)));
     std::uint64_t sent = 0;
-    in >> joiner_digest >> out.seconds >> out.transfer_seconds >> out.bytes_received >> sent >> out.sources_used >>
-        out.chunks_rejected >> out.sources_dropped;
+    in >> joiner_digest >> out.seconds >> out.transfer_seconds >> out.bytes_received >> sent >>
+        out.sources_used >> out.chunks_rejected >> out.sources_dropped;
   }
   out.hash_equal = !joiner_digest.empty();
   for (int i = 0; i < N - 1; ++i) {
@@ -250,23 +290,27 @@ Result<JoinResult> runJoinOnce(const Flags& flags, const std::optional<lab::LabC
 }  // namespace
 
 int runBenchJoin(const Args& args) {
-  Flags flags("bench join", "N-1 up-to-date peers hold M MiB of shared state; one peer joins and downloads it",
-              {{"peers", "peers in all, the joiner included", "5"},
-               {"mib", "MiB of shared state", "256"},
-               {"streams", "TCP streams per link", "4"},
-               {"chunk-kib", "KiB per hashed chunk", "1024"},
-               {"lab", "run in this lab: source i in host i (coordinator in host 1), the joiner in host N", ""},
-               {"kill-source-ms", "kill -9 one source this many ms into the all-sources download (0: none)", "0"},
-               {"serve-mbit", "cap each source's serving rate (0: none)", "0"},
-               {"worker", "internal: one peer of a run", "", true},
-               {"role", "internal: source or joiner", "source"},
-               {"sources", "internal", "1"},
-               {"max-sources", "internal", "0"},
-               {"seed", "internal: content seed of the sources", "42"},
-               {"coordinator", "internal", ""},
-               {"listen", "internal", ""},
-               {"ready", "internal", ""},
-               {"out", "internal", ""}});
+  Flags flags(
+      "bench join",
+      "N-1 up-to-date peers hold M MiB of shared state; one peer joins and downloads it",
+      {{"peers", "peers in all, the joiner included", "5"},
+       {"mib", "MiB of shared state", "256"},
+       {"streams", "TCP streams per link", "4"},
+       {"chunk-kib", "KiB per hashed chunk", "1024"},
+       {"lab", "run in this lab: source i in host i (coordinator in host 1), the joiner in host N",
+        ""},
+       {"kill-source-ms", "kill -9 one source this many ms into the all-sources download (0: none)",
+        "0"},
+       {"serve-mbit", "cap each source's serving rate (0: none)", "0"},
+       {"worker", "internal: one peer of a run", "", true},
+       {"role", "internal: source or joiner", "source"},
+       {"sources", "internal", "1"},
+       {"max-sources", "internal", "0"},
+       {"seed", "internal: content seed of the sources", "42"},
+       {"coordinator", "internal", ""},
+       {"listen", "internal", ""},
+       {"ready", "internal", ""},
+       {"out", "internal", ""}});
   if (int rc = parseAndSetUp(flags, args, "bench"); rc >= 0) return rc;
   auto peers = flags.getInt("peers", 2, 65);
   auto mib = flags.getInt("mib", 1, 65536);
@@ -280,11 +324,13 @@ int runBenchJoin(const Args& args) {
   if (!kill_ms) return reportFailure(kill_ms.status());
   const std::size_t bytes = static_cast<std::size_t>(*mib) << 20;
   if (flags.getBool("worker")) {
-    return runJoinWorker(flags, bytes, static_cast<std::uint32_t>(*streams), static_cast<std::uint32_t>(*chunk_kib) << 10);
+    return runJoinWorker(flags, bytes, static_cast<std::uint32_t>(*streams),
+                         static_cast<std::uint32_t>(*chunk_kib) << 10);
   }
   const int N = static_cast<int>(*peers);
   if (*kill_ms > 0 && N < 3) {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--kill-source-ms needs --peers 3 or more (two sources)"));
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                "--kill-source-ms needs --peers 3 or more (two sources)"));
   }
   std::optional<lab::LabConfig> cfg;
   if (flags.isSet("lab")) {
@@ -292,9 +338,10 @@ int runBenchJoin(const Args& args) {
     if (!c) return reportFailure(c.status());
     cfg = std::move(c.value());
     if (cfg->hosts < N) {
-      return reportFailure(Status(StatusCode::kInvalidArgument,
-                                  fmt::format("lab '{}' has {} hosts; --peers {} needs {} (one per peer)", cfg->name,
-                                              cfg->hosts, N, N)));
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument,
+                 fmt::format("lab '{}' has {} hosts; --peers {} needs {} (one per peer)", cfg->name,
+                             cfg->hosts, N, N)));
     }
   }
   const std::string lab_field = cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "";
@@ -304,12 +351,17 @@ int runBenchJoin(const Args& args) {
     if (!run) return reportFailure(run.status());
     const double gbit = static_cast<double>(bytes) * 8 / run->seconds / 1e9;
     std::printf(
-        "{\"bench\":\"join\",\"sources\":%d,\"mib\":%lld,\"seconds\":%.3f,\"gbit_s\":%.3f,\"hash_equal\":%s,"
-        "\"transfer_seconds\":%.3f,\"bytes_received\":%llu,\"sources_used\":%zu,\"sources_dropped\":%zu,"
+        "{\"bench\":\"join\",\"sources\":%d,\"mib\":%lld,\"seconds\":%.3f,\"gbit_s\":%.3f,\"hash_"
+        "equal\":%s,"
+        "\"transfer_seconds\":%.3f,\"bytes_received\":%llu,\"sources_used\":%zu,\"sources_"
+        "dropped\":%zu,"
         "\"chunks_rejected\":%zu%s%s}\n",
-        sources, static_cast<long long>(*mib), run->seconds, gbit, run->hash_equal ? "true" : "false", run->transfer_seconds,
-        static_cast<unsigned long long>(run->bytes_received), run->sources_used, run->sources_dropped, run->chunks_rejected,
-        kill > 0 ? fmt::format(",\"killed_sources\":1,\"kill_after_ms\":{}", kill).c_str() : "", lab_field.c_str());
+        sources, static_cast<long long>(*mib), run->seconds, gbit,
+        run->hash_equal ? "true" : "false", run->transfer_seconds,
+        static_cast<unsigned long long>(run->bytes_received), run->sources_used,
+        run->sources_dropped, run->chunks_rejected,
+        kill > 0 ? fmt::format(",\"killed_sources\":1,\"kill_after_ms\":{}", kill).c_str() : "",
+        lab_field.c_str());
     std::fflush(stdout);
   }
   return 0;

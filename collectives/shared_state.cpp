@@ -27,7 +27,9 @@ constexpr std::uint32_t kMinChunkBytes = 1024;
 constexpr std::uint32_t kMaxChunkBytes = 64u << 20;
 constexpr Millis kDialTimeout{10000};
 
-std::uint64_t dataTag(std::uint64_t round, std::uint32_t chunk) { return ((round & 0xFFFFFFFFFFull) << 21) | chunk; }
+std::uint64_t dataTag(std::uint64_t round, std::uint32_t chunk) {
+  return ((round & 0xFFFFFFFFFFull) << 21) | chunk;
+}
 
 // A request: u64 round, u32 chunk, u32 zero; little-endian.
 std::array<std::uint8_t, 16> encodeRequest(std::uint64_t round, std::uint32_t chunk) {
@@ -37,43 +39,63 @@ std::array<std::uint8_t, 16> encodeRequest(std::uint64_t round, std::uint32_t ch
   return out;
 }
 
-void decodeRequest(const std::array<std::uint8_t, 16>& in, std::uint64_t& round, std::uint32_t& chunk) {
+void decodeRequest(const std::array<std::uint8_t, 16>& in, std::uint64_t& round,
+                   std::uint32_t& chunk) {
   round = 0;
   chunk = 0;
   for (int i = 0; i < 8; ++i) round |= static_cast<std::uint64_t>(in[i]) << (8 * i);
   for (int i = 0; i < 4; ++i) chunk |= static_cast<std::uint32_t>(in[8 + i]) << (8 * i);
 }
 
-std::uint64_t hashBytes(const std::uint8_t* data, std::size_t len) { return XXH3_64bits(data, len); }
+std::uint64_t hashBytes(const std::uint8_t* data, std::size_t len) {
+  return XXH3_64bits(data, len);
+}
 
-std::string shortId(const std::string& id) { return id.substr(0, 8); }
+std::string shortId(const std::string& id) {
+  return id.substr(0, 8);
+}
 
 }  // namespace
 
-// ---- dtypes and strategies -------------------------------------------------------------------------
+// ---- dtypes and strategies
+// -------------------------------------------------------------------------
 
 std::size_t stateDTypeSize(StateDType d) {
   switch (d) {
-    case StateDType::kF32: return 4;
-    case StateDType::kF16: return 2;
-    case StateDType::kBF16: return 2;
-    case StateDType::kF64: return 8;
-    case StateDType::kI32: return 4;
-    case StateDType::kI64: return 8;
-    case StateDType::kU8: return 1;
+    case StateDType::kF32:
+      return 4;
+    case StateDType::kF16:
+      return 2;
+    case StateDType::kBF16:
+      return 2;
+    case StateDType::kF64:
+      return 8;
+    case StateDType::kI32:
+      return 4;
+    case StateDType::kI64:
+      return 8;
+    case StateDType::kU8:
+      return 1;
   }
   return 0;
 }
 
 std::string_view stateDTypeName(StateDType d) {
   switch (d) {
-    case StateDType::kF32: return "f32";
-    case StateDType::kF16: return "f16";
-    case StateDType::kBF16: return "bf16";
-    case StateDType::kF64: return "f64";
-    case StateDType::kI32: return "i32";
-    case StateDType::kI64: return "i64";
-    case StateDType::kU8: return "u8";
+    case StateDType::kF32:
+      return "f32";
+    case StateDType::kF16:
+      return "f16";
+    case StateDType::kBF16:
+      return "bf16";
+    case StateDType::kF64:
+      return "f64";
+    case StateDType::kI32:
+      return "i32";
+    case StateDType::kI64:
+      return "i64";
+    case StateDType::kU8:
+      return "u8";
   }
   return "?";
 }
@@ -83,42 +105,53 @@ std::string_view syncStrategyName(SyncStrategy s) {
 }
 
 Result<SyncStrategy> parseSyncStrategy(std::string_view name) {
-  for (SyncStrategy s : {SyncStrategy::kEnforcePopular, SyncStrategy::kReceiveOnly, SyncStrategy::kSendOnly}) {
+  for (SyncStrategy s :
+       {SyncStrategy::kEnforcePopular, SyncStrategy::kReceiveOnly, SyncStrategy::kSendOnly}) {
     if (name == syncStrategyName(s)) return s;
   }
-  return Status(StatusCode::kInvalidArgument,
-                fmt::format("unknown sync strategy '{}' (use enforce-popular, receive-only or send-only)", name));
+  return Status(
+      StatusCode::kInvalidArgument,
+      fmt::format("unknown sync strategy '{}' (use enforce-popular, receive-only or send-only)",
+                  name));
 }
 
-// ---- SharedState -----------------------------------------------------------------------------------
+// ---- SharedState
+// -----------------------------------------------------------------------------------
 
 SharedState::SharedState(std::uint32_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
 
 Status SharedState::add(std::string name, StateDType dtype, void* data, std::size_t count) {
   if (chunk_bytes_ < kMinChunkBytes || chunk_bytes_ > kMaxChunkBytes) {
-    return Status(StatusCode::kInvalidArgument, fmt::format("shared-state chunk size {} is outside [{}, {}] bytes",
-                                                            chunk_bytes_, kMinChunkBytes, kMaxChunkBytes));
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("shared-state chunk size {} is outside [{}, {}] bytes", chunk_bytes_,
+                              kMinChunkBytes, kMaxChunkBytes));
   }
   if (name.empty() || name.size() > p2p::kMaxStateNameLen) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("shared-state buffer name must be 1 to {} bytes long", p2p::kMaxStateNameLen));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("shared-state buffer name must be 1 to {} bytes long", p2p::kMaxStateNameLen));
   }
-  if (stateDTypeSize(dtype) == 0) return Status(StatusCode::kInvalidArgument, "unknown shared-state dtype");
+  if (stateDTypeSize(dtype) == 0)
+    return Status(StatusCode::kInvalidArgument, "unknown shared-state dtype");
   if (data == nullptr && count > 0) {
-    return Status(StatusCode::kInvalidArgument, fmt::format("shared-state buffer '{}' has no memory", name));
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("shared-state buffer '{}' has no memory", name));
   }
   for (const Buffer& b : buffers_) {
     if (b.name == name) {
-      return Status(StatusCode::kInvalidArgument, fmt::format("shared-state buffer '{}' is registered twice", name));
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("shared-state buffer '{}' is registered twice", name));
     }
   }
   if (buffers_.size() >= p2p::kMaxStateBuffers) {
-    return Status(StatusCode::kInvalidArgument, fmt::format("more than {} shared-state buffers", p2p::kMaxStateBuffers));
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("more than {} shared-state buffers", p2p::kMaxStateBuffers));
   }
   const std::size_t extra = (count * stateDTypeSize(dtype) + chunk_bytes_ - 1) / chunk_bytes_;
   if (chunks() + extra > p2p::kMaxStateChunks) {
     return Status(StatusCode::kInvalidArgument,
-                  fmt::format("shared state would have more than {} chunks; raise the chunk size", p2p::kMaxStateChunks));
+                  fmt::format("shared state would have more than {} chunks; raise the chunk size",
+                              p2p::kMaxStateChunks));
   }
   buffers_.push_back(Buffer{std::move(name), dtype, static_cast<std::uint8_t*>(data), count});
   return Status();
@@ -152,25 +185,30 @@ std::uint64_t SharedState::digest() const {
   return XXH3_64bits(h.data(), h.size() * sizeof(std::uint64_t));
 }
 
-// ---- StateEngine: the application thread's side ------------------------------------------------------
+// ---- StateEngine: the application thread's side
+// ------------------------------------------------------
 
-StateEngine::StateEngine(p2p::NetworkThread& net, p2p::MembershipClient& client, std::string self_id,
-                         p2p::LinkOptions link_opts)
+StateEngine::StateEngine(p2p::NetworkThread& net, p2p::MembershipClient& client,
+                         std::string self_id, p2p::LinkOptions link_opts)
     : net_(net), client_(client), self_id_(std::move(self_id)), link_opts_(link_opts) {}
 
 StateEngine::~StateEngine() = default;
 
-Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& options, Deadline deadline) {
+Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& options,
+                                     Deadline deadline) {
   const TimePoint t0 = Clock::now();
   if (client_.state() != p2p::MembershipClient::State::kMember) {
-    return Status(StatusCode::kInvalidArgument,
-                  "shared-state sync before this peer was admitted to the group (call waitForMembership)");
+    return Status(
+        StatusCode::kInvalidArgument,
+        "shared-state sync before this peer was admitted to the group (call waitForMembership)");
   }
   if (state.buffers_.empty()) {
-    return Status(StatusCode::kInvalidArgument, "shared-state sync with no buffers registered (SharedState::add)");
+    return Status(StatusCode::kInvalidArgument,
+                  "shared-state sync with no buffers registered (SharedState::add)");
   }
   if (options.requests_per_source == 0 || options.max_serve_mbit < 0) {
-    return Status(StatusCode::kInvalidArgument, "requests_per_source must be positive and max_serve_mbit >= 0");
+    return Status(StatusCode::kInvalidArgument,
+                  "requests_per_source must be positive and max_serve_mbit >= 0");
   }
   auto a = std::make_shared<Active>();
   a->state = &state;
@@ -181,9 +219,11 @@ Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& opti
   m.chunk_bytes = state.chunk_bytes_;
   for (const auto& b : state.buffers_) {
     m.buffers.push_back(p2p::StateBufferInfo{b.name, static_cast<std::uint8_t>(b.dtype),
-                                             static_cast<std::uint8_t>(stateDTypeSize(b.dtype)), b.count});
+                                             static_cast<std::uint8_t>(stateDTypeSize(b.dtype)),
+                                             b.count});
     for (std::size_t off = 0; off < b.bytes(); off += state.chunk_bytes_) {
-      a->chunks.push_back({b.data + off, std::min<std::size_t>(state.chunk_bytes_, b.bytes() - off)});
+      a->chunks.push_back(
+          {b.data + off, std::min<std::size_t>(state.chunk_bytes_, b.bytes() - off)});
     }
   }
   // Hashing here, on the application thread: the network thread keeps serving meanwhile.
@@ -201,7 +241,8 @@ Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& opti
   if (!cv_.wait_until(lock, deadline.at(), [&] { return outcome_.has_value(); })) {
     lock.unlock();
     net_.post([this] {
-      fail(Status(StatusCode::kTimeout, "shared-state sync: the group's round did not finish before the deadline"));
+      fail(Status(StatusCode::kTimeout,
+                  "shared-state sync: the group's round did not finish before the deadline"));
     });
     lock.lock();
     // fail() always produces an outcome on the network thread; the bound is a backstop.
@@ -223,14 +264,16 @@ Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& opti
   SyncReport& rep = r.value();
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   // Current at the last sync and still had to download: the state drifted here since.
-  rep.drift = state.synced_once_ && revision_before == rep.elected_revision && rep.bytes_received > 0;
+  rep.drift =
+      state.synced_once_ && revision_before == rep.elected_revision && rep.bytes_received > 0;
   if (rep.drift) {
     static Counter& drift = counter("collectives.state_drift_syncs");
     static Counter& drift_bytes = counter("collectives.state_drift_bytes");
     drift.inc();
     drift_bytes.inc(rep.bytes_received);
     LOG_WARN(kLogPeer,
-             "shared state drifted on this peer: {} chunk(s), {} bytes differed from the group's revision {} and were "
+             "shared state drifted on this peer: {} chunk(s), {} bytes differed from the group's "
+             "revision {} and were "
              "repaired (non-deterministic updates, or memory corruption?)",
              rep.chunks_received, rep.bytes_received, rep.elected_revision);
   }
@@ -239,10 +282,12 @@ Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& opti
   return r;
 }
 
-// ---- StateEngine: the network thread's side ------------------------------------------------------
+// ---- StateEngine: the network thread's side
+// ------------------------------------------------------
 
 void StateEngine::begin(std::shared_ptr<Active> a) {
   a->generation = ++generation_;
+  a->manifest.sync_id = a->generation;
   active_ = a;
   if (shut_down_) return finish(Status(StatusCode::kAborted, "the communicator is shutting down"));
   client_.sendToCoordinator(p2p::MsgType::kStateManifest, p2p::encodeStateManifest(a->manifest));
@@ -259,7 +304,8 @@ void StateEngine::onCoordinatorFrame(const p2p::FrameHeader& h, std::vector<std:
 
 void StateEngine::onPlan(std::uint64_t round, p2p::StatePlanMsg plan) {
   auto a = active_;
-  if (!a || a->have_plan) return;  // a plan for a sync this peer already gave up on
+  // A plan for a sync this peer already gave up on (it crossed the withdrawal) is not ours.
+  if (!a || a->have_plan || plan.sync_id != a->generation) return;
   a->have_plan = true;
   a->plan_at = Clock::now();
   a->round = round;
@@ -269,8 +315,9 @@ void StateEngine::onPlan(std::uint64_t round, p2p::StatePlanMsg plan) {
   // The coordinator counted a refused peer as done already.
   if (a->plan.code != StatusCode::kOk) return finish(Status(a->plan.code, a->plan.reason));
   if (a->plan.canonical.size() != a->chunks.size()) {
-    return fail(Status(StatusCode::kProtocolError, fmt::format("shared-state plan has {} chunk hashes, this peer {}",
-                                                               a->plan.canonical.size(), a->chunks.size())));
+    return fail(Status(StatusCode::kProtocolError,
+                       fmt::format("shared-state plan has {} chunk hashes, this peer {}",
+                                   a->plan.canonical.size(), a->chunks.size())));
   }
   for (std::uint32_t c = 0; c < a->chunks.size(); ++c) {
     if (a->hashes[c] != a->plan.canonical[c]) a->queue.push_back(c);
@@ -285,9 +332,11 @@ void StateEngine::startDownload() {
   a->remaining = a->queue.size();
   a->excluded.assign(a->chunks.size(), {});
   for (const auto& s : a->plan.sources) a->sources.push_back(Source{s});
-  LOG_DEBUG(kLogPeer, "shared state round {}: fetching {} chunk(s) from up to {} source(s)", a->round, a->remaining,
-            a->sources.size());
-  const std::size_t limit = a->options.max_sources == 0 ? a->sources.size() : std::min(a->options.max_sources, a->sources.size());
+  LOG_DEBUG(kLogPeer, "shared state round {}: fetching {} chunk(s) from up to {} source(s)",
+            a->round, a->remaining, a->sources.size());
+  const std::size_t limit = a->options.max_sources == 0
+                                ? a->sources.size()
+                                : std::min(a->options.max_sources, a->sources.size());
   for (std::size_t i = 0; i < limit; ++i) dial(i);
   checkSources();
 }
@@ -307,7 +356,8 @@ void StateEngine::dial(std::size_t index) {
           if (r) r.value()->close(Status(StatusCode::kAborted, "shared-state sync over"));
           return;
         }
-        if (!r) return dropSource(index, r.status().withContext("connecting to a shared-state source"));
+        if (!r)
+          return dropSource(index, r.status().withContext("connecting to a shared-state source"));
         Source& src = active_->sources[index];
         src.link = std::move(r.value());
         src.link->setCloseHandler([this, gen, index, alive](const Status& why) {
@@ -355,7 +405,8 @@ void StateEngine::checkSources() {
   };
   for (std::uint32_t c : a->queue) {
     bool covered = false;
-    for (std::size_t i = 0; i < a->sources.size() && !covered; ++i) covered = a->sources[i].active && usable(i, c);
+    for (std::size_t i = 0; i < a->sources.size() && !covered; ++i)
+      covered = a->sources[i].active && usable(i, c);
     if (covered) continue;
     // A standby source takes over (max_sources), else nobody can serve this chunk any more.
     bool dialed = false;
@@ -371,10 +422,11 @@ void StateEngine::checkSources() {
       dead += s.dead ? 1 : 0;
       corrupt += s.corrupt > 0 ? 1 : 0;
     }
-    return fail(Status(StatusCode::kDataLoss,
-                       fmt::format("shared-state sync: no source left for chunk {} ({} source(s) in the plan, {} "
-                                   "dropped, {} served corrupt data)",
-                                   c, a->sources.size(), dead, corrupt)));
+    return fail(Status(
+        StatusCode::kDataLoss,
+        fmt::format("shared-state sync: no source left for chunk {} ({} source(s) in the plan, {} "
+                    "dropped, {} served corrupt data)",
+                    c, a->sources.size(), dead, corrupt)));
   }
 }
 
@@ -422,14 +474,19 @@ void StateEngine::onChunk(std::uint64_t generation, std::size_t index, std::uint
     a->excluded[chunk].push_back(index);
     a->queue.push_front(chunk);
     if (a->spare.size() < 64) a->spare.push_back(std::move(buf));
-    LOG_WARN(kLogPeer, "shared-state chunk {} from peer {} failed its hash check ({} so far from that peer); fetching it "
-                       "from another source",
+    LOG_WARN(kLogPeer,
+             "shared-state chunk {} from peer {} failed its hash check ({} so far from that peer); "
+             "fetching it "
+             "from another source",
              chunk, shortId(s.info.peer_id), s.corrupt);
     if (s.corrupt >= kMaxCorruptChunksPerSource) {
       client_.sendToCoordinator(
           p2p::MsgType::kStateComplaint,
-          p2p::encodeStateComplaint({s.info.peer_id, s.corrupt, fmt::format("chunks failed XXH3 verification in round {}", a->round)}));
-      dropSource(index, Status(StatusCode::kDataLoss, fmt::format("served {} corrupt chunks", s.corrupt)));
+          p2p::encodeStateComplaint(
+              {s.info.peer_id, s.corrupt,
+               fmt::format("chunks failed XXH3 verification in round {}", a->round)}));
+      dropSource(index,
+                 Status(StatusCode::kDataLoss, fmt::format("served {} corrupt chunks", s.corrupt)));
     }
     return pump();
   }
@@ -463,7 +520,8 @@ void StateEngine::dropSource(std::size_t index, const Status& why) {
   if (a->options.max_sources > 0 && active_ == a) {
     std::size_t live = 0;
     for (const Source& x : a->sources) live += x.active && !x.dead ? 1 : 0;
-    for (std::size_t i = 0; i < a->sources.size() && live < a->options.max_sources && active_ == a; ++i) {
+    for (std::size_t i = 0; i < a->sources.size() && live < a->options.max_sources && active_ == a;
+         ++i) {
       if (!a->sources[i].active && !a->sources[i].dead) {
         dial(i);
         ++live;
@@ -487,7 +545,8 @@ void StateEngine::onComplete(std::uint64_t round) {
   auto a = active_;
   if (!a || !a->have_plan || round != a->round) return;
   if (a->downloading && !a->download_done) {
-    return finish(Status(StatusCode::kAborted, "the group's shared-state round ended before this peer had everything"));
+    return finish(Status(StatusCode::kAborted,
+                         "the group's shared-state round ended before this peer had everything"));
   }
   finish(Status());
 }
@@ -500,7 +559,8 @@ void StateEngine::onView(const p2p::GroupView& v) {
     bool member = std::any_of(v.peers.begin(), v.peers.end(), [&](const p2p::PeerInfo& p) {
       return p.id == id && p.state == p2p::PeerState::kMember;
     });
-    if (!member && !a->sources[i].dead) dropSource(i, Status(StatusCode::kPeerLost, "it left the group"));
+    if (!member && !a->sources[i].dead)
+      dropSource(i, Status(StatusCode::kPeerLost, "it left the group"));
   }
 }
 
@@ -559,7 +619,8 @@ void StateEngine::shutdown() {
   }
 }
 
-// ---- serving -------------------------------------------------------------------------------------
+// ---- serving
+// -------------------------------------------------------------------------------------
 
 void StateEngine::onLink(std::shared_ptr<Link> link, const std::string& from) {
   if (shut_down_ || !active_) {
@@ -595,15 +656,16 @@ void StateEngine::onRequest(const std::shared_ptr<Served>& s, std::uint64_t seq)
   std::uint32_t chunk = 0;
   decodeRequest(s->requests[seq % kPostedRequests], round, chunk);
   if (chunk >= a->chunks.size()) {
-    LOG_WARN(kLogPeer, "peer {} asked for shared-state chunk {} of {}; closing its link", shortId(s->from), chunk,
-             a->chunks.size());
+    LOG_WARN(kLogPeer, "peer {} asked for shared-state chunk {} of {}; closing its link",
+             shortId(s->from), chunk, a->chunks.size());
     return dropServed(s);
   }
   postRequest(s, seq + kPostedRequests);
   serveChunk(s, round, chunk);
 }
 
-void StateEngine::serveChunk(const std::shared_ptr<Served>& s, std::uint64_t round, std::uint32_t chunk) {
+void StateEngine::serveChunk(const std::shared_ptr<Served>& s, std::uint64_t round,
+                             std::uint32_t chunk) {
   auto a = active_;
   const ChunkRef ref = a->chunks[chunk];
   ByteSpan data(ref.data, ref.len);
@@ -619,18 +681,20 @@ void StateEngine::serveChunk(const std::shared_ptr<Served>& s, std::uint64_t rou
     if (alive.expired() || !active_ || active_->generation != gen) return;
     auto sp = weak.lock();
     if (!sp) return;
-    sp->link->send(dataTag(round, chunk), data, [this, copy, gen, len = data.size(), alive](const Status& st) {
-      if (alive.expired() || !st.isOk()) return;
-      static Counter& sent = counter("collectives.state_bytes_sent");
-      sent.inc(len);
-      if (active_ && active_->generation == gen) active_->report.bytes_sent += len;
-    });
+    sp->link->send(dataTag(round, chunk), data,
+                   [this, copy, gen, len = data.size(), alive](const Status& st) {
+                     if (alive.expired() || !st.isOk()) return;
+                     static Counter& sent = counter("collectives.state_bytes_sent");
+                     sent.inc(len);
+                     if (active_ && active_->generation == gen) active_->report.bytes_sent += len;
+                   });
   };
   if (a->options.max_serve_mbit > 0) {
     const TimePoint now = Clock::now();
     const TimePoint start = std::max(now, a->serve_free_at);
-    a->serve_free_at = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
-                                   static_cast<double>(ref.len) * 8 / (a->options.max_serve_mbit * 1e6)));
+    a->serve_free_at =
+        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                    static_cast<double>(ref.len) * 8 / (a->options.max_serve_mbit * 1e6)));
     if (start > now) {
       auto timer = std::make_shared<asio::steady_timer>(net_.context(), start);
       timer->async_wait([timer, send](const std::error_code& ec) {

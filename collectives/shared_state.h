@@ -30,7 +30,15 @@
 
 namespace loco::collectives {
 
-enum class StateDType : std::uint8_t { kF32 = 1, kF16 = 2, kBF16 = 3, kF64 = 4, kI32 = 5, kI64 = 6, kU8 = 7 };
+enum class StateDType : std::uint8_t {
+  kF32 = 1,
+  kF16 = 2,
+  kBF16 = 3,
+  kF64 = 4,
+  kI32 = 5,
+  kI64 = 6,
+  kU8 = 7
+};
 std::size_t stateDTypeSize(StateDType d);
 std::string_view stateDTypeName(StateDType d);
 
@@ -65,10 +73,10 @@ struct SyncReport {
   std::uint64_t bytes_sent = 0;        // chunk bytes served to others during this sync
   std::uint64_t bytes_received = 0;    // verified chunk bytes written into this peer's buffers
   std::size_t chunks_received = 0;
-  std::size_t chunks_rejected = 0;     // failed their hash check (fetched again elsewhere)
-  std::size_t sources_used = 0;        // peers this peer downloaded from
-  std::size_t sources_dropped = 0;     // sources that died, left or served corrupt data
-  bool drift = false;  // this peer was current, yet had to download: its state had drifted
+  std::size_t chunks_rejected = 0;  // failed their hash check (fetched again elsewhere)
+  std::size_t sources_used = 0;     // peers this peer downloaded from
+  std::size_t sources_dropped = 0;  // sources that died, left or served corrupt data
+  bool drift = false;           // this peer was current, yet had to download: its state had drifted
   double seconds = 0;           // the whole call
   double transfer_seconds = 0;  // from the coordinator's plan to the last verified chunk
 };

@@ -6,9 +6,9 @@
 // Thread rules: sync() from the application thread; every other method on the network thread.
 // shutdown() must run (on the network thread) before the engine is destroyed.
 
+#include <array>
 #include <condition_variable>
 #include <cstdint>
-#include <array>
 #include <deque>
 #include <map>
 #include <memory>
@@ -35,7 +35,8 @@ inline constexpr std::uint64_t kStateLinkEpochBit = std::uint64_t{1} << 63;
 
 class StateEngine {
  public:
-  StateEngine(p2p::NetworkThread& net, p2p::MembershipClient& client, std::string self_id, p2p::LinkOptions link_opts);
+  StateEngine(p2p::NetworkThread& net, p2p::MembershipClient& client, std::string self_id,
+              p2p::LinkOptions link_opts);
   ~StateEngine();
   StateEngine(const StateEngine&) = delete;
   StateEngine& operator=(const StateEngine&) = delete;
@@ -59,7 +60,7 @@ class StateEngine {
   struct Source {
     p2p::StateSource info;
     std::shared_ptr<p2p::Link> link;
-    bool active = false;   // dialed (or being dialed)
+    bool active = false;  // dialed (or being dialed)
     bool dead = false;
     std::size_t outstanding = 0;
     std::uint32_t corrupt = 0;
@@ -86,12 +87,12 @@ class StateEngine {
     bool download_done = false;
     // Download state.
     std::vector<Source> sources;
-    std::deque<std::uint32_t> queue;           // chunks waiting for a request
+    std::deque<std::uint32_t> queue;                 // chunks waiting for a request
     std::vector<std::vector<std::size_t>> excluded;  // per chunk: sources that served it corrupt
     std::size_t remaining = 0;
-    std::vector<std::vector<std::uint8_t>> spare;   // staging buffers
+    std::vector<std::vector<std::uint8_t>> spare;  // staging buffers
     SyncReport report;
-    TimePoint serve_free_at{};                 // pacing of max_serve_mbit
+    TimePoint serve_free_at{};  // pacing of max_serve_mbit
     TimePoint plan_at{};
   };
 
@@ -104,8 +105,8 @@ class StateEngine {
   // Makes sure every queued chunk has a live source that can serve it; fails the sync if not.
   void checkSources();
   void request(std::size_t index, std::uint32_t chunk);
-  void onChunk(std::uint64_t generation, std::size_t index, std::uint32_t chunk, std::vector<std::uint8_t> buf,
-               const Status& st);
+  void onChunk(std::uint64_t generation, std::size_t index, std::uint32_t chunk,
+               std::vector<std::uint8_t> buf, const Status& st);
   void dropSource(std::size_t index, const Status& why);
   void downloadDone();
   void fail(const Status& why);
@@ -125,7 +126,7 @@ class StateEngine {
 
   // Network thread.
   std::shared_ptr<Active> active_;
-  std::uint64_t generation_ = 0;
+  std::uint64_t generation_ = 0;  // one per sync; also its sync_id at the coordinator
   std::vector<std::shared_ptr<Served>> served_;
   bool shut_down_ = false;
 

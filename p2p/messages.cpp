@@ -256,6 +256,7 @@ bool readHashes(ByteReader& r, std::vector<std::uint64_t>& hashes) {
 std::vector<std::uint8_t> encodeStateManifest(const StateManifestMsg& m) {
   std::vector<std::uint8_t> out;
   ByteWriter w(out);
+  w.u64(m.sync_id);
   w.u8(static_cast<std::uint8_t>(m.strategy));
   w.u64(m.revision);
   w.u32(m.chunk_bytes);
@@ -275,7 +276,7 @@ Result<StateManifestMsg> decodeStateManifest(ByteSpan in) {
   StateManifestMsg m;
   std::uint8_t strategy = 0;
   std::uint32_t n = 0;
-  if (!(r.u8(strategy) && r.u64(m.revision) && r.u32(m.chunk_bytes) && r.u32(n))) return malformed("StateManifest");
+  if (!(r.u64(m.sync_id) && r.u8(strategy) && r.u64(m.revision) && r.u32(m.chunk_bytes) && r.u32(n))) return malformed("StateManifest");
   if (strategy < 1 || strategy > 3 || m.chunk_bytes == 0 || n > kMaxStateBuffers || n > r.remaining() / 14) {
     return malformed("StateManifest");
   }
@@ -295,6 +296,7 @@ Result<StateManifestMsg> decodeStateManifest(ByteSpan in) {
 std::vector<std::uint8_t> encodeStatePlan(const StatePlanMsg& m) {
   std::vector<std::uint8_t> out;
   ByteWriter w(out);
+  w.u64(m.sync_id);
   w.u32(static_cast<std::uint32_t>(m.code));
   w.str(m.reason);
   w.u64(m.revision);
@@ -314,7 +316,7 @@ Result<StatePlanMsg> decodeStatePlan(ByteSpan in) {
   ByteReader r(in);
   StatePlanMsg m;
   std::uint32_t code = 0, n = 0;
-  if (!(r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.u64(m.revision) && r.u64(m.elected_revision) &&
+  if (!(r.u64(m.sync_id) && r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.u64(m.revision) && r.u64(m.elected_revision) &&
         readHashes(r, m.canonical) && r.u32(n))) {
     return malformed("StatePlan");
   }

@@ -99,6 +99,7 @@ std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers, std::
 
 // What one peer holds: sent to the coordinator at every shared-state sync.
 struct StateManifestMsg {
+  std::uint64_t sync_id = 0;  // the peer's own number for this sync; echoed in its plan
   StateStrategy strategy = StateStrategy::kEnforcePopular;
   std::uint64_t revision = 0;
   std::uint32_t chunk_bytes = 0;
@@ -118,6 +119,7 @@ struct StateSource {
 // The coordinator's verdict for one peer. code != kOk: this peer's sync fails with `reason`
 // (layout mismatch, a send-only peer that lost); everything else is empty then.
 struct StatePlanMsg {
+  std::uint64_t sync_id = 0;  // the manifest's, so a plan for an abandoned sync is recognised
   StatusCode code = StatusCode::kOk;
   std::string reason;
   std::uint64_t revision = 0;          // every peer's revision after this sync

@@ -22,24 +22,29 @@ std::string describeMismatch(const StateManifestMsg& mine, const StateManifestMs
   const auto& g = group.buffers;
   for (std::size_t i = 0; i < std::max(a.size(), g.size()); ++i) {
     if (i >= a.size()) {
-      return fmt::format("buffer '{}' (#{}) of the group's shared state is missing here: this peer registered {} "
-                         "buffers, the group {}",
-                         g[i].name, i, a.size(), g.size());
+      return fmt::format(
+          "buffer '{}' (#{}) of the group's shared state is missing here: this peer registered {} "
+          "buffers, the group {}",
+          g[i].name, i, a.size(), g.size());
     }
     if (i >= g.size()) {
-      return fmt::format("buffer '{}' (#{}) is not part of the group's shared state ({} buffers)", a[i].name, i, g.size());
+      return fmt::format("buffer '{}' (#{}) is not part of the group's shared state ({} buffers)",
+                         a[i].name, i, g.size());
     }
     if (a[i].name != g[i].name) {
-      return fmt::format("buffer #{} is '{}' here but '{}' in the group's shared state (register buffers in the same "
-                         "order on every peer)",
-                         i, a[i].name, g[i].name);
+      return fmt::format(
+          "buffer #{} is '{}' here but '{}' in the group's shared state (register buffers in the "
+          "same "
+          "order on every peer)",
+          i, a[i].name, g[i].name);
     }
     if (!(a[i] == g[i])) {
-      return fmt::format("buffer '{}' differs from the group's: here {}, the group has {}", a[i].name,
-                         describeBuffer(a[i]), describeBuffer(g[i]));
+      return fmt::format("buffer '{}' differs from the group's: here {}, the group has {}",
+                         a[i].name, describeBuffer(a[i]), describeBuffer(g[i]));
     }
   }
-  return fmt::format("chunk size {} differs from the group's ({})", mine.chunk_bytes, group.chunk_bytes);
+  return fmt::format("chunk size {} differs from the group's ({})", mine.chunk_bytes,
+                     group.chunk_bytes);
 }
 
 // Buffer name and chunk within it for a global chunk index.
@@ -60,7 +65,9 @@ StatePlanMsg errorPlan(StatusCode code, std::string reason) {
   return p;
 }
 
-bool isSource(const StateManifestMsg& m) { return m.strategy != StateStrategy::kReceiveOnly; }
+bool isSource(const StateManifestMsg& m) {
+  return m.strategy != StateStrategy::kReceiveOnly;
+}
 
 }  // namespace
 
@@ -106,14 +113,16 @@ std::vector<StatePlanMsg> electSharedState(const std::vector<StateParticipant>& 
   for (std::size_t j = 1; j < layouts.size(); ++j) {
     const Layout& a = layouts[j];
     const Layout& b = layouts[group_layout];
-    if (a.votes > b.votes || (a.votes == b.votes && a.best_revision > b.best_revision)) group_layout = j;
+    if (a.votes > b.votes || (a.votes == b.votes && a.best_revision > b.best_revision))
+      group_layout = j;
   }
   const StateManifestMsg& group = in[layouts[group_layout].first].manifest;
   std::vector<bool> failed(n, false);
   for (std::size_t i = 0; i < n; ++i) {
     if (layout_of[i] != group_layout) {
-      out[i] = errorPlan(StatusCode::kInvalidArgument,
-                         "shared state layout differs from the group's: " + describeMismatch(in[i].manifest, group));
+      out[i] =
+          errorPlan(StatusCode::kInvalidArgument, "shared state layout differs from the group's: " +
+                                                      describeMismatch(in[i].manifest, group));
       failed[i] = true;
     }
   }
@@ -129,23 +138,26 @@ std::vector<StatePlanMsg> electSharedState(const std::vector<StateParticipant>& 
   if (!any_source) {
     for (std::size_t i = 0; i < n; ++i) {
       if (!failed[i]) {
-        out[i] = errorPlan(StatusCode::kNotFound,
-                           "no peer holds the shared state: every peer synced receive-only (at least one must "
-                           "sync enforce-popular or send-only)");
+        out[i] = errorPlan(
+            StatusCode::kNotFound,
+            "no peer holds the shared state: every peer synced receive-only (at least one must "
+            "sync enforce-popular or send-only)");
       }
     }
     return out;
   }
   std::vector<std::size_t> electors;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!failed[i] && isSource(in[i].manifest) && in[i].manifest.revision == top) electors.push_back(i);
+    if (!failed[i] && isSource(in[i].manifest) && in[i].manifest.revision == top)
+      electors.push_back(i);
   }
 
   // 3. Per chunk, the most popular hash among the electors.
   const std::size_t chunks = group.hashes.size();
   std::vector<std::uint64_t> canonical(chunks);
   std::vector<std::uint32_t> votes(chunks);
-  std::unordered_map<std::uint64_t, std::pair<std::uint32_t, bool>> tally;  // hash -> (votes, has send-only)
+  std::unordered_map<std::uint64_t, std::pair<std::uint32_t, bool>>
+      tally;  // hash -> (votes, has send-only)
   for (std::size_t c = 0; c < chunks; ++c) {
     tally.clear();
     for (std::size_t e : electors) {
@@ -172,11 +184,12 @@ std::vector<StatePlanMsg> electSharedState(const std::vector<StateParticipant>& 
     if (failed[i] || m.strategy != StateStrategy::kSendOnly) continue;
     for (std::size_t c = 0; c < chunks; ++c) {
       if (m.hashes[c] == canonical[c]) continue;
-      out[i] = errorPlan(
-          StatusCode::kAborted,
-          fmt::format("send-only sync lost the election: this peer's {} (revision {}) differs from the content "
-                      "{} peer(s) at revision {} hold; sync enforce-popular or receive-only to take the group's state",
-                      describeChunk(m, c), m.revision, votes[c], top));
+      out[i] = errorPlan(StatusCode::kAborted,
+                         fmt::format("send-only sync lost the election: this peer's {} (revision "
+                                     "{}) differs from the content "
+                                     "{} peer(s) at revision {} hold; sync enforce-popular or "
+                                     "receive-only to take the group's state",
+                                     describeChunk(m, c), m.revision, votes[c], top));
       failed[i] = true;
       break;
     }
@@ -208,7 +221,8 @@ std::vector<StatePlanMsg> electSharedState(const std::vector<StateParticipant>& 
       for (std::size_t c : needs) covers += in[q].manifest.hashes[c] == canonical[c] ? 1 : 0;
       if (covers > 0) cands.push_back({q, covers});
     }
-    std::stable_sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& b) { return a.covers > b.covers; });
+    std::stable_sort(cands.begin(), cands.end(),
+                     [](const Candidate& a, const Candidate& b) { return a.covers > b.covers; });
     if (cands.size() > kMaxStateSources) cands.resize(kMaxStateSources);
     for (const Candidate& cand : cands) {
       StateSource s;
@@ -226,7 +240,8 @@ std::vector<StatePlanMsg> electSharedState(const std::vector<StateParticipant>& 
   return out;
 }
 
-// ---- rounds --------------------------------------------------------------------------------------
+// ---- rounds
+// --------------------------------------------------------------------------------------
 
 namespace {
 bool isMember(const std::vector<PeerInfo>& members, const std::string& id) {
@@ -238,9 +253,11 @@ StateSyncEffects StateSyncRounds::manifest(const std::string& id, StateManifestM
                                            const std::vector<PeerInfo>& members) {
   StateSyncEffects fx;
   if (!isMember(members, id)) {
-    fx.plans.emplace_back(id, errorPlan(StatusCode::kInvalidArgument,
-                                        "shared-state sync before this peer was admitted to the group "
-                                        "(wait for membership first)"));
+    fx.plans.emplace_back(id,
+                          errorPlan(StatusCode::kInvalidArgument,
+                                    "shared-state sync before this peer was admitted to the group "
+                                    "(wait for membership first)"));
+    fx.plans.back().second.sync_id = m.sync_id;
     return fx;
   }
   if (planned_) {
@@ -261,10 +278,14 @@ StateSyncEffects StateSyncRounds::manifest(const std::string& id, StateManifestM
 StateSyncEffects StateSyncRounds::done(const std::string& id, std::uint64_t round,
                                        const std::vector<PeerInfo>& members) {
   if (round == 0) {
-    // Withdrawn before a plan: it no longer takes part (until its next manifest).
+    // Withdrawn (it gave up before it saw a plan): it no longer takes part until its next
+    // manifest. If its plan crossed the withdrawal, it is done with that round too.
     manifests_.erase(id);
     next_.erase(id);
-    return planned_ ? StateSyncEffects{} : maybePlan(members);
+    if (!planned_) return maybePlan(members);
+    if (participants_.count(id) == 0) return {};
+    done_.insert(id);
+    return maybeComplete(members);
   }
   if (!planned_ || round != round_ || participants_.count(id) == 0) return {};
   done_.insert(id);
@@ -273,7 +294,8 @@ StateSyncEffects StateSyncRounds::done(const std::string& id, std::uint64_t roun
 
 StateSyncEffects StateSyncRounds::membersChanged(const std::vector<PeerInfo>& members) {
   for (auto* map : {&manifests_, &next_}) {
-    for (auto it = map->begin(); it != map->end();) it = isMember(members, it->first) ? std::next(it) : map->erase(it);
+    for (auto it = map->begin(); it != map->end();)
+      it = isMember(members, it->first) ? std::next(it) : map->erase(it);
   }
   if (planned_) return maybeComplete(members);
   return maybePlan(members);
@@ -289,6 +311,7 @@ StateSyncEffects StateSyncRounds::maybePlan(const std::vector<PeerInfo>& members
   for (const PeerInfo& p : members) in.push_back({p, std::move(manifests_[p.id])});
   manifests_.clear();
   auto plans = electSharedState(in);
+  for (std::size_t i = 0; i < in.size(); ++i) plans[i].sync_id = in[i].manifest.sync_id;
   planned_ = true;
   participants_.clear();
   done_.clear();

@@ -49,7 +49,8 @@ bool planNeedsChunks(const StatePlanMsg& plan, const StateManifestMsg& mine);
 
 struct StateSyncEffects {
   std::uint64_t round = 0;
-  std::vector<std::pair<std::string, StatePlanMsg>> plans;  // send each as kStatePlan(op_id = round)
+  std::vector<std::pair<std::string, StatePlanMsg>>
+      plans;                          // send each as kStatePlan(op_id = round)
   std::vector<std::string> complete;  // send each kStateComplete(op_id = complete_round)
   std::uint64_t complete_round = 0;
   void merge(StateSyncEffects other);
@@ -61,9 +62,12 @@ class StateSyncRounds {
   // A manifest from `id`. `members`: the group's members in ring order. A manifest from a
   // non-member is answered with an error plan (round 0). A second manifest from a participant
   // of a planned round counts as its failure in that round and enters the next one.
-  StateSyncEffects manifest(const std::string& id, StateManifestMsg m, const std::vector<PeerInfo>& members);
-  // `id` is done with `round` (ok or not). Round 0 withdraws an unplanned manifest.
-  StateSyncEffects done(const std::string& id, std::uint64_t round, const std::vector<PeerInfo>& members);
+  StateSyncEffects manifest(const std::string& id, StateManifestMsg m,
+                            const std::vector<PeerInfo>& members);
+  // `id` is done with `round` (ok or not). Round 0 withdraws its manifest (and, if a plan
+  // crossed the withdrawal, ends its part in the planned round).
+  StateSyncEffects done(const std::string& id, std::uint64_t round,
+                        const std::vector<PeerInfo>& members);
   // The member set changed: peers that left are dropped from the round.
   StateSyncEffects membersChanged(const std::vector<PeerInfo>& members);
 

@@ -12,7 +12,9 @@ namespace loco::testing {
 namespace {
 
 std::string labUnsupported() {
-  if (::geteuid() != 0) return "loco lab needs root (network namespaces, veths, raw sockets); these tests run as root in CI";
+  if (::geteuid() != 0)
+    return "loco lab needs root (network namespaces, veths, raw sockets); these tests run as root "
+           "in CI";
   std::string probe = "locostateprobe" + std::to_string(::getpid());
   if (std::system(("ip netns add " + probe + " 2>/dev/null").c_str()) != 0) {
     return "this machine cannot create network namespaces (`ip netns add` failed)";
@@ -26,7 +28,8 @@ struct CommandResult {
   std::string out;
 };
 
-CommandResult loco(const TempDir& dir, const std::vector<std::string>& args, milliseconds timeout = milliseconds(30000)) {
+CommandResult loco(const TempDir& dir, const std::vector<std::string>& args,
+                   milliseconds timeout = milliseconds(30000)) {
   static int n = 0;
   Process p(args, dir.file("cmd" + std::to_string(n++) + ".log"));
   auto rc = p.waitExit(timeout);
@@ -53,9 +56,11 @@ TEST(SharedStateLab, JoinFromFourSlowSourcesIsAtLeastThreeTimesFasterThanFromOne
   for (char c : std::to_string(::getpid())) name.push_back(static_cast<char>('a' + (c - '0')));
   name = name.substr(0, 12);
   LabGuard guard{dir, name};
-  CommandResult up = loco(dir, {"lab", "up", name, "--hosts", "5", "--rate-mbit", "100", "--host", "5:rate-mbit=1000"});
+  CommandResult up = loco(
+      dir, {"lab", "up", name, "--hosts", "5", "--rate-mbit", "100", "--host", "5:rate-mbit=1000"});
   ASSERT_EQ(up.code, 0) << up.out;
-  CommandResult bench = loco(dir, {"bench", "join", "--peers", "5", "--mib", "256", "--lab", name}, milliseconds(200000));
+  CommandResult bench = loco(dir, {"bench", "join", "--peers", "5", "--mib", "256", "--lab", name},
+                             milliseconds(200000));
   ASSERT_EQ(bench.code, 0) << bench.out;
   std::string single, all;
   const std::regex line_re(R"(\{"bench":"join".*\})");

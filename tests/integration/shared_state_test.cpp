@@ -102,13 +102,16 @@ struct Group {
 };
 
 // Runs one sync on each listed peer at once.
-std::vector<Result<SyncReport>> syncAll(Group& g, std::vector<SharedState*> states, std::vector<SyncOptions> options = {},
+std::vector<Result<SyncReport>> syncAll(Group& g, std::vector<SharedState*> states,
+                                        std::vector<SyncOptions> options = {},
                                         Millis timeout = Millis(60000)) {
   options.resize(states.size());
   std::vector<Result<SyncReport>> out(states.size(), Status(StatusCode::kInternal, "not run"));
   std::vector<std::thread> threads;
   for (std::size_t i = 0; i < states.size(); ++i) {
-    threads.emplace_back([&, i] { out[i] = g.peers[i]->syncSharedState(*states[i], options[i], Deadline::after(timeout)); });
+    threads.emplace_back([&, i] {
+      out[i] = g.peers[i]->syncSharedState(*states[i], options[i], Deadline::after(timeout));
+    });
   }
   for (auto& t : threads) t.join();
   return out;
@@ -141,7 +144,8 @@ TEST(SharedState, JoinerDownloadsFromEverySourceAndEndsWithEqualHashes) {
     EXPECT_EQ(r[i]->revision, 2u);
     EXPECT_EQ(st[i]->state.revision(), 2u);
     if (i < 3) {
-      EXPECT_GT(r[i]->bytes_sent, 0u) << "source " << i << " served nothing: the download was not striped";
+      EXPECT_GT(r[i]->bytes_sent, 0u)
+          << "source " << i << " served nothing: the download was not striped";
       EXPECT_EQ(r[i]->bytes_received, 0u);
       sent += r[i]->bytes_sent;
     }
@@ -167,7 +171,8 @@ TEST(SharedState, OneFlippedByteIsFoundAtTheNextSyncAndRepairedWithOneChunk) {
   Group g(3);
   std::vector<std::unique_ptr<PeerState>> st;
   for (int i = 0; i < 3; ++i) st.push_back(std::make_unique<PeerState>(8 * kMiB, 11, 1u << 20));
-  for (auto& r : syncAll(g, {&st[0]->state, &st[1]->state, &st[2]->state})) ASSERT_TRUE(r.isOk()) << r.status().toString();
+  for (auto& r : syncAll(g, {&st[0]->state, &st[1]->state, &st[2]->state}))
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
   const std::uint64_t drift_before = counter("collectives.state_drift_syncs").value();
   auto* bytes = reinterpret_cast<std::uint8_t*>(st[1]->params.data());
   bytes[5 * kMiB + 12345] ^= 0x10;
@@ -181,15 +186,16 @@ TEST(SharedState, OneFlippedByteIsFoundAtTheNextSyncAndRepairedWithOneChunk) {
   EXPECT_EQ(counter("collectives.state_drift_syncs").value(), drift_before + 1);
   EXPECT_EQ(st[1]->params, st[0]->params);
   EXPECT_EQ(st[1]->state.digest(), st[2]->state.digest());
-  std::printf("flipped byte repaired: %llu bytes in %zu chunk(s)\n", static_cast<unsigned long long>(r[1]->bytes_received),
-              r[1]->chunks_received);
+  std::printf("flipped byte repaired: %llu bytes in %zu chunk(s)\n",
+              static_cast<unsigned long long>(r[1]->bytes_received), r[1]->chunks_received);
 }
 
 TEST(SharedState, HundredSteadySyncsOf64MiBReceiveNothing) {
   Group g(3);
   std::vector<std::unique_ptr<PeerState>> st;
   for (int i = 0; i < 3; ++i) st.push_back(std::make_unique<PeerState>(64 * kMiB, 3, 1u << 20));
-  for (auto& r : syncAll(g, {&st[0]->state, &st[1]->state, &st[2]->state})) ASSERT_TRUE(r.isOk()) << r.status().toString();
+  for (auto& r : syncAll(g, {&st[0]->state, &st[1]->state, &st[2]->state}))
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
   const std::uint64_t drift_before = counter("collectives.state_drift_syncs").value();
   std::uint64_t received = 0, sent = 0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -205,7 +211,8 @@ TEST(SharedState, HundredSteadySyncsOf64MiBReceiveNothing) {
   EXPECT_EQ(sent, 0u);
   EXPECT_EQ(st[0]->state.revision(), 101u);
   EXPECT_EQ(counter("collectives.state_drift_syncs").value(), drift_before);
-  std::printf("100 steady syncs of 64 MiB on 3 peers: 0 bytes received, %.1f ms per sync\n", per_sync_ms);
+  std::printf("100 steady syncs of 64 MiB on 3 peers: 0 bytes received, %.1f ms per sync\n",
+              per_sync_ms);
 }
 
 TEST(SharedState, LayoutMismatchIsRefusedNamingTheFirstMismatchingBuffer) {
@@ -232,7 +239,8 @@ TEST(SharedState, LayoutMismatchIsRefusedNamingTheFirstMismatchingBuffer) {
   ASSERT_TRUE(s3.add("bias", StateDType::kF32, b.data(), b.size()).isOk());
   r = syncAll(g, {&s0, &s1, &s3});
   ASSERT_FALSE(r[2].isOk());
-  EXPECT_NE(r[2].status().message().find("'weights'"), std::string::npos) << r[2].status().message();
+  EXPECT_NE(r[2].status().message().find("'weights'"), std::string::npos)
+      << r[2].status().message();
 }
 
 TEST(SharedState, SendOnlyPeerThatLosesGetsAClearErrorAndOneThatWinsIsCopied) {
@@ -247,7 +255,8 @@ TEST(SharedState, SendOnlyPeerThatLosesGetsAClearErrorAndOneThatWinsIsCopied) {
   ASSERT_TRUE(r[0].isOk()) << r[0].status().toString();
   ASSERT_FALSE(r[2].isOk());
   EXPECT_EQ(r[2].status().code(), StatusCode::kAborted);
-  EXPECT_NE(r[2].status().message().find("send-only"), std::string::npos) << r[2].status().message();
+  EXPECT_NE(r[2].status().message().find("send-only"), std::string::npos)
+      << r[2].status().message();
   EXPECT_NE(st[2]->params, st[0]->params) << "a send-only peer never downloads";
 
   // Restoring a checkpoint: the send-only peer wins against newcomers that hold nothing.
@@ -272,8 +281,8 @@ TEST(SharedState, SyncOutsideTheRulesIsAClearError) {
   ASSERT_FALSE(r.isOk());
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   std::vector<float> buf(1000, 1.0f);
-  auto op = g.peers[0]->allReduce(buf.data(), buf.size(), collectives::DType::kF32, collectives::ReduceOp::kSum,
-                                  collectives::Wire::kRaw);
+  auto op = g.peers[0]->allReduce(buf.data(), buf.size(), collectives::DType::kF32,
+                                  collectives::ReduceOp::kSum, collectives::Wire::kRaw);
   ASSERT_TRUE(op.isOk());
   ASSERT_TRUE((*op)->wait(Deadline::after(Millis(5000))).isOk());
   SharedState s;
@@ -285,6 +294,24 @@ TEST(SharedState, SyncOutsideTheRulesIsAClearError) {
   ASSERT_TRUE(alone.isOk()) << alone.status().toString();
   EXPECT_EQ(alone->bytes_received, 0u);
   EXPECT_EQ(s.revision(), 1u);
+}
+
+TEST(SharedState, ASyncThatTimedOutLeavesTheNextOneWorking) {
+  Group g(2);
+  std::vector<std::unique_ptr<PeerState>> st;
+  st.push_back(std::make_unique<PeerState>(1 * kMiB, 4, 64 * 1024));
+  st.push_back(std::make_unique<PeerState>(1 * kMiB, 0, 64 * 1024));
+  // Peer 1 is late: peer 0 gives up, and its manifest is withdrawn.
+  auto lonely = g.peers[0]->syncSharedState(st[0]->state, {}, Deadline::after(Millis(300)));
+  ASSERT_FALSE(lonely.isOk());
+  EXPECT_EQ(lonely.status().code(), StatusCode::kTimeout);
+  EXPECT_EQ(st[0]->state.revision(), 0u);
+  std::vector<SyncOptions> opts(2);
+  opts[1].strategy = SyncStrategy::kReceiveOnly;
+  auto r = syncAll(g, {&st[0]->state, &st[1]->state}, opts, Millis(20000));
+  for (auto& x : r) ASSERT_TRUE(x.isOk()) << x.status().toString();
+  EXPECT_EQ(st[1]->params, st[0]->params);
+  EXPECT_EQ(st[1]->state.revision(), 1u);
 }
 
 TEST(SharedStateFault, CorruptSourceIsRejectedRefetchedAndEvicted) {
@@ -301,7 +328,8 @@ TEST(SharedStateFault, CorruptSourceIsRejectedRefetchedAndEvicted) {
   ASSERT_TRUE(r[3].isOk()) << r[3].status().toString();
   EXPECT_GE(r[3]->chunks_rejected, collectives::kMaxCorruptChunksPerSource);
   EXPECT_GE(r[3]->sources_dropped, 1u);
-  EXPECT_EQ(st[3]->state.digest(), st[0]->state.digest()) << "every chunk verified; the corrupt ones came from others";
+  EXPECT_EQ(st[3]->state.digest(), st[0]->state.digest())
+      << "every chunk verified; the corrupt ones came from others";
   EXPECT_EQ(st[3]->params, st[0]->params);
   // The corrupt source was reported and evicted.
   EXPECT_FALSE(r[2].isOk());
@@ -310,8 +338,8 @@ TEST(SharedStateFault, CorruptSourceIsRejectedRefetchedAndEvicted) {
     auto v = g.coordinator.view();
     return v && v->world() == 3;
   }));
-  std::printf("corrupt source: %zu chunk(s) rejected and fetched elsewhere; source evicted (%s)\n", r[3]->chunks_rejected,
-              r[2].status().toString().c_str());
+  std::printf("corrupt source: %zu chunk(s) rejected and fetched elsewhere; source evicted (%s)\n",
+              r[3]->chunks_rejected, r[2].status().toString().c_str());
 }
 
 // Sources are `loco bench join --worker` processes serving at a paced 50 Mbit/s each, so one can
@@ -321,16 +349,38 @@ TEST(SharedStateFault, SourceKilledMidTransferIsReplacedByTheOthers) {
   CoordinatorProcess coordinator(dir, 200, 2000);
   std::vector<std::unique_ptr<Process>> sources;
   for (int i = 0; i < 3; ++i) {
-    sources.push_back(std::make_unique<Process>(
-        std::vector<std::string>{"bench", "join", "--worker", "--role", "source", "--coordinator", coordinator.address(),
-                                 "--listen", "127.0.0.1:0", "--peers", "4", "--sources", "3", "--mib", "24", "--chunk-kib",
-                                 "256", "--serve-mbit", "50", "--ready", dir.file("ready-" + std::to_string(i)), "--out",
-                                 dir.file("out-" + std::to_string(i)), "--log-level", "warn"},
-        dir.file("source-" + std::to_string(i) + ".log")));
+    sources.push_back(
+        std::make_unique<Process>(std::vector<std::string>{"bench",
+                                                           "join",
+                                                           "--worker",
+                                                           "--role",
+                                                           "source",
+                                                           "--coordinator",
+                                                           coordinator.address(),
+                                                           "--listen",
+                                                           "127.0.0.1:0",
+                                                           "--peers",
+                                                           "4",
+                                                           "--sources",
+                                                           "3",
+                                                           "--mib",
+                                                           "24",
+                                                           "--chunk-kib",
+                                                           "256",
+                                                           "--serve-mbit",
+                                                           "50",
+                                                           "--ready",
+                                                           dir.file("ready-" + std::to_string(i)),
+                                                           "--out",
+                                                           dir.file("out-" + std::to_string(i)),
+                                                           "--log-level",
+                                                           "warn"},
+                                  dir.file("source-" + std::to_string(i) + ".log")));
   }
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(eventually(milliseconds(30000), [&] { return !readFile(dir.file("ready-" + std::to_string(i))).empty(); }))
-        << sources[i]->log();
+    ASSERT_TRUE(eventually(milliseconds(30000), [&] {
+      return !readFile(dir.file("ready-" + std::to_string(i))).empty();
+    })) << sources[i]->log();
   }
   const std::string source_digest = readFile(dir.file("ready-0")).substr(0, 16);
   auto joiner = makePeer(coordinator);
@@ -339,7 +389,10 @@ TEST(SharedStateFault, SourceKilledMidTransferIsReplacedByTheOthers) {
   Result<SyncReport> r = Status(StatusCode::kInternal, "not run");
   Counter& received = counter("collectives.state_bytes_received");
   const std::uint64_t received_before = received.value();
-  std::thread t([&] { r = joiner->syncSharedState(st.state, {.strategy = SyncStrategy::kReceiveOnly}, Deadline::after(Millis(60000))); });
+  std::thread t([&] {
+    r = joiner->syncSharedState(st.state, {.strategy = SyncStrategy::kReceiveOnly},
+                                Deadline::after(Millis(60000)));
+  });
   // 24 MiB at 3 x 50 Mbit/s takes about 1.3 s: kill one source well inside it, once chunks flow.
   EXPECT_TRUE(eventually(milliseconds(20000), [&] { return received.value() > received_before; }));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -353,7 +406,9 @@ TEST(SharedStateFault, SourceKilledMidTransferIsReplacedByTheOthers) {
     EXPECT_EQ(sources[i]->waitExit(milliseconds(20000)), 0) << sources[i]->log();
     EXPECT_EQ(readFile(dir.file("out-" + std::to_string(i))).substr(0, 16), source_digest);
   }
-  std::printf("source killed 300 ms into the download: download finished in %.2f s from the other two\n", r->transfer_seconds);
+  std::printf(
+      "source killed 300 ms into the download: download finished in %.2f s from the other two\n",
+      r->transfer_seconds);
 }
 
 // The joiner is a process killed mid-download; the sources are here. They lose only the bytes
@@ -362,10 +417,31 @@ TEST(SharedStateFault, JoinerVanishingMidDownloadCostsTheSourcesNothing) {
   Group g(3);
   std::vector<std::unique_ptr<PeerState>> st;
   for (int i = 0; i < 3; ++i) st.push_back(std::make_unique<PeerState>(24 * kMiB, 42, 256 * 1024));
-  for (auto& r : syncAll(g, {&st[0]->state, &st[1]->state, &st[2]->state})) ASSERT_TRUE(r.isOk()) << r.status().toString();
-  Process joiner({"bench", "join", "--worker", "--role", "joiner", "--coordinator", g.coordinator.address(), "--listen",
-                  "127.0.0.1:0", "--peers", "4", "--sources", "3", "--mib", "24", "--chunk-kib", "256", "--ready",
-                  g.dir.file("joiner-ready"), "--out", g.dir.file("joiner-out"), "--log-level", "warn"},
+  for (auto& r : syncAll(g, {&st[0]->state, &st[1]->state, &st[2]->state}))
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
+  Process joiner({"bench",
+                  "join",
+                  "--worker",
+                  "--role",
+                  "joiner",
+                  "--coordinator",
+                  g.coordinator.address(),
+                  "--listen",
+                  "127.0.0.1:0",
+                  "--peers",
+                  "4",
+                  "--sources",
+                  "3",
+                  "--mib",
+                  "24",
+                  "--chunk-kib",
+                  "256",
+                  "--ready",
+                  g.dir.file("joiner-ready"),
+                  "--out",
+                  g.dir.file("joiner-out"),
+                  "--log-level",
+                  "warn"},
                  g.dir.file("joiner.log"));
   admitAll(g.raw(), 4);
   ASSERT_EQ(g.peers[0]->world(), 4u) << joiner.log();
@@ -380,7 +456,8 @@ TEST(SharedStateFault, JoinerVanishingMidDownloadCostsTheSourcesNothing) {
   }
   Counter& served = counter("collectives.state_bytes_sent");
   const std::uint64_t served_before = served.value();
-  ASSERT_TRUE(eventually(milliseconds(20000), [&] { return served.value() > served_before; })) << joiner.log();
+  ASSERT_TRUE(eventually(milliseconds(20000), [&] { return served.value() > served_before; }))
+      << joiner.log();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   joiner.signal(SIGKILL);
   const auto killed_at = std::chrono::steady_clock::now();
@@ -402,8 +479,8 @@ TEST(SharedStateFault, JoinerVanishingMidDownloadCostsTheSourcesNothing) {
   threads.clear();
   for (int i = 0; i < 3; ++i) {
     threads.emplace_back([&, i] {
-      auto h = g.peers[i]->allReduce(bufs[i].data(), bufs[i].size(), collectives::DType::kF32, collectives::ReduceOp::kSum,
-                                     collectives::Wire::kRaw);
+      auto h = g.peers[i]->allReduce(bufs[i].data(), bufs[i].size(), collectives::DType::kF32,
+                                     collectives::ReduceOp::kSum, collectives::Wire::kRaw);
       ar[i] = h ? (*h)->wait(Deadline::after(Millis(20000))) : h.status();
     });
   }
@@ -416,8 +493,10 @@ TEST(SharedStateFault, JoinerVanishingMidDownloadCostsTheSourcesNothing) {
     ASSERT_TRUE(x.isOk()) << x.status().toString();
     EXPECT_EQ(x->bytes_received, 0u);
   }
-  std::printf("joiner killed mid-download: sources sent %llu of %zu bytes, round over %.2f s after the kill\n",
-              static_cast<unsigned long long>(sent), 24 * kMiB, after_kill);
+  std::printf(
+      "joiner killed mid-download: sources sent %llu of %zu bytes, round over %.2f s after the "
+      "kill\n",
+      static_cast<unsigned long long>(sent), 24 * kMiB, after_kill);
 }
 
 }  // namespace

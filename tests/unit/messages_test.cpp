@@ -41,6 +41,7 @@ GroupView sampleView() {
 
 StateManifestMsg sampleManifest() {
   StateManifestMsg m;
+  m.sync_id = 77;
   m.strategy = StateStrategy::kSendOnly;
   m.revision = 41;
   m.chunk_bytes = 1000;
@@ -53,6 +54,7 @@ StateManifestMsg sampleManifest() {
 
 StatePlanMsg samplePlan() {
   StatePlanMsg p;
+  p.sync_id = 78;
   p.revision = 42;
   p.elected_revision = 41;
   p.canonical = {1, 2, 3, 4, 5, 6, 7, 8, 9};
@@ -206,6 +208,7 @@ TEST(Messages, StateManifestRoundTrips) {
   StateManifestMsg m = sampleManifest();
   auto r = decodeStateManifest(encodeStateManifest(m));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->sync_id, 77u);
   EXPECT_EQ(r->strategy, StateStrategy::kSendOnly);
   EXPECT_EQ(r->revision, 41u);
   EXPECT_EQ(r->chunk_bytes, 1000u);
@@ -240,6 +243,7 @@ TEST(Messages, StatePlanRoundTripsWithSourcesAndBitmaps) {
   StatePlanMsg p = samplePlan();
   auto r = decodeStatePlan(encodeStatePlan(p));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->sync_id, 78u);
   EXPECT_EQ(r->code, StatusCode::kOk);
   EXPECT_EQ(r->revision, 42u);
   EXPECT_EQ(r->elected_revision, 41u);

@@ -7,8 +7,12 @@
 namespace loco::p2p {
 namespace {
 
-std::string id(int i) { return std::string(31, '0') + static_cast<char>('a' + i); }
-PeerInfo peer(int i) { return PeerInfo{id(i), "10.0.0." + std::to_string(i + 1) + ":7000", PeerState::kMember, 0, 4}; }
+std::string id(int i) {
+  return std::string(31, '0') + static_cast<char>('a' + i);
+}
+PeerInfo peer(int i) {
+  return PeerInfo{id(i), "10.0.0." + std::to_string(i + 1) + ":7000", PeerState::kMember, 0, 4};
+}
 
 // A layout of one 8-chunk buffer; `hashes` gives the content.
 StateManifestMsg manifest(std::vector<std::uint64_t> hashes, std::uint64_t revision = 0,
@@ -30,7 +34,8 @@ std::vector<std::uint64_t> content(std::uint64_t base, std::size_t n = 8) {
 
 std::vector<StateParticipant> group(std::vector<StateManifestMsg> ms) {
   std::vector<StateParticipant> out;
-  for (std::size_t i = 0; i < ms.size(); ++i) out.push_back({peer(static_cast<int>(i)), std::move(ms[i])});
+  for (std::size_t i = 0; i < ms.size(); ++i)
+    out.push_back({peer(static_cast<int>(i)), std::move(ms[i])});
   return out;
 }
 
@@ -41,7 +46,8 @@ std::size_t needs(const StatePlanMsg& p, const StateManifestMsg& m) {
 }
 
 TEST(StateElection, EqualPeersNeedNothingAndTheRevisionAdvancesByOne) {
-  auto in = group({manifest(content(100), 7), manifest(content(100), 7), manifest(content(100), 7)});
+  auto in =
+      group({manifest(content(100), 7), manifest(content(100), 7), manifest(content(100), 7)});
   auto plans = electSharedState(in);
   for (std::size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(plans[i].code, StatusCode::kOk);
@@ -56,7 +62,8 @@ TEST(StateElection, EqualPeersNeedNothingAndTheRevisionAdvancesByOne) {
 TEST(StateElection, OneFlippedChunkIsRepairedFromEveryOtherPeer) {
   auto flipped = content(100);
   flipped[5] = 999;
-  auto in = group({manifest(content(100), 3), manifest(content(100), 3), manifest(flipped, 3), manifest(content(100), 3)});
+  auto in = group({manifest(content(100), 3), manifest(content(100), 3), manifest(flipped, 3),
+                   manifest(content(100), 3)});
   auto plans = electSharedState(in);
   EXPECT_EQ(plans[2].canonical, content(100));
   EXPECT_EQ(needs(plans[2], in[2].manifest), 1u);
@@ -84,14 +91,17 @@ TEST(StateElection, EachChunkIsElectedOnItsOwn) {
     EXPECT_EQ(needs(plans[i], in[i].manifest), 1u);
     // Both others hold the chunk this peer lacks.
     std::size_t holders = 0;
-    for (const auto& s : plans[i].sources) holders += s.holdsChunk(static_cast<std::size_t>(i)) ? 1 : 0;
+    for (const auto& s : plans[i].sources)
+      holders += s.holdsChunk(static_cast<std::size_t>(i)) ? 1 : 0;
     EXPECT_EQ(holders, 2u);
   }
 }
 
 TEST(StateElection, ANewcomerTakesEverythingAndItsBytesDoNotVote) {
-  auto in = group({manifest(content(100), 5), manifest(content(100), 5), manifest(content(0), 0, StateStrategy::kReceiveOnly),
-                   manifest(content(0), 0, StateStrategy::kReceiveOnly), manifest(content(0), 0, StateStrategy::kReceiveOnly)});
+  auto in = group({manifest(content(100), 5), manifest(content(100), 5),
+                   manifest(content(0), 0, StateStrategy::kReceiveOnly),
+                   manifest(content(0), 0, StateStrategy::kReceiveOnly),
+                   manifest(content(0), 0, StateStrategy::kReceiveOnly)});
   auto plans = electSharedState(in);
   EXPECT_EQ(plans[2].canonical, content(100));
   EXPECT_EQ(plans[2].revision, 6u);
@@ -100,7 +110,8 @@ TEST(StateElection, ANewcomerTakesEverythingAndItsBytesDoNotVote) {
 }
 
 TEST(StateElection, TheHighestRevisionWinsOverPopularity) {
-  auto in = group({manifest(content(100), 3), manifest(content(100), 3), manifest(content(200), 4)});
+  auto in =
+      group({manifest(content(100), 3), manifest(content(100), 3), manifest(content(200), 4)});
   auto plans = electSharedState(in);
   EXPECT_EQ(plans[0].canonical, content(200));
   EXPECT_EQ(plans[0].revision, 5u);
@@ -147,7 +158,8 @@ TEST(StateElection, LayoutMismatchIsRefusedNamingTheFirstMismatchingBuffer) {
 }
 
 TEST(StateElection, ASendOnlyPeerThatLosesGetsAClearErrorAndOneThatTiesWins) {
-  auto in = group({manifest(content(100), 2), manifest(content(100), 2), manifest(content(900), 2, StateStrategy::kSendOnly)});
+  auto in = group({manifest(content(100), 2), manifest(content(100), 2),
+                   manifest(content(900), 2, StateStrategy::kSendOnly)});
   auto plans = electSharedState(in);
   EXPECT_EQ(plans[2].code, StatusCode::kAborted);
   EXPECT_NE(plans[2].reason.find("send-only"), std::string::npos) << plans[2].reason;
@@ -161,7 +173,8 @@ TEST(StateElection, ASendOnlyPeerThatLosesGetsAClearErrorAndOneThatTiesWins) {
 }
 
 TEST(StateElection, NobodyHoldingTheStateIsAnError) {
-  auto in = group({manifest(content(0), 0, StateStrategy::kReceiveOnly), manifest(content(0), 0, StateStrategy::kReceiveOnly)});
+  auto in = group({manifest(content(0), 0, StateStrategy::kReceiveOnly),
+                   manifest(content(0), 0, StateStrategy::kReceiveOnly)});
   for (const auto& p : electSharedState(in)) EXPECT_EQ(p.code, StatusCode::kNotFound);
 }
 
@@ -175,7 +188,8 @@ TEST(StateElection, SourcesAreCappedAndTheBestCoverageComesFirst) {
   auto in = group(ms);
   auto plans = electSharedState(in);
   ASSERT_EQ(plans[0].sources.size(), kMaxStateSources);
-  for (const auto& s : plans[0].sources) EXPECT_NE(s.peer_id, id(1)) << "the partial holder covers less";
+  for (const auto& s : plans[0].sources)
+    EXPECT_NE(s.peer_id, id(1)) << "the partial holder covers less";
   // The partial holder itself needs chunk 0.
   EXPECT_EQ(needs(plans[1], in[1].manifest), 1u);
 }
@@ -248,6 +262,25 @@ TEST(StateRounds, ANonMemberIsRefusedAndAWithdrawnManifestNoLongerCounts) {
   EXPECT_EQ(r.waitingManifests(), 0u);
   EXPECT_TRUE(r.manifest(id(1), manifest(content(1), 1), m).plans.empty()) << "peer 0 withdrew";
   EXPECT_EQ(r.manifest(id(0), manifest(content(1), 1), m).plans.size(), 2u);
+}
+
+TEST(StateRounds, PlansEchoTheManifestsSyncIdAndAWithdrawalThatCrossedAPlanEndsItsPart) {
+  StateSyncRounds r;
+  auto m = members(2);
+  auto a = manifest(content(1), 1);
+  a.sync_id = 5;
+  auto b = manifest(content(0), 0, StateStrategy::kReceiveOnly);
+  b.sync_id = 9;
+  (void)r.manifest(id(0), a, m);
+  auto fx = r.manifest(id(1), b, m);
+  ASSERT_EQ(fx.plans.size(), 2u);
+  EXPECT_EQ(fx.plans[0].second.sync_id, 5u);
+  EXPECT_EQ(fx.plans[1].second.sync_id, 9u);
+  ASSERT_TRUE(r.planned());
+  // Peer 1 gave up before its plan arrived: the round must not wait for it.
+  fx = r.done(id(1), 0, m);
+  EXPECT_EQ(fx.complete_round, 1u);
+  EXPECT_FALSE(r.planned());
 }
 
 TEST(StateRounds, AManifestDuringAPlannedRoundFailsThatRoundForItAndOpensTheNext) {
