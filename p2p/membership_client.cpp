@@ -180,14 +180,25 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std:
         bool member = std::any_of(view_.peers.begin(), view_.peers.end(), [&](const PeerInfo& p) {
           return p.id == options_.peer_id && p.state == PeerState::kMember;
         });
-        if (state_ == State::kPending && member) state_ = State::kMember;
+        if (state_ == State::kPending && member) {
+          state_ = State::kMember;
+          barrier_epoch_ = view_.epoch;
+          admission_sync_pending_ = true;
+        }
         cb = view_cb_;
         view_copy = view_;
         break;
       }
       case MsgType::kSyncDone:
         epoch_ = std::max(epoch_, h.epoch);
-        ++sync_generation_;
+        barrier_epoch_ = h.epoch;
+        if (admission_sync_pending_) {
+          // The barrier that admitted us: waitForMembership stands for it, so it must not also
+          // complete the caller's next syncPoint (whether it would depended on thread timing).
+          admission_sync_pending_ = false;
+        } else {
+          ++sync_generation_;
+        }
         break;
       case MsgType::kEvicted: {
         auto e = decodeEvicted(payload);
@@ -250,7 +261,7 @@ Status MembershipClient::errorForStateLocked() const {
 Status MembershipClient::waitForMembership(Deadline deadline) {
   std::unique_lock lock(mu_);
   bool ok = cv_.wait_until(lock, deadline.at(), [&] {
-    return state_ == State::kMember || !errorForStateLocked().isOk();
+    return (state_ == State::kMember && !admission_sync_pending_) || !errorForStateLocked().isOk();
   });
   if (!ok) return Status(StatusCode::kTimeout, "not admitted before the deadline");
   return errorForStateLocked();
@@ -273,7 +284,9 @@ Result<std::uint64_t> MembershipClient::syncPoint(Deadline deadline) {
   if (!ok) return Status(StatusCode::kTimeout, "sync point: not every member arrived before the deadline");
   Status err = errorForStateLocked();
   if (!err.isOk()) return err;
-  return epoch_;
+  // The barrier's epoch, not epoch_: a member lost right after the barrier has already moved
+  // epoch_ on, and the caller must learn that it passed the barrier in the older one.
+  return barrier_epoch_;
 }
 
 Status MembershipClient::leave(Deadline deadline) {
@@ -310,6 +323,10 @@ GroupView MembershipClient::view() const {
 std::uint64_t MembershipClient::epoch() const {
   std::lock_guard lock(mu_);
   return epoch_;
+}
+std::uint64_t MembershipClient::barrierEpoch() const {
+  std::lock_guard lock(mu_);
+  return barrier_epoch_;
 }
 Millis MembershipClient::heartbeatInterval() const {
   std::lock_guard lock(mu_);
