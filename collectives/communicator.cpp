@@ -205,7 +205,19 @@ class Communicator::Impl {
     if (client_->state() != p2p::MembershipClient::State::kMember) {
       return Status(StatusCode::kInvalidArgument, "all-reduce before this peer was admitted (call waitForMembership)");
     }
+    // Operations are matched across peers by (epoch, sequence number). After a member is lost
+    // the epoch moves on without a sync point, and peers see it at different moments: one that
+    // went on issuing would run its operation alone until the timeout, or among a member set
+    // its caller never saw (a success the others cannot match). So the new epoch starts at a
+    // sync point, where every member agrees on it.
+    const std::uint64_t barrier = client_->barrierEpoch();
     const std::uint64_t epoch = client_->epoch();
+    if (epoch != barrier) {
+      return Status(StatusCode::kAborted,
+                    fmt::format("the group changed since the last sync point (epoch {} -> {}); call syncPoint() "
+                                "before the next all-reduce (nothing was started, the buffer is untouched)",
+                                barrier, epoch));
+    }
     if (epoch != seq_epoch_) {
       seq_epoch_ = epoch;
       seq_ = 0;

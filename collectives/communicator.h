@@ -76,6 +76,8 @@ class Communicator {
   Result<std::uint64_t> syncPoint(Deadline deadline);
   // Starts an all-reduce of `count` elements at `data` (in place). `data` must stay valid and
   // untouched until the operation ends. Zero elements: kInvalidArgument (the group aborts it).
+  // kAborted at once, nothing started, if the group lost a member since the last sync point
+  // (or admission): the survivors meet at syncPoint() and continue in the new epoch there.
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp op, Wire wire,
                                                AllReduceOptions options = {});
   Status leave(Deadline deadline);
