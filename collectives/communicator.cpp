@@ -331,7 +331,10 @@ class Communicator::Impl {
                          dialing_ = false;
                          if (epoch != ring_epoch_) return;
                          if (!r) {
-                           failAll(r.status().withContext("connecting to the next peer of the ring"));
+                           // Refused or unreachable: the neighbour died after the epoch began.
+                           // Its survivors see kPeerLost, like those whose link to it broke.
+                           failAll(Status(StatusCode::kPeerLost, r.status().message())
+                                       .withContext("connecting to the next peer of the ring"));
                            return;
                          }
                          out_link_ = std::move(r.value());
