@@ -79,10 +79,12 @@ class BufferPool {
  public:
   std::vector<std::uint8_t> take(std::size_t bytes) {
     std::lock_guard lock(mu_);
-    for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+    // The smallest spare that fits (spares are sorted largest first): handing a piece the
+    // resident backup of a large operation would leave the next backup to be allocated anew.
+    for (auto it = spare_.rbegin(); it != spare_.rend(); ++it) {
       if (it->capacity() >= bytes) {
         std::vector<std::uint8_t> b = std::move(*it);
-        spare_.erase(it);
+        spare_.erase(std::next(it).base());
         b.resize(bytes);
         return b;
       }
