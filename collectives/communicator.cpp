@@ -116,6 +116,12 @@ std::uint64_t pieceTag(std::uint64_t op_id, std::size_t step, std::size_t piece)
 // as it has arrived and been reduced), so links, reduction and the next hop overlap.
 constexpr std::size_t kMinPieceElems = 16384;  // 64 KiB of fp32
 constexpr std::size_t kMaxPieces = 16;
+// Each piece in flight holds a receive buffer, so memory grows with the pieces in flight, not
+// with the buffer: large segments are cut into more pieces of at most 1 MiB (fp32), of which
+// kMaxPieces are in flight at a time. Without this, receive buffers took a whole segment (64 MiB
+// at 256 MiB, N = 4; 128 MiB at N = 2) on top of the buffer and its backup.
+constexpr std::size_t kMaxPieceElems = std::size_t{1} << 18;
+constexpr std::size_t kMaxPiecesPerSegment = 1024;  // the piece field of pieceTag
 
 struct Descriptor {  // step 0: what each peer believes the operation is
   std::uint64_t count;
@@ -140,6 +146,7 @@ class Communicator::Impl {
     std::shared_ptr<Operation::State> handle;
     std::size_t world = 0, rank = 0;
     std::size_t pieces = 1;             // per segment
+    std::size_t pieces_started = 0;     // in order; at most kMaxPieces more than finished
     std::size_t pieces_finished = 0;    // pieces through the last step
     std::size_t sends_in_flight = 0;
     std::vector<std::uint8_t> desc_send, desc_recv;
@@ -429,9 +436,17 @@ class Communicator::Impl {
                                          b.op, wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))))));
     }
     const std::size_t seg = op->n / op->world;
-    op->pieces = std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces);
+    op->pieces = std::max(std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces),
+                          std::min((seg + kMaxPieceElems - 1) / kMaxPieceElems, kMaxPiecesPerSegment));
     op->recv_bufs.resize(op->pieces);
-    for (std::size_t p = 0; p < op->pieces; ++p) {
+    startPieces(op);
+  }
+
+  // Every peer starts pieces in the same order, a new one each time one finishes here.
+  void startPieces(const std::shared_ptr<Op>& op) {
+    while (op->pieces_started < op->pieces && op->pieces_started - op->pieces_finished < kMaxPieces) {
+      if (op->handle->finished || !in_link_ || !out_link_) return;  // failed meanwhile
+      const std::size_t p = op->pieces_started++;
       postRecv(op, p, 1);
       sendPiece(op, p, 1);
     }
@@ -522,6 +537,9 @@ class Communicator::Impl {
     }
     if (s == 2 * N - 2) {
       ++op->pieces_finished;
+      pool_.give(std::move(op->recv_bufs[p]));  // for the next piece
+      op->recv_bufs[p] = {};
+      startPieces(op);
       return maybeDataDone(op);
     }
     sendPiece(op, p, s + 1);  // for quantized all-gather this forwards (moves) recv_bufs[p]
