@@ -384,6 +384,15 @@ class Communicator::Impl {
       if (ec || alive.expired()) return;
       fail(op, Status(StatusCode::kTimeout, fmt::format("all-reduce did not finish within {} ms", t.count())));
     });
+    // A newer view may have arrived between allReduce() and now: onView() fails only the
+    // operations already here, and the ring of the old epoch may still look healthy, so this one
+    // would wait for peers that have moved on until its timeout.
+    if (const std::uint64_t now = client_->epoch(); now != op->epoch) {
+      return fail(op, Status(StatusCode::kAborted,
+                             fmt::format("the group changed as the all-reduce started (epoch {} -> {}); the buffer is "
+                                         "restored",
+                                         op->epoch, now)));
+    }
     startWhenRingReady(op);
   }
 
