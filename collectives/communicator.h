@@ -69,7 +69,8 @@ class Communicator {
   static Result<std::unique_ptr<Communicator>> create(CommunicatorOptions options, Deadline deadline);
   ~Communicator();
 
-  // Blocks until admitted.
+  // Blocks until admitted. Admission happens at a sync point of the members, so the newcomer's
+  // first operation follows it directly, like theirs; its next syncPoint() is the one after.
   Status waitForMembership(Deadline deadline);
   // A sync point of the whole group (pending peers are admitted here); no operation may be in
   // flight (kInvalidArgument). Returns the epoch to continue in.
