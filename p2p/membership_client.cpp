@@ -122,6 +122,10 @@ Status MembershipClient::join(Deadline deadline) {
     Status err = last_error_;
     bool refused_connection = err.code() == StatusCode::kUnavailable && connect_done_;
     if (refused_connection) refused = err;
+    // Reset before the coordinator answered: a coordinator dying as we connect (its listen
+    // backlog accepts, then the kernel resets) or one starting up. Worth another try, like a
+    // refusal.
+    const bool lost_in_handshake = err.code() == StatusCode::kPeerLost && connect_done_;
     if (err.isOk() || (err.code() == StatusCode::kTimeout && !refused.isOk())) {
       err = refused.isOk()
                 ? Status(StatusCode::kTimeout, fmt::format("no answer from coordinator {}", target))
@@ -130,7 +134,7 @@ Status MembershipClient::join(Deadline deadline) {
                                      "running there?",
                                      refused.message()));
     }
-    if (!refused_connection || deadline.expired()) {
+    if ((!refused_connection && !lost_in_handshake) || deadline.expired()) {
       lock.unlock();
       closeConnection();
       return err.withContext(fmt::format("cannot join via coordinator {}", target));
