@@ -2,8 +2,9 @@
 // in a lab's hosts. Each worker times its operations and hashes its result; the parent prints
 // one JSON line per configuration:
 //   {"bench":"allreduce","peers":N,"mib":M,"wire":"…","streams":K,"p50_ms":…,"algbw_gbs":…,
-//    "busbw_gbs":…,"rel_rms_err":…,"bitwise_equal":true|false}
-// busbw = bytes·2(N−1)/N / time; rel_rms_err is rank 0's result against an fp64 reference.
+//    "busbw_gbs":…,"rel_rms_err":…,"bitwise_equal":true|false,"peak_rss_mib":…}
+// busbw = bytes·2(N−1)/N / time; rel_rms_err is rank 0's result against an fp64 reference;
+// peak_rss_mib is the highest peak RSS (VmHWM) of any worker, taken right after its operations.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
@@ -39,12 +40,34 @@ namespace {
 
 using collectives::Wire;
 
+// Rank r's input: a deterministic stream, so it can be regenerated instead of kept (a kept copy
+// would add a whole buffer to every worker's memory) and streamed for the reference.
+struct GaussianStream {
+  explicit GaussianStream(int rank) : rng(1000 + static_cast<std::uint64_t>(rank)) {}
+  float next() { return dist(rng); }
+  std::mt19937_64 rng;
+  std::normal_distribution<float> dist{0.0f, 1.0f};
+};
+
+void fillGaussian(std::vector<float>& v, int rank) {
+  GaussianStream g(rank);
+  for (float& x : v) x = g.next();
+}
+
 std::vector<float> gaussianInput(std::size_t n, int rank) {
-  std::mt19937_64 rng(1000 + static_cast<std::uint64_t>(rank));
-  std::normal_distribution<float> d(0.0f, 1.0f);
   std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
+  fillGaussian(v, rank);
   return v;
+}
+
+// Peak resident set of this process so far (VmHWM), in MiB; -1 if /proc is unavailable.
+double peakRssMib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return static_cast<double>(std::strtol(line.c_str() + 6, nullptr, 10)) / 1024.0;
+  }
+  return -1;
 }
 
 std::uint64_t fnv1a(const void* data, std::size_t bytes) {
@@ -54,28 +77,37 @@ std::uint64_t fnv1a(const void* data, std::size_t bytes) {
   return h;
 }
 
-// rank 0 compares its result with an fp64 reference; every rank hashes its result.
-Status writeResult(const Flags& flags, int rank, int peers, const std::vector<float>& input, const std::vector<float>& buf,
+// rank 0 compares its result with an fp64 reference; every rank hashes its result. The reference
+// is built a block at a time from every rank's regenerated input stream: a whole fp64 copy would
+// cost twice the buffer, more than the all-reduce itself.
+Status writeResult(const Flags& flags, int rank, int peers, const std::vector<float>& buf, double peak_rss_mib,
                    const std::vector<double>& times_ms) {
   const std::size_t n = buf.size();
   double rel = -1;
   if (rank == 0) {
-    std::vector<double> ref(n, 0.0);
-    for (int r = 0; r < peers; ++r) {
-      auto x = r == 0 ? input : gaussianInput(n, r);
-      for (std::size_t i = 0; i < n; ++i) ref[i] += x[i];
-    }
+    std::vector<GaussianStream> inputs;
+    for (int r = 0; r < peers; ++r) inputs.emplace_back(r);
+    constexpr std::size_t kBlock = 1 << 16;
+    std::vector<double> ref(kBlock);
     double err = 0, norm = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      double want = ref[i] / peers;
-      err += (buf[i] - want) * (buf[i] - want);
-      norm += want * want;
+    for (std::size_t b = 0; b < n; b += kBlock) {
+      const std::size_t len = std::min(kBlock, n - b);
+      std::fill(ref.begin(), ref.end(), 0.0);
+      for (auto& in : inputs) {
+        for (std::size_t i = 0; i < len; ++i) ref[i] += in.next();
+      }
+      for (std::size_t i = 0; i < len; ++i) {
+        const double want = ref[i] / peers;
+        err += (buf[b + i] - want) * (buf[b + i] - want);
+        norm += want * want;
+      }
     }
     rel = std::sqrt(err / norm);
   }
   std::string times;
   for (double t : times_ms) times += fmt::format("{}{:.4f}", times.empty() ? "" : " ", t);
-  return writeFileAtomic(flags.get("out"), fmt::format("{:016x} {:.6e}\n{}\n", fnv1a(buf.data(), n * 4), rel, times));
+  return writeFileAtomic(flags.get("out"),
+                         fmt::format("{:016x} {:.6e} {:.1f}\n{}\n", fnv1a(buf.data(), n * 4), rel, peak_rss_mib, times));
 }
 
 int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
@@ -89,7 +121,7 @@ int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
   if (Status st = glooAllReduce(rank, peers, listen->host, flags.get("store"), input, buf, iters, times_ms); !st.isOk()) {
     return reportFailure(st);
   }
-  if (Status st = writeResult(flags, rank, peers, input, buf, times_ms); !st.isOk()) return reportFailure(st);
+  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk()) return reportFailure(st);
   return 0;
 #else
   (void)flags, (void)bytes, (void)peers, (void)iters;
@@ -154,15 +186,14 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     return reportFailure(Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), peers)));
   }
   const std::size_t n = bytes / sizeof(float);
-  const std::vector<float> input = gaussianInput(n, rank);
   std::vector<float> buf(n);
   std::vector<double> times_ms;
   if (topology) {
-    std::memcpy(buf.data(), input.data(), bytes);
+    fillGaussian(buf, rank);
     if (Status st = runTopologyPhase(flags, c, buf, wire); !st.isOk()) return reportFailure(st);
   }
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
-    std::memcpy(buf.data(), input.data(), bytes);
+    fillGaussian(buf, rank);
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return reportFailure(st.status());  // start together
     auto t0 = Clock::now();
     auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
@@ -170,7 +201,7 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk()) return reportFailure(st);
     if (it >= 0) times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
-  if (Status st = writeResult(flags, rank, peers, input, buf, times_ms); !st.isOk()) return reportFailure(st);
+  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk()) return reportFailure(st);
   (void)c.syncPoint(Deadline::after(Millis(60000)));  // nobody leaves while others still run
   (void)c.leave(Deadline::after(Millis(2000)));
   return 0;
@@ -184,6 +215,7 @@ struct RunSummary {
   // lab hosts (or ranks on loopback) joined by '-'.
   double initial_ms = 0;
   std::string ring_before, ring_after;
+  double peak_rss_mib = 0;  // the highest of any worker
 };
 
 // One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
@@ -268,10 +300,11 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
   for (int r = 0; r < N; ++r) {
     std::istringstream in(readTextFile(fmt::format("{}/worker-{}.result", dir, r)));
     std::string hash;
-    double err = 0;
-    in >> hash >> err;
+    double err = 0, rss = 0;
+    in >> hash >> err >> rss;
     hashes.insert(hash);
     if (r == 0) out.rel = err;
+    out.peak_rss_mib = std::max(out.peak_rss_mib, rss);
     for (double& w : worst) {
       double t = 0;
       in >> t;
@@ -372,9 +405,9 @@ int runBenchAllReduce(const Args& args) {
     const double algbw = static_cast<double>(bytes) / (run->p50_ms / 1000) / 1e9;
     const double busbw = algbw * 2.0 * (N - 1) / N;
     std::string line = fmt::format(
-        R"({{"bench":"allreduce","impl":"{}","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{}{})",
+        R"({{"bench":"allreduce","impl":"{}","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{},"peak_rss_mib":{:.0f}{})",
         gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"), gloo ? 1 : *streams, run->p50_ms,
-        algbw, busbw, run->rel, run->bitwise_equal ? "true" : "false", lab_field);
+        algbw, busbw, run->rel, run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
     if (gloo) gloo_p50 = run->p50_ms;
     if (!gloo && !run->ring_before.empty()) {
       line += fmt::format(R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",

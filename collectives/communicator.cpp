@@ -84,10 +84,12 @@ class BufferPool {
  public:
   std::vector<std::uint8_t> take(std::size_t bytes) {
     std::lock_guard lock(mu_);
-    for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+    // The smallest spare that fits (spares are sorted largest first): handing a piece the
+    // resident backup of a large operation would leave the next backup to be allocated anew.
+    for (auto it = spare_.rbegin(); it != spare_.rend(); ++it) {
       if (it->capacity() >= bytes) {
         std::vector<std::uint8_t> b = std::move(*it);
-        spare_.erase(it);
+        spare_.erase(std::next(it).base());
         b.resize(bytes);
         return b;
       }
@@ -119,6 +121,12 @@ std::uint64_t pieceTag(std::uint64_t op_id, std::size_t step, std::size_t piece)
 // as it has arrived and been reduced), so links, reduction and the next hop overlap.
 constexpr std::size_t kMinPieceElems = 16384;  // 64 KiB of fp32
 constexpr std::size_t kMaxPieces = 16;
+// Each piece in flight holds a receive buffer, so memory grows with the pieces in flight, not
+// with the buffer: large segments are cut into more pieces of at most 1 MiB (fp32), of which
+// kMaxPieces are in flight at a time. Without this, receive buffers took a whole segment (64 MiB
+// at 256 MiB, N = 4; 128 MiB at N = 2) on top of the buffer and its backup.
+constexpr std::size_t kMaxPieceElems = std::size_t{1} << 18;
+constexpr std::size_t kMaxPiecesPerSegment = 1024;  // the piece field of pieceTag
 
 // Topology probes (p2p/topology.h): a dialled link with this epoch is a probe, not a ring link.
 // The prober sends up to kProbePieces pieces; the receiver measures what arrives within
@@ -153,6 +161,7 @@ class Communicator::Impl {
     std::shared_ptr<Operation::State> handle;
     std::size_t world = 0, rank = 0;
     std::size_t pieces = 1;             // per segment
+    std::size_t pieces_started = 0;     // in order; at most kMaxPieces more than finished
     std::size_t pieces_finished = 0;    // pieces through the last step
     std::size_t sends_in_flight = 0;
     std::vector<std::uint8_t> desc_send, desc_recv;
@@ -238,7 +247,19 @@ class Communicator::Impl {
     if (client_->state() != p2p::MembershipClient::State::kMember) {
       return Status(StatusCode::kInvalidArgument, "all-reduce before this peer was admitted (call waitForMembership)");
     }
+    // Operations are matched across peers by (epoch, sequence number). After a member is lost
+    // the epoch moves on without a sync point, and peers see it at different moments: one that
+    // went on issuing would run its operation alone until the timeout, or among a member set
+    // its caller never saw (a success the others cannot match). So the new epoch starts at a
+    // sync point, where every member agrees on it.
+    const std::uint64_t barrier = client_->barrierEpoch();
     const std::uint64_t epoch = client_->epoch();
+    if (epoch != barrier) {
+      return Status(StatusCode::kAborted,
+                    fmt::format("the group changed since the last sync point (epoch {} -> {}); call syncPoint() "
+                                "before the next all-reduce (nothing was started, the buffer is untouched)",
+                                barrier, epoch));
+    }
     if (epoch != seq_epoch_) {
       seq_epoch_ = epoch;
       seq_ = 0;
@@ -370,7 +391,10 @@ class Communicator::Impl {
                          dialing_ = false;
                          if (epoch != ring_epoch_) return;
                          if (!r) {
-                           failAll(r.status().withContext("connecting to the next peer of the ring"));
+                           // Refused or unreachable: the neighbour died after the epoch began.
+                           // Its survivors see kPeerLost, like those whose link to it broke.
+                           failAll(Status(StatusCode::kPeerLost, r.status().message())
+                                       .withContext("connecting to the next peer of the ring"));
                            return;
                          }
                          out_link_ = std::move(r.value());
@@ -416,6 +440,15 @@ class Communicator::Impl {
       if (ec || alive.expired()) return;
       fail(op, Status(StatusCode::kTimeout, fmt::format("all-reduce did not finish within {} ms", t.count())));
     });
+    // A newer view may have arrived between allReduce() and now: onView() fails only the
+    // operations already here, and the ring of the old epoch may still look healthy, so this one
+    // would wait for peers that have moved on until its timeout.
+    if (const std::uint64_t now = client_->epoch(); now != op->epoch) {
+      return fail(op, Status(StatusCode::kAborted,
+                             fmt::format("the group changed as the all-reduce started (epoch {} -> {}); the buffer is "
+                                         "restored",
+                                         op->epoch, now)));
+    }
     startWhenRingReady(op);
   }
 
@@ -468,9 +501,17 @@ class Communicator::Impl {
                                          b.op, wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))))));
     }
     const std::size_t seg = op->n / op->world;
-    op->pieces = std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces);
+    op->pieces = std::max(std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces),
+                          std::min((seg + kMaxPieceElems - 1) / kMaxPieceElems, kMaxPiecesPerSegment));
     op->recv_bufs.resize(op->pieces);
-    for (std::size_t p = 0; p < op->pieces; ++p) {
+    startPieces(op);
+  }
+
+  // Every peer starts pieces in the same order, a new one each time one finishes here.
+  void startPieces(const std::shared_ptr<Op>& op) {
+    while (op->pieces_started < op->pieces && op->pieces_started - op->pieces_finished < kMaxPieces) {
+      if (op->handle->finished || !in_link_ || !out_link_) return;  // failed meanwhile
+      const std::size_t p = op->pieces_started++;
       postRecv(op, p, 1);
       sendPiece(op, p, 1);
     }
@@ -562,6 +603,9 @@ class Communicator::Impl {
     }
     if (s == 2 * N - 2) {
       ++op->pieces_finished;
+      pool_.give(std::move(op->recv_bufs[p]));  // for the next piece
+      op->recv_bufs[p] = {};
+      startPieces(op);
       return maybeDataDone(op);
     }
     sendPiece(op, p, s + 1);  // for quantized all-gather this forwards (moves) recv_bufs[p]

@@ -75,13 +75,16 @@ class Communicator {
   static Result<std::unique_ptr<Communicator>> create(CommunicatorOptions options, Deadline deadline);
   ~Communicator();
 
-  // Blocks until admitted.
+  // Blocks until admitted. Admission happens at a sync point of the members, so the newcomer's
+  // first operation follows it directly, like theirs; its next syncPoint() is the one after.
   Status waitForMembership(Deadline deadline);
   // A sync point of the whole group (pending peers are admitted here); no operation may be in
   // flight (kInvalidArgument). Returns the epoch to continue in.
   Result<std::uint64_t> syncPoint(Deadline deadline);
   // Starts an all-reduce of `count` elements at `data` (in place). `data` must stay valid and
   // untouched until the operation ends. Zero elements: kInvalidArgument (the group aborts it).
+  // kAborted at once, nothing started, if the group lost a member since the last sync point
+  // (or admission): the survivors meet at syncPoint() and continue in the new epoch there.
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp op, Wire wire,
                                                AllReduceOptions options = {});
   // Synchronizes `state` with the group (shared_state.h). Every member calls it at the same

@@ -138,6 +138,10 @@ Status MembershipClient::join(Deadline deadline) {
     Status err = last_error_;
     bool refused_connection = err.code() == StatusCode::kUnavailable && connect_done_;
     if (refused_connection) refused = err;
+    // Reset before the coordinator answered: a coordinator dying as we connect (its listen
+    // backlog accepts, then the kernel resets) or one starting up. Worth another try, like a
+    // refusal.
+    const bool lost_in_handshake = err.code() == StatusCode::kPeerLost && connect_done_;
     if (err.isOk() || (err.code() == StatusCode::kTimeout && !refused.isOk())) {
       err = refused.isOk()
                 ? Status(StatusCode::kTimeout, fmt::format("no answer from coordinator {}", target))
@@ -146,7 +150,7 @@ Status MembershipClient::join(Deadline deadline) {
                                      "running there?",
                                      refused.message()));
     }
-    if (!refused_connection || deadline.expired()) {
+    if ((!refused_connection && !lost_in_handshake) || deadline.expired()) {
       lock.unlock();
       closeConnection();
       return err.withContext(fmt::format("cannot join via coordinator {}", target));
@@ -200,14 +204,25 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std:
         bool member = std::any_of(view_.peers.begin(), view_.peers.end(), [&](const PeerInfo& p) {
           return p.id == options_.peer_id && p.state == PeerState::kMember;
         });
-        if (state_ == State::kPending && member) state_ = State::kMember;
+        if (state_ == State::kPending && member) {
+          state_ = State::kMember;
+          barrier_epoch_ = view_.epoch;
+          admission_sync_pending_ = true;
+        }
         cb = view_cb_;
         view_copy = view_;
         break;
       }
       case MsgType::kSyncDone:
         epoch_ = std::max(epoch_, h.epoch);
-        ++sync_generation_;
+        barrier_epoch_ = h.epoch;
+        if (admission_sync_pending_) {
+          // The barrier that admitted us: waitForMembership stands for it, so it must not also
+          // complete the caller's next syncPoint (whether it would depended on thread timing).
+          admission_sync_pending_ = false;
+        } else {
+          ++sync_generation_;
+        }
         break;
       case MsgType::kEvicted: {
         auto e = decodeEvicted(payload);
@@ -270,7 +285,7 @@ Status MembershipClient::errorForStateLocked() const {
 Status MembershipClient::waitForMembership(Deadline deadline) {
   std::unique_lock lock(mu_);
   bool ok = cv_.wait_until(lock, deadline.at(), [&] {
-    return state_ == State::kMember || !errorForStateLocked().isOk();
+    return (state_ == State::kMember && !admission_sync_pending_) || !errorForStateLocked().isOk();
   });
   if (!ok) return Status(StatusCode::kTimeout, "not admitted before the deadline");
   return errorForStateLocked();
@@ -293,7 +308,9 @@ Result<std::uint64_t> MembershipClient::syncPoint(Deadline deadline) {
   if (!ok) return Status(StatusCode::kTimeout, "sync point: not every member arrived before the deadline");
   Status err = errorForStateLocked();
   if (!err.isOk()) return err;
-  return epoch_;
+  // The barrier's epoch, not epoch_: a member lost right after the barrier has already moved
+  // epoch_ on, and the caller must learn that it passed the barrier in the older one.
+  return barrier_epoch_;
 }
 
 Status MembershipClient::leave(Deadline deadline) {
@@ -330,6 +347,10 @@ GroupView MembershipClient::view() const {
 std::uint64_t MembershipClient::epoch() const {
   std::lock_guard lock(mu_);
   return epoch_;
+}
+std::uint64_t MembershipClient::barrierEpoch() const {
+  std::lock_guard lock(mu_);
+  return barrier_epoch_;
 }
 Millis MembershipClient::heartbeatInterval() const {
   std::lock_guard lock(mu_);

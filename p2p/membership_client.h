@@ -63,11 +63,13 @@ class MembershipClient {
   // (the address does not resolve), kUnavailable or kTimeout (unreachable), kAlreadyExists (a
   // live peer uses this identity), kAborted. Also used to rejoin after eviction.
   Status join(Deadline deadline);
-  // Blocks until this peer is a member. Errors: kEvicted, kPeerLost (coordinator gone), kTimeout,
-  // kAborted.
+  // Blocks until this peer is a member. Admission happens at a sync point of the members, so it
+  // counts as this peer's sync point: the next syncPoint() is the barrier after it. Errors:
+  // kEvicted, kPeerLost (coordinator gone), kTimeout, kAborted.
   Status waitForMembership(Deadline deadline);
-  // A sync point: blocks until every member has reached one and returns the epoch to continue
-  // in (pending peers are admitted here). Errors as waitForMembership.
+  // A sync point: blocks until every member has reached one and returns the epoch of that
+  // barrier, the one to continue in (pending peers are admitted here). Errors as
+  // waitForMembership.
   Result<std::uint64_t> syncPoint(Deadline deadline);
   // Graceful leave: the others see it at once. Blocks until acknowledged or the deadline.
   Status leave(Deadline deadline);
@@ -76,6 +78,10 @@ class MembershipClient {
   State state() const;
   GroupView view() const;
   std::uint64_t epoch() const;
+  // The epoch of the last sync point this peer passed (or of its admission). When epoch() is
+  // ahead of it, the group has lost a member since, and the members must meet at a sync point
+  // before they can agree on what to run next.
+  std::uint64_t barrierEpoch() const;
   Millis heartbeatInterval() const;
   Millis heartbeatTimeout() const;
   const std::string& peerId() const { return options_.peer_id; }
@@ -104,6 +110,8 @@ class MembershipClient {
   GroupView view_;
   std::uint64_t epoch_ = 0;
   std::uint64_t sync_generation_ = 0;
+  std::uint64_t barrier_epoch_ = 0;
+  bool admission_sync_pending_ = false;  // admitted, the SyncDone of that barrier not yet here
   Millis heartbeat_interval_{500};
   Millis heartbeat_timeout_{3000};
 

@@ -34,8 +34,12 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-Process::Process(const std::vector<std::string>& args, std::string log_path) : log_path_(std::move(log_path)) {
-  std::vector<std::string> full = {locoBinary()};
+Process::Process(const std::vector<std::string>& args, std::string log_path)
+    : Process(locoBinary(), args, std::move(log_path)) {}
+
+Process::Process(const std::string& executable, const std::vector<std::string>& args, std::string log_path)
+    : log_path_(std::move(log_path)) {
+  std::vector<std::string> full = {executable};
   full.insert(full.end(), args.begin(), args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
