@@ -303,7 +303,11 @@ Result<double> benchIperf3(std::uint32_t streams, int seconds, const lab::LabCon
 int runBench(const Args& args) {
   if (!args.empty() && args[0] == "allreduce") return runBenchAllReduce(Args(args.begin() + 1, args.end()));
   if (!args.empty() && args[0] == "join") return runBenchJoin(Args(args.begin() + 1, args.end()));
-  if (!args.empty() && args[0] == "train") return runBenchTrain(Args(args.begin() + 1, args.end()));
+  if (!args.empty() && args[0] == "train") {
+    Args command{"bench"};
+    command.insert(command.end(), args.begin(), args.end());
+    return execTrainingBinary(command);  // LibTorch lives in loco-train
+  }
   if (args.empty() || args[0] != "link") {
     std::fprintf(stderr,
                  "usage: loco bench link [--streams K] [--mib M] [--iters I] [--baseline iperf3] [--lab NAME]\n"

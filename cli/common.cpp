@@ -88,3 +88,22 @@ std::string selfExecutable() {
 }
 
 }  // namespace loco::cli
+
+namespace loco::cli {
+
+int execTrainingBinary(const std::vector<std::string>& command) {
+  std::string self = selfExecutable();
+  const std::string path = self.substr(0, self.rfind('/') + 1) + "loco-train";
+  std::vector<std::string> argv{path};
+  argv.insert(argv.end(), command.begin(), command.end());
+  std::vector<char*> raw;
+  for (auto& a : argv) raw.push_back(a.data());
+  raw.push_back(nullptr);
+  ::execv(path.c_str(), raw.data());
+  return reportFailure(Status(StatusCode::kUnavailable,
+                              fmt::format("training runs in {} (built with loco; cmake target loco-train), which "
+                                          "cannot be started: {}",
+                                          path, std::strerror(errno))));
+}
+
+}  // namespace loco::cli

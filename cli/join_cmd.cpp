@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "cli/join_train.h"
+#include "cli/training_flags.h"
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/link.h"
@@ -114,9 +115,15 @@ int runJoin(const Args& args) {
 
   p2p::raiseFileLimit();
   if (!flags.getBool("idle")) {
+#ifdef LOCO_TRAINING_BINARY
     TrainingPeerSetup setup{*coordinator, *listen, flags.get("advertise"), identity.id,
                             static_cast<std::uint32_t>(*streams), Millis(*connect_timeout)};
     return runTrainingPeer(flags, setup);
+#else
+    Args command{"join"};
+    command.insert(command.end(), args.begin(), args.end());
+    return execTrainingBinary(command);
+#endif
   }
   p2p::NetworkThread net;
   StopFlag stop;

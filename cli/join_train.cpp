@@ -33,17 +33,6 @@ std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const 
 
 }  // namespace
 
-std::vector<FlagSpec> trainingPeerFlagSpecs() {
-  auto specs = trainingFlagSpecs();
-  specs.push_back({"rank", "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)", "0"});
-  specs.push_back({"world-hint", "number of data shards for contiguous sharding", "1"});
-  specs.push_back({"wait-for", "before the first round, wait until this many peers are members", "1"});
-  specs.push_back({"metrics", "append one JSON line per round to this file", ""});
-  specs.push_back({"measure-topology", "measure links and let the coordinator reorder the ring (on|off)", "on"});
-  specs.push_back({"inject-nan-at-round", "fault injection: a NaN in this peer's contribution at that outer step", "-1"});
-  return specs;
-}
-
 int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   auto config = trainingConfigFromFlags(flags);
   if (!config) return reportFailure(config.status());

@@ -19,8 +19,6 @@ struct TrainingPeerSetup {
   Millis connect_timeout{10000};
 };
 
-// The flags a training peer takes beyond join's own.
-std::vector<FlagSpec> trainingPeerFlagSpecs();
 // Runs a training peer to the end; returns the exit code.
 int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup);
 

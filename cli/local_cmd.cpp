@@ -270,13 +270,14 @@ void startPeer(Swarm& s, std::size_t index, bool initial) {
 void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
   auto since = Clock::now() - s.phase_since;
   if (s.phase == Phase::kStartPeers) {
-    // The ring is the order of registration: start the next peer once the previous one is known.
+    if (s.next_peer > static_cast<std::size_t>(s.peers)) {
+      s.say(fmt::format("all {} peers started; training ({} inner steps per peer)", s.peers, s.total_steps));
+      s.setPhase(Phase::kTraining);
+      return;
+    }
+    // The ring is the order of registration: start the next peer once the previous one is known
+    // (the first peers wait for all of them before training, so they are still registered).
     if (s.next_peer == 1 || (view && view->peers.size() >= s.next_peer - 1)) {
-      if (s.next_peer > static_cast<std::size_t>(s.peers)) {
-        s.say(fmt::format("all {} peers started; training ({} inner steps per peer)", s.peers, s.total_steps));
-        s.setPhase(Phase::kTraining);
-        return;
-      }
       startPeer(s, s.next_peer, true);
       ++s.next_peer;
       s.phase_since = Clock::now();
@@ -501,12 +502,13 @@ int runLocal(const Args& args) {
   for (auto& spec : trainingFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("local", "train on this machine: a coordinator and N peers as processes, with a live view", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "local"); rc >= 0) return rc;
-  auto peers = flags.getInt("peers", 2, 64);
+  const bool training = !flags.getBool("idle");
+  // A training run of one peer is the single-worker baseline; the membership demo needs two.
+  auto peers = flags.getInt("peers", training ? 1 : 2, 64);
   auto hold = flags.getInt("hold-ms", 0, 3600000);
   for (const auto* r : {&peers, &hold}) {
     if (!*r) return reportFailure(r->status());
   }
-  const bool training = !flags.getBool("idle");
   std::int64_t timeout_ms = training ? 1800000 : 60000;
   if (flags.isSet("timeout-ms")) {
     auto t = flags.getInt("timeout-ms", 1000, 86400000);

@@ -36,7 +36,7 @@ void printUsage(FILE* out) {
       "  join         join a run as a peer (--idle: membership only)\n"
       "  status       show a run's membership (--json for machines)\n"
       "  local        start a coordinator and N peers on this machine and watch them\n"
-      "  bench        benchmarks: `loco bench link|allreduce|join`\n"
+      "  bench        benchmarks: `loco bench link|allreduce|join|train`\n"
       "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
       "  version      print the version and the accelerator in use\n",
       out);
@@ -52,6 +52,13 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
   using namespace loco::cli;
+#ifdef LOCO_TRAINING_BINARY
+  // loco-train: the LibTorch half of loco, started by `loco join` (training) and `loco bench train`.
+  if (cmd == "join") return runJoin(args);
+  if (cmd == "bench" && !args.empty() && args[0] == "train") return runBenchTrain(Args(args.begin() + 1, args.end()));
+  std::fprintf(stderr, "loco-train runs `join` (training) and `bench train`; use `loco` for everything else\n");
+  return 2;
+#else
   if (cmd == "coordinator") return runCoordinator(args);
   if (cmd == "join") return runJoin(args);
   if (cmd == "status") return runStatus(args);
@@ -70,4 +77,5 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "loco: unknown command '%s'\n\n", cmd.c_str());
   printUsage(stderr);
   return 2;
+#endif
 }

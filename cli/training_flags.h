@@ -13,6 +13,8 @@
 namespace loco::cli {
 
 std::vector<FlagSpec> trainingFlagSpecs();
+// trainingFlagSpecs() and what only a training peer (`loco join`) takes.
+std::vector<FlagSpec> trainingPeerFlagSpecs();
 // kInvalidArgument naming the flag for every bad or contradictory value. Does not read the data.
 Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags);
 // "--name value" pairs for every training flag that was set (to pass on to peers).

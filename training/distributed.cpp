@@ -15,36 +15,6 @@
 
 namespace loco::training {
 
-std::string_view methodName(Method m) { return m == Method::kDdp ? "ddp" : "diloco"; }
-
-Result<Method> parseMethod(std::string_view name) {
-  if (name == "ddp") return Method::kDdp;
-  if (name == "diloco") return Method::kDiloco;
-  return Status(StatusCode::kInvalidArgument, fmt::format("unknown method '{}' (use ddp or diloco)", name));
-}
-
-Status validateDistributedConfig(const DistributedConfig& c) {
-  LOCO_RETURN_IF_ERROR(validateTrainConfig(c.train));
-  if (c.steps == 0) return Status(StatusCode::kInvalidArgument, "--steps must be at least 1");
-  if (c.method == Method::kDiloco) {
-    if (c.inner_steps == 0) return Status(StatusCode::kInvalidArgument, "--inner-steps must be at least 1");
-    if (c.inner_steps > c.steps) {
-      return Status(StatusCode::kInvalidArgument,
-                    fmt::format("--inner-steps {} exceeds --steps {}: not even one round would finish", c.inner_steps, c.steps));
-    }
-    LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
-  }
-  if (c.ddp_sync_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
-  if (c.eval_every == 0) return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
-  if (c.resume && c.checkpoint_dir.empty()) {
-    return Status(StatusCode::kInvalidArgument, "--resume needs --checkpoint-dir (where the checkpoints are)");
-  }
-  if (c.train.inner.schedule.total_steps != c.steps) {
-    return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");
-  }
-  return Status();
-}
-
 namespace {
 
 using collectives::Communicator;

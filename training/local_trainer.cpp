@@ -50,27 +50,6 @@ Status bad(std::string msg) {
 
 }  // namespace
 
-Status validateTrainConfig(const TrainConfig& c) {
-  LOCO_RETURN_IF_ERROR(validateModelConfig(c.model));
-  LOCO_RETURN_IF_ERROR(validateInner(c.inner.adam, c.inner.schedule));
-  if (c.batch_size == 0 || c.batch_size > kMaxBatch) {
-    return bad(fmt::format("batch size {} is out of range 1..{}", c.batch_size, kMaxBatch));
-  }
-  if (c.eval.batches == 0 || c.eval.batch_size == 0 || c.eval.batch_size > kMaxBatch ||
-      c.eval.batches > 4096) {
-    return bad(
-        fmt::format("evaluation of {} batches of {} is out of range (1..4096 batches of 1..{})",
-                    c.eval.batches, c.eval.batch_size, kMaxBatch));
-  }
-  if (c.world == 0 || c.rank >= c.world)
-    return bad(fmt::format("rank {} is not below world {}", c.rank, c.world));
-  if (c.threads < 1 || c.threads > kMaxThreads) {
-    return bad(fmt::format("threads {} is out of range 1..{}", c.threads, kMaxThreads));
-  }
-  if (!std::isfinite(c.inner.grad_clip)) return bad("gradient clip must be finite");
-  return Status::ok();
-}
-
 class LocalTrainer::Impl {
  public:
   TrainConfig config;

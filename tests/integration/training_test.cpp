@@ -1,0 +1,204 @@
+// Training over the runtime with real processes: `loco local` and `loco join` train a tiny GPT on
+// a generated corpus. The binary links LibTorch; this test binary does not (it only starts it).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "tests/support/process.h"
+
+namespace loco::testing {
+namespace {
+
+// A small text corpus: enough bytes for a context of 16 in both splits.
+std::string writeCorpus(const TempDir& dir) {
+  const std::string path = dir.file("corpus.txt");
+  std::ofstream out(path);
+  const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "peers", "train"};
+  for (int i = 0; i < 6000; ++i) out << words[(i * 7 + i / 13) % 12] << ((i % 11 == 10) ? ".\n" : " ");
+  return path;
+}
+
+// Flags of a tiny, fast model.
+std::vector<std::string> tiny(const std::string& corpus) {
+  return {"--data", corpus, "--width", "32", "--layers", "1", "--heads", "2", "--context", "16", "--batch", "4",
+          "--lr", "0.01", "--warmup", "2", "--log-level", "warn"};
+}
+
+struct Line {
+  std::uint64_t step;
+  double loss = -1, val = -1;
+  std::string digest;
+  int contributors = -1, world = -1;
+};
+
+std::vector<Line> readJsonl(const std::string& path) {
+  std::vector<Line> out;
+  std::ifstream in(path);
+  std::string l;
+  std::smatch m;
+  while (std::getline(in, l)) {
+    Line x;
+    if (!std::regex_search(l, m, std::regex(R"re("step":([0-9]+))re"))) continue;
+    x.step = std::stoull(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("loss":([-0-9.e]+))re"))) x.loss = std::stod(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("val_loss":([-0-9.e]+))re"))) x.val = std::stod(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) x.digest = m[1];
+    if (std::regex_search(l, m, std::regex(R"re("contributors":([0-9]+))re"))) x.contributors = std::stoi(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("world":([0-9]+))re"))) x.world = std::stoi(m[1]);
+    out.push_back(x);
+  }
+  return out;
+}
+
+int runLocal(const TempDir& dir, const std::string& out, std::vector<std::string> extra, std::string* log = nullptr) {
+  std::vector<std::string> args{"local", "--out", out};
+  args.insert(args.end(), extra.begin(), extra.end());
+  static int n = 0;
+  Process p(args, dir.file("local" + std::to_string(n++) + ".log"));
+  auto rc = p.waitExit(std::chrono::milliseconds(180000));
+  if (log) *log = p.log();
+  return rc.value_or(-1);
+}
+
+TEST(Training, LocalRunLowersTheLossAndEveryPeerHoldsTheSameState) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  for (std::string f : {"--peers", "3", "--steps", "60", "--inner-steps", "10"}) flags.push_back(f);
+  std::string log;
+  ASSERT_EQ(runLocal(dir, dir.file("run"), flags, &log), 0) << log;
+  auto lines = readJsonl(dir.file("run/run.jsonl"));
+  ASSERT_EQ(lines.size(), 7u) << "the initial evaluation and 6 rounds\n" << log;
+  EXPECT_LT(lines.back().val, lines.front().val - 0.5) << log;
+  EXPECT_NE(log.find("equal on every reporting peer after every round"), std::string::npos) << log;
+  EXPECT_TRUE(std::ifstream(dir.file("run/loss_vs_steps.svg")).good());
+  EXPECT_TRUE(std::ifstream(dir.file("run/loss_vs_bytes.svg")).good());
+  // Every peer's digest after every round.
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int p = 1; p <= 3; ++p) {
+    for (const Line& l : readJsonl(dir.file("run/peer-" + std::to_string(p) + ".jsonl"))) digests[l.step].insert(l.digest);
+  }
+  for (auto& [step, ds] : digests) EXPECT_EQ(ds.size(), 1u) << "step " << step;
+}
+
+TEST(Training, SameSeedAndMembershipGiveBitIdenticalLosses) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  for (std::string f : {"--peers", "2", "--steps", "30", "--inner-steps", "10", "--method", "diloco", "--wire", "int8"}) {
+    flags.push_back(f);
+  }
+  ASSERT_EQ(runLocal(dir, dir.file("a"), flags), 0);
+  ASSERT_EQ(runLocal(dir, dir.file("b"), flags), 0);
+  auto a = readJsonl(dir.file("a/run.jsonl")), b = readJsonl(dir.file("b/run.jsonl"));
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << a[i].step;
+    EXPECT_EQ(a[i].val, b[i].val) << "step " << a[i].step;
+    EXPECT_EQ(a[i].digest, b[i].digest) << "step " << a[i].step;
+  }
+}
+
+TEST(Training, DdpRunsAndAgreesEveryStep) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  for (std::string f : {"--peers", "2", "--steps", "30", "--method", "ddp", "--eval-every", "10"}) flags.push_back(f);
+  std::string log;
+  ASSERT_EQ(runLocal(dir, dir.file("run"), flags, &log), 0) << log;
+  auto lines = readJsonl(dir.file("run/run.jsonl"));
+  ASSERT_EQ(lines.size(), 31u) << log;
+  EXPECT_NE(log.find("equal on every reporting peer after every round"), std::string::npos) << log;
+}
+
+// A peer killed mid-run and a new one joining later: the run finishes, the joiner receives the
+// state and contributes from its next round, and the digests agree after every round.
+TEST(Training, PeerKilledAndPeerJoinedMidRun) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  // Long enough (about 10 s) that the kill and the join land mid-run with a model this small.
+  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--kill-at", "600", "--join-at", "1200",
+                        "--eval-every", "50"}) {
+    flags.push_back(f);
+  }
+  std::string log;
+  ASSERT_EQ(runLocal(dir, dir.file("run"), flags, &log), 0) << log;
+  EXPECT_NE(log.find("chaos: kill -9 peer-3"), std::string::npos) << log;
+  EXPECT_NE(log.find("chaos: peer-4 joins"), std::string::npos) << log;
+  EXPECT_NE(log.find("equal on every reporting peer after every round"), std::string::npos) << log;
+  auto joiner = readJsonl(dir.file("run/peer-4.jsonl"));
+  ASSERT_FALSE(joiner.empty()) << "the joiner reports rounds\n" << log;
+  EXPECT_EQ(joiner.back().step, 300u) << log;
+  auto lines = readJsonl(dir.file("run/run.jsonl"));
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.back().step, 300u);
+  EXPECT_EQ(lines.back().world, 3) << "two survivors and the joiner";
+  EXPECT_EQ(readJsonl(dir.file("run/peer-1.jsonl")).back().contributors, 3) << "the joiner contributes";
+}
+
+// A NaN in one peer's Δ: that peer's contribution is dropped with a logged reason, the others'
+// round goes on, and nobody's state turns NaN.
+TEST(Training, NonFiniteContributionIsDroppedNotSpread) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<std::string> args{"join", "--coordinator", coordinator.address(), "--listen", "127.0.0.1:0",
+                                  "--rank", std::to_string(r), "--wait-for", "3", "--steps", "40", "--inner-steps", "10",
+                                  "--measure-topology", "off", "--metrics", dir.file("peer" + std::to_string(r) + ".jsonl")};
+    if (r == 1) {
+      args.push_back("--inject-nan-at-round");
+      args.push_back("1");
+    }
+    for (const auto& f : tiny(corpus)) args.push_back(f);
+    peers.push_back(std::make_unique<Process>(args, dir.file("peer" + std::to_string(r) + ".log")));
+  }
+  for (auto& p : peers) ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  EXPECT_NE(peers[1]->log().find("dropping its contribution"), std::string::npos) << peers[1]->log();
+  auto lines = readJsonl(dir.file("peer0.jsonl"));
+  bool saw_dropped = false;
+  for (const Line& l : lines) {
+    if (l.step == 2) {
+      EXPECT_EQ(l.contributors, 2) << "the poisoned peer is not counted";
+      saw_dropped = true;
+    }
+    EXPECT_TRUE(l.loss >= 0 || l.step == 0) << "step " << l.step;
+  }
+  EXPECT_TRUE(saw_dropped);
+  for (int r = 1; r < 3; ++r) {
+    auto other = readJsonl(dir.file("peer" + std::to_string(r) + ".jsonl"));
+    ASSERT_EQ(other.size(), lines.size());
+    EXPECT_EQ(other.back().digest, lines.back().digest);
+  }
+}
+
+TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  std::vector<Case> cases{
+      {{"--data", dir.file("missing")}, "missing"},
+      {{"--data", dir.path() + "/empty-dir"}, "empty-dir"},
+      {{"--data", corpus, "--width", "30", "--heads", "4"}, "width"},
+      {{"--data", corpus, "--method", "ddp", "--inner-steps", "10"}, "--inner-steps"},
+      {{"--data", corpus, "--inner-steps", "700"}, "--inner-steps"},
+      {{"--data", corpus, "--wire", "int3"}, "int3"},
+      {{"--data", corpus, "--kill-at", "100", "--join-at", "50"}, "--join-at"},
+  };
+  std::filesystem::create_directories(dir.path() + "/empty-dir");
+  for (const Case& c : cases) {
+    std::string log;
+    int rc = runLocal(dir, dir.file("bad"), c.args, &log);
+    EXPECT_NE(rc, 0) << log;
+    EXPECT_NE(log.find(c.says), std::string::npos) << "the error should name " << c.says << "\n" << log;
+    EXPECT_EQ(log.find("coordinator listening"), std::string::npos) << "nothing may start\n" << log;
+  }
+}
+
+}  // namespace
+}  // namespace loco::testing

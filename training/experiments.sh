@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Reproduces issue 6's experiments (E1, E2, E3, E9) and the determinism check with `loco local`:
+# 4 peers, the 0.43M byte GPT (width 128, 2 layers, 4 heads, context 64, batch 16), 600 inner
+# steps per peer, the fortunes corpus. Prints one JSON line per run and a table at the end.
+#
+#   training/experiments.sh [OUT_DIR] [SEEDS...]       (default: loco-experiments, seeds 1 2)
+#
+# Needs a built tree (build/cli/loco) and the Debian packages from .ci/install-deps. Each run takes
+# 1-3 minutes on a 2-core machine; the whole set about 35 minutes for two seeds.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+loco="${LOCO:-$here/build/cli/loco}"
+out="${1:-loco-experiments}"
+shift || true
+seeds=("$@")
+[ ${#seeds[@]} -eq 0 ] && seeds=(1 2)
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+
+# name | extra flags
+runs=(
+  "ddp|--method ddp"
+  "diloco-h10|--inner-steps 10"
+  "diloco-h30|--inner-steps 30"
+  "single-worker|--method ddp --peers 1"
+  "fedavg-h30|--inner-steps 30 --outer-lr 1 --outer-momentum 0"
+  "int8-h30|--inner-steps 30 --wire int8"
+  "int4-h30|--inner-steps 30 --wire int4"
+  "kill300-join400-h30|--inner-steps 30 --kill-at 300 --join-at 400"
+)
+
+summarize() {  # name seed dir status
+  python3 - "$@" <<'PY'
+import json, sys
+name, seed, d, status = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+lines = [json.loads(l) for l in open(f"{d}/run.jsonl") if l.strip()]
+vals = [l["val_loss"] for l in lines if l["val_loss"] is not None]
+last = lines[-1]
+print(json.dumps({"run": name, "seed": int(seed), "exit": status, "final_val_loss": vals[-1] if vals else None,
+                  "first_val_loss": vals[0] if vals else None, "outer_steps": last["step"],
+                  "bytes_sent": last["bytes_sent"], "wall_s": last["wall_s"],
+                  "digests_agree_every_round": all(l["digests_agree"] for l in lines),
+                  "max_retries": max(l["retries"] for l in lines), "min_world": min(l["world"] for l in lines[1:] or lines)}))
+PY
+}
+
+for seed in "${seeds[@]}"; do
+  for entry in "${runs[@]}"; do
+    name="${entry%%|*}"
+    flags="${entry#*|}"
+    dir="$out/$name-seed$seed"
+    status=0
+    # shellcheck disable=SC2086
+    "$loco" local --seed "$seed" --out "$dir" --log-level warn $flags > "$dir.log" 2>&1 || status=$?
+    summarize "$name" "$seed" "$dir" "$status" | tee -a "$results"
+  done
+done
+
+# Determinism: the same seed and membership twice.
+for i in 1 2; do
+  "$loco" local --seed 7 --steps 60 --inner-steps 10 --out "$out/repeat-$i" --log-level warn > "$out/repeat-$i.log" 2>&1
+done
+python3 - "$out" <<'PY' | tee -a "$results"
+import json, sys
+out = sys.argv[1]
+def losses(i):
+    return [(l["step"], l["loss"], l["val_loss"]) for l in map(json.loads, open(f"{out}/repeat-{i}/run.jsonl"))]
+print(json.dumps({"run": "repeat-seed7", "bit_identical_losses": losses(1) == losses(2), "outer_steps": len(losses(1))}))
+PY
+
+python3 - "$results" <<'PY'
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = collections.defaultdict(dict)
+for r in rows:
+    if "seed" in r:
+        by[r["run"]][r["seed"]] = r
+seeds = sorted({r["seed"] for r in rows if "seed" in r})
+print("\n| run | " + " | ".join(f"val loss seed {s}" for s in seeds) + " | MB sent (seed %d) | digests agree |" % seeds[0])
+print("|---|" + "---|" * len(seeds) + "---|---|")
+for name, per in by.items():
+    vals = " | ".join(f"{per[s]['final_val_loss']:.4f}" if s in per and per[s]['final_val_loss'] else "-" for s in seeds)
+    first = per[seeds[0]]
+    agree = all(p["digests_agree_every_round"] for p in per.values())
+    print(f"| {name} | {vals} | {first['bytes_sent']/1e6:.1f} | {agree} |")
+PY

@@ -1,0 +1,71 @@
+// The torch-free checks of a training configuration (local_trainer.h, distributed.h): `loco`
+// runs them before it starts any peer, without linking LibTorch.
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "training/distributed.h"
+#include "training/local_trainer.h"
+
+namespace loco::training {
+namespace {
+
+constexpr std::uint32_t kMaxBatch = 1u << 16;  // as LocalTrainer::setBatchSize
+constexpr int kMaxThreads = 256;               // as LocalTrainer::setThreads
+
+Status bad(std::string msg) { return Status(StatusCode::kInvalidArgument, std::move(msg)); }
+
+}  // namespace
+
+Status validateTrainConfig(const TrainConfig& c) {
+  LOCO_RETURN_IF_ERROR(validateModelConfig(c.model));
+  LOCO_RETURN_IF_ERROR(validateInner(c.inner.adam, c.inner.schedule));
+  if (c.batch_size == 0 || c.batch_size > kMaxBatch) {
+    return bad(fmt::format("batch size {} is out of range 1..{}", c.batch_size, kMaxBatch));
+  }
+  if (c.eval.batches == 0 || c.eval.batch_size == 0 || c.eval.batch_size > kMaxBatch ||
+      c.eval.batches > 4096) {
+    return bad(
+        fmt::format("evaluation of {} batches of {} is out of range (1..4096 batches of 1..{})",
+                    c.eval.batches, c.eval.batch_size, kMaxBatch));
+  }
+  if (c.world == 0 || c.rank >= c.world)
+    return bad(fmt::format("rank {} is not below world {}", c.rank, c.world));
+  if (c.threads < 1 || c.threads > kMaxThreads) {
+    return bad(fmt::format("threads {} is out of range 1..{}", c.threads, kMaxThreads));
+  }
+  if (!std::isfinite(c.inner.grad_clip)) return bad("gradient clip must be finite");
+  return Status::ok();
+}
+
+std::string_view methodName(Method m) { return m == Method::kDdp ? "ddp" : "diloco"; }
+
+Result<Method> parseMethod(std::string_view name) {
+  if (name == "ddp") return Method::kDdp;
+  if (name == "diloco") return Method::kDiloco;
+  return Status(StatusCode::kInvalidArgument, fmt::format("unknown method '{}' (use ddp or diloco)", name));
+}
+
+Status validateDistributedConfig(const DistributedConfig& c) {
+  LOCO_RETURN_IF_ERROR(validateTrainConfig(c.train));
+  if (c.steps == 0) return Status(StatusCode::kInvalidArgument, "--steps must be at least 1");
+  if (c.method == Method::kDiloco) {
+    if (c.inner_steps == 0) return Status(StatusCode::kInvalidArgument, "--inner-steps must be at least 1");
+    if (c.inner_steps > c.steps) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--inner-steps {} exceeds --steps {}: not even one round would finish", c.inner_steps, c.steps));
+    }
+    LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
+  }
+  if (c.ddp_sync_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
+  if (c.eval_every == 0) return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
+  if (c.resume && c.checkpoint_dir.empty()) {
+    return Status(StatusCode::kInvalidArgument, "--resume needs --checkpoint-dir (where the checkpoints are)");
+  }
+  if (c.train.inner.schedule.total_steps != c.steps) {
+    return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");
+  }
+  return Status();
+}
+
+}  // namespace loco::training
