@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <map>
 #include <regex>
@@ -554,8 +555,9 @@ int runLocal(const Args& args) {
   s.hold = Millis(*hold);
   s.deadline_after = Millis(timeout_ms);
   s.log_level = flags.get("log-level");
-  if (::mkdir(s.out_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return reportFailure(Status(StatusCode::kIoError, fmt::format("cannot create --out directory {}", s.out_dir)));
+  if (std::error_code ec; !std::filesystem::create_directories(s.out_dir, ec) && ec) {
+    return reportFailure(
+        Status(StatusCode::kIoError, fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
 

@@ -253,7 +253,7 @@ class Run {
     }
     rec.wall_s = toSeconds(Clock::now() - started_);
     if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
-        (diloco_ || rec.outer_step % cfg_.ddp_sync_every == 0 || done())) {
+        (diloco_ || rec.outer_step % cfg_.ddp_checkpoint_every == 0 || done())) {
       LOCO_RETURN_IF_ERROR(writeCheckpoint());
     }
     if (on_round_) on_round_(rec);

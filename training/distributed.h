@@ -55,7 +55,7 @@ struct DistributedConfig {
   std::uint64_t steps = 600;         // inner steps per peer for the whole run
   OuterSgdOptions outer;             // DiLoCo's outer optimizer
   collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
-  std::uint32_t ddp_sync_every = 10;  // DDP: steps between sync points (joiners enter there)
+  std::uint32_t ddp_checkpoint_every = 10;  // DDP: steps between checkpoints (each step is a round with its own sync point)
   std::uint32_t eval_every = 1;       // rounds (DDP: steps) between validation losses
   std::string checkpoint_dir;        // "" = none; else DIR/peer-<rank>.ckpt after every round
   bool resume = false;               // start from DIR/peer-<rank>.ckpt

@@ -472,8 +472,14 @@ TEST(SharedStateFault, JoinerVanishingMidDownloadCostsTheSourcesNothing) {
   EXPECT_GT(sent, 0u);
   EXPECT_LT(sent, 24 * kMiB) << "the sources stopped when the joiner vanished";
   EXPECT_LT(after_kill, 5.0) << "the round ended when the joiner was gone, not at a timeout";
-  // The group goes on.
+  // The group goes on: after losing a member, the survivors meet at a sync point (the new epoch
+  // starts there) before their next collective.
   admitAll(g.raw(), 3);
+  threads.clear();
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] { EXPECT_TRUE(g.peers[i]->syncPoint(Deadline::after(Millis(10000))).isOk()); });
+  }
+  for (auto& t : threads) t.join();
   std::vector<std::vector<float>> bufs(3, std::vector<float>(1000, 1.0f));
   std::vector<Status> ar(3);
   threads.clear();
