@@ -4,6 +4,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <thread>
+#include <csignal>
 #include <map>
 #include <regex>
 #include <set>
@@ -52,6 +55,14 @@ std::vector<Line> readJsonl(const std::string& path) {
     out.push_back(x);
   }
   return out;
+}
+
+bool eventuallyTrue(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
+  for (auto until = std::chrono::steady_clock::now() + limit; std::chrono::steady_clock::now() < until;) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return cond();
 }
 
 int runLocal(const TempDir& dir, const std::string& out, std::vector<std::string> extra, std::string* log = nullptr) {
@@ -198,6 +209,53 @@ TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
     EXPECT_NE(log.find(c.says), std::string::npos) << "the error should name " << c.says << "\n" << log;
     EXPECT_EQ(log.find("coordinator listening"), std::string::npos) << "nothing may start\n" << log;
   }
+}
+
+// Checkpoints: a run stopped (Ctrl+C) after some rounds and resumed from its checkpoints goes on
+// with exactly the losses of the uninterrupted run.
+TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  // Slow enough (about 6 s) to be stopped in the middle.
+  for (std::string f : {"--peers", "2", "--steps", "2000", "--inner-steps", "100", "--eval-every", "1"}) {
+    flags.push_back(f);
+  }
+  auto with = [&](std::vector<std::string> extra) {
+    auto all = flags;
+    all.insert(all.end(), extra.begin(), extra.end());
+    return all;
+  };
+  ASSERT_EQ(runLocal(dir, dir.file("whole"), flags), 0);
+  const auto whole = readJsonl(dir.file("whole/run.jsonl"));
+  ASSERT_EQ(whole.size(), 21u);
+
+  {  // Stop it once a few rounds are through.
+    std::vector<std::string> args{"local", "--out", dir.file("first")};
+    for (const auto& f : with({"--checkpoint-dir", dir.file("ckpt")})) args.push_back(f);
+    Process p(args, dir.file("first.log"));
+    ASSERT_TRUE(eventuallyTrue(std::chrono::milliseconds(60000), [&] {
+      return readJsonl(dir.file("first/peer-1.jsonl")).size() >= 5;
+    })) << p.log();
+    p.signal(SIGINT);
+    ASSERT_TRUE(p.waitExit(std::chrono::milliseconds(30000)).has_value()) << p.log();
+  }
+  const auto first = readJsonl(dir.file("first/peer-1.jsonl"));
+  ASSERT_GE(first.size(), 5u);
+  ASSERT_LT(first.back().step, 20u) << "stopped before the end";
+  std::string log;
+  ASSERT_EQ(runLocal(dir, dir.file("second"), with({"--checkpoint-dir", dir.file("ckpt"), "--resume"}), &log), 0) << log;
+  const auto second = readJsonl(dir.file("second/run.jsonl"));
+  ASSERT_FALSE(second.empty()) << log;
+  std::size_t compared = 0;
+  for (const Line& l : second) {
+    if (l.loss < 0) continue;  // the resumed run's first line: nothing trained yet
+    ASSERT_LT(l.step, whole.size());
+    EXPECT_EQ(l.loss, whole[l.step].loss) << "step " << l.step;
+    EXPECT_EQ(l.val, whole[l.step].val) << "step " << l.step;
+    ++compared;
+  }
+  EXPECT_EQ(second.back().step, 20u);
+  EXPECT_GE(compared, 1u);
 }
 
 }  // namespace
