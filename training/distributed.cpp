@@ -57,8 +57,9 @@ class Run {
       if (!epoch && fatal(epoch.status())) return epoch.status();
     }
     std::uint32_t failed = 0;
+    bool sync_round = true;  // every peer decides alike: from the shared progress and the group's verdicts
     while (!stop_.load()) {
-      if (!synced) {
+      if (!synced && sync_round) {
         auto epoch = comm_.syncPoint(deadline());
         if (!epoch) {
           if (fatal(epoch.status())) return epoch.status();
@@ -67,12 +68,14 @@ class Run {
         }
       }
       synced = false;
-      Status st = syncState();
-      if (st.code() == StatusCode::kInvalidArgument) return st;
-      if (!st.isOk()) {
-        LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point", st.message());
-        if (++failed > cfg_.max_failed_attempts) return st.withContext("too many failed rounds");
-        continue;
+      if (sync_round) {
+        Status st = syncState();
+        if (st.code() == StatusCode::kInvalidArgument) return st;
+        if (!st.isOk()) {
+          LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point", st.message());
+          if (++failed > cfg_.max_failed_attempts) return st.withContext("too many failed rounds");
+          continue;
+        }
       }
       if (done()) break;  // a peer that arrives after the last round
       auto reduced = reduce();
@@ -84,10 +87,12 @@ class Run {
         LOG_WARN(kLogTrain, "round {} failed ({}); retrying with the survivors", progress_[kOuterStep],
                  reduced.status().message());
         if (++failed > cfg_.max_failed_attempts) return reduced.status().withContext("too many failed rounds");
+        sync_round = true;  // survivors meet at a sync point before they retry
         continue;
       }
       failed = 0;
       LOCO_RETURN_IF_ERROR(apply(*reduced));
+      sync_round = diloco_ || progress_[kOuterStep] % cfg_.ddp_sync_every == 0;
       if (done()) break;
       LOCO_RETURN_IF_ERROR(localPhase());
     }
@@ -253,7 +258,7 @@ class Run {
     }
     rec.wall_s = toSeconds(Clock::now() - started_);
     if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
-        (diloco_ || rec.outer_step % cfg_.ddp_checkpoint_every == 0 || done())) {
+        (diloco_ || rec.outer_step % cfg_.ddp_sync_every == 0 || done())) {
       LOCO_RETURN_IF_ERROR(writeCheckpoint());
     }
     if (on_round_) on_round_(rec);

@@ -7,7 +7,8 @@
 // parameters, AdamW moments and progress. It is synchronized after every sync point, so a joiner
 // receives it before its first collective and a drifted peer is repaired.
 //
-// One round (DiLoCo; DDP is the same with one inner step and gradients instead of Δ):
+// One round (DiLoCo; DDP is the same with one inner step and gradients instead of Δ, and steps 1
+// and 2 only every ddp_sync_every steps):
 //   1. sync point (joiners are admitted here), then syncSharedState;
 //   2. two all-reduces in flight together: the statistics (who contributes, their train loss and
 //      bytes) in raw fp32, and the contributions Σ Δ_m in the chosen wire format;
@@ -55,7 +56,9 @@ struct DistributedConfig {
   std::uint64_t steps = 600;         // inner steps per peer for the whole run
   OuterSgdOptions outer;             // DiLoCo's outer optimizer
   collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
-  std::uint32_t ddp_checkpoint_every = 10;  // DDP: steps between checkpoints (each step is a round with its own sync point)
+  // DDP: steps between sync points (where joiners enter and the shared state is compared) and
+  // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
+  std::uint32_t ddp_sync_every = 10;
   std::uint32_t eval_every = 1;       // rounds (DDP: steps) between validation losses
   std::string checkpoint_dir;        // "" = none; else DIR/peer-<rank>.ckpt after every round
   bool resume = false;               // start from DIR/peer-<rank>.ckpt

@@ -57,7 +57,7 @@ Status validateDistributedConfig(const DistributedConfig& c) {
     }
     LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
   }
-  if (c.ddp_checkpoint_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP checkpoint interval must be at least 1");
+  if (c.ddp_sync_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
   if (c.eval_every == 0) return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
   if (c.resume && c.checkpoint_dir.empty()) {
     return Status(StatusCode::kInvalidArgument, "--resume needs --checkpoint-dir (where the checkpoints are)");
