@@ -260,8 +260,7 @@ void showProgress(Swarm& s) {
 }
 
 void startPeer(Swarm& s, std::size_t index, bool initial) {
-  Status st = s.training ? spawn(s, *s.children[index], index, trainingPeerArgs(s, index, initial))
-                         : Status(StatusCode::kInternal, "not a training run");
+  Status st = spawn(s, *s.children[index], index, trainingPeerArgs(s, index, initial));
   if (!st.isOk()) {
     s.failure = st.message();
     beginShutdown(s, s.failure);

@@ -23,14 +23,6 @@ std::string jsonEscape(const std::string& s) {
   return out;
 }
 
-std::vector<std::string> ringOf(const p2p::GroupView& v) {
-  std::vector<std::string> ring;
-  for (const auto& p : v.peers) {
-    if (p.state == p2p::PeerState::kMember) ring.push_back(p.id);
-  }
-  return ring;
-}
-
 p2p::BandwidthTable tableOf(const p2p::GroupView& v) {
   p2p::BandwidthTable t;
   for (const auto& e : v.edges) t.update(e);
@@ -56,7 +48,7 @@ std::string toJson(const p2p::GroupView& v) {
     out += fmt::format("{}\"{}\":{}", i ? "," : "", jsonEscape(v.counters[i].first), v.counters[i].second);
   }
   out += "},\"links\":[";
-  const auto ring = ringOf(v);
+  const auto ring = v.ringIds();
   for (std::size_t i = 0; i < v.edges.size(); ++i) {
     const auto& e = v.edges[i];
     out += fmt::format(R"({}{{"from":"{}","to":"{}","mbit_s":{:.1f},"source":"{}","in_ring":{}}})", i ? "," : "",
@@ -80,7 +72,7 @@ std::string toTable(const p2p::GroupView& v) {
   }
   if (v.edges.empty()) return out;
   // The bandwidth estimates the ring order is chosen from; '*' marks the ring's own links.
-  const auto ring_ids = ringOf(v);
+  const auto ring_ids = v.ringIds();
   out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {}\n", "FROM", "TO", "MBIT/S", "SOURCE");
   for (const auto& e : v.edges) {
     out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", e.from.substr(0, 8), e.to.substr(0, 8), e.bytes_per_s * 8e-6,

@@ -938,13 +938,7 @@ Status Communicator::waitForProbes(Deadline deadline) { return impl_->waitForPro
 std::uint64_t Communicator::epoch() const { return impl_->client().epoch(); }
 std::size_t Communicator::world() const { return impl_->client().view().world(); }
 std::uint64_t Communicator::bytesSent() const { return impl_->bytesSent(); }
-std::vector<std::string> Communicator::ring() const {
-  std::vector<std::string> ring;
-  for (const auto& p : impl_->client().view().peers) {
-    if (p.state == p2p::PeerState::kMember) ring.push_back(p.id);
-  }
-  return ring;
-}
+std::vector<std::string> Communicator::ring() const { return impl_->client().view().ringIds(); }
 const std::string& Communicator::peerId() const { return impl_->options().peer_id; }
 
 }  // namespace loco::collectives

@@ -54,6 +54,13 @@ std::size_t GroupView::world() const {
   return static_cast<std::size_t>(
       std::count_if(peers.begin(), peers.end(), [](auto& p) { return p.state == PeerState::kMember; }));
 }
+std::vector<std::string> GroupView::ringIds() const {
+  std::vector<std::string> ids;
+  for (const auto& p : peers) {
+    if (p.state == PeerState::kMember) ids.push_back(p.id);
+  }
+  return ids;
+}
 std::size_t GroupView::pending() const { return peers.size() - world(); }
 
 std::vector<std::uint8_t> encodeHello(const HelloMsg& m) {

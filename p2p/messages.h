@@ -63,6 +63,7 @@ struct GroupView {
   std::vector<EdgeEstimate> edges;
 
   std::size_t world() const;    // members
+  std::vector<std::string> ringIds() const;  // member ids in ring order (rank r sends to r+1)
   std::size_t pending() const;
 };
 
