@@ -48,10 +48,10 @@ int quantize(float x, float scale, int qmax) {
   return std::clamp(q, -qmax, qmax);
 }
 
-void encodeBlocks(Wire w, std::span<const float> src, std::uint8_t* out) {
+void encodeBlocks(Wire w, std::span<const float> src, std::uint8_t* out, std::size_t block_len) {
   const int qmax = w == Wire::kInt8 ? 127 : 7;
-  for (std::size_t b = 0; b < src.size(); b += kQuantBlock) {
-    auto block = src.subspan(b, std::min(kQuantBlock, src.size() - b));
+  for (std::size_t b = 0; b < src.size(); b += block_len) {
+    auto block = src.subspan(b, std::min(block_len, src.size() - b));
     // Quantize with the scale as stored, so encode and decode agree exactly.
     const std::uint16_t stored = floatToBf16(blockScale(block, static_cast<float>(qmax)));
     const float scale = bf16ToFloat(stored);
@@ -72,7 +72,7 @@ void encodeBlocks(Wire w, std::span<const float> src, std::uint8_t* out) {
 
 // Calls sink(i, value) for every element, in order.
 template <typename Sink>
-void decodeWith(Wire w, ByteSpan src, std::size_t n, Sink&& sink) {
+void decodeWith(Wire w, ByteSpan src, std::size_t n, std::size_t block_len, Sink&& sink) {
   const std::uint8_t* p = src.data();
   switch (w) {
     case Wire::kRaw:
@@ -86,8 +86,8 @@ void decodeWith(Wire w, ByteSpan src, std::size_t n, Sink&& sink) {
       return;
     case Wire::kInt8:
     case Wire::kInt4:
-      for (std::size_t b = 0; b < n; b += kQuantBlock) {
-        const std::size_t m = std::min(kQuantBlock, n - b);
+      for (std::size_t b = 0; b < n; b += block_len) {
+        const std::size_t m = std::min(block_len, n - b);
         const float scale = bf16ToFloat(load<std::uint16_t>(p));
         const std::uint8_t* q = p + kScaleBytes;
         for (std::size_t i = 0; i < m; ++i) {
@@ -128,21 +128,21 @@ Result<Wire> parseWire(std::string_view name) {
                 fmt::format("unknown wire format '{}' (use raw, fp16, bf16, int8 or int4)", name));
 }
 
-std::size_t encodedBytes(Wire w, std::size_t n) {
+std::size_t encodedBytes(Wire w, std::size_t n, std::size_t block_len) {
   switch (w) {
     case Wire::kRaw: return 4 * n;
     case Wire::kFp16:
     case Wire::kBf16: return 2 * n;
     case Wire::kInt8:
     case Wire::kInt4: {
-      std::size_t full = n / kQuantBlock, rest = n % kQuantBlock;
-      return full * blockBytes(w, kQuantBlock) + (rest ? blockBytes(w, rest) : 0);
+      std::size_t full = n / block_len, rest = n % block_len;
+      return full * blockBytes(w, block_len) + (rest ? blockBytes(w, rest) : 0);
     }
   }
   return 0;
 }
 
-void encode(Wire w, std::span<const float> src, MutableByteSpan dst) {
+void encode(Wire w, std::span<const float> src, MutableByteSpan dst, std::size_t block_len) {
   std::uint8_t* p = dst.data();
   switch (w) {
     case Wire::kRaw:
@@ -156,21 +156,21 @@ void encode(Wire w, std::span<const float> src, MutableByteSpan dst) {
       return;
     case Wire::kInt8:
     case Wire::kInt4:
-      encodeBlocks(w, src, p);
+      encodeBlocks(w, src, p, block_len);
       return;
   }
 }
 
-void decode(Wire w, ByteSpan src, std::span<float> dst) {
+void decode(Wire w, ByteSpan src, std::span<float> dst, std::size_t block_len) {
   if (w == Wire::kRaw) {
     if (!dst.empty()) std::memcpy(dst.data(), src.data(), 4 * dst.size());
     return;
   }
-  decodeWith(w, src, dst.size(), [&](std::size_t i, float v) { dst[i] = v; });
+  decodeWith(w, src, dst.size(), block_len, [&](std::size_t i, float v) { dst[i] = v; });
 }
 
-void decodeAdd(Wire w, ByteSpan src, std::span<float> acc) {
-  decodeWith(w, src, acc.size(), [&](std::size_t i, float v) { acc[i] += v; });
+void decodeAdd(Wire w, ByteSpan src, std::span<float> acc, std::size_t block_len) {
+  decodeWith(w, src, acc.size(), block_len, [&](std::size_t i, float v) { acc[i] += v; });
 }
 
 // Software conversions: _Float16 is not available on every compiler loco builds with.

@@ -142,6 +142,8 @@ struct Descriptor {  // step 0: what each peer believes the operation is
   std::uint64_t count;
   std::uint8_t dtype, op, wire, pad = 0;
   std::uint32_t world;
+  std::uint32_t quant_block;  // int8/int4 elements per scale
+  std::uint32_t pad2 = 0;
 };
 
 }  // namespace
@@ -155,6 +157,7 @@ class Communicator::Impl {
     DType dtype = DType::kF32;
     ReduceOp red = ReduceOp::kSum;
     Wire wire = Wire::kRaw;
+    std::size_t quant_block = kQuantBlock;
     float* work = nullptr;              // fp32 data being reduced (the user buffer for f32)
     std::vector<float> work_storage;    // for f16/bf16
     std::vector<std::uint8_t> backup;   // the user's bytes before the operation
@@ -274,11 +277,18 @@ class Communicator::Impl {
       client_->reportOp(op->epoch, op->op_id, false);
       return Status(StatusCode::kInvalidArgument, "all-reduce of zero elements (the group aborts this operation)");
     }
+    if (options.quant_block == 0 || options.quant_block > kMaxQuantBlock) {
+      client_->reportOp(op->epoch, op->op_id, false);
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("quantization block of {} elements is outside 1..{} (the group aborts this operation)",
+                                options.quant_block, kMaxQuantBlock));
+    }
     op->user = data;
     op->n = count;
     op->dtype = dtype;
     op->red = red;
     op->wire = wire;
+    op->quant_block = options.quant_block;
     // Restore-on-abort needs the original bytes; this is the one full-size copy an operation makes.
     const auto* bytes = static_cast<const std::uint8_t*>(data);
     op->backup = pool_.take(count * dtypeSize(dtype));
@@ -292,7 +302,7 @@ class Communicator::Impl {
       op->work = op->work_storage.data();
     }
     op->mine = Descriptor{count, static_cast<std::uint8_t>(dtype), static_cast<std::uint8_t>(red),
-                          static_cast<std::uint8_t>(wire), 0, 0};
+                          static_cast<std::uint8_t>(wire), 0, 0, static_cast<std::uint32_t>(options.quant_block)};
     net_.post([this, op, options] { begin(op, options); });
     return handle;
   }
@@ -493,12 +503,14 @@ class Communicator::Impl {
     std::memcpy(&op->theirs, op->desc_recv.data(), sizeof(Descriptor));
     const Descriptor& a = op->mine;
     const Descriptor& b = op->theirs;
-    if (a.count != b.count || a.dtype != b.dtype || a.op != b.op || a.wire != b.wire || a.world != b.world) {
+    if (a.count != b.count || a.dtype != b.dtype || a.op != b.op || a.wire != b.wire || a.world != b.world ||
+        a.quant_block != b.quant_block) {
       return fail(op, Status(StatusCode::kInvalidArgument,
-                             fmt::format("peers disagree on the all-reduce: here {} elements, dtype {}, op {}, wire {}; "
-                                         "the previous peer has {} elements, dtype {}, op {}, wire {}",
-                                         a.count, a.dtype, a.op, wireName(static_cast<Wire>(a.wire)), b.count, b.dtype,
-                                         b.op, wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))))));
+                             fmt::format("peers disagree on the all-reduce: here {} elements, dtype {}, op {}, wire {} "
+                                         "(block {}); the previous peer has {} elements, dtype {}, op {}, wire {} (block {})",
+                                         a.count, a.dtype, a.op, wireName(static_cast<Wire>(a.wire)), a.quant_block,
+                                         b.count, b.dtype, b.op, wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))),
+                                         b.quant_block)));
     }
     const std::size_t seg = op->n / op->world;
     op->pieces = std::max(std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces),
@@ -545,16 +557,16 @@ class Communicator::Impl {
         for (std::size_t i = 0; i < len; ++i) op->work[b + i] /= static_cast<float>(N);
       }
       if (!raw) {
-        bytes = std::make_shared<std::vector<std::uint8_t>>(encodedBytes(op->wire, len));
-        encode(op->wire, std::span<const float>(op->work + b, len), *bytes);
-        decode(op->wire, *bytes, std::span<float>(op->work + b, len));
+        bytes = std::make_shared<std::vector<std::uint8_t>>(encodedBytes(op->wire, len, op->quant_block));
+        encode(op->wire, std::span<const float>(op->work + b, len), *bytes, op->quant_block);
+        decode(op->wire, *bytes, std::span<float>(op->work + b, len), op->quant_block);
       }
     } else if (s > N && !raw) {
       bytes = std::make_shared<std::vector<std::uint8_t>>(std::move(op->recv_bufs[p]));  // forwarded as received
       op->recv_bufs[p] = {};
     } else if (s < N && !raw) {
-      bytes = std::make_shared<std::vector<std::uint8_t>>(pool_.take(encodedBytes(op->wire, len)));
-      encode(op->wire, std::span<const float>(op->work + b, len), *bytes);
+      bytes = std::make_shared<std::vector<std::uint8_t>>(pool_.take(encodedBytes(op->wire, len, op->quant_block)));
+      encode(op->wire, std::span<const float>(op->work + b, len), *bytes, op->quant_block);
     }
     // Raw sends go straight from the buffer: nothing writes that range again while it is sent.
     ByteSpan span = bytes ? ByteSpan(*bytes) : ByteSpan(reinterpret_cast<const std::uint8_t*>(op->work + b), len * 4);
@@ -572,8 +584,8 @@ class Communicator::Impl {
   void postRecv(const std::shared_ptr<Op>& op, std::size_t p, std::size_t s) {
     auto [b, len] = piece(*op, recvSegment(*op, s), p);
     auto& buf = op->recv_bufs[p];
-    if (buf.capacity() == 0) buf = pool_.take(encodedBytes(op->wire, len));
-    buf.resize(encodedBytes(op->wire, len));
+    if (buf.capacity() == 0) buf = pool_.take(encodedBytes(op->wire, len, op->quant_block));
+    buf.resize(encodedBytes(op->wire, len, op->quant_block));
     in_link_->recv(pieceTag(op->op_id, s, p), buf, [this, op, p, s](const Status& st) {
       if (op->handle->finished) return;
       if (!st.isOk()) return fail(op, st);
@@ -588,10 +600,10 @@ class Communicator::Impl {
     std::span<float> dst(op->work + b, len);
     if (s < N) {
       if (op->red == ReduceOp::kSum || op->red == ReduceOp::kAvg) {
-        decodeAdd(op->wire, buf, dst);
+        decodeAdd(op->wire, buf, dst, op->quant_block);
       } else {
         op->scratch.resize(len);
-        decode(op->wire, buf, op->scratch);
+        decode(op->wire, buf, op->scratch, op->quant_block);
         for (std::size_t i = 0; i < len; ++i) {
           dst[i] = op->red == ReduceOp::kMin ? std::min(dst[i], op->scratch[i]) : std::max(dst[i], op->scratch[i]);
         }
@@ -599,7 +611,7 @@ class Communicator::Impl {
     } else {
       // All-gather pieces land in their own buffer first: a raw send of this range from an
       // earlier step may still be reading the buffer.
-      decode(op->wire, buf, dst);
+      decode(op->wire, buf, dst, op->quant_block);
     }
     if (s == 2 * N - 2) {
       ++op->pieces_finished;

@@ -51,6 +51,8 @@ struct CommunicatorOptions {
 
 struct AllReduceOptions {
   Millis timeout{120000};  // the whole operation, links included
+  // int8/int4: elements per block scale (codec.h), 1..kMaxQuantBlock; every peer must pass the same.
+  std::size_t quant_block = kQuantBlock;
 };
 
 // A handle on an operation in flight.

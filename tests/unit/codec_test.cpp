@@ -67,6 +67,35 @@ TEST(Codec, EncodedSizesAreExact) {
   for (Wire w : kAll) EXPECT_EQ(encodedBytes(w, 0), 0u) << wireName(w);
 }
 
+TEST(Codec, LargeBlocksCarryFourAndEightTimesFewerBytesToWithinAPerMille) {
+  const std::size_t n = 1 << 20;
+  EXPECT_EQ(encodedBytes(Wire::kInt8, 2048, 1024), 2 * (2 + 1024u));
+  EXPECT_EQ(encodedBytes(Wire::kInt4, 1030, 1024), (2 + 512u) + (2 + 3u));
+  EXPECT_GT(double(encodedBytes(Wire::kRaw, n)) / encodedBytes(Wire::kInt8, n, 1024), 3.99);
+  EXPECT_GT(double(encodedBytes(Wire::kRaw, n)) / encodedBytes(Wire::kInt4, n, 1024), 7.96);
+  // Round trip with a block that divides nothing, partial last block included: every element
+  // within half a step of its block's scale.
+  auto x = gaussian(5000, 11);
+  for (Wire w : {Wire::kInt8, Wire::kInt4}) {
+    const std::size_t B = 1000;
+    const float qmax = w == Wire::kInt8 ? 127.0f : 7.0f;
+    std::vector<std::uint8_t> bytes(encodedBytes(w, x.size() - 7, B));
+    std::span<const float> src(x.data(), x.size() - 7);
+    encode(w, src, bytes, B);
+    std::vector<float> y(src.size());
+    decode(w, bytes, y, B);
+    for (std::size_t b = 0; b < src.size(); b += B) {
+      float absmax = 0;
+      for (std::size_t i = b; i < std::min(src.size(), b + B); ++i) absmax = std::max(absmax, std::fabs(src[i]));
+      const float step = bf16ToFloat(floatToBf16(absmax / qmax));
+      const float bound = std::max(step / 2, absmax - qmax * step) * 1.0001f + 1e-7f;
+      for (std::size_t i = b; i < std::min(src.size(), b + B); ++i) {
+        ASSERT_LE(std::fabs(y[i] - src[i]), bound) << wireName(w) << " element " << i;
+      }
+    }
+  }
+}
+
 TEST(Codec, RawIsBitExact) {
   auto x = gaussian(1000, 1);
   x[3] = std::numeric_limits<float>::quiet_NaN();
