@@ -199,6 +199,7 @@ class Run {
     options.timeout = cfg_.op_timeout;
     auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum, collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
+    options.quant_block = cfg_.quant_block;
     auto data_op = comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
     Status a = (*stats_op)->wait(deadline());
     if (!data_op) return data_op.status();

@@ -56,6 +56,7 @@ struct DistributedConfig {
   std::uint64_t steps = 600;         // inner steps per peer for the whole run
   OuterSgdOptions outer;             // DiLoCo's outer optimizer
   collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
+  std::uint32_t quant_block = 1024;  // int8/int4: values per scale (codec.h); Δ tolerates large blocks
   // DDP: steps between sync points (where joiners enter and the shared state is compared) and
   // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
   std::uint32_t ddp_sync_every = 10;

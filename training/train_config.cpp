@@ -57,6 +57,10 @@ Status validateDistributedConfig(const DistributedConfig& c) {
     }
     LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
   }
+  if (c.quant_block == 0 || c.quant_block > collectives::kMaxQuantBlock) {
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("--quant-block {} is outside 1..{}", c.quant_block, collectives::kMaxQuantBlock));
+  }
   if (c.ddp_sync_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
   if (c.eval_every == 0) return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
   if (c.resume && c.checkpoint_dir.empty()) {

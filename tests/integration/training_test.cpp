@@ -199,6 +199,8 @@ TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
       {{"--data", corpus, "--method", "ddp", "--inner-steps", "10"}, "--inner-steps"},
       {{"--data", corpus, "--inner-steps", "700"}, "--inner-steps"},
       {{"--data", corpus, "--wire", "int3"}, "int3"},
+      {{"--data", corpus, "--quant-block", "1024"}, "--quant-block"},
+      {{"--data", corpus, "--wire", "int8", "--quant-block", "0"}, "--quant-block"},
       {{"--data", corpus, "--kill-at", "100", "--join-at", "50"}, "--join-at"},
   };
   std::filesystem::create_directories(dir.path() + "/empty-dir");
