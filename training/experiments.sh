@@ -6,7 +6,8 @@
 #   training/experiments.sh [OUT_DIR] [SEEDS...]       (default: loco-experiments, seeds 1 2)
 #
 # Needs a built tree (build/cli/loco) and the Debian packages from .ci/install-deps. Each run takes
-# 1-3 minutes on a 2-core machine; the whole set about 35 minutes for two seeds.
+# 1-3 minutes on a 2-core machine; the whole set about 35 minutes for two seeds. Ends with one JSON
+# line per criterion and seed ({"check":"E1",...,"holds":true}).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 loco="${LOCO:-$here/build/cli/loco}"
@@ -84,4 +85,31 @@ for name, per in by.items():
     first = per[seeds[0]]
     agree = all(p["digests_agree_every_round"] for p in per.values())
     print(f"| {name} | {vals} | {first['bytes_sent']/1e6:.1f} | {agree} |")
+PY
+
+# The issue's criteria, per seed, from the same runs.
+python3 - "$results" <<'PY'
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = collections.defaultdict(dict)
+for r in rows:
+    if "seed" in r:
+        by[r["seed"]][r["run"]] = r
+for seed, runs in sorted(by.items()):
+    def loss(n): return runs[n]["final_val_loss"] if n in runs and runs[n]["final_val_loss"] else float("nan")
+    def mb(n): return runs[n]["bytes_sent"] / 1e6 if n in runs else float("nan")
+    ddp, h10, h30, one = loss("ddp"), loss("diloco-h10"), loss("diloco-h30"), loss("single-worker")
+    print(json.dumps({"check": "E1", "seed": seed, "holds": ddp < h10 <= h30 < one and mb("ddp") / mb("diloco-h30") >= 25,
+                      "ddp": ddp, "h10": h10, "h30": h30, "single": one, "ddp_bytes_over_h30": round(mb("ddp") / mb("diloco-h30"), 2)}))
+    fed = loss("fedavg-h30")
+    print(json.dumps({"check": "E2", "seed": seed, "holds": fed - h30 >= 0.01, "fedavg_minus_nesterov": round(fed - h30, 4)}))
+    i8, i4 = loss("int8-h30"), loss("int4-h30")
+    print(json.dumps({"check": "E3", "seed": seed, "holds": abs(i8 / h30 - 1) <= 0.005 and abs(i4 / h30 - 1) <= 0.015,
+                      "int8_rel": round(i8 / h30 - 1, 5), "int4_rel": round(i4 / h30 - 1, 5),
+                      "bytes_raw_over_int8": round(mb("diloco-h30") / mb("int8-h30"), 3),
+                      "bytes_raw_over_int4": round(mb("diloco-h30") / mb("int4-h30"), 3)}))
+    k = runs.get("kill300-join400-h30", {})
+    kl = loss("kill300-join400-h30")
+    print(json.dumps({"check": "E9", "seed": seed, "holds": k.get("exit") == 0 and abs(kl / h30 - 1) <= 0.03 and bool(k.get("digests_agree_every_round")),
+                      "rel_to_uninterrupted": round(kl / h30 - 1, 5), "min_world": k.get("min_world"), "exit": k.get("exit")}))
 PY
