@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -26,7 +27,7 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"context", "context length in bytes", "64"},
       {"batch", "sequences per inner step", "16"},
       {"lr", "inner AdamW peak learning rate", "0.003"},
-      {"warmup", "inner warm-up steps (default: a third of --steps)", ""},
+      {"warmup", "inner warm-up steps (default: a third of --steps, at most 2000)", ""},
       {"seed", "model initialisation and sampling seed", "1"},
       {"threads", "LibTorch threads per peer", "1"},
       {"eval-every", "rounds (DDP: steps) between validation losses", "1"},
@@ -95,9 +96,10 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     *f.out = *v;
   }
   // A long warm-up keeps DiLoCo's outer momentum from amplifying the large early Δ (with 20 steps
-  // of 600, H=10 stalled near 2.8 nats; with 200 it reaches 2.19, see the README).
+  // of 600, H=10 stalled near 2.8 nats; with 200 it reaches 2.19, see the README). The cap keeps
+  // long runs from spending most of their first thousands of steps warming up.
   if (flags.get("warmup").empty()) {
-    warmup = steps / 3;
+    warmup = std::min<std::int64_t>(steps / 3, 2000);
   } else {
     auto v = flags.getInt("warmup", 0, 100000000);
     if (!v) return v.status();
