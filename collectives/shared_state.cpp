@@ -26,6 +26,7 @@ constexpr std::size_t kPostedRequests = 64;  // request receives a server keeps 
 constexpr std::uint32_t kMinChunkBytes = 1024;
 constexpr std::uint32_t kMaxChunkBytes = 64u << 20;
 constexpr Millis kDialTimeout{10000};
+constexpr Millis kWithdrawAckTimeout{2000};  // a lost coordinator must not hold a failed sync
 
 std::uint64_t dataTag(std::uint64_t round, std::uint32_t chunk) {
   return ((round & 0xFFFFFFFFFFull) << 21) | chunk;
@@ -305,7 +306,7 @@ void StateEngine::onCoordinatorFrame(const p2p::FrameHeader& h, std::vector<std:
 void StateEngine::onPlan(std::uint64_t round, p2p::StatePlanMsg plan) {
   auto a = active_;
   // A plan for a sync this peer already gave up on (it crossed the withdrawal) is not ours.
-  if (!a || a->have_plan || plan.sync_id != a->generation) return;
+  if (!a || a->have_plan || a->withdrawing || plan.sync_id != a->generation) return;
   a->have_plan = true;
   a->plan_at = Clock::now();
   a->round = round;
@@ -543,6 +544,10 @@ void StateEngine::downloadDone() {
 
 void StateEngine::onComplete(std::uint64_t round) {
   auto a = active_;
+  if (round == 0) {  // the coordinator acknowledges a withdrawal
+    if (a && a->withdrawing) finish(a->withdraw_status);
+    return;
+  }
   if (!a || !a->have_plan || round != a->round) return;
   if (a->downloading && !a->download_done) {
     return finish(Status(StatusCode::kAborted,
@@ -570,11 +575,24 @@ void StateEngine::onLost(const Status& why) {
 
 void StateEngine::fail(const Status& why) {
   auto a = active_;
-  if (!a) return;
+  if (!a || a->withdrawing) return;
   const std::uint8_t ok = 0;
-  // Round 0 withdraws a manifest the coordinator has not planned yet.
-  client_.sendToCoordinator(p2p::MsgType::kStateDone, {ok}, a->have_plan ? a->round : 0);
-  finish(why);
+  if (a->have_plan) {
+    client_.sendToCoordinator(p2p::MsgType::kStateDone, {ok}, a->round);
+    return finish(why);
+  }
+  // Round 0 withdraws a manifest the coordinator has not planned yet. The sync ends when the
+  // coordinator has seen that: a caller that syncs again at once (and the peers it tells to)
+  // then cannot reach the coordinator before the withdrawal does.
+  a->withdrawing = true;
+  a->withdraw_status = why;
+  client_.sendToCoordinator(p2p::MsgType::kStateDone, {ok}, 0);
+  auto timer = std::make_shared<asio::steady_timer>(net_.context(), kWithdrawAckTimeout);
+  const std::uint64_t gen = a->generation;
+  timer->async_wait([this, timer, gen, alive = lifetime_.watch()](const std::error_code&) {
+    if (alive.expired() || !active_ || active_->generation != gen) return;
+    finish(active_->withdraw_status);
+  });
 }
 
 void StateEngine::finish(Status st) {

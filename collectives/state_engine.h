@@ -94,6 +94,10 @@ class StateEngine {
     SyncReport report;
     TimePoint serve_free_at{};  // pacing of max_serve_mbit
     TimePoint plan_at{};
+    // Failed before any plan came: the withdrawal is sent and this outcome waits for the
+    // coordinator's acknowledgement (or kWithdrawAckTimeout).
+    bool withdrawing = false;
+    Status withdraw_status;
   };
 
   void begin(std::shared_ptr<Active> a);

@@ -356,7 +356,12 @@ void Coordinator::onStateFrame(const std::string& id, const FrameHeader& h, Byte
       return applyState(state_sync_.manifest(id, std::move(m.value()), members()));
     }
     case MsgType::kStateDone:
-      return applyState(state_sync_.done(id, h.op_id, members()));
+      applyState(state_sync_.done(id, h.op_id, members()));
+      // A withdrawal is acknowledged (kStateComplete, round 0): the peer's failed sync returns only
+      // after this, so its next manifest cannot be overtaken by another peer's and meet a round
+      // the withdrawn manifest was still counted in.
+      if (h.op_id == 0) conn->send(MsgType::kStateComplete, {}, membership_.epoch(), 0);
+      return;
     case MsgType::kStateComplaint: {
       auto c = decodeStateComplaint(payload);
       if (!c) return conn->close(c.status().withContext(fmt::format("peer {}", shortId(id))));

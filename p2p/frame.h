@@ -50,7 +50,7 @@ enum class MsgType : std::uint8_t {
   kStateManifest = 18,   // peer -> coordinator: layout, revision and chunk hashes (StateManifestMsg)
   kStatePlan = 19,       // coordinator -> peer: op_id = round; what to fetch from whom (StatePlanMsg)
   kStateDone = 20,       // peer -> coordinator: op_id = round (0: withdraw); 1 byte: ok
-  kStateComplete = 21,   // coordinator -> peers: round op_id is over; sources may stop serving
+  kStateComplete = 21,   // coordinator -> peers: round op_id is over; sources may stop serving (0: withdrawal seen)
   kStateComplaint = 22,  // peer -> coordinator: a source served corrupt chunks (StateComplaintMsg)
   kLinkReport = 23,      // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
 };

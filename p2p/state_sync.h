@@ -65,7 +65,8 @@ class StateSyncRounds {
   StateSyncEffects manifest(const std::string& id, StateManifestMsg m,
                             const std::vector<PeerInfo>& members);
   // `id` is done with `round` (ok or not). Round 0 withdraws its manifest (and, if a plan
-  // crossed the withdrawal, ends its part in the planned round).
+  // crossed the withdrawal, ends its part in the planned round); the coordinator acknowledges a
+  // withdrawal with kStateComplete(0), and the peer's failed sync returns only then.
   StateSyncEffects done(const std::string& id, std::uint64_t round,
                         const std::vector<PeerInfo>& members);
   // The member set changed: peers that left are dropped from the round.
