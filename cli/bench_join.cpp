@@ -22,6 +22,7 @@
 #include "cli/lab/net.h"
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
+#include "p2p/base/seeded_fill.h"
 
 namespace loco::cli {
 namespace {
@@ -30,19 +31,6 @@ using collectives::SharedState;
 using collectives::StateDType;
 using collectives::SyncOptions;
 using collectives::SyncStrategy;
-
-// Deterministic content for the sources (every source holds the same bytes).
-void fillParams(std::vector<float>& v, std::uint64_t seed) {
-  std::uint64_t x = seed;
-  for (float& f : v) {
-    x += 0x9E3779B97F4A7C15ull;
-    std::uint64_t z = x;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    f = static_cast<float>(static_cast<std::int64_t>(z >> 11) - (std::int64_t{1} << 52)) * 0x1p-52f;
-  }
-}
 
 // Polls sync points until the group has `n` members (peers across an emulated WAN take a few
 // round trips to register, so by time, not by count).
@@ -86,7 +74,7 @@ int runJoinWorker(const Flags& flags, std::size_t bytes, std::uint32_t streams,
   std::vector<float> params(bytes / sizeof(float), 0.0f);
   std::int64_t step = 0;
   if (!joiner) {
-    fillParams(params, static_cast<std::uint64_t>(*seed));
+    fillSeeded(params, static_cast<std::uint64_t>(*seed));
     step = 1000;
   }
   SharedState state(chunk_bytes);

@@ -15,6 +15,7 @@
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
 #include "p2p/base/metrics.h"
+#include "p2p/base/seeded_fill.h"
 #include "tests/support/process.h"
 
 namespace loco::testing {
@@ -26,20 +27,6 @@ using collectives::StateDType;
 using collectives::SyncOptions;
 using collectives::SyncReport;
 using collectives::SyncStrategy;
-
-// The content `loco bench join` gives its sources (same generator), so in-process peers and
-// worker processes can hold the same state.
-void fillParams(std::vector<float>& v, std::uint64_t seed) {
-  std::uint64_t x = seed;
-  for (float& f : v) {
-    x += 0x9E3779B97F4A7C15ull;
-    std::uint64_t z = x;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    f = static_cast<float>(static_cast<std::int64_t>(z >> 11) - (std::int64_t{1} << 52)) * 0x1p-52f;
-  }
-}
 
 std::unique_ptr<Communicator> makePeer(const CoordinatorProcess& coordinator) {
   collectives::CommunicatorOptions o;
@@ -75,7 +62,7 @@ struct PeerState {
   PeerState(std::size_t bytes, std::uint64_t seed, std::uint32_t chunk_bytes)
       : params(bytes / sizeof(float), 0.0f), state(chunk_bytes) {
     if (seed != 0) {
-      fillParams(params, seed);
+      fillSeeded(params, seed);
       step = 1000;
     }
     EXPECT_TRUE(state.add("params", StateDType::kF32, params.data(), params.size()).isOk());
