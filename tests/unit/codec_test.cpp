@@ -19,12 +19,28 @@ std::vector<float> gaussian(std::size_t n, std::uint32_t seed) {
   return v;
 }
 
-std::vector<float> roundTrip(Wire w, const std::vector<float>& x) {
-  std::vector<std::uint8_t> bytes(encodedBytes(w, x.size()));
-  encode(w, x, bytes);
+std::vector<float> roundTrip(Wire w, const std::vector<float>& x, std::size_t block = kQuantBlock) {
+  std::vector<std::uint8_t> bytes(encodedBytes(w, x.size(), block));
+  encode(w, x, bytes, block);
   std::vector<float> out(x.size());
-  decode(w, bytes, out);
+  decode(w, bytes, out, block);
   return out;
+}
+
+// Every decoded int8/int4 element lies within half a step of its input, the step being its
+// block's absmax / qmax as stored (bf16; rounding it down can clamp the largest element a little).
+void expectWithinHalfAStep(Wire w, std::span<const float> src, std::span<const float> got, std::size_t block) {
+  const float qmax = w == Wire::kInt8 ? 127.0f : 7.0f;
+  for (std::size_t b = 0; b < src.size(); b += block) {
+    const std::size_t end = std::min(src.size(), b + block);
+    float absmax = 0;
+    for (std::size_t i = b; i < end; ++i) absmax = std::max(absmax, std::fabs(src[i]));
+    const float step = bf16ToFloat(floatToBf16(absmax / qmax));
+    const float bound = std::max(step / 2, absmax - qmax * step) * 1.0001f + 1e-7f;
+    for (std::size_t i = b; i < end; ++i) {
+      ASSERT_LE(std::fabs(got[i] - src[i]), bound) << wireName(w) << " element " << i;
+    }
+  }
 }
 
 double relRms(const std::vector<float>& ref, const std::vector<float>& got) {
@@ -75,25 +91,8 @@ TEST(Codec, LargeBlocksCarryFourAndEightTimesFewerBytesToWithinAPerMille) {
   EXPECT_GT(double(encodedBytes(Wire::kRaw, n)) / encodedBytes(Wire::kInt4, n, 1024), 7.96);
   // Round trip with a block that divides nothing, partial last block included: every element
   // within half a step of its block's scale.
-  auto x = gaussian(5000, 11);
-  for (Wire w : {Wire::kInt8, Wire::kInt4}) {
-    const std::size_t B = 1000;
-    const float qmax = w == Wire::kInt8 ? 127.0f : 7.0f;
-    std::vector<std::uint8_t> bytes(encodedBytes(w, x.size() - 7, B));
-    std::span<const float> src(x.data(), x.size() - 7);
-    encode(w, src, bytes, B);
-    std::vector<float> y(src.size());
-    decode(w, bytes, y, B);
-    for (std::size_t b = 0; b < src.size(); b += B) {
-      float absmax = 0;
-      for (std::size_t i = b; i < std::min(src.size(), b + B); ++i) absmax = std::max(absmax, std::fabs(src[i]));
-      const float step = bf16ToFloat(floatToBf16(absmax / qmax));
-      const float bound = std::max(step / 2, absmax - qmax * step) * 1.0001f + 1e-7f;
-      for (std::size_t i = b; i < std::min(src.size(), b + B); ++i) {
-        ASSERT_LE(std::fabs(y[i] - src[i]), bound) << wireName(w) << " element " << i;
-      }
-    }
-  }
+  auto x = gaussian(4993, 11);
+  for (Wire w : {Wire::kInt8, Wire::kInt4}) expectWithinHalfAStep(w, x, roundTrip(w, x, 1000), 1000);
 }
 
 TEST(Codec, RawIsBitExact) {
@@ -136,18 +135,7 @@ TEST(Codec, SingleEncodeErrorOnGaussianDataIsWithinTheAllReduceTargets) {
 TEST(Codec, QuantizedElementsAreWithinHalfAStepOfTheInput) {
   auto x = gaussian(1000, 3);
   for (Wire w : {Wire::kInt8, Wire::kInt4}) {
-    const float qmax = w == Wire::kInt8 ? 127.0f : 7.0f;
-    auto y = roundTrip(w, x);
-    for (std::size_t b = 0; b < x.size(); b += kQuantBlock) {
-      float absmax = 0;
-      for (std::size_t i = b; i < std::min(x.size(), b + kQuantBlock); ++i) absmax = std::max(absmax, std::fabs(x[i]));
-      // The step as stored (bf16); rounding it down can clamp the largest element a little.
-      const float step = bf16ToFloat(floatToBf16(absmax / qmax));
-      const float bound = std::max(step / 2, absmax - qmax * step) * 1.0001f + 1e-7f;
-      for (std::size_t i = b; i < std::min(x.size(), b + kQuantBlock); ++i) {
-        ASSERT_LE(std::fabs(y[i] - x[i]), bound) << wireName(w) << " element " << i;
-      }
-    }
+    expectWithinHalfAStep(w, x, roundTrip(w, x), kQuantBlock);
   }
 }
 
