@@ -85,17 +85,10 @@ for name, per in by.items():
     first = per[seeds[0]]
     agree = all(p["digests_agree_every_round"] for p in per.values())
     print(f"| {name} | {vals} | {first['bytes_sent']/1e6:.1f} | {agree} |")
-PY
 
 # The issue's criteria, per seed, from the same runs.
-python3 - "$results" <<'PY'
-import json, sys, collections
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = collections.defaultdict(dict)
-for r in rows:
-    if "seed" in r:
-        by[r["seed"]][r["run"]] = r
-for seed, runs in sorted(by.items()):
+for seed in seeds:
+    runs = {name: per[seed] for name, per in by.items() if seed in per}
     def loss(n): return runs[n]["final_val_loss"] if n in runs and runs[n]["final_val_loss"] else float("nan")
     def mb(n): return runs[n]["bytes_sent"] / 1e6 if n in runs else float("nan")
     ddp, h10, h30, one = loss("ddp"), loss("diloco-h10"), loss("diloco-h30"), loss("single-worker")
