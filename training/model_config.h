@@ -1,12 +1,13 @@
 #pragma once
-// The shape of loco's byte-level GPT (DESIGN.md §6). A plain struct with no LibTorch in sight, so
-// the CLI, checkpoints and shared-state code can talk about a model without compiling torch.
+// The shape of loco's byte-level GPT (ARCHITECTURE.md §6). A plain struct with no LibTorch in
+// sight, so the CLI, checkpoints and shared-state code can talk about a model without compiling
+// torch.
 //
 // Architecture (training/gpt.h builds it): token + learned position embeddings; `layers` pre-LN
 // blocks (LN → causal self-attention → residual, LN → MLP 4×width with GELU → residual); final
 // LN; the output head is TIED to the token embedding (logits = x·Wteᵀ, no bias). Tying is what
 // makes the reference configuration (width 128, 2 layers, 4 heads, context 64) come out at the
-// ≈0.43M parameters that REFERENCE.md's measured step times and losses were taken with: 437,760
+// ≈0.43M parameters that the reference step times and losses (README) were taken with: 437,760
 // tied versus 470,528 untied.
 //
 // Pure functions; thread-safe.

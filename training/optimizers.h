@@ -1,12 +1,12 @@
 #pragma once
-// Optimizers over flat fp32 buffers (DESIGN.md §6, REFERENCE.md "Algorithms"). Plain C++ loops:
+// Optimizers over flat fp32 buffers (ARCHITECTURE.md §6). Plain C++ loops:
 // the buffers are the same ones the collectives all-reduce, and the state is plain vectors that
 // checkpoints write as they are. No LibTorch.
 //
 // Inner: AdamW in PyTorch's semantics (decoupled weight decay p ← p·(1 − lr·wd) before the
 // Adam update, bias-corrected moments, eps added after the square root), global-norm gradient
 // clipping as torch.nn.utils.clip_grad_norm_, and a learning-rate schedule of linear warm-up then
-// cosine decay. Its state stays local to a peer (REFERENCE: syncing it triples traffic for no
+// cosine decay. Its state stays local to a peer (DiLoCo: syncing it triples traffic for no
 // gain).
 //
 // Outer: SGD with Nesterov momentum in PyTorch's semantics over pseudo-gradients
