@@ -33,7 +33,8 @@ namespace loco::cli {
 
 #ifdef LOCO_HAVE_GLOO
 Status glooAllReduce(int rank, int size, const std::string& hostname, const std::string& store_dir,
-                     const std::vector<float>& input, std::vector<float>& buf, int iters, std::vector<double>& times_ms);
+                     const std::vector<float>& input, std::vector<float>& buf, int iters,
+                     std::vector<double>& times_ms);
 #endif
 
 namespace {
@@ -65,7 +66,8 @@ double peakRssMib() {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return static_cast<double>(std::strtol(line.c_str() + 6, nullptr, 10)) / 1024.0;
+    if (line.rfind("VmHWM:", 0) == 0)
+      return static_cast<double>(std::strtol(line.c_str() + 6, nullptr, 10)) / 1024.0;
   }
   return -1;
 }
@@ -80,8 +82,8 @@ std::uint64_t fnv1a(const void* data, std::size_t bytes) {
 // rank 0 compares its result with an fp64 reference; every rank hashes its result. The reference
 // is built a block at a time from every rank's regenerated input stream: a whole fp64 copy would
 // cost twice the buffer, more than the all-reduce itself.
-Status writeResult(const Flags& flags, int rank, int peers, const std::vector<float>& buf, double peak_rss_mib,
-                   const std::vector<double>& times_ms) {
+Status writeResult(const Flags& flags, int rank, int peers, const std::vector<float>& buf,
+                   double peak_rss_mib, const std::vector<double>& times_ms) {
   const std::size_t n = buf.size();
   double rel = -1;
   if (rank == 0) {
@@ -107,7 +109,8 @@ Status writeResult(const Flags& flags, int rank, int peers, const std::vector<fl
   std::string times;
   for (double t : times_ms) times += fmt::format("{}{:.4f}", times.empty() ? "" : " ", t);
   return writeFileAtomic(flags.get("out"),
-                         fmt::format("{:016x} {:.6e} {:.1f}\n{}\n", fnv1a(buf.data(), n * 4), rel, peak_rss_mib, times));
+                         fmt::format("{:016x} {:.6e} {:.1f}\n{}\n", fnv1a(buf.data(), n * 4), rel,
+                                     peak_rss_mib, times));
 }
 
 int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
@@ -118,14 +121,18 @@ int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
   const std::vector<float> input = gaussianInput(bytes / sizeof(float), rank);
   std::vector<float> buf(input.size());
   std::vector<double> times_ms;
-  if (Status st = glooAllReduce(rank, peers, listen->host, flags.get("store"), input, buf, iters, times_ms); !st.isOk()) {
+  if (Status st =
+          glooAllReduce(rank, peers, listen->host, flags.get("store"), input, buf, iters, times_ms);
+      !st.isOk()) {
     return reportFailure(st);
   }
-  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk()) return reportFailure(st);
+  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
+    return reportFailure(st);
   return 0;
 #else
   (void)flags, (void)bytes, (void)peers, (void)iters;
-  return reportFailure(Status(StatusCode::kUnavailable, "this loco was built without Gloo (apt-get install libgloo-dev)"));
+  return reportFailure(Status(StatusCode::kUnavailable,
+                              "this loco was built without Gloo (apt-get install libgloo-dev)"));
 #endif
 }
 
@@ -133,7 +140,8 @@ int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
 // one), one all-reduce runs on it, the bandwidth probes finish, and the next sync point applies
 // the coordinator's better ring. Writes "<initial ms> <ring before> <ring after>" (ids joined
 // by ',') to `out`.topology.
-Status runTopologyPhase(const Flags& flags, collectives::Communicator& c, std::vector<float>& buf, Wire wire) {
+Status runTopologyPhase(const Flags& flags, collectives::Communicator& c, std::vector<float>& buf,
+                        Wire wire) {
   auto joined = [](const std::vector<std::string>& ids) {
     std::string s;
     for (const auto& id : ids) s += (s.empty() ? "" : ",") + id;
@@ -142,20 +150,23 @@ Status runTopologyPhase(const Flags& flags, collectives::Communicator& c, std::v
   const std::string before = joined(c.ring());
   if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return st.status();
   auto t0 = Clock::now();
-  auto op = c.allReduce(buf.data(), buf.size(), collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
+  auto op = c.allReduce(buf.data(), buf.size(), collectives::DType::kF32,
+                        collectives::ReduceOp::kAvg, wire);
   if (!op) return op.status();
   LOCO_RETURN_IF_ERROR((*op)->wait(Deadline::after(Millis(600000))));
   const double initial_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   LOCO_RETURN_IF_ERROR(c.waitForProbes(Deadline::after(Millis(120000))));
   if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return st.status();
-  return writeFileAtomic(flags.get("out") + ".topology",
-                         fmt::format("{:.4f} {} {} {}\n", initial_ms, before, joined(c.ring()), c.peerId()));
+  return writeFileAtomic(
+      flags.get("out") + ".topology",
+      fmt::format("{:.4f} {} {} {}\n", initial_ms, before, joined(c.ring()), c.peerId()));
 }
 
 int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int iters, int streams) {
   auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
   auto listen = p2p::parseHostPort(flags.get("listen"), true);
-  if (!coordinator || !listen) return reportFailure(Status(StatusCode::kInvalidArgument, "worker: bad addresses"));
+  if (!coordinator || !listen)
+    return reportFailure(Status(StatusCode::kInvalidArgument, "worker: bad addresses"));
   const int rank = std::atoi(flags.get("rank").c_str());
   const bool topology = flags.getBool("topology-update");
   if (topology) {
@@ -163,7 +174,8 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     for (Deadline until = Deadline::after(Millis(60000));;) {
       auto v = p2p::fetchStatus(*coordinator, Deadline::after(Millis(5000)));
       if (v && v->peers.size() == static_cast<std::size_t>(rank)) break;
-      if (until.expired()) return reportFailure(Status(StatusCode::kTimeout, "the previous workers did not register"));
+      if (until.expired())
+        return reportFailure(Status(StatusCode::kTimeout, "the previous workers did not register"));
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
@@ -175,15 +187,19 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
-  if (Status st = c.waitForMembership(Deadline::after(Millis(30000))); !st.isOk()) return reportFailure(st);
+  if (Status st = c.waitForMembership(Deadline::after(Millis(30000))); !st.isOk())
+    return reportFailure(st);
   // Sync points admit the others; a peer alone syncs instantly, so wait by time, not by count
   // (peers across an emulated WAN take a few round trips to register).
-  for (Deadline until = Deadline::after(Millis(60000)); c.world() < static_cast<std::size_t>(peers) && !until.expired();) {
+  for (Deadline until = Deadline::after(Millis(60000));
+       c.world() < static_cast<std::size_t>(peers) && !until.expired();) {
     (void)c.syncPoint(Deadline::after(Millis(10000)));
-    if (c.world() < static_cast<std::size_t>(peers)) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (c.world() < static_cast<std::size_t>(peers))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   if (c.world() != static_cast<std::size_t>(peers)) {
-    return reportFailure(Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), peers)));
+    return reportFailure(
+        Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", c.world(), peers)));
   }
   const std::size_t n = bytes / sizeof(float);
   std::vector<float> buf(n);
@@ -194,14 +210,19 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   }
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
     fillGaussian(buf, rank);
-    if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st) return reportFailure(st.status());  // start together
+    if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
+      return reportFailure(st.status());  // start together
     auto t0 = Clock::now();
-    auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
+    auto op =
+        c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
     if (!op) return reportFailure(op.status());
-    if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk()) return reportFailure(st);
-    if (it >= 0) times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk())
+      return reportFailure(st);
+    if (it >= 0)
+      times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
-  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk()) return reportFailure(st);
+  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
+    return reportFailure(st);
   (void)c.syncPoint(Deadline::after(Millis(60000)));  // nobody leaves while others still run
   (void)c.leave(Deadline::after(Millis(2000)));
   return 0;
@@ -220,9 +241,12 @@ struct RunSummary {
 
 // One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
 // lab's hosts (round-robin, coordinator and Gloo's rendezvous in host 1's view of /tmp).
-Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfig>& cfg, int N, bool gloo, int streams,
-                           int iters, const std::string& size_key, const std::string& size_value) {
-  auto hostArgv = [&](int host) { return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{}; };
+Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfig>& cfg, int N,
+                           bool gloo, int streams, int iters, const std::string& size_key,
+                           const std::string& size_value) {
+  auto hostArgv = [&](int host) {
+    return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{};
+  };
   auto address = [&](int host) { return cfg ? cfg->address(host) : std::string("127.0.0.1"); };
   char dir_template[] = "/tmp/loco-allreduce-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
@@ -238,8 +262,9 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
   int port = 0;
   if (!gloo) {
     auto coord_argv = hostArgv(1);
-    for (std::string a : {exe, std::string("coordinator"), std::string("--listen"), address(1) + ":0",
-                          std::string("--port-file"), dir + "/port", std::string("--log-level"), std::string("warn")}) {
+    for (std::string a : {exe, std::string("coordinator"), std::string("--listen"),
+                          address(1) + ":0", std::string("--port-file"), dir + "/port",
+                          std::string("--log-level"), std::string("warn")}) {
       coord_argv.push_back(a);
     }
     pids.push_back(spawnProcess(coord_argv, dir + "/coordinator.log"));
@@ -258,14 +283,34 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
   for (int r = 0; r < N; ++r) {
     const int host = cfg ? r % cfg->hosts + 1 : 0;
     auto argv = hostArgv(host);
-    for (std::string a : {exe, std::string("bench"), std::string("allreduce"), std::string("--worker"),
-                          std::string("--impl"), std::string(gloo ? "gloo" : "loco"), std::string("--store"), dir + "/store",
-                          std::string("--coordinator"), fmt::format("{}:{}", address(1), port), std::string("--listen"),
-                          address(host) + ":0", std::string("--rank"), std::to_string(r), std::string("--peers"),
-                          std::to_string(N), std::string("--wire"), flags.get("wire"), std::string("--streams"),
-                          std::to_string(streams), std::string("--iters"), std::to_string(iters), std::string("--out"),
-                          fmt::format("{}/worker-{}.result", dir, r), std::string("--log-level"), std::string("warn"),
-                          "--" + size_key, size_value}) {
+    for (std::string a : {exe,
+                          std::string("bench"),
+                          std::string("allreduce"),
+                          std::string("--worker"),
+                          std::string("--impl"),
+                          std::string(gloo ? "gloo" : "loco"),
+                          std::string("--store"),
+                          dir + "/store",
+                          std::string("--coordinator"),
+                          fmt::format("{}:{}", address(1), port),
+                          std::string("--listen"),
+                          address(host) + ":0",
+                          std::string("--rank"),
+                          std::to_string(r),
+                          std::string("--peers"),
+                          std::to_string(N),
+                          std::string("--wire"),
+                          flags.get("wire"),
+                          std::string("--streams"),
+                          std::to_string(streams),
+                          std::string("--iters"),
+                          std::to_string(iters),
+                          std::string("--out"),
+                          fmt::format("{}/worker-{}.result", dir, r),
+                          std::string("--log-level"),
+                          std::string("warn"),
+                          "--" + size_key,
+                          size_value}) {
       argv.push_back(a);
     }
     if (flags.getBool("topology-update")) argv.push_back("--topology-update");
@@ -326,7 +371,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     auto named = [&](const std::string& ring) {
       std::string s, id;
       std::istringstream ids(ring);
-      while (std::getline(ids, id, ',')) s += (s.empty() ? "" : "-") + (place.count(id) ? std::to_string(place[id]) : "?");
+      while (std::getline(ids, id, ','))
+        s += (s.empty() ? "" : "-") + (place.count(id) ? std::to_string(place[id]) : "?");
       return s;
     };
     out.ring_before = named(rings.at(0));
@@ -342,23 +388,27 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
 }  // namespace
 
 int runBenchAllReduce(const Args& args) {
-  Flags flags("bench allreduce", "N peer processes all-reduce M MiB; prints one JSON line",
-              {{"peers", "number of peers", "4"},
-               {"mib", "MiB per all-reduce (fp32)", "64"},
-               {"kib", "KiB per all-reduce instead of --mib (latency runs)", ""},
-               {"wire", "raw, fp16, bf16, int8 or int4", "raw"},
-               {"streams", "TCP streams per ring link", "4"},
-               {"iters", "timed operations (the median is reported)", "5"},
-               {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
-               {"baseline", "gloo: also run Gloo's ring all-reduce on the same inputs and hosts", ""},
-               {"topology-update", "start from ring order 1-2-…-N, time one all-reduce, let the coordinator reorder the ring by measured bandwidth, then time --iters more", "", true},
-               {"worker", "internal: one peer of a run", "", true},
-               {"impl", "internal: loco or gloo", "loco"},
-               {"store", "internal: Gloo's rendezvous directory", ""},
-               {"coordinator", "internal", ""},
-               {"listen", "internal", ""},
-               {"rank", "internal", ""},
-               {"out", "internal", ""}});
+  Flags flags(
+      "bench allreduce", "N peer processes all-reduce M MiB; prints one JSON line",
+      {{"peers", "number of peers", "4"},
+       {"mib", "MiB per all-reduce (fp32)", "64"},
+       {"kib", "KiB per all-reduce instead of --mib (latency runs)", ""},
+       {"wire", "raw, fp16, bf16, int8 or int4", "raw"},
+       {"streams", "TCP streams per ring link", "4"},
+       {"iters", "timed operations (the median is reported)", "5"},
+       {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
+       {"baseline", "gloo: also run Gloo's ring all-reduce on the same inputs and hosts", ""},
+       {"topology-update",
+        "start from ring order 1-2-…-N, time one all-reduce, let the coordinator reorder the ring "
+        "by measured bandwidth, then time --iters more",
+        "", true},
+       {"worker", "internal: one peer of a run", "", true},
+       {"impl", "internal: loco or gloo", "loco"},
+       {"store", "internal: Gloo's rendezvous directory", ""},
+       {"coordinator", "internal", ""},
+       {"listen", "internal", ""},
+       {"rank", "internal", ""},
+       {"out", "internal", ""}});
   if (int rc = parseAndSetUp(flags, args, "bench"); rc >= 0) return rc;
   auto peers = flags.getInt("peers", 1, 64);
   auto iters = flags.getInt("iters", 1, 100000);
@@ -379,8 +429,10 @@ int runBenchAllReduce(const Args& args) {
     bytes = static_cast<std::size_t>(*mib) << 20;
   }
   if (flags.getBool("worker")) {
-    if (flags.get("impl") == "gloo") return runGlooWorker(flags, bytes, static_cast<int>(*peers), static_cast<int>(*iters));
-    return runWorker(flags, bytes, *wire, static_cast<int>(*peers), static_cast<int>(*iters), static_cast<int>(*streams));
+    if (flags.get("impl") == "gloo")
+      return runGlooWorker(flags, bytes, static_cast<int>(*peers), static_cast<int>(*iters));
+    return runWorker(flags, bytes, *wire, static_cast<int>(*peers), static_cast<int>(*iters),
+                     static_cast<int>(*streams));
   }
 
   std::optional<lab::LabConfig> cfg;
@@ -400,20 +452,24 @@ int runBenchAllReduce(const Args& args) {
   std::optional<double> gloo_p50;
   for (bool gloo : {true, false}) {
     if (gloo && baseline != "gloo") continue;
-    auto run = runOnce(flags, cfg, N, gloo, static_cast<int>(*streams), static_cast<int>(*iters), size_key, size_value);
+    auto run = runOnce(flags, cfg, N, gloo, static_cast<int>(*streams), static_cast<int>(*iters),
+                       size_key, size_value);
     if (!run) return reportFailure(run.status());
     const double algbw = static_cast<double>(bytes) / (run->p50_ms / 1000) / 1e9;
     const double busbw = algbw * 2.0 * (N - 1) / N;
     std::string line = fmt::format(
         R"({{"bench":"allreduce","impl":"{}","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{},"peak_rss_mib":{:.0f}{})",
-        gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"), gloo ? 1 : *streams, run->p50_ms,
-        algbw, busbw, run->rel, run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
+        gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"),
+        gloo ? 1 : *streams, run->p50_ms, algbw, busbw, run->rel,
+        run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
     if (gloo) gloo_p50 = run->p50_ms;
     if (!gloo && !run->ring_before.empty()) {
-      line += fmt::format(R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",
-                          run->ring_before, run->initial_ms, run->ring_after, run->initial_ms / run->p50_ms);
+      line += fmt::format(
+          R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",
+          run->ring_before, run->initial_ms, run->ring_after, run->initial_ms / run->p50_ms);
     }
-    if (!gloo && gloo_p50) line += fmt::format(",\"speedup_vs_gloo\":{:.3f}", *gloo_p50 / run->p50_ms);
+    if (!gloo && gloo_p50)
+      line += fmt::format(",\"speedup_vs_gloo\":{:.3f}", *gloo_p50 / run->p50_ms);
     std::printf("%s}\n", line.c_str());
     std::fflush(stdout);
   }

@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <future>
-#include <numeric>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <numeric>
 #include <thread>
 
 #include "cli/commands.h"
@@ -22,7 +22,8 @@ namespace loco::cli {
 namespace {
 
 void fillPattern(std::vector<std::uint8_t>& buf) {
-  for (std::size_t i = 0; i < buf.size(); i += 4096) buf[i] = static_cast<std::uint8_t>(i / 4096 * 31 + 7);
+  for (std::size_t i = 0; i < buf.size(); i += 4096)
+    buf[i] = static_cast<std::uint8_t>(i / 4096 * 31 + 7);
 }
 
 // Tags of the receiver's acknowledgements (one byte: 1 = bytes intact) in --lab mode.
@@ -32,14 +33,16 @@ constexpr std::uint64_t kAckTag = std::uint64_t{1} << 40;
 template <typename T>
 Status waitReady(std::future<T>& f, Millis timeout, const char* what) {
   if (f.wait_for(timeout) != std::future_status::ready) {
-    return Status(StatusCode::kTimeout, fmt::format("{} did not happen within {} ms", what, timeout.count()));
+    return Status(StatusCode::kTimeout,
+                  fmt::format("{} did not happen within {} ms", what, timeout.count()));
   }
   return Status();
 }
 
 // Moves `mib` MiB from one endpoint to another over a K-stream link on 127.0.0.1, `iters` times.
 // Each endpoint has its own network thread, as two processes would. Returns Gbit/s per iteration.
-Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, int iters, std::uint32_t chunk_kib) {
+Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, int iters,
+                                      std::uint32_t chunk_kib) {
   p2p::NetworkThread sender_net("bench-send");
   p2p::NetworkThread receiver_net("bench-recv");
   p2p::LinkOptions opts;
@@ -51,10 +54,10 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
   {
     std::promise<Status> started;
     receiver_net.post([&] {
-      auto l = p2p::LinkListener::start(receiver_net.context(), {"127.0.0.1", 0}, opts,
-                                        [&](std::shared_ptr<p2p::Link> link, const std::string&, std::uint64_t) {
-                                          accepted.set_value(std::move(link));
-                                        });
+      auto l =
+          p2p::LinkListener::start(receiver_net.context(), {"127.0.0.1", 0}, opts,
+                                   [&](std::shared_ptr<p2p::Link> link, const std::string&,
+                                       std::uint64_t) { accepted.set_value(std::move(link)); });
       if (l) listener = std::move(l.value());
       started.set_value(l ? Status() : l.status());
     });
@@ -62,8 +65,9 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
   }
   std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
   sender_net.post([&] {
-    p2p::connectLink(sender_net.context(), {"127.0.0.1", listener->port()}, crypto::randomHex(16), opts,
-                     Deadline::after(Millis(5000)), [&](auto r) { dialed.set_value(std::move(r)); });
+    p2p::connectLink(sender_net.context(), {"127.0.0.1", listener->port()}, crypto::randomHex(16),
+                     opts, Deadline::after(Millis(5000)),
+                     [&](auto r) { dialed.set_value(std::move(r)); });
   });
   auto out_link = dialed.get_future().get();
   if (!out_link) return out_link.status();
@@ -122,23 +126,25 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
 
 // --serve: the receiving end of `bench link --lab`, inside the lab's host 2. Receives `iters`
 // transfers and acknowledges each with one byte (1 if intact).
-int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::LinkOptions opts, std::size_t mib,
-              int iters) {
+int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::LinkOptions opts,
+              std::size_t mib, int iters) {
   p2p::NetworkThread net("bench-serve");
   std::promise<std::shared_ptr<p2p::Link>> accepted;
   std::unique_ptr<p2p::LinkListener> listener;
   std::promise<Status> started;
   net.post([&] {
-    auto l = p2p::LinkListener::start(net.context(), listen, opts, [&](std::shared_ptr<p2p::Link> link, const std::string&, std::uint64_t) {
-      accepted.set_value(std::move(link));
-    });
+    auto l = p2p::LinkListener::start(net.context(), listen, opts,
+                                      [&](std::shared_ptr<p2p::Link> link, const std::string&,
+                                          std::uint64_t) { accepted.set_value(std::move(link)); });
     if (l) listener = std::move(l.value());
     started.set_value(l ? Status() : l.status());
   });
   if (Status st = started.get_future().get(); !st.isOk()) return reportFailure(st);
-  if (Status st = writeFileAtomic(port_file, fmt::format("{}\n", listener->port())); !st.isOk()) return reportFailure(st);
+  if (Status st = writeFileAtomic(port_file, fmt::format("{}\n", listener->port())); !st.isOk())
+    return reportFailure(st);
   auto link_future = accepted.get_future();
-  if (Status st = waitReady(link_future, Millis(30000), "the sender's link"); !st.isOk()) return reportFailure(st);
+  if (Status st = waitReady(link_future, Millis(30000), "the sender's link"); !st.isOk())
+    return reportFailure(st);
   auto link = link_future.get();
   std::vector<std::uint8_t> expected(mib << 20), dst(mib << 20);
   fillPattern(expected);
@@ -146,7 +152,10 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
   for (int it = 0; it < iters && code == 0; ++it) {
     std::promise<Status> received, acked;
     std::fill(dst.begin(), dst.end(), 0);
-    net.post([&, it] { link->recv(static_cast<std::uint64_t>(it), MutableByteSpan(dst), [&](const Status& st) { received.set_value(st); }); });
+    net.post([&, it] {
+      link->recv(static_cast<std::uint64_t>(it), MutableByteSpan(dst),
+                 [&](const Status& st) { received.set_value(st); });
+    });
     auto rf = received.get_future();
     Status r = waitReady(rf, Millis(600000), "a transfer");
     if (r.isOk()) r = rf.get();
@@ -156,17 +165,23 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
     ack = diff.first == dst.end() ? 1 : 0;
     if (ack == 0) {
       std::size_t at = static_cast<std::size_t>(diff.first - dst.begin());
-      std::fprintf(stderr, "loco bench link --serve: transfer %d differs from what was sent at byte %zu (chunk %zu)\n", it,
-                   at, at / opts.chunk_bytes);
+      std::fprintf(stderr,
+                   "loco bench link --serve: transfer %d differs from what was sent at byte %zu "
+                   "(chunk %zu)\n",
+                   it, at, at / opts.chunk_bytes);
       code = 1;
     }
-    net.post([&, it] { link->send(kAckTag + static_cast<std::uint64_t>(it), ByteSpan(&ack, 1), [&](const Status& st) { acked.set_value(st); }); });
+    net.post([&, it] {
+      link->send(kAckTag + static_cast<std::uint64_t>(it), ByteSpan(&ack, 1),
+                 [&](const Status& st) { acked.set_value(st); });
+    });
     acked.get_future().wait();
   }
   // Let the sender hang up first: our FIN on one stream could reach it before the last ack on
   // another, and any closed stream fails the whole link.
   auto hung_up = std::make_shared<std::promise<void>>();
-  net.post([&, hung_up] { link->setCloseHandler([hung_up](const Status&) { hung_up->set_value(); }); });
+  net.post(
+      [&, hung_up] { link->setCloseHandler([hung_up](const Status&) { hung_up->set_value(); }); });
   hung_up->get_future().wait_for(std::chrono::seconds(10));
   std::promise<void> closed;
   net.post([&] {
@@ -180,25 +195,29 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
 
 // The sending end of `bench link --lab`, already inside host 1: starts the receiver in host 2
 // and times each transfer until its acknowledgement is back (so one one-way delay is included).
-Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOptions opts, std::size_t mib, int iters) {
+Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOptions opts,
+                                         std::size_t mib, int iters) {
   char dir_template[] = "/tmp/loco-bench-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
   const std::string port_file = std::string(dir_template) + "/port";
   std::vector<std::string> argv = lab::inHost(cfg, 2);
-  for (std::string a : {selfExecutable(), std::string("bench"), std::string("link"), std::string("--serve"),
-                        std::string("--listen"), cfg.address(2) + ":0", std::string("--port-file"), port_file,
-                        std::string("--streams"), std::to_string(opts.streams), std::string("--mib"), std::to_string(mib),
-                        std::string("--iters"), std::to_string(iters), std::string("--chunk-kib"),
-                        std::to_string(opts.chunk_bytes >> 10)}) {
+  for (std::string a :
+       {selfExecutable(), std::string("bench"), std::string("link"), std::string("--serve"),
+        std::string("--listen"), cfg.address(2) + ":0", std::string("--port-file"), port_file,
+        std::string("--streams"), std::to_string(opts.streams), std::string("--mib"),
+        std::to_string(mib), std::string("--iters"), std::to_string(iters),
+        std::string("--chunk-kib"), std::to_string(opts.chunk_bytes >> 10)}) {
     argv.push_back(a);
   }
   const pid_t child = spawnProcess(argv);  // the receiver's messages reach our stderr
-  std::string receiver_end;  // how the receiver ended, if it did on its own
+  std::string receiver_end;                // how the receiver ended, if it did on its own
   auto reap = [&] {
     int status = 0;
     if (::waitpid(child, &status, WNOHANG) == child) {
-      receiver_end = WIFEXITED(status) ? fmt::format("the receiver in host 2 exited with status {}", WEXITSTATUS(status))
-                                       : fmt::format("the receiver in host 2 died of signal {}", WTERMSIG(status));
+      receiver_end =
+          WIFEXITED(status)
+              ? fmt::format("the receiver in host 2 exited with status {}", WEXITSTATUS(status))
+              : fmt::format("the receiver in host 2 died of signal {}", WTERMSIG(status));
     } else {
       ::kill(child, SIGTERM);
       ::waitpid(child, nullptr, 0);
@@ -221,7 +240,8 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
     p2p::NetworkThread net("bench-send");
     std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
     net.post([&] {
-      p2p::connectLink(net.context(), {cfg.address(2), port}, crypto::randomHex(16), opts, Deadline::after(Millis(10000)),
+      p2p::connectLink(net.context(), {cfg.address(2), port}, crypto::randomHex(16), opts,
+                       Deadline::after(Millis(10000)),
                        [&](auto r) { dialed.set_value(std::move(r)); });
     });
     auto link = dialed.get_future().get();
@@ -235,19 +255,27 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
       std::uint8_t ack = 0;
       std::promise<Status> sent, acked;
       net.post([&, it] {
-        (*link)->recv(kAckTag + static_cast<std::uint64_t>(it), MutableByteSpan(&ack, 1), [&](const Status& st) { acked.set_value(st); });
+        (*link)->recv(kAckTag + static_cast<std::uint64_t>(it), MutableByteSpan(&ack, 1),
+                      [&](const Status& st) { acked.set_value(st); });
       });
       auto t0 = Clock::now();
-      net.post([&, it] { (*link)->send(static_cast<std::uint64_t>(it), ByteSpan(src), [&](const Status& st) { sent.set_value(st); }); });
+      net.post([&, it] {
+        (*link)->send(static_cast<std::uint64_t>(it), ByteSpan(src),
+                      [&](const Status& st) { sent.set_value(st); });
+      });
       auto af = acked.get_future();
       Status a = waitReady(af, Millis(600000), "the receiver's acknowledgement");
       if (a.isOk()) a = af.get();
       double secs = std::chrono::duration<double>(Clock::now() - t0).count();
       Status s = sent.get_future().get();
-      if (!a.isOk()) failure = a;
-      else if (!s.isOk()) failure = s;
-      else if (ack != 1) failure = Status(StatusCode::kDataLoss, "the receiver got different bytes than were sent");
-      else gbits.push_back(static_cast<double>(src.size()) * 8 / secs / 1e9);
+      if (!a.isOk())
+        failure = a;
+      else if (!s.isOk())
+        failure = s;
+      else if (ack != 1)
+        failure = Status(StatusCode::kDataLoss, "the receiver got different bytes than were sent");
+      else
+        gbits.push_back(static_cast<double>(src.size()) * 8 / secs / 1e9);
     }
     std::promise<void> closed;
     net.post([&] {
@@ -270,19 +298,21 @@ double median(std::vector<double> v) {
 // host to `server_host` of the lab. Returns Gbit/s received.
 Result<double> benchIperf3(std::uint32_t streams, int seconds, const lab::LabConfig* cfg) {
   if (std::system("command -v iperf3 >/dev/null 2>&1") != 0) {
-    return Status(StatusCode::kNotFound, "iperf3 is not installed (bash .ci/install-deps installs it)");
+    return Status(StatusCode::kNotFound,
+                  "iperf3 is not installed (bash .ci/install-deps installs it)");
   }
   const int port = 20000 + static_cast<int>(::getpid() % 20000);
   const std::string server_addr = cfg ? cfg->address(2) : "127.0.0.1";
   std::vector<std::string> argv;
   if (cfg) argv = lab::inHost(*cfg, 2);
-  for (std::string a : {std::string("iperf3"), std::string("-s"), std::string("-1"), std::string("-B"), server_addr,
-                        std::string("-p"), std::to_string(port)}) {
+  for (std::string a : {std::string("iperf3"), std::string("-s"), std::string("-1"),
+                        std::string("-B"), server_addr, std::string("-p"), std::to_string(port)}) {
     argv.push_back(a);
   }
   const pid_t server = spawnProcess(argv, "/dev/null");
   ::usleep(300 * 1000);
-  std::string cmd = fmt::format("iperf3 -c {} -p {} -P {} -t {} -J 2>/dev/null", server_addr, port, streams, seconds);
+  std::string cmd = fmt::format("iperf3 -c {} -p {} -P {} -t {} -J 2>/dev/null", server_addr, port,
+                                streams, seconds);
   std::string out;
   if (FILE* f = ::popen(cmd.c_str(), "r")) {
     char buf[4096];
@@ -294,14 +324,16 @@ Result<double> benchIperf3(std::uint32_t streams, int seconds, const lab::LabCon
   ::waitpid(server, nullptr, 0);
   auto at = out.find("\"sum_received\"");
   if (at != std::string::npos) at = out.find("\"bits_per_second\"", at);
-  if (at == std::string::npos) return Status(StatusCode::kInternal, "could not read iperf3's JSON result");
+  if (at == std::string::npos)
+    return Status(StatusCode::kInternal, "could not read iperf3's JSON result");
   return std::strtod(out.c_str() + out.find(':', at) + 1, nullptr) / 1e9;
 }
 
 }  // namespace
 
 int runBench(const Args& args) {
-  if (!args.empty() && args[0] == "allreduce") return runBenchAllReduce(Args(args.begin() + 1, args.end()));
+  if (!args.empty() && args[0] == "allreduce")
+    return runBenchAllReduce(Args(args.begin() + 1, args.end()));
   if (!args.empty() && args[0] == "join") return runBenchJoin(Args(args.begin() + 1, args.end()));
   if (!args.empty() && args[0] == "train") {
     Args command{"bench"};
@@ -310,24 +342,30 @@ int runBench(const Args& args) {
   }
   if (args.empty() || args[0] != "link") {
     std::fprintf(stderr,
-                 "usage: loco bench link [--streams K] [--mib M] [--iters I] [--baseline iperf3] [--lab NAME]\n"
-                 "       loco bench allreduce [--peers N] [--mib M | --kib K] [--wire W] [--streams K] [--iters I] [--lab NAME]\n"
-                 "       loco bench join [--peers N] [--mib M] [--streams K] [--lab NAME] [--kill-source-ms T]\n"
+                 "usage: loco bench link [--streams K] [--mib M] [--iters I] [--baseline iperf3] "
+                 "[--lab NAME]\n"
+                 "       loco bench allreduce [--peers N] [--mib M | --kib K] [--wire W] "
+                 "[--streams K] [--iters I] [--lab NAME]\n"
+                 "       loco bench join [--peers N] [--mib M] [--streams K] [--lab NAME] "
+                 "[--kill-source-ms T]\n"
 
-                 "       loco bench train [--width D] [--layers L] [--heads H] [--context T] [--batch B] [--threads N]\n");
+                 "       loco bench train [--width D] [--layers L] [--heads H] [--context T] "
+                 "[--batch B] [--threads N]\n");
     return 2;
   }
-  Flags flags("bench link", "move M MiB between two endpoints over 127.0.0.1 on a K-stream link",
-              {{"streams", "TCP streams in the link", "4"},
-               {"mib", "MiB per transfer", "256"},
-               {"iters", "transfers to time (the median is reported)", "10"},
-               {"chunk-kib", "KiB per chunk striped over the streams", "1024"},
-               {"baseline", "also measure `iperf3` with as many streams in the same run", ""},
-               {"lab", "run between hosts 1 and 2 of this lab (`loco lab up`) instead of on 127.0.0.1", ""},
-               {"serve", "internal: the receiving end of a --lab run", "", true},
-               {"listen", "internal: address the --serve end listens on", ""},
-               {"port-file", "internal: where the --serve end writes its port", ""}});
-  if (int rc = parseAndSetUp(flags, Args(args.begin() + 1, args.end()), "bench"); rc >= 0) return rc;
+  Flags flags(
+      "bench link", "move M MiB between two endpoints over 127.0.0.1 on a K-stream link",
+      {{"streams", "TCP streams in the link", "4"},
+       {"mib", "MiB per transfer", "256"},
+       {"iters", "transfers to time (the median is reported)", "10"},
+       {"chunk-kib", "KiB per chunk striped over the streams", "1024"},
+       {"baseline", "also measure `iperf3` with as many streams in the same run", ""},
+       {"lab", "run between hosts 1 and 2 of this lab (`loco lab up`) instead of on 127.0.0.1", ""},
+       {"serve", "internal: the receiving end of a --lab run", "", true},
+       {"listen", "internal: address the --serve end listens on", ""},
+       {"port-file", "internal: where the --serve end writes its port", ""}});
+  if (int rc = parseAndSetUp(flags, Args(args.begin() + 1, args.end()), "bench"); rc >= 0)
+    return rc;
   auto streams = flags.getInt("streams", 1, 64);
   auto mib = flags.getInt("mib", 1, 16384);
   auto iters = flags.getInt("iters", 1, 10000);
@@ -345,7 +383,8 @@ int runBench(const Args& args) {
   if (flags.getBool("serve")) {
     auto listen = p2p::parseHostPort(flags.get("listen"), true);
     if (!listen) return reportFailure(listen.status());
-    return serveLink(*listen, flags.get("port-file"), opts, static_cast<std::size_t>(*mib), static_cast<int>(*iters));
+    return serveLink(*listen, flags.get("port-file"), opts, static_cast<std::size_t>(*mib),
+                     static_cast<int>(*iters));
   }
   std::optional<lab::LabConfig> lab_cfg;
   if (flags.isSet("lab")) {
@@ -358,20 +397,23 @@ int runBench(const Args& args) {
   const std::string lab_field = lab_cfg ? fmt::format(",\"lab\":\"{}\"", lab_cfg->name) : "";
   std::optional<double> iperf;
   if (baseline == "iperf3") {
-    auto r = benchIperf3(static_cast<std::uint32_t>(*streams), lab_cfg ? 10 : 3, lab_cfg ? &*lab_cfg : nullptr);
+    auto r = benchIperf3(static_cast<std::uint32_t>(*streams), lab_cfg ? 10 : 3,
+                         lab_cfg ? &*lab_cfg : nullptr);
     if (!r) return reportFailure(r.status());
     iperf = *r;
-    std::printf("{\"bench\":\"link\",\"impl\":\"iperf3\",\"streams\":%d,\"gbit_s\":%.3f%s}\n", static_cast<int>(*streams),
-                *iperf, lab_field.c_str());
+    std::printf("{\"bench\":\"link\",\"impl\":\"iperf3\",\"streams\":%d,\"gbit_s\":%.3f%s}\n",
+                static_cast<int>(*streams), *iperf, lab_field.c_str());
     std::fflush(stdout);
   }
-  auto r = lab_cfg ? benchLinkLab(*lab_cfg, opts, static_cast<std::size_t>(*mib), static_cast<int>(*iters))
-                   : benchLink(static_cast<std::uint32_t>(*streams), static_cast<std::size_t>(*mib), static_cast<int>(*iters),
-                               static_cast<std::uint32_t>(*chunk));
+  auto r = lab_cfg ? benchLinkLab(*lab_cfg, opts, static_cast<std::size_t>(*mib),
+                                  static_cast<int>(*iters))
+                   : benchLink(static_cast<std::uint32_t>(*streams), static_cast<std::size_t>(*mib),
+                               static_cast<int>(*iters), static_cast<std::uint32_t>(*chunk));
   if (!r) return reportFailure(r.status());
   double med = median(*r);
-  std::string line = fmt::format(R"({{"bench":"link","impl":"loco","streams":{},"mib":{},"gbit_s":{:.3f},"best_gbit_s":{:.3f},"iters":{}{})",
-                                 *streams, *mib, med, *std::max_element(r->begin(), r->end()), r->size(), lab_field);
+  std::string line = fmt::format(
+      R"({{"bench":"link","impl":"loco","streams":{},"mib":{},"gbit_s":{:.3f},"best_gbit_s":{:.3f},"iters":{}{})",
+      *streams, *mib, med, *std::max_element(r->begin(), r->end()), r->size(), lab_field);
   if (iperf) line += fmt::format(",\"ratio_vs_iperf3\":{:.3f}", med / *iperf);
   line += "}\n";
   std::fputs(line.c_str(), stdout);

@@ -19,7 +19,8 @@
 namespace loco::cli {
 
 Status glooAllReduce(int rank, int size, const std::string& hostname, const std::string& store_dir,
-                     const std::vector<float>& input, std::vector<float>& buf, int iters, std::vector<double>& times_ms) {
+                     const std::vector<float>& input, std::vector<float>& buf, int iters,
+                     std::vector<double>& times_ms) {
   try {
     gloo::transport::tcp::attr attr;
     attr.hostname = hostname;
@@ -34,7 +35,10 @@ Status glooAllReduce(int rank, int size, const std::string& hostname, const std:
       barrier.run();
       auto t0 = std::chrono::steady_clock::now();
       ring.run();
-      if (it >= 0) times_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      if (it >= 0)
+        times_ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
     }
     for (float& x : buf) x /= static_cast<float>(size);  // sum -> avg, as loco's run computes
     barrier.run();

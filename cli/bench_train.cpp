@@ -8,7 +8,8 @@
 namespace loco::cli {
 
 int runBenchTrain(const Args& args) {
-  Flags flags("bench train", "time inner steps of the byte-level GPT on one peer; prints one JSON line",
+  Flags flags("bench train",
+              "time inner steps of the byte-level GPT on one peer; prints one JSON line",
               {{"width", "model width", "128"},
                {"layers", "transformer blocks", "2"},
                {"heads", "attention heads", "4"},
@@ -21,8 +22,13 @@ int runBenchTrain(const Args& args) {
   training::TrainBenchOptions o;
   std::int64_t width = 0, layers = 0, heads = 0, context = 0, batch = 0, threads = 0, steps = 0;
   for (auto [name, out, max] : std::vector<std::tuple<const char*, std::int64_t*, std::int64_t>>{
-           {"width", &width, 65536}, {"layers", &layers, 1024}, {"heads", &heads, 1024}, {"context", &context, 65536},
-           {"batch", &batch, 65536}, {"threads", &threads, 256}, {"steps", &steps, 100000}}) {
+           {"width", &width, 65536},
+           {"layers", &layers, 1024},
+           {"heads", &heads, 1024},
+           {"context", &context, 65536},
+           {"batch", &batch, 65536},
+           {"threads", &threads, 256},
+           {"steps", &steps, 100000}}) {
     auto v = flags.getInt(name, 1, max);
     if (!v) return reportFailure(v.status());
     *out = *v;

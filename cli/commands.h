@@ -40,7 +40,8 @@ std::string readTextFile(const std::string& path);
 // stdin from /dev/null. Returns the child's pid, or -1.
 pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log = "");
 // Replaces this process with `loco-train COMMAND...` from the same directory: LibTorch lives only
-// in that binary, so `loco` itself starts fast and stays small. Returns only on failure (exit code).
+// in that binary, so `loco` itself starts fast and stays small. Returns only on failure (exit
+// code).
 int execTrainingBinary(const std::vector<std::string>& command);
 
 }  // namespace loco::cli

@@ -1,10 +1,10 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fcntl.h>
 
 #include <fstream>
 #include <sstream>
@@ -43,10 +43,13 @@ Status writeFileAtomic(const std::string& path, const std::string& content) {
     std::ofstream f(tmp, std::ios::trunc);
     f << content;
     f.flush();
-    if (!f) return Status(StatusCode::kIoError, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+    if (!f)
+      return Status(StatusCode::kIoError,
+                    fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Status(StatusCode::kIoError, fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));
+    return Status(StatusCode::kIoError,
+                  fmt::format("cannot rename {} to {}: {}", tmp, path, std::strerror(errno)));
   }
   return Status();
 }
@@ -100,10 +103,11 @@ int execTrainingBinary(const std::vector<std::string>& command) {
   for (auto& a : argv) raw.push_back(a.data());
   raw.push_back(nullptr);
   ::execv(path.c_str(), raw.data());
-  return reportFailure(Status(StatusCode::kUnavailable,
-                              fmt::format("training runs in {} (built with loco; cmake target loco-train), which "
-                                          "cannot be started: {}",
-                                          path, std::strerror(errno))));
+  return reportFailure(
+      Status(StatusCode::kUnavailable,
+             fmt::format("training runs in {} (built with loco; cmake target loco-train), which "
+                         "cannot be started: {}",
+                         path, std::strerror(errno))));
 }
 
 }  // namespace loco::cli

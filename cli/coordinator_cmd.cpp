@@ -1,5 +1,5 @@
-#include <asio.hpp>
 #include <fmt/format.h>
+#include <asio.hpp>
 
 #include "cli/commands.h"
 #include "p2p/base/log.h"
@@ -36,7 +36,8 @@ int runCoordinator(const Args& args) {
   auto coord = p2p::Coordinator::start(io, opts);
   if (!coord) return reportFailure(coord.status());
   if (flags.isSet("port-file")) {
-    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port())); !st.isOk()) {
+    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port()));
+        !st.isOk()) {
       return reportFailure(st);
     }
   }

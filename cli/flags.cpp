@@ -19,7 +19,8 @@ EnvLookup processEnv() {
 
 std::string envName(const std::string& flag) {
   std::string out = "LOCO_";
-  for (char c : flag) out.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+  for (char c : flag)
+    out.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
   return out;
 }
 
@@ -30,7 +31,8 @@ Flags::Flags(std::string command, std::string summary, std::vector<FlagSpec> spe
 }
 
 const FlagSpec* Flags::find(const std::string& name) const {
-  auto it = std::find_if(specs_.begin(), specs_.end(), [&](const FlagSpec& s) { return s.name == name; });
+  auto it =
+      std::find_if(specs_.begin(), specs_.end(), [&](const FlagSpec& s) { return s.name == name; });
   return it == specs_.end() ? nullptr : &*it;
 }
 
@@ -59,7 +61,8 @@ Status Flags::parse(const std::vector<std::string>& args, const EnvLookup& env) 
     const FlagSpec* spec = find(name);
     if (spec == nullptr) {
       return Status(StatusCode::kInvalidArgument,
-                    fmt::format("unknown flag --{} for `loco {}` (see `loco {} --help`)", name, command_, command_));
+                    fmt::format("unknown flag --{} for `loco {}` (see `loco {} --help`)", name,
+                                command_, command_));
     }
     if (!value) {
       if (spec->is_bool) {
@@ -71,7 +74,8 @@ Status Flags::parse(const std::vector<std::string>& args, const EnvLookup& env) 
       }
     }
     if (spec->is_bool && *value != "true" && *value != "false" && *value != "1" && *value != "0") {
-      return Status(StatusCode::kInvalidArgument, fmt::format("flag --{} takes true or false, not '{}'", name, *value));
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("flag --{} takes true or false, not '{}'", name, *value));
     }
     auto& slot = cli[name];
     if (!slot.empty() && !spec->repeated) {
@@ -89,7 +93,9 @@ Status Flags::parse(const std::vector<std::string>& args, const EnvLookup& env) 
   return Status();
 }
 
-bool Flags::isSet(const std::string& name) const { return values_.count(name) != 0; }
+bool Flags::isSet(const std::string& name) const {
+  return values_.count(name) != 0;
+}
 
 std::string Flags::get(const std::string& name) const {
   if (auto it = values_.find(name); it != values_.end()) return it->second.back();
@@ -107,25 +113,28 @@ bool Flags::getBool(const std::string& name) const {
   return v == "true" || v == "1";
 }
 
-Result<std::int64_t> Flags::getInt(const std::string& name, std::int64_t min, std::int64_t max) const {
+Result<std::int64_t> Flags::getInt(const std::string& name, std::int64_t min,
+                                   std::int64_t max) const {
   std::string v = get(name);
   std::int64_t out = 0;
   auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
   if (v.empty() || ec != std::errc() || ptr != v.data() + v.size() || out < min || out > max) {
     return Status(StatusCode::kInvalidArgument,
-                  fmt::format("--{} (or {}) must be an integer from {} to {}, got '{}'", name, envName(name), min,
-                              max, v));
+                  fmt::format("--{} (or {}) must be an integer from {} to {}, got '{}'", name,
+                              envName(name), min, max, v));
   }
   return out;
 }
 
 std::string Flags::usage() const {
-  std::string out = fmt::format("usage: loco {} [flags]\n  {}\n\nflags (each also as an environment variable):\n",
-                                command_, summary_);
+  std::string out =
+      fmt::format("usage: loco {} [flags]\n  {}\n\nflags (each also as an environment variable):\n",
+                  command_, summary_);
   for (const FlagSpec& s : specs_) {
     std::string left = s.is_bool ? fmt::format("--{}", s.name) : fmt::format("--{} VALUE", s.name);
     out += fmt::format("  {:<28} {}", left, s.help);
-    if (!s.default_value.empty() && !s.is_bool) out += fmt::format(" (default {})", s.default_value);
+    if (!s.default_value.empty() && !s.is_bool)
+      out += fmt::format(" (default {})", s.default_value);
     out += fmt::format(" [{}]\n", envName(s.name));
   }
   return out;

@@ -15,7 +15,7 @@
 namespace loco::cli {
 
 struct FlagSpec {
-  std::string name;           // without dashes: "heartbeat-timeout"
+  std::string name;  // without dashes: "heartbeat-timeout"
   std::string help;
   std::string default_value;  // "" and !required: unset
   bool is_bool = false;       // `--idle` alone means true

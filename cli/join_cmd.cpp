@@ -1,11 +1,11 @@
-#include <asio.hpp>
 #include <fmt/format.h>
+#include <asio.hpp>
 
 #include <atomic>
-#include <future>
-#include <thread>
 #include <condition_variable>
+#include <future>
 #include <mutex>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/join_train.h"
@@ -19,12 +19,16 @@
 namespace loco::cli {
 namespace {
 
-std::string shortId(const std::string& id) { return id.substr(0, 8); }
+std::string shortId(const std::string& id) {
+  return id.substr(0, 8);
+}
 
 // The address other peers should use to reach `listen_port`: the local address of the route to
 // the coordinator (a UDP connect sends no packet; it only picks the route).
-std::string defaultAdvertise(const p2p::HostPort& listen, const p2p::HostPort& coordinator, std::uint16_t port) {
-  if (listen.host != "0.0.0.0" && listen.host != "::") return p2p::HostPort{listen.host, port}.toString();
+std::string defaultAdvertise(const p2p::HostPort& listen, const p2p::HostPort& coordinator,
+                             std::uint16_t port) {
+  if (listen.host != "0.0.0.0" && listen.host != "::")
+    return p2p::HostPort{listen.host, port}.toString();
   auto eps = p2p::resolve(coordinator);
   if (eps) {
     asio::io_context io;
@@ -86,7 +90,8 @@ int runJoin(const Args& args) {
   if (int rc = parseAndSetUp(flags, args, "peer"); rc >= 0) return rc;
 
   if (!flags.isSet("coordinator")) {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
   }
   auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
   if (!coordinator) return reportFailure(coordinator.status().withContext("--coordinator"));
@@ -116,8 +121,12 @@ int runJoin(const Args& args) {
   p2p::raiseFileLimit();
   if (!flags.getBool("idle")) {
 #ifdef LOCO_TRAINING_BINARY
-    TrainingPeerSetup setup{*coordinator, *listen, flags.get("advertise"), identity.id,
-                            static_cast<std::uint32_t>(*streams), Millis(*connect_timeout)};
+    TrainingPeerSetup setup{*coordinator,
+                            *listen,
+                            flags.get("advertise"),
+                            identity.id,
+                            static_cast<std::uint32_t>(*streams),
+                            Millis(*connect_timeout)};
     return runTrainingPeer(flags, setup);
 #else
     Args command{"join"};
@@ -150,12 +159,13 @@ int runJoin(const Args& args) {
   {
     std::promise<void> ready;
     net.post([&] {
-      auto l = p2p::LinkListener::start(net.context(), *listen, link_opts,
-                                        [&links](std::shared_ptr<p2p::Link> link, const std::string& from, std::uint64_t) {
-                                          LOG_INFO(kLogPeer, "link from peer {} ({} streams)", shortId(from),
-                                                   link->streamCount());
-                                          links.push_back(std::move(link));
-                                        });
+      auto l = p2p::LinkListener::start(
+          net.context(), *listen, link_opts,
+          [&links](std::shared_ptr<p2p::Link> link, const std::string& from, std::uint64_t) {
+            LOG_INFO(kLogPeer, "link from peer {} ({} streams)", shortId(from),
+                     link->streamCount());
+            links.push_back(std::move(link));
+          });
       if (l) {
         listener = std::move(l.value());
       } else {
@@ -174,10 +184,13 @@ int runJoin(const Args& args) {
     return reportFailure(setup);
   }
 
-  std::string advertise = flags.isSet("advertise") ? flags.get("advertise")
-                                                   : defaultAdvertise(*listen, *coordinator, listener->port());
-  p2p::MembershipClient client(net, {*coordinator, identity.id, advertise, static_cast<std::uint32_t>(*streams)});
-  client.setViewCallback([](const p2p::GroupView& v) { LOG_INFO(kLogPeer, "membership {}", describeView(v)); });
+  std::string advertise = flags.isSet("advertise")
+                              ? flags.get("advertise")
+                              : defaultAdvertise(*listen, *coordinator, listener->port());
+  p2p::MembershipClient client(
+      net, {*coordinator, identity.id, advertise, static_cast<std::uint32_t>(*streams)});
+  client.setViewCallback(
+      [](const p2p::GroupView& v) { LOG_INFO(kLogPeer, "membership {}", describeView(v)); });
 
   // Abort blocking membership calls when a signal arrives (checked by a watcher thread so that
   // the signal handler itself stays trivial).
@@ -193,7 +206,8 @@ int runJoin(const Args& args) {
     return code;
   };
 
-  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", coordinator->toString(), advertise, *streams);
+  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", coordinator->toString(),
+           advertise, *streams);
   Status joined = client.join(Deadline::after(Millis(*connect_timeout)));
   if (!joined.isOk()) {
     if (joined.code() == StatusCode::kAborted) return finish(0);
@@ -214,7 +228,7 @@ int runJoin(const Args& args) {
       auto synced = client.syncPoint(Deadline::after(2 * timeout));
       st = synced.status();
       if (synced.isOk() || (st.code() == StatusCode::kTimeout &&
-                             client.state() == p2p::MembershipClient::State::kMember)) {
+                            client.state() == p2p::MembershipClient::State::kMember)) {
         st = Status();
         if (!stop.sleepFor(interval)) break;
       }

@@ -20,15 +20,20 @@ namespace loco::cli {
 namespace {
 
 std::atomic<bool> g_stop{false};
-extern "C" void onStopSignal(int) { g_stop.store(true); }
+extern "C" void onStopSignal(int) {
+  g_stop.store(true);
+}
 
-std::string jsonNumber(double v) { return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null"; }
+std::string jsonNumber(double v) {
+  return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null";
+}
 
 std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
   return fmt::format(
       R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
-      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.world, r.contributors, jsonNumber(r.train_loss),
-      r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent, r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
+      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.world, r.contributors,
+      jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
+      r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
 }
 
 }  // namespace
@@ -45,7 +50,8 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   }
   const std::string topology = flags.get("measure-topology");
   if (topology != "on" && topology != "off") {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--measure-topology takes on or off"));
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "--measure-topology takes on or off"));
   }
   config->train.rank = static_cast<std::uint32_t>(*rank);
   config->train.world = static_cast<std::uint32_t>(std::max<std::int64_t>(*world_hint, *rank + 1));
@@ -55,15 +61,17 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   // Data and model first: a bad path or shape fails before this peer joins anyone.
   auto trainer = training::LocalTrainer::create(config->train);
   if (!trainer) return reportFailure(trainer.status());
-  LOG_INFO(training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}", training::methodName(config->method), *rank,
-           (*trainer)->numParams(), config->steps,
-           config->method == training::Method::kDiloco ? fmt::format(", H={}", config->inner_steps) : "");
+  LOG_INFO(training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
+           training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
+           config->method == training::Method::kDiloco ? fmt::format(", H={}", config->inner_steps)
+                                                       : "");
 
   std::FILE* metrics = nullptr;
   if (flags.isSet("metrics")) {
     metrics = std::fopen(flags.get("metrics").c_str(), "a");
     if (metrics == nullptr) {
-      return reportFailure(Status(StatusCode::kIoError, fmt::format("cannot open --metrics {}", flags.get("metrics"))));
+      return reportFailure(Status(StatusCode::kIoError,
+                                  fmt::format("cannot open --metrics {}", flags.get("metrics"))));
     }
   }
 
@@ -80,20 +88,23 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
     return reportFailure(comm.status());
   }
 
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = onStopSignal;
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
 
-  Status st = training::runDistributed(**comm, **trainer, *config, g_stop, [&](const training::RoundRecord& r) {
-    LOG_INFO(training::kLogTrain, "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}", r.outer_step,
-             r.inner_step, r.world, r.train_loss, r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "",
-             r.bytes_sent / 1e6, r.retries ? fmt::format(" after {} retries", r.retries) : "");
-    if (metrics) {
-      std::fprintf(metrics, "%s\n", roundJson(r, config->train.rank, setup.peer_id).c_str());
-      std::fflush(metrics);
-    }
-  });
+  Status st = training::runDistributed(
+      **comm, **trainer, *config, g_stop, [&](const training::RoundRecord& r) {
+        LOG_INFO(training::kLogTrain,
+                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}",
+                 r.outer_step, r.inner_step, r.world, r.train_loss,
+                 r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "", r.bytes_sent / 1e6,
+                 r.retries ? fmt::format(" after {} retries", r.retries) : "");
+        if (metrics) {
+          std::fprintf(metrics, "%s\n", roundJson(r, config->train.rank, setup.peer_id).c_str());
+          std::fflush(metrics);
+        }
+      });
   if (metrics) std::fclose(metrics);
   Status left = (*comm)->leave(Deadline::after(Millis(2000)));
   if (!left.isOk()) LOG_WARN(kLogPeer, "leave: {}", left.message());

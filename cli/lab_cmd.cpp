@@ -11,11 +11,11 @@
 #include <uv.h>
 
 #include <atomic>
-#include <limits>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -31,9 +31,13 @@ namespace {
 using lab::LabConfig;
 
 std::atomic<bool> g_interrupted{false};
-void onInterrupt(int) { g_interrupted = true; }
+void onInterrupt(int) {
+  g_interrupted = true;
+}
 
-bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
+bool alive(pid_t pid) {
+  return pid > 0 && ::kill(pid, 0) == 0;
+}
 
 pid_t readPid(const std::string& path) {
   pid_t pid = 0;
@@ -49,30 +53,39 @@ std::pair<pid_t, long> hubState(const std::string& name) {
   return {pid, reloads};
 }
 
-Status saveLab(const LabConfig& cfg) { return writeFileAtomic(lab::configPath(cfg.name), cfg.serialize()); }
+Status saveLab(const LabConfig& cfg) {
+  return writeFileAtomic(lab::configPath(cfg.name), cfg.serialize());
+}
 
 // Tells the hub to re-read the config and waits until it has.
 Status reloadHub(const std::string& name) {
   auto [pid, reloads] = hubState(name);
-  if (!alive(pid)) return Status(StatusCode::kUnavailable, fmt::format("the hub of lab '{}' is not running", name));
+  if (!alive(pid))
+    return Status(StatusCode::kUnavailable,
+                  fmt::format("the hub of lab '{}' is not running", name));
   ::kill(pid, SIGHUP);
   for (int i = 0; i < 200; ++i) {
     if (hubState(name).second > reloads) return Status();
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  return Status(StatusCode::kTimeout, fmt::format("the hub of lab '{}' did not confirm the new settings within 2 s; see {}",
-                                                  name, lab::logPath(name)));
+  return Status(
+      StatusCode::kTimeout,
+      fmt::format("the hub of lab '{}' did not confirm the new settings within 2 s; see {}", name,
+                  lab::logPath(name)));
 }
 
 // Flags shared by `up` and `set`.
 std::vector<FlagSpec> linkFlags() {
-  return {{"delay-ms", "one-way delay between every pair of hosts, ms", ""},
-          {"jitter-ms", "uniform jitter added to the delay, +- ms (no reordering)", ""},
-          {"loss", "loss probability per packet and direction, 0 to 1", ""},
-          {"rate-mbit", "every host's access link capacity, each direction, Mbit/s (0: unlimited)", ""},
-          {"host", "I:rate-mbit=R | I:up-mbit=U | I:down-mbit=W (one host's access link)", "", false, true},
-          {"link", "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R (one pair of hosts)", "", false, true},
-          {"tcp-rmem-max", "largest TCP receive/send buffer inside the hosts, bytes", ""}};
+  return {
+      {"delay-ms", "one-way delay between every pair of hosts, ms", ""},
+      {"jitter-ms", "uniform jitter added to the delay, +- ms (no reordering)", ""},
+      {"loss", "loss probability per packet and direction, 0 to 1", ""},
+      {"rate-mbit", "every host's access link capacity, each direction, Mbit/s (0: unlimited)", ""},
+      {"host", "I:rate-mbit=R | I:up-mbit=U | I:down-mbit=W (one host's access link)", "", false,
+       true},
+      {"link", "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R (one pair of hosts)", "", false,
+       true},
+      {"tcp-rmem-max", "largest TCP receive/send buffer inside the hosts, bytes", ""}};
 }
 
 Result<lab::LabOptions> linkOptions(const Flags& flags) {
@@ -80,8 +93,9 @@ Result<lab::LabOptions> linkOptions(const Flags& flags) {
   // Only "is it a number" here: lab::applyOptions owns the ranges.
   auto number = [&](const char* name, std::optional<double>& out) -> Status {
     if (!flags.isSet(name)) return Status();
-    auto v = lab::parseNumber(std::string("--") + name, flags.get(name), std::numeric_limits<double>::lowest(),
-                              std::numeric_limits<double>::max());
+    auto v =
+        lab::parseNumber(std::string("--") + name, flags.get(name),
+                         std::numeric_limits<double>::lowest(), std::numeric_limits<double>::max());
     if (!v) return v.status();
     out = *v;
     return Status();
@@ -101,23 +115,28 @@ Result<lab::LabOptions> linkOptions(const Flags& flags) {
 
 std::string statusTable(const LabConfig& cfg) {
   auto [hub_pid, reloads] = hubState(cfg.name);
-  std::string out = fmt::format("lab {}   {} hosts   subnet 10.213.{}.0/24   hub {}\n", cfg.name, cfg.hosts, cfg.subnet,
-                                alive(hub_pid) ? fmt::format("running (pid {})", hub_pid) : "NOT RUNNING");
+  std::string out = fmt::format(
+      "lab {}   {} hosts   subnet 10.213.{}.0/24   hub {}\n", cfg.name, cfg.hosts, cfg.subnet,
+      alive(hub_pid) ? fmt::format("running (pid {})", hub_pid) : "NOT RUNNING");
   out += fmt::format("{:<8} {:<15} {:>10} {:>10}\n", "HOST", "ADDRESS", "UP MBIT", "DOWN MBIT");
   auto rate = [](double r) { return r > 0 ? fmt::format("{:g}", r) : std::string("-"); };
   for (int i = 1; i <= cfg.hosts; ++i) {
     auto r = cfg.host(i);
-    out += fmt::format("{:<8} {:<15} {:>10} {:>10}\n", cfg.nsName(i), cfg.address(i), rate(r.up_mbit), rate(r.down_mbit));
+    out += fmt::format("{:<8} {:<15} {:>10} {:>10}\n", cfg.nsName(i), cfg.address(i),
+                       rate(r.up_mbit), rate(r.down_mbit));
   }
-  out += fmt::format("{:<8} {:>9} {:>10} {:>8} {:>10}  {}\n", "PAIR", "DELAY MS", "JITTER MS", "LOSS", "CAP MBIT", "");
+  out += fmt::format("{:<8} {:>9} {:>10} {:>8} {:>10}  {}\n", "PAIR", "DELAY MS", "JITTER MS",
+                     "LOSS", "CAP MBIT", "");
   for (int a = 1; a <= cfg.hosts; ++a) {
     for (int b = a + 1; b <= cfg.hosts; ++b) {
       auto p = cfg.pair(a, b);
-      out += fmt::format("{:<8} {:>9g} {:>10g} {:>8g} {:>10}  {}\n", fmt::format("{}-{}", a, b), p.delay_ms, p.jitter_ms,
-                         p.loss, rate(p.rate_mbit), cfg.partitioned(a, b) ? "PARTITIONED" : "");
+      out += fmt::format("{:<8} {:>9g} {:>10g} {:>8g} {:>10}  {}\n", fmt::format("{}-{}", a, b),
+                         p.delay_ms, p.jitter_ms, p.loss, rate(p.rate_mbit),
+                         cfg.partitioned(a, b) ? "PARTITIONED" : "");
     }
   }
-  if (cfg.tcp_rmem_max > 0) out += fmt::format("tcp buffers capped at {} bytes inside the hosts\n", cfg.tcp_rmem_max);
+  if (cfg.tcp_rmem_max > 0)
+    out += fmt::format("tcp buffers capped at {} bytes inside the hosts\n", cfg.tcp_rmem_max);
   return out;
 }
 
@@ -129,11 +148,13 @@ int labUp(const Args& args) {
   Flags flags("lab up", "create a lab: hosts NAME1..NAMEN joined by an emulated WAN", specs);
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
   if (flags.positional().size() != 1) {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab up NAME --hosts N [options]"));
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "usage: loco lab up NAME --hosts N [options]"));
   }
   const std::string name = flags.positional()[0];
   if (Status st = lab::validateLabName(name); !st.isOk()) return reportFailure(st);
-  if (!flags.isSet("hosts")) return reportFailure(Status(StatusCode::kInvalidArgument, "--hosts N is required"));
+  if (!flags.isSet("hosts"))
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--hosts N is required"));
   auto hosts = flags.getInt("hosts", 2, lab::kMaxHosts);
   if (!hosts) return reportFailure(hosts.status());
   auto options = linkOptions(flags);
@@ -142,10 +163,11 @@ int labUp(const Args& args) {
 
   if (Status st = lab::checkLabSupport(); !st.isOk()) return reportFailure(st);
   if (std::filesystem::exists(lab::stateDir(name)) || !lab::labNamespaces(name).empty()) {
-    return reportFailure(Status(StatusCode::kAlreadyExists,
-                                fmt::format("a lab named '{}' already exists (or its namespaces do); `loco lab down {}` "
-                                            "removes it",
-                                            name, name)));
+    return reportFailure(Status(
+        StatusCode::kAlreadyExists,
+        fmt::format("a lab named '{}' already exists (or its namespaces do); `loco lab down {}` "
+                    "removes it",
+                    name, name)));
   }
   auto subnet = lab::pickSubnet();
   if (!subnet) return reportFailure(subnet.status());
@@ -157,20 +179,25 @@ int labUp(const Args& args) {
   // The state directory comes first: whatever exists of a lab can then be found and removed.
   std::error_code ec;
   std::filesystem::create_directories(lab::stateDir(name), ec);
-  if (ec) return reportFailure(Status(StatusCode::kIoError, fmt::format("cannot create {}: {}", lab::stateDir(name), ec.message())));
+  if (ec)
+    return reportFailure(
+        Status(StatusCode::kIoError,
+               fmt::format("cannot create {}: {}", lab::stateDir(name), ec.message())));
   if (Status st = saveLab(cfg); !st.isOk()) {
     lab::teardown(name);
     return reportFailure(st);
   }
   ::signal(SIGINT, onInterrupt);
   ::signal(SIGTERM, onInterrupt);
-  if (Status st = lab::buildNetwork(cfg, [] { return g_interrupted.load(); }); !st.isOk()) return reportFailure(st);
+  if (Status st = lab::buildNetwork(cfg, [] { return g_interrupted.load(); }); !st.isOk())
+    return reportFailure(st);
 
   // The supervisor outlives this command (detached, its own session, logs to the state dir).
   uv_loop_t loop;
   uv_loop_init(&loop);
   std::string exe = selfExecutable();
-  std::vector<std::string> argv = {exe, "lab", "supervise", name, "--log-level", flags.get("log-level")};
+  std::vector<std::string> argv = {exe,  "lab",         "supervise",
+                                   name, "--log-level", flags.get("log-level")};
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
@@ -190,7 +217,9 @@ int labUp(const Args& args) {
   ::close(log_fd);
   if (rc != 0) {
     lab::teardown(name);
-    return reportFailure(Status(StatusCode::kInternal, fmt::format("cannot start the lab supervisor: {}", uv_strerror(rc))));
+    return reportFailure(
+        Status(StatusCode::kInternal,
+               fmt::format("cannot start the lab supervisor: {}", uv_strerror(rc))));
   }
   const pid_t supervisor = proc.pid;
   uv_unref(reinterpret_cast<uv_handle_t*>(&proc));
@@ -209,10 +238,13 @@ int labUp(const Args& args) {
   }
   std::string log = readTextFile(lab::logPath(name));
   ::kill(supervisor, SIGTERM);
-  for (int i = 0; i < 500 && alive(supervisor); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 500 && alive(supervisor); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   lab::teardown(name);
-  return reportFailure(Status(StatusCode::kInternal, g_interrupted ? "interrupted; the lab was removed"
-                                                                   : "the lab's hub did not start; the lab was removed. Its log:\n" + log));
+  return reportFailure(
+      Status(StatusCode::kInternal,
+             g_interrupted ? "interrupted; the lab was removed"
+                           : "the lab's hub did not start; the lab was removed. Its log:\n" + log));
 }
 
 // ---- supervise (internal) ----------------------------------------------------------------------
@@ -238,7 +270,8 @@ int labSupervise(const Args& args) {
   uv_loop_init(&s.loop);
 
   std::string exe = selfExecutable();
-  std::vector<std::string> argv = {exe, "lab", "hub", s.name, "--log-level", flags.get("log-level")};
+  std::vector<std::string> argv = {exe,    "lab",         "hub",
+                                   s.name, "--log-level", flags.get("log-level")};
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
@@ -255,7 +288,9 @@ int labSupervise(const Args& args) {
   popts.exit_cb = [](uv_process_t* p, int64_t status, int sig) {
     s.hub_running = false;
     if (!s.stopping) {
-      LOG_ERROR(kLogCli, "lab {}: the hub exited unexpectedly (status {}, signal {}); removing the lab", s.name, status, sig);
+      LOG_ERROR(kLogCli,
+                "lab {}: the hub exited unexpectedly (status {}, signal {}); removing the lab",
+                s.name, status, sig);
       s.exit_code = 1;
     }
     uv_close(reinterpret_cast<uv_handle_t*>(p), nullptr);
@@ -283,7 +318,12 @@ int labSupervise(const Args& args) {
   uv_signal_start(&s.sigterm, stop, SIGTERM);
   uv_signal_start(&s.sigint, stop, SIGINT);
   // SIGHUP to the supervisor reaches the hub too (`lab set` signals the hub directly).
-  uv_signal_start(&s.sighup, [](uv_signal_t*, int) { if (s.hub_running) uv_process_kill(&s.hub, SIGHUP); }, SIGHUP);
+  uv_signal_start(
+      &s.sighup,
+      [](uv_signal_t*, int) {
+        if (s.hub_running) uv_process_kill(&s.hub, SIGHUP);
+      },
+      SIGHUP);
   uv_run(&s.loop, UV_RUN_DEFAULT);
   uv_loop_close(&s.loop);
   lab::teardown(s.name);
@@ -296,22 +336,25 @@ int labSupervise(const Args& args) {
 int labDown(const Args& args) {
   Flags flags("lab down", "remove a lab: its hub, namespaces, interfaces and processes", {});
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
-  if (flags.positional().size() != 1) return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab down NAME"));
+  if (flags.positional().size() != 1)
+    return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab down NAME"));
   const std::string name = flags.positional()[0];
   if (Status st = lab::validateLabName(name); !st.isOk()) return reportFailure(st);
   if (::geteuid() != 0) return reportFailure(lab::checkLabSupport());
   if (!std::filesystem::exists(lab::stateDir(name))) {
     auto stray = lab::labNamespaces(name);
-    return reportFailure(Status(StatusCode::kNotFound,
-                                stray.empty() ? fmt::format("no lab named '{}'", name)
-                                              : fmt::format("no lab named '{}'; namespaces such as {} exist but were not "
-                                                            "made by loco lab (remove them with `ip netns del`)",
-                                                            name, stray.front())));
+    return reportFailure(Status(
+        StatusCode::kNotFound,
+        stray.empty() ? fmt::format("no lab named '{}'", name)
+                      : fmt::format("no lab named '{}'; namespaces such as {} exist but were not "
+                                    "made by loco lab (remove them with `ip netns del`)",
+                                    name, stray.front())));
   }
   pid_t supervisor = readPid(lab::supervisorPidPath(name));
   if (alive(supervisor)) {
     ::kill(supervisor, SIGTERM);
-    for (int i = 0; i < 1000 && alive(supervisor); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (int i = 0; i < 1000 && alive(supervisor); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   // Whatever the supervisor did not get to (it was killed, or the lab was half-built).
   lab::teardown(name);
@@ -327,31 +370,36 @@ int labExec(const Args& args) {
   const std::string host = args[0];
   std::size_t digits = host.find_last_not_of("0123456789");
   if (digits == std::string::npos || digits + 1 == host.size()) {
-    return reportFailure(Status(StatusCode::kInvalidArgument, fmt::format("'{}' is not a lab host (want NAMEi, e.g. t1)", host)));
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                fmt::format("'{}' is not a lab host (want NAMEi, e.g. t1)", host)));
   }
   auto cfg = lab::loadLab(host.substr(0, digits + 1));
   if (!cfg) return reportFailure(cfg.status());
   int index = std::atoi(host.c_str() + digits + 1);
   if (index < 1 || index > cfg->hosts) {
     return reportFailure(Status(StatusCode::kInvalidArgument,
-                                fmt::format("lab '{}' has hosts {}1 to {}{}; there is no {}", cfg->name, cfg->name,
-                                            cfg->name, cfg->hosts, host)));
+                                fmt::format("lab '{}' has hosts {}1 to {}{}; there is no {}",
+                                            cfg->name, cfg->name, cfg->name, cfg->hosts, host)));
   }
   std::size_t first = (args.size() > 1 && args[1] == "--") ? 2 : 1;
-  if (first >= args.size()) return reportFailure(Status(StatusCode::kInvalidArgument, "no command to run"));
+  if (first >= args.size())
+    return reportFailure(Status(StatusCode::kInvalidArgument, "no command to run"));
   std::vector<std::string> argv = {"ip", "netns", "exec", host};
   argv.insert(argv.end(), args.begin() + static_cast<long>(first), args.end());
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
   ::execvp("ip", cargv.data());
-  return reportFailure(Status(StatusCode::kInternal, fmt::format("cannot run ip netns exec: {}", std::strerror(errno))));
+  return reportFailure(Status(StatusCode::kInternal,
+                              fmt::format("cannot run ip netns exec: {}", std::strerror(errno))));
 }
 
 int labSet(const Args& args) {
   Flags flags("lab set", "change a lab's link parameters while traffic flows", linkFlags());
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
-  if (flags.positional().size() != 1) return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab set NAME [options]"));
+  if (flags.positional().size() != 1)
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "usage: loco lab set NAME [options]"));
   auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   auto options = linkOptions(flags);
@@ -369,40 +417,51 @@ int labSet(const Args& args) {
 
 int labPartition(const Args& args, bool heal) {
   std::vector<FlagSpec> specs;
-  if (!heal) specs.push_back({"groups", "hosts that keep talking, groups separated by '/': 1,2/3,4", ""});
-  Flags flags(heal ? "lab heal" : "lab partition",
-              heal ? "end a partition" : "drop all traffic between groups of hosts until `loco lab heal`", specs);
+  if (!heal)
+    specs.push_back({"groups", "hosts that keep talking, groups separated by '/': 1,2/3,4", ""});
+  Flags flags(
+      heal ? "lab heal" : "lab partition",
+      heal ? "end a partition" : "drop all traffic between groups of hosts until `loco lab heal`",
+      specs);
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
   if (flags.positional().size() != 1) {
-    return reportFailure(Status(StatusCode::kInvalidArgument,
-                                heal ? "usage: loco lab heal NAME" : "usage: loco lab partition NAME --groups 1,2/3,4"));
+    return reportFailure(Status(
+        StatusCode::kInvalidArgument,
+        heal ? "usage: loco lab heal NAME" : "usage: loco lab partition NAME --groups 1,2/3,4"));
   }
   auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   if (heal) {
     cfg->partition.clear();
   } else {
-    if (!flags.isSet("groups")) return reportFailure(Status(StatusCode::kInvalidArgument, "--groups is required, e.g. 1,2/3,4"));
+    if (!flags.isSet("groups"))
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument, "--groups is required, e.g. 1,2/3,4"));
     auto groups = lab::parsePartition(flags.get("groups"), cfg->hosts);
     if (!groups) return reportFailure(groups.status());
     cfg->partition = *groups;
   }
   if (Status st = saveLab(*cfg); !st.isOk()) return reportFailure(st);
   if (Status st = reloadHub(cfg->name); !st.isOk()) return reportFailure(st);
-  std::printf("lab %s: %s\n", cfg->name.c_str(), heal ? "healed" : ("partitioned " + flags.get("groups")).c_str());
+  std::printf("lab %s: %s\n", cfg->name.c_str(),
+              heal ? "healed" : ("partitioned " + flags.get("groups")).c_str());
   return 0;
 }
 
 int labStatus(const Args& args) {
-  Flags flags("lab status", "show a lab's hosts, addresses and settings", {{"json", "one JSON object", "", true}});
+  Flags flags("lab status", "show a lab's hosts, addresses and settings",
+              {{"json", "one JSON object", "", true}});
   if (int rc = parseAndSetUp(flags, args, "lab"); rc >= 0) return rc;
-  if (flags.positional().size() != 1) return reportFailure(Status(StatusCode::kInvalidArgument, "usage: loco lab status NAME [--json]"));
+  if (flags.positional().size() != 1)
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "usage: loco lab status NAME [--json]"));
   auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   if (flags.getBool("json")) {
     std::string json = cfg->toJson();
     json.pop_back();  // add the hub's state
-    json += fmt::format(",\"hub_running\":{}}}\n", alive(hubState(cfg->name).first) ? "true" : "false");
+    json +=
+        fmt::format(",\"hub_running\":{}}}\n", alive(hubState(cfg->name).first) ? "true" : "false");
     std::fputs(json.c_str(), stdout);
   } else {
     std::fputs(statusTable(*cfg).c_str(), stdout);
@@ -424,7 +483,8 @@ int runLab(const Args& args) {
   const char* usage =
       "usage: loco lab COMMAND ...\n"
       "  up NAME --hosts N [--delay-ms D] [--jitter-ms J] [--loss P] [--rate-mbit R]\n"
-      "          [--host I:rate-mbit=R|up-mbit=U|down-mbit=W]... [--link I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R]...\n"
+      "          [--host I:rate-mbit=R|up-mbit=U|down-mbit=W]... [--link "
+      "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R]...\n"
       "          [--tcp-rmem-max BYTES]\n"
       "  exec NAMEi -- CMD [ARGS...]     run a command inside host i\n"
       "  set NAME [options as for up]    change settings while traffic flows\n"

@@ -15,19 +15,19 @@
 #include <uv.h>
 
 #include <cmath>
-#include <filesystem>
 #include <cstdio>
-#include <map>
-#include <regex>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <regex>
 #include <set>
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/lab/net.h"
 #include "cli/plot.h"
 #include "cli/training_flags.h"
-#include "cli/lab/net.h"
 #include "crypto/identity.h"
 #include "p2p/status_client.h"
 #include "training/text_data.h"
@@ -51,7 +51,7 @@ enum class Phase {
   kWaitAdmitted,  // --idle
   kHold,
   kWaitLeave,
-  kStartPeers,    // training: one peer after another
+  kStartPeers,  // training: one peer after another
   kTraining,
   kStopPeers,
   kStopCoordinator,
@@ -89,7 +89,7 @@ struct Swarm {
   bool training = false;
   std::vector<std::string> training_args;  // forwarded to every peer
   std::uint64_t total_steps = 0;
-  std::size_t next_peer = 1;               // the next child to start (kStartPeers)
+  std::size_t next_peer = 1;  // the next child to start (kStartPeers)
   std::int64_t kill_at = -1, join_at = -1;
   bool killed = false, added = false;
   std::map<std::string, std::size_t> metrics_read;  // metrics file -> bytes consumed
@@ -99,7 +99,9 @@ struct Swarm {
 
   // Host for process `index` (0: coordinator, then peers), and how to reach it.
   int hostOf(std::size_t index) const { return lab ? static_cast<int>(index % lab->hosts) + 1 : 0; }
-  std::string addressOf(std::size_t index) const { return lab ? lab->address(hostOf(index)) : "127.0.0.1"; }
+  std::string addressOf(std::size_t index) const {
+    return lab ? lab->address(hostOf(index)) : "127.0.0.1";
+  }
 
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - started).count(); }
   void say(const std::string& msg) {
@@ -146,7 +148,9 @@ Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::s
   child.proc.data = &child;
   int rc = uv_spawn(&s.loop, &child.proc, &opts);
   ::close(fd);
-  if (rc != 0) return Status(StatusCode::kIoError, fmt::format("cannot start {}: {}", child.name, uv_strerror(rc)));
+  if (rc != 0)
+    return Status(StatusCode::kIoError,
+                  fmt::format("cannot start {}: {}", child.name, uv_strerror(rc)));
   child.started = child.running = true;
   return Status();
 }
@@ -163,7 +167,8 @@ bool anyRunning(const Swarm& s, std::size_t from = 0) {
 }
 
 void beginShutdown(Swarm& s, const std::string& why) {
-  if (s.phase == Phase::kStopPeers || s.phase == Phase::kStopCoordinator || s.phase == Phase::kDone) return;
+  if (s.phase == Phase::kStopPeers || s.phase == Phase::kStopCoordinator || s.phase == Phase::kDone)
+    return;
   if (!why.empty()) s.say(why);
   for (std::size_t i = 1; i < s.children.size(); ++i) {
     s.children[i]->expected_exit = true;
@@ -181,18 +186,20 @@ std::string viewLine(const p2p::GroupView& v, const Swarm& s) {
     }
     ids += " " + label + (p.state == p2p::PeerState::kPending ? "(pending)" : "");
   }
-  return fmt::format("epoch {:>2}  world {}  pending {}  |{}", v.epoch, v.world(), v.pending(), ids);
+  return fmt::format("epoch {:>2}  world {}  pending {}  |{}", v.epoch, v.world(), v.pending(),
+                     ids);
 }
 
 std::vector<std::string> trainingPeerArgs(const Swarm& s, std::size_t index, bool initial) {
   const Child& c = *s.children[index];
-  std::vector<std::string> args{"join", "--coordinator", fmt::format("{}:{}", s.addressOf(0), s.port), "--listen",
-                                s.addressOf(index) + ":0", "--identity", fmt::format("{}/{}.id", s.out_dir, c.name),
-                                "--log-level", s.log_level, "--rank", std::to_string(index - 1), "--world-hint",
-                                std::to_string(s.peers), "--wait-for", initial ? std::to_string(s.peers) : "1",
-                                "--metrics", fmt::format("{}/{}.jsonl", s.out_dir, c.name),
-                                // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
-                                "--measure-topology", s.lab ? "on" : "off"};
+  std::vector<std::string> args{
+      "join", "--coordinator", fmt::format("{}:{}", s.addressOf(0), s.port), "--listen",
+      s.addressOf(index) + ":0", "--identity", fmt::format("{}/{}.id", s.out_dir, c.name),
+      "--log-level", s.log_level, "--rank", std::to_string(index - 1), "--world-hint",
+      std::to_string(s.peers), "--wait-for", initial ? std::to_string(s.peers) : "1", "--metrics",
+      fmt::format("{}/{}.jsonl", s.out_dir, c.name),
+      // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
+      "--measure-topology", s.lab ? "on" : "off"};
   args.insert(args.end(), s.training_args.begin(), s.training_args.end());
   return args;
 }
@@ -236,24 +243,31 @@ void readMetrics(Swarm& s) {
       r.bytes_sent = std::max(r.bytes_sent, jsonField(line, "bytes_sent").value_or(0));
       r.wall_s = std::max(r.wall_s, jsonField(line, "wall_s").value_or(0));
       r.tokens_per_s = std::max(r.tokens_per_s, jsonField(line, "tokens_per_s").value_or(0));
-      r.retries = std::max(r.retries, static_cast<std::uint32_t>(jsonField(line, "retries").value_or(0)));
+      r.retries =
+          std::max(r.retries, static_cast<std::uint32_t>(jsonField(line, "retries").value_or(0)));
       r.digests[s.children[i]->name] = jsonString(line, "digest");
     }
   }
 }
 
-std::uint64_t innerStepReached(const Swarm& s) { return s.steps.empty() ? 0 : s.steps.rbegin()->second.inner_step; }
+std::uint64_t innerStepReached(const Swarm& s) {
+  return s.steps.empty() ? 0 : s.steps.rbegin()->second.inner_step;
+}
 
 // One line per outer step, once the evaluating peer has reported it.
 void showProgress(Swarm& s) {
   for (auto& [step, r] : s.steps) {
     if (s.shown_any && step <= s.last_shown) continue;
-    if (std::isnan(r.val_loss) && s.steps.rbegin()->first == step && s.phase == Phase::kTraining) break;  // wait for the evaluation
-    s.say(fmt::format("step {:>4} | inner {:>5}/{} | world {} | loss {} | val {} | {:>6.0f} tok/s/peer | sent {:8.1f} MB{}",
-                      step, r.inner_step, s.total_steps, r.world,
-                      std::isnan(r.loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.loss),
-                      std::isnan(r.val_loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.val_loss), r.tokens_per_s,
-                      r.bytes_sent / 1e6, r.retries ? fmt::format(" ({} retries)", r.retries) : ""));
+    if (std::isnan(r.val_loss) && s.steps.rbegin()->first == step && s.phase == Phase::kTraining)
+      break;  // wait for the evaluation
+    s.say(fmt::format(
+        "step {:>4} | inner {:>5}/{} | world {} | loss {} | val {} | {:>6.0f} tok/s/peer | sent "
+        "{:8.1f} MB{}",
+        step, r.inner_step, s.total_steps, r.world,
+        std::isnan(r.loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.loss),
+        std::isnan(r.val_loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.val_loss),
+        r.tokens_per_s, r.bytes_sent / 1e6,
+        r.retries ? fmt::format(" ({} retries)", r.retries) : ""));
     s.last_shown = step;
     s.shown_any = true;
   }
@@ -271,7 +285,8 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
   auto since = Clock::now() - s.phase_since;
   if (s.phase == Phase::kStartPeers) {
     if (s.next_peer > static_cast<std::size_t>(s.peers)) {
-      s.say(fmt::format("all {} peers started; training ({} inner steps per peer)", s.peers, s.total_steps));
+      s.say(fmt::format("all {} peers started; training ({} inner steps per peer)", s.peers,
+                        s.total_steps));
       s.setPhase(Phase::kTraining);
       return;
     }
@@ -321,8 +336,10 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
 void writeTrainingResults(Swarm& s) {
   readMetrics(s);
   std::string jsonl;
-  PlotSeries train_vs_step{"train loss", "#1f77b4", {}}, val_vs_step{"validation loss", "#d62728", {}};
-  PlotSeries train_vs_bytes{"train loss", "#1f77b4", {}}, val_vs_bytes{"validation loss", "#d62728", {}};
+  PlotSeries train_vs_step{"train loss", "#1f77b4", {}},
+      val_vs_step{"validation loss", "#d62728", {}};
+  PlotSeries train_vs_bytes{"train loss", "#1f77b4", {}},
+      val_vs_bytes{"validation loss", "#d62728", {}};
   std::size_t disagreements = 0;
   std::optional<double> first_val, last_val;
   double tokens = 0;
@@ -332,12 +349,14 @@ void writeTrainingResults(Swarm& s) {
     for (const auto& [peer, d] : r.digests) distinct.insert(d);
     const bool agree = distinct.size() <= 1;
     if (!agree) ++disagreements;
-    auto num = [](double v) { return std::isfinite(v) ? fmt::format("{:.6f}", v) : std::string("null"); };
+    auto num = [](double v) {
+      return std::isfinite(v) ? fmt::format("{:.6f}", v) : std::string("null");
+    };
     jsonl += fmt::format(
         R"({{"step":{},"inner_step":{},"world":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"wall_s":{:.3f},"retries":{},"peers_reporting":{},"digests_agree":{}}})"
         "\n",
-        step, r.inner_step, r.world, num(r.loss), num(r.val_loss), r.bytes_sent, r.wall_s, r.retries, r.digests.size(),
-        agree ? "true" : "false");
+        step, r.inner_step, r.world, num(r.loss), num(r.val_loss), r.bytes_sent, r.wall_s,
+        r.retries, r.digests.size(), agree ? "true" : "false");
     train_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.loss);
     val_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.val_loss);
     train_vs_bytes.points.emplace_back(r.bytes_sent, r.loss);
@@ -348,22 +367,27 @@ void writeTrainingResults(Swarm& s) {
     }
     if (r.tokens_per_s > 0) tokens += r.tokens_per_s, ++token_samples;
   }
-  for (Status st : {writeFileAtomic(s.out_dir + "/run.jsonl", jsonl),
-                    writeSvgPlot(s.out_dir + "/loss_vs_steps.svg", "loss against inner steps", "inner steps per peer",
-                                 "loss (nats/byte)", {train_vs_step, val_vs_step}),
-                    writeSvgPlot(s.out_dir + "/loss_vs_bytes.svg", "loss against bytes sent", "bytes sent by all peers",
-                                 "loss (nats/byte)", {train_vs_bytes, val_vs_bytes})}) {
+  for (Status st :
+       {writeFileAtomic(s.out_dir + "/run.jsonl", jsonl),
+        writeSvgPlot(s.out_dir + "/loss_vs_steps.svg", "loss against inner steps",
+                     "inner steps per peer", "loss (nats/byte)", {train_vs_step, val_vs_step}),
+        writeSvgPlot(s.out_dir + "/loss_vs_bytes.svg", "loss against bytes sent",
+                     "bytes sent by all peers", "loss (nats/byte)",
+                     {train_vs_bytes, val_vs_bytes})}) {
     if (!st.isOk()) s.say("could not write results: " + st.message());
   }
-  std::printf("\ntraining: %zu outer steps", s.steps.empty() ? 0 : static_cast<std::size_t>(s.steps.rbegin()->first));
+  std::printf("\ntraining: %zu outer steps",
+              s.steps.empty() ? 0 : static_cast<std::size_t>(s.steps.rbegin()->first));
   if (first_val && last_val) std::printf(", validation loss %.4f -> %.4f", *first_val, *last_val);
-  if (!s.steps.empty()) std::printf(", %.1f MB sent, %.1f s", s.steps.rbegin()->second.bytes_sent / 1e6, s.elapsed());
-  if (token_samples) std::printf(", %.0f tokens/s per peer", tokens / static_cast<double>(token_samples));
+  if (!s.steps.empty())
+    std::printf(", %.1f MB sent, %.1f s", s.steps.rbegin()->second.bytes_sent / 1e6, s.elapsed());
+  if (token_samples)
+    std::printf(", %.0f tokens/s per peer", tokens / static_cast<double>(token_samples));
   std::printf("\nshared-state digests: %s\n",
               disagreements == 0 ? "equal on every reporting peer after every round"
                                  : fmt::format("DIFFERED in {} round(s)", disagreements).c_str());
-  std::printf("wrote %s/run.jsonl, %s/loss_vs_steps.svg, %s/loss_vs_bytes.svg\n", s.out_dir.c_str(), s.out_dir.c_str(),
-              s.out_dir.c_str());
+  std::printf("wrote %s/run.jsonl, %s/loss_vs_steps.svg, %s/loss_vs_bytes.svg\n", s.out_dir.c_str(),
+              s.out_dir.c_str(), s.out_dir.c_str());
   if (disagreements != 0 && s.failure.empty()) s.failure = "peers disagreed on the shared state";
 }
 
@@ -377,12 +401,13 @@ void tick(Swarm& s) {
   }
   // Unexpected deaths end the run.
   for (auto& c : s.children) {
-    if (s.training && c->started && !c->running && c->exit_status == 0 && c->term_signal == 0 && c.get() != &coord) {
+    if (s.training && c->started && !c->running && c->exit_status == 0 && c->term_signal == 0 &&
+        c.get() != &coord) {
       c->expected_exit = true;  // finished its schedule
     }
     if (c->started && !c->running && !c->expected_exit && s.failure.empty()) {
-      s.failure = fmt::format("{} exited unexpectedly (status {}, signal {}); see {}/{}.log", c->name, c->exit_status,
-                              c->term_signal, s.out_dir, c->name);
+      s.failure = fmt::format("{} exited unexpectedly (status {}, signal {}); see {}/{}.log",
+                              c->name, c->exit_status, c->term_signal, s.out_dir, c->name);
       c->expected_exit = true;
       beginShutdown(s, s.failure);
     }
@@ -405,16 +430,19 @@ void tick(Swarm& s) {
       int port = 0;
       if (f >> port && port > 0) {
         s.port = static_cast<std::uint16_t>(port);
-        s.say(fmt::format("coordinator listening on {}:{}; starting {} peers", s.addressOf(0), port, s.peers));
+        s.say(fmt::format("coordinator listening on {}:{}; starting {} peers", s.addressOf(0), port,
+                          s.peers));
         if (s.training) {
           s.setPhase(Phase::kStartPeers);
           break;
         }
         for (std::size_t i = 1; i < s.children.size(); ++i) {
           Child& c = *s.children[i];
-          Status st = spawn(s, c, i, {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), port),
-                                      "--listen", s.addressOf(i) + ":0", "--identity",
-                                      fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
+          Status st =
+              spawn(s, c, i,
+                    {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), port),
+                     "--listen", s.addressOf(i) + ":0", "--identity",
+                     fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
           if (!st.isOk()) {
             s.failure = st.message();
             return beginShutdown(s, s.failure);
@@ -443,8 +471,8 @@ void tick(Swarm& s) {
       }
       break;
     case Phase::kWaitLeave:
-      if (!s.children.back()->running && view && view->world() == static_cast<std::size_t>(s.peers - 1) &&
-          since >= Millis(1000)) {
+      if (!s.children.back()->running && view &&
+          view->world() == static_cast<std::size_t>(s.peers - 1) && since >= Millis(1000)) {
         beginShutdown(s, "stopping the remaining peers (SIGTERM)");
       }
       break;
@@ -495,12 +523,15 @@ int runLocal(const Args& args) {
       {"out", "directory for logs, identities, run.jsonl and plots", "loco-local"},
       {"idle", "membership demo instead of training: all join, one leaves, all stop", "", true},
       {"hold-ms", "--idle: ms to keep the full group before one peer leaves", "2000"},
-      {"timeout-ms", "give up (and kill everything) after this long (default: 60 s idle, 30 min training)", ""},
+      {"timeout-ms",
+       "give up (and kill everything) after this long (default: 60 s idle, 30 min training)", ""},
       {"kill-at", "training: kill -9 the last peer once the run reaches this inner step", ""},
       {"join-at", "training: start one more peer once the run reaches this inner step", ""},
       {"lab", "place the coordinator in host 1 and the peers round-robin in this lab's hosts", ""}};
   for (auto& spec : trainingFlagSpecs()) specs.push_back(std::move(spec));
-  Flags flags("local", "train on this machine: a coordinator and N peers as processes, with a live view", std::move(specs));
+  Flags flags("local",
+              "train on this machine: a coordinator and N peers as processes, with a live view",
+              std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "local"); rc >= 0) return rc;
   const bool training = !flags.getBool("idle");
   // A training run of one peer is the single-worker baseline; the membership demo needs two.
@@ -525,21 +556,24 @@ int runLocal(const Args& args) {
     if (!corpus) return reportFailure(corpus.status());
     s.training_args = forwardedTrainingFlags(flags);
     s.total_steps = config->steps;
-    for (auto [name, out] : {std::pair<const char*, std::int64_t*>{"kill-at", &s.kill_at}, {"join-at", &s.join_at}}) {
+    for (auto [name, out] :
+         {std::pair<const char*, std::int64_t*>{"kill-at", &s.kill_at}, {"join-at", &s.join_at}}) {
       if (!flags.isSet(name)) continue;
       auto v = flags.getInt(name, 0, static_cast<std::int64_t>(config->steps));
       if (!v) return reportFailure(v.status());
       *out = *v;
     }
     if (s.kill_at >= 0 && s.join_at >= 0 && s.join_at < s.kill_at) {
-      return reportFailure(Status(StatusCode::kInvalidArgument, "--join-at must not come before --kill-at"));
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument, "--join-at must not come before --kill-at"));
     }
     // One LibTorch/OpenMP thread per peer unless told otherwise; spinning OpenMP threads steal
     // the cores the other peers need.
     ::setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
     ::setenv("OMP_NUM_THREADS", flags.get("threads").c_str(), 0);
   } else if (flags.isSet("kill-at") || flags.isSet("join-at")) {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--kill-at and --join-at are for training runs, not --idle"));
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                "--kill-at and --join-at are for training runs, not --idle"));
   }
   if (flags.isSet("lab")) {
     auto cfg = lab::loadLab(flags.get("lab"));
@@ -556,7 +590,8 @@ int runLocal(const Args& args) {
   s.log_level = flags.get("log-level");
   if (std::error_code ec; !std::filesystem::create_directories(s.out_dir, ec) && ec) {
     return reportFailure(
-        Status(StatusCode::kIoError, fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
+        Status(StatusCode::kIoError,
+               fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
 
@@ -577,7 +612,8 @@ int runLocal(const Args& args) {
     c->peer_id = ident->id;
     s.children.push_back(std::move(c));
   }
-  for (auto& c : s.children) ::unlink(fmt::format("{}/{}.jsonl", s.out_dir, c->name).c_str());  // a fresh run
+  for (auto& c : s.children)
+    ::unlink(fmt::format("{}/{}.jsonl", s.out_dir, c->name).c_str());  // a fresh run
 
   uv_loop_init(&s.loop);
   uv_timer_init(&s.loop, &s.timer);
@@ -589,12 +625,15 @@ int runLocal(const Args& args) {
   uv_signal_start(&s.sigterm, onSignal, SIGTERM);
 
   s.say(fmt::format("local swarm: 1 coordinator + {} peers{}, logs in {}/", s.peers,
-                    s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "", s.out_dir));
+                    s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "",
+                    s.out_dir));
   Status st = spawn(s, *s.children[0], 0,
-                    {"coordinator", "--listen", s.addressOf(0) + ":0", "--port-file", s.out_dir + "/coordinator.port",
-                     "--heartbeat-interval", "250", "--heartbeat-timeout", "2000", "--log-level", s.log_level});
+                    {"coordinator", "--listen", s.addressOf(0) + ":0", "--port-file",
+                     s.out_dir + "/coordinator.port", "--heartbeat-interval", "250",
+                     "--heartbeat-timeout", "2000", "--log-level", s.log_level});
   if (!st.isOk()) return reportFailure(st);
-  uv_timer_start(&s.timer, [](uv_timer_t* t) { tick(*static_cast<Swarm*>(t->data)); }, 0, 200);
+  uv_timer_start(
+      &s.timer, [](uv_timer_t* t) { tick(*static_cast<Swarm*>(t->data)); }, 0, 200);
   uv_run(&s.loop, UV_RUN_DEFAULT);
   uv_loop_close(&s.loop);
 
@@ -604,17 +643,20 @@ int runLocal(const Args& args) {
   for (auto& c : s.children) {
     if (!c->started) continue;
     bool ok = c->exit_status == 0 && c->term_signal == 0;
-    if (c->term_signal == SIGKILL && s.killed && c.get() == s.children[static_cast<std::size_t>(s.peers)].get()) {
+    if (c->term_signal == SIGKILL && s.killed &&
+        c.get() == s.children[static_cast<std::size_t>(s.peers)].get()) {
       std::printf("  %-12s killed by --kill-at (as asked)\n", c->name.c_str());
       continue;
     }
     clean = clean && ok;
-    std::printf("  %-12s %s\n", c->name.c_str(),
-                ok ? "exited cleanly (status 0)"
-                   : fmt::format("exit status {}, signal {}", c->exit_status, c->term_signal).c_str());
+    std::printf(
+        "  %-12s %s\n", c->name.c_str(),
+        ok ? "exited cleanly (status 0)"
+           : fmt::format("exit status {}, signal {}", c->exit_status, c->term_signal).c_str());
   }
   if (!s.failure.empty()) std::printf("failure: %s\n", s.failure.c_str());
-  std::printf("%s\n", clean ? "all processes exited cleanly" : "the local swarm did not finish cleanly");
+  std::printf("%s\n",
+              clean ? "all processes exited cleanly" : "the local swarm did not finish cleanly");
   if (s.interrupted) return 130;
   return clean ? 0 : 1;
 }

@@ -30,7 +30,8 @@ void installCrashHandler() {
 
 void printUsage(FILE* out) {
   std::fputs(
-      "usage: loco COMMAND [flags]   (every flag also as LOCO_<FLAG>; `loco COMMAND --help` lists them)\n"
+      "usage: loco COMMAND [flags]   (every flag also as LOCO_<FLAG>; `loco COMMAND --help` lists "
+      "them)\n"
       "\n"
       "  coordinator  run the membership coordinator of a training run\n"
       "  join         join a run as a peer (--idle: membership only)\n"
@@ -53,10 +54,14 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   using namespace loco::cli;
 #ifdef LOCO_TRAINING_BINARY
-  // loco-train: the LibTorch half of loco, started by `loco join` (training) and `loco bench train`.
+  // loco-train: the LibTorch half of loco, started by `loco join` (training) and `loco bench
+  // train`.
   if (cmd == "join") return runJoin(args);
-  if (cmd == "bench" && !args.empty() && args[0] == "train") return runBenchTrain(Args(args.begin() + 1, args.end()));
-  std::fprintf(stderr, "loco-train runs `join` (training) and `bench train`; use `loco` for everything else\n");
+  if (cmd == "bench" && !args.empty() && args[0] == "train")
+    return runBenchTrain(Args(args.begin() + 1, args.end()));
+  std::fprintf(
+      stderr,
+      "loco-train runs `join` (training) and `bench train`; use `loco` for everything else\n");
   return 2;
 #else
   if (cmd == "coordinator") return runCoordinator(args);

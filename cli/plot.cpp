@@ -14,10 +14,14 @@ namespace {
 std::string escapeXml(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out.push_back(c);
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else
+      out.push_back(c);
   }
   return out;
 }
@@ -36,7 +40,8 @@ std::vector<double> ticks(double lo, double hi) {
     }
   }
   std::vector<double> out;
-  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9 && out.size() < 12; t += step) out.push_back(t);
+  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9 && out.size() < 12; t += step)
+    out.push_back(t);
   return out;
 }
 
@@ -75,24 +80,28 @@ Status writeSvgPlot(const std::string& path, const std::string& title, const std
       "\n",
       W, H, W / 2, escapeXml(title));
   for (double t : ticks(x0, x1)) {
-    svg += fmt::format(R"svg(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#ddd"/><text x="{0:.1f}" y="{3}" text-anchor="middle">{4}</text>)svg"
-                       "\n",
-                       px(t), T, H - B, H - B + 16, tickLabel(t));
+    svg += fmt::format(
+        R"svg(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="#ddd"/><text x="{0:.1f}" y="{3}" text-anchor="middle">{4}</text>)svg"
+        "\n",
+        px(t), T, H - B, H - B + 16, tickLabel(t));
   }
   for (double t : ticks(y0, y1)) {
-    svg += fmt::format(R"svg(<line x1="{0}" y1="{1:.1f}" x2="{2}" y2="{1:.1f}" stroke="#ddd"/><text x="{3}" y="{4:.1f}" text-anchor="end">{5}</text>)svg"
-                       "\n",
-                       L, py(t), W - R, L - 6, py(t) + 4, tickLabel(t));
+    svg += fmt::format(
+        R"svg(<line x1="{0}" y1="{1:.1f}" x2="{2}" y2="{1:.1f}" stroke="#ddd"/><text x="{3}" y="{4:.1f}" text-anchor="end">{5}</text>)svg"
+        "\n",
+        L, py(t), W - R, L - 6, py(t) + 4, tickLabel(t));
   }
-  svg += fmt::format(R"svg(<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#333"/>)svg"
-                     "\n",
-                     L, T, W - L - R, H - T - B);
+  svg +=
+      fmt::format(R"svg(<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#333"/>)svg"
+                  "\n",
+                  L, T, W - L - R, H - T - B);
   svg += fmt::format(R"svg(<text x="{}" y="{}" text-anchor="middle">{}</text>)svg"
                      "\n",
                      (L + W - R) / 2, H - 18, escapeXml(x_label));
-  svg += fmt::format(R"svg(<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>)svg"
-                     "\n",
-                     (T + H - B) / 2, escapeXml(y_label));
+  svg += fmt::format(
+      R"svg(<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>)svg"
+      "\n",
+      (T + H - B) / 2, escapeXml(y_label));
   double legend_y = T + 16;
   for (const auto& s : series) {
     std::string pts;
@@ -102,9 +111,10 @@ Status writeSvgPlot(const std::string& path, const std::string& title, const std
     svg += fmt::format(R"svg(<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>)svg"
                        "\n",
                        s.color, pts);
-    svg += fmt::format(R"svg(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{3}" stroke-width="2"/><text x="{4}" y="{5}">{6}</text>)svg"
-                       "\n",
-                       W - R - 150, legend_y, W - R - 125, s.color, W - R - 120, legend_y + 4, escapeXml(s.name));
+    svg += fmt::format(
+        R"svg(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{3}" stroke-width="2"/><text x="{4}" y="{5}">{6}</text>)svg"
+        "\n",
+        W - R - 150, legend_y, W - R - 125, s.color, W - R - 120, legend_y + 4, escapeXml(s.name));
     legend_y += 18;
   }
   svg += "</svg>\n";

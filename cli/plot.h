@@ -10,7 +10,7 @@ namespace loco::cli {
 
 struct PlotSeries {
   std::string name;
-  std::string color;  // CSS colour
+  std::string color;                              // CSS colour
   std::vector<std::pair<double, double>> points;  // (x, y); non-finite points are skipped
 };
 

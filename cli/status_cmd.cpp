@@ -37,49 +37,60 @@ bool isRingEdge(const std::vector<std::string>& ring, const p2p::EdgeEstimate& e
 }
 
 std::string toJson(const p2p::GroupView& v) {
-  std::string out = fmt::format("{{\"epoch\":{},\"world\":{},\"pending\":{},\"peers\":[", v.epoch, v.world(), v.pending());
+  std::string out = fmt::format("{{\"epoch\":{},\"world\":{},\"pending\":{},\"peers\":[", v.epoch,
+                                v.world(), v.pending());
   for (std::size_t i = 0; i < v.peers.size(); ++i) {
     const auto& p = v.peers[i];
-    out += fmt::format("{}{{\"id\":\"{}\",\"addr\":\"{}\",\"state\":\"{}\",\"heartbeat_age_ms\":{}}}", i ? "," : "",
-                       jsonEscape(p.id), jsonEscape(p.addr), p2p::peerStateName(p.state), p.heartbeat_age_ms);
+    out +=
+        fmt::format("{}{{\"id\":\"{}\",\"addr\":\"{}\",\"state\":\"{}\",\"heartbeat_age_ms\":{}}}",
+                    i ? "," : "", jsonEscape(p.id), jsonEscape(p.addr), p2p::peerStateName(p.state),
+                    p.heartbeat_age_ms);
   }
   out += "],\"counters\":{";
   for (std::size_t i = 0; i < v.counters.size(); ++i) {
-    out += fmt::format("{}\"{}\":{}", i ? "," : "", jsonEscape(v.counters[i].first), v.counters[i].second);
+    out += fmt::format("{}\"{}\":{}", i ? "," : "", jsonEscape(v.counters[i].first),
+                       v.counters[i].second);
   }
   out += "},\"links\":[";
   const auto ring = v.ringIds();
   for (std::size_t i = 0; i < v.edges.size(); ++i) {
     const auto& e = v.edges[i];
-    out += fmt::format(R"({}{{"from":"{}","to":"{}","mbit_s":{:.1f},"source":"{}","in_ring":{}}})", i ? "," : "",
-                       jsonEscape(e.from), jsonEscape(e.to), e.bytes_per_s * 8e-6, p2p::edgeSourceName(e.source),
-                       isRingEdge(ring, e) ? "true" : "false");
+    out += fmt::format(R"({}{{"from":"{}","to":"{}","mbit_s":{:.1f},"source":"{}","in_ring":{}}})",
+                       i ? "," : "", jsonEscape(e.from), jsonEscape(e.to), e.bytes_per_s * 8e-6,
+                       p2p::edgeSourceName(e.source), isRingEdge(ring, e) ? "true" : "false");
   }
   const double slowest = p2p::ringBottleneck(ring, tableOf(v));
-  out += fmt::format("],\"ring_slowest_mbit_s\":{}}}", ring.size() > 1 && slowest > 0 ? fmt::format("{:.1f}", slowest * 8e-6) : "null");
+  out +=
+      fmt::format("],\"ring_slowest_mbit_s\":{}}}",
+                  ring.size() > 1 && slowest > 0 ? fmt::format("{:.1f}", slowest * 8e-6) : "null");
   return out;
 }
 
 std::string toTable(const p2p::GroupView& v) {
-  std::string out = fmt::format("epoch {}   world {}   pending {}\n", v.epoch, v.world(), v.pending());
+  std::string out =
+      fmt::format("epoch {}   world {}   pending {}\n", v.epoch, v.world(), v.pending());
   if (v.peers.empty()) return out + "(no peers)\n";
-  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}\n", "RING", "PEER ID", "STATE", "ADDRESS", "HEARTBEAT");
+  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}\n", "RING", "PEER ID", "STATE", "ADDRESS",
+                     "HEARTBEAT");
   std::size_t ring = 0;
   for (const auto& p : v.peers) {
     std::string pos = p.state == p2p::PeerState::kMember ? std::to_string(ring++) : "-";
-    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms\n", pos, p.id, p2p::peerStateName(p.state), p.addr,
-                       p.heartbeat_age_ms);
+    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms\n", pos, p.id,
+                       p2p::peerStateName(p.state), p.addr, p.heartbeat_age_ms);
   }
   if (v.edges.empty()) return out;
   // The bandwidth estimates the ring order is chosen from; '*' marks the ring's own links.
   const auto ring_ids = v.ringIds();
-  out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {}\n", "FROM", "TO", "MBIT/S", "SOURCE");
+  out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {}\n", "FROM",
+                     "TO", "MBIT/S", "SOURCE");
   for (const auto& e : v.edges) {
-    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", e.from.substr(0, 8), e.to.substr(0, 8), e.bytes_per_s * 8e-6,
-                       p2p::edgeSourceName(e.source), isRingEdge(ring_ids, e) ? " *" : "");
+    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", e.from.substr(0, 8), e.to.substr(0, 8),
+                       e.bytes_per_s * 8e-6, p2p::edgeSourceName(e.source),
+                       isRingEdge(ring_ids, e) ? " *" : "");
   }
   const double slowest = p2p::ringBottleneck(ring_ids, tableOf(v));
-  if (ring_ids.size() > 1 && slowest > 0) out += fmt::format("ring's slowest link: {:.1f} Mbit/s\n", slowest * 8e-6);
+  if (ring_ids.size() > 1 && slowest > 0)
+    out += fmt::format("ring's slowest link: {:.1f} Mbit/s\n", slowest * 8e-6);
   return out;
 }
 
@@ -92,7 +103,8 @@ int runStatus(const Args& args) {
                {"timeout", "ms to wait for the coordinator's answer", "5000"}});
   if (int rc = parseAndSetUp(flags, args, "status"); rc >= 0) return rc;
   if (!flags.isSet("coordinator")) {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
   }
   auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
   if (!coordinator) return reportFailure(coordinator.status().withContext("--coordinator"));

@@ -13,12 +13,16 @@ namespace loco::cli {
 std::vector<FlagSpec> trainingFlagSpecs() {
   return {
       {"data", "text file or directory to train on", std::string(training::kDefaultCorpusPath)},
-      {"sharding", "iid (every peer samples the whole corpus) or contiguous (a slice per peer)", "iid"},
+      {"sharding", "iid (every peer samples the whole corpus) or contiguous (a slice per peer)",
+       "iid"},
       {"method", "ddp (gradients all-reduced every step) or diloco", "diloco"},
       {"inner-steps", "DiLoCo: inner steps per round (H)", "30"},
       {"steps", "inner steps per peer for the whole run", "600"},
       {"wire", "how Δ (DDP: gradients) travel: raw, fp16, bf16, int8 or int4", "raw"},
-      {"quant-block", "int8/int4: values per 2-byte scale (1024: 3.99x / 7.96x fewer bytes than fp32; 16: more exact)", "1024"},
+      {"quant-block",
+       "int8/int4: values per 2-byte scale (1024: 3.99x / 7.96x fewer bytes than fp32; 16: more "
+       "exact)",
+       "1024"},
       {"outer-lr", "DiLoCo outer learning rate (FedAvg: 1)", "0.7"},
       {"outer-momentum", "DiLoCo outer Nesterov momentum (FedAvg: 0)", "0.9"},
       {"width", "model width", "128"},
@@ -38,12 +42,18 @@ std::vector<FlagSpec> trainingFlagSpecs() {
 
 std::vector<FlagSpec> trainingPeerFlagSpecs() {
   auto specs = trainingFlagSpecs();
-  specs.push_back({"rank", "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)", "0"});
+  specs.push_back(
+      {"rank",
+       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)",
+       "0"});
   specs.push_back({"world-hint", "number of data shards for contiguous sharding", "1"});
-  specs.push_back({"wait-for", "before the first round, wait until this many peers are members", "1"});
+  specs.push_back(
+      {"wait-for", "before the first round, wait until this many peers are members", "1"});
   specs.push_back({"metrics", "append one JSON line per round to this file", ""});
-  specs.push_back({"measure-topology", "measure links and let the coordinator reorder the ring (on|off)", "on"});
-  specs.push_back({"inject-nan-at-round", "fault injection: a NaN in this peer's contribution at that outer step", "-1"});
+  specs.push_back({"measure-topology",
+                   "measure links and let the coordinator reorder the ring (on|off)", "on"});
+  specs.push_back({"inject-nan-at-round",
+                   "fault injection: a NaN in this peer's contribution at that outer step", "-1"});
   return specs;
 }
 
@@ -55,7 +65,8 @@ Result<double> getDouble(const Flags& flags, const std::string& name, double min
   double d = std::strtod(v.c_str(), &end);
   if (v.empty() || end == nullptr || *end != '\0' || !std::isfinite(d) || d < min || d > max) {
     return Status(StatusCode::kInvalidArgument,
-                  fmt::format("--{} ({}) must be a number in [{}, {}], got '{}'", name, envName(name), min, max, v));
+                  fmt::format("--{} ({}) must be a number in [{}, {}], got '{}'", name,
+                              envName(name), min, max, v));
   }
   return d;
 }
@@ -78,19 +89,21 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     std::int64_t min, max;
     std::int64_t* out;
   };
-  std::int64_t inner = 0, steps = 0, width = 0, layers = 0, heads = 0, context = 0, batch = 0, warmup = 0, seed = 0,
-               threads = 0, eval_every = 0, quant_block = 0;
-  for (const IntFlag& f : std::vector<IntFlag>{{"inner-steps", 1, 1000000, &inner},
-                                               {"steps", 1, 100000000, &steps},
-                                               {"width", 1, 65536, &width},
-                                               {"layers", 1, 1024, &layers},
-                                               {"heads", 1, 1024, &heads},
-                                               {"context", 2, 65536, &context},
-                                               {"batch", 1, 65536, &batch},
-                                               {"seed", 0, (std::int64_t{1} << 62), &seed},
-                                               {"threads", 1, 256, &threads},
-                                               {"eval-every", 1, 1000000, &eval_every},
-                                               {"quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock), &quant_block}}) {
+  std::int64_t inner = 0, steps = 0, width = 0, layers = 0, heads = 0, context = 0, batch = 0,
+               warmup = 0, seed = 0, threads = 0, eval_every = 0, quant_block = 0;
+  for (const IntFlag& f : std::vector<IntFlag>{
+           {"inner-steps", 1, 1000000, &inner},
+           {"steps", 1, 100000000, &steps},
+           {"width", 1, 65536, &width},
+           {"layers", 1, 1024, &layers},
+           {"heads", 1, 1024, &heads},
+           {"context", 2, 65536, &context},
+           {"batch", 1, 65536, &batch},
+           {"seed", 0, (std::int64_t{1} << 62), &seed},
+           {"threads", 1, 256, &threads},
+           {"eval-every", 1, 1000000, &eval_every},
+           {"quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock),
+            &quant_block}}) {
     auto v = flags.getInt(f.name, f.min, f.max);
     if (!v) return v.status();
     *f.out = *v;
@@ -111,9 +124,11 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   for (const auto* r : {&outer_lr, &outer_momentum, &lr}) {
     if (!*r) return r->status();
   }
-  if (flags.isSet("quant-block") && c.wire != collectives::Wire::kInt8 && c.wire != collectives::Wire::kInt4) {
+  if (flags.isSet("quant-block") && c.wire != collectives::Wire::kInt8 &&
+      c.wire != collectives::Wire::kInt4) {
     return Status(StatusCode::kInvalidArgument,
-                  fmt::format("--quant-block is for --wire int8 or int4, not {}", collectives::wireName(c.wire)));
+                  fmt::format("--quant-block is for --wire int8 or int4, not {}",
+                              collectives::wireName(c.wire)));
   }
   c.quant_block = static_cast<std::uint32_t>(quant_block);
   c.inner_steps = static_cast<std::uint32_t>(inner);
@@ -136,16 +151,20 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   c.checkpoint_dir = flags.get("checkpoint-dir");
   c.resume = flags.getBool("resume");
   if (c.method == training::Method::kDdp && flags.isSet("inner-steps")) {
-    return Status(StatusCode::kInvalidArgument, "--inner-steps is for --method diloco; DDP synchronizes every step");
+    return Status(StatusCode::kInvalidArgument,
+                  "--inner-steps is for --method diloco; DDP synchronizes every step");
   }
-  if (c.method == training::Method::kDdp && (flags.isSet("outer-lr") || flags.isSet("outer-momentum"))) {
-    return Status(StatusCode::kInvalidArgument, "--outer-lr and --outer-momentum are for --method diloco");
+  if (c.method == training::Method::kDdp &&
+      (flags.isSet("outer-lr") || flags.isSet("outer-momentum"))) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--outer-lr and --outer-momentum are for --method diloco");
   }
   // DDP rounds are single steps: evaluating after each would cost more than the training.
   if (c.method == training::Method::kDdp && !flags.isSet("eval-every")) c.eval_every = 10;
   if (c.train.inner.schedule.warmup_steps >= c.steps) {
     return Status(StatusCode::kInvalidArgument,
-                  fmt::format("--warmup {} must be shorter than --steps {}", c.train.inner.schedule.warmup_steps, c.steps));
+                  fmt::format("--warmup {} must be shorter than --steps {}",
+                              c.train.inner.schedule.warmup_steps, c.steps));
   }
   LOCO_RETURN_IF_ERROR(training::validateDistributedConfig(c));
   return c;

@@ -9,9 +9,9 @@
 namespace loco::collectives {
 
 struct AcceleratorInfo {
-  bool cuda_compiled = false;  // built with LOCO_CUDA
-  bool cuda_available = false; // a device answered at run time
-  std::string description;     // "CPU (built without CUDA)", "CUDA: NVIDIA H100 ...", ...
+  bool cuda_compiled = false;   // built with LOCO_CUDA
+  bool cuda_available = false;  // a device answered at run time
+  std::string description;      // "CPU (built without CUDA)", "CUDA: NVIDIA H100 ...", ...
 };
 
 const AcceleratorInfo& accelerator();

@@ -37,7 +37,8 @@ bool addInPlace(float* dst, const float* src, std::size_t n) {
             cudaMemcpy(d_src, src, bytes, cudaMemcpyHostToDevice) == cudaSuccess;
   if (ok) {
     addKernel<<<256, 256>>>(d_dst, d_src, n);
-    ok = cudaGetLastError() == cudaSuccess && cudaMemcpy(dst, d_dst, bytes, cudaMemcpyDeviceToHost) == cudaSuccess;
+    ok = cudaGetLastError() == cudaSuccess &&
+         cudaMemcpy(dst, d_dst, bytes, cudaMemcpyDeviceToHost) == cudaSuccess;
   }
   cudaFree(d_dst);
   cudaFree(d_src);

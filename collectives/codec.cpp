@@ -58,7 +58,8 @@ void encodeBlocks(Wire w, std::span<const float> src, std::uint8_t* out, std::si
     store(out, stored);
     std::uint8_t* q = out + kScaleBytes;
     if (w == Wire::kInt8) {
-      for (std::size_t i = 0; i < block.size(); ++i) q[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(quantize(block[i], scale, qmax)));
+      for (std::size_t i = 0; i < block.size(); ++i)
+        q[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(quantize(block[i], scale, qmax)));
     } else {
       for (std::size_t i = 0; i < block.size(); i += 2) {
         int lo = quantize(block[i], scale, qmax);
@@ -111,11 +112,16 @@ void decodeWith(Wire w, ByteSpan src, std::size_t n, std::size_t block_len, Sink
 
 std::string_view wireName(Wire w) {
   switch (w) {
-    case Wire::kRaw: return "raw";
-    case Wire::kFp16: return "fp16";
-    case Wire::kBf16: return "bf16";
-    case Wire::kInt8: return "int8";
-    case Wire::kInt4: return "int4";
+    case Wire::kRaw:
+      return "raw";
+    case Wire::kFp16:
+      return "fp16";
+    case Wire::kBf16:
+      return "bf16";
+    case Wire::kInt8:
+      return "int8";
+    case Wire::kInt4:
+      return "int4";
   }
   return "?";
 }
@@ -130,9 +136,11 @@ Result<Wire> parseWire(std::string_view name) {
 
 std::size_t encodedBytes(Wire w, std::size_t n, std::size_t block_len) {
   switch (w) {
-    case Wire::kRaw: return 4 * n;
+    case Wire::kRaw:
+      return 4 * n;
     case Wire::kFp16:
-    case Wire::kBf16: return 2 * n;
+    case Wire::kBf16:
+      return 2 * n;
     case Wire::kInt8:
     case Wire::kInt4: {
       std::size_t full = n / block_len, rest = n % block_len;
@@ -197,7 +205,8 @@ float halfToFloat(std::uint16_t h) {
   const std::uint32_t exp = (h >> 10) & 0x1F;
   const std::uint32_t mant = h & 0x3FF;
   if (exp == 0) {  // zero or subnormal: mant * 2^-24, exact
-    return std::bit_cast<float>(sign | std::bit_cast<std::uint32_t>(static_cast<float>(mant) * 5.9604644775390625e-8f));
+    return std::bit_cast<float>(
+        sign | std::bit_cast<std::uint32_t>(static_cast<float>(mant) * 5.9604644775390625e-8f));
   }
   if (exp == 31) return std::bit_cast<float>(sign | 0x7F800000 | (mant << 13));
   return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
@@ -205,11 +214,14 @@ float halfToFloat(std::uint16_t h) {
 
 std::uint16_t floatToBf16(float f) {
   auto u = std::bit_cast<std::uint32_t>(f);
-  if (std::isnan(f)) return static_cast<std::uint16_t>((u >> 16) | 0x0040);  // stay NaN after truncation
-  u += 0x7FFF + ((u >> 16) & 1);  // round to nearest, ties to even
+  if (std::isnan(f))
+    return static_cast<std::uint16_t>((u >> 16) | 0x0040);  // stay NaN after truncation
+  u += 0x7FFF + ((u >> 16) & 1);                            // round to nearest, ties to even
   return static_cast<std::uint16_t>(u >> 16);
 }
 
-float bf16ToFloat(std::uint16_t b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); }
+float bf16ToFloat(std::uint16_t b) {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
+}
 
 }  // namespace loco::collectives

@@ -1,5 +1,5 @@
 #pragma once
-// Wire formats for reductions (DESIGN.md §5): what bytes a buffer travels as. Accumulation is
+// Wire formats for reductions (ARCHITECTURE.md §5): what bytes a buffer travels as. Accumulation is
 // always fp32; quantization happens only on the wire. For bit-identical results the owner of a
 // reduced chunk encodes it once and every peer, the owner included, decodes those same bytes —
 // decode is a pure function of the bytes, so equal bytes give equal floats everywhere.
@@ -33,7 +33,8 @@ enum class Wire : std::uint8_t { kRaw, kFp16, kBf16, kInt8, kInt4 };
 
 // Elements per int8/int4 block, by default. A caller may choose larger blocks (up to
 // kMaxQuantBlock) to trade accuracy for bytes: a block costs 2 bytes of scale, so int8 carries
-// 4B/(B+2) times fewer bytes than fp32 and int4 8B/(B+4): 3.56x / 6.4x at 16, 3.99x / 7.97x at 1024.
+// 4B/(B+2) times fewer bytes than fp32 and int4 8B/(B+4): 3.56x / 6.4x at 16, 3.99x / 7.97x at
+// 1024.
 inline constexpr std::size_t kQuantBlock = 16;
 inline constexpr std::size_t kMaxQuantBlock = 1 << 16;
 
@@ -46,7 +47,8 @@ Result<Wire> parseWire(std::string_view name);
 std::size_t encodedBytes(Wire w, std::size_t n, std::size_t block_len = kQuantBlock);
 
 // `dst` must hold exactly encodedBytes(w, src.size(), block_len) bytes.
-void encode(Wire w, std::span<const float> src, MutableByteSpan dst, std::size_t block_len = kQuantBlock);
+void encode(Wire w, std::span<const float> src, MutableByteSpan dst,
+            std::size_t block_len = kQuantBlock);
 // `src` must hold exactly encodedBytes(w, dst.size(), block_len) bytes. Overwrites `dst`.
 void decode(Wire w, ByteSpan src, std::span<float> dst, std::size_t block_len = kQuantBlock);
 // acc[i] += decoded[i], without a temporary buffer.

@@ -4,11 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
-#include <future>
-#include <cmath>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -24,13 +24,16 @@ namespace loco::collectives {
 
 using p2p::Link;
 
-std::size_t dtypeSize(DType d) { return d == DType::kF32 ? 4 : 2; }
+std::size_t dtypeSize(DType d) {
+  return d == DType::kF32 ? 4 : 2;
+}
 
 Result<DType> parseDType(std::string_view name) {
   if (name == "f32") return DType::kF32;
   if (name == "f16") return DType::kF16;
   if (name == "bf16") return DType::kBF16;
-  return Status(StatusCode::kInvalidArgument, fmt::format("unknown dtype '{}' (use f32, f16 or bf16)", name));
+  return Status(StatusCode::kInvalidArgument,
+                fmt::format("unknown dtype '{}' (use f32, f16 or bf16)", name));
 }
 
 Result<ReduceOp> parseReduceOp(std::string_view name) {
@@ -38,7 +41,8 @@ Result<ReduceOp> parseReduceOp(std::string_view name) {
   if (name == "avg") return ReduceOp::kAvg;
   if (name == "min") return ReduceOp::kMin;
   if (name == "max") return ReduceOp::kMax;
-  return Status(StatusCode::kInvalidArgument, fmt::format("unknown reduce op '{}' (use sum, avg, min or max)", name));
+  return Status(StatusCode::kInvalidArgument,
+                fmt::format("unknown reduce op '{}' (use sum, avg, min or max)", name));
 }
 
 // ---- Operation handle -------------------------------------------------------------------------
@@ -101,7 +105,8 @@ class BufferPool {
     std::lock_guard lock(mu_);
     spare_.push_back(std::move(b));
     // Keep the largest few.
-    std::sort(spare_.begin(), spare_.end(), [](const auto& x, const auto& y) { return x.capacity() > y.capacity(); });
+    std::sort(spare_.begin(), spare_.end(),
+              [](const auto& x, const auto& y) { return x.capacity() > y.capacity(); });
     if (spare_.size() > kMaxSpare) spare_.resize(kMaxSpare);
   }
 
@@ -158,18 +163,18 @@ class Communicator::Impl {
     ReduceOp red = ReduceOp::kSum;
     Wire wire = Wire::kRaw;
     std::size_t quant_block = kQuantBlock;
-    float* work = nullptr;              // fp32 data being reduced (the user buffer for f32)
-    std::vector<float> work_storage;    // for f16/bf16
-    std::vector<std::uint8_t> backup;   // the user's bytes before the operation
+    float* work = nullptr;             // fp32 data being reduced (the user buffer for f32)
+    std::vector<float> work_storage;   // for f16/bf16
+    std::vector<std::uint8_t> backup;  // the user's bytes before the operation
     std::shared_ptr<Operation::State> handle;
     std::size_t world = 0, rank = 0;
-    std::size_t pieces = 1;             // per segment
-    std::size_t pieces_started = 0;     // in order; at most kMaxPieces more than finished
-    std::size_t pieces_finished = 0;    // pieces through the last step
+    std::size_t pieces = 1;           // per segment
+    std::size_t pieces_started = 0;   // in order; at most kMaxPieces more than finished
+    std::size_t pieces_finished = 0;  // pieces through the last step
     std::size_t sends_in_flight = 0;
     std::vector<std::uint8_t> desc_send, desc_recv;
     std::vector<std::vector<std::uint8_t>> recv_bufs;  // one outstanding receive per piece
-    std::vector<float> scratch;         // min/max decode target
+    std::vector<float> scratch;                        // min/max decode target
     Descriptor mine{}, theirs{};
     bool reported_done = false;
     std::unique_ptr<asio::steady_timer> timer;
@@ -203,22 +208,28 @@ class Communicator::Impl {
   Status start(Deadline deadline) {
     std::promise<Status> started;
     net_.post([&] {
-      auto l = p2p::LinkListener::start(net_.context(), options_.listen, link_opts_,
-                                        [this](std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
-                                          onAccepted(std::move(link), from, epoch);
-                                        });
+      auto l = p2p::LinkListener::start(
+          net_.context(), options_.listen, link_opts_,
+          [this](std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
+            onAccepted(std::move(link), from, epoch);
+          });
       if (l) listener_ = std::move(l.value());
       started.set_value(l ? Status() : l.status());
     });
     LOCO_RETURN_IF_ERROR(started.get_future().get());
     std::string advertise = options_.advertise;
     if (advertise.empty()) {
-      advertise = p2p::HostPort{options_.listen.host == "0.0.0.0" ? "127.0.0.1" : options_.listen.host, listener_->port()}
-                      .toString();
+      advertise =
+          p2p::HostPort{options_.listen.host == "0.0.0.0" ? "127.0.0.1" : options_.listen.host,
+                        listener_->port()}
+              .toString();
     }
     client_ = std::make_unique<p2p::MembershipClient>(
-        net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise, options_.streams});
-    client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) { onDecision(epoch, op_id, commit); });
+        net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise,
+                                           options_.streams});
+    client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) {
+      onDecision(epoch, op_id, commit);
+    });
     {
       // Created on the network thread, which is the only one that reads state_ afterwards.
       std::promise<void> created;
@@ -245,10 +256,11 @@ class Communicator::Impl {
 
   // ---- public calls (application thread) ----
 
-  Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp red, Wire wire,
-                                               AllReduceOptions options) {
+  Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype,
+                                               ReduceOp red, Wire wire, AllReduceOptions options) {
     if (client_->state() != p2p::MembershipClient::State::kMember) {
-      return Status(StatusCode::kInvalidArgument, "all-reduce before this peer was admitted (call waitForMembership)");
+      return Status(StatusCode::kInvalidArgument,
+                    "all-reduce before this peer was admitted (call waitForMembership)");
     }
     // Operations are matched across peers by (epoch, sequence number). After a member is lost
     // the epoch moves on without a sync point, and peers see it at different moments: one that
@@ -258,10 +270,12 @@ class Communicator::Impl {
     const std::uint64_t barrier = client_->barrierEpoch();
     const std::uint64_t epoch = client_->epoch();
     if (epoch != barrier) {
-      return Status(StatusCode::kAborted,
-                    fmt::format("the group changed since the last sync point (epoch {} -> {}); call syncPoint() "
-                                "before the next all-reduce (nothing was started, the buffer is untouched)",
-                                barrier, epoch));
+      return Status(
+          StatusCode::kAborted,
+          fmt::format(
+              "the group changed since the last sync point (epoch {} -> {}); call syncPoint() "
+              "before the next all-reduce (nothing was started, the buffer is untouched)",
+              barrier, epoch));
     }
     if (epoch != seq_epoch_) {
       seq_epoch_ = epoch;
@@ -275,12 +289,14 @@ class Communicator::Impl {
     if (count == 0 || data == nullptr) {
       // Still a collective step: tell the group so nobody waits for us.
       client_->reportOp(op->epoch, op->op_id, false);
-      return Status(StatusCode::kInvalidArgument, "all-reduce of zero elements (the group aborts this operation)");
+      return Status(StatusCode::kInvalidArgument,
+                    "all-reduce of zero elements (the group aborts this operation)");
     }
     if (options.quant_block == 0 || options.quant_block > kMaxQuantBlock) {
       client_->reportOp(op->epoch, op->op_id, false);
       return Status(StatusCode::kInvalidArgument,
-                    fmt::format("quantization block of {} elements is outside 1..{} (the group aborts this operation)",
+                    fmt::format("quantization block of {} elements is outside 1..{} (the group "
+                                "aborts this operation)",
                                 options.quant_block, kMaxQuantBlock));
     }
     op->user = data;
@@ -298,11 +314,17 @@ class Communicator::Impl {
     } else {
       op->work_storage.resize(count);
       const auto* h = static_cast<const std::uint16_t*>(data);
-      for (std::size_t i = 0; i < count; ++i) op->work_storage[i] = dtype == DType::kF16 ? halfToFloat(h[i]) : bf16ToFloat(h[i]);
+      for (std::size_t i = 0; i < count; ++i)
+        op->work_storage[i] = dtype == DType::kF16 ? halfToFloat(h[i]) : bf16ToFloat(h[i]);
       op->work = op->work_storage.data();
     }
-    op->mine = Descriptor{count, static_cast<std::uint8_t>(dtype), static_cast<std::uint8_t>(red),
-                          static_cast<std::uint8_t>(wire), 0, 0, static_cast<std::uint32_t>(options.quant_block)};
+    op->mine = Descriptor{count,
+                          static_cast<std::uint8_t>(dtype),
+                          static_cast<std::uint8_t>(red),
+                          static_cast<std::uint8_t>(wire),
+                          0,
+                          0,
+                          static_cast<std::uint32_t>(options.quant_block)};
     net_.post([this, op, options] { begin(op, options); });
     return handle;
   }
@@ -311,17 +333,21 @@ class Communicator::Impl {
     std::promise<std::size_t> in_flight;
     net_.post([&] { in_flight.set_value(ops_.size()); });
     if (std::size_t n = in_flight.get_future().get(); n != 0) {
-      return Status(StatusCode::kInvalidArgument, fmt::format("sync point with {} operation(s) in flight; wait for them first", n));
+      return Status(
+          StatusCode::kInvalidArgument,
+          fmt::format("sync point with {} operation(s) in flight; wait for them first", n));
     }
     return client_->syncPoint(deadline);
   }
 
-  Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options, Deadline deadline) {
+  Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options,
+                                     Deadline deadline) {
     std::promise<std::size_t> in_flight;
     net_.post([&] { in_flight.set_value(ops_.size()); });
     if (std::size_t n = in_flight.get_future().get(); n != 0) {
-      return Status(StatusCode::kInvalidArgument,
-                    fmt::format("shared-state sync with {} all-reduce(s) in flight; wait for them first", n));
+      return Status(
+          StatusCode::kInvalidArgument,
+          fmt::format("shared-state sync with {} all-reduce(s) in flight; wait for them first", n));
     }
     return state_->sync(state, options, deadline);
   }
@@ -335,7 +361,8 @@ class Communicator::Impl {
 
   void onAccepted(std::shared_ptr<Link> link, const std::string& from, std::uint64_t epoch) {
     if (epoch == kProbeEpoch) return receiveProbe(std::move(link), from);
-    if ((epoch & kStateLinkEpochBit) != 0) {  // a peer fetching shared-state chunks, not a ring link
+    if ((epoch & kStateLinkEpochBit) !=
+        0) {  // a peer fetching shared-state chunks, not a ring link
       if (state_) return state_->onLink(std::move(link), from);
       return link->close(Status(StatusCode::kAborted, "not ready for shared-state links"));
     }
@@ -375,7 +402,8 @@ class Communicator::Impl {
     if (ring_epoch_ != epoch || ring_ids_.empty()) {
       closeRing();
       p2p::GroupView v = client_->view();
-      if (v.epoch != epoch) return Status(StatusCode::kAborted, "the group changed before the operation started");
+      if (v.epoch != epoch)
+        return Status(StatusCode::kAborted, "the group changed before the operation started");
       ring_ids_.clear();
       ring_addrs_.clear();
       for (const auto& p : v.peers) {
@@ -384,8 +412,10 @@ class Communicator::Impl {
         ring_addrs_.push_back(p.addr);
       }
       auto me = std::find(ring_ids_.begin(), ring_ids_.end(), options_.peer_id);
-      if (me == ring_ids_.end()) return Status(StatusCode::kAborted, "this peer is not in the ring of its epoch");
-      if (ring_ids_.size() > kMaxRing) return Status(StatusCode::kInvalidArgument, "rings are limited to 64 peers");
+      if (me == ring_ids_.end())
+        return Status(StatusCode::kAborted, "this peer is not in the ring of its epoch");
+      if (ring_ids_.size() > kMaxRing)
+        return Status(StatusCode::kInvalidArgument, "rings are limited to 64 peers");
       rank_ = static_cast<std::size_t>(me - ring_ids_.begin());
       ring_epoch_ = epoch;
     }
@@ -395,23 +425,24 @@ class Communicator::Impl {
       auto next = p2p::parseHostPort(ring_addrs_[(rank_ + 1) % n]);
       if (!next) return next.status();
       dialing_ = true;
-      p2p::connectLink(net_.context(), *next, options_.peer_id, link_opts_, Deadline::after(Millis(10000)),
-                       [this, epoch, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
-                         if (alive.expired()) return;
-                         dialing_ = false;
-                         if (epoch != ring_epoch_) return;
-                         if (!r) {
-                           // Refused or unreachable: the neighbour died after the epoch began.
-                           // Its survivors see kPeerLost, like those whose link to it broke.
-                           failAll(Status(StatusCode::kPeerLost, r.status().message())
-                                       .withContext("connecting to the next peer of the ring"));
-                           return;
-                         }
-                         out_link_ = std::move(r.value());
-                         out_link_->setCloseHandler([this](const Status& why) { onRingBroken(why); });
-                         pumpRingWaiters();
-                       },
-                       epoch);
+      p2p::connectLink(
+          net_.context(), *next, options_.peer_id, link_opts_, Deadline::after(Millis(10000)),
+          [this, epoch, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
+            if (alive.expired()) return;
+            dialing_ = false;
+            if (epoch != ring_epoch_) return;
+            if (!r) {
+              // Refused or unreachable: the neighbour died after the epoch began.
+              // Its survivors see kPeerLost, like those whose link to it broke.
+              failAll(Status(StatusCode::kPeerLost, r.status().message())
+                          .withContext("connecting to the next peer of the ring"));
+              return;
+            }
+            out_link_ = std::move(r.value());
+            out_link_->setCloseHandler([this](const Status& why) { onRingBroken(why); });
+            pumpRingWaiters();
+          },
+          epoch);
     }
     if (!in_link_) {
       auto it = accepted_.find({ring_ids_[(rank_ + n - 1) % n], epoch});
@@ -442,22 +473,28 @@ class Communicator::Impl {
     ops_[op->op_id] = op;
     if (early_aborts_.erase({op->epoch, op->op_id}) != 0) {
       op->reported_done = true;  // the group has decided already
-      return fail(op, Status(StatusCode::kAborted, "the group aborted this all-reduce before this peer issued it (a peer "
-                                                   "failed it); the buffer is restored"));
+      return fail(op, Status(StatusCode::kAborted,
+                             "the group aborted this all-reduce before this peer issued it (a peer "
+                             "failed it); the buffer is restored"));
     }
     op->timer = std::make_unique<asio::steady_timer>(net_.context(), options.timeout);
-    op->timer->async_wait([this, op, t = options.timeout, alive = lifetime_.watch()](const std::error_code& ec) {
-      if (ec || alive.expired()) return;
-      fail(op, Status(StatusCode::kTimeout, fmt::format("all-reduce did not finish within {} ms", t.count())));
-    });
+    op->timer->async_wait(
+        [this, op, t = options.timeout, alive = lifetime_.watch()](const std::error_code& ec) {
+          if (ec || alive.expired()) return;
+          fail(op, Status(StatusCode::kTimeout,
+                          fmt::format("all-reduce did not finish within {} ms", t.count())));
+        });
     // A newer view may have arrived between allReduce() and now: onView() fails only the
     // operations already here, and the ring of the old epoch may still look healthy, so this one
     // would wait for peers that have moved on until its timeout.
     if (const std::uint64_t now = client_->epoch(); now != op->epoch) {
-      return fail(op, Status(StatusCode::kAborted,
-                             fmt::format("the group changed as the all-reduce started (epoch {} -> {}); the buffer is "
-                                         "restored",
-                                         op->epoch, now)));
+      return fail(
+          op,
+          Status(StatusCode::kAborted,
+                 fmt::format(
+                     "the group changed as the all-reduce started (epoch {} -> {}); the buffer is "
+                     "restored",
+                     op->epoch, now)));
     }
     startWhenRingReady(op);
   }
@@ -503,25 +540,32 @@ class Communicator::Impl {
     std::memcpy(&op->theirs, op->desc_recv.data(), sizeof(Descriptor));
     const Descriptor& a = op->mine;
     const Descriptor& b = op->theirs;
-    if (a.count != b.count || a.dtype != b.dtype || a.op != b.op || a.wire != b.wire || a.world != b.world ||
-        a.quant_block != b.quant_block) {
-      return fail(op, Status(StatusCode::kInvalidArgument,
-                             fmt::format("peers disagree on the all-reduce: here {} elements, dtype {}, op {}, wire {} "
-                                         "(block {}); the previous peer has {} elements, dtype {}, op {}, wire {} (block {})",
-                                         a.count, a.dtype, a.op, wireName(static_cast<Wire>(a.wire)), a.quant_block,
-                                         b.count, b.dtype, b.op, wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))),
-                                         b.quant_block)));
+    if (a.count != b.count || a.dtype != b.dtype || a.op != b.op || a.wire != b.wire ||
+        a.world != b.world || a.quant_block != b.quant_block) {
+      return fail(
+          op,
+          Status(
+              StatusCode::kInvalidArgument,
+              fmt::format(
+                  "peers disagree on the all-reduce: here {} elements, dtype {}, op {}, wire {} "
+                  "(block {}); the previous peer has {} elements, dtype {}, op {}, wire {} (block "
+                  "{})",
+                  a.count, a.dtype, a.op, wireName(static_cast<Wire>(a.wire)), a.quant_block,
+                  b.count, b.dtype, b.op,
+                  wireName(static_cast<Wire>(std::min<std::uint8_t>(b.wire, 4))), b.quant_block)));
     }
     const std::size_t seg = op->n / op->world;
-    op->pieces = std::max(std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces),
-                          std::min((seg + kMaxPieceElems - 1) / kMaxPieceElems, kMaxPiecesPerSegment));
+    op->pieces =
+        std::max(std::clamp<std::size_t>(seg / kMinPieceElems, 1, kMaxPieces),
+                 std::min((seg + kMaxPieceElems - 1) / kMaxPieceElems, kMaxPiecesPerSegment));
     op->recv_bufs.resize(op->pieces);
     startPieces(op);
   }
 
   // Every peer starts pieces in the same order, a new one each time one finishes here.
   void startPieces(const std::shared_ptr<Op>& op) {
-    while (op->pieces_started < op->pieces && op->pieces_started - op->pieces_finished < kMaxPieces) {
+    while (op->pieces_started < op->pieces &&
+           op->pieces_started - op->pieces_finished < kMaxPieces) {
       if (op->handle->finished || !in_link_ || !out_link_) return;  // failed meanwhile
       const std::size_t p = op->pieces_started++;
       postRecv(op, p, 1);
@@ -557,19 +601,23 @@ class Communicator::Impl {
         for (std::size_t i = 0; i < len; ++i) op->work[b + i] /= static_cast<float>(N);
       }
       if (!raw) {
-        bytes = std::make_shared<std::vector<std::uint8_t>>(encodedBytes(op->wire, len, op->quant_block));
+        bytes = std::make_shared<std::vector<std::uint8_t>>(
+            encodedBytes(op->wire, len, op->quant_block));
         encode(op->wire, std::span<const float>(op->work + b, len), *bytes, op->quant_block);
         decode(op->wire, *bytes, std::span<float>(op->work + b, len), op->quant_block);
       }
     } else if (s > N && !raw) {
-      bytes = std::make_shared<std::vector<std::uint8_t>>(std::move(op->recv_bufs[p]));  // forwarded as received
+      bytes = std::make_shared<std::vector<std::uint8_t>>(
+          std::move(op->recv_bufs[p]));  // forwarded as received
       op->recv_bufs[p] = {};
     } else if (s < N && !raw) {
-      bytes = std::make_shared<std::vector<std::uint8_t>>(pool_.take(encodedBytes(op->wire, len, op->quant_block)));
+      bytes = std::make_shared<std::vector<std::uint8_t>>(
+          pool_.take(encodedBytes(op->wire, len, op->quant_block)));
       encode(op->wire, std::span<const float>(op->work + b, len), *bytes, op->quant_block);
     }
     // Raw sends go straight from the buffer: nothing writes that range again while it is sent.
-    ByteSpan span = bytes ? ByteSpan(*bytes) : ByteSpan(reinterpret_cast<const std::uint8_t*>(op->work + b), len * 4);
+    ByteSpan span = bytes ? ByteSpan(*bytes)
+                          : ByteSpan(reinterpret_cast<const std::uint8_t*>(op->work + b), len * 4);
     ++op->sends_in_flight;
     bytes_sent_.fetch_add(span.size(), std::memory_order_relaxed);
     out_link_->send(pieceTag(op->op_id, s, p), span, [this, op, bytes](const Status& st) {
@@ -605,7 +653,8 @@ class Communicator::Impl {
         op->scratch.resize(len);
         decode(op->wire, buf, op->scratch, op->quant_block);
         for (std::size_t i = 0; i < len; ++i) {
-          dst[i] = op->red == ReduceOp::kMin ? std::min(dst[i], op->scratch[i]) : std::max(dst[i], op->scratch[i]);
+          dst[i] = op->red == ReduceOp::kMin ? std::min(dst[i], op->scratch[i])
+                                             : std::max(dst[i], op->scratch[i]);
         }
       }
     } else {
@@ -625,7 +674,8 @@ class Communicator::Impl {
   }
 
   void maybeDataDone(const std::shared_ptr<Op>& op) {
-    if (op->pieces_finished == op->pieces && op->sends_in_flight == 0 && !op->reported_done) dataDone(op);
+    if (op->pieces_finished == op->pieces && op->sends_in_flight == 0 && !op->reported_done)
+      dataDone(op);
   }
 
   // The data phase is complete here; the result counts only once the coordinator commits.
@@ -652,9 +702,10 @@ class Communicator::Impl {
       if (op->epoch < v.epoch && !op->reported_done) stale.push_back(op);
     }
     for (auto& op : stale) {
-      fail(op, Status(StatusCode::kAborted, fmt::format("the group changed during the all-reduce (epoch {} -> {}); the "
-                                                        "buffer is restored",
-                                                        op->epoch, v.epoch)));
+      fail(op, Status(StatusCode::kAborted,
+                      fmt::format("the group changed during the all-reduce (epoch {} -> {}); the "
+                                  "buffer is restored",
+                                  op->epoch, v.epoch)));
     }
   }
 
@@ -672,23 +723,29 @@ class Communicator::Impl {
     if (commit && op->reported_done) {
       if (op->dtype != DType::kF32) {
         auto* h = static_cast<std::uint16_t*>(op->user);
-        for (std::size_t i = 0; i < op->n; ++i) h[i] = op->dtype == DType::kF16 ? floatToHalf(op->work[i]) : floatToBf16(op->work[i]);
+        for (std::size_t i = 0; i < op->n; ++i)
+          h[i] = op->dtype == DType::kF16 ? floatToHalf(op->work[i]) : floatToBf16(op->work[i]);
       }
       finish(op, Status());
       return;
     }
-    fail(op, Status(StatusCode::kAborted, "the group aborted this all-reduce (a peer failed or left); the buffer is restored"));
+    fail(op,
+         Status(
+             StatusCode::kAborted,
+             "the group aborted this all-reduce (a peer failed or left); the buffer is restored"));
   }
 
   // Local failure or abort: restore, tell the group, and end. A peer that never reported done
   // cannot be part of a commit, so ending at once is safe.
   void fail(const std::shared_ptr<Op>& op, const Status& why) {
     if (op->handle->finished) return;
-    if (op->user != nullptr && !op->backup.empty()) std::memcpy(op->user, op->backup.data(), op->backup.size());
+    if (op->user != nullptr && !op->backup.empty())
+      std::memcpy(op->user, op->backup.data(), op->backup.size());
     if (!op->reported_done) client_->reportOp(op->epoch, op->op_id, false);
     static Counter& failed = counter("collectives.allreduce_failed");
     failed.inc();
-    LOG_WARN(kLogP2p, "all-reduce {}:{} failed: {}", op->epoch, op->op_id & 0xFFFFFFFF, why.message());
+    LOG_WARN(kLogP2p, "all-reduce {}:{} failed: {}", op->epoch, op->op_id & 0xFFFFFFFF,
+             why.message());
     finish(op, why);
     // Bytes of this operation may still be in flight on the ring: start the next one afresh.
     closeRing();
@@ -700,7 +757,8 @@ class Communicator::Impl {
     releaseBuffers(*op);
     pool_.give(std::move(op->backup));
     ops_.erase(op->op_id);
-    ring_waiters_.erase(std::remove(ring_waiters_.begin(), ring_waiters_.end(), op), ring_waiters_.end());
+    ring_waiters_.erase(std::remove(ring_waiters_.begin(), ring_waiters_.end(), op),
+                        ring_waiters_.end());
     op->handle->finish(std::move(st));
   }
 
@@ -742,7 +800,8 @@ class Communicator::Impl {
     double& known = reported_rate_[next];
     if (known > 0 && std::abs(rate / known - 1) < 0.1) return;  // nothing new to say
     known = rate;
-    client_->reportLinks({p2p::EdgeEstimate{options_.peer_id, next, rate, p2p::EdgeSource::kPassive}});
+    client_->reportLinks(
+        {p2p::EdgeEstimate{options_.peer_id, next, rate, p2p::EdgeSource::kPassive}});
   }
 
   // Probes every member this peer has no estimate towards, except the ring successor, which
@@ -753,11 +812,15 @@ class Communicator::Impl {
     for (const auto& p : v.peers) {
       if (p.state == p2p::PeerState::kMember) members.push_back(&p);
     }
-    auto me = std::find_if(members.begin(), members.end(), [&](auto* p) { return p->id == options_.peer_id; });
+    auto me = std::find_if(members.begin(), members.end(),
+                           [&](auto* p) { return p->id == options_.peer_id; });
     if (me == members.end() || members.size() < 3) return setProbesIdle();
-    const std::string& next = members[static_cast<std::size_t>(me - members.begin() + 1) % members.size()]->id;
+    const std::string& next =
+        members[static_cast<std::size_t>(me - members.begin() + 1) % members.size()]->id;
     for (auto* p : members) {
-      if (p->id == options_.peer_id || p->id == next || probed_.count(p->id) != 0 || reported_rate_.count(p->id) != 0) continue;
+      if (p->id == options_.peer_id || p->id == next || probed_.count(p->id) != 0 ||
+          reported_rate_.count(p->id) != 0)
+        continue;
       probed_.insert(p->id);
       probe_queue_.emplace_back(p->id, p->addr);
     }
@@ -778,26 +841,28 @@ class Communicator::Impl {
     if (!hp) return startNextProbe();
     probe_dialing_ = true;
     setProbesIdle();
-    p2p::connectLink(net_.context(), *hp, options_.peer_id, link_opts_, Deadline::after(Millis(5000)),
-                     [this, id, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
-                       if (alive.expired()) return;
-                       probe_dialing_ = false;
-                       if (!r) {
-                         LOG_DEBUG(kLogP2p, "probe to {} failed: {}", id.substr(0, 8), r.status().message());
-                         return startNextProbe();
-                       }
-                       probe_link_ = std::move(r.value());
-                       // The receiver closes the link when it has measured; a timer bounds the wait.
-                       probe_link_->setCloseHandler([this](const Status&) { endProbe(); });
-                       for (std::size_t i = 0; i < kProbePieces; ++i) {
-                         probe_link_->send(i + 1, probe_payload_, [](const Status&) {});
-                       }
-                       probe_timer_ = std::make_unique<asio::steady_timer>(net_.context(), kProbeWindow + Millis(1000));
-                       probe_timer_->async_wait([this, alive = lifetime_.watch()](const std::error_code& ec) {
-                         if (!ec && !alive.expired()) endProbe();
-                       });
-                     },
-                     kProbeEpoch);
+    p2p::connectLink(
+        net_.context(), *hp, options_.peer_id, link_opts_, Deadline::after(Millis(5000)),
+        [this, id, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
+          if (alive.expired()) return;
+          probe_dialing_ = false;
+          if (!r) {
+            LOG_DEBUG(kLogP2p, "probe to {} failed: {}", id.substr(0, 8), r.status().message());
+            return startNextProbe();
+          }
+          probe_link_ = std::move(r.value());
+          // The receiver closes the link when it has measured; a timer bounds the wait.
+          probe_link_->setCloseHandler([this](const Status&) { endProbe(); });
+          for (std::size_t i = 0; i < kProbePieces; ++i) {
+            probe_link_->send(i + 1, probe_payload_, [](const Status&) {});
+          }
+          probe_timer_ =
+              std::make_unique<asio::steady_timer>(net_.context(), kProbeWindow + Millis(1000));
+          probe_timer_->async_wait([this, alive = lifetime_.watch()](const std::error_code& ec) {
+            if (!ec && !alive.expired()) endProbe();
+          });
+        },
+        kProbeEpoch);
   }
 
   void endProbe() {
@@ -847,14 +912,16 @@ class Communicator::Impl {
     rx->timer->cancel();
     rx->link->setCloseHandler(nullptr);
     rx->link->close(Status(StatusCode::kAborted, "probe measured"));
-    probe_receives_.erase(std::remove(probe_receives_.begin(), probe_receives_.end(), rx), probe_receives_.end());
+    probe_receives_.erase(std::remove(probe_receives_.begin(), probe_receives_.end(), rx),
+                          probe_receives_.end());
     const double seconds = toSeconds(rx->last - rx->accepted);
     if (rx->pieces == 0 || seconds <= 0) return;
     // From acceptance, so the figure includes the first round trip and slow start: a lower
     // bound, which passive measurement replaces once the link carries ring traffic.
     const double rate = static_cast<double>(rx->pieces * kProbePieceBytes) / seconds;
     LOG_DEBUG(kLogP2p, "probe from {}: {:.1f} Mbit/s", rx->from.substr(0, 8), rate * 8e-6);
-    client_->reportLinks({p2p::EdgeEstimate{rx->from, options_.peer_id, rate, p2p::EdgeSource::kProbe}});
+    client_->reportLinks(
+        {p2p::EdgeEstimate{rx->from, options_.peer_id, rate, p2p::EdgeSource::kProbe}});
   }
 
   void stopProbes() {
@@ -908,7 +975,8 @@ class Communicator::Impl {
   std::map<std::uint64_t, std::shared_ptr<Op>> ops_;
   std::atomic<std::uint64_t> bytes_sent_{0};
   static constexpr std::size_t kMaxEarlyAborts = 1024;
-  std::set<std::pair<std::uint64_t, std::uint64_t>> early_aborts_;  // (epoch, op id) aborted before issued here
+  std::set<std::pair<std::uint64_t, std::uint64_t>>
+      early_aborts_;  // (epoch, op id) aborted before issued here
   // Topology (network thread, except probes_idle_ under probe_mu_):
   std::uint64_t passive_bytes_ = 0;
   double passive_busy_s_ = 0;
@@ -930,27 +998,48 @@ class Communicator::Impl {
 Communicator::Communicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Communicator::~Communicator() = default;
 
-Result<std::unique_ptr<Communicator>> Communicator::create(CommunicatorOptions options, Deadline deadline) {
+Result<std::unique_ptr<Communicator>> Communicator::create(CommunicatorOptions options,
+                                                           Deadline deadline) {
   auto impl = std::make_unique<Impl>(std::move(options));
   LOCO_RETURN_IF_ERROR(impl->start(deadline));
   return std::unique_ptr<Communicator>(new Communicator(std::move(impl)));
 }
 
-Status Communicator::waitForMembership(Deadline deadline) { return impl_->client().waitForMembership(deadline); }
-Result<std::uint64_t> Communicator::syncPoint(Deadline deadline) { return impl_->syncPoint(deadline); }
-Result<std::shared_ptr<Operation>> Communicator::allReduce(void* data, std::size_t count, DType dtype, ReduceOp op,
-                                                           Wire wire, AllReduceOptions options) {
+Status Communicator::waitForMembership(Deadline deadline) {
+  return impl_->client().waitForMembership(deadline);
+}
+Result<std::uint64_t> Communicator::syncPoint(Deadline deadline) {
+  return impl_->syncPoint(deadline);
+}
+Result<std::shared_ptr<Operation>> Communicator::allReduce(void* data, std::size_t count,
+                                                           DType dtype, ReduceOp op, Wire wire,
+                                                           AllReduceOptions options) {
   return impl_->allReduce(data, count, dtype, op, wire, options);
 }
-Result<SyncReport> Communicator::syncSharedState(SharedState& state, const SyncOptions& options, Deadline deadline) {
+Result<SyncReport> Communicator::syncSharedState(SharedState& state, const SyncOptions& options,
+                                                 Deadline deadline) {
   return impl_->syncSharedState(state, options, deadline);
 }
-Status Communicator::leave(Deadline deadline) { return impl_->client().leave(deadline); }
-Status Communicator::waitForProbes(Deadline deadline) { return impl_->waitForProbes(deadline); }
-std::uint64_t Communicator::epoch() const { return impl_->client().epoch(); }
-std::size_t Communicator::world() const { return impl_->client().view().world(); }
-std::uint64_t Communicator::bytesSent() const { return impl_->bytesSent(); }
-std::vector<std::string> Communicator::ring() const { return impl_->client().view().ringIds(); }
-const std::string& Communicator::peerId() const { return impl_->options().peer_id; }
+Status Communicator::leave(Deadline deadline) {
+  return impl_->client().leave(deadline);
+}
+Status Communicator::waitForProbes(Deadline deadline) {
+  return impl_->waitForProbes(deadline);
+}
+std::uint64_t Communicator::epoch() const {
+  return impl_->client().epoch();
+}
+std::size_t Communicator::world() const {
+  return impl_->client().view().world();
+}
+std::uint64_t Communicator::bytesSent() const {
+  return impl_->bytesSent();
+}
+std::vector<std::string> Communicator::ring() const {
+  return impl_->client().view().ringIds();
+}
+const std::string& Communicator::peerId() const {
+  return impl_->options().peer_id;
+}
 
 }  // namespace loco::collectives

@@ -1,5 +1,5 @@
 #pragma once
-// Collective operations over a group of peers (DESIGN.md §5). A Communicator is one peer: it
+// Collective operations over a group of peers (ARCHITECTURE.md §5). A Communicator is one peer: it
 // registers with the coordinator, keeps ring links to its neighbours (one per epoch), and runs
 // all-reduce as a pipelined ring (reduce-scatter, then all-gather) striped over each link's K
 // streams.
@@ -38,11 +38,11 @@ Result<ReduceOp> parseReduceOp(std::string_view name);
 
 struct CommunicatorOptions {
   p2p::HostPort coordinator;
-  std::string peer_id;                       // 32 hex digits (crypto::PeerIdentity)
-  p2p::HostPort listen{"0.0.0.0", 0};        // for neighbours' link streams
-  std::string advertise;                     // HOST:PORT; empty: derived from the route to the coordinator
-  std::uint32_t streams = 4;                 // TCP streams per ring link
-  std::uint32_t chunk_bytes = 1u << 20;      // striping unit
+  std::string peer_id;                 // 32 hex digits (crypto::PeerIdentity)
+  p2p::HostPort listen{"0.0.0.0", 0};  // for neighbours' link streams
+  std::string advertise;      // HOST:PORT; empty: derived from the route to the coordinator
+  std::uint32_t streams = 4;  // TCP streams per ring link
+  std::uint32_t chunk_bytes = 1u << 20;  // striping unit
   // Measure link bandwidths (passively on ring links, by short probes to other members) and
   // report them to the coordinator, which reorders the ring so its slowest link is as fast as
   // possible (p2p/topology.h).
@@ -51,7 +51,8 @@ struct CommunicatorOptions {
 
 struct AllReduceOptions {
   Millis timeout{120000};  // the whole operation, links included
-  // int8/int4: elements per block scale (codec.h), 1..kMaxQuantBlock; every peer must pass the same.
+  // int8/int4: elements per block scale (codec.h), 1..kMaxQuantBlock; every peer must pass the
+  // same.
   std::size_t quant_block = kQuantBlock;
 };
 
@@ -74,7 +75,8 @@ class Communicator {
  public:
   // Starts the network thread and the link listener and registers with the coordinator
   // (pending until the next sync point). Errors as MembershipClient::join.
-  static Result<std::unique_ptr<Communicator>> create(CommunicatorOptions options, Deadline deadline);
+  static Result<std::unique_ptr<Communicator>> create(CommunicatorOptions options,
+                                                      Deadline deadline);
   ~Communicator();
 
   // Blocks until admitted. Admission happens at a sync point of the members, so the newcomer's
@@ -87,7 +89,8 @@ class Communicator {
   // untouched until the operation ends. Zero elements: kInvalidArgument (the group aborts it).
   // kAborted at once, nothing started, if the group lost a member since the last sync point
   // (or admission): the survivors meet at syncPoint() and continue in the new epoch there.
-  Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype, ReduceOp op, Wire wire,
+  Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype,
+                                               ReduceOp op, Wire wire,
                                                AllReduceOptions options = {});
   // Synchronizes `state` with the group (shared_state.h). Every member calls it at the same
   // point, between collective operations (one in flight: kInvalidArgument). Blocks until the
@@ -97,7 +100,8 @@ class Communicator {
   // shutting down), kNotFound (every peer synced receive-only), kDataLoss (no source left for a
   // needed chunk), kTimeout, kPeerLost / kEvicted (lost the group). On error this peer's
   // revision is unchanged; chunks already verified stay in its buffers.
-  Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options, Deadline deadline);
+  Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options,
+                                     Deadline deadline);
   Status leave(Deadline deadline);
   // Blocks until this peer has probed every member it had no bandwidth estimate for (probes
   // start when a view arrives and run in the background). For benchmarks and tests: a sync point

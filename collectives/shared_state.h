@@ -1,7 +1,7 @@
 #pragma once
-// Shared state (DESIGN.md §5): named buffers that every peer of a group holds identically (outer
-// parameters, outer optimizer state, step counters). Communicator::syncSharedState compares them
-// across the group and repairs whoever differs:
+// Shared state (ARCHITECTURE.md §5): named buffers that every peer of a group holds identically
+// (outer parameters, outer optimizer state, step counters). Communicator::syncSharedState compares
+// them across the group and repairs whoever differs:
 //
 // - Every buffer is cut into fixed-size chunks (chunk_bytes; buffers of any alignment) and each
 //   chunk is hashed with XXH3-64. The coordinator sees layouts, revisions and hashes only.

@@ -19,7 +19,9 @@ namespace loco::crypto {
 namespace {
 constexpr std::string_view kHeader = "loco-identity v1";
 
-std::string errnoText() { return std::strerror(errno); }
+std::string errnoText() {
+  return std::strerror(errno);
+}
 
 Result<PeerIdentity> parseIdentityFile(const std::string& path, const std::string& text) {
   std::istringstream in(text);
@@ -37,8 +39,9 @@ Result<PeerIdentity> parseIdentityFile(const std::string& path, const std::strin
     if (key == "id") ident.id = value;
   }
   if (!isValidPeerId(ident.id)) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("identity file {} has no valid 'id' line (want 32 hex digits)", path));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("identity file {} has no valid 'id' line (want 32 hex digits)", path));
   }
   return ident;
 }
@@ -46,7 +49,8 @@ Result<PeerIdentity> parseIdentityFile(const std::string& path, const std::strin
 Result<PeerIdentity> readIdentity(const std::string& path) {
   std::ifstream f(path);
   if (!f) {
-    return Status(StatusCode::kIoError, fmt::format("cannot read identity file {}: {}", path, errnoText()));
+    return Status(StatusCode::kIoError,
+                  fmt::format("cannot read identity file {}: {}", path, errnoText()));
   }
   std::stringstream buf;
   buf << f.rdbuf();
@@ -75,7 +79,9 @@ std::string randomHex(std::size_t bytes) {
   return out;
 }
 
-PeerIdentity ephemeralIdentity() { return PeerIdentity{randomHex(16)}; }
+PeerIdentity ephemeralIdentity() {
+  return PeerIdentity{randomHex(16)};
+}
 
 bool isValidPeerId(const std::string& id) {
   if (id.size() != 32) return false;
@@ -107,7 +113,8 @@ Result<PeerIdentity> loadOrCreateIdentity(const std::string& path) {
   if (!ok) {
     ::unlink(tmp.c_str());
     errno = saved;
-    return Status(StatusCode::kIoError, fmt::format("cannot write identity file {}: {}", tmp, errnoText()));
+    return Status(StatusCode::kIoError,
+                  fmt::format("cannot write identity file {}: {}", tmp, errnoText()));
   }
   int rc = ::link(tmp.c_str(), path.c_str());
   saved = errno;
@@ -115,7 +122,8 @@ Result<PeerIdentity> loadOrCreateIdentity(const std::string& path) {
   if (rc != 0) {
     if (saved == EEXIST) return readIdentity(path);
     errno = saved;
-    return Status(StatusCode::kIoError, fmt::format("cannot create identity file {}: {}", path, errnoText()));
+    return Status(StatusCode::kIoError,
+                  fmt::format("cannot create identity file {}: {}", path, errnoText()));
   }
   LOG_DEBUG(kLogPeer, "created identity {} in {}", ident.id.substr(0, 8), path);
   return ident;

@@ -13,8 +13,9 @@ std::string HostPort::toString() const {
 
 Result<HostPort> parseHostPort(std::string_view text, bool allow_port_zero) {
   auto bad = [&](std::string_view why) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("bad address '{}': {} (want HOST:PORT, e.g. 127.0.0.1:7000)", text, why));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("bad address '{}': {} (want HOST:PORT, e.g. 127.0.0.1:7000)", text, why));
   };
   HostPort hp;
   std::string_view port_text;
@@ -40,7 +41,8 @@ Result<HostPort> parseHostPort(std::string_view text, bool allow_port_zero) {
   }
   unsigned long port = 0;
   auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() || port > 65535) {
+  if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() ||
+      port > 65535) {
     return bad("port must be a number from 1 to 65535");
   }
   if (port == 0 && !allow_port_zero) return bad("port 0 is only allowed for listen addresses");

@@ -18,10 +18,12 @@ Status ioStatus(const std::error_code& ec, const std::string& name, const char* 
     return Status(StatusCode::kPeerLost, fmt::format("{}: closed by the remote end", name));
   }
   if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
-    return Status(StatusCode::kPeerLost, fmt::format("{}: connection reset by the remote end", name));
+    return Status(StatusCode::kPeerLost,
+                  fmt::format("{}: connection reset by the remote end", name));
   }
   if (ec == asio::error::timed_out) {
-    return Status(StatusCode::kTimeout, fmt::format("{}: {} timed out (TCP_USER_TIMEOUT)", name, op));
+    return Status(StatusCode::kTimeout,
+                  fmt::format("{}: {} timed out (TCP_USER_TIMEOUT)", name, op));
   }
   return Status(StatusCode::kPeerLost, fmt::format("{}: {} failed: {}", name, op, ec.message()));
 }
@@ -33,7 +35,11 @@ std::shared_ptr<Connection> Connection::create(asio::io_context& io, std::unique
 }
 
 Connection::Connection(asio::io_context& io, std::unique_ptr<Stream> stream, Options options)
-    : io_(io), stream_(std::move(stream)), options_(std::move(options)), timer_(io), linger_timer_(io) {}
+    : io_(io),
+      stream_(std::move(stream)),
+      options_(std::move(options)),
+      timer_(io),
+      linger_timer_(io) {}
 
 Connection::~Connection() {
   if (!closed_) stream_->close();
@@ -116,8 +122,9 @@ void Connection::deliverData() {
       break;
   }
   if (t.dst.size() != current_.length) {
-    return fail(StatusCode::kInternal, fmt::format("{}: data target of {} bytes for a {}-byte chunk",
-                                                   options_.name, t.dst.size(), current_.length));
+    return fail(StatusCode::kInternal,
+                fmt::format("{}: data target of {} bytes for a {}-byte chunk", options_.name,
+                            t.dst.size(), current_.length));
   }
   auto self = shared_from_this();
   readPayload(t.dst, 0, [self] {
@@ -138,14 +145,14 @@ void Connection::readPayload(MutableByteSpan dst, std::size_t offset, std::funct
   if (closed_) return;
   if (offset == dst.size()) return then();
   auto self = shared_from_this();
-  stream_->asyncReadSome(
-      asio::buffer(dst.data() + offset, dst.size() - offset),
-      [self, dst, offset, then = std::move(then)](const std::error_code& ec, std::size_t n) mutable {
-        if (self->closed_) return;
-        if (ec) return self->close(ioStatus(ec, self->options_.name, "read"));
-        self->last_rx_ = Clock::now();
-        self->readPayload(dst, offset + n, std::move(then));
-      });
+  stream_->asyncReadSome(asio::buffer(dst.data() + offset, dst.size() - offset),
+                         [self, dst, offset, then = std::move(then)](const std::error_code& ec,
+                                                                     std::size_t n) mutable {
+                           if (self->closed_) return;
+                           if (ec) return self->close(ioStatus(ec, self->options_.name, "read"));
+                           self->last_rx_ = Clock::now();
+                           self->readPayload(dst, offset + n, std::move(then));
+                         });
 }
 
 // ---- writing -------------------------------------------------------------------------------
@@ -160,7 +167,8 @@ void Connection::send(MsgType type, ByteSpan payload, std::uint64_t epoch, std::
   enqueue(std::move(f));
 }
 
-void Connection::sendRef(FrameHeader header, ByteSpan payload, std::function<void(const Status&)> done) {
+void Connection::sendRef(FrameHeader header, ByteSpan payload,
+                         std::function<void(const Status&)> done) {
   header.length = static_cast<std::uint32_t>(payload.size());
   OutFrame f;
   f.header = encodeFrameHeader(header);
@@ -212,7 +220,8 @@ void Connection::writeMore() {
     self->writing_ = false;
     Status result;
     if (ec) {
-      result = self->closed_ ? Status(StatusCode::kAborted, fmt::format("{}: connection closed", self->options_.name))
+      result = self->closed_ ? Status(StatusCode::kAborted,
+                                      fmt::format("{}: connection closed", self->options_.name))
                              : ioStatus(ec, self->options_.name, "write");
     }
     auto done = std::move(self->in_flight_);
@@ -270,15 +279,17 @@ void Connection::onTimer() {
   if (!got_first_frame_ && options_.first_frame_timeout.count() > 0 &&
       now - started_at_ > options_.first_frame_timeout) {
     counter("p2p.handshake_timeouts").inc();
-    return fail(StatusCode::kTimeout,
-                fmt::format("{} from {}: no complete frame within {} ms of connecting (handshake deadline)",
-                            options_.name, stream_->remoteAddress(), options_.first_frame_timeout.count()));
+    return fail(
+        StatusCode::kTimeout,
+        fmt::format("{} from {}: no complete frame within {} ms of connecting (handshake deadline)",
+                    options_.name, stream_->remoteAddress(), options_.first_frame_timeout.count()));
   }
   if (options_.liveness_timeout.count() > 0 && now - last_rx_ > options_.liveness_timeout) {
     counter("p2p.heartbeat_timeouts").inc();
-    return fail(StatusCode::kTimeout,
-                fmt::format("{}: nothing received for {} ms (heartbeat timeout {} ms)", options_.name,
-                            toMillis(now - last_rx_), options_.liveness_timeout.count()));
+    return fail(
+        StatusCode::kTimeout,
+        fmt::format("{}: nothing received for {} ms (heartbeat timeout {} ms)", options_.name,
+                    toMillis(now - last_rx_), options_.liveness_timeout.count()));
   }
   if (options_.heartbeat_interval.count() > 0 && queue_.empty() && !writing_ &&
       now - last_tx_ >= options_.heartbeat_interval) {
@@ -299,7 +310,9 @@ void Connection::closeAfterFlush(Status reason, Millis linger) {
   });
 }
 
-void Connection::fail(StatusCode code, std::string why) { close(Status(code, std::move(why))); }
+void Connection::fail(StatusCode code, std::string why) {
+  close(Status(code, std::move(why)));
+}
 
 void Connection::close(Status reason) {
   if (closed_) return;

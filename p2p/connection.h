@@ -36,10 +36,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   using DataDone = std::function<void(const FrameHeader&)>;
 
   struct Options {
-    std::string name = "conn";  // for logs: "coordinator", "peer 3f2a9c01 stream 2", ...
-    Millis first_frame_timeout{0};   // 0: none. The handshake deadline.
-    Millis heartbeat_interval{0};    // 0: send no heartbeats
-    Millis liveness_timeout{0};      // 0: never time out for silence
+    std::string name = "conn";      // for logs: "coordinator", "peer 3f2a9c01 stream 2", ...
+    Millis first_frame_timeout{0};  // 0: none. The handshake deadline.
+    Millis heartbeat_interval{0};   // 0: send no heartbeats
+    Millis liveness_timeout{0};     // 0: never time out for silence
     std::size_t max_queued_bytes = 64u << 20;  // a peer that stops reading is cut off here
   };
 

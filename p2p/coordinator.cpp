@@ -11,19 +11,23 @@
 
 namespace loco::p2p {
 namespace {
-std::string shortId(const std::string& id) { return id.substr(0, 8); }
+std::string shortId(const std::string& id) {
+  return id.substr(0, 8);
+}
 constexpr std::uint32_t kMaxStreams = 64;
 }  // namespace
 
-Result<std::unique_ptr<Coordinator>> Coordinator::start(asio::io_context& io, CoordinatorOptions options) {
+Result<std::unique_ptr<Coordinator>> Coordinator::start(asio::io_context& io,
+                                                        CoordinatorOptions options) {
   if (options.heartbeat_interval.count() <= 0 || options.heartbeat_timeout.count() <= 0) {
     return Status(StatusCode::kInvalidArgument, "heartbeat interval and timeout must be positive");
   }
   if (options.heartbeat_timeout < 2 * options.heartbeat_interval) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("--heartbeat-timeout ({} ms) must be at least twice --heartbeat-interval "
-                              "({} ms), or healthy peers would be evicted",
-                              options.heartbeat_timeout.count(), options.heartbeat_interval.count()));
+    return Status(
+        StatusCode::kInvalidArgument,
+        fmt::format("--heartbeat-timeout ({} ms) must be at least twice --heartbeat-interval "
+                    "({} ms), or healthy peers would be evicted",
+                    options.heartbeat_timeout.count(), options.heartbeat_interval.count()));
   }
   std::unique_ptr<Coordinator> c(new Coordinator(io, options));
   auto acceptor = listenOn(io, options.listen);
@@ -39,9 +43,14 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(asio::io_context& io, Co
 }
 
 Coordinator::Coordinator(asio::io_context& io, CoordinatorOptions options)
-    : io_(io), options_(std::move(options)), tick_timer_(io), membership_(options_.heartbeat_timeout) {}
+    : io_(io),
+      options_(std::move(options)),
+      tick_timer_(io),
+      membership_(options_.heartbeat_timeout) {}
 
-Coordinator::~Coordinator() { shutdown(); }
+Coordinator::~Coordinator() {
+  shutdown();
+}
 
 void Coordinator::shutdown() {
   if (shut_down_) return;
@@ -64,22 +73,23 @@ void Coordinator::shutdown() {
 }
 
 void Coordinator::accept() {
-  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
-    if (alive.expired() || shut_down_) return;
-    if (!ec) {
-      onAccepted(std::move(socket));
-    } else if (ec != asio::error::operation_aborted) {
-      // EMFILE and friends: count, log, and keep accepting (after a breath so we do not spin).
-      counter("coord.accept_errors").inc();
-      LOG_WARN(kLogCoord, "accept failed: {}", ec.message());
-      auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
-      t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
-        if (!alive.expired() && !shut_down_) accept();
+  acceptor_->async_accept(
+      [this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+        if (alive.expired() || shut_down_) return;
+        if (!ec) {
+          onAccepted(std::move(socket));
+        } else if (ec != asio::error::operation_aborted) {
+          // EMFILE and friends: count, log, and keep accepting (after a breath so we do not spin).
+          counter("coord.accept_errors").inc();
+          LOG_WARN(kLogCoord, "accept failed: {}", ec.message());
+          auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
+          t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
+            if (!alive.expired() && !shut_down_) accept();
+          });
+          return;
+        }
+        accept();
       });
-      return;
-    }
-    accept();
-  });
 }
 
 void Coordinator::onAccepted(asio::ip::tcp::socket socket) {
@@ -92,7 +102,8 @@ void Coordinator::onAccepted(asio::ip::tcp::socket socket) {
     auto oldest = handshaking_.front();
     handshaking_.erase(handshaking_.begin());
     oldest->setCloseHandler(nullptr);
-    oldest->close(Status(StatusCode::kResourceExhausted, "too many connections without a handshake"));
+    oldest->close(
+        Status(StatusCode::kResourceExhausted, "too many connections without a handshake"));
   }
   Connection::Options copts;
   copts.name = "incoming connection";
@@ -120,7 +131,8 @@ void Coordinator::dropHandshaking(const Connection* conn) {
                      handshaking_.end());
 }
 
-void Coordinator::refuse(const std::shared_ptr<Connection>& conn, StatusCode code, const std::string& reason) {
+void Coordinator::refuse(const std::shared_ptr<Connection>& conn, StatusCode code,
+                         const std::string& reason) {
   counter("coord.joins_refused").inc();
   LOG_WARN(kLogCoord, "refused {}: {}", conn->remoteAddress(), reason);
   conn->send(MsgType::kRefused, encodeRefused(RefusedMsg{code, reason}));
@@ -138,8 +150,9 @@ void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, cons
       return onHello(conn, payload);
     default:
       counter("coord.bad_handshake").inc();
-      conn->close(Status(StatusCode::kProtocolError,
-                         fmt::format("{} sent {} before Hello", conn->remoteAddress(), msgTypeName(h.type))));
+      conn->close(Status(
+          StatusCode::kProtocolError,
+          fmt::format("{} sent {} before Hello", conn->remoteAddress(), msgTypeName(h.type))));
   }
 }
 
@@ -150,10 +163,12 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
     return refuse(conn, StatusCode::kInvalidArgument, "peer id must be 32 lowercase hex digits");
   }
   auto adv = parseHostPort(hello->advertise);
-  if (!adv) return refuse(conn, StatusCode::kInvalidArgument, "advertised " + adv.status().message());
+  if (!adv)
+    return refuse(conn, StatusCode::kInvalidArgument, "advertised " + adv.status().message());
   if (hello->streams == 0 || hello->streams > kMaxStreams) {
-    return refuse(conn, StatusCode::kInvalidArgument,
-                  fmt::format("--streams must be between 1 and {}, got {}", kMaxStreams, hello->streams));
+    return refuse(
+        conn, StatusCode::kInvalidArgument,
+        fmt::format("--streams must be between 1 and {}, got {}", kMaxStreams, hello->streams));
   }
   if (peers_.size() >= options_.max_peers) {
     return refuse(conn, StatusCode::kResourceExhausted,
@@ -169,20 +184,22 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
   conn->setFrameHandler([this, id](const FrameHeader& h, std::vector<std::uint8_t> p) {
     onPeerFrame(id, h, std::move(p));
   });
-  conn->setCloseHandler([this, id, raw = conn.get()](const Status& why) { onPeerClosed(id, raw, why); });
+  conn->setCloseHandler(
+      [this, id, raw = conn.get()](const Status& why) { onPeerClosed(id, raw, why); });
   // We heartbeat the peer so it can tell a dead coordinator; its silence is judged by
   // Membership::tick, not by the connection.
   conn->setLiveness(options_.heartbeat_interval, Millis(0));
-  conn->send(MsgType::kWelcome,
-             encodeWelcome(WelcomeMsg{static_cast<std::uint32_t>(options_.heartbeat_interval.count()),
-                                      static_cast<std::uint32_t>(options_.heartbeat_timeout.count()),
-                                      membership_.epoch()}));
-  LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})", shortId(id),
-           conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
+  conn->send(MsgType::kWelcome, encodeWelcome(WelcomeMsg{
+                                    static_cast<std::uint32_t>(options_.heartbeat_interval.count()),
+                                    static_cast<std::uint32_t>(options_.heartbeat_timeout.count()),
+                                    membership_.epoch()}));
+  LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})",
+           shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
   apply(std::move(fx.value()));
 }
 
-void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::vector<std::uint8_t> payload) {
+void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
+                              std::vector<std::uint8_t> payload) {
   auto now = Clock::now();
   membership_.heartbeat(id, now);  // any frame proves the peer is alive
   switch (h.type) {
@@ -219,8 +236,9 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h, std::
       counter("coord.unexpected_frames").inc();
       auto it = peers_.find(id);
       if (it != peers_.end()) {
-        it->second->close(Status(StatusCode::kProtocolError,
-                                 fmt::format("peer {} sent unexpected {}", shortId(id), msgTypeName(h.type))));
+        it->second->close(
+            Status(StatusCode::kProtocolError,
+                   fmt::format("peer {} sent unexpected {}", shortId(id), msgTypeName(h.type))));
       }
     }
   }
@@ -231,16 +249,19 @@ void Coordinator::onLinkReport(const std::string& id, ByteSpan payload) {
   if (!report) {
     counter("coord.bad_link_reports").inc();
     auto it = peers_.find(id);
-    if (it != peers_.end()) it->second->close(report.status().withContext("link report from " + shortId(id)));
+    if (it != peers_.end())
+      it->second->close(report.status().withContext("link report from " + shortId(id)));
     return;
   }
   for (const EdgeEstimate& e : report->edges) {
     // A peer speaks only for links it is an end of, between peers the group knows.
-    if ((e.from != id && e.to != id) || !membership_.contains(e.from) || !membership_.contains(e.to)) continue;
+    if ((e.from != id && e.to != id) || !membership_.contains(e.from) ||
+        !membership_.contains(e.to))
+      continue;
     if (bandwidth_.update(e)) {
       bandwidth_dirty_ = true;
-      LOG_DEBUG(kLogCoord, "link {} -> {}: {:.1f} Mbit/s ({})", shortId(e.from), shortId(e.to), e.bytes_per_s * 8e-6,
-                edgeSourceName(e.source));
+      LOG_DEBUG(kLogCoord, "link {} -> {}: {:.1f} Mbit/s ({})", shortId(e.from), shortId(e.to),
+                e.bytes_per_s * 8e-6, edgeSourceName(e.source));
     }
   }
 }
@@ -252,9 +273,12 @@ void Coordinator::maybeProposeRing() {
   auto best = bestRing(ring, bandwidth_);
   if (!best) return;
   constexpr double kReorderGain = 1.2;
-  const double now_slowest = ringBottleneck(ring, bandwidth_), best_slowest = ringBottleneck(*best, bandwidth_);
+  const double now_slowest = ringBottleneck(ring, bandwidth_),
+               best_slowest = ringBottleneck(*best, bandwidth_);
   if (best_slowest <= now_slowest * kReorderGain) return;
-  LOG_INFO(kLogCoord, "topology: a ring whose slowest link is {:.1f} Mbit/s (now {:.1f}); applying it at the next sync point",
+  LOG_INFO(kLogCoord,
+           "topology: a ring whose slowest link is {:.1f} Mbit/s (now {:.1f}); applying it at the "
+           "next sync point",
            best_slowest * 8e-6, now_slowest * 8e-6);
   membership_.proposeRing(std::move(*best));
 }
@@ -297,7 +321,8 @@ void Coordinator::apply(MembershipEffects fx) {
       case MembershipEvent::Kind::kEvicted: {
         bandwidth_.erase(e.peer);
         counter("coord.peers_evicted").inc();
-        LOG_WARN(kLogCoord, "peer {} evicted epoch={} world={}: {}", shortId(e.peer), e.epoch, world, e.reason);
+        LOG_WARN(kLogCoord, "peer {} evicted epoch={} world={}: {}", shortId(e.peer), e.epoch,
+                 world, e.reason);
         auto it = peers_.find(e.peer);
         if (it != peers_.end()) {
           // Tell it, so that a peer that was only frozen learns it must rejoin.
@@ -315,7 +340,8 @@ void Coordinator::apply(MembershipEffects fx) {
   for (const OpDecision& d : fx.decisions) {
     counter(d.commit ? "coord.ops_committed" : "coord.ops_aborted").inc();
     const std::uint8_t verdict = d.commit ? 1 : 0;
-    for (auto& [id, conn] : peers_) conn->send(MsgType::kOpDecision, ByteSpan(&verdict, 1), d.epoch, d.op_id);
+    for (auto& [id, conn] : peers_)
+      conn->send(MsgType::kOpDecision, ByteSpan(&verdict, 1), d.epoch, d.op_id);
   }
   if (fx.view_changed) {
     bandwidth_dirty_ = true;  // another member set: its best ring may differ
@@ -351,8 +377,9 @@ void Coordinator::onStateFrame(const std::string& id, const FrameHeader& h, Byte
         counter("coord.state_bad_manifests").inc();
         return conn->close(m.status().withContext(fmt::format("peer {}", shortId(id))));
       }
-      LOG_DEBUG(kLogCoord, "peer {} shared-state manifest: revision {}, {} buffers, {} chunks, {}", shortId(id),
-                m->revision, m->buffers.size(), m->hashes.size(), stateStrategyName(m->strategy));
+      LOG_DEBUG(kLogCoord, "peer {} shared-state manifest: revision {}, {} buffers, {} chunks, {}",
+                shortId(id), m->revision, m->buffers.size(), m->hashes.size(),
+                stateStrategyName(m->strategy));
       return applyState(state_sync_.manifest(id, std::move(m.value()), members()));
     }
     case MsgType::kStateDone:
@@ -366,12 +393,15 @@ void Coordinator::onStateFrame(const std::string& id, const FrameHeader& h, Byte
       auto c = decodeStateComplaint(payload);
       if (!c) return conn->close(c.status().withContext(fmt::format("peer {}", shortId(id))));
       counter("coord.state_complaints").inc();
-      LOG_WARN(kLogCoord, "peer {} reports that peer {} served {} corrupt shared-state chunk(s): {}", shortId(id),
-               shortId(c->accused), c->bad_chunks, c->reason);
+      LOG_WARN(kLogCoord,
+               "peer {} reports that peer {} served {} corrupt shared-state chunk(s): {}",
+               shortId(id), shortId(c->accused), c->bad_chunks, c->reason);
       if (c->accused == id || !membership_.contains(c->accused)) return;
       return apply(membership_.evict(
-          c->accused, fmt::format("served {} shared-state chunk(s) that failed their hash check (reported by peer {})",
-                                  c->bad_chunks, shortId(id))));
+          c->accused,
+          fmt::format(
+              "served {} shared-state chunk(s) that failed their hash check (reported by peer {})",
+              c->bad_chunks, shortId(id))));
     }
     default:
       return;
@@ -394,7 +424,8 @@ void Coordinator::applyState(StateSyncEffects fx) {
   }
   for (const std::string& id : fx.complete) {
     auto it = peers_.find(id);
-    if (it != peers_.end()) it->second->send(MsgType::kStateComplete, {}, membership_.epoch(), fx.complete_round);
+    if (it != peers_.end())
+      it->second->send(MsgType::kStateComplete, {}, membership_.epoch(), fx.complete_round);
   }
 }
 

@@ -21,8 +21,8 @@
 #include "p2p/connection.h"
 #include "p2p/membership.h"
 #include "p2p/net.h"
-#include "p2p/topology.h"
 #include "p2p/state_sync.h"
+#include "p2p/topology.h"
 
 namespace loco::p2p {
 
@@ -39,7 +39,8 @@ class Coordinator {
  public:
   // Binds and starts accepting on `io` (which the caller runs). Errors: kInvalidArgument for bad
   // options, kUnavailable when the address cannot be bound.
-  static Result<std::unique_ptr<Coordinator>> start(asio::io_context& io, CoordinatorOptions options);
+  static Result<std::unique_ptr<Coordinator>> start(asio::io_context& io,
+                                                    CoordinatorOptions options);
   ~Coordinator();
 
   std::uint16_t port() const { return port_; }

@@ -6,52 +6,89 @@ namespace loco::p2p {
 
 std::string_view msgTypeName(MsgType t) {
   switch (t) {
-    case MsgType::kHello: return "Hello";
-    case MsgType::kWelcome: return "Welcome";
-    case MsgType::kRefused: return "Refused";
-    case MsgType::kHeartbeat: return "Heartbeat";
-    case MsgType::kSyncRequest: return "SyncRequest";
-    case MsgType::kSyncDone: return "SyncDone";
-    case MsgType::kMembership: return "Membership";
-    case MsgType::kLeave: return "Leave";
-    case MsgType::kLeaveAck: return "LeaveAck";
-    case MsgType::kEvicted: return "Evicted";
-    case MsgType::kStatusRequest: return "StatusRequest";
-    case MsgType::kStatusReply: return "StatusReply";
-    case MsgType::kLinkHello: return "LinkHello";
-    case MsgType::kLinkAccept: return "LinkAccept";
-    case MsgType::kData: return "Data";
-    case MsgType::kOpReport: return "OpReport";
-    case MsgType::kOpDecision: return "OpDecision";
-    case MsgType::kStateManifest: return "StateManifest";
-    case MsgType::kStatePlan: return "StatePlan";
-    case MsgType::kStateDone: return "StateDone";
-    case MsgType::kStateComplete: return "StateComplete";
-    case MsgType::kStateComplaint: return "StateComplaint";
-    case MsgType::kLinkReport: return "LinkReport";
+    case MsgType::kHello:
+      return "Hello";
+    case MsgType::kWelcome:
+      return "Welcome";
+    case MsgType::kRefused:
+      return "Refused";
+    case MsgType::kHeartbeat:
+      return "Heartbeat";
+    case MsgType::kSyncRequest:
+      return "SyncRequest";
+    case MsgType::kSyncDone:
+      return "SyncDone";
+    case MsgType::kMembership:
+      return "Membership";
+    case MsgType::kLeave:
+      return "Leave";
+    case MsgType::kLeaveAck:
+      return "LeaveAck";
+    case MsgType::kEvicted:
+      return "Evicted";
+    case MsgType::kStatusRequest:
+      return "StatusRequest";
+    case MsgType::kStatusReply:
+      return "StatusReply";
+    case MsgType::kLinkHello:
+      return "LinkHello";
+    case MsgType::kLinkAccept:
+      return "LinkAccept";
+    case MsgType::kData:
+      return "Data";
+    case MsgType::kOpReport:
+      return "OpReport";
+    case MsgType::kOpDecision:
+      return "OpDecision";
+    case MsgType::kStateManifest:
+      return "StateManifest";
+    case MsgType::kStatePlan:
+      return "StatePlan";
+    case MsgType::kStateDone:
+      return "StateDone";
+    case MsgType::kStateComplete:
+      return "StateComplete";
+    case MsgType::kStateComplaint:
+      return "StateComplaint";
+    case MsgType::kLinkReport:
+      return "LinkReport";
   }
   return "Unknown";
 }
 
 std::uint32_t maxPayload(MsgType t) {
   switch (t) {
-    case MsgType::kHello: return 4096;
-    case MsgType::kWelcome: return 256;
-    case MsgType::kRefused: return 4096;
-    case MsgType::kEvicted: return 4096;
-    case MsgType::kMembership: return 4u << 20;   // ~20k peers
-    case MsgType::kStatusReply: return 8u << 20;
-    case MsgType::kLinkHello: return 1024;
-    case MsgType::kData: return kMaxDataChunk;
+    case MsgType::kHello:
+      return 4096;
+    case MsgType::kWelcome:
+      return 256;
+    case MsgType::kRefused:
+      return 4096;
+    case MsgType::kEvicted:
+      return 4096;
+    case MsgType::kMembership:
+      return 4u << 20;  // ~20k peers
+    case MsgType::kStatusReply:
+      return 8u << 20;
+    case MsgType::kLinkHello:
+      return 1024;
+    case MsgType::kData:
+      return kMaxDataChunk;
     case MsgType::kOpReport:
-    case MsgType::kOpDecision: return 1;
+    case MsgType::kOpDecision:
+      return 1;
     // Hashes of up to kMaxStateChunks chunks plus names; sources' bitmaps (see messages.h).
     case MsgType::kStateManifest:
-    case MsgType::kStatePlan: return kMaxStateMessage;
-    case MsgType::kStateDone: return 1;
-    case MsgType::kStateComplete: return 0;
-    case MsgType::kStateComplaint: return 4096;
-    case MsgType::kLinkReport: return 64u << 10;
+    case MsgType::kStatePlan:
+      return kMaxStateMessage;
+    case MsgType::kStateDone:
+      return 1;
+    case MsgType::kStateComplete:
+      return 0;
+    case MsgType::kStateComplaint:
+      return 4096;
+    case MsgType::kLinkReport:
+      return 64u << 10;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:
@@ -64,23 +101,32 @@ std::uint32_t maxPayload(MsgType t) {
   return 0;
 }
 
-std::uint16_t allowedFlags(MsgType t) { return t == MsgType::kData ? kFlagLastChunk : 0; }
+std::uint16_t allowedFlags(MsgType t) {
+  return t == MsgType::kData ? kFlagLastChunk : 0;
+}
 
 std::string_view frameErrorName(FrameError e) {
   switch (e) {
-    case FrameError::kNone: return "none";
-    case FrameError::kBadMagic: return "bad_magic";
-    case FrameError::kBadVersion: return "bad_version";
-    case FrameError::kUnknownType: return "unknown_type";
-    case FrameError::kBadFlags: return "bad_flags";
-    case FrameError::kTooLong: return "too_long";
+    case FrameError::kNone:
+      return "none";
+    case FrameError::kBadMagic:
+      return "bad_magic";
+    case FrameError::kBadVersion:
+      return "bad_version";
+    case FrameError::kUnknownType:
+      return "unknown_type";
+    case FrameError::kBadFlags:
+      return "bad_flags";
+    case FrameError::kTooLong:
+      return "too_long";
   }
   return "unknown";
 }
 
 namespace {
 bool knownType(std::uint8_t t) {
-  return t >= static_cast<std::uint8_t>(MsgType::kHello) && t <= static_cast<std::uint8_t>(kLastMsgType);
+  return t >= static_cast<std::uint8_t>(MsgType::kHello) &&
+         t <= static_cast<std::uint8_t>(kLastMsgType);
 }
 }  // namespace
 

@@ -1,5 +1,5 @@
 #pragma once
-// The wire framing (DESIGN.md §3). Every message on every loco TCP stream is one frame:
+// The wire framing (ARCHITECTURE.md §3). Every message on every loco TCP stream is one frame:
 //
 //   offset size field
 //        0    4 magic    "LOCO" (0x4F434F4C little-endian)
@@ -29,30 +29,32 @@ inline constexpr std::uint8_t kWireVersion = 1;
 inline constexpr std::size_t kFrameHeaderSize = 32;
 
 enum class MsgType : std::uint8_t {
-  kHello = 1,          // peer -> coordinator: register (HelloMsg)
-  kWelcome = 2,        // coordinator -> peer: registered (WelcomeMsg)
-  kRefused = 3,        // coordinator -> peer: registration refused (RefusedMsg), then close
-  kHeartbeat = 4,      // either way, empty
-  kSyncRequest = 5,    // peer -> coordinator: reached a sync point in `epoch`
-  kSyncDone = 6,       // coordinator -> peers: all members synced; continue in `epoch`
-  kMembership = 7,     // coordinator -> peers: the group's view (MembershipMsg)
-  kLeave = 8,          // peer -> coordinator: graceful leave
-  kLeaveAck = 9,       // coordinator -> peer
-  kEvicted = 10,       // coordinator -> peer: you were removed (EvictedMsg), then close
-  kStatusRequest = 11, // client -> coordinator
-  kStatusReply = 12,   // coordinator -> client (StatusMsg)
-  kLinkHello = 13,     // peer -> peer: open one stream of a link (LinkHelloMsg)
-  kLinkAccept = 14,    // peer -> peer: stream accepted
-  kData = 15,          // bulk bytes: op_id = transfer tag, chunk = chunk index
-  kOpReport = 16,      // peer -> coordinator: my part of (epoch, op_id) is done (1) or failed (0)
-  kOpDecision = 17,    // coordinator -> peers: (epoch, op_id) commits (1) or aborts (0)
+  kHello = 1,           // peer -> coordinator: register (HelloMsg)
+  kWelcome = 2,         // coordinator -> peer: registered (WelcomeMsg)
+  kRefused = 3,         // coordinator -> peer: registration refused (RefusedMsg), then close
+  kHeartbeat = 4,       // either way, empty
+  kSyncRequest = 5,     // peer -> coordinator: reached a sync point in `epoch`
+  kSyncDone = 6,        // coordinator -> peers: all members synced; continue in `epoch`
+  kMembership = 7,      // coordinator -> peers: the group's view (MembershipMsg)
+  kLeave = 8,           // peer -> coordinator: graceful leave
+  kLeaveAck = 9,        // coordinator -> peer
+  kEvicted = 10,        // coordinator -> peer: you were removed (EvictedMsg), then close
+  kStatusRequest = 11,  // client -> coordinator
+  kStatusReply = 12,    // coordinator -> client (StatusMsg)
+  kLinkHello = 13,      // peer -> peer: open one stream of a link (LinkHelloMsg)
+  kLinkAccept = 14,     // peer -> peer: stream accepted
+  kData = 15,           // bulk bytes: op_id = transfer tag, chunk = chunk index
+  kOpReport = 16,       // peer -> coordinator: my part of (epoch, op_id) is done (1) or failed (0)
+  kOpDecision = 17,     // coordinator -> peers: (epoch, op_id) commits (1) or aborts (0)
   // Shared state (state_sync.h). The coordinator sees hashes and layouts, never tensor bytes.
-  kStateManifest = 18,   // peer -> coordinator: layout, revision and chunk hashes (StateManifestMsg)
-  kStatePlan = 19,       // coordinator -> peer: op_id = round; what to fetch from whom (StatePlanMsg)
-  kStateDone = 20,       // peer -> coordinator: op_id = round (0: withdraw); 1 byte: ok
-  kStateComplete = 21,   // coordinator -> peers: round op_id is over; sources may stop serving (0: withdrawal seen)
+  kStateManifest = 18,  // peer -> coordinator: layout, revision and chunk hashes (StateManifestMsg)
+  kStatePlan = 19,  // coordinator -> peer: op_id = round; what to fetch from whom (StatePlanMsg)
+  kStateDone = 20,  // peer -> coordinator: op_id = round (0: withdraw); 1 byte: ok
+  kStateComplete = 21,   // coordinator -> peers: round op_id is over; sources may stop serving (0:
+                         // withdrawal seen)
   kStateComplaint = 22,  // peer -> coordinator: a source served corrupt chunks (StateComplaintMsg)
-  kLinkReport = 23,      // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+  kLinkReport =
+      23,  // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
 };
 inline constexpr MsgType kLastMsgType = MsgType::kLinkReport;
 

@@ -17,7 +17,10 @@ constexpr std::uint32_t kMaxLinkStreams = 64;
 }
 
 Link::Link(std::string name, std::vector<std::shared_ptr<Connection>> streams, LinkOptions options)
-    : name_(std::move(name)), streams_(std::move(streams)), state_(streams_.size()), options_(options) {}
+    : name_(std::move(name)),
+      streams_(std::move(streams)),
+      state_(streams_.size()),
+      options_(options) {}
 
 Link::~Link() {
   for (auto& s : streams_) {
@@ -36,8 +39,8 @@ void Link::wire(std::size_t index) {
   conn->setDataHandlers(
       [weak, index](const FrameHeader& h) {
         if (auto self = weak.lock()) return self->target(index, h);
-        return Connection::DataTarget{Connection::DataTarget::Kind::kReject, {},
-                                      Status(StatusCode::kAborted, "link gone")};
+        return Connection::DataTarget{
+            Connection::DataTarget::Kind::kReject, {}, Status(StatusCode::kAborted, "link gone")};
       },
       [weak, index](const FrameHeader& h) {
         if (auto self = weak.lock()) self->dataDone(index, h);
@@ -120,15 +123,17 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
   op->done(op->error);
 }
 
-Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len, bool last) {
+Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len,
+                         bool last) {
   // The sender flags its last chunk, so a buffer that is whole chunks too short or too long is
   // caught as surely as one that is a few bytes off.
   if (chunk >= op.chunks || len != chunkLength(op.dst.size(), chunk) || op.seen[chunk] ||
       last != (chunk + 1 == op.chunks)) {
-    return Status(StatusCode::kProtocolError,
-                  fmt::format("{}: chunk {} ({} bytes{}) of transfer {} does not fit the {}-byte receive "
-                              "buffer or arrived twice; sender and receiver disagree on the size",
-                              name_, chunk, len, last ? ", last" : "", tag, op.dst.size()));
+    return Status(
+        StatusCode::kProtocolError,
+        fmt::format("{}: chunk {} ({} bytes{}) of transfer {} does not fit the {}-byte receive "
+                    "buffer or arrived twice; sender and receiver disagree on the size",
+                    name_, chunk, len, last ? ", last" : "", tag, op.dst.size()));
   }
   op.seen[chunk] = true;
   return Status();
@@ -139,7 +144,8 @@ Connection::DataTarget Link::target(std::size_t index, const FrameHeader& h) {
   auto& st = state_[index];
   auto it = recvs_.find(h.op_id);
   if (it != recvs_.end()) {
-    Status ok = acceptChunk(it->second, h.op_id, h.chunk, h.length, (h.flags & kFlagLastChunk) != 0);
+    Status ok =
+        acceptChunk(it->second, h.op_id, h.chunk, h.length, (h.flags & kFlagLastChunk) != 0);
     if (!ok.isOk()) return {Kind::kReject, {}, ok};
     st.staging = false;
     std::size_t offset = static_cast<std::size_t>(h.chunk) * options_.chunk_bytes;
@@ -185,7 +191,8 @@ void Link::finishRecv(std::uint64_t tag) {
 void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
   if (closed_) return done(close_reason_);
   if (recvs_.count(tag) != 0) {
-    return done(Status(StatusCode::kInvalidArgument, fmt::format("{}: transfer {} is already being received", name_, tag)));
+    return done(Status(StatusCode::kInvalidArgument,
+                       fmt::format("{}: transfer {} is already being received", name_, tag)));
   }
   RecvOp op;
   op.dst = dst;
@@ -213,8 +220,8 @@ void Link::deliverStaged(std::uint64_t tag, Staged staged) {
   RecvOp& op = recvs_.at(tag);
   Status ok = acceptChunk(op, tag, staged.chunk, staged.bytes.size(), staged.last);
   if (!ok.isOk()) return close(ok);
-  std::memcpy(op.dst.data() + static_cast<std::size_t>(staged.chunk) * options_.chunk_bytes, staged.bytes.data(),
-              staged.bytes.size());
+  std::memcpy(op.dst.data() + static_cast<std::size_t>(staged.chunk) * options_.chunk_bytes,
+              staged.bytes.data(), staged.bytes.size());
   if (spare_chunks_.size() < 16) spare_chunks_.push_back(std::move(staged.bytes));
   if (++op.received == op.chunks) {
     finishRecv(tag);
@@ -261,9 +268,12 @@ void Link::close(const Status& why) {
 LinkListener::LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link)
     : io_(io), options_(options), on_link_(std::move(on_link)) {}
 
-LinkListener::~LinkListener() { close(); }
+LinkListener::~LinkListener() {
+  close();
+}
 
-Result<std::unique_ptr<LinkListener>> LinkListener::start(asio::io_context& io, const HostPort& listen,
+Result<std::unique_ptr<LinkListener>> LinkListener::start(asio::io_context& io,
+                                                          const HostPort& listen,
                                                           LinkOptions options, OnLink on_link) {
   std::unique_ptr<LinkListener> l(new LinkListener(io, options, std::move(on_link)));
   auto acc = listenOn(io, listen);
@@ -288,7 +298,8 @@ void LinkListener::close() {
 }
 
 void LinkListener::accept() {
-  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec,
+                                                            asio::ip::tcp::socket socket) {
     if (alive.expired() || closed_) return;
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
@@ -309,7 +320,8 @@ void LinkListener::accept() {
       auto c = weak.lock();
       if (!c) return;
       if (h.type != MsgType::kLinkHello) {
-        return c->close(Status(StatusCode::kProtocolError, fmt::format("{} before LinkHello", msgTypeName(h.type))));
+        return c->close(Status(StatusCode::kProtocolError,
+                               fmt::format("{} before LinkHello", msgTypeName(h.type))));
       }
       onHello(c, payload, h.epoch);
     });
@@ -325,22 +337,24 @@ void LinkListener::accept() {
   });
 }
 
-void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload, std::uint64_t epoch) {
+void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload,
+                           std::uint64_t epoch) {
   auto hello = decodeLinkHello(payload);
   Status bad;
   if (!hello) {
     bad = hello.status();
   } else if (hello->stream_count == 0 || hello->stream_count > kMaxLinkStreams ||
              hello->stream_index >= hello->stream_count) {
-    bad = Status(StatusCode::kProtocolError, fmt::format("stream {} of {} is out of range", hello->stream_index,
-                                                         hello->stream_count));
+    bad = Status(StatusCode::kProtocolError, fmt::format("stream {} of {} is out of range",
+                                                         hello->stream_index, hello->stream_count));
   } else if (hello->chunk_bytes != options_.chunk_bytes) {
     bad = Status(StatusCode::kProtocolError, fmt::format("chunk size {} differs from ours ({})",
                                                          hello->chunk_bytes, options_.chunk_bytes));
   }
   if (!bad.isOk()) return conn->close(bad);
 
-  handshaking_.erase(std::remove(handshaking_.begin(), handshaking_.end(), conn), handshaking_.end());
+  handshaking_.erase(std::remove(handshaking_.begin(), handshaking_.end(), conn),
+                     handshaking_.end());
   conn->setCloseHandler(nullptr);
   auto& p = partial_[hello->link_id];
   if (p.streams.empty()) {
@@ -349,7 +363,8 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
     p.epoch = epoch;
     p.started = Clock::now();
   }
-  if (p.streams.size() != hello->stream_count || p.streams[hello->stream_index] || p.from != hello->from_peer) {
+  if (p.streams.size() != hello->stream_count || p.streams[hello->stream_index] ||
+      p.from != hello->from_peer) {
     partial_.erase(hello->link_id);
     return conn->close(Status(StatusCode::kProtocolError, "inconsistent LinkHello"));
   }
@@ -360,7 +375,8 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
   std::string from = p.from;
   const std::uint64_t link_epoch = p.epoch;
   partial_.erase(hello->link_id);
-  auto link = std::make_shared<Link>(fmt::format("link from {}", from.substr(0, 8)), std::move(streams), options_);
+  auto link = std::make_shared<Link>(fmt::format("link from {}", from.substr(0, 8)),
+                                     std::move(streams), options_);
   link->start();
   on_link_(std::move(link), from, link_epoch);
 }
@@ -397,8 +413,9 @@ struct LinkDial : std::enable_shared_from_this<LinkDial> {
 };
 }  // namespace
 
-void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id, LinkOptions options,
-                 Deadline deadline, std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch) {
+void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
+                 LinkOptions options, Deadline deadline,
+                 std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch) {
   auto eps = resolve(remote);
   if (!eps) return done(eps.status());
   auto dial = std::make_shared<LinkDial>(io, options);
@@ -409,7 +426,9 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
   const std::string link_id = crypto::randomHex(16);
   dial->timer.expires_at(deadline.at());
   dial->timer.async_wait([dial](const std::error_code& ec) {
-    if (!ec) dial->fail(Status(StatusCode::kTimeout, "link to " + dial->remote + ": streams not accepted before the deadline"));
+    if (!ec)
+      dial->fail(Status(StatusCode::kTimeout,
+                        "link to " + dial->remote + ": streams not accepted before the deadline"));
   });
   for (std::uint32_t i = 0; i < options.streams; ++i) {
     std::weak_ptr<LinkDial> weak_dial = dial;
@@ -421,7 +440,8 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
       Connection::Options copts;
       copts.name = fmt::format("link to {} stream {}", d->remote, i);
       copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
-      auto conn = Connection::create(d->io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+      auto conn =
+          Connection::create(d->io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
       d->streams[i] = conn;
       conn->setCloseHandler([weak_dial](const Status& why) {
         if (auto dc = weak_dial.lock()) dc->fail(why.withContext("link handshake"));
@@ -430,18 +450,21 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
         auto dd = weak_dial.lock();
         if (!dd || dd->finished) return;
         if (h.type != MsgType::kLinkAccept) {
-          return dd->fail(Status(StatusCode::kProtocolError, fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
+          return dd->fail(Status(StatusCode::kProtocolError,
+                                 fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
         }
         if (++dd->accepted < dd->streams.size()) return;
         dd->finished = true;
         dd->timer.cancel();
-        auto link = std::make_shared<Link>(fmt::format("link to {}", dd->remote), dd->streams, dd->options);
+        auto link =
+            std::make_shared<Link>(fmt::format("link to {}", dd->remote), dd->streams, dd->options);
         link->start();
         dd->done(std::move(link));
       });
       conn->start();
       conn->send(MsgType::kLinkHello,
-                 encodeLinkHello(LinkHelloMsg{link_id, d->self_id, i, static_cast<std::uint32_t>(d->streams.size()),
+                 encodeLinkHello(LinkHelloMsg{link_id, d->self_id, i,
+                                              static_cast<std::uint32_t>(d->streams.size()),
                                               d->options.chunk_bytes}),
                  epoch);
     });

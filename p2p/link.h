@@ -1,6 +1,6 @@
 #pragma once
-// A link between two peers: K parallel TCP streams (DESIGN.md §3). One large transfer is cut into
-// chunks that the streams pull as they drain, so all K carry it and a slow stream simply takes
+// A link between two peers: K parallel TCP streams (ARCHITECTURE.md §3). One large transfer is cut
+// into chunks that the streams pull as they drain, so all K carry it and a slow stream simply takes
 // fewer chunks. The receiver writes each chunk straight into the destination buffer.
 //
 // Buffering is bounded: chunks that arrive before their recv() is posted are staged up to
@@ -76,8 +76,8 @@ class Link : public std::enable_shared_from_this<Link> {
     ByteSpan data;
     Done done;
     std::uint32_t chunks = 0;
-    std::uint32_t next = 0;      // next chunk to hand to a stream
-    std::uint32_t written = 0;   // chunks the kernel has taken
+    std::uint32_t next = 0;     // next chunk to hand to a stream
+    std::uint32_t written = 0;  // chunks the kernel has taken
     Status error;
   };
   struct RecvOp {
@@ -93,9 +93,9 @@ class Link : public std::enable_shared_from_this<Link> {
     std::vector<std::uint8_t> bytes;
   };
   struct StreamState {
-    std::uint32_t queued = 0;       // chunks handed to this stream, not yet written
+    std::uint32_t queued = 0;  // chunks handed to this stream, not yet written
     bool parked = false;
-    bool staging = false;           // the frame being read goes to staging
+    bool staging = false;  // the frame being read goes to staging
     std::vector<std::uint8_t> stage_buf;
   };
 
@@ -105,7 +105,8 @@ class Link : public std::enable_shared_from_this<Link> {
   void maybeFinishSend(const std::shared_ptr<SendOp>& op);
   Connection::DataTarget target(std::size_t index, const FrameHeader& h);
   void dataDone(std::size_t index, const FrameHeader& h);
-  Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len, bool last);
+  Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len,
+                     bool last);
   // Copies a staged chunk into a posted receive; closes the link if it does not fit.
   void deliverStaged(std::uint64_t tag, Staged staged);
   void resumeParked();
@@ -133,7 +134,8 @@ class Link : public std::enable_shared_from_this<Link> {
 class LinkListener {
  public:
   // `epoch`: the membership epoch the dialer was in (links belong to one epoch's ring).
-  using OnLink = std::function<void(std::shared_ptr<Link>, const std::string& from_peer, std::uint64_t epoch)>;
+  using OnLink =
+      std::function<void(std::shared_ptr<Link>, const std::string& from_peer, std::uint64_t epoch)>;
   static Result<std::unique_ptr<LinkListener>> start(asio::io_context& io, const HostPort& listen,
                                                      LinkOptions options, OnLink on_link);
   ~LinkListener();

@@ -22,10 +22,13 @@ const Membership::Peer* Membership::find(const std::string& id) const {
   return it == peers_.end() ? nullptr : &*it;
 }
 
-bool Membership::contains(const std::string& id) const { return find(id) != nullptr; }
+bool Membership::contains(const std::string& id) const {
+  return find(id) != nullptr;
+}
 
 Result<MembershipEffects> Membership::join(const std::string& id, const std::string& addr,
-                                           std::uint32_t streams, TimePoint now, std::uint64_t last_epoch) {
+                                           std::uint32_t streams, TimePoint now,
+                                           std::uint64_t last_epoch) {
   if (const Peer* existing = find(id)) {
     return Status(StatusCode::kAlreadyExists,
                   fmt::format("peer id {} is already registered as a {} from {}; another live "
@@ -128,7 +131,8 @@ void Membership::abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch) {
   aborted_ops_.clear();
 }
 
-MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id, bool ok) {
+MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoch,
+                                       std::uint64_t op_id, bool ok) {
   Peer* p = find(id);
   if (p == nullptr || p->state != PeerState::kMember) return {};
   MembershipEffects fx;
@@ -190,7 +194,8 @@ GroupView Membership::view(TimePoint now) const {
   for (const std::string& id : registered()) {
     const Peer* p = find(id);
     v.peers.push_back(PeerInfo{p->id, p->addr, p->state,
-                               std::max<std::int64_t>(0, toMillis(now - p->last_heard)), p->streams});
+                               std::max<std::int64_t>(0, toMillis(now - p->last_heard)),
+                               p->streams});
   }
   return v;
 }

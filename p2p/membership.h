@@ -4,7 +4,7 @@
 // loss, timer ticks) with the current time, and carries out the returned Effects. This is what the
 // unit tests exercise directly.
 //
-// Rules (DESIGN.md §4):
+// Rules (ARCHITECTURE.md §4):
 // - A joiner is pending until every member has reached a sync point; then all pending peers are
 //   admitted together and the epoch advances once. With no members, a joiner is admitted at once.
 // - A member that leaves, loses its connection or misses heartbeats for `heartbeat_timeout` is
@@ -47,8 +47,8 @@ struct OpDecision {
 struct MembershipEffects {
   std::vector<MembershipEvent> events;
   std::vector<OpDecision> decisions;  // broadcast each to every member
-  bool view_changed = false;  // broadcast the new view to every registered peer
-  bool sync_done = false;     // send SyncDone(epoch) to every member: the barrier completed
+  bool view_changed = false;          // broadcast the new view to every registered peer
+  bool sync_done = false;             // send SyncDone(epoch) to every member: the barrier completed
 
   void merge(MembershipEffects other);
 };
@@ -60,7 +60,8 @@ class Membership {
   // Registers a new peer as pending. kAlreadyExists if `id` is registered. `last_epoch` is the
   // highest epoch the peer has seen: after a coordinator restart the epoch continues above it.
   Result<MembershipEffects> join(const std::string& id, const std::string& addr,
-                                 std::uint32_t streams, TimePoint now, std::uint64_t last_epoch = 0);
+                                 std::uint32_t streams, TimePoint now,
+                                 std::uint64_t last_epoch = 0);
   void heartbeat(const std::string& id, TimePoint now);
   // A member reached a sync point. Requests from pending or unknown peers are ignored.
   MembershipEffects syncRequest(const std::string& id, TimePoint now);
@@ -69,7 +70,8 @@ class Membership {
   MembershipEffects evict(const std::string& id, const std::string& reason);
   // A member finished (ok) or failed its part of operation `op_id` in `epoch`. A report for an
   // epoch other than the current one is answered with an abort at once.
-  MembershipEffects opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id, bool ok);
+  MembershipEffects opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id,
+                             bool ok);
   std::size_t pendingOps() const { return ops_.size(); }
   // A better ring order (topology.h). It takes effect at the next completed sync barrier, as a
   // new epoch, if it is then still an order of exactly the members; otherwise it is dropped.
@@ -97,19 +99,20 @@ class Membership {
   };
   Peer* find(const std::string& id);
   const Peer* find(const std::string& id) const;
-  MembershipEffects remove(const std::string& id, MembershipEvent::Kind kind, const std::string& reason);
+  MembershipEffects remove(const std::string& id, MembershipEvent::Kind kind,
+                           const std::string& reason);
   // Completes the sync barrier if every member has synced (or there are no members and someone
   // is pending): admits all pending peers.
   MembershipEffects maybeCompleteBarrier();
 
   Millis heartbeat_timeout_;
   std::uint64_t epoch_ = 0;
-  std::vector<Peer> peers_;          // registration order
-  std::vector<std::string> ring_;    // members in ring order
-  std::set<std::string> synced_;     // members waiting at the current barrier
+  std::vector<Peer> peers_;                             // registration order
+  std::vector<std::string> ring_;                       // members in ring order
+  std::set<std::string> synced_;                        // members waiting at the current barrier
   std::map<std::uint64_t, std::set<std::string>> ops_;  // op_id -> members done, current epoch
-  std::set<std::uint64_t> aborted_ops_;                  // current epoch; late reports get an abort
-  std::vector<std::string> proposed_ring_;               // applied at the next barrier
+  std::set<std::uint64_t> aborted_ops_;                 // current epoch; late reports get an abort
+  std::vector<std::string> proposed_ring_;              // applied at the next barrier
   // Aborts every operation still open (called when the member set changes).
   void abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch);
   std::optional<TimePoint> last_tick_;

@@ -16,12 +16,18 @@ constexpr Millis kRetryPause{200};
 
 std::string_view clientStateName(MembershipClient::State s) {
   switch (s) {
-    case MembershipClient::State::kDisconnected: return "disconnected";
-    case MembershipClient::State::kConnecting: return "connecting";
-    case MembershipClient::State::kPending: return "pending";
-    case MembershipClient::State::kMember: return "member";
-    case MembershipClient::State::kEvicted: return "evicted";
-    case MembershipClient::State::kLeft: return "left";
+    case MembershipClient::State::kDisconnected:
+      return "disconnected";
+    case MembershipClient::State::kConnecting:
+      return "connecting";
+    case MembershipClient::State::kPending:
+      return "pending";
+    case MembershipClient::State::kMember:
+      return "member";
+    case MembershipClient::State::kEvicted:
+      return "evicted";
+    case MembershipClient::State::kLeft:
+      return "left";
   }
   return "?";
 }
@@ -40,11 +46,16 @@ MembershipClient::~MembershipClient() {
   closeConnection();
 }
 
-void MembershipClient::setViewCallback(std::function<void(const GroupView&)> cb) { view_cb_ = std::move(cb); }
-void MembershipClient::setDecisionCallback(std::function<void(std::uint64_t, std::uint64_t, bool)> cb) {
+void MembershipClient::setViewCallback(std::function<void(const GroupView&)> cb) {
+  view_cb_ = std::move(cb);
+}
+void MembershipClient::setDecisionCallback(
+    std::function<void(std::uint64_t, std::uint64_t, bool)> cb) {
   decision_cb_ = std::move(cb);
 }
-void MembershipClient::setLostCallback(std::function<void(const Status&)> cb) { lost_cb_ = std::move(cb); }
+void MembershipClient::setLostCallback(std::function<void(const Status&)> cb) {
+  lost_cb_ = std::move(cb);
+}
 
 void MembershipClient::reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok) {
   net_.post([this, epoch, op_id, ok] {
@@ -59,11 +70,13 @@ void MembershipClient::reportLinks(std::vector<EdgeEstimate> edges) {
   });
 }
 
-void MembershipClient::setStateCallback(std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb) {
+void MembershipClient::setStateCallback(
+    std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb) {
   state_cb_ = std::move(cb);
 }
 
-void MembershipClient::sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload, std::uint64_t op_id) {
+void MembershipClient::sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload,
+                                         std::uint64_t op_id) {
   net_.post([this, type, payload = std::move(payload), op_id] {
     if (conn_) conn_->send(type, payload, epoch(), op_id);
   });
@@ -102,31 +115,35 @@ Status MembershipClient::join(Deadline deadline) {
     }
     net_.post([this, session, eps = eps.value(), deadline, last_epoch] {
       std::weak_ptr<void> alive = lifetime_;
-      asyncConnect(net_.context(), eps, deadline, [this, alive, session, deadline, last_epoch](auto result) {
-        if (alive.expired()) return;  // the client was destroyed while connecting
-        if (!result) {
-          std::lock_guard lock(mu_);
-          if (session != session_) return;
-          last_error_ = result.status();
-          state_ = State::kDisconnected;
-          connect_done_ = true;
-          cv_.notify_all();
-          return;
-        }
-        auto& socket = *result.value();
-        tuneSocket(socket, Millis(0));
-        Connection::Options copts;
-        copts.name = "coordinator";
-        copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
-        conn_ = Connection::create(net_.context(), std::make_unique<TcpStream>(std::move(socket)), copts);
-        conn_->setFrameHandler([this, session](const FrameHeader& h, std::vector<std::uint8_t> p) {
-          onFrame(session, h, std::move(p));
-        });
-        conn_->setCloseHandler([this, session](const Status& why) { onClosed(session, why); });
-        conn_->start();
-        conn_->send(MsgType::kHello, encodeHello(HelloMsg{options_.peer_id, options_.advertise,
-                                                           options_.streams, LOCO_VERSION, last_epoch}));
-      });
+      asyncConnect(
+          net_.context(), eps, deadline, [this, alive, session, deadline, last_epoch](auto result) {
+            if (alive.expired()) return;  // the client was destroyed while connecting
+            if (!result) {
+              std::lock_guard lock(mu_);
+              if (session != session_) return;
+              last_error_ = result.status();
+              state_ = State::kDisconnected;
+              connect_done_ = true;
+              cv_.notify_all();
+              return;
+            }
+            auto& socket = *result.value();
+            tuneSocket(socket, Millis(0));
+            Connection::Options copts;
+            copts.name = "coordinator";
+            copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
+            conn_ = Connection::create(net_.context(),
+                                       std::make_unique<TcpStream>(std::move(socket)), copts);
+            conn_->setFrameHandler(
+                [this, session](const FrameHeader& h, std::vector<std::uint8_t> p) {
+                  onFrame(session, h, std::move(p));
+                });
+            conn_->setCloseHandler([this, session](const Status& why) { onClosed(session, why); });
+            conn_->start();
+            conn_->send(MsgType::kHello,
+                        encodeHello(HelloMsg{options_.peer_id, options_.advertise, options_.streams,
+                                             LOCO_VERSION, last_epoch}));
+          });
     });
     std::unique_lock lock(mu_);
     cv_.wait_until(lock, deadline.at(), [&] {
@@ -143,12 +160,13 @@ Status MembershipClient::join(Deadline deadline) {
     // refusal.
     const bool lost_in_handshake = err.code() == StatusCode::kPeerLost && connect_done_;
     if (err.isOk() || (err.code() == StatusCode::kTimeout && !refused.isOk())) {
-      err = refused.isOk()
-                ? Status(StatusCode::kTimeout, fmt::format("no answer from coordinator {}", target))
-                : Status(StatusCode::kUnavailable,
-                         fmt::format("{} (retried until the connect timeout); is `loco coordinator` "
-                                     "running there?",
-                                     refused.message()));
+      err =
+          refused.isOk()
+              ? Status(StatusCode::kTimeout, fmt::format("no answer from coordinator {}", target))
+              : Status(StatusCode::kUnavailable,
+                       fmt::format("{} (retried until the connect timeout); is `loco coordinator` "
+                                   "running there?",
+                                   refused.message()));
     }
     if ((!refused_connection && !lost_in_handshake) || deadline.expired()) {
       lock.unlock();
@@ -156,15 +174,18 @@ Status MembershipClient::join(Deadline deadline) {
       return err.withContext(fmt::format("cannot join via coordinator {}", target));
     }
     // Nobody listening yet (the coordinator may be starting): try again shortly.
-    cv_.wait_until(lock, std::min(deadline.at(), Clock::now() + kRetryPause), [&] { return aborted_; });
+    cv_.wait_until(lock, std::min(deadline.at(), Clock::now() + kRetryPause),
+                   [&] { return aborted_; });
   }
 }
 
-void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std::vector<std::uint8_t> payload) {
+void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
+                               std::vector<std::uint8_t> payload) {
   std::function<void(const GroupView&)> cb;
   GroupView view_copy;
   if (h.type == MsgType::kOpDecision) {
-    if (session == session_ && decision_cb_ && payload.size() == 1) decision_cb_(h.epoch, h.op_id, payload[0] != 0);
+    if (session == session_ && decision_cb_ && payload.size() == 1)
+      decision_cb_(h.epoch, h.op_id, payload[0] != 0);
     return;
   }
   if (h.type == MsgType::kStatePlan || h.type == MsgType::kStateComplete) {
@@ -188,8 +209,8 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h, std:
       }
       case MsgType::kRefused: {
         auto r = decodeRefused(payload);
-        last_error_ = r ? Status(r->code, "coordinator refused this peer: " + r->reason)
-                        : r.status();
+        last_error_ =
+            r ? Status(r->code, "coordinator refused this peer: " + r->reason) : r.status();
         state_ = State::kDisconnected;
         break;
       }
@@ -253,9 +274,10 @@ void MembershipClient::onClosed(std::uint64_t session, const Status& why) {
   if (session != session_) return;
   if (state_ != State::kEvicted && state_ != State::kLeft) {
     if (state_ != State::kDisconnected || last_error_.isOk()) {
-      last_error_ = Status(why.code() == StatusCode::kTimeout ? StatusCode::kTimeout : StatusCode::kPeerLost,
-                           fmt::format("lost the coordinator {}: {}", options_.coordinator.toString(),
-                                       why.message()));
+      last_error_ =
+          Status(why.code() == StatusCode::kTimeout ? StatusCode::kTimeout : StatusCode::kPeerLost,
+                 fmt::format("lost the coordinator {}: {}", options_.coordinator.toString(),
+                             why.message()));
     }
     const bool was_in_group = state_ == State::kPending || state_ == State::kMember;
     state_ = State::kDisconnected;
@@ -274,7 +296,8 @@ Status MembershipClient::errorForStateLocked() const {
   switch (state_) {
     case State::kEvicted:
     case State::kDisconnected:
-      return last_error_.isOk() ? Status(StatusCode::kPeerLost, "not connected to the coordinator") : last_error_;
+      return last_error_.isOk() ? Status(StatusCode::kPeerLost, "not connected to the coordinator")
+                                : last_error_;
     case State::kLeft:
       return Status(StatusCode::kAborted, "this peer has left the group");
     default:
@@ -295,7 +318,8 @@ Result<std::uint64_t> MembershipClient::syncPoint(Deadline deadline) {
   std::unique_lock lock(mu_);
   if (state_ != State::kMember) {
     Status err = errorForStateLocked();
-    return err.isOk() ? Status(StatusCode::kInvalidArgument, "syncPoint called before admission") : err;
+    return err.isOk() ? Status(StatusCode::kInvalidArgument, "syncPoint called before admission")
+                      : err;
   }
   const std::uint64_t gen = sync_generation_;
   const std::uint64_t epoch = epoch_;
@@ -305,7 +329,8 @@ Result<std::uint64_t> MembershipClient::syncPoint(Deadline deadline) {
   bool ok = cv_.wait_until(lock, deadline.at(), [&] {
     return sync_generation_ != gen || !errorForStateLocked().isOk();
   });
-  if (!ok) return Status(StatusCode::kTimeout, "sync point: not every member arrived before the deadline");
+  if (!ok)
+    return Status(StatusCode::kTimeout, "sync point: not every member arrived before the deadline");
   Status err = errorForStateLocked();
   if (!err.isOk()) return err;
   // The barrier's epoch, not epoch_: a member lost right after the barrier has already moved
@@ -320,7 +345,8 @@ Status MembershipClient::leave(Deadline deadline) {
       net_.post([this] {
         if (conn_) conn_->send(MsgType::kLeave);
       });
-      cv_.wait_until(lock, deadline.at(), [&] { return state_ != State::kPending && state_ != State::kMember; });
+      cv_.wait_until(lock, deadline.at(),
+                     [&] { return state_ != State::kPending && state_ != State::kMember; });
     }
   }
   closeConnection();

@@ -43,7 +43,8 @@ class MembershipClient {
   void setViewCallback(std::function<void(const GroupView&)> cb);
   // Called on the network thread with the coordinator's verdict on each operation (set before
   // join()): commit or abort of (epoch, op_id).
-  void setDecisionCallback(std::function<void(std::uint64_t epoch, std::uint64_t op_id, bool commit)> cb);
+  void setDecisionCallback(
+      std::function<void(std::uint64_t epoch, std::uint64_t op_id, bool commit)> cb);
   // Called on the network thread when this peer is evicted or loses the coordinator.
   void setLostCallback(std::function<void(const Status&)> cb);
   // Tells the coordinator this peer's part of (epoch, op_id) is done or failed. Non-blocking.
@@ -115,7 +116,7 @@ class MembershipClient {
   Millis heartbeat_interval_{500};
   Millis heartbeat_timeout_{3000};
 
-  std::shared_ptr<Connection> conn_;  // network thread only
+  std::shared_ptr<Connection> conn_;                           // network thread only
   std::shared_ptr<void> lifetime_ = std::make_shared<int>(0);  // see LifetimeGuard (net.h)
 };
 

@@ -30,8 +30,10 @@ bool readEdges(ByteReader& r, std::vector<EdgeEstimate>& edges) {
     EdgeEstimate e;
     std::uint64_t rate = 0;
     std::uint8_t source = 0;
-    if (!(r.str(e.from, kMaxIdLen) && r.str(e.to, kMaxIdLen) && r.u64(rate) && r.u8(source))) return false;
-    if (source != static_cast<std::uint8_t>(EdgeSource::kProbe) && source != static_cast<std::uint8_t>(EdgeSource::kPassive)) {
+    if (!(r.str(e.from, kMaxIdLen) && r.str(e.to, kMaxIdLen) && r.u64(rate) && r.u8(source)))
+      return false;
+    if (source != static_cast<std::uint8_t>(EdgeSource::kProbe) &&
+        source != static_cast<std::uint8_t>(EdgeSource::kPassive)) {
       return false;
     }
     e.bytes_per_s = static_cast<double>(rate);
@@ -51,8 +53,8 @@ std::string_view peerStateName(PeerState s) {
 }
 
 std::size_t GroupView::world() const {
-  return static_cast<std::size_t>(
-      std::count_if(peers.begin(), peers.end(), [](auto& p) { return p.state == PeerState::kMember; }));
+  return static_cast<std::size_t>(std::count_if(
+      peers.begin(), peers.end(), [](auto& p) { return p.state == PeerState::kMember; }));
 }
 std::vector<std::string> GroupView::ringIds() const {
   std::vector<std::string> ids;
@@ -61,7 +63,9 @@ std::vector<std::string> GroupView::ringIds() const {
   }
   return ids;
 }
-std::size_t GroupView::pending() const { return peers.size() - world(); }
+std::size_t GroupView::pending() const {
+  return peers.size() - world();
+}
 
 std::vector<std::uint8_t> encodeHello(const HelloMsg& m) {
   std::vector<std::uint8_t> out;
@@ -96,7 +100,8 @@ std::vector<std::uint8_t> encodeWelcome(const WelcomeMsg& m) {
 Result<WelcomeMsg> decodeWelcome(ByteSpan in) {
   ByteReader r(in);
   WelcomeMsg m;
-  if (!(r.u32(m.heartbeat_interval_ms) && r.u32(m.heartbeat_timeout_ms) && r.u64(m.epoch) && r.done())) {
+  if (!(r.u32(m.heartbeat_interval_ms) && r.u32(m.heartbeat_timeout_ms) && r.u64(m.epoch) &&
+        r.done())) {
     return malformed("Welcome");
   }
   return m;
@@ -115,7 +120,8 @@ Result<RefusedMsg> decodeRefused(ByteSpan in) {
   RefusedMsg m;
   std::uint32_t code = 0;
   if (!(r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.done())) return malformed("Refused");
-  if (code > static_cast<std::uint32_t>(StatusCode::kInternal)) code = static_cast<std::uint32_t>(StatusCode::kInternal);
+  if (code > static_cast<std::uint32_t>(StatusCode::kInternal))
+    code = static_cast<std::uint32_t>(StatusCode::kInternal);
   m.code = static_cast<StatusCode>(code);
   return m;
 }
@@ -226,14 +232,18 @@ Result<LinkHelloMsg> decodeLinkHello(ByteSpan in) {
 
 std::string_view stateStrategyName(StateStrategy s) {
   switch (s) {
-    case StateStrategy::kEnforcePopular: return "enforce-popular";
-    case StateStrategy::kReceiveOnly: return "receive-only";
-    case StateStrategy::kSendOnly: return "send-only";
+    case StateStrategy::kEnforcePopular:
+      return "enforce-popular";
+    case StateStrategy::kReceiveOnly:
+      return "receive-only";
+    case StateStrategy::kSendOnly:
+      return "send-only";
   }
   return "?";
 }
 
-std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers, std::uint32_t chunk_bytes) {
+std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers,
+                              std::uint32_t chunk_bytes) {
   if (chunk_bytes == 0) return 0;
   std::uint64_t n = 0;
   for (const auto& b : buffers) n += (b.bytes() + chunk_bytes - 1) / chunk_bytes;
@@ -283,20 +293,26 @@ Result<StateManifestMsg> decodeStateManifest(ByteSpan in) {
   StateManifestMsg m;
   std::uint8_t strategy = 0;
   std::uint32_t n = 0;
-  if (!(r.u64(m.sync_id) && r.u8(strategy) && r.u64(m.revision) && r.u32(m.chunk_bytes) && r.u32(n))) return malformed("StateManifest");
-  if (strategy < 1 || strategy > 3 || m.chunk_bytes == 0 || n > kMaxStateBuffers || n > r.remaining() / 14) {
+  if (!(r.u64(m.sync_id) && r.u8(strategy) && r.u64(m.revision) && r.u32(m.chunk_bytes) &&
+        r.u32(n)))
+    return malformed("StateManifest");
+  if (strategy < 1 || strategy > 3 || m.chunk_bytes == 0 || n > kMaxStateBuffers ||
+      n > r.remaining() / 14) {
     return malformed("StateManifest");
   }
   m.strategy = static_cast<StateStrategy>(strategy);
   m.buffers.resize(n);
   for (auto& b : m.buffers) {
-    if (!(r.str(b.name, kMaxStateNameLen) && r.u8(b.dtype) && r.u8(b.elem_bytes) && r.u64(b.count))) {
+    if (!(r.str(b.name, kMaxStateNameLen) && r.u8(b.dtype) && r.u8(b.elem_bytes) &&
+          r.u64(b.count))) {
       return malformed("StateManifest");
     }
-    if (b.elem_bytes == 0 || b.elem_bytes > 16 || b.count > kMaxStateElements) return malformed("StateManifest");
+    if (b.elem_bytes == 0 || b.elem_bytes > 16 || b.count > kMaxStateElements)
+      return malformed("StateManifest");
   }
   if (!readHashes(r, m.hashes) || !r.done()) return malformed("StateManifest");
-  if (stateChunkCount(m.buffers, m.chunk_bytes) != m.hashes.size()) return malformed("StateManifest");
+  if (stateChunkCount(m.buffers, m.chunk_bytes) != m.hashes.size())
+    return malformed("StateManifest");
   return m;
 }
 
@@ -323,16 +339,18 @@ Result<StatePlanMsg> decodeStatePlan(ByteSpan in) {
   ByteReader r(in);
   StatePlanMsg m;
   std::uint32_t code = 0, n = 0;
-  if (!(r.u64(m.sync_id) && r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.u64(m.revision) && r.u64(m.elected_revision) &&
-        readHashes(r, m.canonical) && r.u32(n))) {
+  if (!(r.u64(m.sync_id) && r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.u64(m.revision) &&
+        r.u64(m.elected_revision) && readHashes(r, m.canonical) && r.u32(n))) {
     return malformed("StatePlan");
   }
-  if (code > static_cast<std::uint32_t>(StatusCode::kInternal) || n > kMaxStateSources) return malformed("StatePlan");
+  if (code > static_cast<std::uint32_t>(StatusCode::kInternal) || n > kMaxStateSources)
+    return malformed("StatePlan");
   m.code = static_cast<StatusCode>(code);
   const std::size_t bitmap = (m.canonical.size() + 7) / 8;
   m.sources.resize(n);
   for (auto& s : m.sources) {
-    if (!(r.str(s.peer_id, kMaxIdLen) && r.str(s.addr, kMaxAddrLen) && r.u32(s.streams)) || r.remaining() < bitmap) {
+    if (!(r.str(s.peer_id, kMaxIdLen) && r.str(s.addr, kMaxAddrLen) && r.u32(s.streams)) ||
+        r.remaining() < bitmap) {
       return malformed("StatePlan");
     }
     s.holds.resize(bitmap);
@@ -356,7 +374,8 @@ std::vector<std::uint8_t> encodeStateComplaint(const StateComplaintMsg& m) {
 Result<StateComplaintMsg> decodeStateComplaint(ByteSpan in) {
   ByteReader r(in);
   StateComplaintMsg m;
-  if (!(r.str(m.accused, kMaxIdLen) && r.u32(m.bad_chunks) && r.str(m.reason, kMaxReasonLen) && r.done())) {
+  if (!(r.str(m.accused, kMaxIdLen) && r.u32(m.bad_chunks) && r.str(m.reason, kMaxReasonLen) &&
+        r.done())) {
     return malformed("StateComplaint");
   }
   return m;

@@ -13,14 +13,14 @@
 
 namespace loco::p2p {
 
-inline constexpr std::size_t kMaxAddrLen = 262;   // "[v6]:port" or a DNS name with port
+inline constexpr std::size_t kMaxAddrLen = 262;  // "[v6]:port" or a DNS name with port
 inline constexpr std::size_t kMaxReasonLen = 1024;
 
 struct HelloMsg {
   std::string peer_id;    // 32 hex digits
   std::string advertise;  // HOST:PORT other peers reach this peer's links at
   std::uint32_t streams = 0;
-  std::string version;    // loco's version, for logs
+  std::string version;  // loco's version, for logs
   // The highest epoch this peer has seen (0 if none): a restarted coordinator continues above
   // it, so epochs never go backwards for anyone.
   std::uint64_t last_epoch = 0;
@@ -62,13 +62,13 @@ struct GroupView {
   // Status replies only: the coordinator's link bandwidth estimates (topology.h).
   std::vector<EdgeEstimate> edges;
 
-  std::size_t world() const;    // members
+  std::size_t world() const;                 // members
   std::vector<std::string> ringIds() const;  // member ids in ring order (rank r sends to r+1)
   std::size_t pending() const;
 };
 
 struct LinkHelloMsg {
-  std::string link_id;       // random, names the link both ends build
+  std::string link_id;  // random, names the link both ends build
   std::string from_peer;
   std::uint32_t stream_index = 0;
   std::uint32_t stream_count = 0;
@@ -96,7 +96,8 @@ struct StateBufferInfo {
 
 // Chunks of a layout: every buffer is cut into chunk_bytes pieces on its own (the last one
 // shorter), buffers in order. 0 chunks for an empty buffer.
-std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers, std::uint32_t chunk_bytes);
+std::uint64_t stateChunkCount(const std::vector<StateBufferInfo>& buffers,
+                              std::uint32_t chunk_bytes);
 
 // What one peer holds: sent to the coordinator at every shared-state sync.
 struct StateManifestMsg {
@@ -114,7 +115,9 @@ struct StateSource {
   std::string addr;
   std::uint32_t streams = 0;
   std::vector<std::uint8_t> holds;
-  bool holdsChunk(std::size_t c) const { return c / 8 < holds.size() && (holds[c / 8] >> (c % 8)) & 1; }
+  bool holdsChunk(std::size_t c) const {
+    return c / 8 < holds.size() && (holds[c / 8] >> (c % 8)) & 1;
+  }
 };
 
 // The coordinator's verdict for one peer. code != kOk: this peer's sync fails with `reason`
@@ -123,8 +126,8 @@ struct StatePlanMsg {
   std::uint64_t sync_id = 0;  // the manifest's, so a plan for an abandoned sync is recognised
   StatusCode code = StatusCode::kOk;
   std::string reason;
-  std::uint64_t revision = 0;          // every peer's revision after this sync
-  std::uint64_t elected_revision = 0;  // the revision of the peers whose content won
+  std::uint64_t revision = 0;            // every peer's revision after this sync
+  std::uint64_t elected_revision = 0;    // the revision of the peers whose content won
   std::vector<std::uint64_t> canonical;  // the winning hash of every chunk
   std::vector<StateSource> sources;      // empty when this peer needs nothing
 };

@@ -24,7 +24,9 @@ NetworkThread::NetworkThread(std::string name)
         }
       }) {}
 
-NetworkThread::~NetworkThread() { stop(); }
+NetworkThread::~NetworkThread() {
+  stop();
+}
 
 void NetworkThread::stop() {
   guard_.reset();
@@ -49,8 +51,8 @@ Result<std::vector<asio::ip::tcp::endpoint>> resolve(const HostPort& hp) {
   std::error_code ec;
   auto results = resolver.resolve(hp.host, std::to_string(hp.port), ec);
   if (ec || results.empty()) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("cannot resolve host '{}': {}", hp.host, ec ? ec.message() : "no addresses"));
+    return Status(StatusCode::kInvalidArgument, fmt::format("cannot resolve host '{}': {}", hp.host,
+                                                            ec ? ec.message() : "no addresses"));
   }
   std::vector<asio::ip::tcp::endpoint> out;
   for (const auto& r : results) out.push_back(r.endpoint());
@@ -61,8 +63,11 @@ namespace {
 struct ConnectAttempt : std::enable_shared_from_this<ConnectAttempt> {
   ConnectAttempt(asio::io_context& io, std::vector<asio::ip::tcp::endpoint> eps, Deadline dl,
                  std::function<void(Result<std::shared_ptr<asio::ip::tcp::socket>>)> cb)
-      : socket(std::make_shared<asio::ip::tcp::socket>(io)), timer(io), endpoints(std::move(eps)),
-        deadline(dl), done(std::move(cb)) {}
+      : socket(std::make_shared<asio::ip::tcp::socket>(io)),
+        timer(io),
+        endpoints(std::move(eps)),
+        deadline(dl),
+        done(std::move(cb)) {}
 
   void start() {
     auto self = shared_from_this();
@@ -96,7 +101,8 @@ struct ConnectAttempt : std::enable_shared_from_this<ConnectAttempt> {
 
   void finish() {
     timer.cancel();
-    std::string target = endpointString(endpoints.empty() ? asio::ip::tcp::endpoint() : endpoints.front());
+    std::string target =
+        endpointString(endpoints.empty() ? asio::ip::tcp::endpoint() : endpoints.front());
     if (timed_out) {
       done(Status(StatusCode::kTimeout, fmt::format("connect to {} timed out", target)));
     } else {
@@ -122,7 +128,8 @@ void asyncConnect(asio::io_context& io, std::vector<asio::ip::tcp::endpoint> end
   std::make_shared<ConnectAttempt>(io, std::move(endpoints), deadline, std::move(done))->start();
 }
 
-Result<std::unique_ptr<asio::ip::tcp::acceptor>> listenOn(asio::io_context& io, const HostPort& hp) {
+Result<std::unique_ptr<asio::ip::tcp::acceptor>> listenOn(asio::io_context& io,
+                                                          const HostPort& hp) {
   auto eps = resolve(hp);
   if (!eps) return eps.status();
   auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(io);

@@ -16,7 +16,7 @@
 
 namespace loco::p2p {
 
-// One thread running one io_context (DESIGN.md §2: one network thread per process). Work is
+// One thread running one io_context (ARCHITECTURE.md §2: one network thread per process). Work is
 // posted to it; the destructor stops and joins it.
 class NetworkThread {
  public:

@@ -1,5 +1,5 @@
 #pragma once
-// Shared-state sync as the coordinator runs it (DESIGN.md §5), as pure code: no sockets, no
+// Shared-state sync as the coordinator runs it (ARCHITECTURE.md §5), as pure code: no sockets, no
 // clocks, no threads. The coordinator sees layouts, revisions and 64-bit chunk hashes, never
 // tensor bytes; peers move the bytes between themselves.
 //

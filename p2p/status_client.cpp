@@ -27,12 +27,14 @@ Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
         auto v = decodeGroupView(payload);
         result = v ? Result<GroupView>(std::move(v.value())) : Result<GroupView>(v.status());
       } else {
-        result = Status(StatusCode::kProtocolError, fmt::format("unexpected {} reply", msgTypeName(h.type)));
+        result = Status(StatusCode::kProtocolError,
+                        fmt::format("unexpected {} reply", msgTypeName(h.type)));
       }
       conn->close(Status());
     });
     conn->setCloseHandler([&](const Status& why) {
-      if (!result) result = why.isOk() ? Status(StatusCode::kPeerLost, "closed without a reply") : why;
+      if (!result)
+        result = why.isOk() ? Status(StatusCode::kPeerLost, "closed without a reply") : why;
     });
     conn->start();
     conn->send(MsgType::kStatusRequest);
@@ -45,8 +47,11 @@ Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
     conn->setCloseHandler(nullptr);
     conn->close(Status());
   }
-  if (!result) return Status(StatusCode::kTimeout, fmt::format("no status reply from {}", coordinator.toString()));
-  if (!result->isOk()) return result->status().withContext(fmt::format("status from {}", coordinator.toString()));
+  if (!result)
+    return Status(StatusCode::kTimeout,
+                  fmt::format("no status reply from {}", coordinator.toString()));
+  if (!result->isOk())
+    return result->status().withContext(fmt::format("status from {}", coordinator.toString()));
   return std::move(*result);
 }
 

@@ -20,7 +20,9 @@ void TcpStream::asyncWriteAll(const std::vector<asio::const_buffer>& bufs, IoHan
   asio::async_write(socket_, bufs, std::move(done));
 }
 
-void TcpStream::setUserTimeout(Millis timeout) { setTcpUserTimeout(socket_, timeout); }
+void TcpStream::setUserTimeout(Millis timeout) {
+  setTcpUserTimeout(socket_, timeout);
+}
 
 void TcpStream::close() {
   std::error_code ignored;

@@ -7,14 +7,20 @@
 
 namespace loco::p2p {
 
-std::string_view edgeSourceName(EdgeSource s) { return s == EdgeSource::kPassive ? "passive" : "probe"; }
+std::string_view edgeSourceName(EdgeSource s) {
+  return s == EdgeSource::kPassive ? "passive" : "probe";
+}
 
 bool BandwidthTable::update(const EdgeEstimate& e) {
   if (!(e.bytes_per_s > 0) || !std::isfinite(e.bytes_per_s) || e.from == e.to) return false;
   auto key = std::make_pair(e.from, e.to);
   auto it = edges_.find(key);
-  if (it != edges_.end() && it->second.source == EdgeSource::kPassive && e.source == EdgeSource::kProbe) return false;
-  if (it != edges_.end() && it->second.source == e.source && it->second.bytes_per_s == e.bytes_per_s) return false;
+  if (it != edges_.end() && it->second.source == EdgeSource::kPassive &&
+      e.source == EdgeSource::kProbe)
+    return false;
+  if (it != edges_.end() && it->second.source == e.source &&
+      it->second.bytes_per_s == e.bytes_per_s)
+    return false;
   edges_[key] = Entry{e.bytes_per_s, e.source};
   return true;
 }
@@ -34,7 +40,8 @@ std::optional<double> BandwidthTable::rate(const std::string& from, const std::s
 std::vector<EdgeEstimate> BandwidthTable::edges() const {
   std::vector<EdgeEstimate> out;
   out.reserve(edges_.size());
-  for (const auto& [key, e] : edges_) out.push_back(EdgeEstimate{key.first, key.second, e.bytes_per_s, e.source});
+  for (const auto& [key, e] : edges_)
+    out.push_back(EdgeEstimate{key.first, key.second, e.bytes_per_s, e.source});
   return out;
 }
 
@@ -53,7 +60,9 @@ namespace {
 
 struct Score {
   double bottleneck = -1, total = -1;
-  bool operator>(const Score& o) const { return bottleneck > o.bottleneck || (bottleneck == o.bottleneck && total > o.total); }
+  bool operator>(const Score& o) const {
+    return bottleneck > o.bottleneck || (bottleneck == o.bottleneck && total > o.total);
+  }
 };
 
 // Over member indices, with a dense matrix: the search runs (n-1)! times.
@@ -121,7 +130,8 @@ std::vector<int> heuristicBest(const std::vector<std::vector<double>>& m) {
 
 }  // namespace
 
-std::optional<std::vector<std::string>> bestRing(const std::vector<std::string>& members, const BandwidthTable& table) {
+std::optional<std::vector<std::string>> bestRing(const std::vector<std::string>& members,
+                                                 const BandwidthTable& table) {
   const std::size_t n = members.size();
   if (n < 3) return members;  // one ring only (both directions are used with two)
   std::vector<std::vector<double>> m(n, std::vector<double>(n, 0));

@@ -53,6 +53,7 @@ double ringBottleneck(const std::vector<std::string>& order, const BandwidthTabl
 // members[0]; nullopt while any directed edge among them is unknown. Exact for up to 9 members
 // (all (n-1)! orders); above that, widest-edge greedy tours from every start, improved by 2-opt
 // style moves of single peers.
-std::optional<std::vector<std::string>> bestRing(const std::vector<std::string>& members, const BandwidthTable& table);
+std::optional<std::vector<std::string>> bestRing(const std::vector<std::string>& members,
+                                                 const BandwidthTable& table);
 
 }  // namespace loco::p2p

@@ -23,7 +23,13 @@ using collectives::ReduceOp;
 using collectives::StateDType;
 
 // The shared progress of the run (one I64 buffer of the shared state).
-enum Progress : std::size_t { kOuterStep, kInnerStep, kMomentumStarted, kAdamSteps, kProgressFields };
+enum Progress : std::size_t {
+  kOuterStep,
+  kInnerStep,
+  kMomentumStarted,
+  kAdamSteps,
+  kProgressFields
+};
 
 // Round statistics travel beside the contributions, raw, summed: [contributes, its train loss,
 // its MB sent since its last report]. Padded so that every ring segment holds an element.
@@ -31,16 +37,22 @@ constexpr std::size_t kStatsLen = 64;
 enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
 
 bool fatal(const Status& st) {
-  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost || st.code() == StatusCode::kAborted ||
-         st.code() == StatusCode::kInvalidArgument;
+  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost ||
+         st.code() == StatusCode::kAborted || st.code() == StatusCode::kInvalidArgument;
 }
 
 class Run {
  public:
-  Run(Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config, const std::atomic<bool>& stop,
-      const std::function<void(const RoundRecord&)>& on_round)
-      : comm_(comm), trainer_(trainer), cfg_(config), stop_(stop), on_round_(on_round), P_(trainer.numParams()),
-        diloco_(config.method == Method::kDiloco), outer_(P_, config.outer) {}
+  Run(Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config,
+      const std::atomic<bool>& stop, const std::function<void(const RoundRecord&)>& on_round)
+      : comm_(comm),
+        trainer_(trainer),
+        cfg_(config),
+        stop_(stop),
+        on_round_(on_round),
+        P_(trainer.numParams()),
+        diloco_(config.method == Method::kDiloco),
+        outer_(P_, config.outer) {}
 
   Status run() {
     LOCO_RETURN_IF_ERROR(setUpState());
@@ -51,19 +63,22 @@ class Run {
     // loop after the same sync point.
     for (Deadline until = deadline(); comm_.world() < cfg_.wait_for_world && !stop_.load();) {
       if (until.expired()) {
-        return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", comm_.world(), cfg_.wait_for_world));
+        return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", comm_.world(),
+                                                        cfg_.wait_for_world));
       }
       auto epoch = comm_.syncPoint(deadline());
       if (!epoch && fatal(epoch.status())) return epoch.status();
     }
     std::uint32_t failed = 0;
-    bool sync_round = true;  // every peer decides alike: from the shared progress and the group's verdicts
+    bool sync_round =
+        true;  // every peer decides alike: from the shared progress and the group's verdicts
     while (!stop_.load()) {
       if (!synced && sync_round) {
         auto epoch = comm_.syncPoint(deadline());
         if (!epoch) {
           if (fatal(epoch.status())) return epoch.status();
-          if (++failed > cfg_.max_failed_attempts) return epoch.status().withContext("too many failed rounds");
+          if (++failed > cfg_.max_failed_attempts)
+            return epoch.status().withContext("too many failed rounds");
           continue;
         }
       }
@@ -72,7 +87,8 @@ class Run {
         Status st = syncState();
         if (st.code() == StatusCode::kInvalidArgument) return st;
         if (!st.isOk()) {
-          LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point", st.message());
+          LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point",
+                   st.message());
           if (++failed > cfg_.max_failed_attempts) return st.withContext("too many failed rounds");
           continue;
         }
@@ -80,13 +96,15 @@ class Run {
       if (done()) break;  // a peer that arrives after the last round
       auto reduced = reduce();
       if (!reduced) {
-        if (reduced.status().code() == StatusCode::kEvicted || reduced.status().code() == StatusCode::kPeerLost) {
+        if (reduced.status().code() == StatusCode::kEvicted ||
+            reduced.status().code() == StatusCode::kPeerLost) {
           if (comm_.world() == 0) return reduced.status();
         }
         ++retries_;
-        LOG_WARN(kLogTrain, "round {} failed ({}); retrying with the survivors", progress_[kOuterStep],
-                 reduced.status().message());
-        if (++failed > cfg_.max_failed_attempts) return reduced.status().withContext("too many failed rounds");
+        LOG_WARN(kLogTrain, "round {} failed ({}); retrying with the survivors",
+                 progress_[kOuterStep], reduced.status().message());
+        if (++failed > cfg_.max_failed_attempts)
+          return reduced.status().withContext("too many failed rounds");
         sync_round = true;  // survivors meet at a sync point before they retry
         continue;
       }
@@ -117,7 +135,8 @@ class Run {
       LOCO_RETURN_IF_ERROR(state_.add("adam.m", StateDType::kF32, adam_m_.data(), P_));
       LOCO_RETURN_IF_ERROR(state_.add("adam.v", StateDType::kF32, adam_v_.data(), P_));
     }
-    LOCO_RETURN_IF_ERROR(state_.add("progress", StateDType::kI64, progress_.data(), progress_.size()));
+    LOCO_RETURN_IF_ERROR(
+        state_.add("progress", StateDType::kI64, progress_.data(), progress_.size()));
     contribution_.assign(P_, 0.0f);
     reduce_buf_.assign(P_, 0.0f);
     return Status();
@@ -134,7 +153,8 @@ class Run {
     LOCO_RETURN_IF_ERROR(trainer_.importState(s));
     if (diloco_) {
       if (s.outer_params.size() != P_) {
-        return Status(StatusCode::kInvalidArgument, checkpointPath() + " holds no DiLoCo outer parameters (a DDP run?)");
+        return Status(StatusCode::kInvalidArgument,
+                      checkpointPath() + " holds no DiLoCo outer parameters (a DDP run?)");
       }
       theta_ = s.outer_params;
       if (!s.outer_momentum.empty()) momentum_ = s.outer_momentum;
@@ -143,7 +163,8 @@ class Run {
     progress_[kOuterStep] = static_cast<std::int64_t>(s.outer_step);
     progress_[kInnerStep] = static_cast<std::int64_t>(s.step);
     progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
-    LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(), s.outer_step, s.step);
+    LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(),
+             s.outer_step, s.step);
     return Status();
   }
 
@@ -158,8 +179,10 @@ class Run {
     if (!rep) return rep.status();
     state_bytes_sent_ += rep->bytes_sent;
     if (rep->bytes_received > 0) {
-      LOG_INFO(kLogTrain, "received {:.2f} MB of shared state from {} peer(s): outer step {}, inner step {}",
-               rep->bytes_received / 1e6, rep->sources_used, progress_[kOuterStep], progress_[kInnerStep]);
+      LOG_INFO(kLogTrain,
+               "received {:.2f} MB of shared state from {} peer(s): outer step {}, inner step {}",
+               rep->bytes_received / 1e6, rep->sources_used, progress_[kOuterStep],
+               progress_[kInnerStep]);
       if (!diloco_) {
         TrainingState s = trainer_.exportState();
         s.adam_m = adam_m_;
@@ -170,7 +193,8 @@ class Run {
       }
     }
     // A contribution counts only for the round it was computed in.
-    if (have_contribution_ && contribution_for_ != progress_[kOuterStep]) have_contribution_ = false;
+    if (have_contribution_ && contribution_for_ != progress_[kOuterStep])
+      have_contribution_ = false;
     return Status();
   }
 
@@ -197,10 +221,12 @@ class Run {
     r.world = comm_.world();
     collectives::AllReduceOptions options;
     options.timeout = cfg_.op_timeout;
-    auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum, collectives::Wire::kRaw, options);
+    auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum,
+                                    collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
     options.quant_block = cfg_.quant_block;
-    auto data_op = comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
+    auto data_op =
+        comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
     Status a = (*stats_op)->wait(deadline());
     if (!data_op) return data_op.status();
     Status b = (*data_op)->wait(deadline());
@@ -222,13 +248,15 @@ class Run {
       for (float& x : reduce_buf_) x /= contributors;
       if (diloco_) {
         // OuterSgd keeps its momentum privately; the group's copy is the shared one.
-        LOCO_RETURN_IF_ERROR(outer_.restoreMomentum(progress_[kMomentumStarted] ? momentum_ : std::vector<float>{}));
+        LOCO_RETURN_IF_ERROR(
+            outer_.restoreMomentum(progress_[kMomentumStarted] ? momentum_ : std::vector<float>{}));
         LOCO_RETURN_IF_ERROR(outer_.step(theta_, reduce_buf_));
         if (!outer_.momentum().empty()) {
           momentum_ = outer_.momentum();
           progress_[kMomentumStarted] = 1;
         }
-        progress_[kInnerStep] = std::min<std::int64_t>(progress_[kInnerStep] + cfg_.inner_steps, cfg_.steps);
+        progress_[kInnerStep] =
+            std::min<std::int64_t>(progress_[kInnerStep] + cfg_.inner_steps, cfg_.steps);
       } else {
         std::copy(reduce_buf_.begin(), reduce_buf_.end(), trainer_.gradData());
         auto norm = trainer_.applyGrads(static_cast<std::uint64_t>(progress_[kInnerStep]));
@@ -308,14 +336,17 @@ class Run {
     }
     const double seconds = toSeconds(Clock::now() - t0);
     if (seconds > 0) {
-      last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size * cfg_.train.model.context / seconds;
+      last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size *
+                           cfg_.train.model.context / seconds;
     }
     if (cfg_.inject_nan_at_round >= 0 && progress_[kOuterStep] == cfg_.inject_nan_at_round) {
       contribution_[P_ / 2] = std::nanf("");  // fault injection (tests)
     }
     std::size_t bad = 0;
     if (!allFinite(contribution_, &bad)) {
-      LOG_WARN(kLogTrain, "round {}: this peer's {} holds a non-finite value at element {}; dropping its contribution "
+      LOG_WARN(kLogTrain,
+               "round {}: this peer's {} holds a non-finite value at element {}; dropping its "
+               "contribution "
                "so it cannot poison the group",
                progress_[kOuterStep], diloco_ ? "pseudo-gradient" : "gradient", bad);
       have_contribution_ = false;
@@ -352,10 +383,12 @@ class Run {
 
 }  // namespace
 
-Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config,
-                      const std::atomic<bool>& stop, const std::function<void(const RoundRecord&)>& on_round) {
+Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer,
+                      const DistributedConfig& config, const std::atomic<bool>& stop,
+                      const std::function<void(const RoundRecord&)>& on_round) {
   LOCO_RETURN_IF_ERROR(validateDistributedConfig(config));
-  if (trainer.numParams() == 0) return Status(StatusCode::kInvalidArgument, "the model has no parameters");
+  if (trainer.numParams() == 0)
+    return Status(StatusCode::kInvalidArgument, "the model has no parameters");
   Run run(comm, trainer, config, stop, on_round);
   return run.run();
 }

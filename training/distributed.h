@@ -1,5 +1,5 @@
 #pragma once
-// Training over the runtime (DESIGN.md §6): DDP and DiLoCo across the members of a
+// Training over the runtime (ARCHITECTURE.md §6): DDP and DiLoCo across the members of a
 // collectives::Communicator group, with peers joining and leaving mid-run.
 //
 // Shared state (collectives/shared_state.h) holds what every peer must agree on: DiLoCo's global
@@ -50,23 +50,26 @@ std::string_view methodName(Method m);
 Result<Method> parseMethod(std::string_view name);
 
 struct DistributedConfig {
-  TrainConfig train;                 // model, data, batch, seed, inner schedule, threads; train.rank is the data rank
+  TrainConfig
+      train;  // model, data, batch, seed, inner schedule, threads; train.rank is the data rank
   Method method = Method::kDiloco;
-  std::uint32_t inner_steps = 30;    // H (DiLoCo)
-  std::uint64_t steps = 600;         // inner steps per peer for the whole run
-  OuterSgdOptions outer;             // DiLoCo's outer optimizer
+  std::uint32_t inner_steps = 30;                    // H (DiLoCo)
+  std::uint64_t steps = 600;                         // inner steps per peer for the whole run
+  OuterSgdOptions outer;                             // DiLoCo's outer optimizer
   collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
-  std::uint32_t quant_block = 1024;  // int8/int4: values per scale (codec.h); Δ tolerates large blocks
+  std::uint32_t quant_block =
+      1024;  // int8/int4: values per scale (codec.h); Δ tolerates large blocks
   // DDP: steps between sync points (where joiners enter and the shared state is compared) and
   // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
   std::uint32_t ddp_sync_every = 10;
-  std::uint32_t eval_every = 1;       // rounds (DDP: steps) between validation losses
-  std::string checkpoint_dir;        // "" = none; else DIR/peer-<rank>.ckpt after every round
-  bool resume = false;               // start from DIR/peer-<rank>.ckpt
-  std::size_t wait_for_world = 1;    // before the first round, wait until this many peers are members
-  Millis op_timeout{300000};         // one sync point, state sync or all-reduce
+  std::uint32_t eval_every = 1;    // rounds (DDP: steps) between validation losses
+  std::string checkpoint_dir;      // "" = none; else DIR/peer-<rank>.ckpt after every round
+  bool resume = false;             // start from DIR/peer-<rank>.ckpt
+  std::size_t wait_for_world = 1;  // before the first round, wait until this many peers are members
+  Millis op_timeout{300000};       // one sync point, state sync or all-reduce
   std::uint32_t max_failed_attempts = 50;  // consecutive failed rounds before giving up
-  std::int64_t inject_nan_at_round = -1;   // fault injection for tests: a NaN in this peer's Δ at that outer step
+  std::int64_t inject_nan_at_round =
+      -1;  // fault injection for tests: a NaN in this peer's Δ at that outer step
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -74,17 +77,17 @@ Status validateDistributedConfig(const DistributedConfig& c);
 
 // What one applied (or consistently skipped) round looked like on this peer.
 struct RoundRecord {
-  std::uint64_t outer_step = 0;   // rounds applied so far (DDP: steps)
-  std::uint64_t inner_step = 0;   // schedule position after the round
-  std::size_t world = 0;          // members in the round's epoch
-  std::size_t contributors = 0;   // peers whose Δ counted
-  double train_loss = 0;          // mean over contributors of their inner losses (nats/byte)
+  std::uint64_t outer_step = 0;    // rounds applied so far (DDP: steps)
+  std::uint64_t inner_step = 0;    // schedule position after the round
+  std::size_t world = 0;           // members in the round's epoch
+  std::size_t contributors = 0;    // peers whose Δ counted
+  double train_loss = 0;           // mean over contributors of their inner losses (nats/byte)
   std::optional<double> val_loss;  // on the global parameters; only the evaluating peer
-  double bytes_sent = 0;          // all peers' collective bytes so far (shared-state repairs included)
-  std::uint32_t retries = 0;      // failed attempts before this round went through
-  double tokens_per_s = 0;        // this peer's inner-loop throughput in the last round
+  double bytes_sent = 0;      // all peers' collective bytes so far (shared-state repairs included)
+  std::uint32_t retries = 0;  // failed attempts before this round went through
+  double tokens_per_s = 0;    // this peer's inner-loop throughput in the last round
   std::uint64_t state_digest = 0;  // hash of the shared state after the round was applied
-  double wall_s = 0;              // since runDistributed started
+  double wall_s = 0;               // since runDistributed started
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule
@@ -92,7 +95,8 @@ struct RoundRecord {
 // kInvalidArgument (config, or a checkpoint of another shape), kDataLoss (the group's state
 // disagrees beyond repair), kPeerLost / kEvicted with no way back, kAborted.
 // `on_round` runs on the calling thread after every round.
-Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer, const DistributedConfig& config,
-                      const std::atomic<bool>& stop, const std::function<void(const RoundRecord&)>& on_round);
+Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer,
+                      const DistributedConfig& config, const std::atomic<bool>& stop,
+                      const std::function<void(const RoundRecord&)>& on_round);
 
 }  // namespace loco::training

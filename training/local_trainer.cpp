@@ -31,7 +31,7 @@ void ensureThreads() {
   }
 }
 
-// LibTorch throws; loco does not let exceptions cross module boundaries (DESIGN.md §2).
+// LibTorch throws; loco does not let exceptions cross module boundaries (ARCHITECTURE.md §2).
 template <typename F>
 auto guarded(std::string_view what, F&& f) -> decltype(f()) {
   try {

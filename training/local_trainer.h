@@ -1,7 +1,7 @@
 #pragma once
-// One peer's local training: the byte-level GPT, its data, and its inner AdamW (DESIGN.md §6).
-// The distributed loops (DDP, DiLoCo and its family) drive it and move its flat buffers through
-// collectives::Communicator; this header keeps LibTorch out of their translation units.
+// One peer's local training: the byte-level GPT, its data, and its inner AdamW (ARCHITECTURE.md
+// §6). The distributed loops (DDP, DiLoCo and its family) drive it and move its flat buffers
+// through collectives::Communicator; this header keeps LibTorch out of their translation units.
 //
 // Flat buffers: every parameter of the model is a view into ONE contiguous fp32 buffer
 // (paramData(), numParams() long), and so is every gradient (gradData()). Writing the buffer

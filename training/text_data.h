@@ -1,6 +1,6 @@
 #pragma once
-// Byte-level tokenizer, text corpus and batch sampling (DESIGN.md §6). No LibTorch: a batch is a
-// list of window offsets into the corpus, turned into tensors by the trainer.
+// Byte-level tokenizer, text corpus and batch sampling (ARCHITECTURE.md §6). No LibTorch: a batch
+// is a list of window offsets into the corpus, turned into tensors by the trainer.
 //
 // Corpus: a file, or a directory walked recursively. Files are read in sorted path order (so the
 // corpus is the same bytes on every machine whatever the directory order) and concatenated.

@@ -13,7 +13,9 @@ namespace {
 constexpr std::uint32_t kMaxBatch = 1u << 16;  // as LocalTrainer::setBatchSize
 constexpr int kMaxThreads = 256;               // as LocalTrainer::setThreads
 
-Status bad(std::string msg) { return Status(StatusCode::kInvalidArgument, std::move(msg)); }
+Status bad(std::string msg) {
+  return Status(StatusCode::kInvalidArgument, std::move(msg));
+}
 
 }  // namespace
 
@@ -38,33 +40,43 @@ Status validateTrainConfig(const TrainConfig& c) {
   return Status::ok();
 }
 
-std::string_view methodName(Method m) { return m == Method::kDdp ? "ddp" : "diloco"; }
+std::string_view methodName(Method m) {
+  return m == Method::kDdp ? "ddp" : "diloco";
+}
 
 Result<Method> parseMethod(std::string_view name) {
   if (name == "ddp") return Method::kDdp;
   if (name == "diloco") return Method::kDiloco;
-  return Status(StatusCode::kInvalidArgument, fmt::format("unknown method '{}' (use ddp or diloco)", name));
+  return Status(StatusCode::kInvalidArgument,
+                fmt::format("unknown method '{}' (use ddp or diloco)", name));
 }
 
 Status validateDistributedConfig(const DistributedConfig& c) {
   LOCO_RETURN_IF_ERROR(validateTrainConfig(c.train));
   if (c.steps == 0) return Status(StatusCode::kInvalidArgument, "--steps must be at least 1");
   if (c.method == Method::kDiloco) {
-    if (c.inner_steps == 0) return Status(StatusCode::kInvalidArgument, "--inner-steps must be at least 1");
+    if (c.inner_steps == 0)
+      return Status(StatusCode::kInvalidArgument, "--inner-steps must be at least 1");
     if (c.inner_steps > c.steps) {
-      return Status(StatusCode::kInvalidArgument,
-                    fmt::format("--inner-steps {} exceeds --steps {}: not even one round would finish", c.inner_steps, c.steps));
+      return Status(
+          StatusCode::kInvalidArgument,
+          fmt::format("--inner-steps {} exceeds --steps {}: not even one round would finish",
+                      c.inner_steps, c.steps));
     }
     LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
   }
   if (c.quant_block == 0 || c.quant_block > collectives::kMaxQuantBlock) {
     return Status(StatusCode::kInvalidArgument,
-                  fmt::format("--quant-block {} is outside 1..{}", c.quant_block, collectives::kMaxQuantBlock));
+                  fmt::format("--quant-block {} is outside 1..{}", c.quant_block,
+                              collectives::kMaxQuantBlock));
   }
-  if (c.ddp_sync_every == 0) return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
-  if (c.eval_every == 0) return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
+  if (c.ddp_sync_every == 0)
+    return Status(StatusCode::kInvalidArgument, "the DDP sync interval must be at least 1");
+  if (c.eval_every == 0)
+    return Status(StatusCode::kInvalidArgument, "--eval-every must be at least 1");
   if (c.resume && c.checkpoint_dir.empty()) {
-    return Status(StatusCode::kInvalidArgument, "--resume needs --checkpoint-dir (where the checkpoints are)");
+    return Status(StatusCode::kInvalidArgument,
+                  "--resume needs --checkpoint-dir (where the checkpoints are)");
   }
   if (c.train.inner.schedule.total_steps != c.steps) {
     return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");

@@ -16,7 +16,9 @@ constexpr double kMaxRateMbit = 100000;
 constexpr std::int64_t kMinRmem = 4096;
 constexpr std::int64_t kMaxRmem = std::int64_t{1} << 30;
 
-Status bad(std::string msg) { return Status(StatusCode::kInvalidArgument, std::move(msg)); }
+Status bad(std::string msg) {
+  return Status(StatusCode::kInvalidArgument, std::move(msg));
+}
 
 Result<int> parseIndex(const std::string& what, const std::string& text, int hosts) {
   int v = 0;
@@ -25,7 +27,8 @@ Result<int> parseIndex(const std::string& what, const std::string& text, int hos
     return bad(fmt::format("{}: '{}' is not a host index", what, text));
   }
   if (v < 1 || v > hosts) {
-    return bad(fmt::format("{}: host {} does not exist (the lab has hosts 1 to {})", what, v, hosts));
+    return bad(
+        fmt::format("{}: host {} does not exist (the lab has hosts 1 to {})", what, v, hosts));
   }
   return v;
 }
@@ -40,7 +43,8 @@ std::vector<std::string> split(const std::string& s, char sep) {
 }
 
 // "key=value,key=value" -> pairs; the spec is named in errors.
-Result<std::vector<std::pair<std::string, std::string>>> parseKv(const std::string& spec, const std::string& body) {
+Result<std::vector<std::pair<std::string, std::string>>> parseKv(const std::string& spec,
+                                                                 const std::string& body) {
   std::vector<std::pair<std::string, std::string>> out;
   if (body.empty()) return bad(fmt::format("'{}': nothing after ':' (want key=value,...)", spec));
   for (const std::string& item : split(body, ',')) {
@@ -54,31 +58,37 @@ Result<std::vector<std::pair<std::string, std::string>>> parseKv(const std::stri
 }
 
 // Shortest text that reads back as the same double, so the state file loses nothing.
-std::string num(double v) { return fmt::format("{}", v); }
+std::string num(double v) {
+  return fmt::format("{}", v);
+}
 
 }  // namespace
 
-Result<double> parseNumber(const std::string& flag, const std::string& text, double min, double max) {
+Result<double> parseNumber(const std::string& flag, const std::string& text, double min,
+                           double max) {
   double v = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (text.empty() || ec != std::errc() || ptr != text.data() + text.size() || !std::isfinite(v)) {
     return bad(fmt::format("{} must be a number, got '{}'", flag, text));
   }
-  if (v < min || v > max) return bad(fmt::format("{} must be between {} and {}, got {}", flag, num(min), num(max), text));
+  if (v < min || v > max)
+    return bad(fmt::format("{} must be between {} and {}, got {}", flag, num(min), num(max), text));
   return v;
 }
 
 Status validateLabName(const std::string& name) {
   auto invalid = [&](const char* why) {
-    return bad(fmt::format("bad lab name '{}': {} (want a lowercase letter, then up to 11 letters, digits or '-', "
-                           "not ending in a digit)",
-                           name, why));
+    return bad(fmt::format(
+        "bad lab name '{}': {} (want a lowercase letter, then up to 11 letters, digits or '-', "
+        "not ending in a digit)",
+        name, why));
   };
   if (name.empty()) return invalid("empty");
   if (name.size() > 12) return invalid("longer than 12 characters");
   if (!(name[0] >= 'a' && name[0] <= 'z')) return invalid("does not start with a lowercase letter");
   for (char c : name) {
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return invalid("has a character other than a-z, 0-9, '-'");
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+      return invalid("has a character other than a-z, 0-9, '-'");
   }
   if (name.back() >= '0' && name.back() <= '9') return invalid("ends in a digit");
   return Status();
@@ -95,7 +105,8 @@ HostRates LabConfig::host(int i) const {
 
 PairParams LabConfig::pair(int from, int to) const {
   PairParams p{delay_ms, jitter_ms, loss, 0};
-  if (auto it = pair_overrides.find({std::min(from, to), std::max(from, to)}); it != pair_overrides.end()) {
+  if (auto it = pair_overrides.find({std::min(from, to), std::max(from, to)});
+      it != pair_overrides.end()) {
     const PairOverride& o = it->second;
     if (o.delay_ms) p.delay_ms = *o.delay_ms;
     if (o.jitter_ms) p.jitter_ms = *o.jitter_ms;
@@ -107,7 +118,8 @@ PairParams LabConfig::pair(int from, int to) const {
 
 int LabConfig::groupOf(int i) const {
   for (std::size_t g = 0; g < partition.size(); ++g) {
-    if (std::find(partition[g].begin(), partition[g].end(), i) != partition[g].end()) return static_cast<int>(g);
+    if (std::find(partition[g].begin(), partition[g].end(), i) != partition[g].end())
+      return static_cast<int>(g);
   }
   return -1;
 }
@@ -117,9 +129,15 @@ bool LabConfig::partitioned(int a, int b) const {
   return ga >= 0 && gb >= 0 && ga != gb;
 }
 
-std::string LabConfig::address(int i) const { return fmt::format("10.213.{}.{}", subnet, i); }
-std::string LabConfig::vethName(int i) const { return fmt::format("lb{}h{}", subnet, i); }
-std::string LabConfig::mac(int i) const { return fmt::format("02:6c:62:{:02x}:00:{:02x}", subnet, i); }
+std::string LabConfig::address(int i) const {
+  return fmt::format("10.213.{}.{}", subnet, i);
+}
+std::string LabConfig::vethName(int i) const {
+  return fmt::format("lb{}h{}", subnet, i);
+}
+std::string LabConfig::mac(int i) const {
+  return fmt::format("02:6c:62:{:02x}:00:{:02x}", subnet, i);
+}
 
 Status applyOptions(LabConfig& cfg, const LabOptions& o) {
   LabConfig next = cfg;
@@ -143,14 +161,15 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
   LOCO_RETURN_IF_ERROR(bounded("--rate-mbit", o.rate_mbit, kMaxRateMbit, next.rate_mbit));
   if (o.tcp_rmem_max) {
     if (*o.tcp_rmem_max < kMinRmem || *o.tcp_rmem_max > kMaxRmem) {
-      return bad(fmt::format("--tcp-rmem-max must be between {} and {} bytes, got {}", kMinRmem, kMaxRmem,
-                             *o.tcp_rmem_max));
+      return bad(fmt::format("--tcp-rmem-max must be between {} and {} bytes, got {}", kMinRmem,
+                             kMaxRmem, *o.tcp_rmem_max));
     }
     next.tcp_rmem_max = *o.tcp_rmem_max;
   }
   for (const std::string& spec : o.host_specs) {
     auto colon = spec.find(':');
-    if (colon == std::string::npos) return bad(fmt::format("--host '{}': want I:rate-mbit=R|up-mbit=U|down-mbit=W", spec));
+    if (colon == std::string::npos)
+      return bad(fmt::format("--host '{}': want I:rate-mbit=R|up-mbit=U|down-mbit=W", spec));
     auto idx = parseIndex(fmt::format("--host '{}'", spec), spec.substr(0, colon), next.hosts);
     if (!idx) return idx.status();
     auto kv = parseKv(spec, spec.substr(colon + 1));
@@ -166,7 +185,8 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
       } else if (key == "down-mbit") {
         h.down_mbit = *v;
       } else {
-        return bad(fmt::format("--host '{}': unknown key '{}' (use rate-mbit, up-mbit or down-mbit)", spec, key));
+        return bad(fmt::format(
+            "--host '{}': unknown key '{}' (use rate-mbit, up-mbit or down-mbit)", spec, key));
       }
     }
   }
@@ -174,7 +194,8 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
     auto colon = spec.find(':');
     auto dash = spec.find('-');
     if (colon == std::string::npos || dash == std::string::npos || dash > colon) {
-      return bad(fmt::format("--link '{}': want I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R", spec));
+      return bad(
+          fmt::format("--link '{}': want I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R", spec));
     }
     std::string what = fmt::format("--link '{}'", spec);
     auto a = parseIndex(what, spec.substr(0, dash), next.hosts);
@@ -195,7 +216,8 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
       } else if (key == "rate-mbit") {
         v = parseNumber(flag, value, 0, kMaxRateMbit);
       } else {
-        return bad(fmt::format("{}: unknown key '{}' (use delay-ms, jitter-ms, loss or rate-mbit)", what, key));
+        return bad(fmt::format("{}: unknown key '{}' (use delay-ms, jitter-ms, loss or rate-mbit)",
+                               what, key));
       }
       if (!v) return v.status();
       if (key == "delay-ms") p.delay_ms = *v;
@@ -206,16 +228,21 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
   }
   // Everything must still name existing hosts if --hosts shrank (only `up` sets hosts today).
   for (auto& [i, h] : next.host_overrides) {
-    if (i > next.hosts) return bad(fmt::format("--host override for host {} but the lab has {} hosts", i, next.hosts));
+    if (i > next.hosts)
+      return bad(
+          fmt::format("--host override for host {} but the lab has {} hosts", i, next.hosts));
   }
   for (auto& [key, p] : next.pair_overrides) {
     if (key.second > next.hosts) {
-      return bad(fmt::format("--link override for hosts {}-{} but the lab has {} hosts", key.first, key.second, next.hosts));
+      return bad(fmt::format("--link override for hosts {}-{} but the lab has {} hosts", key.first,
+                             key.second, next.hosts));
     }
   }
   for (auto& group : next.partition) {
     for (int i : group) {
-      if (i > next.hosts) return bad(fmt::format("the partition names host {} but the lab has {} hosts", i, next.hosts));
+      if (i > next.hosts)
+        return bad(
+            fmt::format("the partition names host {} but the lab has {} hosts", i, next.hosts));
     }
   }
   cfg = std::move(next);
@@ -226,14 +253,16 @@ Result<std::vector<std::vector<int>>> parsePartition(const std::string& text, in
   std::vector<std::vector<int>> groups;
   std::set<int> seen;
   auto parts = split(text, '/');
-  if (parts.size() < 2) return bad(fmt::format("--groups '{}': want at least two groups, e.g. 1,2/3,4", text));
+  if (parts.size() < 2)
+    return bad(fmt::format("--groups '{}': want at least two groups, e.g. 1,2/3,4", text));
   for (const std::string& part : parts) {
     if (part.empty()) return bad(fmt::format("--groups '{}': an empty group", text));
     std::vector<int> g;
     for (const std::string& item : split(part, ',')) {
       auto idx = parseIndex(fmt::format("--groups '{}'", text), item, hosts);
       if (!idx) return idx.status();
-      if (!seen.insert(*idx).second) return bad(fmt::format("--groups '{}': host {} is in two groups", text, *idx));
+      if (!seen.insert(*idx).second)
+        return bad(fmt::format("--groups '{}': host {} is in two groups", text, *idx));
       g.push_back(*idx);
     }
     groups.push_back(std::move(g));
@@ -242,8 +271,9 @@ Result<std::vector<std::vector<int>>> parsePartition(const std::string& text, in
 }
 
 std::string LabConfig::serialize() const {
-  std::string out = fmt::format("name {}\nhosts {}\nsubnet {}\ndelay-ms {}\njitter-ms {}\nloss {}\nrate-mbit {}\n", name,
-                                hosts, subnet, num(delay_ms), num(jitter_ms), num(loss), num(rate_mbit));
+  std::string out = fmt::format(
+      "name {}\nhosts {}\nsubnet {}\ndelay-ms {}\njitter-ms {}\nloss {}\nrate-mbit {}\n", name,
+      hosts, subnet, num(delay_ms), num(jitter_ms), num(loss), num(rate_mbit));
   for (auto& [i, h] : host_overrides) {
     std::vector<std::string> kv;
     if (h.up_mbit) kv.push_back("up-mbit=" + num(*h.up_mbit));
@@ -256,7 +286,8 @@ std::string LabConfig::serialize() const {
     if (p.jitter_ms) kv.push_back("jitter-ms=" + num(*p.jitter_ms));
     if (p.loss) kv.push_back("loss=" + num(*p.loss));
     if (p.rate_mbit) kv.push_back("rate-mbit=" + num(*p.rate_mbit));
-    if (!kv.empty()) out += fmt::format("link {}-{}:{}\n", key.first, key.second, fmt::join(kv, ","));
+    if (!kv.empty())
+      out += fmt::format("link {}-{}:{}\n", key.first, key.second, fmt::join(kv, ","));
   }
   if (!partition.empty()) {
     std::vector<std::string> groups;
@@ -280,7 +311,8 @@ Result<LabConfig> parseConfig(const std::string& text) {
     } else if (key == "hosts" || key == "subnet") {
       v = parseNumber(key, value, key == "hosts" ? 2 : 1, key == "hosts" ? kMaxHosts : 254);
       if (!v) return v.status();
-      if (*v != std::floor(*v)) return bad(fmt::format("lab state file: {} must be a whole number, got {}", key, value));
+      if (*v != std::floor(*v))
+        return bad(fmt::format("lab state file: {} must be a whole number, got {}", key, value));
       (key == "hosts" ? cfg.hosts : cfg.subnet) = static_cast<int>(*v);
     } else if (key == "delay-ms" || key == "jitter-ms") {
       if (!(v = parseNumber(key, value, 0, kMaxDelayMs))) return v.status();
@@ -298,7 +330,9 @@ Result<LabConfig> parseConfig(const std::string& text) {
     } else if (key == "partition") {
       partition = value;
     } else if (key == "tcp-rmem-max") {
-      if (!(v = parseNumber(key, value, static_cast<double>(kMinRmem), static_cast<double>(kMaxRmem)))) return v.status();
+      if (!(v = parseNumber(key, value, static_cast<double>(kMinRmem),
+                            static_cast<double>(kMaxRmem))))
+        return v.status();
       o.tcp_rmem_max = static_cast<std::int64_t>(*v);
     } else {
       return bad(fmt::format("lab state file: unknown key '{}'", key));
@@ -319,22 +353,27 @@ std::string LabConfig::toJson() const {
   std::string hosts_json;
   for (int i = 1; i <= hosts; ++i) {
     HostRates r = host(i);
-    hosts_json += fmt::format("{}{{\"name\":\"{}\",\"addr\":\"{}\",\"up_mbit\":{},\"down_mbit\":{}}}", i > 1 ? "," : "",
-                              nsName(i), address(i), num(r.up_mbit), num(r.down_mbit));
+    hosts_json +=
+        fmt::format("{}{{\"name\":\"{}\",\"addr\":\"{}\",\"up_mbit\":{},\"down_mbit\":{}}}",
+                    i > 1 ? "," : "", nsName(i), address(i), num(r.up_mbit), num(r.down_mbit));
   }
   std::string links;
   for (int a = 1; a <= hosts; ++a) {
     for (int b = a + 1; b <= hosts; ++b) {
       PairParams p = pair(a, b);
-      links += fmt::format("{}\"{}-{}\":{{\"delay_ms\":{},\"jitter_ms\":{},\"loss\":{},\"rate_mbit\":{},\"partitioned\":{}}}",
-                           links.empty() ? "" : ",", a, b, num(p.delay_ms), num(p.jitter_ms), num(p.loss),
-                           num(p.rate_mbit), partitioned(a, b) ? "true" : "false");
+      links += fmt::format(
+          "{}\"{}-{}\":{{\"delay_ms\":{},\"jitter_ms\":{},\"loss\":{},\"rate_mbit\":{},"
+          "\"partitioned\":{}}}",
+          links.empty() ? "" : ",", a, b, num(p.delay_ms), num(p.jitter_ms), num(p.loss),
+          num(p.rate_mbit), partitioned(a, b) ? "true" : "false");
     }
   }
   std::string groups;
-  for (auto& g : partition) groups += fmt::format("{}[{}]", groups.empty() ? "" : ",", fmt::join(g, ","));
+  for (auto& g : partition)
+    groups += fmt::format("{}[{}]", groups.empty() ? "" : ",", fmt::join(g, ","));
   return fmt::format(
-      "{{\"name\":\"{}\",\"hosts\":[{}],\"links\":{{{}}},\"partition\":[{}],\"tcp_rmem_max\":{},\"subnet\":\"10.213.{}.0/24\"}}",
+      "{{\"name\":\"{}\",\"hosts\":[{}],\"links\":{{{}}},\"partition\":[{}],\"tcp_rmem_max\":{},"
+      "\"subnet\":\"10.213.{}.0/24\"}}",
       name, hosts_json, links, groups, tcp_rmem_max, subnet);
 }
 

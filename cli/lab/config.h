@@ -23,8 +23,8 @@ inline constexpr int kMaxHosts = 64;
 struct PairParams {
   double delay_ms = 0;
   double jitter_ms = 0;
-  double loss = 0;        // probability in [0, 1]
-  double rate_mbit = 0;   // cap for traffic between just these two hosts; 0: none
+  double loss = 0;       // probability in [0, 1]
+  double rate_mbit = 0;  // cap for traffic between just these two hosts; 0: none
 };
 
 // A host's access link; 0: unlimited.
@@ -57,9 +57,9 @@ struct LabConfig {
   bool partitioned(int a, int b) const;
 
   std::string nsName(int i) const { return name + std::to_string(i); }
-  std::string address(int i) const;  // "10.213.<subnet>.<i>"
-  std::string vethName(int i) const; // outside end, in the root namespace
-  std::string mac(int i) const;      // fixed, so the hub knows every host's address
+  std::string address(int i) const;   // "10.213.<subnet>.<i>"
+  std::string vethName(int i) const;  // outside end, in the root namespace
+  std::string mac(int i) const;       // fixed, so the hub knows every host's address
 
   std::string serialize() const;
   std::string toJson() const;
@@ -73,7 +73,8 @@ Status validateLabName(const std::string& name);
 struct LabOptions {
   std::optional<int> hosts;
   std::optional<double> delay_ms, jitter_ms, loss, rate_mbit;
-  std::vector<std::string> host_specs;  // "I:rate-mbit=R" | "I:up-mbit=U" | "I:down-mbit=W" (comma-separated)
+  std::vector<std::string>
+      host_specs;  // "I:rate-mbit=R" | "I:up-mbit=U" | "I:down-mbit=W" (comma-separated)
   std::vector<std::string> link_specs;  // "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R"
   std::optional<std::int64_t> tcp_rmem_max;
 };
@@ -88,6 +89,7 @@ Result<std::vector<std::vector<int>>> parsePartition(const std::string& text, in
 Result<LabConfig> parseConfig(const std::string& text);
 
 // Parses a number flag value with bounds; the message names the flag.
-Result<double> parseNumber(const std::string& flag, const std::string& text, double min, double max);
+Result<double> parseNumber(const std::string& flag, const std::string& text, double min,
+                           double max);
 
 }  // namespace loco::lab

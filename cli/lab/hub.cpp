@@ -24,10 +24,10 @@
 #include <sstream>
 #include <vector>
 
+#include <fmt/format.h>
 #include "cli/commands.h"
 #include "cli/lab/config.h"
 #include "p2p/base/log.h"
-#include <fmt/format.h>
 
 namespace loco::lab {
 namespace {
@@ -47,7 +47,7 @@ static_assert(sizeof(VnetHdr) == 10);
 using Nanos = std::int64_t;
 constexpr std::size_t kVnetHdr = sizeof(VnetHdr);
 constexpr std::size_t kBufSize = kVnetHdr + 65536 + 64;
-constexpr Nanos kMinBufferNs = 50'000'000;       // each rate-limited port buffers >= 50 ms
+constexpr Nanos kMinBufferNs = 50'000'000;         // each rate-limited port buffers >= 50 ms
 constexpr std::size_t kMaxQueuedBytes = 1u << 30;  // all frames held by the hub
 
 Nanos nowNs() {
@@ -62,14 +62,16 @@ Nanos serialisationNs(std::size_t bytes, double mbit) {
 
 // How far ahead a port at `mbit` may schedule before it tail-drops: 50 ms of traffic, and at
 // least 64 KiB (one GSO frame) so slow links still pass full-size frames.
-Nanos bufferNs(double mbit) { return std::max(kMinBufferNs, serialisationNs(64 * 1024, mbit)); }
+Nanos bufferNs(double mbit) {
+  return std::max(kMinBufferNs, serialisationNs(64 * 1024, mbit));
+}
 
 struct Pending {
   Nanos due;
   std::uint64_t seq;  // FIFO among equal times
   bool at_downlink;   // false: still in flight to the receiver's downlink; true: ready to send
   int src, dst;
-  std::size_t wire;   // bytes on the wire (all segments)
+  std::size_t wire;               // bytes on the wire (all segments)
   std::vector<std::uint8_t> buf;  // virtio_net_hdr + frame
   bool operator>(const Pending& o) const { return due != o.due ? due > o.due : seq > o.seq; }
 };
@@ -77,7 +79,9 @@ struct Pending {
 class Hub {
  public:
   Hub(std::string config_path, std::string ready_path)
-      : config_path_(std::move(config_path)), ready_path_(std::move(ready_path)), rng_(std::random_device{}()) {}
+      : config_path_(std::move(config_path)),
+        ready_path_(std::move(ready_path)),
+        rng_(std::random_device{}()) {}
 
   // "<pid> <reloads>": `lab up` waits for the file, `lab set` for the count to grow.
   void writeReady() {
@@ -133,9 +137,11 @@ class Hub {
           std::uint64_t expirations;
           (void)!::read(timerfd_, &expirations, sizeof(expirations));
         } else if (!handleSignals()) {
-          LOG_INFO(kLogCli, "hub: stopping; forwarded {} frames, dropped {} (loss {}, queue {}, partition {}, send {})",
-                   forwarded_, dropped_loss_ + dropped_queue_ + dropped_partition_ + dropped_send_, dropped_loss_,
-                   dropped_queue_, dropped_partition_, dropped_send_);
+          LOG_INFO(kLogCli,
+                   "hub: stopping; forwarded {} frames, dropped {} (loss {}, queue {}, partition "
+                   "{}, send {})",
+                   forwarded_, dropped_loss_ + dropped_queue_ + dropped_partition_ + dropped_send_,
+                   dropped_loss_, dropped_queue_, dropped_partition_, dropped_send_);
           return 0;
         }
       }
@@ -158,12 +164,14 @@ class Hub {
   Status openPort(int i) {
     const std::string ifname = cfg_.vethName(i);
     int ifindex = static_cast<int>(::if_nametoindex(ifname.c_str()));
-    if (ifindex == 0) return Status(StatusCode::kNotFound, fmt::format("hub: interface {} is missing", ifname));
+    if (ifindex == 0)
+      return Status(StatusCode::kNotFound, fmt::format("hub: interface {} is missing", ifname));
     int fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
     if (fd < 0) return sysError("AF_PACKET socket (needs root)");
     int one = 1;
     int big = 32 << 20;
-    if (::setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) != 0) return sysError("PACKET_VNET_HDR");
+    if (::setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) != 0)
+      return sysError("PACKET_VNET_HDR");
     ::setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
     ::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big));
     ::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof(big));
@@ -171,7 +179,8 @@ class Hub {
     addr.sll_family = AF_PACKET;
     addr.sll_protocol = htons(ETH_P_ALL);
     addr.sll_ifindex = ifindex;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return sysError("bind " + ifname);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+      return sysError("bind " + ifname);
     socks_[i] = fd;
     watch(fd, i);
     return Status();
@@ -399,7 +408,8 @@ class Hub {
   std::uniform_real_distribution<double> uniform_{0.0, 1.0};
   std::uint64_t seq_ = 0;
   std::size_t queued_bytes_ = 0;
-  std::uint64_t forwarded_ = 0, dropped_loss_ = 0, dropped_queue_ = 0, dropped_partition_ = 0, dropped_send_ = 0;
+  std::uint64_t forwarded_ = 0, dropped_loss_ = 0, dropped_queue_ = 0, dropped_partition_ = 0,
+                dropped_send_ = 0;
   int epfd_ = -1, timerfd_ = -1, sigfd_ = -1;
 };
 

@@ -3,8 +3,8 @@
 #include "cli/commands.h"
 
 #include <fcntl.h>
-#include <sched.h>
 #include <fmt/format.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -76,11 +76,21 @@ std::string stateRoot() {
   if (const char* env = std::getenv("LOCO_LAB_STATE_DIR")) return env;
   return "/run/loco-lab";
 }
-std::string stateDir(const std::string& name) { return stateRoot() + "/" + name; }
-std::string configPath(const std::string& name) { return stateDir(name) + "/config"; }
-std::string supervisorPidPath(const std::string& name) { return stateDir(name) + "/supervisor.pid"; }
-std::string hubReadyPath(const std::string& name) { return stateDir(name) + "/hub.ready"; }
-std::string logPath(const std::string& name) { return stateDir(name) + "/lab.log"; }
+std::string stateDir(const std::string& name) {
+  return stateRoot() + "/" + name;
+}
+std::string configPath(const std::string& name) {
+  return stateDir(name) + "/config";
+}
+std::string supervisorPidPath(const std::string& name) {
+  return stateDir(name) + "/supervisor.pid";
+}
+std::string hubReadyPath(const std::string& name) {
+  return stateDir(name) + "/hub.ready";
+}
+std::string logPath(const std::string& name) {
+  return stateDir(name) + "/lab.log";
+}
 
 Status runCommand(const std::vector<std::string>& argv, const std::string& input) {
   std::string out;
@@ -93,18 +103,22 @@ Status runCommand(const std::vector<std::string>& argv, const std::string& input
 Status checkLabSupport() {
   if (::geteuid() != 0) {
     return Status(StatusCode::kUnavailable,
-                  "loco lab needs root: it creates network namespaces, veth pairs and raw sockets (run it as root)");
+                  "loco lab needs root: it creates network namespaces, veth pairs and raw sockets "
+                  "(run it as root)");
   }
   std::string out;
   if (spawnAndWait({"ip", "netns", "list"}, "", out) != 0) {
-    return Status(StatusCode::kUnavailable,
-                  "loco lab needs iproute2's `ip netns` with network namespace support in the kernel: " + out);
+    return Status(
+        StatusCode::kUnavailable,
+        "loco lab needs iproute2's `ip netns` with network namespace support in the kernel: " +
+            out);
   }
   // Creating one is the only real test (containers may forbid it).
   std::string probe = fmt::format("locoprobe{}", ::getpid());
   if (spawnAndWait({"ip", "netns", "add", probe}, "", out) != 0) {
     while (!out.empty() && out.back() == '\n') out.pop_back();
-    return Status(StatusCode::kUnavailable, "loco lab cannot create network namespaces here: " + out);
+    return Status(StatusCode::kUnavailable,
+                  "loco lab cannot create network namespaces here: " + out);
   }
   spawnAndWait({"ip", "netns", "del", probe}, "", out);
   return Status();
@@ -113,7 +127,9 @@ Status checkLabSupport() {
 Result<LabConfig> loadLab(const std::string& name) {
   LOCO_RETURN_IF_ERROR(validateLabName(name));
   if (!std::filesystem::exists(configPath(name))) {
-    return Status(StatusCode::kNotFound, fmt::format("no lab named '{}' (loco lab up {} --hosts N creates one)", name, name));
+    return Status(
+        StatusCode::kNotFound,
+        fmt::format("no lab named '{}' (loco lab up {} --hosts N creates one)", name, name));
   }
   return parseConfig(cli::readTextFile(configPath(name)));
 }
@@ -121,17 +137,22 @@ Result<LabConfig> loadLab(const std::string& name) {
 Status enterHost(const LabConfig& cfg, int host) {
   const std::string path = "/run/netns/" + cfg.nsName(host);
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status(StatusCode::kNotFound, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  if (fd < 0)
+    return Status(StatusCode::kNotFound,
+                  fmt::format("cannot open {}: {}", path, std::strerror(errno)));
   int rc = ::setns(fd, CLONE_NEWNET);
   int err = errno;
   ::close(fd);
   if (rc != 0) {
-    return Status(StatusCode::kUnavailable, fmt::format("cannot enter lab host {}: {}", cfg.nsName(host), std::strerror(err)));
+    return Status(StatusCode::kUnavailable, fmt::format("cannot enter lab host {}: {}",
+                                                        cfg.nsName(host), std::strerror(err)));
   }
   return Status();
 }
 
-std::vector<std::string> inHost(const LabConfig& cfg, int host) { return {"ip", "netns", "exec", cfg.nsName(host)}; }
+std::vector<std::string> inHost(const LabConfig& cfg, int host) {
+  return {"ip", "netns", "exec", cfg.nsName(host)};
+}
 
 std::vector<std::string> labNamespaces(const std::string& name) {
   std::string out;
@@ -150,15 +171,18 @@ std::vector<std::string> labNamespaces(const std::string& name) {
 Result<int> pickSubnet() {
   std::set<int> used;
   std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator(stateRoot(), ec); !ec && it != std::filesystem::directory_iterator();
-       it.increment(ec)) {
-    if (auto cfg = parseConfig(cli::readTextFile((it->path() / "config").string()))) used.insert(cfg->subnet);
+  for (auto it = std::filesystem::directory_iterator(stateRoot(), ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (auto cfg = parseConfig(cli::readTextFile((it->path() / "config").string())))
+      used.insert(cfg->subnet);
   }
   for (int s = 1; s <= 254; ++s) {
     // Skip subnets whose veth names are taken by something else on this machine.
-    if (!used.count(s) && !std::filesystem::exists(fmt::format("/sys/class/net/lb{}h1", s))) return s;
+    if (!used.count(s) && !std::filesystem::exists(fmt::format("/sys/class/net/lb{}h1", s)))
+      return s;
   }
-  return Status(StatusCode::kResourceExhausted, "all 254 lab subnets (10.213.1-254.0/24) are in use");
+  return Status(StatusCode::kResourceExhausted,
+                "all 254 lab subnets (10.213.1-254.0/24) are in use");
 }
 
 Status buildNetwork(const LabConfig& cfg, const std::function<bool()>& interrupted) {
@@ -167,27 +191,37 @@ Status buildNetwork(const LabConfig& cfg, const std::function<bool()>& interrupt
     return st;
   };
   for (int i = 1; i <= cfg.hosts; ++i) {
-    if (interrupted()) return fail(Status(StatusCode::kAborted, "interrupted while building the lab; removed what was built"));
+    if (interrupted())
+      return fail(Status(StatusCode::kAborted,
+                         "interrupted while building the lab; removed what was built"));
     const std::string ns = cfg.nsName(i);
     const std::string outside = cfg.vethName(i);
     Status st = runCommand({"ip", "netns", "add", ns});
-    if (st.isOk()) st = runCommand({"ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", ns});
-    if (st.isOk()) st = runCommand({"sysctl", "-q", "-w", fmt::format("net.ipv6.conf.{}.disable_ipv6=1", outside)});
+    if (st.isOk())
+      st = runCommand(
+          {"ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", ns});
+    if (st.isOk())
+      st = runCommand(
+          {"sysctl", "-q", "-w", fmt::format("net.ipv6.conf.{}.disable_ipv6=1", outside)});
     if (st.isOk()) st = runCommand({"ip", "link", "set", outside, "up"});
     if (st.isOk()) {
       // Inside the host: address, fixed MAC, static neighbours (no ARP across the emulated WAN).
-      std::string batch = fmt::format("link set lo up\nlink set eth0 address {}\naddr add {}/24 dev eth0\nlink set eth0 up\n",
-                                      cfg.mac(i), cfg.address(i));
+      std::string batch = fmt::format(
+          "link set lo up\nlink set eth0 address {}\naddr add {}/24 dev eth0\nlink set eth0 up\n",
+          cfg.mac(i), cfg.address(i));
       for (int j = 1; j <= cfg.hosts; ++j) {
-        if (j != i) batch += fmt::format("neigh replace {} lladdr {} dev eth0 nud permanent\n", cfg.address(j), cfg.mac(j));
+        if (j != i)
+          batch += fmt::format("neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                               cfg.address(j), cfg.mac(j));
       }
       st = runCommand({"ip", "-n", ns, "-batch", "-"}, batch);
     }
     if (st.isOk()) {
-      st = runCommand({"ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                       "net.ipv6.conf.default.disable_ipv6=1"});
+      st = runCommand({"ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                       "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"});
     }
-    if (!st.isOk()) return fail(st.withContext(fmt::format("building host {} of lab {}", i, cfg.name)));
+    if (!st.isOk())
+      return fail(st.withContext(fmt::format("building host {} of lab {}", i, cfg.name)));
   }
   Status st = applySysctls(cfg);
   if (!st.isOk()) return fail(st);
@@ -199,9 +233,10 @@ Status applySysctls(const LabConfig& cfg) {
     // Kernel defaults (tcp_rmem max 6 MiB, tcp_wmem max 4 MiB) unless --tcp-rmem-max lowers them.
     std::int64_t rmax = cfg.tcp_rmem_max > 0 ? cfg.tcp_rmem_max : 6291456;
     std::int64_t wmax = cfg.tcp_rmem_max > 0 ? cfg.tcp_rmem_max : 4194304;
-    LOCO_RETURN_IF_ERROR(runCommand({"ip", "netns", "exec", cfg.nsName(i), "sysctl", "-q", "-w",
-                                     fmt::format("net.ipv4.tcp_rmem=4096 {} {}", std::min<std::int64_t>(131072, rmax), rmax),
-                                     fmt::format("net.ipv4.tcp_wmem=4096 {} {}", std::min<std::int64_t>(16384, wmax), wmax)}));
+    LOCO_RETURN_IF_ERROR(runCommand(
+        {"ip", "netns", "exec", cfg.nsName(i), "sysctl", "-q", "-w",
+         fmt::format("net.ipv4.tcp_rmem=4096 {} {}", std::min<std::int64_t>(131072, rmax), rmax),
+         fmt::format("net.ipv4.tcp_wmem=4096 {} {}", std::min<std::int64_t>(16384, wmax), wmax)}));
   }
   return Status();
 }

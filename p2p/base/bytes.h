@@ -33,7 +33,8 @@ class ByteWriter {
  private:
   template <typename T>
   void putLe(T v) {
-    for (std::size_t i = 0; i < sizeof(T); ++i) out_.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+    for (std::size_t i = 0; i < sizeof(T); ++i)
+      out_.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
   }
   std::vector<std::uint8_t>& out_;
 };
@@ -74,7 +75,8 @@ class ByteReader {
   bool getLe(T& v) {
     if (!ok_ || in_.size() - pos_ < sizeof(T)) return fail();
     T out = 0;
-    for (std::size_t i = 0; i < sizeof(T); ++i) out |= static_cast<T>(static_cast<T>(in_[pos_ + i]) << (8 * i));
+    for (std::size_t i = 0; i < sizeof(T); ++i)
+      out |= static_cast<T>(static_cast<T>(in_[pos_ + i]) << (8 * i));
     pos_ += sizeof(T);
     v = out;
     return true;

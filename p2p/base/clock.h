@@ -1,5 +1,5 @@
 #pragma once
-// Monotonic time and deadlines. Every blocking call in loco takes a Deadline (DESIGN.md §2).
+// Monotonic time and deadlines. Every blocking call in loco takes a Deadline (ARCHITECTURE.md §2).
 
 #include <chrono>
 #include <cstdint>
@@ -14,7 +14,9 @@ inline std::int64_t toMillis(Clock::duration d) {
   return std::chrono::duration_cast<Millis>(d).count();
 }
 
-inline double toSeconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+inline double toSeconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 class Deadline {
  public:

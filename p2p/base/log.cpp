@@ -14,12 +14,18 @@ namespace {
 
 spdlog::level::level_enum toSpd(LogLevel l) {
   switch (l) {
-    case LogLevel::kTrace: return spdlog::level::trace;
-    case LogLevel::kDebug: return spdlog::level::debug;
-    case LogLevel::kInfo: return spdlog::level::info;
-    case LogLevel::kWarn: return spdlog::level::warn;
-    case LogLevel::kError: return spdlog::level::err;
-    case LogLevel::kOff: return spdlog::level::off;
+    case LogLevel::kTrace:
+      return spdlog::level::trace;
+    case LogLevel::kDebug:
+      return spdlog::level::debug;
+    case LogLevel::kInfo:
+      return spdlog::level::info;
+    case LogLevel::kWarn:
+      return spdlog::level::warn;
+    case LogLevel::kError:
+      return spdlog::level::err;
+    case LogLevel::kOff:
+      return spdlog::level::off;
   }
   return spdlog::level::info;
 }
@@ -29,11 +35,21 @@ void appendJsonEscaped(spdlog::memory_buf_t& out, std::string_view s) {
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out.append(std::string_view("\\\"")); break;
-      case '\\': out.append(std::string_view("\\\\")); break;
-      case '\n': out.append(std::string_view("\\n")); break;
-      case '\r': out.append(std::string_view("\\r")); break;
-      case '\t': out.append(std::string_view("\\t")); break;
+      case '"':
+        out.append(std::string_view("\\\""));
+        break;
+      case '\\':
+        out.append(std::string_view("\\\\"));
+        break;
+      case '\n':
+        out.append(std::string_view("\\n"));
+        break;
+      case '\r':
+        out.append(std::string_view("\\r"));
+        break;
+      case '\t':
+        out.append(std::string_view("\\t"));
+        break;
       default:
         if (c < 0x20) {
           char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
@@ -70,7 +86,8 @@ class JsonFormatter final : public spdlog::formatter {
 
  private:
   std::string process_;
-  spdlog::pattern_formatter ts_{"{\"ts\":\"%Y-%m-%dT%H:%M:%S.%e%z\",", spdlog::pattern_time_type::local, ""};
+  spdlog::pattern_formatter ts_{"{\"ts\":\"%Y-%m-%dT%H:%M:%S.%e%z\",",
+                                spdlog::pattern_time_type::local, ""};
 };
 
 struct LogState {
@@ -122,8 +139,9 @@ Result<LogLevel> parseLogLevel(std::string_view s) {
   if (s == "warn" || s == "warning") return LogLevel::kWarn;
   if (s == "error") return LogLevel::kError;
   if (s == "off") return LogLevel::kOff;
-  return Status(StatusCode::kInvalidArgument,
-                fmt::format("unknown log level '{}' (use trace, debug, info, warn, error or off)", s));
+  return Status(
+      StatusCode::kInvalidArgument,
+      fmt::format("unknown log level '{}' (use trace, debug, info, warn, error or off)", s));
 }
 
 Result<LogFormat> parseLogFormat(std::string_view s) {

@@ -1,6 +1,6 @@
 #pragma once
-// Errors are values in loco (DESIGN.md §2): every fallible function returns Status or Result<T>.
-// A message says what failed, where, and what to do about it.
+// Errors are values in loco (ARCHITECTURE.md §2): every fallible function returns Status or
+// Result<T>. A message says what failed, where, and what to do about it.
 
 #include <optional>
 #include <string>
@@ -12,13 +12,13 @@ namespace loco {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,    // bad flag, bad address, malformed input from the user
+  kInvalidArgument,  // bad flag, bad address, malformed input from the user
   kNotFound,
-  kAlreadyExists,      // e.g. a second live peer with the same identity
-  kPeerLost,           // the other end closed or reset the connection
-  kTimeout,            // a deadline passed (connect, handshake, heartbeat)
-  kAborted,            // the caller or a membership change cancelled the operation
-  kProtocolError,      // bytes on the wire that violate the protocol
+  kAlreadyExists,  // e.g. a second live peer with the same identity
+  kPeerLost,       // the other end closed or reset the connection
+  kTimeout,        // a deadline passed (connect, handshake, heartbeat)
+  kAborted,        // the caller or a membership change cancelled the operation
+  kProtocolError,  // bytes on the wire that violate the protocol
   kUnauthenticated,
   kDataLoss,           // content does not match its hash
   kResourceExhausted,  // a bound was hit (connections, buffered bytes)
@@ -55,7 +55,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : value_(std::move(value)) {}          // NOLINT(google-explicit-constructor)
   Result(Status status) : status_(std::move(status)) {}  // NOLINT(google-explicit-constructor)
 
   bool isOk() const { return value_.has_value(); }
@@ -77,8 +77,8 @@ class [[nodiscard]] Result {
 }  // namespace loco
 
 // Returns early from the enclosing function when `expr` yields a non-ok Status.
-#define LOCO_RETURN_IF_ERROR(expr)        \
-  do {                                    \
-    ::loco::Status loco_status_ = (expr); \
+#define LOCO_RETURN_IF_ERROR(expr)                 \
+  do {                                             \
+    ::loco::Status loco_status_ = (expr);          \
     if (!loco_status_.isOk()) return loco_status_; \
   } while (0)

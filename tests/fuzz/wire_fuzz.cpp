@@ -1,6 +1,7 @@
 // libFuzzer target for everything that parses bytes from the network: the frame decoder over a
 // stream of frames, and every message decoder. Build with the `fuzz` preset (clang):
-//   cmake --preset fuzz && cmake --build build-fuzz && build-fuzz/tests/fuzz/loco_wire_fuzz -max_total_time=60
+//   cmake --preset fuzz && cmake --build build-fuzz && build-fuzz/tests/fuzz/loco_wire_fuzz
+//   -max_total_time=60
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -23,14 +24,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       std::abort();  // the decoder broke its own contract
     }
     switch (d.header.type) {
-      case MsgType::kHello: (void)decodeHello(d.payload); break;
-      case MsgType::kWelcome: (void)decodeWelcome(d.payload); break;
-      case MsgType::kRefused: (void)decodeRefused(d.payload); break;
-      case MsgType::kEvicted: (void)decodeEvicted(d.payload); break;
+      case MsgType::kHello:
+        (void)decodeHello(d.payload);
+        break;
+      case MsgType::kWelcome:
+        (void)decodeWelcome(d.payload);
+        break;
+      case MsgType::kRefused:
+        (void)decodeRefused(d.payload);
+        break;
+      case MsgType::kEvicted:
+        (void)decodeEvicted(d.payload);
+        break;
       case MsgType::kMembership:
-      case MsgType::kStatusReply: (void)decodeGroupView(d.payload); break;
-      case MsgType::kLinkHello: (void)decodeLinkHello(d.payload); break;
-      case MsgType::kLinkReport: (void)decodeLinkReport(d.payload); break;
+      case MsgType::kStatusReply:
+        (void)decodeGroupView(d.payload);
+        break;
+      case MsgType::kLinkHello:
+        (void)decodeLinkHello(d.payload);
+        break;
+      case MsgType::kLinkReport:
+        (void)decodeLinkReport(d.payload);
+        break;
       case MsgType::kStateManifest: {
         auto m = decodeStateManifest(d.payload);
         // Whatever decodes must encode back to the same bytes.
@@ -42,8 +57,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (p.isOk() && encodeStatePlan(*p).size() != d.payload.size()) std::abort();
         break;
       }
-      case MsgType::kStateComplaint: (void)decodeStateComplaint(d.payload); break;
-      default: break;
+      case MsgType::kStateComplaint:
+        (void)decodeStateComplaint(d.payload);
+        break;
+      default:
+        break;
     }
     in = in.subspan(d.consumed);
   }

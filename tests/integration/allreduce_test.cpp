@@ -67,7 +67,8 @@ struct Group {
       threads.emplace_back([&, i] {
         collectives::AllReduceOptions options;
         if (i < quant_blocks.size()) options.quant_block = quant_blocks[i];
-        auto h = peers[i]->allReduce(bufs[i].data(), bufs[i].size(), DType::kF32, op, wire, options);
+        auto h =
+            peers[i]->allReduce(bufs[i].data(), bufs[i].size(), DType::kF32, op, wire, options);
         out[i] = h ? (*h)->wait(Deadline::after(Millis(30000))) : h.status();
       });
     }
@@ -91,7 +92,8 @@ TEST(AllReduce, SumOfFourPeersIsCorrectAndBitIdenticalForEveryWire) {
     auto st = g.allReduce(bufs, ReduceOp::kAvg, wire);
     for (auto& s : st) ASSERT_TRUE(s.isOk()) << s.toString();
     for (int i = 1; i < 4; ++i) {
-      ASSERT_EQ(std::memcmp(bufs[0].data(), bufs[i].data(), n * 4), 0) << "peer " << i << " differs bitwise";
+      ASSERT_EQ(std::memcmp(bufs[0].data(), bufs[i].data(), n * 4), 0)
+          << "peer " << i << " differs bitwise";
     }
     double err = 0, norm = 0;
     for (std::size_t k = 0; k < n; ++k) {
@@ -99,9 +101,13 @@ TEST(AllReduce, SumOfFourPeersIsCorrectAndBitIdenticalForEveryWire) {
       norm += expect[k] * expect[k];
     }
     const double rel = std::sqrt(err / norm);
-    std::printf("wire %s: relative RMS error %.5f%%\n", std::string(collectives::wireName(wire)).c_str(), 100 * rel);
-    const double bound = wire == Wire::kRaw ? 1e-6 : wire == Wire::kFp16 ? 5e-4 : wire == Wire::kBf16 ? 5e-3
-                                           : wire == Wire::kInt8 ? 1e-2 : 0.15;
+    std::printf("wire %s: relative RMS error %.5f%%\n",
+                std::string(collectives::wireName(wire)).c_str(), 100 * rel);
+    const double bound = wire == Wire::kRaw    ? 1e-6
+                         : wire == Wire::kFp16 ? 5e-4
+                         : wire == Wire::kBf16 ? 5e-3
+                         : wire == Wire::kInt8 ? 1e-2
+                                               : 0.15;
     EXPECT_LT(rel, bound);
   }
 }
@@ -115,7 +121,8 @@ TEST(AllReduce, MinAndMaxAreExact) {
     std::vector<float> expect = bufs[0];
     for (int i = 1; i < 3; ++i) {
       for (std::size_t k = 0; k < n; ++k) {
-        expect[k] = op == ReduceOp::kMin ? std::min(expect[k], bufs[i][k]) : std::max(expect[k], bufs[i][k]);
+        expect[k] = op == ReduceOp::kMin ? std::min(expect[k], bufs[i][k])
+                                         : std::max(expect[k], bufs[i][k]);
       }
     }
     auto st = g.allReduce(bufs, op, Wire::kRaw);
@@ -138,7 +145,8 @@ TEST(AllReduce, MismatchedSizesFailEverywhereAndRestoreEveryBuffer) {
   EXPECT_TRUE(named) << st[0].toString();
   // The group recovers: the next operation works.
   bufs = {input(1000, 1), input(1000, 2), input(1000, 3)};
-  for (auto& s : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw)) EXPECT_TRUE(s.isOk()) << s.toString();
+  for (auto& s : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw))
+    EXPECT_TRUE(s.isOk()) << s.toString();
 }
 
 // Training sends its pseudo-gradients in large blocks (4x / 8x fewer bytes than fp32, to within
@@ -156,7 +164,8 @@ TEST(AllReduce, LargeQuantBlocksStayBitIdenticalAndMismatchedBlocksFailClearly) 
     }
     auto st = g.allReduce(bufs, ReduceOp::kSum, wire, {1024, 1024, 1024});
     for (auto& s : st) ASSERT_TRUE(s.isOk()) << s.toString();
-    for (int i = 1; i < 3; ++i) ASSERT_EQ(std::memcmp(bufs[0].data(), bufs[i].data(), n * 4), 0) << "peer " << i;
+    for (int i = 1; i < 3; ++i)
+      ASSERT_EQ(std::memcmp(bufs[0].data(), bufs[i].data(), n * 4), 0) << "peer " << i;
     double err = 0, norm = 0;
     for (std::size_t k = 0; k < n; ++k) {
       err += (bufs[0][k] - expect[k]) * (bufs[0][k] - expect[k]);
@@ -177,7 +186,8 @@ TEST(AllReduce, LargeQuantBlocksStayBitIdenticalAndMismatchedBlocksFailClearly) 
   EXPECT_TRUE(named) << st[0].toString();
   st = g.allReduce(bufs, ReduceOp::kSum, Wire::kInt8, {0, 0, 0});
   for (auto& s : st) EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.toString();
-  for (auto& s : g.allReduce(bufs, ReduceOp::kSum, Wire::kInt8)) EXPECT_TRUE(s.isOk()) << s.toString();
+  for (auto& s : g.allReduce(bufs, ReduceOp::kSum, Wire::kInt8))
+    EXPECT_TRUE(s.isOk()) << s.toString();
 }
 
 TEST(AllReduce, SeveralOperationsInFlightAtOnce) {
@@ -193,7 +203,8 @@ TEST(AllReduce, SeveralOperationsInFlightAtOnce) {
     threads.emplace_back([&, i] {
       std::vector<std::shared_ptr<collectives::Operation>> ops;
       for (int k = 0; k < kOps; ++k) {
-        auto h = g.peers[i]->allReduce(bufs[i][k].data(), bufs[i][k].size(), DType::kF32, ReduceOp::kSum, Wire::kRaw);
+        auto h = g.peers[i]->allReduce(bufs[i][k].data(), bufs[i][k].size(), DType::kF32,
+                                       ReduceOp::kSum, Wire::kRaw);
         ASSERT_TRUE(h.isOk());
         ops.push_back(*h);
       }
@@ -221,7 +232,6 @@ TEST(AllReduce, ZeroElementsIsAClearErrorAndNobodyHangs) {
   EXPECT_EQ(st.code(), StatusCode::kAborted) << st.toString();
   EXPECT_EQ(a, std::vector<float>(10, 1.0f));
 }
-
 
 // A peer dies (its sockets close, as with kill -9) at a random moment of an operation. Whatever
 // happens, no survivor may report success with a result different from another's; failed
@@ -251,7 +261,8 @@ TEST(AllReduceFault, PeerDyingMidOperationNeverLeavesSurvivorsDisagreeing) {
     }
     {
       std::vector<float> victim_buf = bufs[victim];
-      auto h = g.peers[victim]->allReduce(victim_buf.data(), n, DType::kF32, ReduceOp::kSum, Wire::kRaw);
+      auto h =
+          g.peers[victim]->allReduce(victim_buf.data(), n, DType::kF32, ReduceOp::kSum, Wire::kRaw);
       std::this_thread::sleep_for(delay);
       g.peers[victim].reset();  // dies mid-operation
     }
@@ -259,7 +270,8 @@ TEST(AllReduceFault, PeerDyingMidOperationNeverLeavesSurvivorsDisagreeing) {
     std::vector<int> ok, failed;
     for (int i = 0; i < 4; ++i) {
       if (i == victim) continue;
-      ASSERT_NE(st[i].code(), StatusCode::kTimeout) << "survivor " << i << " hung: " << st[i].toString();
+      ASSERT_NE(st[i].code(), StatusCode::kTimeout)
+          << "survivor " << i << " hung: " << st[i].toString();
       (st[i].isOk() ? ok : failed).push_back(i);
     }
     if (!ok.empty()) {
@@ -268,7 +280,8 @@ TEST(AllReduceFault, PeerDyingMidOperationNeverLeavesSurvivorsDisagreeing) {
       for (int i : ok) ASSERT_EQ(std::memcmp(bufs[i].data(), bufs[ok[0]].data(), n * 4), 0);
       ++committed;
     } else {
-      for (int i : failed) ASSERT_EQ(bufs[i], before[i]) << "survivor " << i << " buffer not restored";
+      for (int i : failed)
+        ASSERT_EQ(bufs[i], before[i]) << "survivor " << i << " buffer not restored";
       ++aborted;
     }
     // The survivors carry on in the new epoch.
@@ -281,17 +294,20 @@ TEST(AllReduceFault, PeerDyingMidOperationNeverLeavesSurvivorsDisagreeing) {
     for (auto& p : g.peers) {
       // At least one sync point even if the view already shows 3: the new epoch starts there.
       sync.emplace_back([&p] {
-        for (int k = 0; k < 50 && (k == 0 || p->world() != 3); ++k) (void)p->syncPoint(Deadline::after(Millis(5000)));
+        for (int k = 0; k < 50 && (k == 0 || p->world() != 3); ++k)
+          (void)p->syncPoint(Deadline::after(Millis(5000)));
       });
     }
     for (auto& t : sync) t.join();
     std::vector<std::vector<float>> retry;
     for (int i = 0; i < 3; ++i) retry.push_back(input(1000, 900 + i));
-    for (auto& s2 : g.allReduce(retry, ReduceOp::kSum, Wire::kRaw)) ASSERT_TRUE(s2.isOk()) << s2.toString();
+    for (auto& s2 : g.allReduce(retry, ReduceOp::kSum, Wire::kRaw))
+      ASSERT_TRUE(s2.isOk()) << s2.toString();
     EXPECT_EQ(retry[0], retry[1]);
     EXPECT_EQ(retry[0], retry[2]);
   }
-  std::printf("peer deaths mid-operation: %d committed before the death, %d aborted, 0 divergent\n", committed, aborted);
+  std::printf("peer deaths mid-operation: %d committed before the death, %d aborted, 0 divergent\n",
+              committed, aborted);
 }
 
 // Topology on loopback: one all-reduce measures the ring links, probes measure the rest, and
@@ -300,8 +316,10 @@ TEST(AllReduce, EveryLinkGetsABandwidthEstimateShownInStatus) {
   Group g(3);
   ASSERT_EQ(g.peers[0]->world(), 3u);
   std::vector<std::vector<float>> bufs;
-  for (int i = 0; i < 3; ++i) bufs.push_back(input(2u << 20, 70 + i));  // 8 MiB: enough for a passive figure
-  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw)) ASSERT_TRUE(st.isOk()) << st.toString();
+  for (int i = 0; i < 3; ++i)
+    bufs.push_back(input(2u << 20, 70 + i));  // 8 MiB: enough for a passive figure
+  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw))
+    ASSERT_TRUE(st.isOk()) << st.toString();
   for (auto& p : g.peers) ASSERT_TRUE(p->waitForProbes(Deadline::after(Millis(20000))).isOk());
   const auto ring = g.peers[0]->ring();
   ASSERT_EQ(ring.size(), 3u);
@@ -318,15 +336,18 @@ TEST(AllReduce, EveryLinkGetsABandwidthEstimateShownInStatus) {
   for (const auto& e : edges) {
     EXPECT_GT(e.bytes_per_s, 1e6) << e.from << " -> " << e.to;
     bool ring_edge = false;
-    for (std::size_t i = 0; i < 3; ++i) ring_edge = ring_edge || (ring[i] == e.from && ring[(i + 1) % 3] == e.to);
+    for (std::size_t i = 0; i < 3; ++i)
+      ring_edge = ring_edge || (ring[i] == e.from && ring[(i + 1) % 3] == e.to);
     EXPECT_EQ(e.source, ring_edge ? p2p::EdgeSource::kPassive : p2p::EdgeSource::kProbe)
         << "ring links are measured by their traffic, the others by probes";
   }
   // The group still works after whatever reorder the estimates caused.
   std::vector<std::thread> sync;
-  for (auto& p : g.peers) sync.emplace_back([&p] { EXPECT_TRUE(p->syncPoint(Deadline::after(Millis(10000))).isOk()); });
+  for (auto& p : g.peers)
+    sync.emplace_back([&p] { EXPECT_TRUE(p->syncPoint(Deadline::after(Millis(10000))).isOk()); });
   for (auto& t : sync) t.join();
-  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw)) EXPECT_TRUE(st.isOk()) << st.toString();
+  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw))
+    EXPECT_TRUE(st.isOk()) << st.toString();
 }
 
 }  // namespace
@@ -341,14 +362,16 @@ namespace {
 TEST(AllReduceMemory, PeakRssOfEveryPeerIsWithinTwiceTheBufferPlus64MiB) {
   TempDir dir;
   constexpr int kMib = 64;
-  Process bench({"bench", "allreduce", "--peers", "4", "--mib", std::to_string(kMib), "--iters", "1"},
-                dir.file("bench.log"));
+  Process bench(
+      {"bench", "allreduce", "--peers", "4", "--mib", std::to_string(kMib), "--iters", "1"},
+      dir.file("bench.log"));
   ASSERT_EQ(bench.waitExit(milliseconds(100000)), 0) << bench.log();
   const std::string out = bench.log();
   const auto at = out.find("\"peak_rss_mib\":");
   ASSERT_NE(at, std::string::npos) << out;
   const double peak = std::strtod(out.c_str() + at + 15, nullptr);
-  std::printf("%d MiB all-reduce, 4 peers: peak RSS %.0f MiB (bound %d MiB)\n", kMib, peak, 2 * kMib + 64);
+  std::printf("%d MiB all-reduce, 4 peers: peak RSS %.0f MiB (bound %d MiB)\n", kMib, peak,
+              2 * kMib + 64);
   EXPECT_GT(peak, kMib) << "implausible: the buffer alone is " << kMib << " MiB";
   EXPECT_LE(peak, 2 * kMib + 64);
 }

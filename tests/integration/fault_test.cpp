@@ -58,8 +58,8 @@ class RawClient {
   bool connected_ = false;
 };
 
-std::vector<std::uint8_t> header(std::uint32_t magic, std::uint8_t version, std::uint8_t type, std::uint16_t flags,
-                                 std::uint32_t length) {
+std::vector<std::uint8_t> header(std::uint32_t magic, std::uint8_t version, std::uint8_t type,
+                                 std::uint16_t flags, std::uint32_t length) {
   std::vector<std::uint8_t> out;
   ByteWriter w(out);
   w.u32(magic);
@@ -98,12 +98,14 @@ TEST(Fault, StoppedPeerIsEvictedAfterTheTimeoutAndRejoinsAfterSigcont) {
   sleeper.signal(SIGSTOP);
   ASSERT_TRUE(swarm.waitFor(milliseconds(10000), 1));
   double seen_s = secondsSince(t0);
-  std::printf("SIGSTOP eviction visible in status after %.3f s (timeout 3 s, target <= 4 s)\n", seen_s);
+  std::printf("SIGSTOP eviction visible in status after %.3f s (timeout 3 s, target <= 4 s)\n",
+              seen_s);
   EXPECT_GE(seen_s, 2.5) << "evicted before its heartbeat timeout";
   EXPECT_LT(seen_s, 5.0);
   sleeper.signal(SIGCONT);
   ASSERT_TRUE(eventually(milliseconds(10000), [&] { return swarm.isMember(id); }))
-      << "the woken peer must rejoin\n" << sleeper.log();
+      << "the woken peer must rejoin\n"
+      << sleeper.log();
   EXPECT_NE(sleeper.log().find("evicted by the coordinator"), std::string::npos) << sleeper.log();
   EXPECT_NE(sleeper.log().find("rejoining as pending"), std::string::npos);
 }
@@ -125,7 +127,8 @@ TEST(Fault, UnreachableCoordinatorFailsWithAClearErrorInsteadOfHanging) {
   TempDir dir;
   auto t0 = steady_clock::now();
   // Port 1 on loopback: nothing listens, connections are refused.
-  Process join({"join", "--idle", "--coordinator", "127.0.0.1:1", "--connect-timeout", "1000"}, dir.file("join"));
+  Process join({"join", "--idle", "--coordinator", "127.0.0.1:1", "--connect-timeout", "1000"},
+               dir.file("join"));
   auto rc = join.waitExit(milliseconds(10000));
   ASSERT_TRUE(rc.has_value()) << "join hung";
   EXPECT_EQ(*rc, 1);
@@ -137,7 +140,8 @@ TEST(Fault, UnreachableCoordinatorFailsWithAClearErrorInsteadOfHanging) {
   EXPECT_EQ(bad.waitExit(milliseconds(5000)), 2);
   EXPECT_NE(bad.log().find("bad address"), std::string::npos) << bad.log();
 
-  Process status({"status", "--coordinator", "127.0.0.1:1", "--timeout", "1000"}, dir.file("status"));
+  Process status({"status", "--coordinator", "127.0.0.1:1", "--timeout", "1000"},
+                 dir.file("status"));
   auto src = status.waitExit(milliseconds(5000));
   ASSERT_TRUE(src.has_value());
   EXPECT_EQ(*src, 1);
@@ -156,14 +160,17 @@ TEST(Fault, GarbageClosesOnlyTheOffendingConnection) {
     const char* counter;
   };
   std::vector<std::uint8_t> garbage(64);
-  for (std::size_t i = 0; i < garbage.size(); ++i) garbage[i] = static_cast<std::uint8_t>(i * 37 + 11);
+  for (std::size_t i = 0; i < garbage.size(); ++i)
+    garbage[i] = static_cast<std::uint8_t>(i * 37 + 11);
   std::vector<Case> cases = {
       {"garbage bytes", garbage, "p2p.frames_rejected.bad_magic"},
-      {"absurd length", header(p2p::kFrameMagic, 1, 1, 0, 0xFFFFFFFFu), "p2p.frames_rejected.too_long"},
+      {"absurd length", header(p2p::kFrameMagic, 1, 1, 0, 0xFFFFFFFFu),
+       "p2p.frames_rejected.too_long"},
       {"unknown type", header(p2p::kFrameMagic, 1, 200, 0, 0), "p2p.frames_rejected.unknown_type"},
       {"bad version", header(p2p::kFrameMagic, 9, 1, 0, 0), "p2p.frames_rejected.bad_version"},
       {"unknown flags", header(p2p::kFrameMagic, 1, 4, 0x8000, 0), "p2p.frames_rejected.bad_flags"},
-      {"data before hello", header(p2p::kFrameMagic, 1, 15, 0, 16), "p2p.frames_rejected.unexpected_type"},
+      {"data before hello", header(p2p::kFrameMagic, 1, 15, 0, 16),
+       "p2p.frames_rejected.unexpected_type"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -186,7 +193,8 @@ TEST(Fault, GarbageClosesOnlyTheOffendingConnection) {
   {
     SCOPED_TRACE("Hello with a malformed payload");
     RawClient client(port);
-    auto bytes = p2p::encodeFrame(p2p::FrameHeader{p2p::MsgType::kHello}, std::vector<std::uint8_t>{1, 2, 3});
+    auto bytes = p2p::encodeFrame(p2p::FrameHeader{p2p::MsgType::kHello},
+                                  std::vector<std::uint8_t>{1, 2, 3});
     client.send(bytes);
     EXPECT_TRUE(client.closedByRemote(milliseconds(3000)));
   }
@@ -249,8 +257,8 @@ TEST(Fault, HundredJoinLeaveCyclesLeakNoFdsOrMemory) {
   }
   const int fds_end = openFdCount(cpid);
   const long rss_end = rssKib(cpid);
-  std::printf("after 100 join/leave cycles: coordinator fds %d -> %d, RSS %ld -> %ld KiB\n", fds_start, fds_end,
-              rss_start, rss_end);
+  std::printf("after 100 join/leave cycles: coordinator fds %d -> %d, RSS %ld -> %ld KiB\n",
+              fds_start, fds_end, rss_start, rss_end);
   EXPECT_LE(fds_end, fds_start + fds_start / 10);
 #if defined(__SANITIZE_ADDRESS__)
   // ASan keeps freed memory in quarantine, so RSS grows by design; only fds say something here.
@@ -281,7 +289,7 @@ TEST(Fault, CoordinatorWithEightIdlePeersUsesLittleCpu) {
 namespace loco::testing {
 namespace {
 
-// DESIGN.md §4: the coordinator is restartable. Peers that lose it keep trying to rejoin for
+// ARCHITECTURE.md §4: the coordinator is restartable. Peers that lose it keep trying to rejoin for
 // --connect-timeout; a new coordinator on the same address takes them back, and because each
 // peer reports the highest epoch it saw, epochs never go backwards.
 TEST(Fault, PeersRejoinARestartedCoordinatorAndEpochsKeepRising) {
@@ -289,10 +297,10 @@ TEST(Fault, PeersRejoinARestartedCoordinatorAndEpochsKeepRising) {
   std::string port_file = dir.file("port");
   auto start = [&](const std::string& listen) {
     ::unlink(port_file.c_str());
-    auto p = std::make_unique<Process>(std::vector<std::string>{"coordinator", "--listen", listen, "--port-file",
-                                                                port_file, "--heartbeat-interval", "200",
-                                                                "--heartbeat-timeout", "2000"},
-                                       dir.file("coordinator.log"));
+    auto p = std::make_unique<Process>(
+        std::vector<std::string>{"coordinator", "--listen", listen, "--port-file", port_file,
+                                 "--heartbeat-interval", "200", "--heartbeat-timeout", "2000"},
+        dir.file("coordinator.log"));
     EXPECT_TRUE(eventually(milliseconds(10000), [&] { return !readFile(port_file).empty(); }));
     return p;
   };
@@ -307,7 +315,8 @@ TEST(Fault, PeersRejoinARestartedCoordinatorAndEpochsKeepRising) {
   std::vector<std::unique_ptr<Process>> peers;
   for (int i = 0; i < 3; ++i) {
     peers.push_back(std::make_unique<Process>(
-        std::vector<std::string>{"join", "--idle", "--coordinator", "127.0.0.1:" + port, "--connect-timeout", "15000"},
+        std::vector<std::string>{"join", "--idle", "--coordinator", "127.0.0.1:" + port,
+                                 "--connect-timeout", "15000"},
         dir.file("peer" + std::to_string(i) + ".log")));
   }
   ASSERT_TRUE(eventually(milliseconds(10000), [&] {
@@ -342,9 +351,10 @@ TEST(Fault, FrozenPeerDuringAllReduceFailsTheSurvivorsWithinTheHeartbeatTimeout)
   std::vector<std::unique_ptr<Process>> workers;
   for (int r = 0; r < 3; ++r) {
     workers.push_back(std::make_unique<Process>(
-        std::vector<std::string>{"bench", "allreduce", "--worker", "--coordinator", coordinator.address(), "--listen",
-                                 "127.0.0.1:0", "--rank", std::to_string(r), "--peers", "3", "--mib", "32", "--iters",
-                                 "100000", "--out", dir.file("w" + std::to_string(r)), "--streams", "2"},
+        std::vector<std::string>{
+            "bench", "allreduce", "--worker", "--coordinator", coordinator.address(), "--listen",
+            "127.0.0.1:0", "--rank", std::to_string(r), "--peers", "3", "--mib", "32", "--iters",
+            "100000", "--out", dir.file("w" + std::to_string(r)), "--streams", "2"},
         dir.file("worker" + std::to_string(r) + ".log")));
   }
   // Wait until they are all-reducing (3 members), then let a few operations run.
@@ -352,7 +362,8 @@ TEST(Fault, FrozenPeerDuringAllReduceFailsTheSurvivorsWithinTheHeartbeatTimeout)
     auto v = coordinator.view();
     return v && v->world() == 3;
   }));
-  ASSERT_TRUE(eventually(milliseconds(20000), [&] { return coordinator.counter("coord.ops_committed") >= 2; }));
+  ASSERT_TRUE(eventually(milliseconds(20000),
+                         [&] { return coordinator.counter("coord.ops_committed") >= 2; }));
   const std::uint64_t committed_before = coordinator.counter("coord.ops_committed");
   const auto t0 = std::chrono::steady_clock::now();
   workers[2]->signal(SIGSTOP);
@@ -360,20 +371,27 @@ TEST(Fault, FrozenPeerDuringAllReduceFailsTheSurvivorsWithinTheHeartbeatTimeout)
   // aborts it and both survivors' waits fail (the bench worker then exits non-zero); between
   // operations (at a sync point), the frozen peer is evicted and the two carry on together.
   bool survivors_failed = false, group_went_on = false;
-  ASSERT_TRUE(eventually(milliseconds(8000), [&] {
-    survivors_failed = !workers[0]->running() && !workers[1]->running();
-    auto v = coordinator.view();
-    group_went_on = v && v->world() == 2 && coordinator.counter("coord.ops_committed") > committed_before;
-    return survivors_failed || group_went_on;
-  })) << "survivors neither failed nor went on\n" << workers[0]->log();
+  ASSERT_TRUE(eventually(milliseconds(8000),
+                         [&] {
+                           survivors_failed = !workers[0]->running() && !workers[1]->running();
+                           auto v = coordinator.view();
+                           group_went_on =
+                               v && v->world() == 2 &&
+                               coordinator.counter("coord.ops_committed") > committed_before;
+                           return survivors_failed || group_went_on;
+                         }))
+      << "survivors neither failed nor went on\n"
+      << workers[0]->log();
   const double seconds = secondsSince(t0);
   std::printf("frozen peer: survivors %s after %.2f s (heartbeat timeout 1.5 s)\n",
               survivors_failed ? "failed their operation" : "went on without it", seconds);
   EXPECT_LT(seconds, 1.5 + 2.5);
   if (survivors_failed) {
     for (int r = 0; r < 2; ++r) {
-      EXPECT_NE(workers[r]->waitExit(milliseconds(1000)), 0) << "an aborted operation must not look like success";
-      EXPECT_NE(workers[r]->log().find("the buffer is restored"), std::string::npos) << workers[r]->log();
+      EXPECT_NE(workers[r]->waitExit(milliseconds(1000)), 0)
+          << "an aborted operation must not look like success";
+      EXPECT_NE(workers[r]->log().find("the buffer is restored"), std::string::npos)
+          << workers[r]->log();
     }
   }
   workers[2]->signal(SIGCONT);

@@ -15,7 +15,9 @@ namespace {
 
 // What `loco lab` would refuse for, as one sentence; empty when labs can be built here.
 std::string labUnsupported() {
-  if (::geteuid() != 0) return "loco lab needs root (network namespaces, veths, raw sockets); these tests run as root in CI";
+  if (::geteuid() != 0)
+    return "loco lab needs root (network namespaces, veths, raw sockets); these tests run as root "
+           "in CI";
   std::string probe = "locotestprobe" + std::to_string(::getpid());
   if (std::system(("ip netns add " + probe + " 2>/dev/null").c_str()) != 0) {
     return "this machine cannot create network namespaces (`ip netns add` failed)";
@@ -24,10 +26,9 @@ std::string labUnsupported() {
   return "";
 }
 
-#define SKIP_WITHOUT_LAB_SUPPORT()                        \
-  do {                                                    \
-    if (std::string why = labUnsupported(); !why.empty()) \
-      GTEST_SKIP() << why;                                \
+#define SKIP_WITHOUT_LAB_SUPPORT()                                             \
+  do {                                                                         \
+    if (std::string why = labUnsupported(); !why.empty()) GTEST_SKIP() << why; \
   } while (0)
 
 // Lab names may not end in a digit; derive a unique one per test from the pid.
@@ -42,7 +43,8 @@ struct CommandResult {
   std::string out;
 };
 
-CommandResult loco(const TempDir& dir, const std::vector<std::string>& args, milliseconds timeout = milliseconds(30000)) {
+CommandResult loco(const TempDir& dir, const std::vector<std::string>& args,
+                   milliseconds timeout = milliseconds(30000)) {
   static int n = 0;
   std::string log = dir.file("cmd" + std::to_string(n++) + ".log");
   Process p(args, log);
@@ -53,8 +55,8 @@ CommandResult loco(const TempDir& dir, const std::vector<std::string>& args, mil
 std::vector<std::string> namespacesOf(const std::string& lab) {
   std::vector<std::string> out;
   std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/run/netns", ec); !ec && it != std::filesystem::directory_iterator();
-       it.increment(ec)) {
+  for (auto it = std::filesystem::directory_iterator("/run/netns", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     std::string n = it->path().filename().string();
     if (std::regex_match(n, std::regex(lab + "[0-9]+"))) out.push_back(n);
   }
@@ -75,8 +77,8 @@ int subnetOf(const std::string& lab) {
 int vethsOf(int subnet) {
   int n = 0;
   std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/sys/class/net", ec); !ec && it != std::filesystem::directory_iterator();
-       it.increment(ec)) {
+  for (auto it = std::filesystem::directory_iterator("/sys/class/net", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     if (it->path().filename().string().rfind("lb" + std::to_string(subnet) + "h", 0) == 0) ++n;
   }
   return n;
@@ -88,7 +90,9 @@ pid_t pidIn(const std::string& path) {
   return pid;
 }
 
-bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
+bool alive(pid_t pid) {
+  return pid > 0 && ::kill(pid, 0) == 0;
+}
 
 double pingAvgMs(const std::string& out) {
   std::smatch m;
@@ -119,12 +123,15 @@ TEST(Lab, UpExecSetPartitionHealDownLeavesNothingBehind) {
 
   CommandResult status = loco(dir, {"lab", "status", name, "--json"});
   ASSERT_EQ(status.code, 0) << status.out;
-  EXPECT_NE(status.out.find("{\"name\":\"" + name + "\",\"hosts\":[{\"name\":\"" + name + "1\",\"addr\":\""),
+  EXPECT_NE(status.out.find("{\"name\":\"" + name + "\",\"hosts\":[{\"name\":\"" + name +
+                            "1\",\"addr\":\""),
             std::string::npos)
       << status.out;
-  EXPECT_NE(status.out.find("\"links\":{\"1-2\":{\"delay_ms\":20"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("\"links\":{\"1-2\":{\"delay_ms\":20"), std::string::npos)
+      << status.out;
 
-  CommandResult ping = loco(dir, {"lab", "exec", name + "1", "--", "ping", "-c", "3", "-i", "0.2", addr2});
+  CommandResult ping =
+      loco(dir, {"lab", "exec", name + "1", "--", "ping", "-c", "3", "-i", "0.2", addr2});
   ASSERT_EQ(ping.code, 0) << ping.out;
   EXPECT_NEAR(pingAvgMs(ping.out), 40.0, 8.0) << "RTT = 2 x 20 ms\n" << ping.out;
 
@@ -135,12 +142,15 @@ TEST(Lab, UpExecSetPartitionHealDownLeavesNothingBehind) {
   EXPECT_LT(pingAvgMs(ping.out), 15.0) << "the new delay applies at once\n" << ping.out;
 
   ASSERT_EQ(loco(dir, {"lab", "partition", name, "--groups", "1/2,3"}).code, 0);
-  EXPECT_NE(loco(dir, {"lab", "exec", name + "1", "--", "ping", "-c", "2", "-W", "1", addr2}).code, 0)
+  EXPECT_NE(loco(dir, {"lab", "exec", name + "1", "--", "ping", "-c", "2", "-W", "1", addr2}).code,
+            0)
       << "1 and 2 are in different groups";
-  EXPECT_EQ(loco(dir, {"lab", "exec", name + "2", "--", "ping", "-c", "2", "-W", "1", addr3}).code, 0)
+  EXPECT_EQ(loco(dir, {"lab", "exec", name + "2", "--", "ping", "-c", "2", "-W", "1", addr3}).code,
+            0)
       << "2 and 3 are in one group";
   ASSERT_EQ(loco(dir, {"lab", "heal", name}).code, 0);
-  EXPECT_EQ(loco(dir, {"lab", "exec", name + "1", "--", "ping", "-c", "2", "-W", "1", addr2}).code, 0);
+  EXPECT_EQ(loco(dir, {"lab", "exec", name + "1", "--", "ping", "-c", "2", "-W", "1", addr2}).code,
+            0);
 
   const pid_t hub = pidIn("/run/loco-lab/" + name + "/hub.ready");
   const pid_t supervisor = pidIn("/run/loco-lab/" + name + "/supervisor.pid");
@@ -169,9 +179,11 @@ TEST(Lab, HubDeathRemovesTheWholeLabIncludingProcessesInside) {
   ASSERT_TRUE(alive(hub));
   ::kill(hub, SIGKILL);
   EXPECT_TRUE(eventually(milliseconds(5000), [&] {
-    return namespacesOf(name).empty() && vethsOf(subnet) == 0 && !std::filesystem::exists("/run/loco-lab/" + name);
+    return namespacesOf(name).empty() && vethsOf(subnet) == 0 &&
+           !std::filesystem::exists("/run/loco-lab/" + name);
   }));
-  EXPECT_TRUE(inside.waitExit(milliseconds(3000)).has_value()) << "a process inside the lab must not outlive it";
+  EXPECT_TRUE(inside.waitExit(milliseconds(3000)).has_value())
+      << "a process inside the lab must not outlive it";
 }
 
 TEST(Lab, BadInputCreatesNothingAndNamesTheBadValue) {
@@ -224,16 +236,17 @@ TEST(Lab, InterruptedUpLeavesNothingBehind) {
   LabGuard guard{dir, name};
   Process up({"lab", "up", name, "--hosts", "64"}, dir.file("up.log"));
   // Interrupt once building has started (the state directory appears first).
-  ASSERT_TRUE(eventually(milliseconds(10000), [&] { return std::filesystem::exists("/run/loco-lab/" + name); }));
+  ASSERT_TRUE(eventually(milliseconds(10000),
+                         [&] { return std::filesystem::exists("/run/loco-lab/" + name); }));
   std::this_thread::sleep_for(milliseconds(200));
   up.signal(SIGINT);
   auto rc = up.waitExit(milliseconds(30000));
   ASSERT_TRUE(rc.has_value());
-  if (*rc == 0) GTEST_SKIP() << "the lab was complete before the interrupt arrived; nothing to check";
+  if (*rc == 0)
+    GTEST_SKIP() << "the lab was complete before the interrupt arrived; nothing to check";
   EXPECT_TRUE(namespacesOf(name).empty()) << up.log();
   EXPECT_FALSE(std::filesystem::exists("/run/loco-lab/" + name));
 }
-
 
 TEST(Lab, LocalSwarmRunsAcrossLabHosts) {
   SKIP_WITHOUT_LAB_SUPPORT();
@@ -242,14 +255,18 @@ TEST(Lab, LocalSwarmRunsAcrossLabHosts) {
   LabGuard guard{dir, name};
   ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "3", "--delay-ms", "10"}).code, 0);
   const std::string subnet = "10.213." + std::to_string(subnetOf(name)) + ".";
-  CommandResult local = loco(dir, {"local", "--idle", "--lab", name, "--peers", "3", "--hold-ms", "200", "--out", dir.file("run")},
+  CommandResult local = loco(dir,
+                             {"local", "--idle", "--lab", name, "--peers", "3", "--hold-ms", "200",
+                              "--out", dir.file("run")},
                              milliseconds(60000));
   ASSERT_EQ(local.code, 0) << local.out;
   EXPECT_NE(local.out.find("all processes exited cleanly"), std::string::npos) << local.out;
   const std::string coordinator_log = readFile(dir.file("run/coordinator.log"));
-  EXPECT_NE(coordinator_log.find("listening on " + subnet + "1:"), std::string::npos) << coordinator_log;
-  EXPECT_NE(coordinator_log.find("advertising " + subnet + "2:"), std::string::npos) << "a peer lives in host 2\n"
-                                                                                     << coordinator_log;
+  EXPECT_NE(coordinator_log.find("listening on " + subnet + "1:"), std::string::npos)
+      << coordinator_log;
+  EXPECT_NE(coordinator_log.find("advertising " + subnet + "2:"), std::string::npos)
+      << "a peer lives in host 2\n"
+      << coordinator_log;
 }
 
 TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
@@ -257,12 +274,16 @@ TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
   TempDir dir;
   const std::string name = uniqueLabName("ben");
   LabGuard guard{dir, name};
-  ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "2", "--delay-ms", "5", "--rate-mbit", "200"}).code, 0);
-  CommandResult bench = loco(dir, {"bench", "link", "--lab", name, "--streams", "2", "--mib", "8", "--iters", "2"},
-                             milliseconds(60000));
+  ASSERT_EQ(
+      loco(dir, {"lab", "up", name, "--hosts", "2", "--delay-ms", "5", "--rate-mbit", "200"}).code,
+      0);
+  CommandResult bench =
+      loco(dir, {"bench", "link", "--lab", name, "--streams", "2", "--mib", "8", "--iters", "2"},
+           milliseconds(60000));
   ASSERT_EQ(bench.code, 0) << bench.out;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(bench.out, m, std::regex(R"re("gbit_s":([0-9.]+).*"lab":")re"))) << bench.out;
+  ASSERT_TRUE(std::regex_search(bench.out, m, std::regex(R"re("gbit_s":([0-9.]+).*"lab":")re")))
+      << bench.out;
   const double gbit = std::stod(m[1]);
   EXPECT_GT(gbit, 0.02) << bench.out;
   EXPECT_LT(gbit, 0.21) << "a 200 Mbit/s access link caps the transfer\n" << bench.out;
@@ -276,18 +297,20 @@ TEST(Lab, TopologyUpdateRoutesTheRingAroundSlowPairs) {
   TempDir dir;
   const std::string name = uniqueLabName("top");
   LabGuard guard{dir, name};
-  ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "4", "--delay-ms", "5", "--rate-mbit", "100", "--link",
-                       "1-2:rate-mbit=10", "--link", "3-4:rate-mbit=10"})
+  ASSERT_EQ(loco(dir, {"lab", "up", name, "--hosts", "4", "--delay-ms", "5", "--rate-mbit", "100",
+                       "--link", "1-2:rate-mbit=10", "--link", "3-4:rate-mbit=10"})
                 .code,
             0);
-  CommandResult bench = loco(dir, {"bench", "allreduce", "--lab", name, "--peers", "4", "--mib", "8", "--iters", "1",
-                                   "--topology-update"},
+  CommandResult bench = loco(dir,
+                             {"bench", "allreduce", "--lab", name, "--peers", "4", "--mib", "8",
+                              "--iters", "1", "--topology-update"},
                              milliseconds(100000));
   ASSERT_EQ(bench.code, 0) << bench.out;
   std::smatch m;
   ASSERT_TRUE(std::regex_search(
       bench.out, m,
-      std::regex(R"re("bitwise_equal":(true|false).*"ring_before":"([0-9-]+)".*"ring_after":"([0-9-]+)","speedup_vs_initial":([0-9.]+))re")))
+      std::regex(
+          R"re("bitwise_equal":(true|false).*"ring_before":"([0-9-]+)".*"ring_after":"([0-9-]+)","speedup_vs_initial":([0-9.]+))re")))
       << bench.out;
   EXPECT_EQ(m[1], "true") << bench.out;
   EXPECT_EQ(m[2], "1-2-3-4") << bench.out;
@@ -296,8 +319,9 @@ TEST(Lab, TopologyUpdateRoutesTheRingAroundSlowPairs) {
   for (std::size_t i = 0; i < 4; ++i) {
     const std::string a(1, ring[2 * i]), b(1, ring[2 * ((i + 1) % 4)]);
     const std::string pair = a < b ? a + b : b + a;
-    EXPECT_TRUE(pair != "12" && pair != "34") << "the ring " << ring << " still uses the slow pair " << pair << "\n"
-                                              << bench.out;
+    EXPECT_TRUE(pair != "12" && pair != "34")
+        << "the ring " << ring << " still uses the slow pair " << pair << "\n"
+        << bench.out;
   }
   EXPECT_GT(std::stod(m[4]), 2.0) << "avoiding two 10 Mbit/s links should pay off\n" << bench.out;
 }

@@ -1,5 +1,5 @@
-// Integration tests for the multi-stream link (p2p/link.h, DESIGN.md §3): two NetworkThreads in
-// one process, a LinkListener on one and connectLink on the other, real TCP on 127.0.0.1.
+// Integration tests for the multi-stream link (p2p/link.h, ARCHITECTURE.md §3): two NetworkThreads
+// in one process, a LinkListener on one and connectLink on the other, real TCP on 127.0.0.1.
 //
 // Every Link/LinkListener call runs on the network thread that owns it (post + promise); every
 // wait is bounded (wait_for, at most 10 s) and fails the test instead of hanging. Buffers handed
@@ -34,8 +34,8 @@ namespace {
 using std::chrono::milliseconds;
 using Bytes = std::vector<std::uint8_t>;
 
-constexpr milliseconds kWait{10000};      // the longest any single wait may take
-constexpr milliseconds kFailFast{3000};   // "within a couple of seconds"
+constexpr milliseconds kWait{10000};     // the longest any single wait may take
+constexpr milliseconds kFailFast{3000};  // "within a couple of seconds"
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * 1024;
 
@@ -72,7 +72,9 @@ auto runOn(NetworkThread& net, F fn) {
 // test can check "exactly once".
 class Completion {
  public:
-  Completion() : promise_(std::make_shared<std::promise<Status>>()), calls_(std::make_shared<std::atomic<int>>(0)) {
+  Completion()
+      : promise_(std::make_shared<std::promise<Status>>()),
+        calls_(std::make_shared<std::atomic<int>>(0)) {
     future_ = promise_->get_future();
   }
   Link::Done callback() {
@@ -111,15 +113,18 @@ long long firstMismatch(ByteSpan a, ByteSpan b) {
 
 class LinkTest : public ::testing::Test {
  protected:
-  // Connects a link with `opts` (both sides use the same options). Use with ASSERT_NO_FATAL_FAILURE.
+  // Connects a link with `opts` (both sides use the same options). Use with
+  // ASSERT_NO_FATAL_FAILURE.
   void connect(LinkOptions opts) {
     opts_ = opts;
     auto accepted = std::make_shared<std::promise<std::shared_ptr<Link>>>();
     auto accepted_calls = std::make_shared<std::atomic<int>>(0);
     auto started = runOn(recv_net_, [this, opts, accepted, accepted_calls]() -> Status {
       auto l = LinkListener::start(recv_net_.context(), {"127.0.0.1", 0}, opts,
-                                   [accepted, accepted_calls](std::shared_ptr<Link> link, const std::string&, std::uint64_t) {
-                                     if (accepted_calls->fetch_add(1) == 0) accepted->set_value(std::move(link));
+                                   [accepted, accepted_calls](std::shared_ptr<Link> link,
+                                                              const std::string&, std::uint64_t) {
+                                     if (accepted_calls->fetch_add(1) == 0)
+                                       accepted->set_value(std::move(link));
                                    });
       if (!l) return l.status();
       listener_ = std::move(l.value());
@@ -134,15 +139,18 @@ class LinkTest : public ::testing::Test {
     auto dialed_future = dialed->get_future();
     ASSERT_TRUE(runOn(send_net_, [this, opts, dialed, p = *port] {
       connectLink(send_net_.context(), {"127.0.0.1", p}, "link-test-sender-0123456789abcdef", opts,
-                  Deadline::after(Millis(5000)), [dialed](Result<std::shared_ptr<Link>> r) { dialed->set_value(std::move(r)); });
+                  Deadline::after(Millis(5000)),
+                  [dialed](Result<std::shared_ptr<Link>> r) { dialed->set_value(std::move(r)); });
     }));
-    ASSERT_EQ(dialed_future.wait_for(kWait), std::future_status::ready) << "connectLink never completed";
+    ASSERT_EQ(dialed_future.wait_for(kWait), std::future_status::ready)
+        << "connectLink never completed";
     auto out = dialed_future.get();
     ASSERT_TRUE(out.isOk()) << out.status().toString();
     sender_ = std::move(out.value());
 
     auto in_future = accepted->get_future();
-    ASSERT_EQ(in_future.wait_for(kWait), std::future_status::ready) << "the listener never produced the link";
+    ASSERT_EQ(in_future.wait_for(kWait), std::future_status::ready)
+        << "the listener never produced the link";
     receiver_ = in_future.get();
     ASSERT_TRUE(receiver_);
     auto counts = runOn(recv_net_, [this] { return receiver_->streamCount(); });
@@ -176,10 +184,13 @@ class LinkTest : public ::testing::Test {
 
   // Posts send() on the sender's thread.
   void postSend(std::uint64_t tag, const Bytes& src, Completion& c) {
-    ASSERT_TRUE(runOn(send_net_, [this, tag, data = ByteSpan(src), cb = c.callback()] { sender_->send(tag, data, cb); }));
+    ASSERT_TRUE(runOn(send_net_, [this, tag, data = ByteSpan(src), cb = c.callback()] {
+      sender_->send(tag, data, cb);
+    }));
   }
   void postRecv(std::uint64_t tag, MutableByteSpan dst, Completion& c) {
-    ASSERT_TRUE(runOn(recv_net_, [this, tag, dst, cb = c.callback()] { receiver_->recv(tag, dst, cb); }));
+    ASSERT_TRUE(
+        runOn(recv_net_, [this, tag, dst, cb = c.callback()] { receiver_->recv(tag, dst, cb); }));
   }
   std::size_t stagedBytes() {
     auto v = runOn(recv_net_, [this] { return receiver_->stagedBytes(); });
@@ -205,7 +216,8 @@ class LinkTest : public ::testing::Test {
     EXPECT_EQ(sent.calls(), 1);
   }
 
-  static LinkOptions options(std::uint32_t streams, std::uint32_t chunk, std::size_t max_staged = 64 * MiB) {
+  static LinkOptions options(std::uint32_t streams, std::uint32_t chunk,
+                             std::size_t max_staged = 64 * MiB) {
     LinkOptions o;
     o.streams = streams;
     o.chunk_bytes = chunk;
@@ -222,7 +234,8 @@ class LinkTest : public ::testing::Test {
   std::list<Bytes> buffers_;  // destroyed after TearDown(), so after both links
 };
 
-// ---- 1. bit-identical delivery --------------------------------------------------------------------
+// ---- 1. bit-identical delivery
+// --------------------------------------------------------------------
 
 TEST_F(LinkTest, DeliversAMultiMiBTransferBitIdenticalOverFourStreams) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
@@ -231,8 +244,8 @@ TEST_F(LinkTest, DeliversAMultiMiBTransferBitIdenticalOverFourStreams) {
 
 TEST_F(LinkTest, DeliversSizesThatAreNotAMultipleOfTheChunkSize) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
-  const std::size_t sizes[] = {3 * MiB + 12345, 64 * KiB + 1, 64 * KiB - 1, 3 * 64 * KiB - 1, 5 * 64 * KiB,
-                               100, 1};
+  const std::size_t sizes[] = {
+      3 * MiB + 12345, 64 * KiB + 1, 64 * KiB - 1, 3 * 64 * KiB - 1, 5 * 64 * KiB, 100, 1};
   std::uint64_t tag = 10;
   for (std::size_t size : sizes) ASSERT_NO_FATAL_FAILURE(transfer(tag++, size));
 }
@@ -260,10 +273,12 @@ TEST_F(LinkTest, ZeroByteTransferCompletesAtOnce) {
 
 TEST_F(LinkTest, ReusesTheLinkForManySequentialTransfers) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
-  for (std::uint64_t i = 0; i < 20; ++i) ASSERT_NO_FATAL_FAILURE(transfer(100 + i, 256 * KiB + i * 4099));
+  for (std::uint64_t i = 0; i < 20; ++i)
+    ASSERT_NO_FATAL_FAILURE(transfer(100 + i, 256 * KiB + i * 4099));
 }
 
-// ---- 2. several tags in flight, recvs posted late ---------------------------------------------------
+// ---- 2. several tags in flight, recvs posted late
+// ---------------------------------------------------
 
 TEST_F(LinkTest, DeliversConcurrentTagsWhoseRecvsArePostedLateInReverseOrder) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
@@ -278,11 +293,13 @@ TEST_F(LinkTest, DeliversConcurrentTagsWhoseRecvsArePostedLateInReverseOrder) {
   std::vector<Link::Done> cbs;
   for (auto& c : sent) cbs.push_back(c.callback());
   ASSERT_TRUE(runOn(send_net_, [&] {
-    for (int t = 0; t < kTags; ++t) sender_->send(static_cast<std::uint64_t>(t), ByteSpan(*src[t]), cbs[t]);
+    for (int t = 0; t < kTags; ++t)
+      sender_->send(static_cast<std::uint64_t>(t), ByteSpan(*src[t]), cbs[t]);
   }));
   std::this_thread::sleep_for(milliseconds(10));  // let chunks arrive before any recv exists
   for (int t = kTags - 1; t >= 0; --t) {
-    ASSERT_NO_FATAL_FAILURE(postRecv(static_cast<std::uint64_t>(t), MutableByteSpan(*dst[t]), received[t]));
+    ASSERT_NO_FATAL_FAILURE(
+        postRecv(static_cast<std::uint64_t>(t), MutableByteSpan(*dst[t]), received[t]));
   }
   for (int t = 0; t < kTags; ++t) {
     SCOPED_TRACE("tag " + std::to_string(t));
@@ -308,10 +325,12 @@ TEST_F(LinkTest, DeliversConcurrentTagsWhenStagingIsFull) {
     src.push_back(&pattern(1 * MiB + static_cast<std::size_t>(t) * 333, 2000 + t));
     dst.push_back(&filled(src.back()->size(), 0));
   }
-  for (int t = 0; t < kTags; ++t) ASSERT_NO_FATAL_FAILURE(postSend(static_cast<std::uint64_t>(t), *src[t], sent[t]));
+  for (int t = 0; t < kTags; ++t)
+    ASSERT_NO_FATAL_FAILURE(postSend(static_cast<std::uint64_t>(t), *src[t], sent[t]));
   std::this_thread::sleep_for(milliseconds(100));  // staging fills up, streams park
   for (int t = kTags - 1; t >= 0; --t) {
-    ASSERT_NO_FATAL_FAILURE(postRecv(static_cast<std::uint64_t>(t), MutableByteSpan(*dst[t]), received[t]));
+    ASSERT_NO_FATAL_FAILURE(
+        postRecv(static_cast<std::uint64_t>(t), MutableByteSpan(*dst[t]), received[t]));
     std::this_thread::sleep_for(milliseconds(2));
   }
   for (int t = 0; t < kTags; ++t) {
@@ -363,8 +382,9 @@ TEST_F(LinkTest, RecvPostedWhileAChunkIsBeingStagedStillCompletes) {
     auto r = received.wait();
     auto s = sent.wait();
     stop->store(true);
-    ASSERT_TRUE(r.has_value()) << "recv posted while a chunk was being staged never completed (staged bytes now: "
-                               << stagedBytes() << ")";
+    ASSERT_TRUE(r.has_value())
+        << "recv posted while a chunk was being staged never completed (staged bytes now: "
+        << stagedBytes() << ")";
     EXPECT_TRUE(r->isOk()) << r->toString();
     EXPECT_TRUE(s && s->isOk()) << "send: " << describe(s);
     EXPECT_EQ(firstMismatch(src, dst), -1);
@@ -372,7 +392,8 @@ TEST_F(LinkTest, RecvPostedWhileAChunkIsBeingStagedStillCompletes) {
   }
 }
 
-// ---- 3. bounded buffering ----------------------------------------------------------------------------
+// ---- 3. bounded buffering
+// ----------------------------------------------------------------------------
 
 TEST_F(LinkTest, StagesEarlyChunksWithinTheBound) {
   constexpr std::size_t kBound = 1 * MiB;
@@ -426,7 +447,8 @@ TEST_F(LinkTest, ResumesParkedStreamsWhenARecvCompletesFromStaging) {
   ASSERT_NO_FATAL_FAILURE(postSend(2, b, sent_b));
   ASSERT_NO_FATAL_FAILURE(postSend(3, c, sent_c));
   auto until = Clock::now() + kWait;
-  while (stagedBytes() < a.size() && Clock::now() < until) std::this_thread::sleep_for(milliseconds(2));
+  while (stagedBytes() < a.size() && Clock::now() < until)
+    std::this_thread::sleep_for(milliseconds(2));
   ASSERT_EQ(stagedBytes(), a.size()) << "transfer A was not staged";
   std::this_thread::sleep_for(milliseconds(50));
   ASSERT_EQ(stagedBytes(), a.size()) << "staging went past its bound";
@@ -438,9 +460,10 @@ TEST_F(LinkTest, ResumesParkedStreamsWhenARecvCompletesFromStaging) {
   EXPECT_EQ(firstMismatch(a, a_dst), -1);
 
   auto rc = recv_c.wait();
-  EXPECT_TRUE(rc.has_value()) << "recv C never completed although staging had room again: the stream stayed "
-                                 "parked on B's chunk (staged bytes now "
-                              << stagedBytes() << ")";
+  EXPECT_TRUE(rc.has_value())
+      << "recv C never completed although staging had room again: the stream stayed "
+         "parked on B's chunk (staged bytes now "
+      << stagedBytes() << ")";
   if (rc) {
     EXPECT_TRUE(rc->isOk()) << rc->toString();
     EXPECT_EQ(firstMismatch(c, c_dst), -1);
@@ -453,7 +476,8 @@ TEST_F(LinkTest, ResumesParkedStreamsWhenARecvCompletesFromStaging) {
   EXPECT_TRUE(rb && rb->isOk()) << "recv B: " << describe(rb);
 }
 
-// ---- 4. failure ------------------------------------------------------------------------------------
+// ---- 4. failure
+// ------------------------------------------------------------------------------------
 
 // The sender's thread sends, lets the kernel take what it can, then closes the link; the transfer
 // is far larger than what the streams have been handed, so it is certainly cut mid-way.
@@ -470,7 +494,8 @@ TEST_F(LinkTest, ClosingTheSenderFailsThePeersPendingRecv) {
   }));
   auto t0 = Clock::now();
   auto r = received.wait(kFailFast);
-  ASSERT_TRUE(r.has_value()) << "the receiver's pending recv did not fail within 3 s of the sender closing";
+  ASSERT_TRUE(r.has_value())
+      << "the receiver's pending recv did not fail within 3 s of the sender closing";
   EXPECT_FALSE(r->isOk()) << "a transfer cut mid-way completed ok";
   EXPECT_LT(Clock::now() - t0, milliseconds(2500));
   EXPECT_EQ(received.calls(), 1);
@@ -489,13 +514,17 @@ TEST_F(LinkTest, RecvAndSendOnAClosedLinkFailAtOnce) {
   Bytes& dst = filled(100 * KiB, 0);
   Bytes& src = pattern(100 * KiB, 8);
   Completion received, sent;
-  ASSERT_TRUE(runOn(recv_net_, [this] { receiver_->close(Status(StatusCode::kAborted, "test closes the receiver")); }));
+  ASSERT_TRUE(runOn(recv_net_, [this] {
+    receiver_->close(Status(StatusCode::kAborted, "test closes the receiver"));
+  }));
   ASSERT_NO_FATAL_FAILURE(postRecv(1, MutableByteSpan(dst), received));
   auto r = received.wait(milliseconds(1000));
   ASSERT_TRUE(r.has_value()) << "recv on a closed link did not fail at once";
   EXPECT_EQ(r->code(), StatusCode::kAborted) << r->toString();
 
-  ASSERT_TRUE(runOn(send_net_, [this] { sender_->close(Status(StatusCode::kAborted, "test closes the sender")); }));
+  ASSERT_TRUE(runOn(send_net_, [this] {
+    sender_->close(Status(StatusCode::kAborted, "test closes the sender"));
+  }));
   ASSERT_NO_FATAL_FAILURE(postSend(1, src, sent));
   auto s = sent.wait(milliseconds(1000));
   ASSERT_TRUE(s.has_value()) << "send on a closed link did not fail at once";
@@ -506,7 +535,9 @@ TEST_F(LinkTest, PeerCloseRunsTheCloseHandlerAndFailsLaterRecvs) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
   Completion closed;
   ASSERT_TRUE(runOn(recv_net_, [this, cb = closed.callback()] { receiver_->setCloseHandler(cb); }));
-  ASSERT_TRUE(runOn(send_net_, [this] { sender_->close(Status(StatusCode::kAborted, "test closes the sender")); }));
+  ASSERT_TRUE(runOn(send_net_, [this] {
+    sender_->close(Status(StatusCode::kAborted, "test closes the sender"));
+  }));
   auto c = closed.wait(kFailFast);
   ASSERT_TRUE(c.has_value()) << "the receiver never noticed that the sender closed";
   EXPECT_FALSE(c->isOk());
@@ -543,7 +574,9 @@ TEST_F(LinkTest, PeerCloseFailsThePendingSend) {
   ASSERT_NO_FATAL_FAILURE(postSend(1, src, sent));
   std::this_thread::sleep_for(milliseconds(100));  // receiver staging is full; the send is stuck
   EXPECT_FALSE(sent.doneWithin(milliseconds(0)));
-  ASSERT_TRUE(runOn(recv_net_, [this] { receiver_->close(Status(StatusCode::kAborted, "test closes the receiver")); }));
+  ASSERT_TRUE(runOn(recv_net_, [this] {
+    receiver_->close(Status(StatusCode::kAborted, "test closes the receiver"));
+  }));
   auto c = closed.wait(kFailFast);
   EXPECT_TRUE(c.has_value()) << "the sender never noticed that the receiver closed";
   auto s = sent.wait(kFailFast);
@@ -551,7 +584,8 @@ TEST_F(LinkTest, PeerCloseFailsThePendingSend) {
   EXPECT_FALSE(s->isOk());
 }
 
-// ---- 5. size mismatch --------------------------------------------------------------------------------
+// ---- 5. size mismatch
+// --------------------------------------------------------------------------------
 
 class LinkSizeMismatchTest : public LinkTest {
  protected:
@@ -578,7 +612,8 @@ class LinkSizeMismatchTest : public LinkTest {
       return std::all_of(dst.begin() + static_cast<std::ptrdiff_t>(expected), dst.end(),
                          [](std::uint8_t v) { return v == kCanary; });
     });
-    EXPECT_TRUE(guard_ok.value_or(false)) << "bytes were written past the end of the receive buffer";
+    EXPECT_TRUE(guard_ok.value_or(false))
+        << "bytes were written past the end of the receive buffer";
     return r;
   }
 };
@@ -618,8 +653,9 @@ TEST_F(LinkSizeMismatchTest, RecvIntoABufferShorterByWholeChunksFails) {
 TEST_F(LinkSizeMismatchTest, RecvIntoABufferLongerByWholeChunksFails) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
   auto r = mismatch(2 * 64 * KiB, 4 * 64 * KiB, /*recv_first=*/true);
-  ASSERT_TRUE(r.has_value()) << "recv into a buffer longer than the transfer by whole chunks never completed "
-                                "(waits forever for chunks the sender never sends)";
+  ASSERT_TRUE(r.has_value())
+      << "recv into a buffer longer than the transfer by whole chunks never completed "
+         "(waits forever for chunks the sender never sends)";
   EXPECT_EQ(r->code(), StatusCode::kProtocolError) << describe(r);
 }
 

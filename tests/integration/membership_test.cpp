@@ -89,7 +89,8 @@ TEST(Membership, StatusCommandPrintsJsonAndTable) {
   swarm.addPeer("b");
   ASSERT_TRUE(swarm.waitFor(milliseconds(10000), 2));
   TempDir out;
-  Process json({"status", "--coordinator", swarm.coordinator().address(), "--json"}, out.file("json"));
+  Process json({"status", "--coordinator", swarm.coordinator().address(), "--json"},
+               out.file("json"));
   ASSERT_EQ(json.waitExit(milliseconds(5000)), 0);
   std::string j = json.log();
   EXPECT_EQ(j.rfind("{\"epoch\":", 0), 0u) << j;
@@ -133,7 +134,8 @@ TEST(Membership, JsonLogsAreOneObjectPerLine) {
 
 TEST(Membership, LocalSwarmRunsItsScenarioAndExitsCleanly) {
   TempDir dir;
-  Process local({"local", "--idle", "--peers", "4", "--hold-ms", "300", "--out", dir.file("run")}, dir.file("local.log"));
+  Process local({"local", "--idle", "--peers", "4", "--hold-ms", "300", "--out", dir.file("run")},
+                dir.file("local.log"));
   auto rc = local.waitExit(milliseconds(60000));
   std::string out = local.log();
   ASSERT_EQ(rc, 0) << out;

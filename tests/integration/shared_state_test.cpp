@@ -464,7 +464,8 @@ TEST(SharedStateFault, JoinerVanishingMidDownloadCostsTheSourcesNothing) {
   admitAll(g.raw(), 3);
   threads.clear();
   for (int i = 0; i < 3; ++i) {
-    threads.emplace_back([&, i] { EXPECT_TRUE(g.peers[i]->syncPoint(Deadline::after(Millis(10000))).isOk()); });
+    threads.emplace_back(
+        [&, i] { EXPECT_TRUE(g.peers[i]->syncPoint(Deadline::after(Millis(10000))).isOk()); });
   }
   for (auto& t : threads) t.join();
   std::vector<std::vector<float>> bufs(3, std::vector<float>(1000, 1.0f));

@@ -2,14 +2,14 @@
 // a generated corpus. The binary links LibTorch; this test binary does not (it only starts it).
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <thread>
-#include <csignal>
 #include <map>
 #include <regex>
 #include <set>
+#include <thread>
 
 #include "tests/support/process.h"
 
@@ -20,15 +20,18 @@ namespace {
 std::string writeCorpus(const TempDir& dir) {
   const std::string path = dir.file("corpus.txt");
   std::ofstream out(path);
-  const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "peers", "train"};
-  for (int i = 0; i < 6000; ++i) out << words[(i * 7 + i / 13) % 12] << ((i % 11 == 10) ? ".\n" : " ");
+  const char* words[] = {"the", "quick", "brown", "fox",   "jumps", "over",
+                         "a",   "lazy",  "dog",   "while", "peers", "train"};
+  for (int i = 0; i < 6000; ++i)
+    out << words[(i * 7 + i / 13) % 12] << ((i % 11 == 10) ? ".\n" : " ");
   return path;
 }
 
 // Flags of a tiny, fast model.
 std::vector<std::string> tiny(const std::string& corpus) {
-  return {"--data", corpus, "--width", "32", "--layers", "1", "--heads", "2", "--context", "16", "--batch", "4",
-          "--lr", "0.01", "--warmup", "2", "--log-level", "warn"};
+  return {"--data",  corpus, "--width",   "32", "--layers",    "1",
+          "--heads", "2",    "--context", "16", "--batch",     "4",
+          "--lr",    "0.01", "--warmup",  "2",  "--log-level", "warn"};
 }
 
 struct Line {
@@ -48,9 +51,11 @@ std::vector<Line> readJsonl(const std::string& path) {
     if (!std::regex_search(l, m, std::regex(R"re("step":([0-9]+))re"))) continue;
     x.step = std::stoull(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("loss":([-0-9.e]+))re"))) x.loss = std::stod(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("val_loss":([-0-9.e]+))re"))) x.val = std::stod(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("val_loss":([-0-9.e]+))re")))
+      x.val = std::stod(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) x.digest = m[1];
-    if (std::regex_search(l, m, std::regex(R"re("contributors":([0-9]+))re"))) x.contributors = std::stoi(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("contributors":([0-9]+))re")))
+      x.contributors = std::stoi(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("world":([0-9]+))re"))) x.world = std::stoi(m[1]);
     out.push_back(x);
   }
@@ -58,14 +63,16 @@ std::vector<Line> readJsonl(const std::string& path) {
 }
 
 bool eventuallyTrue(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
-  for (auto until = std::chrono::steady_clock::now() + limit; std::chrono::steady_clock::now() < until;) {
+  for (auto until = std::chrono::steady_clock::now() + limit;
+       std::chrono::steady_clock::now() < until;) {
     if (cond()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return cond();
 }
 
-int runLocal(const TempDir& dir, const std::string& out, std::vector<std::string> extra, std::string* log = nullptr) {
+int runLocal(const TempDir& dir, const std::string& out, std::vector<std::string> extra,
+             std::string* log = nullptr) {
   std::vector<std::string> args{"local", "--out", out};
   args.insert(args.end(), extra.begin(), extra.end());
   static int n = 0;
@@ -90,7 +97,8 @@ TEST(Training, LocalRunLowersTheLossAndEveryPeerHoldsTheSameState) {
   // Every peer's digest after every round.
   std::map<std::uint64_t, std::set<std::string>> digests;
   for (int p = 1; p <= 3; ++p) {
-    for (const Line& l : readJsonl(dir.file("run/peer-" + std::to_string(p) + ".jsonl"))) digests[l.step].insert(l.digest);
+    for (const Line& l : readJsonl(dir.file("run/peer-" + std::to_string(p) + ".jsonl")))
+      digests[l.step].insert(l.digest);
   }
   for (auto& [step, ds] : digests) EXPECT_EQ(ds.size(), 1u) << "step " << step;
 }
@@ -98,7 +106,8 @@ TEST(Training, LocalRunLowersTheLossAndEveryPeerHoldsTheSameState) {
 TEST(Training, SameSeedAndMembershipGiveBitIdenticalLosses) {
   TempDir dir;
   auto flags = tiny(writeCorpus(dir));
-  for (std::string f : {"--peers", "2", "--steps", "30", "--inner-steps", "10", "--method", "diloco", "--wire", "int8"}) {
+  for (std::string f : {"--peers", "2", "--steps", "30", "--inner-steps", "10", "--method",
+                        "diloco", "--wire", "int8"}) {
     flags.push_back(f);
   }
   ASSERT_EQ(runLocal(dir, dir.file("a"), flags), 0);
@@ -115,7 +124,8 @@ TEST(Training, SameSeedAndMembershipGiveBitIdenticalLosses) {
 TEST(Training, DdpRunsAndAgreesEveryStep) {
   TempDir dir;
   auto flags = tiny(writeCorpus(dir));
-  for (std::string f : {"--peers", "2", "--steps", "30", "--method", "ddp", "--eval-every", "10"}) flags.push_back(f);
+  for (std::string f : {"--peers", "2", "--steps", "30", "--method", "ddp", "--eval-every", "10"})
+    flags.push_back(f);
   std::string log;
   ASSERT_EQ(runLocal(dir, dir.file("run"), flags, &log), 0) << log;
   auto lines = readJsonl(dir.file("run/run.jsonl"));
@@ -129,8 +139,8 @@ TEST(Training, PeerKilledAndPeerJoinedMidRun) {
   TempDir dir;
   auto flags = tiny(writeCorpus(dir));
   // Long enough (about 10 s) that the kill and the join land mid-run with a model this small.
-  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--kill-at", "600", "--join-at", "1200",
-                        "--eval-every", "50"}) {
+  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--kill-at",
+                        "600", "--join-at", "1200", "--eval-every", "50"}) {
     flags.push_back(f);
   }
   std::string log;
@@ -145,7 +155,8 @@ TEST(Training, PeerKilledAndPeerJoinedMidRun) {
   ASSERT_FALSE(lines.empty());
   EXPECT_EQ(lines.back().step, 300u);
   EXPECT_EQ(lines.back().world, 3) << "two survivors and the joiner";
-  EXPECT_EQ(readJsonl(dir.file("run/peer-1.jsonl")).back().contributors, 3) << "the joiner contributes";
+  EXPECT_EQ(readJsonl(dir.file("run/peer-1.jsonl")).back().contributors, 3)
+      << "the joiner contributes";
 }
 
 // A NaN in one peer's Δ: that peer's contribution is dropped with a logged reason, the others'
@@ -156,9 +167,23 @@ TEST(Training, NonFiniteContributionIsDroppedNotSpread) {
   CoordinatorProcess coordinator(dir, 200, 3000);
   std::vector<std::unique_ptr<Process>> peers;
   for (int r = 0; r < 3; ++r) {
-    std::vector<std::string> args{"join", "--coordinator", coordinator.address(), "--listen", "127.0.0.1:0",
-                                  "--rank", std::to_string(r), "--wait-for", "3", "--steps", "40", "--inner-steps", "10",
-                                  "--measure-topology", "off", "--metrics", dir.file("peer" + std::to_string(r) + ".jsonl")};
+    std::vector<std::string> args{"join",
+                                  "--coordinator",
+                                  coordinator.address(),
+                                  "--listen",
+                                  "127.0.0.1:0",
+                                  "--rank",
+                                  std::to_string(r),
+                                  "--wait-for",
+                                  "3",
+                                  "--steps",
+                                  "40",
+                                  "--inner-steps",
+                                  "10",
+                                  "--measure-topology",
+                                  "off",
+                                  "--metrics",
+                                  dir.file("peer" + std::to_string(r) + ".jsonl")};
     if (r == 1) {
       args.push_back("--inject-nan-at-round");
       args.push_back("1");
@@ -166,8 +191,10 @@ TEST(Training, NonFiniteContributionIsDroppedNotSpread) {
     for (const auto& f : tiny(corpus)) args.push_back(f);
     peers.push_back(std::make_unique<Process>(args, dir.file("peer" + std::to_string(r) + ".log")));
   }
-  for (auto& p : peers) ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
-  EXPECT_NE(peers[1]->log().find("dropping its contribution"), std::string::npos) << peers[1]->log();
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  EXPECT_NE(peers[1]->log().find("dropping its contribution"), std::string::npos)
+      << peers[1]->log();
   auto lines = readJsonl(dir.file("peer0.jsonl"));
   bool saw_dropped = false;
   for (const Line& l : lines) {
@@ -208,7 +235,8 @@ TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
     std::string log;
     int rc = runLocal(dir, dir.file("bad"), c.args, &log);
     EXPECT_NE(rc, 0) << log;
-    EXPECT_NE(log.find(c.says), std::string::npos) << "the error should name " << c.says << "\n" << log;
+    EXPECT_NE(log.find(c.says), std::string::npos) << "the error should name " << c.says << "\n"
+                                                   << log;
     EXPECT_EQ(log.find("coordinator listening"), std::string::npos) << "nothing may start\n" << log;
   }
 }
@@ -219,7 +247,8 @@ TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
   TempDir dir;
   auto flags = tiny(writeCorpus(dir));
   // Slow enough (about 6 s) to be stopped in the middle.
-  for (std::string f : {"--peers", "2", "--steps", "2000", "--inner-steps", "100", "--eval-every", "1"}) {
+  for (std::string f :
+       {"--peers", "2", "--steps", "2000", "--inner-steps", "100", "--eval-every", "1"}) {
     flags.push_back(f);
   }
   auto with = [&](std::vector<std::string> extra) {
@@ -245,7 +274,10 @@ TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
   ASSERT_GE(first.size(), 5u);
   ASSERT_LT(first.back().step, 20u) << "stopped before the end";
   std::string log;
-  ASSERT_EQ(runLocal(dir, dir.file("second"), with({"--checkpoint-dir", dir.file("ckpt"), "--resume"}), &log), 0) << log;
+  ASSERT_EQ(runLocal(dir, dir.file("second"),
+                     with({"--checkpoint-dir", dir.file("ckpt"), "--resume"}), &log),
+            0)
+      << log;
   const auto second = readJsonl(dir.file("second/run.jsonl"));
   ASSERT_FALSE(second.empty()) << log;
   std::size_t compared = 0;

@@ -37,7 +37,8 @@ TempDir::~TempDir() {
 Process::Process(const std::vector<std::string>& args, std::string log_path)
     : Process(locoBinary(), args, std::move(log_path)) {}
 
-Process::Process(const std::string& executable, const std::vector<std::string>& args, std::string log_path)
+Process::Process(const std::string& executable, const std::vector<std::string>& args,
+                 std::string log_path)
     : log_path_(std::move(log_path)) {
   std::vector<std::string> full = {executable};
   full.insert(full.end(), args.begin(), args.end());
@@ -91,7 +92,9 @@ std::optional<int> Process::waitExit(milliseconds timeout) {
   return exit_code_;
 }
 
-std::string Process::log() const { return readFile(log_path_); }
+std::string Process::log() const {
+  return readFile(log_path_);
+}
 
 bool eventually(milliseconds timeout, const std::function<bool()>& pred) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -142,12 +145,19 @@ long cpuMillis(pid_t pid) {
   return (utime + stime) * 1000 / ::sysconf(_SC_CLK_TCK);
 }
 
-CoordinatorProcess::CoordinatorProcess(const TempDir& dir, int heartbeat_interval_ms, int heartbeat_timeout_ms,
+CoordinatorProcess::CoordinatorProcess(const TempDir& dir, int heartbeat_interval_ms,
+                                       int heartbeat_timeout_ms,
                                        const std::vector<std::string>& extra) {
   std::string port_file = dir.file("coordinator.port");
-  std::vector<std::string> args = {"coordinator", "--listen", "127.0.0.1:0", "--port-file", port_file,
-                                   "--heartbeat-interval", std::to_string(heartbeat_interval_ms),
-                                   "--heartbeat-timeout", std::to_string(heartbeat_timeout_ms)};
+  std::vector<std::string> args = {"coordinator",
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--port-file",
+                                   port_file,
+                                   "--heartbeat-interval",
+                                   std::to_string(heartbeat_interval_ms),
+                                   "--heartbeat-timeout",
+                                   std::to_string(heartbeat_timeout_ms)};
   args.insert(args.end(), extra.begin(), extra.end());
   proc_ = std::make_unique<Process>(args, dir.file("coordinator.log"));
   eventually(milliseconds(10000), [&] { return !readFile(port_file).empty(); });

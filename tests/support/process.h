@@ -38,7 +38,8 @@ class Process {
   // Starts `loco args...` with stdout+stderr appended to `log_path`.
   Process(const std::vector<std::string>& args, std::string log_path);
   // Starts another executable (a test helper such as loco_fault_worker) the same way.
-  Process(const std::string& executable, const std::vector<std::string>& args, std::string log_path);
+  Process(const std::string& executable, const std::vector<std::string>& args,
+          std::string log_path);
   ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;

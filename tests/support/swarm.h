@@ -16,8 +16,9 @@ class Swarm {
 
   // Starts `loco join --idle` with identity file `<name>.id` and log `<name>.log`.
   Process& addPeer(const std::string& name, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {"join", "--idle", "--coordinator", coordinator_.address(), "--listen",
-                                     "127.0.0.1:0", "--identity", dir_.file(name + ".id")};
+    std::vector<std::string> args = {
+        "join",     "--idle",      "--coordinator", coordinator_.address(),
+        "--listen", "127.0.0.1:0", "--identity",    dir_.file(name + ".id")};
     args.insert(args.end(), extra.begin(), extra.end());
     peers_.push_back(std::make_unique<Process>(args, dir_.file(name + ".log")));
     return *peers_.back();

@@ -27,7 +27,8 @@ TEST(Accelerator, AddInPlaceIsExactForSmallAndLargeBuffers) {
     }
     addInPlace(dst.data(), src.data(), n);
     for (std::size_t i = 0; i < n; ++i) {
-      ASSERT_EQ(dst[i], static_cast<float>(i % 1024) + static_cast<float>(i % 7) - 3.0f) << "n=" << n << " i=" << i;
+      ASSERT_EQ(dst[i], static_cast<float>(i % 1024) + static_cast<float>(i % 7) - 3.0f)
+          << "n=" << n << " i=" << i;
     }
   }
 }

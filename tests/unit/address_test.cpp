@@ -55,7 +55,8 @@ TEST(Address, PortZeroOnlyWithAllowPortZero) {
   auto refused = parseHostPort("0.0.0.0:0");
   ASSERT_FALSE(refused.isOk());
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(refused.status().message().find("0.0.0.0:0"), std::string::npos) << refused.status().message();
+  EXPECT_NE(refused.status().message().find("0.0.0.0:0"), std::string::npos)
+      << refused.status().message();
 
   auto allowed = parseHostPort("0.0.0.0:0", /*allow_port_zero=*/true);
   ASSERT_TRUE(allowed.isOk()) << allowed.status().toString();
@@ -83,7 +84,8 @@ TEST_P(AddressInvalid, IsRejectedWithAMessageNamingTheInput) {
     ASSERT_FALSE(r.isOk()) << "'" << text << "' was accepted as " << r->toString();
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
     // The message quotes the bad input so the user sees what was wrong.
-    EXPECT_NE(r.status().message().find("'" + text + "'"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("'" + text + "'"), std::string::npos)
+        << r.status().message();
   }
 }
 

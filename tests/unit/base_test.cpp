@@ -16,7 +16,8 @@ namespace {
 
 using Bytes = std::vector<std::uint8_t>;
 
-// ---- ByteWriter / ByteReader ---------------------------------------------------------------------
+// ---- ByteWriter / ByteReader
+// ---------------------------------------------------------------------
 
 TEST(Bytes, WriterIsLittleEndian) {
   Bytes out;
@@ -26,8 +27,8 @@ TEST(Bytes, WriterIsLittleEndian) {
   w.u32(0x03040506u);
   w.u64(0x0708090A0B0C0D0Eull);
   w.i64(-2);
-  Bytes want = {0xAB, 0x02, 0x01, 0x06, 0x05, 0x04, 0x03, 0x0E, 0x0D, 0x0C, 0x0B, 0x0A, 0x09, 0x08, 0x07,
-                0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+  Bytes want = {0xAB, 0x02, 0x01, 0x06, 0x05, 0x04, 0x03, 0x0E, 0x0D, 0x0C, 0x0B, 0x0A,
+                0x09, 0x08, 0x07, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
   EXPECT_EQ(out, want);
 }
 
@@ -177,7 +178,8 @@ TEST(Bytes, ReaderNeverReadsPastTheEndOfASubspan) {
   EXPECT_FALSE(r2.u8(x));
 }
 
-// ---- Status / Result -----------------------------------------------------------------------------
+// ---- Status / Result
+// -----------------------------------------------------------------------------
 
 TEST(Status, DefaultIsOk) {
   Status s;
@@ -193,7 +195,8 @@ TEST(Status, ToStringIsCodeNameColonMessage) {
   EXPECT_FALSE(s.isOk());
   EXPECT_FALSE(static_cast<bool>(s));
   EXPECT_EQ(s.toString(), "kTimeout: connect to 10.0.0.1:7000 timed out after 5000 ms");
-  EXPECT_EQ(Status(StatusCode::kProtocolError, "bad frame").toString(), "kProtocolError: bad frame");
+  EXPECT_EQ(Status(StatusCode::kProtocolError, "bad frame").toString(),
+            "kProtocolError: bad frame");
 }
 
 TEST(Status, WithContextPrefixesTheMessageAndKeepsTheCode) {
@@ -242,7 +245,9 @@ TEST(Result, HoldsAValueOrAStatus) {
   EXPECT_EQ(moved, "abc");
 }
 
-Status failsWith(StatusCode code) { return code == StatusCode::kOk ? Status::ok() : Status(code, "inner"); }
+Status failsWith(StatusCode code) {
+  return code == StatusCode::kOk ? Status::ok() : Status(code, "inner");
+}
 
 Status chain(StatusCode code, bool* reached_end) {
   LOCO_RETURN_IF_ERROR(failsWith(code));

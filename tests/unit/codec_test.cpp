@@ -29,7 +29,8 @@ std::vector<float> roundTrip(Wire w, const std::vector<float>& x, std::size_t bl
 
 // Every decoded int8/int4 element lies within half a step of its input, the step being its
 // block's absmax / qmax as stored (bf16; rounding it down can clamp the largest element a little).
-void expectWithinHalfAStep(Wire w, std::span<const float> src, std::span<const float> got, std::size_t block) {
+void expectWithinHalfAStep(Wire w, std::span<const float> src, std::span<const float> got,
+                           std::size_t block) {
   const float qmax = w == Wire::kInt8 ? 127.0f : 7.0f;
   for (std::size_t b = 0; b < src.size(); b += block) {
     const std::size_t end = std::min(src.size(), b + block);
@@ -92,7 +93,8 @@ TEST(Codec, LargeBlocksCarryFourAndEightTimesFewerBytesToWithinAPerMille) {
   // Round trip with a block that divides nothing, partial last block included: every element
   // within half a step of its block's scale.
   auto x = gaussian(4993, 11);
-  for (Wire w : {Wire::kInt8, Wire::kInt4}) expectWithinHalfAStep(w, x, roundTrip(w, x, 1000), 1000);
+  for (Wire w : {Wire::kInt8, Wire::kInt4})
+    expectWithinHalfAStep(w, x, roundTrip(w, x, 1000), 1000);
 }
 
 TEST(Codec, RawIsBitExact) {
@@ -111,7 +113,8 @@ TEST(Codec, HalfAndBf16KnownValuesRoundToNearestEven) {
   // 1 + 2^-11 is exactly between 1 and the next half (1 + 2^-10): ties to even -> 1.
   EXPECT_EQ(floatToHalf(1.0f + std::ldexp(1.0f, -11)), 0x3C00);
   EXPECT_EQ(bf16ToFloat(floatToBf16(1.0f)), 1.0f);
-  // 0x3F808000 is a tie between 0x3F80 and 0x3F81: even wins. 0x3F818000 ties 0x3F81/0x3F82: 0x3F82.
+  // 0x3F808000 is a tie between 0x3F80 and 0x3F81: even wins. 0x3F818000 ties 0x3F81/0x3F82:
+  // 0x3F82.
   EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3F808000u)), 0x3F80);
   EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3F818000u)), 0x3F82);
   EXPECT_EQ(floatToBf16(std::bit_cast<float>(0x3F808001u)), 0x3F81) << "above the tie rounds up";
@@ -122,10 +125,14 @@ TEST(Codec, HalfAndBf16KnownValuesRoundToNearestEven) {
 // Single-encode errors on N(0,1) data, against the targets the all-reduce must meet end to end.
 TEST(Codec, SingleEncodeErrorOnGaussianDataIsWithinTheAllReduceTargets) {
   auto x = gaussian(1 << 18, 7);
-  const double fp16 = relRms(x, roundTrip(Wire::kFp16, x)), bf16 = relRms(x, roundTrip(Wire::kBf16, x));
-  const double int8 = relRms(x, roundTrip(Wire::kInt8, x)), int4 = relRms(x, roundTrip(Wire::kInt4, x));
-  std::printf("single-encode relative RMS error on N(0,1): fp16 %.5f%%, bf16 %.4f%%, int8 %.3f%%, int4 %.2f%%\n",
-              100 * fp16, 100 * bf16, 100 * int8, 100 * int4);
+  const double fp16 = relRms(x, roundTrip(Wire::kFp16, x)),
+               bf16 = relRms(x, roundTrip(Wire::kBf16, x));
+  const double int8 = relRms(x, roundTrip(Wire::kInt8, x)),
+               int4 = relRms(x, roundTrip(Wire::kInt4, x));
+  std::printf(
+      "single-encode relative RMS error on N(0,1): fp16 %.5f%%, bf16 %.4f%%, int8 %.3f%%, int4 "
+      "%.2f%%\n",
+      100 * fp16, 100 * bf16, 100 * int8, 100 * int4);
   EXPECT_LT(fp16, 0.0005);
   EXPECT_LT(bf16, 0.005);
   EXPECT_LT(int8, 0.010);
@@ -199,10 +206,10 @@ TEST(Codec, DecodeAddAccumulatesWhatDecodeWouldWrite) {
     decode(w, bytes, decoded);
     std::vector<float> acc = base;
     decodeAdd(w, bytes, acc);
-    for (std::size_t i = 0; i < x.size(); ++i) ASSERT_EQ(acc[i], base[i] + decoded[i]) << wireName(w) << " " << i;
+    for (std::size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ(acc[i], base[i] + decoded[i]) << wireName(w) << " " << i;
   }
 }
-
 
 TEST(Codec, EveryHalfSurvivesARoundTripThroughFloat) {
   for (std::uint32_t h = 0; h <= 0xFFFF; ++h) {
@@ -227,7 +234,8 @@ TEST(Codec, HalfConversionMatchesTheCompilersFloat16) {
     if (i % 2) u = (u & 0x807FFFFF) | ((100u + u % 48) << 23);
     float f = std::bit_cast<float>(u);
     if (std::isnan(f)) continue;
-    ASSERT_EQ(floatToHalf(f), std::bit_cast<std::uint16_t>(static_cast<_Float16>(f))) << std::hex << u;
+    ASSERT_EQ(floatToHalf(f), std::bit_cast<std::uint16_t>(static_cast<_Float16>(f)))
+        << std::hex << u;
   }
 }
 #endif

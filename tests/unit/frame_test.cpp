@@ -1,5 +1,5 @@
-// Unit tests for the wire framing (p2p/frame.h, DESIGN.md §3): header validation, partial input,
-// round trips, and a deterministic robustness run over random and mutated bytes.
+// Unit tests for the wire framing (p2p/frame.h, ARCHITECTURE.md §3): header validation, partial
+// input, round trips, and a deterministic robustness run over random and mutated bytes.
 
 #include "p2p/frame.h"
 
@@ -40,7 +40,8 @@ Bytes headerBytes(const FrameHeader& h) {
 }
 
 HeaderParse parse(const Bytes& b) {
-  return parseFrameHeader(std::span<const std::uint8_t, kFrameHeaderSize>(b.data(), kFrameHeaderSize));
+  return parseFrameHeader(
+      std::span<const std::uint8_t, kFrameHeaderSize>(b.data(), kFrameHeaderSize));
 }
 
 void putU32(Bytes& b, std::size_t off, std::uint32_t v) {
@@ -106,7 +107,8 @@ TEST(Frame, EveryTypeHasANameAndEveryErrorHasAMetricName) {
 
 TEST(Frame, TypesWithoutPayloadHaveMaxZeroAndDataAllowsAFullChunk) {
   for (MsgType t : {MsgType::kHeartbeat, MsgType::kSyncRequest, MsgType::kSyncDone, MsgType::kLeave,
-                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept, MsgType::kStateComplete}) {
+                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept,
+                    MsgType::kStateComplete}) {
     EXPECT_EQ(maxPayload(t), 0u) << msgTypeName(t);
   }
   EXPECT_EQ(maxPayload(MsgType::kData), kMaxDataChunk);
@@ -142,7 +144,8 @@ TEST(Frame, LargestControlMessagesFitTheirFrameMaximum) {
   // The largest manifest: the most buffers with the longest names, the most chunks.
   StateManifestMsg manifest;
   manifest.chunk_bytes = 1u << 20;
-  for (std::size_t i = 0; i < kMaxStateBuffers; ++i) manifest.buffers.push_back({std::string(kMaxStateNameLen, 'n'), 1, 4, 0});
+  for (std::size_t i = 0; i < kMaxStateBuffers; ++i)
+    manifest.buffers.push_back({std::string(kMaxStateNameLen, 'n'), 1, 4, 0});
   manifest.buffers[0].count = (std::uint64_t{kMaxStateChunks} << 20) / 4;
   manifest.hashes.assign(kMaxStateChunks, 0);
   EXPECT_LE(encodeStateManifest(manifest).size(), maxPayload(MsgType::kStateManifest));
@@ -269,9 +272,9 @@ TEST(Frame, LengthAllOnesIsTooLongForEveryType) {
 TEST(Frame, ErrorsAreReportedInFieldOrder) {
   // Several things wrong at once: the first field that is wrong names the error.
   Bytes b = headerBytes(sampleHeader(MsgType::kHeartbeat));
-  b[4] = 9;     // bad version
-  b[5] = 200;   // unknown type
-  b[6] = 1;     // flags
+  b[4] = 9;    // bad version
+  b[5] = 200;  // unknown type
+  b[6] = 1;    // flags
   putU32(b, 8, 0xFFFFFFFFu);
   EXPECT_EQ(parse(b).error, FrameError::kBadVersion);
   b[4] = kWireVersion;
@@ -365,7 +368,8 @@ TEST(Frame, EveryMsgTypeRoundTrips) {
     Bytes f = encodeFrame(h, p);
     ASSERT_EQ(f.size(), kFrameHeaderSize + p.size()) << msgTypeName(t);
     FrameDecode d = decodeFrame(f);
-    ASSERT_EQ(d.kind, FrameDecode::Kind::kFrame) << msgTypeName(t) << ": " << frameErrorName(d.error);
+    ASSERT_EQ(d.kind, FrameDecode::Kind::kFrame)
+        << msgTypeName(t) << ": " << frameErrorName(d.error);
     EXPECT_EQ(d.error, FrameError::kNone);
     EXPECT_EQ(d.header.type, t);
     EXPECT_EQ(d.header.flags, 0);
@@ -513,7 +517,8 @@ TEST(FrameRobustness, SingleByteMutationsOfValidFramesNeverCrash) {
                                encodeLinkHello({"link1", std::string(32, 'd'), 0, 4, 1 << 20})));
   frames.push_back(encodeFrame(sampleHeader(MsgType::kData), payloadFor(MsgType::kData, 64)));
   for (MsgType t : {MsgType::kHeartbeat, MsgType::kSyncRequest, MsgType::kSyncDone, MsgType::kLeave,
-                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept, MsgType::kStateComplete}) {
+                    MsgType::kLeaveAck, MsgType::kStatusRequest, MsgType::kLinkAccept,
+                    MsgType::kStateComplete}) {
     frames.push_back(encodeFrame(sampleHeader(t), {}));
   }
   std::uniform_int_distribution<int> byte(0, 255);

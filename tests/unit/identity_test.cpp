@@ -179,7 +179,8 @@ TEST_F(IdentityTest, ConcurrentCreationOfOneFileYieldsOneId) {
       });
     }
     for (auto& t : threads) t.join();
-    for (int i = 0; i < kThreads; ++i) EXPECT_EQ(errors[i], "") << "round " << round << " thread " << i;
+    for (int i = 0; i < kThreads; ++i)
+      EXPECT_EQ(errors[i], "") << "round " << round << " thread " << i;
     std::set<std::string> distinct(ids.begin(), ids.end());
     EXPECT_EQ(distinct.size(), 1u) << "round " << round;
     if (HasFailure()) break;

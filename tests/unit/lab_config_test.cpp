@@ -49,7 +49,8 @@ void expectRejected(LabConfig& cfg, const LabOptions& o, const std::string& need
   Status st = applyOptions(cfg, o);
   EXPECT_FALSE(st.isOk()) << "accepted; wanted an error naming '" << needle << "'";
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.toString();
-  EXPECT_TRUE(contains(st.message(), needle)) << "message '" << st.message() << "' does not name '" << needle << "'";
+  EXPECT_TRUE(contains(st.message(), needle))
+      << "message '" << st.message() << "' does not name '" << needle << "'";
   EXPECT_EQ(cfg.serialize(), before) << "a failed applyOptions changed the config";
 }
 
@@ -222,7 +223,8 @@ TEST(LabConfig, LaterHostSpecMergesIntoTheExistingOverride) {
 
 TEST(LabConfig, PairOverrideAppliesToBothDirections) {
   LabConfig cfg = makeLab(4);
-  ASSERT_TRUE(applyOptions(cfg, linkSpec("1-3:delay-ms=80,jitter-ms=5,loss=0.02,rate-mbit=30")).isOk());
+  ASSERT_TRUE(
+      applyOptions(cfg, linkSpec("1-3:delay-ms=80,jitter-ms=5,loss=0.02,rate-mbit=30")).isOk());
   for (auto [a, b] : std::vector<std::pair<int, int>>{{1, 3}, {3, 1}}) {
     PairParams p = cfg.pair(a, b);
     EXPECT_EQ(p.delay_ms, 80);
@@ -290,7 +292,8 @@ TEST(LabConfig, LaterLinkSpecMergesIntoTheExistingOverride) {
 
 TEST(LabConfig, LinkValueBoundsAreInclusive) {
   LabConfig cfg = makeLab(3);
-  ASSERT_TRUE(applyOptions(cfg, linkSpec("1-2:delay-ms=10000,jitter-ms=0,loss=1,rate-mbit=100000")).isOk());
+  ASSERT_TRUE(
+      applyOptions(cfg, linkSpec("1-2:delay-ms=10000,jitter-ms=0,loss=1,rate-mbit=100000")).isOk());
   PairParams p = cfg.pair(1, 2);
   EXPECT_EQ(p.delay_ms, 10000);
   EXPECT_EQ(p.loss, 1);
@@ -345,7 +348,8 @@ TEST(LabOptions, HostCountOutsideTwoToSixtyFourIsRejected) {
 }
 
 TEST(LabOptions, TcpRmemMaxOutOfRangeIsRejected) {
-  for (std::int64_t v : {std::int64_t{0}, std::int64_t{-1}, std::int64_t{4095}, (std::int64_t{1} << 30) + 1}) {
+  for (std::int64_t v :
+       {std::int64_t{0}, std::int64_t{-1}, std::int64_t{4095}, (std::int64_t{1} << 30) + 1}) {
     SCOPED_TRACE(v);
     LabConfig cfg = busyLab();
     LabOptions o;
@@ -355,7 +359,8 @@ TEST(LabOptions, TcpRmemMaxOutOfRangeIsRejected) {
 }
 
 TEST(LabOptions, HostSpecNamingAMissingHostIsRejected) {
-  for (const std::string spec : {"0:rate-mbit=5", "5:rate-mbit=5", "-1:rate-mbit=5", "x:rate-mbit=5", ":rate-mbit=5"}) {
+  for (const std::string spec :
+       {"0:rate-mbit=5", "5:rate-mbit=5", "-1:rate-mbit=5", "x:rate-mbit=5", ":rate-mbit=5"}) {
     SCOPED_TRACE(spec);
     LabConfig cfg = busyLab();
     expectRejected(cfg, hostSpec(spec), spec);
@@ -363,21 +368,19 @@ TEST(LabOptions, HostSpecNamingAMissingHostIsRejected) {
 }
 
 TEST(LabOptions, MalformedHostSpecIsRejectedNamingIt) {
-  for (const std::string spec : {"2",                    // no ':'
-                                 "2:",                   // empty body
-                                 "2:rate-mbit",          // no '='
-                                 "2:=5",                 // no key
-                                 "2:rate-mbit=",         // no value
-                                 "2:speed=5",            // unknown key
-                                 "2:rate-mbit=fast",     // not a number
-                                 "2:rate-mbit=-1",       // negative
-                                 "2:up-mbit=100001",     // above 100000 Mbit/s
-                                 "2:rate-mbit=5,",       // trailing empty item
+  for (const std::string spec : {"2",                 // no ':'
+                                 "2:",                // empty body
+                                 "2:rate-mbit",       // no '='
+                                 "2:=5",              // no key
+                                 "2:rate-mbit=",      // no value
+                                 "2:speed=5",         // unknown key
+                                 "2:rate-mbit=fast",  // not a number
+                                 "2:rate-mbit=-1",    // negative
+                                 "2:up-mbit=100001",  // above 100000 Mbit/s
+                                 "2:rate-mbit=5,",    // trailing empty item
                                  "2:up-mbit=5,,down-mbit=5",
-                                 "2:rate-mbit=5x",       // trailing garbage
-                                 "2:rate-mbit=nan",
-                                 "2:rate-mbit=inf",
-                                 "2:a=b=c"}) {
+                                 "2:rate-mbit=5x",  // trailing garbage
+                                 "2:rate-mbit=nan", "2:rate-mbit=inf", "2:a=b=c"}) {
     SCOPED_TRACE(spec);
     LabConfig cfg = busyLab();
     expectRejected(cfg, hostSpec(spec), spec);
@@ -385,8 +388,8 @@ TEST(LabOptions, MalformedHostSpecIsRejectedNamingIt) {
 }
 
 TEST(LabOptions, LinkSpecNamingAMissingHostIsRejected) {
-  for (const std::string spec : {"0-1:loss=0.1", "1-5:loss=0.1", "5-1:loss=0.1", "x-2:loss=0.1", "1-:loss=0.1",
-                                 "-2:loss=0.1"}) {
+  for (const std::string spec : {"0-1:loss=0.1", "1-5:loss=0.1", "5-1:loss=0.1", "x-2:loss=0.1",
+                                 "1-:loss=0.1", "-2:loss=0.1"}) {
     SCOPED_TRACE(spec);
     LabConfig cfg = busyLab();
     expectRejected(cfg, linkSpec(spec), spec);
@@ -399,24 +402,22 @@ TEST(LabOptions, SelfLinkIsRejected) {
 }
 
 TEST(LabOptions, MalformedLinkSpecIsRejectedNamingIt) {
-  for (const std::string spec : {"1-2",                    // no ':'
-                                 "12:delay-ms=5",          // no '-' between the hosts
-                                 "1,2:delay-ms=5",
-                                 "1-2:",                   // empty body
-                                 "1-2:delay-ms",           // no '='
-                                 "1-2:delay=5",            // unknown key
-                                 "1-2:up-mbit=5",          // a host key on a link
-                                 "1-2:delay-ms=slow",      // not a number
-                                 "1-2:delay-ms=-5",        // negative
-                                 "1-2:jitter-ms=-0.5",
-                                 "1-2:delay-ms=10001",     // above 10 s
-                                 "1-2:loss=1.5",           // loss > 1
-                                 "1-2:loss=-0.1",
-                                 "1-2:rate-mbit=100001",   // above 100000 Mbit/s
-                                 "1-2:rate-mbit=1e6",
-                                 "1-2:delay-ms=5,",
-                                 "1-2:loss=a=b=c",
-                                 "1-2:a=b=c"}) {
+  for (const std::string spec :
+       {"1-2",            // no ':'
+        "12:delay-ms=5",  // no '-' between the hosts
+        "1,2:delay-ms=5",
+        "1-2:",               // empty body
+        "1-2:delay-ms",       // no '='
+        "1-2:delay=5",        // unknown key
+        "1-2:up-mbit=5",      // a host key on a link
+        "1-2:delay-ms=slow",  // not a number
+        "1-2:delay-ms=-5",    // negative
+        "1-2:jitter-ms=-0.5",
+        "1-2:delay-ms=10001",  // above 10 s
+        "1-2:loss=1.5",        // loss > 1
+        "1-2:loss=-0.1",
+        "1-2:rate-mbit=100001",  // above 100000 Mbit/s
+        "1-2:rate-mbit=1e6", "1-2:delay-ms=5,", "1-2:loss=a=b=c", "1-2:a=b=c"}) {
     SCOPED_TRACE(spec);
     LabConfig cfg = busyLab();
     expectRejected(cfg, linkSpec(spec), spec);
@@ -621,7 +622,8 @@ TEST(LabStateFile, FullConfigRoundTripsToAnIdenticalString) {
   o.rate_mbit = 250;
   o.tcp_rmem_max = 6291456;
   o.host_specs = {"1:rate-mbit=10", "3:up-mbit=5", "6:down-mbit=7.5"};
-  o.link_specs = {"1-2:delay-ms=80,jitter-ms=4,loss=0.02,rate-mbit=30", "5-3:loss=1", "4-6:rate-mbit=0.5"};
+  o.link_specs = {"1-2:delay-ms=80,jitter-ms=4,loss=0.02,rate-mbit=30", "5-3:loss=1",
+                  "4-6:rate-mbit=0.5"};
   ASSERT_TRUE(applyOptions(cfg, o).isOk());
   auto groups = parsePartition("1,2/3,5/6", 6);
   ASSERT_TRUE(groups.isOk());
@@ -678,22 +680,22 @@ TEST(LabStateFile, ParseConfigRejectsMissingHostsOrSubnet) {
 TEST(LabStateFile, ParseConfigRejectsBadNumbers) {
   const std::string head = "name wan\nhosts 3\nsubnet 5\n";
   for (const std::string& text : {std::string("name wan\nhosts three\nsubnet 5\n"),  //
-                                 std::string("name wan\nhosts 1\nsubnet 5\n"),      //
-                                 std::string("name wan\nhosts 65\nsubnet 5\n"),     //
-                                 std::string("name wan\nhosts 3\nsubnet 0\n"),      //
-                                 std::string("name wan\nhosts 3\nsubnet 255\n"),    //
-                                 head + "delay-ms ten\n",                            //
-                                 head + "delay-ms -1\n",                             //
-                                 head + "jitter-ms 10001\n",                         //
-                                 head + "loss 1.01\n",                               //
-                                 head + "rate-mbit 100001\n",                        //
-                                 head + "tcp-rmem-max 100\n",                        //
-                                 head + "tcp-rmem-max big\n",                        //
-                                 head + "link 1-2:loss=2\n",                         //
-                                 head + "link 1-4:loss=0.1\n",                       //
-                                 head + "host 1:up-mbit=x\n",                        //
-                                 head + "partition 1,2/4\n",                         //
-                                 head + "partition 1,2\n"}) {
+                                  std::string("name wan\nhosts 1\nsubnet 5\n"),      //
+                                  std::string("name wan\nhosts 65\nsubnet 5\n"),     //
+                                  std::string("name wan\nhosts 3\nsubnet 0\n"),      //
+                                  std::string("name wan\nhosts 3\nsubnet 255\n"),    //
+                                  head + "delay-ms ten\n",                           //
+                                  head + "delay-ms -1\n",                            //
+                                  head + "jitter-ms 10001\n",                        //
+                                  head + "loss 1.01\n",                              //
+                                  head + "rate-mbit 100001\n",                       //
+                                  head + "tcp-rmem-max 100\n",                       //
+                                  head + "tcp-rmem-max big\n",                       //
+                                  head + "link 1-2:loss=2\n",                        //
+                                  head + "link 1-4:loss=0.1\n",                      //
+                                  head + "host 1:up-mbit=x\n",                       //
+                                  head + "partition 1,2/4\n",                        //
+                                  head + "partition 1,2\n"}) {
     SCOPED_TRACE(text);
     auto r = parseConfig(text);
     EXPECT_FALSE(r.isOk());
@@ -703,7 +705,8 @@ TEST(LabStateFile, ParseConfigRejectsBadNumbers) {
 
 TEST(LabStateFile, ParseConfigRejectsFractionalHostCountOrSubnet) {
   // serialize() writes integers; a state file with "hosts 2.5" is corrupt, not a lab of 2 hosts.
-  for (const std::string text : {"name wan\nhosts 2.5\nsubnet 5\n", "name wan\nhosts 3\nsubnet 5.7\n"}) {
+  for (const std::string text :
+       {"name wan\nhosts 2.5\nsubnet 5\n", "name wan\nhosts 3\nsubnet 5.7\n"}) {
     SCOPED_TRACE(text);
     auto r = parseConfig(text);
     EXPECT_FALSE(r.isOk()) << "accepted, hosts=" << (r.isOk() ? r->hosts : 0)
@@ -744,7 +747,8 @@ TEST(LabConfig, VethNamesFitTheLinuxInterfaceNameLimitAndAreDistinct) {
   std::set<std::string> across;
   for (int s : {1, 2, 12, 25, 125, 254}) {
     LabConfig c = makeLab(kMaxHosts, s);
-    for (int i = 1; i <= kMaxHosts; ++i) EXPECT_TRUE(across.insert(c.vethName(i)).second) << c.vethName(i);
+    for (int i = 1; i <= kMaxHosts; ++i)
+      EXPECT_TRUE(across.insert(c.vethName(i)).second) << c.vethName(i);
   }
 }
 

@@ -1,6 +1,6 @@
-// Unit tests for the coordinator's pure membership state machine (p2p/membership.h, DESIGN.md §4).
-// Time is fake: TimePoints built from a fixed origin, advanced by ticks every 100 ms so that the
-// stall detection (tick gap > timeout / 2) only triggers where a test wants it.
+// Unit tests for the coordinator's pure membership state machine (p2p/membership.h, ARCHITECTURE.md
+// §4). Time is fake: TimePoints built from a fixed origin, advanced by ticks every 100 ms so that
+// the stall detection (tick gap > timeout / 2) only triggers where a test wants it.
 
 #include "p2p/membership.h"
 
@@ -509,11 +509,11 @@ TEST_F(MembershipTest, RingOrderIsAdmissionOrder) {
 
 TEST_F(MembershipTest, ViewListsMembersInRingOrderThenPendingWithStatesAndAges) {
   // Members a, b; pending c, d. Registration order interleaves them to show the view reorders.
-  join("a");                 // t0, admitted
+  join("a");  // t0, admitted
   now = t0 + Millis(10);
-  join("b");                 // pending
+  join("b");  // pending
   now = t0 + Millis(20);
-  m.syncRequest("a", now);   // b admitted
+  m.syncRequest("a", now);  // b admitted
   now = t0 + Millis(200);
   join("c");
   now = t0 + Millis(250);
@@ -584,7 +584,9 @@ TEST(MembershipEffectsTest, MergeConcatenatesEventsAndOrsFlags) {
 TEST_F(MembershipTest, EpochsStrictlyIncreaseOncePerMemberSetChange) {
   std::mt19937 rng(12345u);
   const std::vector<std::string> pool = {"p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"};
-  auto pick = [&]() { return pool[std::uniform_int_distribution<std::size_t>(0, pool.size() - 1)(rng)]; };
+  auto pick = [&]() {
+    return pool[std::uniform_int_distribution<std::size_t>(0, pool.size() - 1)(rng)];
+  };
   std::uniform_int_distribution<int> op(0, 99);
   std::uniform_int_distribution<int> coin(0, 9);
   std::uint64_t admissions = 0, removals = 0;

@@ -30,12 +30,16 @@ Status statusOf(const Result<T>& r) {
 GroupView sampleView() {
   GroupView v;
   v.epoch = 0x1122334455667788ull;
-  v.peers.push_back({"0123456789abcdef0123456789abcdef", "10.0.0.1:7000", PeerState::kMember, 15, 4});
-  v.peers.push_back({"fedcba9876543210fedcba9876543210", "[fe80::1%eth0]:7001", PeerState::kMember, 0, 1});
-  v.peers.push_back({"00000000000000000000000000000000", "node-3.example:7002", PeerState::kPending, -5, 8});
+  v.peers.push_back(
+      {"0123456789abcdef0123456789abcdef", "10.0.0.1:7000", PeerState::kMember, 15, 4});
+  v.peers.push_back(
+      {"fedcba9876543210fedcba9876543210", "[fe80::1%eth0]:7001", PeerState::kMember, 0, 1});
+  v.peers.push_back(
+      {"00000000000000000000000000000000", "node-3.example:7002", PeerState::kPending, -5, 8});
   v.counters.push_back({"coord.joins", 3});
   v.counters.push_back({"coord.evictions", ~0ull});
-  v.edges.push_back({"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", 12500000, EdgeSource::kPassive});
+  v.edges.push_back({"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210",
+                     12500000, EdgeSource::kPassive});
   return v;
 }
 
@@ -45,9 +49,9 @@ StateManifestMsg sampleManifest() {
   m.strategy = StateStrategy::kSendOnly;
   m.revision = 41;
   m.chunk_bytes = 1000;
-  m.buffers.push_back({"weights", 1, 4, 600});   // 2400 bytes: 3 chunks
-  m.buffers.push_back({"step", 6, 8, 1});        // 1 chunk
-  m.buffers.push_back({"empty", 7, 1, 0});       // none
+  m.buffers.push_back({"weights", 1, 4, 600});  // 2400 bytes: 3 chunks
+  m.buffers.push_back({"step", 6, 8, 1});       // 1 chunk
+  m.buffers.push_back({"empty", 7, 1, 0});      // none
   m.hashes = {0x1111111111111111ull, 2, ~0ull, 4};
   return m;
 }
@@ -65,23 +69,31 @@ StatePlanMsg samplePlan() {
 
 std::vector<Codec> allCodecs() {
   return {
-      {"StateManifest", encodeStateManifest(sampleManifest()), [](ByteSpan b) { return statusOf(decodeStateManifest(b)); }},
-      {"StatePlan", encodeStatePlan(samplePlan()), [](ByteSpan b) { return statusOf(decodeStatePlan(b)); }},
-      {"StateComplaint", encodeStateComplaint({"0123456789abcdef0123456789abcdef", 3, "bad hashes"}),
+      {"StateManifest", encodeStateManifest(sampleManifest()),
+       [](ByteSpan b) { return statusOf(decodeStateManifest(b)); }},
+      {"StatePlan", encodeStatePlan(samplePlan()),
+       [](ByteSpan b) { return statusOf(decodeStatePlan(b)); }},
+      {"StateComplaint",
+       encodeStateComplaint({"0123456789abcdef0123456789abcdef", 3, "bad hashes"}),
        [](ByteSpan b) { return statusOf(decodeStateComplaint(b)); }},
       {"Hello", encodeHello({"0123456789abcdef0123456789abcdef", "peer-1:7000", 4, "0.1.0"}),
        [](ByteSpan b) { return statusOf(decodeHello(b)); }},
-      {"Welcome", encodeWelcome({500, 5000, 12}), [](ByteSpan b) { return statusOf(decodeWelcome(b)); }},
+      {"Welcome", encodeWelcome({500, 5000, 12}),
+       [](ByteSpan b) { return statusOf(decodeWelcome(b)); }},
       {"Refused", encodeRefused({StatusCode::kAlreadyExists, "peer id already registered"}),
        [](ByteSpan b) { return statusOf(decodeRefused(b)); }},
       {"Evicted", encodeEvicted({"no heartbeat for 5000 ms"}),
        [](ByteSpan b) { return statusOf(decodeEvicted(b)); }},
-      {"GroupView", encodeGroupView(sampleView()), [](ByteSpan b) { return statusOf(decodeGroupView(b)); }},
-      {"LinkHello", encodeLinkHello({"9f8e7d6c", "0123456789abcdef0123456789abcdef", 2, 4, 1u << 20}),
+      {"GroupView", encodeGroupView(sampleView()),
+       [](ByteSpan b) { return statusOf(decodeGroupView(b)); }},
+      {"LinkHello",
+       encodeLinkHello({"9f8e7d6c", "0123456789abcdef0123456789abcdef", 2, 4, 1u << 20}),
        [](ByteSpan b) { return statusOf(decodeLinkHello(b)); }},
       {"LinkReport",
-       encodeLinkReport({{{"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210", 1e6, EdgeSource::kProbe},
-                          {"fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef", 3e9, EdgeSource::kPassive}}}),
+       encodeLinkReport({{{"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210",
+                           1e6, EdgeSource::kProbe},
+                          {"fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef",
+                           3e9, EdgeSource::kPassive}}}),
        [](ByteSpan b) { return statusOf(decodeLinkReport(b)); }},
   };
 }
@@ -89,7 +101,8 @@ std::vector<Codec> allCodecs() {
 // ---- round trips -------------------------------------------------------------------------------
 
 TEST(Messages, LinkReportRoundTripsInWholeBytesPerSecond) {
-  LinkReportMsg m{{{"aa", "bb", 1234567.9, EdgeSource::kPassive}, {"bb", "aa", 42, EdgeSource::kProbe}}};
+  LinkReportMsg m{
+      {{"aa", "bb", 1234567.9, EdgeSource::kPassive}, {"bb", "aa", 42, EdgeSource::kProbe}}};
   auto r = decodeLinkReport(encodeLinkReport(m));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
   ASSERT_EQ(r->edges.size(), 2u);
@@ -107,7 +120,8 @@ TEST(Messages, LinkReportWithAnUnknownSourceIsMalformed) {
 }
 
 TEST(Messages, HelloRoundTrips) {
-  HelloMsg m{"0123456789abcdef0123456789abcdef", "[::1]:7000", 16, "0.1.0+dev", 0x0102030405060708ull};
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "[::1]:7000", 16, "0.1.0+dev",
+             0x0102030405060708ull};
   auto r = decodeHello(encodeHello(m));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
   EXPECT_EQ(r->peer_id, m.peer_id);
@@ -220,7 +234,8 @@ TEST(Messages, StateManifestRoundTrips) {
 TEST(Messages, StateManifestWhoseHashCountDisagreesWithItsLayoutIsRejected) {
   StateManifestMsg m = sampleManifest();
   m.hashes.push_back(5);
-  EXPECT_EQ(decodeStateManifest(encodeStateManifest(m)).status().code(), StatusCode::kProtocolError);
+  EXPECT_EQ(decodeStateManifest(encodeStateManifest(m)).status().code(),
+            StatusCode::kProtocolError);
   m = sampleManifest();
   m.chunk_bytes = 0;
   EXPECT_FALSE(decodeStateManifest(encodeStateManifest(m)).isOk());
@@ -283,7 +298,8 @@ TEST(Messages, PeerStateNames) {
   EXPECT_EQ(peerStateName(PeerState::kPending), "pending");
 }
 
-// ---- generic malformed input ---------------------------------------------------------------------
+// ---- generic malformed input
+// ---------------------------------------------------------------------
 
 TEST(Messages, EveryDecoderAcceptsItsValidEncoding) {
   for (const Codec& c : allCodecs()) {
@@ -402,7 +418,8 @@ Bytes groupViewWithPeers(std::uint32_t count_field, std::uint32_t actual) {
 }
 
 TEST(Messages, GroupViewPeerCountAboveTheLimitIsRejected) {
-  // The limit is kMaxPeers = 65536 in messages.cpp. Even with every peer present, one more is refused.
+  // The limit is kMaxPeers = 65536 in messages.cpp. Even with every peer present, one more is
+  // refused.
   Bytes over = groupViewWithPeers(65537, 65537);
   EXPECT_EQ(decodeGroupView(over).status().code(), StatusCode::kProtocolError);
   auto at = decodeGroupView(groupViewWithPeers(65536, 65536));
@@ -413,7 +430,8 @@ TEST(Messages, GroupViewPeerCountAboveTheLimitIsRejected) {
 TEST(Messages, GroupViewHugePeerCountWithoutPeersIsRejectedCheaply) {
   // Must fail from the count alone, without trying to reserve 4 billion entries.
   for (std::uint32_t n : {0xFFFFFFFFu, 0x80000000u, 65536u, 3u}) {
-    EXPECT_EQ(decodeGroupView(groupViewWithPeers(n, 0)).status().code(), StatusCode::kProtocolError) << n;
+    EXPECT_EQ(decodeGroupView(groupViewWithPeers(n, 0)).status().code(), StatusCode::kProtocolError)
+        << n;
   }
 }
 

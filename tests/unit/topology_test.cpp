@@ -17,7 +17,8 @@ constexpr double kMbit = 1e6 / 8;
 
 // Every directed edge at `fast`, except the listed undirected pairs at `slow`.
 BandwidthTable table(const std::vector<std::string>& ids, double fast,
-                     const std::vector<std::pair<std::string, std::string>>& slow_pairs, double slow) {
+                     const std::vector<std::pair<std::string, std::string>>& slow_pairs,
+                     double slow) {
   BandwidthTable t;
   for (const auto& a : ids) {
     for (const auto& b : ids) {
@@ -56,7 +57,8 @@ TEST(Topology, DirectionMatters) {
   // a->b is slow but b->a is fast: with three peers a ring in the other direction avoids it.
   std::vector<std::string> ids{"a", "b", "c"};
   BandwidthTable t;
-  for (auto [x, y] : std::vector<std::pair<std::string, std::string>>{{"a", "b"}, {"b", "c"}, {"c", "a"}}) {
+  for (auto [x, y] :
+       std::vector<std::pair<std::string, std::string>>{{"a", "b"}, {"b", "c"}, {"c", "a"}}) {
     t.update({x, y, (x == "a" ? 1 : 50) * kMbit, EdgeSource::kPassive});
     t.update({y, x, 50 * kMbit, EdgeSource::kProbe});
   }
@@ -78,7 +80,8 @@ TEST(Topology, PassiveEstimatesWinOverProbes) {
   BandwidthTable t;
   EXPECT_TRUE(t.update({"a", "b", 5e6, EdgeSource::kProbe}));
   EXPECT_TRUE(t.update({"a", "b", 9e6, EdgeSource::kPassive}));
-  EXPECT_FALSE(t.update({"a", "b", 1e6, EdgeSource::kProbe})) << "a probe never overrides real traffic";
+  EXPECT_FALSE(t.update({"a", "b", 1e6, EdgeSource::kProbe}))
+      << "a probe never overrides real traffic";
   EXPECT_EQ(*t.rate("a", "b"), 9e6);
   EXPECT_TRUE(t.update({"a", "b", 7e6, EdgeSource::kPassive}));
   EXPECT_EQ(*t.rate("a", "b"), 7e6);
@@ -170,7 +173,8 @@ TEST_F(RingReorderTest, AppliedAtTheNextBarrierAsANewEpoch) {
   ASSERT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "c", "d"}));
   const auto epoch = m.epoch();
   m.proposeRing({"a", "c", "b", "d"});
-  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "c", "d"})) << "never between sync points";
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "c", "d"}))
+      << "never between sync points";
   auto fx = syncAll();
   EXPECT_TRUE(fx.sync_done);
   EXPECT_TRUE(fx.view_changed);
@@ -209,7 +213,8 @@ TEST_F(RingReorderTest, ProposalWithStrangersOrDuplicatesIsDropped) {
 TEST_F(RingReorderTest, ReorderAbortsNothingCommittedButNoOpStraddlesIt) {
   joinAll({"a", "b", "c"});
   const auto epoch = m.epoch();
-  (void)m.opReport("a", epoch, 7, true);  // an operation some member reported (misuse: at a sync point)
+  (void)m.opReport("a", epoch, 7,
+                   true);  // an operation some member reported (misuse: at a sync point)
   m.proposeRing({"a", "c", "b"});
   auto fx = syncAll();
   ASSERT_EQ(fx.decisions.size(), 1u);
