@@ -1,10 +1,14 @@
 #include <fmt/format.h>
-#include <asio.hpp>
+
+#include <condition_variable>
+#include <csignal>
+#include <future>
+#include <mutex>
 
 #include "cli/commands.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
-#include "p2p/net.h"
+#include "p2p/runtime.h"
 
 namespace loco::cli {
 
@@ -32,23 +36,48 @@ int runCoordinator(const Args& args) {
   opts.handshake_timeout = Millis(*handshake);
 
   p2p::raiseFileLimit();
-  asio::io_context io;
-  auto coord = p2p::Coordinator::start(io, opts);
-  if (!coord) return reportFailure(coord.status());
+  p2p::NetworkThread net("loco-coord");
+  std::unique_ptr<p2p::Coordinator> coord;
+  {
+    std::promise<Status> started;
+    net.post([&] {
+      auto c = p2p::Coordinator::start(net.context(), opts);
+      if (c) coord = std::move(c.value());
+      started.set_value(c ? Status() : c.status());
+    });
+    if (Status st = started.get_future().get(); !st.isOk()) return reportFailure(st);
+  }
+  // The coordinator is created, used and destroyed on the network thread.
+  auto shutdown = [&] {
+    std::promise<void> done;
+    net.post([&] {
+      coord->shutdown();
+      coord.reset();
+      done.set_value();
+    });
+    done.get_future().wait();
+  };
   if (flags.isSet("port-file")) {
-    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port()));
+    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", coord->port()));
         !st.isOk()) {
+      shutdown();
       return reportFailure(st);
     }
   }
-  asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](const std::error_code& ec, int sig) {
-    if (ec) return;
-    LOG_INFO(kLogCoord, "signal {}: shutting down", sig);
-    (*coord)->shutdown();
-    io.stop();
-  });
-  io.run();
+  std::mutex mu;
+  std::condition_variable cv;
+  int signal = 0;
+  {
+    p2p::SignalWatch signals(net, {SIGINT, SIGTERM}, [&](int sig) {
+      std::lock_guard lock(mu);
+      signal = sig;
+      cv.notify_all();
+    });
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return signal != 0; });
+  }
+  LOG_INFO(kLogCoord, "signal {}: shutting down", signal);
+  shutdown();
   LOG_INFO(kLogCoord, "stopped");
   return 0;
 }

@@ -14,6 +14,7 @@
 #include "cli/training_flags.h"
 #include "collectives/communicator.h"
 #include "p2p/base/log.h"
+#include "p2p/base/text.h"
 #include "training/local_trainer.h"
 
 namespace loco::cli {
@@ -31,7 +32,7 @@ std::string jsonNumber(double v) {
 std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
   return fmt::format(
       R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
-      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.world, r.contributors,
+      rank, shortId(peer), r.outer_step, r.inner_step, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
       r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
 }

@@ -29,6 +29,7 @@
 #include "cli/plot.h"
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
+#include "p2p/base/text.h"
 #include "p2p/status_client.h"
 #include "training/text_data.h"
 
@@ -180,7 +181,7 @@ void beginShutdown(Swarm& s, const std::string& why) {
 std::string viewLine(const p2p::GroupView& v, const Swarm& s) {
   std::string ids;
   for (const auto& p : v.peers) {
-    std::string label = p.id.substr(0, 8);
+    std::string label = shortId(p.id);
     for (std::size_t i = 1; i < s.children.size(); ++i) {
       if (s.children[i]->peer_id == p.id) label = s.children[i]->name;
     }

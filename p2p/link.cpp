@@ -8,6 +8,8 @@
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
+#include "p2p/base/text.h"
+#include "p2p/connection.h"
 #include "p2p/messages.h"
 #include "p2p/net.h"
 
@@ -38,9 +40,16 @@ void Link::wire(std::size_t index) {
   std::weak_ptr<Link> weak = weak_from_this();
   conn->setDataHandlers(
       [weak, index](const FrameHeader& h) {
-        if (auto self = weak.lock()) return self->target(index, h);
-        return Connection::DataTarget{
-            Connection::DataTarget::Kind::kReject, {}, Status(StatusCode::kAborted, "link gone")};
+        using Kind = Connection::DataTarget::Kind;
+        auto self = weak.lock();
+        if (!self)
+          return Connection::DataTarget{
+              Kind::kReject, {}, Status(StatusCode::kAborted, "link gone")};
+        ChunkTarget t = self->target(index, h);
+        const Kind kind = t.kind == ChunkTarget::Kind::kReady  ? Kind::kReady
+                          : t.kind == ChunkTarget::Kind::kPark ? Kind::kPark
+                                                               : Kind::kReject;
+        return Connection::DataTarget{kind, t.dst, std::move(t.error)};
       },
       [weak, index](const FrameHeader& h) {
         if (auto self = weak.lock()) self->dataDone(index, h);
@@ -139,8 +148,8 @@ Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std
   return Status();
 }
 
-Connection::DataTarget Link::target(std::size_t index, const FrameHeader& h) {
-  using Kind = Connection::DataTarget::Kind;
+Link::ChunkTarget Link::target(std::size_t index, const FrameHeader& h) {
+  using Kind = ChunkTarget::Kind;
   auto& st = state_[index];
   auto it = recvs_.find(h.op_id);
   if (it != recvs_.end()) {
@@ -265,21 +274,25 @@ void Link::close(const Status& why) {
 
 // ---- listener ---------------------------------------------------------------------------------
 
-LinkListener::LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link)
-    : io_(io), options_(options), on_link_(std::move(on_link)) {}
+struct LinkListener::Acceptor {
+  std::unique_ptr<asio::ip::tcp::acceptor> acceptor;
+};
+
+LinkListener::LinkListener(NetworkThread& net, LinkOptions options, OnLink on_link)
+    : net_(net), options_(options), on_link_(std::move(on_link)) {}
 
 LinkListener::~LinkListener() {
   close();
 }
 
-Result<std::unique_ptr<LinkListener>> LinkListener::start(asio::io_context& io,
+Result<std::unique_ptr<LinkListener>> LinkListener::start(NetworkThread& net,
                                                           const HostPort& listen,
                                                           LinkOptions options, OnLink on_link) {
-  std::unique_ptr<LinkListener> l(new LinkListener(io, options, std::move(on_link)));
-  auto acc = listenOn(io, listen);
+  std::unique_ptr<LinkListener> l(new LinkListener(net, options, std::move(on_link)));
+  auto acc = listenOn(net.context(), listen);
   if (!acc) return acc.status().withContext("link listener");
-  l->acceptor_ = std::move(acc.value());
-  l->port_ = l->acceptor_->local_endpoint().port();
+  l->acceptor_ = std::make_unique<Acceptor>(Acceptor{std::move(acc.value())});
+  l->port_ = l->acceptor_->acceptor->local_endpoint().port();
   l->accept();
   return l;
 }
@@ -288,7 +301,7 @@ void LinkListener::close() {
   if (closed_) return;
   closed_ = true;
   std::error_code ignored;
-  if (acceptor_) acceptor_->close(ignored);
+  if (acceptor_) acceptor_->acceptor->close(ignored);
   for (auto& c : handshaking_) {
     c->setCloseHandler(nullptr);
     c->close(Status(StatusCode::kAborted, "listener closed"));
@@ -298,13 +311,13 @@ void LinkListener::close() {
 }
 
 void LinkListener::accept() {
-  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec,
-                                                            asio::ip::tcp::socket socket) {
+  acceptor_->acceptor->async_accept([this, alive = lifetime_.watch()](
+                                        const std::error_code& ec, asio::ip::tcp::socket socket) {
     if (alive.expired() || closed_) return;
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
       counter("p2p.link_accept_errors").inc();
-      auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
+      auto t = std::make_shared<asio::steady_timer>(net_.context(), Millis(50));
       t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
         if (!alive.expired() && !closed_) accept();
       });
@@ -314,7 +327,8 @@ void LinkListener::accept() {
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
-    auto conn = Connection::create(io_, std::make_unique<TcpStream>(std::move(socket)), copts);
+    auto conn =
+        Connection::create(net_.context(), std::make_unique<TcpStream>(std::move(socket)), copts);
     std::weak_ptr<Connection> weak = conn;
     conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       auto c = weak.lock();
@@ -375,8 +389,8 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
   std::string from = p.from;
   const std::uint64_t link_epoch = p.epoch;
   partial_.erase(hello->link_id);
-  auto link = std::make_shared<Link>(fmt::format("link from {}", from.substr(0, 8)),
-                                     std::move(streams), options_);
+  auto link = std::make_shared<Link>(fmt::format("link from {}", shortId(from)), std::move(streams),
+                                     options_);
   link->start();
   on_link_(std::move(link), from, link_epoch);
 }
@@ -413,9 +427,10 @@ struct LinkDial : std::enable_shared_from_this<LinkDial> {
 };
 }  // namespace
 
-void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
+void connectLink(NetworkThread& net, const HostPort& remote, const std::string& self_id,
                  LinkOptions options, Deadline deadline,
                  std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch) {
+  asio::io_context& io = net.context();
   auto eps = resolve(remote);
   if (!eps) return done(eps.status());
   auto dial = std::make_shared<LinkDial>(io, options);

@@ -6,11 +6,10 @@
 // Buffering is bounded: chunks that arrive before their recv() is posted are staged up to
 // max_staged_bytes; beyond that the stream stops reading (TCP backpressure) until recv() is posted.
 //
+// No ASIO type appears here: code above p2p/ uses links through this header.
 // Thread rules: create, call and destroy on the network thread; completions run there.
 // Errors: a stream that closes fails the whole link; every pending send/recv completes with the
 // reason (kPeerLost, kTimeout, kProtocolError, kAborted).
-
-#include <asio.hpp>
 
 #include <cstdint>
 #include <deque>
@@ -23,10 +22,12 @@
 #include "p2p/address.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
-#include "p2p/connection.h"
-#include "p2p/net.h"
+#include "p2p/frame.h"
+#include "p2p/runtime.h"
 
 namespace loco::p2p {
+
+class Connection;
 
 struct LinkOptions {
   std::uint32_t streams = 4;
@@ -99,11 +100,18 @@ class Link : public std::enable_shared_from_this<Link> {
     std::vector<std::uint8_t> stage_buf;
   };
 
+  // Where a data chunk read by stream `index` goes (Connection::DataTarget, without naming it).
+  struct ChunkTarget {
+    enum class Kind { kReady, kPark, kReject } kind = Kind::kReject;
+    MutableByteSpan dst;
+    Status error;
+  };
+
   void wire(std::size_t index);
   void pump();
   // Completes `op` once every chunk handed to a stream has been written or failed.
   void maybeFinishSend(const std::shared_ptr<SendOp>& op);
-  Connection::DataTarget target(std::size_t index, const FrameHeader& h);
+  ChunkTarget target(std::size_t index, const FrameHeader& h);
   void dataDone(std::size_t index, const FrameHeader& h);
   Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len,
                      bool last);
@@ -136,14 +144,16 @@ class LinkListener {
   // `epoch`: the membership epoch the dialer was in (links belong to one epoch's ring).
   using OnLink =
       std::function<void(std::shared_ptr<Link>, const std::string& from_peer, std::uint64_t epoch)>;
-  static Result<std::unique_ptr<LinkListener>> start(asio::io_context& io, const HostPort& listen,
+  // Call on the network thread; links are handed out there.
+  static Result<std::unique_ptr<LinkListener>> start(NetworkThread& net, const HostPort& listen,
                                                      LinkOptions options, OnLink on_link);
   ~LinkListener();
   std::uint16_t port() const { return port_; }
   void close();
 
  private:
-  LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link);
+  struct Acceptor;
+  LinkListener(NetworkThread& net, LinkOptions options, OnLink on_link);
   void accept();
   void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload, std::uint64_t epoch);
 
@@ -154,19 +164,19 @@ class LinkListener {
     std::uint64_t epoch = 0;
     TimePoint started;
   };
-  asio::io_context& io_;
+  NetworkThread& net_;
   LinkOptions options_;
   OnLink on_link_;
   LifetimeGuard lifetime_;
-  std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
+  std::unique_ptr<Acceptor> acceptor_;
   std::uint16_t port_ = 0;
   std::map<std::string, Partial> partial_;
   std::vector<std::shared_ptr<Connection>> handshaking_;
   bool closed_ = false;
 };
 
-// Opens the K streams of a new link to `remote`. `done` runs on the io thread.
-void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
+// Opens the K streams of a new link to `remote`. Call on the network thread; `done` runs there.
+void connectLink(NetworkThread& net, const HostPort& remote, const std::string& self_id,
                  LinkOptions options, Deadline deadline,
                  std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch = 0);
 

@@ -48,7 +48,9 @@ class MembershipClient {
   // Called on the network thread when this peer is evicted or loses the coordinator.
   void setLostCallback(std::function<void(const Status&)> cb);
   // Tells the coordinator this peer's part of (epoch, op_id) is done or failed. Non-blocking.
-  void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok);
+  // `members`: who takes part when not every member does (an exchange); the ids, sorted.
+  void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok,
+                std::vector<std::string> members = {});
   // Sends bandwidth measurements to the coordinator (topology.h). Non-blocking; sent in order
   // with reportOp and syncPoint, so a report made before a sync point counts at that sync point.
   void reportLinks(std::vector<EdgeEstimate> edges);

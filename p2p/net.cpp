@@ -2,37 +2,12 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/resource.h>
 
 #include <fmt/format.h>
 
 #include "p2p/base/log.h"
 
 namespace loco::p2p {
-
-NetworkThread::NetworkThread(std::string name)
-    : guard_(asio::make_work_guard(io_)), thread_([this, name] {
-        (void)name;
-        for (;;) {
-          try {
-            io_.run();
-            return;
-          } catch (const std::exception& e) {
-            // A handler threw: a bug, but one connection's bug must not kill the process.
-            LOG_ERROR(kLogP2p, "network thread: handler threw '{}'; continuing", e.what());
-          }
-        }
-      }) {}
-
-NetworkThread::~NetworkThread() {
-  stop();
-}
-
-void NetworkThread::stop() {
-  guard_.reset();
-  io_.stop();
-  if (thread_.joinable() && !inThisThread()) thread_.join();
-}
 
 void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout) {
   std::error_code ec;
@@ -149,14 +124,6 @@ Result<std::unique_ptr<asio::ip::tcp::acceptor>> listenOn(asio::io_context& io,
 std::string endpointString(const asio::ip::tcp::endpoint& ep) {
   HostPort hp{ep.address().to_string(), ep.port()};
   return hp.toString();
-}
-
-void raiseFileLimit() {
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-  }
 }
 
 }  // namespace loco::p2p

@@ -20,7 +20,6 @@ namespace {
 using collectives::Communicator;
 using collectives::DType;
 using collectives::ReduceOp;
-using collectives::StateDType;
 
 // The shared progress of the run (one I64 buffer of the shared state).
 enum Progress : std::size_t {
@@ -125,18 +124,17 @@ class Run {
     if (diloco_) {
       theta_.assign(trainer_.paramData(), trainer_.paramData() + P_);
       momentum_.assign(P_, 0.0f);
-      LOCO_RETURN_IF_ERROR(state_.add("outer.params", StateDType::kF32, theta_.data(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", StateDType::kF32, momentum_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("outer.params", DType::kF32, theta_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", DType::kF32, momentum_.data(), P_));
     } else {
       // DDP peers apply identical updates, so the parameters and AdamW's moments are group state.
       adam_m_.assign(P_, 0.0f);
       adam_v_.assign(P_, 0.0f);
-      LOCO_RETURN_IF_ERROR(state_.add("params", StateDType::kF32, trainer_.paramData(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("adam.m", StateDType::kF32, adam_m_.data(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("adam.v", StateDType::kF32, adam_v_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("params", DType::kF32, trainer_.paramData(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("adam.m", DType::kF32, adam_m_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("adam.v", DType::kF32, adam_v_.data(), P_));
     }
-    LOCO_RETURN_IF_ERROR(
-        state_.add("progress", StateDType::kI64, progress_.data(), progress_.size()));
+    LOCO_RETURN_IF_ERROR(state_.add("progress", DType::kI64, progress_.data(), progress_.size()));
     contribution_.assign(P_, 0.0f);
     reduce_buf_.assign(P_, 0.0f);
     return Status();
