@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "collectives/direct_allreduce.h"
+#include "collectives/kernels.h"
 #include "collectives/ring_allreduce.h"
 
 namespace loco::collectives {
@@ -18,7 +19,14 @@ AllReduce::AllReduce(BufferPool& pool, const AllReduceArgs& args, Algorithm algo
   if (args.dtype == DType::kF32) {
     work_ = static_cast<float*>(args.data);
     backup_ = pool_.take(n_ * sizeof(float));
-    std::memcpy(backup_.data(), args.data, backup_.size());
+    backup_data_ = backup_.data();
+    if (algorithm == Algorithm::kRing && backup_.size() >= kOverlapBackupBytes) {
+      block_count_ = (backup_.size() + kBlockBytes - 1) / kBlockBytes;
+      blocks_ = std::make_unique<std::atomic<std::uint8_t>[]>(block_count_);
+      for (std::size_t k = 0; k < block_count_; ++k) blocks_[k].store(kTodo);
+    } else {
+      std::memcpy(backup_.data(), args.data, backup_.size());
+    }
   } else {
     work_storage_ = pool_.take(n_ * sizeof(float));
     work_ = work_storage_.floats();
@@ -36,11 +44,67 @@ void AllReduce::commit() {
 }
 
 void AllReduce::restore() {
-  if (args_.dtype == DType::kF32 && !backup_.empty())
-    std::memcpy(args_.data, backup_.data(), backup_.size());
+  if (args_.dtype != DType::kF32 || backup_.empty()) return;
+  if (!blocks_) return (void)std::memcpy(args_.data, backup_.data(), backup_.size());
+  // Only blocks with a backup can have been written.
+  auto* user = static_cast<std::uint8_t*>(args_.data);
+  for (std::size_t k = 0; k < block_count_; ++k) {
+    if (blocks_[k].load(std::memory_order_acquire) != kDone) continue;
+    const std::size_t off = k * kBlockBytes, len = std::min(kBlockBytes, backup_.size() - off);
+    std::memcpy(user + off, backup_data_ + off, len);
+  }
+}
+
+bool AllReduce::claimBlock(std::size_t k) {
+  std::uint8_t expected = kTodo;
+  if (blocks_[k].compare_exchange_strong(expected, kCopying, std::memory_order_acq_rel))
+    return true;
+  while (expected == kCopying) {  // the other thread copies it: a memcpy of at most 1 MiB
+    blocks_[k].wait(kCopying, std::memory_order_acquire);
+    expected = blocks_[k].load(std::memory_order_acquire);
+  }
+  return false;
+}
+
+void AllReduce::copyBlock(std::size_t k) {
+  const std::size_t off = k * kBlockBytes, len = std::min(kBlockBytes, n_ * 4 - off);
+  std::memcpy(backup_data_ + off, static_cast<const std::uint8_t*>(args_.data) + off, len);
+  blocks_[k].store(kDone, std::memory_order_release);
+  blocks_[k].notify_all();
+}
+
+void AllReduce::backupOnCallerThread() {
+  if (!blocks_) return;
+  for (std::size_t k = 0; k < block_count_; ++k) {
+    std::uint8_t expected = kTodo;
+    if (blocks_[k].compare_exchange_strong(expected, kCopying, std::memory_order_acq_rel))
+      copyBlock(k);
+  }
+}
+
+void AllReduce::protect(std::size_t begin, std::size_t len) {
+  if (!blocks_ || len == 0) return;
+  const std::size_t first = begin * 4 / kBlockBytes, last = ((begin + len) * 4 - 1) / kBlockBytes;
+  for (std::size_t k = first; k <= last; ++k) {
+    if (blocks_[k].load(std::memory_order_acquire) == kDone) continue;
+    if (claimBlock(k)) copyBlock(k);
+  }
 }
 
 void AllReduce::release() {
+  if (blocks_) {
+    // The caller's thread may still be copying a block into the backup: wait for it, and keep
+    // it from starting another, before the backup goes back to the pool.
+    for (std::size_t k = 0; k < block_count_; ++k) {
+      std::uint8_t expected = kTodo;
+      if (blocks_[k].compare_exchange_strong(expected, kAbandoned, std::memory_order_acq_rel))
+        continue;
+      while (expected == kCopying) {
+        blocks_[k].wait(kCopying, std::memory_order_acquire);
+        expected = blocks_[k].load(std::memory_order_acquire);
+      }
+    }
+  }
   pool_.give(std::move(backup_));
   pool_.give(std::move(work_storage_));
   scratch_ = {};
@@ -62,9 +126,7 @@ void AllReduce::accumulate(std::span<float> dst, ByteSpan src) {
   const ReduceOp op = args_.op;
   if (op == ReduceOp::kSum || op == ReduceOp::kAvg) {
     if (wire_ == Wire::kRaw) {
-      const float* s = reinterpret_cast<const float*>(src.data());
-      float* d = dst.data();
-      for (std::size_t i = 0, n = dst.size(); i < n; ++i) d[i] += s[i];
+      addInto(dst.data(), reinterpret_cast<const float*>(src.data()), dst.size());
     } else {
       decodeAdd(wire_, src, dst, quant_block_);
     }
@@ -78,27 +140,19 @@ void AllReduce::accumulate(std::span<float> dst, ByteSpan src) {
     decode(wire_, src, scratch_, quant_block_);
     s = scratch_.data();
   }
-  float* d = dst.data();
   if (op == ReduceOp::kMin) {
-    for (std::size_t i = 0, n = dst.size(); i < n; ++i) d[i] = std::min(d[i], s[i]);
+    minInto(dst.data(), s, dst.size());
   } else {
-    for (std::size_t i = 0, n = dst.size(); i < n; ++i) d[i] = std::max(d[i], s[i]);
+    maxInto(dst.data(), s, dst.size());
   }
 }
 
 void AllReduce::accumulateFinal(std::span<float> dst, ByteSpan src, std::size_t world) {
   if (args_.op == ReduceOp::kAvg && wire_ == Wire::kRaw) {
-    const float* s = reinterpret_cast<const float*>(src.data());
-    float* d = dst.data();
-    const float w = static_cast<float>(world);
-    for (std::size_t i = 0, n = dst.size(); i < n; ++i) d[i] = (d[i] + s[i]) / w;
-    return;
+    return addDivideInto(dst.data(), reinterpret_cast<const float*>(src.data()), dst.size(), world);
   }
   accumulate(dst, src);
-  if (args_.op == ReduceOp::kAvg) {
-    const float w = static_cast<float>(world);
-    for (float& x : dst) x /= w;
-  }
+  if (args_.op == ReduceOp::kAvg) divideBy(dst.data(), dst.size(), world);
 }
 
 Buffer AllReduce::seal(std::span<float> segment) {

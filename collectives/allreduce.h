@@ -2,11 +2,14 @@
 // What every all-reduce algorithm shares (internal to collectives/): the caller's buffer, the fp32
 // data being reduced, restore-on-abort, the reductions and the choice of algorithm.
 //
-// f32 buffers are reduced in place; the bytes the caller passed are kept in a backup, copied on
-// the caller's thread before the operation starts, and copied back if it fails. f16/bf16
-// buffers are converted to an fp32 copy, and the caller's buffer is written only at the commit,
-// so it needs no backup.
+// f32 buffers are reduced in place; the bytes the caller passed are kept in a backup and copied
+// back if the operation fails. For large buffers the backup is copied by the caller's thread in
+// allReduce() while the network thread already runs the ring: the ring claims (and copies
+// itself, if the caller has not got there yet) each 1 MiB block before it first writes into it,
+// so the copy costs no time of its own. f16/bf16 buffers are converted to an fp32 copy, and the
+// caller's buffer is written only at the commit, so it needs no backup.
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 
@@ -16,6 +19,9 @@
 #include "collectives/op_engine.h"
 
 namespace loco::collectives {
+
+// f32 rings from this size on overlap their backup with the data phase.
+inline constexpr std::size_t kOverlapBackupBytes = 4u << 20;
 
 struct AllReduceArgs {
   void* data = nullptr;
@@ -33,8 +39,14 @@ class AllReduce : public Collective {
   void commit() override;
   void restore() override;
   void release() override;
+  // Caller's thread, after submit: copies every backup block nobody has claimed yet.
+  void backupOnCallerThread();
 
  protected:
+  // Before the operation writes elements [begin, begin+len) of the caller's buffer: makes sure
+  // their backup exists, copying it here if the caller's thread has not yet (or waiting for the
+  // block it is copying).
+  void protect(std::size_t begin, std::size_t len);
   Descriptor descriptor() const;
   std::size_t encoded(std::size_t elems) const { return encodedBytes(wire_, elems, quant_block_); }
   // dst ⊕= the decoded `src` (⊕: +, min or max; avg accumulates with +).
@@ -57,7 +69,18 @@ class AllReduce : public Collective {
   std::vector<float> scratch_;  // min/max decode target
 
  private:
+  enum BlockState : std::uint8_t { kTodo, kCopying, kDone, kAbandoned };
+  static constexpr std::size_t kBlockBytes = std::size_t{1} << 20;
+  // Claims block k for copying (true) or, if someone else holds it, waits until it is copied.
+  bool claimBlock(std::size_t k);
+  void copyBlock(std::size_t k);
+
   BufferPool& pool_;
+  // Overlapped backup (large f32 rings): one state per block; null when the constructor copied
+  // the whole backup.
+  std::unique_ptr<std::atomic<std::uint8_t>[]> blocks_;
+  std::size_t block_count_ = 0;
+  std::uint8_t* backup_data_ = nullptr;
 };
 
 // Which algorithm an all-reduce of `count` elements of `wire` over `world` peers uses. A pure

@@ -147,7 +147,9 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     op->tag_base = (op_id & 0xFFFFFFFFull) << 20;
     op->timeout = options.timeout;
     auto handle = std::make_shared<Operation>(op->handle);
-    engine_->submit(std::move(op));
+    engine_->submit(op);
+    // The network thread runs already; the backup is copied here meanwhile (allreduce.h).
+    op->backupOnCallerThread();
     return handle;
   }
 

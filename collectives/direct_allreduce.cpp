@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "collectives/kernels.h"
 #include "collectives/ring_allreduce.h"
 
 namespace loco::collectives {
@@ -161,17 +162,14 @@ void DirectAllReduce::reduceInRankOrder(std::span<float> dst,
   for (std::size_t j = 1; j < contributions.size(); ++j) {
     const float* c = contributions[j];
     if (op == ReduceOp::kSum || op == ReduceOp::kAvg) {
-      for (std::size_t i = 0; i < len; ++i) a[i] += c[i];
+      addInto(a, c, len);
     } else if (op == ReduceOp::kMin) {
-      for (std::size_t i = 0; i < len; ++i) a[i] = std::min(a[i], c[i]);
+      minInto(a, c, len);
     } else {
-      for (std::size_t i = 0; i < len; ++i) a[i] = std::max(a[i], c[i]);
+      maxInto(a, c, len);
     }
   }
-  if (op == ReduceOp::kAvg) {
-    const float w = static_cast<float>(contributions.size());
-    for (std::size_t i = 0; i < len; ++i) a[i] /= w;
-  }
+  if (op == ReduceOp::kAvg) divideBy(a, len, contributions.size());
   std::memcpy(dst.data(), a, len * sizeof(float));
   pool().give(std::move(acc_buf));
 }

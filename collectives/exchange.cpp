@@ -1,5 +1,7 @@
 #include "collectives/exchange.h"
 
+#include "collectives/kernels.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -99,8 +101,7 @@ void Exchange::onReceived() {
         decodeAdd(args_.wire, bytes, out, args_.quant_block);
       }
     }
-    const float k = static_cast<float>(members.size());
-    for (float& x : out) x /= k;
+    divideBy(out.data(), n, members.size());
   }
   computed_ = true;
   maybeComplete();

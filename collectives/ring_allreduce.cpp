@@ -69,6 +69,7 @@ void RingAllReduce::postRecv(std::size_t p, std::size_t step) {
   auto [b, len] = piece(recvSegment(world_, rank_, step), p);
   MutableByteSpan dst;
   if (wire_ == Wire::kRaw && step >= world_) {
+    protect(b, len);  // the kernel writes these bytes straight into the buffer
     dst = MutableByteSpan(reinterpret_cast<std::uint8_t*>(work_ + b), len * sizeof(float));
   } else {
     Buffer& buf = piece_state_[p].in[step & 1];
@@ -111,6 +112,7 @@ void RingAllReduce::receiveStep(std::size_t p, std::size_t step) {
   auto [b, len] = piece(recvSegment(N, rank_, step), p);
   std::span<float> dst(work_ + b, len);
   Piece& ps = piece_state_[p];
+  if (step < N || wire_ != Wire::kRaw) protect(b, len);
   if (step < N) {  // reduce-scatter
     // The next receive first, so its bytes can land in its buffer rather than be staged.
     if (step + 1 < N || wire_ != Wire::kRaw) postRecv(p, step + 1);

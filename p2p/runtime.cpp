@@ -1,5 +1,6 @@
 #include "p2p/runtime.h"
 
+#include <pthread.h>
 #include <sys/resource.h>
 
 #include <future>
@@ -18,7 +19,8 @@ struct NetworkThread::Impl {
 
 NetworkThread::NetworkThread(std::string name) : impl_(std::make_unique<Impl>()) {
   impl_->thread = std::thread([io = &impl_->io, name] {
-    (void)name;
+    // For top, perf and gdb (15 characters at most).
+    ::pthread_setname_np(::pthread_self(), name.substr(0, 15).c_str());
     for (;;) {
       try {
         io->run();

@@ -11,6 +11,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "collectives/allreduce.h"
 #include "collectives/descriptor.h"
@@ -404,6 +405,50 @@ TEST(AllReduceAlgorithms, ADeathAtAnySendFailsEverySurvivorWithItsBufferRestored
               << hs[r]->status.toString();
           EXPECT_EQ(bufs[r], intInput(n, r, 3)) << "peer " << r << " not restored";
         }
+      }
+    }
+  }
+}
+
+// Large f32 rings copy their backup on the caller's thread while the ring already runs
+// (allreduce.h): whichever thread gets to a block first copies it. A death at any point must
+// still restore every survivor's buffer exactly, and a success must be correct.
+TEST(AllReduceAlgorithms, TheOverlappedBackupRestoresExactlyWhateverTheTiming) {
+  const std::size_t n = (12u << 20) / 4 + 77;  // 12 MiB: 13 backup blocks
+  for (std::size_t k : {0u, 3u, 17u, 40u, 90u, 100000u}) {
+    SCOPED_TRACE(fmt::format("death at send {}", k));
+    World w(4, k + 5);
+    std::vector<std::vector<float>> bufs(4);
+    std::vector<std::shared_ptr<Operation::State>> hs(4);
+    std::vector<std::shared_ptr<AllReduce>> ops;
+    const std::size_t victim = k % 4;
+    if (k > 0) w.net().killAfterSends(victim, k);
+    for (std::size_t r = 0; r < 4; ++r) {
+      bufs[r] = intInput(n, r, 13);
+      AllReduceArgs args{bufs[r].data(), n, DType::kF32, ReduceOp::kSum, Wire::kRaw, kQuantBlock};
+      ops.push_back(makeAllReduce(w.engine(r).pool(), args, Algorithm::kRing));
+      hs[r] = w.submit(r, ops.back(), 1);
+    }
+    // The callers' threads copy while the network runs.
+    std::thread callers([&] {
+      for (auto& op : ops) op->backupOnCallerThread();
+    });
+    std::vector<std::size_t> survivors;
+    for (std::size_t r = 0; r < 4; ++r)
+      if (k == 0 || r != victim) survivors.push_back(r);
+    const bool ran = w.net().run([&] { return allFinished(hs, survivors); });
+    callers.join();
+    ASSERT_TRUE(ran);
+    std::vector<float> sum(n, 0.0f);
+    for (std::size_t q = 0; q < 4; ++q) {
+      const auto in = intInput(n, q, 13);
+      for (std::size_t i = 0; i < n; ++i) sum[i] += in[i];
+    }
+    for (std::size_t r : survivors) {
+      if (hs[r]->status.isOk()) {
+        EXPECT_EQ(bufs[r], sum) << "peer " << r;
+      } else {
+        EXPECT_EQ(bufs[r], intInput(n, r, 13)) << "peer " << r << " not restored";
       }
     }
   }

@@ -1,0 +1,18 @@
+#pragma once
+// The element-wise loops reductions spend their time in, compiled with -O3 (CMakeLists.txt) so
+// that they vectorize; -O2 leaves loops that need alias checks scalar. `dst` and `src` never
+// overlap.
+
+#include <cstddef>
+
+namespace loco::collectives {
+
+void addInto(float* dst, const float* src, std::size_t n);  // dst += src
+void minInto(float* dst, const float* src, std::size_t n);
+void maxInto(float* dst, const float* src, std::size_t n);
+// dst = (dst + src) / divisor, in one pass. Division, or for a power of two a multiplication by
+// its reciprocal, which gives the same bits.
+void addDivideInto(float* dst, const float* src, std::size_t n, std::size_t divisor);
+void divideBy(float* dst, std::size_t n, std::size_t divisor);
+
+}  // namespace loco::collectives
