@@ -184,6 +184,10 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   o.peer_id = crypto::randomHex(16);
   o.listen = *listen;
   o.streams = static_cast<std::uint32_t>(streams);
+  auto algorithm = collectives::parseAllReduceAlgorithm(flags.get("algorithm"));
+  if (!algorithm) return reportFailure(algorithm.status());
+  collectives::AllReduceOptions options;
+  options.algorithm = *algorithm;
   auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
@@ -213,8 +217,8 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
       return reportFailure(st.status());  // start together
     auto t0 = Clock::now();
-    auto op =
-        c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
+    auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg,
+                          wire, options);
     if (!op) return reportFailure(op.status());
     if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk())
       return reportFailure(st);
@@ -303,6 +307,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           flags.get("wire"),
                           std::string("--streams"),
                           std::to_string(streams),
+                          std::string("--algorithm"),
+                          flags.get("algorithm"),
                           std::string("--iters"),
                           std::to_string(iters),
                           std::string("--out"),
@@ -394,7 +400,8 @@ int runBenchAllReduce(const Args& args) {
        {"mib", "MiB per all-reduce (fp32)", "64"},
        {"kib", "KiB per all-reduce instead of --mib (latency runs)", ""},
        {"wire", "raw, fp16, bf16, int8 or int4", "raw"},
-       {"streams", "TCP streams per ring link", "4"},
+       {"streams", "TCP streams per peer link", "4"},
+       {"algorithm", "auto, ring, direct or scatter-gather (auto: by size)", "auto"},
        {"iters", "timed operations (the median is reported)", "5"},
        {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
        {"baseline", "gloo: also run Gloo's ring all-reduce on the same inputs and hosts", ""},
@@ -418,6 +425,8 @@ int runBenchAllReduce(const Args& args) {
   if (!iters) return reportFailure(iters.status());
   if (!streams) return reportFailure(streams.status());
   if (!wire) return reportFailure(wire.status());
+  if (auto a = collectives::parseAllReduceAlgorithm(flags.get("algorithm")); !a)
+    return reportFailure(a.status());
   std::size_t bytes;
   if (flags.isSet("kib")) {
     auto kib = flags.getInt("kib", 1, 1 << 24);
@@ -463,6 +472,7 @@ int runBenchAllReduce(const Args& args) {
         gloo ? 1 : *streams, run->p50_ms, algbw, busbw, run->rel,
         run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
     if (gloo) gloo_p50 = run->p50_ms;
+    if (!gloo) line += fmt::format(R"(,"algorithm":"{}")", flags.get("algorithm"));
     if (!gloo && !run->ring_before.empty()) {
       line += fmt::format(
           R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",

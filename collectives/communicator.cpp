@@ -141,7 +141,21 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                              options.quant_block, kMaxQuantBlock)));
     }
     AllReduceArgs args{data, count, dtype, red, wire, options.quant_block};
-    auto op = makeAllReduce(engine_->pool(), args, chooseAlgorithm(args, issue->second));
+    Algorithm algorithm = chooseAlgorithm(args, issue->second);
+    switch (options.algorithm) {
+      case AllReduceAlgorithm::kAuto:
+        break;
+      case AllReduceAlgorithm::kRing:
+        algorithm = Algorithm::kRing;
+        break;
+      case AllReduceAlgorithm::kDirect:
+        algorithm = Algorithm::kDirect;
+        break;
+      case AllReduceAlgorithm::kScatterGather:
+        algorithm = Algorithm::kScatterGather;
+        break;
+    }
+    auto op = makeAllReduce(engine_->pool(), args, algorithm);
     op->epoch = epoch;
     op->op_id = op_id;
     op->tag_base = (op_id & 0xFFFFFFFFull) << 20;
@@ -325,6 +339,33 @@ class Communicator::Impl final : public OpEngine::Arbiter {
   std::uint64_t seq_ = 0;
   std::map<std::string, std::uint64_t> exchange_seq_;  // per member set, this epoch
 };
+
+// ---- algorithm names ---------------------------------------------------------------------------
+
+std::string_view allReduceAlgorithmName(AllReduceAlgorithm a) {
+  switch (a) {
+    case AllReduceAlgorithm::kAuto:
+      return "auto";
+    case AllReduceAlgorithm::kRing:
+      return "ring";
+    case AllReduceAlgorithm::kDirect:
+      return "direct";
+    case AllReduceAlgorithm::kScatterGather:
+      return "scatter-gather";
+  }
+  return "?";
+}
+
+Result<AllReduceAlgorithm> parseAllReduceAlgorithm(std::string_view name) {
+  for (auto a : {AllReduceAlgorithm::kAuto, AllReduceAlgorithm::kRing, AllReduceAlgorithm::kDirect,
+                 AllReduceAlgorithm::kScatterGather}) {
+    if (name == allReduceAlgorithmName(a)) return a;
+  }
+  return Status(StatusCode::kInvalidArgument,
+                fmt::format("unknown all-reduce algorithm '{}' (auto, ring, direct or "
+                            "scatter-gather)",
+                            name));
+}
 
 // ---- Communicator ------------------------------------------------------------------------------
 

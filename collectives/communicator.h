@@ -48,11 +48,20 @@ struct CommunicatorOptions {
   bool measure_topology = true;
 };
 
+// How an all-reduce moves its data. kAuto chooses by size and world (the ring for large buffers,
+// scatter-gather for medium ones on small groups, direct for tiny ones); the others force one,
+// for benchmarks and tests.
+enum class AllReduceAlgorithm : std::uint8_t { kAuto, kRing, kDirect, kScatterGather };
+std::string_view allReduceAlgorithmName(AllReduceAlgorithm a);
+// "auto", "ring", "direct", "scatter-gather"; kInvalidArgument names the bad value.
+Result<AllReduceAlgorithm> parseAllReduceAlgorithm(std::string_view name);
+
 struct AllReduceOptions {
   Millis timeout{120000};  // the whole operation, links included
   // int8/int4: elements per block scale (codec.h), 1..kMaxQuantBlock; every peer must pass the
   // same.
   std::size_t quant_block = kQuantBlock;
+  AllReduceAlgorithm algorithm = AllReduceAlgorithm::kAuto;  // every peer must pass the same
 };
 
 // What an exchange does with the members' buffers (exchange.h).
