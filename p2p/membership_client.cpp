@@ -14,24 +14,6 @@ namespace {
 constexpr Millis kRetryPause{200};
 }  // namespace
 
-std::string_view clientStateName(MembershipClient::State s) {
-  switch (s) {
-    case MembershipClient::State::kDisconnected:
-      return "disconnected";
-    case MembershipClient::State::kConnecting:
-      return "connecting";
-    case MembershipClient::State::kPending:
-      return "pending";
-    case MembershipClient::State::kMember:
-      return "member";
-    case MembershipClient::State::kEvicted:
-      return "evicted";
-    case MembershipClient::State::kLeft:
-      return "left";
-  }
-  return "?";
-}
-
 MembershipClient::MembershipClient(NetworkThread& net, MembershipClientOptions options)
     : net_(net), options_(std::move(options)) {}
 

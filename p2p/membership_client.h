@@ -122,6 +122,4 @@ class MembershipClient {
   std::shared_ptr<void> lifetime_ = std::make_shared<int>(0);  // see LifetimeGuard (net.h)
 };
 
-std::string_view clientStateName(MembershipClient::State s);
-
 }  // namespace loco::p2p

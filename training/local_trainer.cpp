@@ -242,16 +242,6 @@ const TextCorpus& LocalTrainer::corpus() const {
   return *impl_->corpus;
 }
 
-Status LocalTrainer::setShard(std::uint32_t rank, std::uint32_t world) {
-  ShardSpec s = impl_->shardSpec();
-  s.rank = rank;
-  s.world = world;
-  LOCO_RETURN_IF_ERROR(checkShard(s, impl_->corpus->train().size(), impl_->config.model.context));
-  impl_->config.rank = rank;
-  impl_->config.world = world;
-  return Status::ok();
-}
-
 Status LocalTrainer::setBatchSize(std::uint32_t batch_size) {
   if (batch_size == 0 || batch_size > kMaxBatch) {
     return bad(fmt::format("batch size {} is out of range 1..{}", batch_size, kMaxBatch));

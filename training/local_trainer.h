@@ -125,8 +125,6 @@ class LocalTrainer {
   const TextCorpus& corpus() const;
   float learningRate(std::uint64_t step) const { return config().inner.schedule.at(step); }
 
-  // Changes this peer's data shard (membership changed). kInvalidArgument as checkShard.
-  Status setShard(std::uint32_t rank, std::uint32_t world);
   // Windows per (micro-)batch from now on (adaptive batch size); 1..65536.
   Status setBatchSize(std::uint32_t batch_size);
 
