@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,6 +71,15 @@ double peakRssMib() {
       return static_cast<double>(std::strtol(line.c_str() + 6, nullptr, 10)) / 1024.0;
   }
   return -1;
+}
+
+// User + system CPU time of this process (every thread), in ms. A load-independent measure of
+// what an operation costs, next to its wall time.
+double processCpuMs() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto ms = [](const timeval& tv) { return tv.tv_sec * 1e3 + tv.tv_usec / 1e3; };
+  return ms(ru.ru_utime) + ms(ru.ru_stime);
 }
 
 std::uint64_t fnv1a(const void* data, std::size_t bytes) {
@@ -212,19 +222,27 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     fillGaussian(buf, rank);
     if (Status st = runTopologyPhase(flags, c, buf, wire); !st.isOk()) return reportFailure(st);
   }
+  double cpu_ms = 0;  // this process's CPU time (every thread) in the timed operations
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
     fillGaussian(buf, rank);
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
       return reportFailure(st.status());  // start together
+    const double cpu0 = processCpuMs();
     auto t0 = Clock::now();
     auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg,
                           wire, options);
     if (!op) return reportFailure(op.status());
     if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk())
       return reportFailure(st);
-    if (it >= 0)
+    if (it >= 0) {
       times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      cpu_ms += processCpuMs() - cpu0;
+    }
   }
+  if (Status st =
+          writeFileAtomic(flags.get("out") + ".cpu", fmt::format("{:.3f}\n", cpu_ms / iters));
+      !st.isOk())
+    return reportFailure(st);
   if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
     return reportFailure(st);
   (void)c.syncPoint(Deadline::after(Millis(60000)));  // nobody leaves while others still run
@@ -241,6 +259,7 @@ struct RunSummary {
   double initial_ms = 0;
   std::string ring_before, ring_after;
   double peak_rss_mib = 0;  // the highest of any worker
+  double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers (loco)
 };
 
 // One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
@@ -353,6 +372,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::string hash;
     double err = 0, rss = 0;
     in >> hash >> err >> rss;
+    double cpu = 0;
+    if (std::ifstream(fmt::format("{}/worker-{}.result.cpu", dir, r)) >> cpu) out.cpu_ms += cpu / N;
     hashes.insert(hash);
     if (r == 0) out.rel = err;
     out.peak_rss_mib = std::max(out.peak_rss_mib, rss);
@@ -472,7 +493,10 @@ int runBenchAllReduce(const Args& args) {
         gloo ? 1 : *streams, run->p50_ms, algbw, busbw, run->rel,
         run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
     if (gloo) gloo_p50 = run->p50_ms;
-    if (!gloo) line += fmt::format(R"(,"algorithm":"{}")", flags.get("algorithm"));
+    if (!gloo) {
+      line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f})", flags.get("algorithm"),
+                          run->cpu_ms);
+    }
     if (!gloo && !run->ring_before.empty()) {
       line += fmt::format(
           R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",

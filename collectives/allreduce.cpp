@@ -68,18 +68,30 @@ bool AllReduce::claimBlock(std::size_t k) {
 
 void AllReduce::copyBlock(std::size_t k) {
   const std::size_t off = k * kBlockBytes, len = std::min(kBlockBytes, n_ * 4 - off);
-  std::memcpy(backup_data_ + off, static_cast<const std::uint8_t*>(args_.data) + off, len);
+  copyStreaming(backup_data_ + off, static_cast<const std::uint8_t*>(args_.data) + off, len);
   blocks_[k].store(kDone, std::memory_order_release);
   blocks_[k].notify_all();
 }
 
-void AllReduce::backupOnCallerThread() {
+void AllReduce::backupOnCallerThread(std::size_t rank, std::size_t world) {
   if (!blocks_) return;
-  for (std::size_t k = 0; k < block_count_; ++k) {
+  auto copy = [&](std::size_t k) {
     std::uint8_t expected = kTodo;
     if (blocks_[k].compare_exchange_strong(expected, kCopying, std::memory_order_acq_rel))
       copyBlock(k);
+  };
+  // The ring first writes the segment it receives at step 1, then step 2's, ...: copy those
+  // first, so the network thread rarely has to copy a block itself.
+  if (world >= 2 && rank < world) {
+    for (std::size_t step = 1; step <= 2 * world - 2; ++step) {
+      auto [b, len] =
+          RingAllReduce::segment(n_, world, RingAllReduce::recvSegment(world, rank, step));
+      if (len == 0) continue;
+      for (std::size_t k = b * 4 / kBlockBytes; k <= ((b + len) * 4 - 1) / kBlockBytes; ++k)
+        copy(k);
+    }
   }
+  for (std::size_t k = 0; k < block_count_; ++k) copy(k);
 }
 
 void AllReduce::protect(std::size_t begin, std::size_t len) {

@@ -39,8 +39,10 @@ class AllReduce : public Collective {
   void commit() override;
   void restore() override;
   void release() override;
-  // Caller's thread, after submit: copies every backup block nobody has claimed yet.
-  void backupOnCallerThread();
+  // Caller's thread, after submit: copies every backup block nobody has claimed yet, in the
+  // order the ring of `world` peers will first write them at `rank` (as far as the caller's
+  // view can tell; any order is correct).
+  void backupOnCallerThread(std::size_t rank, std::size_t world);
 
  protected:
   // Before the operation writes elements [begin, begin+len) of the caller's buffer: makes sure

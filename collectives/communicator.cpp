@@ -111,7 +111,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                                                ReduceOp red, Wire wire, AllReduceOptions options) {
     auto issue = issueEpoch();
     if (!issue) return issue.status();
-    const std::uint64_t epoch = issue->first;
+    const std::uint64_t epoch = issue->epoch;
     if (epoch != seq_epoch_) {
       seq_epoch_ = epoch;
       seq_ = 0;
@@ -141,7 +141,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                              options.quant_block, kMaxQuantBlock)));
     }
     AllReduceArgs args{data, count, dtype, red, wire, options.quant_block};
-    Algorithm algorithm = chooseAlgorithm(args, issue->second);
+    Algorithm algorithm = chooseAlgorithm(args, issue->world);
     switch (options.algorithm) {
       case AllReduceAlgorithm::kAuto:
         break;
@@ -163,7 +163,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     auto handle = std::make_shared<Operation>(op->handle);
     engine_->submit(op);
     // The network thread runs already; the backup is copied here meanwhile (allreduce.h).
-    op->backupOnCallerThread();
+    op->backupOnCallerThread(issue->rank, issue->world);
     return handle;
   }
 
@@ -191,7 +191,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     }
     auto issue = issueEpoch();
     if (!issue) return issue.status();
-    const std::uint64_t epoch = issue->first;
+    const std::uint64_t epoch = issue->epoch;
     if (epoch != seq_epoch_) {
       seq_epoch_ = epoch;
       seq_ = 0;
@@ -249,12 +249,16 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     done.get_future().wait();
   }
 
-  // The epoch a new operation runs in, and its world. Operations are matched across peers by
-  // (epoch, sequence number). After a member is lost the epoch moves on without a sync point,
-  // and peers see it at different moments: one that went on issuing would run its operation
-  // alone until the timeout, or among a member set its caller never saw (a success the others
-  // cannot match). So the new epoch starts at a sync point, where every member agrees on it.
-  Result<std::pair<std::uint64_t, std::size_t>> issueEpoch() {
+  // The epoch a new operation runs in, its world and this peer's rank. Operations are matched
+  // across peers by (epoch, sequence number). After a member is lost the epoch moves on without a
+  // sync point, and peers see it at different moments: one that went on issuing would run its
+  // operation alone until the timeout, or among a member set its caller never saw (a success the
+  // others cannot match). So the new epoch starts at a sync point, where every member agrees on it.
+  struct Issue {
+    std::uint64_t epoch;
+    std::size_t world, rank;  // rank: this peer's place in the ring, as of the view
+  };
+  Result<Issue> issueEpoch() {
     if (client_->state() != p2p::MembershipClient::State::kMember) {
       return Status(StatusCode::kFailedPrecondition,
                     "collective operation before this peer was admitted (call waitForMembership)");
@@ -269,7 +273,9 @@ class Communicator::Impl final : public OpEngine::Arbiter {
               "before the next operation (nothing was started, the buffer is untouched)",
               barrier, view.epoch));
     }
-    return std::make_pair(view.epoch, view.world());
+    const auto ids = view.ringIds();
+    const auto me = std::find(ids.begin(), ids.end(), options_.peer_id);
+    return Issue{view.epoch, ids.size(), static_cast<std::size_t>(me - ids.begin())};
   }
 
   Status requireIdle(const char* what) {

@@ -14,5 +14,9 @@ void maxInto(float* dst, const float* src, std::size_t n);
 // its reciprocal, which gives the same bits.
 void addDivideInto(float* dst, const float* src, std::size_t n, std::size_t divisor);
 void divideBy(float* dst, std::size_t n, std::size_t divisor);
+// memcpy for a destination that is not read again soon (a backup): non-temporal stores skip
+// reading the destination into the cache first, a third of a plain copy's memory traffic.
+// Fenced: the bytes are visible to other threads once it returns. `dst` is 16-byte aligned.
+void copyStreaming(void* dst, const void* src, std::size_t bytes);
 
 }  // namespace loco::collectives

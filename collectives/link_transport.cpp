@@ -212,6 +212,11 @@ p2p::Link::SendMeter LinkTransport::takeSendMeter(std::size_t peer) {
   return peers_[peer].out->takeSendMeter();
 }
 
+LinkStats LinkTransport::linkStats(std::size_t peer) {
+  if (peer >= peers_.size() || !peers_[peer].out) return {};
+  return LinkStats{peers_[peer].out->rttSeconds(), peers_[peer].out->sendRate()};
+}
+
 void LinkTransport::post(std::function<void()> fn) {
   net_.post(std::move(fn));
 }

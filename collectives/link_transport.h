@@ -40,6 +40,7 @@ class LinkTransport final : public Transport {
   void abort(const Status& why) override;
   void post(std::function<void()> fn) override;
   std::unique_ptr<Alarm> after(Millis delay, std::function<void()> fn) override;
+  LinkStats linkStats(std::size_t peer) override;
 
  private:
   struct PendingSend {

@@ -6,8 +6,8 @@
 // peer r owns segment r+1: it finishes it (÷N for avg), encodes it once and takes the decoded
 // value itself, so every peer decodes the same bytes.
 //
-// Memory: the buffer, its backup, and per piece in flight (at most kMaxPiecesInFlight of at most
-// 1 MiB of fp32) two receive buffers. Raw all-gather pieces land straight in the buffer: the
+// Memory: the buffer, its backup, and per piece in flight (at most 16 MiB of pieces of at most
+// 256 KiB of fp32) two receive buffers. Raw all-gather pieces land straight in the buffer: the
 // range they overwrite was sent earlier in the ring, and its bytes had to arrive downstream
 // before the piece that overwrites them could come round.
 
@@ -49,6 +49,7 @@ class RingAllReduce final : public AllReduce {
   void maybeComplete();
 
   std::size_t world_ = 1, rank_ = 0, pieces_ = 1;
+  std::size_t in_flight_ = 2;  // pieces this peer keeps in flight
   std::size_t started_ = 0, finished_ = 0, sends_in_flight_ = 0;
   bool complete_ = false;
   std::vector<Piece> piece_state_;

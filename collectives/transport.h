@@ -35,6 +35,12 @@ struct PeerGroup {
   std::size_t prev() const { return (rank + ids.size() - 1) % ids.size(); }
 };
 
+// What a link to a peer has shown so far (zeros: unknown), for sizing what to keep in flight.
+struct LinkStats {
+  double rtt_s = 0;     // smoothed round-trip time
+  double rate_Bps = 0;  // send rate while busy, bytes per second
+};
+
 // A pending timer; destroying it cancels the callback.
 class Alarm {
  public:
@@ -61,6 +67,8 @@ class Transport {
   virtual void post(std::function<void()> fn) = 0;
   // Runs `fn` on the transport's thread after `delay`, unless the alarm is destroyed first.
   virtual std::unique_ptr<Alarm> after(Millis delay, std::function<void()> fn) = 0;
+  // The link to `peer` as measured so far (zeros when there is none yet).
+  virtual LinkStats linkStats(std::size_t /*peer*/) { return {}; }
 };
 
 }  // namespace loco::collectives

@@ -72,6 +72,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void setName(std::string name) { options_.name = std::move(name); }
   std::string remoteAddress() const { return stream_->remoteAddress(); }
   std::string localAddress() const { return stream_->localAddress(); }
+  double rttSeconds() const { return stream_->rttSeconds(); }
 
  private:
   Connection(asio::io_context& io, std::unique_ptr<Stream> stream, Options options);

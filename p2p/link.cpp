@@ -117,9 +117,25 @@ Link::SendMeter Link::takeSendMeter() {
   if (!sends_.empty()) {
     auto now = Clock::now();
     meter_.busy_s += toSeconds(now - busy_since_);
+    lifetime_meter_.busy_s += toSeconds(now - busy_since_);
     busy_since_ = now;
   }
   return std::exchange(meter_, SendMeter{});
+}
+
+double Link::rttSeconds() const {
+  double best = 0;
+  for (const auto& s : streams_) {
+    const double r = s->rttSeconds();
+    if (r > 0 && (best == 0 || r < best)) best = r;
+  }
+  return best;
+}
+
+double Link::sendRate() const {
+  return lifetime_meter_.busy_s > 0
+             ? static_cast<double>(lifetime_meter_.bytes) / lifetime_meter_.busy_s
+             : 0;
 }
 
 void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
@@ -127,8 +143,15 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
   auto it = std::find(sends_.begin(), sends_.end(), op);
   if (it == sends_.end()) return;  // already completed
   sends_.erase(it);
-  if (op->error.isOk()) meter_.bytes += op->data.size();
-  if (sends_.empty()) meter_.busy_s += toSeconds(Clock::now() - busy_since_);
+  if (op->error.isOk()) {
+    meter_.bytes += op->data.size();
+    lifetime_meter_.bytes += op->data.size();
+  }
+  if (sends_.empty()) {
+    const double busy = toSeconds(Clock::now() - busy_since_);
+    meter_.busy_s += busy;
+    lifetime_meter_.busy_s += busy;
+  }
   op->done(op->error);
 }
 

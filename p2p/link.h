@@ -66,6 +66,11 @@ class Link : public std::enable_shared_from_this<Link> {
     double busy_s = 0;
   };
   SendMeter takeSendMeter();
+  // What the link has shown so far, for sizing what to keep in flight: the smallest smoothed
+  // round-trip time of its streams (0: unknown) and its send rate while busy (bytes/s; 0:
+  // nothing sent yet).
+  double rttSeconds() const;
+  double sendRate() const;
 
   std::size_t streamCount() const { return streams_.size(); }
   std::size_t stagedBytes() const { return staged_bytes_; }
@@ -128,7 +133,8 @@ class Link : public std::enable_shared_from_this<Link> {
   LinkOptions options_;
   std::deque<std::shared_ptr<SendOp>> sends_;
   SendMeter meter_;
-  TimePoint busy_since_;  // when sends_ last became non-empty
+  SendMeter lifetime_meter_;  // never reset: sendRate()
+  TimePoint busy_since_;      // when sends_ last became non-empty
   std::map<std::uint64_t, RecvOp> recvs_;
   std::map<std::uint64_t, std::vector<Staged>> staged_;
   std::size_t staged_bytes_ = 0;

@@ -173,8 +173,8 @@ TEST(RingArithmetic, SegmentsTileTheBufferAndNeighboursAgreeOnEveryStep) {
       const std::size_t pieces = RingAllReduce::piecesPerSegment(n, world);
       EXPECT_GE(pieces, 1u);
       EXPECT_LE(pieces, 1024u);
-      // Each piece of a segment holds at most 1 MiB of fp32 (the memory bound).
-      EXPECT_LE((n / world + 1) / pieces, (std::size_t{1} << 18) + 1) << n << " " << world;
+      // Each piece of a segment holds at most 256 KiB of fp32 (the memory bound).
+      EXPECT_LE((n / world + 1) / pieces, (std::size_t{1} << 16) + 1) << n << " " << world;
       if (world < 2) continue;
       for (std::size_t r = 0; r < world; ++r) {
         const std::size_t next_rank = (r + 1) % world;
@@ -279,7 +279,7 @@ TEST(AllReduceAlgorithms, EveryAlgorithmGivesBitIdenticalCorrectResults) {
       }
     }
   }
-  // The ring with many pieces in flight (16 per segment, 1 MiB each, more than in flight).
+  // The ring with many pieces per segment (256 KiB each), more than are in flight.
   cases.push_back({Algorithm::kRing, 3, (48u << 20) / 4 + 13, Wire::kRaw, ReduceOp::kAvg});
   cases.push_back({Algorithm::kRing, 2, (40u << 20) / 4 + 3, Wire::kInt8, ReduceOp::kSum});
   for (const Case& c : cases) {
@@ -431,7 +431,7 @@ TEST(AllReduceAlgorithms, TheOverlappedBackupRestoresExactlyWhateverTheTiming) {
     }
     // The callers' threads copy while the network runs.
     std::thread callers([&] {
-      for (auto& op : ops) op->backupOnCallerThread();
+      for (std::size_t r = 0; r < ops.size(); ++r) ops[r]->backupOnCallerThread(r, 4);
     });
     std::vector<std::size_t> survivors;
     for (std::size_t r = 0; r < 4; ++r)
