@@ -138,19 +138,20 @@ void LinkTransport::dial(std::size_t peer) {
         auto waiting = std::move(p.sends);
         p.sends.clear();
         auto link = p.out;  // a completion below may abort and drop p.out
-        for (auto& s : waiting) link->send(s.tag, s.data, std::move(s.done));
+        for (auto& s : waiting) link->send(s.tag, s.data, std::move(s.done), s.priority);
       },
       epoch);
 }
 
-void LinkTransport::send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done) {
+void LinkTransport::send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done,
+                         int priority) {
   if (peer >= peers_.size() || peer == group_.rank) {
     return done(
         Status(StatusCode::kInternal, fmt::format("send to rank {} of {}", peer, peers_.size())));
   }
   Peer& p = peers_[peer];
-  if (p.out) return p.out->send(tag, data, std::move(done));
-  p.sends.push_back({tag, data, std::move(done)});
+  if (p.out) return p.out->send(tag, data, std::move(done), priority);
+  p.sends.push_back({tag, data, std::move(done), priority});
   if (!p.dialing) dial(peer);
 }
 

@@ -35,7 +35,8 @@ class LinkTransport final : public Transport {
   // Closes everything (shutdown).
   void close(const Status& why);
 
-  void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done) override;
+  void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done,
+            int priority = 0) override;
   void recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) override;
   void abort(const Status& why) override;
   void post(std::function<void()> fn) override;
@@ -47,6 +48,7 @@ class LinkTransport final : public Transport {
     std::uint64_t tag;
     ByteSpan data;
     Done done;
+    int priority;
   };
   struct PendingRecv {
     std::uint64_t tag;

@@ -11,7 +11,8 @@ class MemoryNetwork::Endpoint final : public Transport {
  public:
   Endpoint(MemoryNetwork& net, std::size_t rank) : net_(net), rank_(rank) {}
 
-  void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done) override {
+  void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done,
+            int /*priority*/) override {
     if (!net_.alive(rank_) || peer >= net_.peers() || !net_.alive(peer)) {
       return net_.post(rank_, [done = std::move(done), peer] {
         done(Status(StatusCode::kPeerLost, fmt::format("peer {} is gone", peer)));

@@ -9,12 +9,13 @@ namespace {
 // not with the buffer.
 constexpr std::size_t kMinPieceElems = 16384;
 constexpr std::size_t kMaxPieceElems = std::size_t{1} << 16;
-// What this peer keeps in flight: twice the next link's bandwidth-delay product, between 512 KiB
-// and 16 MiB; 16 MiB while the link is unknown. On loopback or a LAN that is the floor: more
-// only spreads the pieces over more memory than the caches hold (measured on this 2-core
-// machine, 64 MiB, N = 2: 512 KiB in flight took about half the CPU time of 16 MiB). A long
-// fat link needs its bandwidth-delay product in flight to stay busy; a window too small for it
-// shows a lower rate, and the next operation's window follows the product it measures.
+// What this peer keeps in flight: a piece travels 2(N-1) hops before it is done here, and every
+// hop's link must stay busy, so (2N-2) x 1.5 x the next link's bandwidth-delay product, between
+// 512 KiB and 16 MiB; 16 MiB while the link is unknown. On loopback or a LAN that is the floor:
+// more only spreads the pieces over more memory than the caches hold (measured on this 2-core
+// machine, 64 MiB, N = 2: 512 KiB in flight took about half the CPU time of 16 MiB). On a WAN a
+// window too small for the link shows a lower rate, and the next operation's window follows the
+// product it measures.
 constexpr std::size_t kMinWindowBytes = 512u << 10;
 constexpr std::size_t kMaxWindowBytes = 16u << 20;
 constexpr std::size_t kMaxPiecesInFlight = 256;
@@ -62,8 +63,9 @@ void RingAllReduce::start() {
   const LinkStats link = transport().linkStats(group.next());
   std::size_t window = kMaxWindowBytes;
   if (link.rtt_s > 0 && link.rate_Bps > 0) {
-    window = std::clamp(static_cast<std::size_t>(2 * link.rtt_s * link.rate_Bps), kMinWindowBytes,
-                        kMaxWindowBytes);
+    const double bdp = link.rtt_s * link.rate_Bps;
+    window = std::clamp(static_cast<std::size_t>(1.5 * static_cast<double>(2 * world_ - 2) * bdp),
+                        kMinWindowBytes, kMaxWindowBytes);
   }
   const std::size_t piece_bytes = std::max<std::size_t>(1, n_ / world_ / pieces_) * sizeof(float);
   in_flight_ = std::clamp<std::size_t>(window / piece_bytes, 2, kMaxPiecesInFlight);
@@ -187,13 +189,19 @@ void RingAllReduce::sendPiece(std::size_t p, std::size_t step, Buffer owned) {
   ++sends_in_flight_;
   countSent(span.size());
   auto self = std::static_pointer_cast<RingAllReduce>(shared_from_this());
-  transport().send(group.next(), tag(step, p), span, [self, bytes](const Status& st) {
-    self->pool().give(std::move(*bytes));
-    if (self->ended) return;
-    --self->sends_in_flight_;
-    if (!st.isOk()) return self->fail(st);
-    self->maybeComplete();
-  });
+  // Pieces further along go first: they are what the peers downstream wait for, while new
+  // pieces only need the link's spare time.
+  const int priority = static_cast<int>(step);
+  transport().send(
+      group.next(), tag(step, p), span,
+      [self, bytes](const Status& st) {
+        self->pool().give(std::move(*bytes));
+        if (self->ended) return;
+        --self->sends_in_flight_;
+        if (!st.isOk()) return self->fail(st);
+        self->maybeComplete();
+      },
+      priority);
 }
 
 void RingAllReduce::maybeComplete() {

@@ -57,7 +57,9 @@ class Transport {
   //
   // Sends `data` (valid and unchanged until `done`) to `peer`. Completes once the bytes were handed
   // to the network, or failed: kPeerLost (the peer or its link is gone), kAborted (abort()).
-  virtual void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done) = 0;
+  // Higher `priority` goes first among the sends waiting for the same link.
+  virtual void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done,
+                    int priority = 0) = 0;
   // Receives the transfer `tag` from `peer` into `dst`, whose size must equal the sent size
   // (otherwise kProtocolError and the pair's link is closed).
   virtual void recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) = 0;

@@ -69,10 +69,11 @@ std::size_t Link::chunkLength(std::size_t total, std::uint32_t chunk) const {
   return std::min<std::size_t>(options_.chunk_bytes, total - begin);
 }
 
-void Link::send(std::uint64_t tag, ByteSpan data, Done done) {
+void Link::send(std::uint64_t tag, ByteSpan data, Done done, int priority) {
   if (closed_) return done(close_reason_);
   auto op = std::make_shared<SendOp>();
   op->tag = tag;
+  op->priority = priority;
   op->data = data;
   op->done = std::move(done);
   op->chunks = chunkCount(data.size());
@@ -88,8 +89,12 @@ void Link::pump() {
     progress = false;
     for (std::size_t i = 0; i < streams_.size() && !sends_.empty(); ++i) {
       if (state_[i].queued >= options_.queued_chunks_per_stream) continue;
-      auto it = std::find_if(sends_.begin(), sends_.end(),
-                             [](const auto& op) { return op->next < op->chunks; });
+      // The first unsent chunk of the highest priority.
+      auto it = sends_.end();
+      for (auto c = sends_.begin(); c != sends_.end(); ++c) {
+        if ((*c)->next < (*c)->chunks && (it == sends_.end() || (*c)->priority > (*it)->priority))
+          it = c;
+      }
       if (it == sends_.end()) return;
       std::shared_ptr<SendOp> op = *it;
       std::uint32_t chunk = op->next++;
@@ -347,6 +352,7 @@ void LinkListener::accept() {
       return;
     }
     tuneSocket(socket, options_.tcp_user_timeout);
+    setNotSentLowat(socket, options_.notsent_lowat);
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
@@ -475,6 +481,7 @@ void connectLink(NetworkThread& net, const HostPort& remote, const std::string& 
       if (!d || d->finished) return;
       if (!sock) return d->fail(sock.status().withContext("link to " + d->remote));
       tuneSocket(*sock.value(), d->options.tcp_user_timeout);
+      setNotSentLowat(*sock.value(), d->options.notsent_lowat);
       Connection::Options copts;
       copts.name = fmt::format("link to {} stream {}", d->remote, i);
       copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());

@@ -39,6 +39,10 @@ struct LinkOptions {
   // fails the link instead of stalling it for the kernel's ~15 minutes. Membership heartbeats
   // usually notice first.
   Millis tcp_user_timeout{10000};
+  // Unsent bytes the kernel may hold per stream (setNotSentLowat): small, so that send()
+  // priorities decide the order on the wire instead of a deep kernel queue. In-flight (sent,
+  // unacknowledged) data is not limited by it.
+  std::size_t notsent_lowat = 128u << 10;
 };
 
 class Link : public std::enable_shared_from_this<Link> {
@@ -51,8 +55,9 @@ class Link : public std::enable_shared_from_this<Link> {
   void start();
 
   // Sends `data` under `tag`; `data` must stay valid until `done`. Completes when every chunk was
-  // handed to the kernel.
-  void send(std::uint64_t tag, ByteSpan data, Done done);
+  // handed to the kernel. Chunks of higher `priority` go to the streams first (FIFO among equals),
+  // so a ring can move pieces that are further along ahead of new ones.
+  void send(std::uint64_t tag, ByteSpan data, Done done, int priority = 0);
   // Receives the transfer `tag` into `dst`, whose size must equal the sent size.
   void recv(std::uint64_t tag, MutableByteSpan dst, Done done);
   void close(const Status& why);
@@ -79,6 +84,7 @@ class Link : public std::enable_shared_from_this<Link> {
  private:
   struct SendOp {
     std::uint64_t tag;
+    int priority = 0;
     ByteSpan data;
     Done done;
     std::uint32_t chunks = 0;

@@ -15,6 +15,11 @@ void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout) {
   setTcpUserTimeout(socket, user_timeout);
 }
 
+void setNotSentLowat(asio::ip::tcp::socket& socket, std::size_t bytes) {
+  const int lowat = static_cast<int>(bytes);
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
+}
+
 void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout) {
   unsigned int ms = static_cast<unsigned int>(std::max<std::int64_t>(0, user_timeout.count()));
   ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));

@@ -22,6 +22,10 @@ namespace loco::p2p {
 // effort and the connection works without it.
 void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout);
 void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout);
+// Keeps at most `bytes` of unsent data in the kernel (TCP_NOTSENT_LOWAT): the socket reports
+// writable only below it, so the application, not the kernel's FIFO, decides what goes next.
+// Best effort, like tuneSocket.
+void setNotSentLowat(asio::ip::tcp::socket& socket, std::size_t bytes);
 
 // Blocking name resolution (call it off the network thread). kInvalidArgument when the name
 // does not resolve.
