@@ -237,20 +237,28 @@ int runJoin(const Args& args) {
   // own) is logged at most every 10 s; the client logs its reconnect attempts.
   p2p::LogThrottle waiting_log(Millis(10000));
   TimePoint waiting_since = Clock::now();
+  (void)waiting_log.shouldLog(waiting_since);  // most admissions take less than one interval
+  bool member = false;
   while (!stop.stopped()) {
     Status st;
     if (client.state() != p2p::MembershipClient::State::kMember) {
+      if (member) {  // lost the group since the last round of this loop
+        member = false;
+        waiting_since = Clock::now();
+        waiting_log.reset();
+        (void)waiting_log.shouldLog(waiting_since);
+      }
       st = client.waitForMembership(Deadline::after(interval));
       if (st.code() == StatusCode::kTimeout) {
-        if (waiting_log.shouldLog(Clock::now()) && Clock::now() - waiting_since > interval) {
-          LOG_INFO(kLogPeer, "waiting {:.0f} s to be admitted: {}",
-                   toSeconds(Clock::now() - waiting_since), st.message());
+        if (waiting_log.shouldLog(Clock::now())) {
+          LOG_INFO(kLogPeer, "{} (waiting {:.0f} s)", st.message(),
+                   toSeconds(Clock::now() - waiting_since));
         }
         continue;
       }
       if (st.isOk()) {
         LOG_INFO(kLogPeer, "admitted at epoch {}", client.epoch());
-        waiting_log.reset();
+        member = true;
         continue;
       }
     } else {
@@ -262,10 +270,8 @@ int runJoin(const Args& args) {
         if (!stop.sleepFor(interval)) break;
         continue;
       }
-      if (st.code() == StatusCode::kPeerLost || st.code() == StatusCode::kEvicted) {
-        waiting_since = Clock::now();  // the client is on its way back; wait for admission
-        continue;
-      }
+      // The client is on its way back on its own: wait for admission.
+      if (st.code() == StatusCode::kPeerLost || st.code() == StatusCode::kEvicted) continue;
     }
     if (st.code() == StatusCode::kAborted) break;
     return finish(reportFailure(st));  // no coordinator came back, or our identity was taken

@@ -167,7 +167,10 @@ void MembershipClient::startAttempts(std::size_t first_address, TimePoint give_u
   }
   attempts_->last_errors.assign(addresses_.size(), "");
   attempts_->throttle.reset();
-  auto a = attempts_->plan.begin(first_address, Clock::now(), give_up, first_delay);
+  const TimePoint now = Clock::now();
+  // The loss itself was just logged: the first line about attempts comes one interval later.
+  (void)attempts_->throttle.shouldLog(now);
+  auto a = attempts_->plan.begin(first_address, now, give_up, first_delay);
   scheduleAttempt(a.address, a.delay);
 }
 
@@ -185,6 +188,7 @@ void MembershipClient::attempt(std::size_t address) {
   std::uint64_t session = 0;
   HelloMsg hello;
   Millis attempt_timeout;
+  bool initial = false;
   {
     std::lock_guard lock(mu_);
     if (stopped_ || aborted_) return;
@@ -198,9 +202,12 @@ void MembershipClient::attempt(std::size_t address) {
     hello.state_digest = report_.state_digest;
     hello.progress = report_.progress;
     attempt_timeout = std::max(kMinAttemptTimeout, heartbeat_timeout_);
+    initial = initial_join_;
   }
   dropConnection();
-  const Deadline deadline(std::min(attempts_->plan.giveUpAt(), Clock::now() + attempt_timeout));
+  // join()'s deadline is a hard one; a reconnect's last attempt may end after the give-up time.
+  const TimePoint until = Clock::now() + attempt_timeout;
+  const Deadline deadline(initial ? std::min(attempts_->plan.giveUpAt(), until) : until);
   LOG_DEBUG(kLogPeer, "connecting to coordinator {} (attempt {})", addresses_[address].toString(),
             hello.attempt);
   asyncConnect(
@@ -245,20 +252,18 @@ void MembershipClient::attemptFailed(std::uint64_t session, const Status& why) {
   if (final_refusal) return giveUp(why);
   const auto now = Clock::now();
   auto next = attempts_->plan.afterFailure(now);
-  if (!next) return giveUp(why);
+  // join()'s deadline leaves no time for an attempt that would start right at it.
+  if (!next || (initial && now + next->delay >= attempts_->plan.giveUpAt())) return giveUp(why);
+  LOG_DEBUG(kLogPeer, "coordinator {}: {}; next attempt in {} ms", addresses_[address].toString(),
+            why.message(), next->delay.count());
   if (attempts_->throttle.shouldLog(now)) {
-    const double waited = toSeconds(now - attempts_->plan.startedAt());
-    if (initial && waited < 1.0) {
-      LOG_DEBUG(kLogPeer, "coordinator {}: {}; retrying", addresses_[address].toString(),
-                why.message());
-    } else {
-      LOG_INFO(kLogPeer,
-               "{} for {:.1f} s ({} attempts); last: {}: {}; next attempt in {} ms (giving up in "
-               "{:.0f} s)",
-               initial ? "waiting for the coordinator" : "looking for a coordinator", waited,
-               attempts_->plan.attempts(), addresses_[address].toString(), why.message(),
-               next->delay.count(), toSeconds(attempts_->plan.giveUpAt() - now));
-    }
+    LOG_INFO(kLogPeer,
+             "{} for {:.1f} s ({} attempts); last: {}: {}; next attempt in {} ms (giving up in "
+             "{:.0f} s)",
+             initial ? "waiting for the coordinator" : "looking for a coordinator",
+             toSeconds(now - attempts_->plan.startedAt()), attempts_->plan.attempts(),
+             addresses_[address].toString(), why.message(), next->delay.count(),
+             toSeconds(attempts_->plan.giveUpAt() - now));
   }
   scheduleAttempt(next->address, next->delay);
 }
@@ -584,11 +589,10 @@ Status MembershipClient::waitForMembership(Deadline deadline) {
     return Status(
         StatusCode::kTimeout,
         state_ == State::kReconnecting
-            ? fmt::format("not admitted before the deadline: looking for a coordinator "
-                          "for {:.0f} s",
+            ? fmt::format("not admitted yet: looking for a coordinator for {:.0f} s",
                           toSeconds(Clock::now() - lost_at_))
-            : fmt::format("not admitted before the deadline: {} at coordinator {}",
-                          clientStateName(state_), addresses_[address_index_].toString()));
+            : fmt::format("not admitted yet: {} at coordinator {}", clientStateName(state_),
+                          addresses_[address_index_].toString()));
   }
   if (terminalLocked()) return errorForStateLocked();
   if (admissionReadyLocked()) consumeAdmissionLocked();

@@ -42,7 +42,8 @@ std::optional<ReconnectPlan::Attempt> ReconnectPlan::afterFailure(TimePoint now)
   // The rest of the round goes at once (the next address may be a standby that is up); a new
   // round waits.
   Millis delay = address_ == first_ ? backoff_.next() : Millis(0);
-  if (now + delay >= give_up_) return std::nullopt;
+  // The last attempt starts at the give-up time, not a backoff step before it.
+  if (now + delay > give_up_) delay = std::chrono::ceil<Millis>(give_up_ - now);
   ++attempts_;
   return Attempt{address_, delay};
 }

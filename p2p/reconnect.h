@@ -9,8 +9,8 @@
 // - Between rounds the peer waits a jittered, exponentially growing delay: min(max, initial *
 //   2^k) scaled by a random factor in [1 - jitter, 1], so peers that lost the coordinator at the
 //   same moment do not all knock at the same instant, and nobody waits more than `max`.
-// - Past the give-up time no further attempt is planned: the caller reports that no coordinator
-//   answered.
+// - The last attempt starts at the give-up time at the latest; after it none is planned and the
+//   caller reports that no coordinator answered.
 // Not thread-safe: the client calls it from its network thread.
 
 #include <cstddef>
@@ -54,8 +54,8 @@ class ReconnectPlan {
   // Starts over: the coordinator was lost (or the first join starts) at `now`; attempts stop at
   // `give_up`. The first attempt goes to `first_address` after `first_delay`.
   Attempt begin(std::size_t first_address, TimePoint now, TimePoint give_up, Millis first_delay);
-  // The attempt after a failed one, or nullopt when the give-up time has passed (or would pass
-  // before the attempt starts).
+  // The attempt after a failed one (starting at the give-up time at the latest), or nullopt
+  // once the give-up time has come.
   std::optional<Attempt> afterFailure(TimePoint now);
 
   std::size_t attempts() const { return attempts_; }

@@ -160,8 +160,7 @@ class Run {
       if (st.isOk()) return st;
       if (st.code() != StatusCode::kTimeout) return st;
       if (say.shouldLog(Clock::now())) {
-        LOG_INFO(kLogTrain, "waiting {:.0f} s to be admitted to the group: {}",
-                 toSeconds(Clock::now() - since), st.message());
+        LOG_INFO(kLogTrain, "{} (waiting {:.0f} s)", st.message(), toSeconds(Clock::now() - since));
       }
     }
     return Status();

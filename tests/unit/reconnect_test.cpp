@@ -80,19 +80,20 @@ TEST(ReconnectPlan, OneAddressWaitsBeforeEveryRetry) {
   EXPECT_EQ(delays, (std::vector<std::int64_t>{50, 100, 200, 400, 400}));
 }
 
-TEST(ReconnectPlan, GivesUpAtTheDeadlineAndNeverPlansAnAttemptBeyondIt) {
+TEST(ReconnectPlan, LastAttemptStartsAtTheGiveUpTimeAndNoneAfterIt) {
   ReconnectPlan plan(2, BackoffOptions{Millis(100), Millis(1000), 0.0}, 1);
   const TimePoint give_up = t0 + Millis(2500);
   plan.begin(0, t0, give_up, Millis(0));
   TimePoint now = t0;
   int attempts = 1;
   for (int i = 0; i < 1000; ++i) {
-    auto a = plan.afterFailure(now);
+    auto a = plan.afterFailure(now + Millis(3));  // each attempt takes 3 ms
     if (!a) break;
-    now += a->delay;
-    ASSERT_LT(now, give_up) << "an attempt planned past the give-up time";
+    now += Millis(3) + a->delay;
+    ASSERT_LE(now, give_up) << "an attempt planned past the give-up time";
     ++attempts;
   }
+  EXPECT_EQ(now, give_up) << "the peer waits the whole timeout, not a backoff step less";
   EXPECT_FALSE(plan.afterFailure(now + Millis(10000)).has_value());
   EXPECT_GT(attempts, 4);
   EXPECT_LT(attempts, 20);
