@@ -47,7 +47,8 @@ def write_corpus(path):
 
 
 class Run:
-    def __init__(self, out, peers, hb_interval, hb_timeout, standby, coordinator_timeout, steps):
+    def __init__(self, out, peers, hb_interval, hb_timeout, standby, coordinator_timeout, steps,
+                 method):
         self.out = out
         self.n = peers
         self.hb = [str(hb_interval), str(hb_timeout)]
@@ -59,8 +60,10 @@ class Run:
         write_corpus(corpus)
         self.train = ["--data", corpus, "--width", "32", "--layers", "1", "--heads", "2",
                       "--context", "16", "--batch", "4", "--lr", "0.01", "--warmup", "2",
-                      "--steps", str(steps), "--inner-steps", "10", "--eval-every", "1000000",
-                      "--measure-topology", "off", "--log-level", "info"]
+                      "--steps", str(steps), "--eval-every", "1000000",
+                      "--measure-topology", "off", "--log-level", "info", "--method", method]
+        if method == "diloco":
+            self.train += ["--inner-steps", "10"]
         self.coordinator_timeout = coordinator_timeout
         self.logs = []
 
@@ -169,8 +172,10 @@ class Run:
 def scenario(name, args, out):
     standby = name.startswith("standby")
     ctimeout = int(args.coordinator_timeout_s * 1000) if name == "coord-timeout" else 600000
-    run = Run(out, args.peers, args.hb_interval, args.hb_timeout, standby, ctimeout, args.steps)
-    res = {"scenario": name, "peers": args.peers, "heartbeat_timeout_s": run.hb_timeout_s}
+    run = Run(out, args.peers, args.hb_interval, args.hb_timeout, standby, ctimeout, args.steps,
+              args.method)
+    res = {"scenario": name, "method": args.method, "peers": args.peers,
+           "heartbeat_timeout_s": run.hb_timeout_s}
     try:
         run.start_coordinator(0, "a")
         if standby:
@@ -259,6 +264,8 @@ def scenario(name, args, out):
         # Let the run go on a little, then check the invariants.
         run.wait_rounds(min(run.counts()) + 20, timeout=30)
         res["rounds_before_fault"] = min(before)
+        res["max_retries_of_a_round"] = max((l["retries"] for r in range(run.n)
+                                             for l in run.lines(r)), default=0)
         res["rounds_at_end"] = min(run.counts())
         res.update(run.check(left=(run.n - 1,) if name == "peer-stop" else ()))
     finally:
@@ -278,6 +285,7 @@ def main():
     ap.add_argument("--coordinator-timeout-s", type=float, default=5.0)
     ap.add_argument("--warm-rounds", type=int, default=20)
     ap.add_argument("--steps", type=int, default=100000)
+    ap.add_argument("--method", default="diloco", help="diloco (H=10) or ddp")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     base = args.out or tempfile.mkdtemp(prefix="loco-resilience-")
