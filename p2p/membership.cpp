@@ -124,7 +124,7 @@ MembershipEffects Membership::maybeCompleteBarrier() {
   if (ring_.empty()) {
     // Nobody to wait for: admit whoever is pending, unless the members of a lost group are
     // still on their way back.
-    if (!any_pending || rebuildWaiting()) return {};
+    if (!any_pending || rebuilding()) return {};
     if (latestReport() != nullptr) rebuilt = describeRebuild();
   } else if (synced_.size() < ring_.size()) {
     return {};
@@ -232,10 +232,6 @@ const Membership::Peer* Membership::latestReport() const {
 }
 
 bool Membership::rebuilding() const {
-  return rebuildWaiting();
-}
-
-bool Membership::rebuildWaiting() const {
   const Peer* latest = latestReport();
   if (latest == nullptr) return false;
   TimePoint first = latest->registered;

@@ -144,7 +144,6 @@ class Membership {
   MembershipEffects maybeCompleteBarrier();
   // With no members: the pending peer whose report of a previous group is most recent.
   const Peer* latestReport() const;
-  bool rebuildWaiting() const;
   std::string describeRebuild() const;
 
   Millis heartbeat_timeout_;

@@ -416,7 +416,6 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
         epoch_ = std::max(epoch_, view_.epoch);
         if (view_.world() > 0) {
           last_members_ = view_.ringIds();
-          last_members_epoch_ = view_.epoch;
         }
         bool member = std::any_of(view_.peers.begin(), view_.peers.end(), [&](const PeerInfo& p) {
           return p.id == options_.peer_id && p.state == PeerState::kMember;
@@ -691,14 +690,6 @@ Millis MembershipClient::heartbeatInterval() const {
 Millis MembershipClient::heartbeatTimeout() const {
   std::lock_guard lock(mu_);
   return heartbeat_timeout_;
-}
-std::string MembershipClient::coordinatorAddress() const {
-  std::lock_guard lock(mu_);
-  return addresses_[address_index_].toString();
-}
-std::uint64_t MembershipClient::losses() const {
-  std::lock_guard lock(mu_);
-  return losses_;
 }
 
 }  // namespace loco::p2p

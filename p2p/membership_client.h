@@ -135,10 +135,6 @@ class MembershipClient {
   Millis heartbeatInterval() const;
   Millis heartbeatTimeout() const;
   const std::string& peerId() const { return options_.peer_id; }
-  // The address of the coordinator this peer is registered with (or trying now).
-  std::string coordinatorAddress() const;
-  // Times this peer lost its group (coordinator lost or evicted) since it started.
-  std::uint64_t losses() const;
 
  private:
   // Run on the network thread.
@@ -189,8 +185,7 @@ class MembershipClient {
   std::uint64_t admission_epoch_ = 0;
   bool ever_admitted_ = false;
   std::uint64_t losses_ = 0;
-  std::vector<std::string> last_members_;  // of the latest view with members
-  std::uint64_t last_members_epoch_ = 0;
+  std::vector<std::string> last_members_;  // of the latest view that had members
   RegistrationReport report_;
   Millis heartbeat_interval_{500};
   Millis heartbeat_timeout_{3000};
