@@ -191,7 +191,9 @@ TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
   CoordinatorProcess standby(dir, kInterval, kTimeout, {}, "coord-standby");
   TrainingGroup group(dir, 3, primary.address() + "," + standby.address(), 100);
   ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
-  ASSERT_EQ(standby.view()->peers.size(), 0u) << "the standby is idle until it is needed";
+  auto idle = standby.view();
+  ASSERT_TRUE(idle.has_value());
+  ASSERT_EQ(idle->peers.size(), 0u) << "the standby is idle until it is needed";
 
   const auto killed = std::chrono::steady_clock::now();
   primary.process().signal(SIGKILL);
