@@ -850,7 +850,9 @@ TEST_F(RebuildTest, NewCoordinatorAdmitsNobodyUntilEveryReportedMemberIsBack) {
   EXPECT_TRUE(fx.sync_done) << "the admission is everyone's sync point";
   EXPECT_EQ(m.epoch(), 18u) << "one epoch, above every epoch the peers saw";
   for (const auto& e : fx.events) {
-    if (e.kind == Kind::kAdmitted) EXPECT_EQ(e.epoch, 18u);
+    if (e.kind == Kind::kAdmitted) {
+      EXPECT_EQ(e.epoch, 18u);
+    }
   }
   ASSERT_NE(rebuilt(fx), nullptr);
   EXPECT_NE(rebuilt(fx)->reason.find("3 of the 3 members of epoch 17"), std::string::npos)
