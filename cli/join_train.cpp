@@ -30,8 +30,8 @@ std::string jsonNumber(double v) {
 
 std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
-      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.world, r.contributors,
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
+      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
       r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
 }
@@ -76,7 +76,9 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   }
 
   collectives::CommunicatorOptions o;
-  o.coordinator = setup.coordinator;
+  o.coordinator = setup.coordinators.front();
+  o.standby_coordinators.assign(setup.coordinators.begin() + 1, setup.coordinators.end());
+  o.coordinator_timeout = setup.coordinator_timeout;
   o.peer_id = setup.peer_id;
   o.listen = setup.listen;
   o.advertise = setup.advertise;
