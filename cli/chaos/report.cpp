@@ -80,12 +80,15 @@ FaultOutcome assessFault(const FaultRecord& record, const Timeline& tl, int peer
   for (const TimedRound& r : tl.rounds) {
     if (r.t <= t0 && r.line.contributors > 0) step_before = std::max(step_before, r.line.step);
   }
+  // A membership fault has recovered only once it was noticed: rounds in flight when it struck
+  // can still finish with everyone.
+  const double recovery_from = o.detected_s ? std::max(end, t0 + *o.detected_s) : end;
   for (const TimedRound& r : tl.rounds) {
     if (r.t > t0 && r.line.contributors > 0 && r.line.step > step_before &&
         (!o.first_round_s || r.t - t0 < *o.first_round_s)) {
       o.first_round_s = r.t - t0;
     }
-    if (r.t >= end && r.line.contributors >= peers &&
+    if (r.t >= recovery_from && r.line.contributors >= peers &&
         (!o.recovered_s || r.t - t0 < *o.recovered_s)) {
       o.recovered_s = r.t - t0;
     }

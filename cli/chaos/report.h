@@ -60,8 +60,9 @@ struct FaultOutcome {
 // Assesses one fault. Detection: the first status sample after the injection whose epoch is
 // higher (a peer fault, a partition) or that finds the coordinator unreachable (a coordinator
 // fault); network faults without membership effect have none. Recovery: the first round after
-// the fault ended that all `peers` contributed to. Bytes lost: per round in [injection,
-// recovery], the bytes sent beyond the median round of the fault-free start, summed.
+// the fault ended (and, if detected, after the detection) that all `peers` contributed to. Bytes
+// lost: per round in [injection, recovery], the bytes sent beyond the median round of the
+// fault-free start, summed.
 FaultOutcome assessFault(const FaultRecord& record, const Timeline& timeline, int peers);
 
 std::string outcomeJson(const FaultOutcome& o);
