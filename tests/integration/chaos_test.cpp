@@ -16,38 +16,16 @@
 namespace loco::testing {
 namespace {
 
-struct RunResult {
-  int code;
-  std::string out;
-};
-
-RunResult loco(const TempDir& dir, const std::vector<std::string>& args,
-               milliseconds timeout = milliseconds(30000)) {
-  static int n = 0;
-  Process p(args, dir.file("cmd" + std::to_string(n++) + ".log"));
-  auto rc = p.waitExit(timeout);
-  return {rc.value_or(-1), p.log()};
-}
-
 std::string sample(const std::string& name) {
   return std::string(LOCO_SOURCE_DIR) + "/tests/chaos/" + name;
 }
-
-// Removes a lab whatever happens to the test.
-struct LabDown {
-  const TempDir& dir;
-  std::string name;
-  ~LabDown() {
-    if (std::filesystem::exists("/run/loco-lab/" + name)) (void)loco(dir, {"lab", "down", name});
-  }
-};
 
 TEST(ChaosCli, BadScenarioFailsBeforeAnythingStartsNamingTheLine) {
   TempDir dir;
   const std::string path = dir.file("bad.toml");
   std::ofstream(path) << "name = \"chbad\"\n[swarm]\npeers = 3\n[[fault]]\nkind = \"meteor\"\n"
                          "at = 5\n";
-  RunResult r = loco(dir, {"chaos", path, "--out", dir.file("out")});
+  CommandResult r = loco(dir, {"chaos", path, "--out", dir.file("out")});
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find(path + ":5: unknown fault kind 'meteor'"), std::string::npos) << r.out;
   EXPECT_FALSE(std::filesystem::exists(dir.file("out"))) << "nothing started";
@@ -60,11 +38,11 @@ TEST(ChaosCli, BadScenarioFailsBeforeAnythingStartsNamingTheLine) {
   EXPECT_NE(r.out.find(":4: target peer-4 does not exist"), std::string::npos) << r.out;
   // The samples pass the same checks.
   for (const char* s : {"peer-faults.toml", "coordinator-faults.toml", "wan-everything.toml"}) {
-    RunResult ok = loco(dir, {"chaos", "--dry-run", sample(s)});
+    CommandResult ok = loco(dir, {"chaos", "--dry-run", sample(s)});
     EXPECT_EQ(ok.code, 0) << s << "\n" << ok.out;
   }
   // A random schedule draws from the same vocabulary and is valid too.
-  RunResult random =
+  CommandResult random =
       loco(dir, {"chaos", "--random", "--seed", "5", "--duration", "20m", "--dry-run"});
   EXPECT_EQ(random.code, 0) << random.out;
   EXPECT_NE(random.out.find("[[fault]]"), std::string::npos) << random.out;
@@ -75,8 +53,8 @@ TEST(ChaosLab, SlowHostRunsUnderItsCpuQuota) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;
   const std::string name = uniqueLabName("slow");
-  LabDown guard{dir, name};
-  RunResult up = loco(dir, {"lab", "up", name, "--hosts", "2", "--host", "2:cpu=0.25"});
+  LabGuard guard{dir, name};
+  CommandResult up = loco(dir, {"lab", "up", name, "--hosts", "2", "--host", "2:cpu=0.25"});
   if (up.code != 0 && up.out.find("cgroup") != std::string::npos)
     GTEST_SKIP() << "no cgroup cpu controller here: " << up.out;
   ASSERT_EQ(up.code, 0) << up.out;
@@ -84,8 +62,9 @@ TEST(ChaosLab, SlowHostRunsUnderItsCpuQuota) {
                                                     << up.out;
   // bash's `time` reports the user CPU seconds and the wall seconds of a 2 s busy loop.
   auto share = [&](int host) {
-    RunResult r = loco(dir, {"lab", "exec", name + std::to_string(host), "--", "bash", "-c",
-                             "TIMEFORMAT='%U %R'; time timeout 2 bash -c 'while :; do :; done'"});
+    CommandResult r =
+        loco(dir, {"lab", "exec", name + std::to_string(host), "--", "bash", "-c",
+                   "TIMEFORMAT='%U %R'; time timeout 2 bash -c 'while :; do :; done'"});
     std::istringstream in(r.out.substr(r.out.find_last_of('\n', r.out.size() - 2) + 1));
     double user = 0, wall = 1;
     in >> user >> wall;
@@ -105,31 +84,31 @@ TEST(ChaosLab, SlowHostRunsUnderItsCpuQuota) {
 TEST(ChaosLab, LocalPeerRunsUnderItsCpuQuota) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;
-  RunResult r = loco(dir,
-                     {"local",
-                      "--out",
-                      dir.file("run"),
-                      "--peers",
-                      "2",
-                      "--peer",
-                      "2:cpu=0.15",
-                      "--steps",
-                      "400",
-                      "--inner-steps",
-                      "10",
-                      "--width",
-                      "32",
-                      "--layers",
-                      "1",
-                      "--heads",
-                      "2",
-                      "--context",
-                      "16",
-                      "--batch",
-                      "4",
-                      "--warmup",
-                      "5"},
-                     milliseconds(240000));
+  CommandResult r = loco(dir,
+                         {"local",
+                          "--out",
+                          dir.file("run"),
+                          "--peers",
+                          "2",
+                          "--peer",
+                          "2:cpu=0.15",
+                          "--steps",
+                          "400",
+                          "--inner-steps",
+                          "10",
+                          "--width",
+                          "32",
+                          "--layers",
+                          "1",
+                          "--heads",
+                          "2",
+                          "--context",
+                          "16",
+                          "--batch",
+                          "4",
+                          "--warmup",
+                          "5"},
+                         milliseconds(240000));
   if (r.out.find("cgroup") != std::string::npos && r.code != 0)
     GTEST_SKIP() << "no cgroup cpu controller here: " << r.out;
   ASSERT_EQ(r.code, 0) << r.out;
@@ -186,9 +165,9 @@ std::vector<FaultLine> faults(const std::string& path, bool* passed) {
 TEST(ChaosLab, PeerFaultsKeepEveryInvariant) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;
-  LabDown guard{dir, "cipeer"};
-  RunResult r = loco(dir, {"chaos", sample("peer-faults.toml"), "--out", dir.file("out")},
-                     milliseconds(420000));
+  LabGuard guard{dir, "cipeer"};
+  CommandResult r = loco(dir, {"chaos", sample("peer-faults.toml"), "--out", dir.file("out")},
+                         milliseconds(420000));
   EXPECT_EQ(r.code, 0) << r.out;
   bool passed = false;
   auto fs = faults(dir.file("out/faults.jsonl"), &passed);
@@ -214,13 +193,14 @@ TEST(ChaosLab, PeerFaultsKeepEveryInvariant) {
 TEST(ChaosLab, CoordinatorRestartKeepsEveryInvariant) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;
-  RunResult help = loco(dir, {"join", "--help"});
+  CommandResult help = loco(dir, {"join", "--help"});
   if (help.out.find("coordinator-timeout") == std::string::npos)
     GTEST_SKIP() << "peers do not outlive their coordinator yet (no `loco join "
                     "--coordinator-timeout`); this scenario needs that";
-  LabDown guard{dir, "cicoord"};
-  RunResult r = loco(dir, {"chaos", sample("coordinator-faults.toml"), "--out", dir.file("out")},
-                     milliseconds(300000));
+  LabGuard guard{dir, "cicoord"};
+  CommandResult r =
+      loco(dir, {"chaos", sample("coordinator-faults.toml"), "--out", dir.file("out")},
+           milliseconds(300000));
   EXPECT_EQ(r.code, 0) << r.out;
   bool passed = false;
   auto fs = faults(dir.file("out/faults.jsonl"), &passed);

@@ -14,20 +14,6 @@
 namespace loco::testing {
 namespace {
 
-struct CommandResult {
-  int code;
-  std::string out;
-};
-
-CommandResult loco(const TempDir& dir, const std::vector<std::string>& args,
-                   milliseconds timeout = milliseconds(30000)) {
-  static int n = 0;
-  std::string log = dir.file("cmd" + std::to_string(n++) + ".log");
-  Process p(args, log);
-  auto rc = p.waitExit(timeout);
-  return {rc.value_or(-1), p.log()};
-}
-
 std::vector<std::string> namespacesOf(const std::string& lab) {
   std::vector<std::string> out;
   std::error_code ec;
@@ -77,12 +63,6 @@ double pingAvgMs(const std::string& out) {
 }
 
 // Removes the lab even when an assertion fails midway.
-struct LabGuard {
-  const TempDir& dir;
-  std::string name;
-  ~LabGuard() { loco(dir, {"lab", "down", name}); }
-};
-
 TEST(Lab, UpExecSetPartitionHealDownLeavesNothingBehind) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;

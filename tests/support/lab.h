@@ -1,12 +1,15 @@
 #pragma once
-// Test support for lab tests (ctest label `lab`): whether this machine can build labs, and lab
-// names unique to the test process.
+// Test support for lab tests (ctest label `lab`): whether this machine can build labs, lab names
+// unique to the test process, and `loco` commands run to completion.
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <string>
+#include <vector>
+
+#include "tests/support/process.h"
 
 namespace loco::testing {
 
@@ -34,5 +37,26 @@ inline std::string uniqueLabName(const std::string& stem) {
   for (char c : std::to_string(::getpid())) name.push_back(static_cast<char>('a' + (c - '0')));
   return name.substr(0, 12);
 }
+
+struct CommandResult {
+  int code;  // -1: did not finish within the timeout
+  std::string out;
+};
+
+// Runs `loco args...` to completion; its output goes to a log in `dir`.
+inline CommandResult loco(const TempDir& dir, const std::vector<std::string>& args,
+                          milliseconds timeout = milliseconds(30000)) {
+  static int n = 0;
+  Process p(args, dir.file("cmd" + std::to_string(n++) + ".log"));
+  auto rc = p.waitExit(timeout);
+  return {rc.value_or(-1), p.log()};
+}
+
+// Removes a lab when the test ends, passed or failed.
+struct LabGuard {
+  const TempDir& dir;
+  std::string name;
+  ~LabGuard() { (void)loco(dir, {"lab", "down", name}); }
+};
 
 }  // namespace loco::testing
