@@ -112,15 +112,18 @@ Status loco(const std::string& exe, std::vector<std::string> args, const std::st
 // `ip netns exec` give each process a mount namespace of its own, copied from ours when it
 // starts, and ours propagates nothing; so a mount meant for a peer goes into both.
 Status mountIn(pid_t pid, const std::string& dir, bool mount_it, double size_kib) {
+  // Everything the child needs is prepared here: after fork() in a process with threads, the
+  // child may only make system calls (no allocation).
+  const std::string ns = fmt::format("/proc/{}/ns/mnt", pid);
+  const std::string options = fmt::format("size={}k", static_cast<long>(size_kib));
   pid_t child = ::fork();
   if (child < 0) return Status(StatusCode::kInternal, "fork failed");
   if (child == 0) {
     if (pid > 0) {
-      int fd = ::open(fmt::format("/proc/{}/ns/mnt", pid).c_str(), O_RDONLY | O_CLOEXEC);
+      int fd = ::open(ns.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0 || ::setns(fd, CLONE_NEWNS) != 0) ::_exit(3);
     }
-    int rc = mount_it ? ::mount("tmpfs", dir.c_str(), "tmpfs", 0,
-                                fmt::format("size={}k", static_cast<long>(size_kib)).c_str())
+    int rc = mount_it ? ::mount("tmpfs", dir.c_str(), "tmpfs", 0, options.c_str())
                       : ::umount2(dir.c_str(), MNT_DETACH);
     ::_exit(rc == 0 ? 0 : 4);
   }
