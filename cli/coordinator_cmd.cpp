@@ -14,6 +14,10 @@ int runCoordinator(const Args& args) {
                {"heartbeat-interval", "ms between heartbeats", "500"},
                {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
                {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
+               {"rebuild-window",
+                "ms to wait for a lost group's members before admitting those that came back "
+                "(default: heartbeat timeout + 4000)",
+                ""},
                {"port-file", "write the bound port to this file once listening", ""}});
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
 
@@ -30,6 +34,11 @@ int runCoordinator(const Args& args) {
   opts.heartbeat_interval = Millis(*interval);
   opts.heartbeat_timeout = Millis(*timeout);
   opts.handshake_timeout = Millis(*handshake);
+  if (flags.isSet("rebuild-window")) {
+    auto window = flags.getInt("rebuild-window", 0, 3600000);
+    if (!window) return reportFailure(window.status());
+    opts.rebuild_window = Millis(*window);
+  }
 
   p2p::raiseFileLimit();
   asio::io_context io;

@@ -31,23 +31,21 @@ std::string jsonNumber(double v) {
   return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null";
 }
 
-// One line per round. `epoch` is the membership epoch this peer holds when it reports the round
-// (the round's epoch unless a view arrived since), `pid` tells one process lifetime from the next
-// (restarts append to the same file), `unix_s` puts the line on a clock other processes share,
-// and `finite` says whether every loss this peer computed for the round was finite (JSON has
-// no NaN: a non-finite loss is written as null, like one that was not computed). `loco chaos`
-// checks its invariants on these fields.
-std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer,
-                      std::uint64_t epoch) {
+// One line per round. `epoch` is the membership epoch the round was applied in, `pid` tells one
+// process lifetime from the next (restarts append to the same file), `unix_s` puts the line on a
+// clock other processes share, and `finite` says whether every loss this peer computed for the
+// round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
+// computed). `loco chaos` checks its invariants on these fields.
+std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
   const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
                       (!r.val_loss || std::isfinite(*r.val_loss));
   const double unix_s =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"epoch":{},"pid":{},"unix_s":{:.3f},"finite":{}}})",
-      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.world, r.contributors,
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{}}})",
+      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
-      r.retries, r.tokens_per_s, r.state_digest, r.wall_s, epoch, ::getpid(), unix_s,
+      r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
       finite ? "true" : "false");
 }
 
@@ -91,7 +89,9 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   }
 
   collectives::CommunicatorOptions o;
-  o.coordinator = setup.coordinator;
+  o.coordinator = setup.coordinators.front();
+  o.standby_coordinators.assign(setup.coordinators.begin() + 1, setup.coordinators.end());
+  o.coordinator_timeout = setup.coordinator_timeout;
   o.peer_id = setup.peer_id;
   o.listen = setup.listen;
   o.advertise = setup.advertise;
@@ -116,8 +116,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
                  r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "", r.bytes_sent / 1e6,
                  r.retries ? fmt::format(" after {} retries", r.retries) : "");
         if (metrics) {
-          std::fprintf(metrics, "%s\n",
-                       roundJson(r, config->train.rank, setup.peer_id, (*comm)->epoch()).c_str());
+          std::fprintf(metrics, "%s\n", roundJson(r, config->train.rank, setup.peer_id).c_str());
           std::fflush(metrics);
         }
       });

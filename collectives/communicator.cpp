@@ -224,9 +224,11 @@ class Communicator::Impl {
                         listener_->port()}
               .toString();
     }
-    client_ = std::make_unique<p2p::MembershipClient>(
-        net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise,
-                                           options_.streams});
+    p2p::MembershipClientOptions client_options{options_.coordinator, options_.peer_id, advertise,
+                                                options_.streams};
+    client_options.standby_coordinators = options_.standby_coordinators;
+    client_options.coordinator_timeout = options_.coordinator_timeout;
+    client_ = std::make_unique<p2p::MembershipClient>(net_, client_options);
     client_->setDecisionCallback([this](std::uint64_t epoch, std::uint64_t op_id, bool commit) {
       onDecision(epoch, op_id, commit);
     });
@@ -246,6 +248,8 @@ class Communicator::Impl {
       onView(v);
       state_->onView(v);
     });
+    // Runs each time this peer loses its group (coordinator lost, or evicted); the client then
+    // registers again on its own and a later view starts a new epoch, with a new ring.
     client_->setLostCallback([this](const Status& why) {
       abortEverything(why.withContext("lost the group during an all-reduce"));
       state_->onLost(why);
@@ -1022,6 +1026,11 @@ Result<SyncReport> Communicator::syncSharedState(SharedState& state, const SyncO
 }
 Status Communicator::leave(Deadline deadline) {
   return impl_->client().leave(deadline);
+}
+void Communicator::setRegistrationReport(std::uint64_t state_revision, std::uint64_t state_digest,
+                                         std::uint64_t progress) {
+  impl_->client().setRegistrationReport(
+      p2p::RegistrationReport{state_revision, state_digest, progress});
 }
 Status Communicator::waitForProbes(Deadline deadline) {
   return impl_->waitForProbes(deadline);

@@ -46,7 +46,7 @@ Coordinator::Coordinator(asio::io_context& io, CoordinatorOptions options)
     : io_(io),
       options_(std::move(options)),
       tick_timer_(io),
-      membership_(options_.heartbeat_timeout) {}
+      membership_(options_.heartbeat_timeout, options_.rebuild_window) {}
 
 Coordinator::~Coordinator() {
   shutdown();
@@ -175,10 +175,30 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
                   fmt::format("the group is full ({} peers)", options_.max_peers));
   }
   const std::string id = hello->peer_id;
-  auto fx = membership_.join(id, hello->advertise, hello->streams, Clock::now(), hello->last_epoch);
+  JoinRequest request;
+  request.id = id;
+  request.addr = hello->advertise;
+  request.streams = hello->streams;
+  request.last_epoch = hello->last_epoch;
+  request.incarnation = hello->incarnation;
+  request.attempt = hello->attempt;
+  request.last_members = hello->last_members;
+  request.state_revision = hello->state_revision;
+  request.state_digest = hello->state_digest;
+  request.progress = hello->progress;
+  const bool was_registered = membership_.contains(id);
+  auto fx = membership_.join(request, Clock::now());
   if (!fx) return refuse(conn, fx.status().code(), fx.status().message());
 
   dropHandshaking(conn.get());
+  if (auto old = peers_.find(id); old != peers_.end()) {
+    // The same process reconnected (Membership accepted it as such): its old connection is dead
+    // on its side; close ours quietly.
+    auto stale = old->second;
+    peers_.erase(old);
+    stale->setCloseHandler(nullptr);
+    stale->close(Status(StatusCode::kAborted, "replaced by the peer's new connection"));
+  }
   peers_[id] = conn;
   conn->setName(fmt::format("peer {}", shortId(id)));
   conn->setFrameHandler([this, id](const FrameHeader& h, std::vector<std::uint8_t> p) {
@@ -193,8 +213,27 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
                                     static_cast<std::uint32_t>(options_.heartbeat_interval.count()),
                                     static_cast<std::uint32_t>(options_.heartbeat_timeout.count()),
                                     membership_.epoch()}));
-  LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})",
-           shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
+  if (hello->last_members.empty()) {
+    LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})",
+             shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
+  } else {
+    counter("coord.peers_reregistered").inc();
+    LOG_INFO(kLogCoord,
+             "peer {} registered again from {} advertising {} ({} streams, loco {}{}): last epoch "
+             "{} with {} members, shared-state revision {} digest {:016x}, progress {}",
+             shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version,
+             was_registered ? ", replacing its old connection" : "", hello->last_epoch,
+             hello->last_members.size(), hello->state_revision, hello->state_digest,
+             hello->progress);
+    if (membership_.rebuilding()) {
+      LOG_INFO(kLogCoord,
+               "rebuilding the group: admitting nobody until the members of epoch {} are back "
+               "(at most {} ms)",
+               hello->last_epoch,
+               options_.rebuild_window.value_or(defaultRebuildWindow(options_.heartbeat_timeout))
+                   .count());
+    }
+  }
   apply(std::move(fx.value()));
 }
 
@@ -312,6 +351,17 @@ void Coordinator::apply(MembershipEffects fx) {
       case MembershipEvent::Kind::kReordered:
         counter("coord.ring_reorders").inc();
         LOG_INFO(kLogCoord, "ring reordered for speed epoch={}: {}", e.epoch, e.reason);
+        break;
+      case MembershipEvent::Kind::kReplaced:
+        // onHello has swapped the connection already; the peer needs no Evicted.
+        bandwidth_.erase(e.peer);
+        counter("coord.peers_replaced").inc();
+        LOG_INFO(kLogCoord, "peer {} {} epoch={} world={}", shortId(e.peer), e.reason, e.epoch,
+                 world);
+        break;
+      case MembershipEvent::Kind::kRebuilt:
+        counter("coord.rebuilds").inc();
+        LOG_INFO(kLogCoord, "group rebuilt at epoch={} world={}: {}", e.epoch, world, e.reason);
         break;
       case MembershipEvent::Kind::kLeft:
         bandwidth_.erase(e.peer);

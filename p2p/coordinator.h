@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -33,6 +34,10 @@ struct CoordinatorOptions {
   Millis handshake_timeout{2000};     // a connection must send Hello/StatusRequest within this
   std::size_t max_handshaking = 256;  // beyond this the oldest unidentified connection is dropped
   std::size_t max_peers = 4096;
+  // How long a coordinator that lost its group (a restart, or a standby taking over) waits for
+  // the members the re-registering peers report before it admits those that came back
+  // (membership.h). Unset: defaultRebuildWindow(heartbeat_timeout).
+  std::optional<Millis> rebuild_window;
 };
 
 class Coordinator {

@@ -59,7 +59,7 @@ std::string_view msgTypeName(MsgType t) {
 std::uint32_t maxPayload(MsgType t) {
   switch (t) {
     case MsgType::kHello:
-      return 4096;
+      return 128u << 10;  // version 2 lists up to kMaxLastMembers ids of up to 64 bytes
     case MsgType::kWelcome:
       return 256;
     case MsgType::kRefused:

@@ -3,8 +3,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
+
+#include "p2p/reconnect.h"
 
 namespace loco::p2p {
+
+Millis defaultRebuildWindow(Millis heartbeat_timeout) {
+  return heartbeat_timeout + 2 * BackoffOptions{}.max;
+}
 
 void MembershipEffects::merge(MembershipEffects other) {
   for (auto& e : other.events) events.push_back(std::move(e));
@@ -29,15 +36,39 @@ bool Membership::contains(const std::string& id) const {
 Result<MembershipEffects> Membership::join(const std::string& id, const std::string& addr,
                                            std::uint32_t streams, TimePoint now,
                                            std::uint64_t last_epoch) {
-  if (const Peer* existing = find(id)) {
-    return Status(StatusCode::kAlreadyExists,
-                  fmt::format("peer id {} is already registered as a {} from {}; another live "
-                              "process uses the same identity file",
-                              id, peerStateName(existing->state), existing->addr));
-  }
-  epoch_ = std::max(epoch_, last_epoch);
-  peers_.push_back(Peer{id, addr, streams, PeerState::kPending, now});
+  JoinRequest r;
+  r.id = id;
+  r.addr = addr;
+  r.streams = streams;
+  r.last_epoch = last_epoch;
+  return join(r, now);
+}
+
+Result<MembershipEffects> Membership::join(const JoinRequest& request, TimePoint now) {
+  now_ = std::max(now_, now);
+  const std::string& id = request.id;
   MembershipEffects fx;
+  if (const Peer* existing = find(id)) {
+    const bool same_process =
+        request.incarnation != 0 && existing->report.incarnation == request.incarnation;
+    if (!same_process) {
+      return Status(StatusCode::kAlreadyExists,
+                    fmt::format("peer id {} is already registered as a {} from {}; another live "
+                                "process uses the same identity file",
+                                id, peerStateName(existing->state), existing->addr));
+    }
+    if (request.attempt <= existing->report.attempt) {
+      return Status(StatusCode::kAborted,
+                    fmt::format("a stale connection attempt ({}) of peer {}: attempt {} is "
+                                "registered",
+                                request.attempt, id, existing->report.attempt));
+    }
+    // The process lost its connection and came back before we noticed: its old registration
+    // (and, for a member, its place in the ring) goes; it starts over as pending.
+    fx.merge(remove(id, MembershipEvent::Kind::kReplaced, "reconnected over a new connection"));
+  }
+  epoch_ = std::max(epoch_, request.last_epoch);
+  peers_.push_back(Peer{id, request.addr, request.streams, PeerState::kPending, now, now, request});
   fx.view_changed = true;
   fx.events.push_back({MembershipEvent::Kind::kPending, id, epoch_, ""});
   fx.merge(maybeCompleteBarrier());
@@ -45,10 +76,12 @@ Result<MembershipEffects> Membership::join(const std::string& id, const std::str
 }
 
 void Membership::heartbeat(const std::string& id, TimePoint now) {
+  now_ = std::max(now_, now);
   if (Peer* p = find(id)) p->last_heard = std::max(p->last_heard, now);
 }
 
 MembershipEffects Membership::syncRequest(const std::string& id, TimePoint now) {
+  now_ = std::max(now_, now);
   Peer* p = find(id);
   if (p == nullptr || p->state != PeerState::kMember) return {};
   p->last_heard = std::max(p->last_heard, now);
@@ -87,9 +120,12 @@ MembershipEffects Membership::remove(const std::string& id, MembershipEvent::Kin
 MembershipEffects Membership::maybeCompleteBarrier() {
   bool any_pending = std::any_of(peers_.begin(), peers_.end(),
                                  [](const Peer& p) { return p.state == PeerState::kPending; });
+  std::string rebuilt;
   if (ring_.empty()) {
-    // Nobody to wait for: admit whoever is pending.
-    if (!any_pending) return {};
+    // Nobody to wait for: admit whoever is pending, unless the members of a lost group are
+    // still on their way back.
+    if (!any_pending || rebuildWaiting()) return {};
+    if (latestReport() != nullptr) rebuilt = describeRebuild();
   } else if (synced_.size() < ring_.size()) {
     return {};
   }
@@ -104,6 +140,8 @@ MembershipEffects Membership::maybeCompleteBarrier() {
       fx.events.push_back({MembershipEvent::Kind::kAdmitted, p.id, epoch_, ""});
     }
     fx.view_changed = true;
+    if (!rebuilt.empty())
+      fx.events.push_back({MembershipEvent::Kind::kRebuilt, "", epoch_, rebuilt});
   }
   if (!proposed_ring_.empty()) {
     std::vector<std::string> a = proposed_ring_, b = ring_;
@@ -156,6 +194,7 @@ MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoc
 }
 
 MembershipEffects Membership::tick(TimePoint now) {
+  now_ = std::max(now_, now);
   last_tick_stalled_ = last_tick_.has_value() && now - *last_tick_ > heartbeat_timeout_ / 2;
   last_tick_ = now;
   if (last_tick_stalled_) {
@@ -177,7 +216,69 @@ MembershipEffects Membership::tick(TimePoint now) {
     fx.merge(evict(id, fmt::format("no heartbeat for {} ms (timeout {} ms)", silent_ms,
                                    heartbeat_timeout_.count())));
   }
+  // A rebuild whose window has passed admits whoever came back.
+  if (ring_.empty()) fx.merge(maybeCompleteBarrier());
   return fx;
+}
+
+const Membership::Peer* Membership::latestReport() const {
+  if (!ring_.empty()) return nullptr;
+  const Peer* best = nullptr;
+  for (const Peer& p : peers_) {
+    if (p.state != PeerState::kPending || p.report.last_members.empty()) continue;
+    if (best == nullptr || p.report.last_epoch > best->report.last_epoch) best = &p;
+  }
+  return best;
+}
+
+bool Membership::rebuilding() const {
+  return rebuildWaiting();
+}
+
+bool Membership::rebuildWaiting() const {
+  const Peer* latest = latestReport();
+  if (latest == nullptr) return false;
+  TimePoint first = latest->registered;
+  for (const Peer& p : peers_) {
+    if (p.state == PeerState::kPending && !p.report.last_members.empty())
+      first = std::min(first, p.registered);
+  }
+  if (now_ - first >= rebuild_window_) return false;
+  return std::any_of(latest->report.last_members.begin(), latest->report.last_members.end(),
+                     [&](const std::string& id) {
+                       const Peer* p = find(id);
+                       return p == nullptr || p->state != PeerState::kPending;
+                     });
+}
+
+std::string Membership::describeRebuild() const {
+  const Peer* latest = latestReport();
+  if (latest == nullptr) return "";
+  const auto& expected = latest->report.last_members;
+  std::size_t back = 0;
+  for (const std::string& id : expected) back += find(id) != nullptr ? 1 : 0;
+  // Who holds what: the next shared-state sync elects (most peers at the highest revision).
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::pair<std::size_t, std::uint64_t>> states;
+  std::size_t pending = 0;
+  for (const Peer& p : peers_) {
+    if (p.state != PeerState::kPending) continue;
+    ++pending;
+    auto& s = states[{p.report.state_revision, p.report.state_digest}];
+    ++s.first;
+    s.second = std::max(s.second, p.report.progress);
+  }
+  std::string held;
+  for (auto it = states.rbegin(); it != states.rend(); ++it) {
+    held += fmt::format("{}revision {} digest {:016x} (progress {}): {} peer(s)",
+                        held.empty() ? "" : "; ", it->first.first, it->first.second,
+                        it->second.second, it->second.first);
+  }
+  return fmt::format(
+      "{} of the {} members of epoch {} came back ({} peer(s) in all){}; they hold "
+      "{}{}",
+      back, expected.size(), latest->report.last_epoch, pending,
+      back < expected.size() ? " before the rebuild window closed" : "", held,
+      states.size() > 1 ? "; the next shared-state sync elects the state" : "");
 }
 
 std::vector<std::string> Membership::registered() const {

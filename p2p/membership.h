@@ -11,7 +11,14 @@
 //   removed at once and the epoch advances (the ring changed); a sync barrier it was holding up
 //   completes without it.
 // - Epochs only increase; every change of the member set is exactly one new epoch.
-// - An id that is already registered (pending or member) cannot register again.
+// - An id that is already registered (pending or member) cannot register again, unless it is the
+//   same process reconnecting (same incarnation, a newer attempt): its old registration is
+//   dropped (a member's removal is a new epoch) and it registers as pending.
+// - Rebuild: a coordinator with no members that is joined by peers reporting a previous group
+//   (last_members: a coordinator was lost and this one replaces it) admits nobody until every
+//   member of the most recent group they report has registered again, or `rebuild_window` has
+//   passed since the first of them did. The group then comes back as one epoch, above every
+//   epoch the peers report, and no early peer runs a round alone.
 // Not thread-safe: the coordinator calls it from its one network thread.
 
 #include <cstdint>
@@ -28,12 +35,34 @@
 namespace loco::p2p {
 
 struct MembershipEvent {
-  enum class Kind { kPending, kAdmitted, kLeft, kEvicted, kReordered };
+  // kReplaced: the same process registered again over a new connection (its old registration
+  // is gone; do not send it an Evicted). kRebuilt: a lost group came back at a rebuild barrier.
+  enum class Kind { kPending, kAdmitted, kLeft, kEvicted, kReordered, kReplaced, kRebuilt };
   Kind kind;
   std::string peer;
   std::uint64_t epoch;  // epoch after the event
-  std::string reason;   // for kLeft / kEvicted; the new ring for kReordered
+  // kLeft / kEvicted / kReplaced: why; kReordered: the new ring; kRebuilt: who came back and
+  // what state they report.
+  std::string reason;
 };
+
+// What a peer says when it registers (HelloMsg without the wire details; see messages.h).
+struct JoinRequest {
+  std::string id;
+  std::string addr;
+  std::uint32_t streams = 0;
+  std::uint64_t last_epoch = 0;
+  std::uint64_t incarnation = 0;  // 0 (an older peer): never replaces a registration
+  std::uint64_t attempt = 0;
+  std::vector<std::string> last_members;
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  std::uint64_t progress = 0;
+};
+
+// Long enough for every live peer of a lost group to find the new coordinator: they notice the
+// loss within a heartbeat timeout of each other and retry at most BackoffOptions::max apart.
+Millis defaultRebuildWindow(Millis heartbeat_timeout);
 
 // The coordinator's verdict on one collective operation: commit when every member of the
 // operation's epoch reported it done, abort on a failure report or any membership change.
@@ -55,10 +84,14 @@ struct MembershipEffects {
 
 class Membership {
  public:
-  explicit Membership(Millis heartbeat_timeout) : heartbeat_timeout_(heartbeat_timeout) {}
+  explicit Membership(Millis heartbeat_timeout, std::optional<Millis> rebuild_window = {})
+      : heartbeat_timeout_(heartbeat_timeout),
+        rebuild_window_(rebuild_window.value_or(defaultRebuildWindow(heartbeat_timeout))) {}
 
-  // Registers a new peer as pending. kAlreadyExists if `id` is registered. `last_epoch` is the
-  // highest epoch the peer has seen: after a coordinator restart the epoch continues above it.
+  // Registers a peer as pending. `last_epoch` is the highest epoch the peer has seen: after a
+  // coordinator restart the epoch continues above it. Errors: kAlreadyExists if `id` is
+  // registered by another process; kAborted for a stale attempt of a registered process.
+  Result<MembershipEffects> join(const JoinRequest& request, TimePoint now);
   Result<MembershipEffects> join(const std::string& id, const std::string& addr,
                                  std::uint32_t streams, TimePoint now,
                                  std::uint64_t last_epoch = 0);
@@ -79,8 +112,11 @@ class Membership {
 
   // Evicts peers silent for longer than the heartbeat timeout. If the caller itself was stalled
   // (ticks further apart than half the timeout, e.g. the coordinator was SIGSTOPped), everyone's
-  // clock restarts instead: the silence was ours, not theirs.
+  // clock restarts instead: the silence was ours, not theirs. Also ends a rebuild whose window
+  // has passed.
   MembershipEffects tick(TimePoint now);
+  // Waiting for the members of a lost group to come back (see the rules above).
+  bool rebuilding() const;
 
   bool contains(const std::string& id) const;
   std::uint64_t epoch() const { return epoch_; }
@@ -96,16 +132,24 @@ class Membership {
     std::uint32_t streams = 0;
     PeerState state = PeerState::kPending;
     TimePoint last_heard;
+    TimePoint registered;
+    JoinRequest report;  // what it said when it registered
   };
   Peer* find(const std::string& id);
   const Peer* find(const std::string& id) const;
   MembershipEffects remove(const std::string& id, MembershipEvent::Kind kind,
                            const std::string& reason);
   // Completes the sync barrier if every member has synced (or there are no members and someone
-  // is pending): admits all pending peers.
+  // is pending, and no rebuild is waiting): admits all pending peers.
   MembershipEffects maybeCompleteBarrier();
+  // With no members: the pending peer whose report of a previous group is most recent.
+  const Peer* latestReport() const;
+  bool rebuildWaiting() const;
+  std::string describeRebuild() const;
 
   Millis heartbeat_timeout_;
+  Millis rebuild_window_;
+  TimePoint now_{};  // the latest time any input carried
   std::uint64_t epoch_ = 0;
   std::vector<Peer> peers_;                             // registration order
   std::vector<std::string> ring_;                       // members in ring order

@@ -75,6 +75,14 @@ std::vector<std::uint8_t> encodeHello(const HelloMsg& m) {
   w.u32(m.streams);
   w.str(m.version);
   w.u64(m.last_epoch);
+  w.u8(kHelloVersion);
+  w.u64(m.incarnation);
+  w.u64(m.attempt);
+  w.u64(m.state_revision);
+  w.u64(m.state_digest);
+  w.u64(m.progress);
+  w.u32(static_cast<std::uint32_t>(m.last_members.size()));
+  for (const auto& id : m.last_members) w.str(id);
   return out;
 }
 
@@ -82,9 +90,23 @@ Result<HelloMsg> decodeHello(ByteSpan in) {
   ByteReader r(in);
   HelloMsg m;
   if (!(r.str(m.peer_id, kMaxIdLen) && r.str(m.advertise, kMaxAddrLen) && r.u32(m.streams) &&
-        r.str(m.version, kMaxVersionLen) && r.u64(m.last_epoch) && r.done())) {
+        r.str(m.version, kMaxVersionLen) && r.u64(m.last_epoch))) {
     return malformed("Hello");
   }
+  if (r.done()) return m;  // version 1: a peer that reports nothing more
+  std::uint8_t version = 0;
+  std::uint32_t n = 0;
+  if (!(r.u8(version) && version >= 2 && r.u64(m.incarnation) && r.u64(m.attempt) &&
+        r.u64(m.state_revision) && r.u64(m.state_digest) && r.u64(m.progress) && r.u32(n)) ||
+      n > kMaxLastMembers || n > r.remaining() / 4) {
+    return malformed("Hello");
+  }
+  m.last_members.resize(n);
+  for (auto& id : m.last_members) {
+    if (!r.str(id, kMaxIdLen)) return malformed("Hello");
+  }
+  // A newer peer's fields beyond version 2 are not ours to read.
+  if (version == 2 && !r.done()) return malformed("Hello");
   return m;
 }
 

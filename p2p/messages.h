@@ -16,6 +16,13 @@ namespace loco::p2p {
 inline constexpr std::size_t kMaxAddrLen = 262;  // "[v6]:port" or a DNS name with port
 inline constexpr std::size_t kMaxReasonLen = 1024;
 
+inline constexpr std::size_t kMaxLastMembers = 1024;  // ids a Hello may list (kMaxRing is 64)
+
+// Extending a message: new fields go behind a version byte appended to the old payload, so a
+// decoder accepts the older form (the new fields keep their defaults) and a newer one (fields it
+// does not know are skipped). Hello is at version 2.
+inline constexpr std::uint8_t kHelloVersion = 2;
+
 struct HelloMsg {
   std::string peer_id;    // 32 hex digits
   std::string advertise;  // HOST:PORT other peers reach this peer's links at
@@ -24,6 +31,22 @@ struct HelloMsg {
   // The highest epoch this peer has seen (0 if none): a restarted coordinator continues above
   // it, so epochs never go backwards for anyone.
   std::uint64_t last_epoch = 0;
+  // ---- version 2: re-registration after the coordinator was lost (ARCHITECTURE.md §4) ----
+  // Random per process: a Hello with the same id and incarnation is this process reconnecting
+  // (its old connection is dead), not a second process using the same identity.
+  std::uint64_t incarnation = 0;
+  // Counts this process's connection attempts: a stale attempt that a stalled coordinator
+  // finds in its backlog later cannot replace a newer one.
+  std::uint64_t attempt = 0;
+  // The members of the last view this peer saw (at last_epoch): a coordinator that lost its
+  // group waits for them before it admits anyone, so the group comes back whole.
+  std::vector<std::string> last_members;
+  // What the peer holds, for the coordinator's log and status: the shared-state revision and
+  // digest after its last sync, and the application's progress (training: outer steps applied).
+  // The coordinator decides nothing from them; the next shared-state sync elects the state.
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  std::uint64_t progress = 0;
 };
 
 struct WelcomeMsg {

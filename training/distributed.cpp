@@ -11,6 +11,7 @@
 #include "collectives/communicator.h"
 #include "collectives/shared_state.h"
 #include "p2p/base/log.h"
+#include "p2p/reconnect.h"
 #include "training/checkpoint.h"
 
 namespace loco::training {
@@ -21,6 +22,7 @@ using collectives::Communicator;
 using collectives::DType;
 using collectives::ReduceOp;
 using collectives::StateDType;
+using p2p::LogThrottle;
 
 // The shared progress of the run (one I64 buffer of the shared state).
 enum Progress : std::size_t {
@@ -36,10 +38,21 @@ enum Progress : std::size_t {
 constexpr std::size_t kStatsLen = 64;
 enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
 
-bool fatal(const Status& st) {
-  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost ||
-         st.code() == StatusCode::kAborted || st.code() == StatusCode::kInvalidArgument;
+// This peer is out of the group (its coordinator was lost, or it was evicted): it registers
+// again on its own, and waitForMembership brings it back.
+bool lostGroup(const Status& st) {
+  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost;
 }
+
+bool fatal(const Status& st) {
+  return st.code() == StatusCode::kAborted || st.code() == StatusCode::kInvalidArgument ||
+         st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kAlreadyExists;
+}
+
+// Waiting states (admission, missing peers) say what they wait for at most this often.
+constexpr Millis kWaitLogEvery{10000};
+// Waits are cut into slices of this length so that a stop request is seen promptly.
+constexpr Millis kWaitSlice{250};
 
 class Run {
  public:
@@ -57,18 +70,30 @@ class Run {
   Status run() {
     LOCO_RETURN_IF_ERROR(setUpState());
     if (cfg_.resume) LOCO_RETURN_IF_ERROR(resume());
-    LOCO_RETURN_IF_ERROR(comm_.waitForMembership(deadline()));
+    LOCO_RETURN_IF_ERROR(waitForAdmission());
     bool synced = true;  // admission is this peer's first sync point
     // Start together: every member sees the same world at the same barrier, so all leave this
     // loop after the same sync point.
+    LogThrottle waiting_log(kWaitLogEvery);
     for (Deadline until = deadline(); comm_.world() < cfg_.wait_for_world && !stop_.load();) {
       if (until.expired()) {
         return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", comm_.world(),
                                                         cfg_.wait_for_world));
       }
+      if (waiting_log.shouldLog(Clock::now())) {
+        LOG_INFO(kLogTrain, "waiting for {} peers before the first round (--wait-for): {} now",
+                 cfg_.wait_for_world, comm_.world());
+      }
+      synced = false;
       auto epoch = comm_.syncPoint(deadline());
-      if (!epoch && fatal(epoch.status())) return epoch.status();
+      if (epoch) continue;
+      if (lostGroup(epoch.status())) {
+        LOCO_RETURN_IF_ERROR(waitForAdmission());
+      } else if (fatal(epoch.status())) {
+        return epoch.status();
+      }
     }
+    synced = true;  // left the loop at a sync point (or at admission)
     std::uint32_t failed = 0;
     bool sync_round =
         true;  // every peer decides alike: from the shared progress and the group's verdicts
@@ -76,6 +101,13 @@ class Run {
       if (!synced && sync_round) {
         auto epoch = comm_.syncPoint(deadline());
         if (!epoch) {
+          if (lostGroup(epoch.status())) {
+            // Out of the group: back in at its next sync point (admission is one), as a
+            // newcomer that keeps its state and its Δ; the shared-state sync decides the rest.
+            LOCO_RETURN_IF_ERROR(rejoin(epoch.status()));
+            synced = true;
+            continue;
+          }
           if (fatal(epoch.status())) return epoch.status();
           if (++failed > cfg_.max_failed_attempts)
             return epoch.status().withContext("too many failed rounds");
@@ -89,21 +121,18 @@ class Run {
         if (!st.isOk()) {
           LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point",
                    st.message());
-          if (++failed > cfg_.max_failed_attempts) return st.withContext("too many failed rounds");
+          if (!lostGroup(st) && ++failed > cfg_.max_failed_attempts)
+            return st.withContext("too many failed rounds");
           continue;
         }
       }
       if (done()) break;  // a peer that arrives after the last round
       auto reduced = reduce();
       if (!reduced) {
-        if (reduced.status().code() == StatusCode::kEvicted ||
-            reduced.status().code() == StatusCode::kPeerLost) {
-          if (comm_.world() == 0) return reduced.status();
-        }
         ++retries_;
         LOG_WARN(kLogTrain, "round {} failed ({}); retrying with the survivors",
                  progress_[kOuterStep], reduced.status().message());
-        if (++failed > cfg_.max_failed_attempts)
+        if (!lostGroup(reduced.status()) && ++failed > cfg_.max_failed_attempts)
           return reduced.status().withContext("too many failed rounds");
         sync_round = true;  // survivors meet at a sync point before they retry
         continue;
@@ -119,6 +148,37 @@ class Run {
 
  private:
   Deadline deadline() const { return Deadline::after(cfg_.op_timeout); }
+
+  // Blocks until this peer is a member (again) or the run stops; the communicator bounds the
+  // wait for a coordinator (--coordinator-timeout). Says what it waits for every kWaitLogEvery.
+  Status waitForAdmission() {
+    const TimePoint since = Clock::now();
+    LogThrottle say(kWaitLogEvery);
+    (void)say.shouldLog(since);  // the first line after one interval: most admissions take less
+    while (!stop_.load()) {
+      Status st = comm_.waitForMembership(Deadline::after(kWaitSlice));
+      if (st.isOk()) return st;
+      if (st.code() != StatusCode::kTimeout) return st;
+      if (say.shouldLog(Clock::now())) {
+        LOG_INFO(kLogTrain, "{} (waiting {:.0f} s)", st.message(), toSeconds(Clock::now() - since));
+      }
+    }
+    return Status();
+  }
+
+  Status rejoin(const Status& why) {
+    const TimePoint t0 = Clock::now();
+    LOG_WARN(kLogTrain,
+             "out of the group at outer step {} ({}); keeping this peer's state{} until it is "
+             "admitted again",
+             progress_[kOuterStep], why.message(),
+             have_contribution_ ? " and its contribution to the round" : "");
+    LOCO_RETURN_IF_ERROR(waitForAdmission());
+    if (stop_.load()) return Status();
+    LOG_INFO(kLogTrain, "back in the group after {:.1f} s: epoch {}, world {}",
+             toSeconds(Clock::now() - t0), comm_.epoch(), comm_.world());
+    return Status();
+  }
   bool done() const { return static_cast<std::uint64_t>(progress_[kInnerStep]) >= cfg_.steps; }
 
   Status setUpState() {
@@ -203,6 +263,7 @@ class Run {
   struct Reduced {
     std::array<float, kStatsLen> stats;
     std::size_t world;
+    std::uint64_t epoch;
   };
 
   // Both all-reduces of a round, in flight together. On failure the buffers are as before.
@@ -219,6 +280,7 @@ class Run {
     }
     r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
     r.world = comm_.world();
+    r.epoch = comm_.epoch();
     collectives::AllReduceOptions options;
     options.timeout = cfg_.op_timeout;
     auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum,
@@ -241,6 +303,7 @@ class Run {
     const float contributors = r.stats[kContributes];
     RoundRecord rec;
     rec.world = r.world;
+    rec.epoch = r.epoch;
     rec.contributors = static_cast<std::size_t>(contributors);
     rec.retries = retries_;
     retries_ = 0;
@@ -265,6 +328,10 @@ class Run {
       }
       progress_[kOuterStep] += 1;
       rec.train_loss = r.stats[kLoss] / contributors;
+      // Every member applied this round: a newer revision, so that a peer that missed the
+      // commit (its coordinator died while the verdict was on its way) loses the next election
+      // instead of tying with the others (collectives/shared_state.h).
+      state_.advanceRevision();
     } else {
       rec.train_loss = std::nan("");
     }
@@ -275,6 +342,7 @@ class Run {
     rec.bytes_sent = total_megabytes_ * 1e6;
     rec.tokens_per_s = last_tokens_per_s_;
     rec.state_digest = state_.digest();
+    comm_.setRegistrationReport(state_.revision(), rec.state_digest, rec.outer_step);
     const auto ring = comm_.ring();
     const bool evaluator = !ring.empty() && ring.front() == comm_.peerId();
     const bool first = !reported_first_;

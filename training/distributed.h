@@ -21,6 +21,15 @@
 // new epoch with the same Δs. Because each all-reduce commits on every member or on none, a
 // round is applied by all survivors or by none of them.
 //
+// The run outlives its coordinator and evictions (ARCHITECTURE.md §4). A peer that loses the
+// group (coordinator gone or stalled, or it was evicted) keeps its state and its Δ: it finishes
+// the inner steps it is running (they need no coordinator), then waits at the next sync point
+// while its communicator registers again, and is admitted with the others (a rebuilt group
+// retries the round with every Δ) or as a newcomer of a group that went on (it downloads what
+// changed and contributes from its next round). A committed round advances the shared-state
+// revision, so if a coordinator died while a commit was on its way, the peers that applied the
+// round win the next election and the others catch up: no round is lost or applied twice.
+//
 // Determinism: the same seed, membership and ring order give bit-identical results; sampling
 // depends on (seed, rank, step), where rank is this peer's fixed data rank, not its ring position.
 //
@@ -79,6 +88,7 @@ Status validateDistributedConfig(const DistributedConfig& c);
 struct RoundRecord {
   std::uint64_t outer_step = 0;    // rounds applied so far (DDP: steps)
   std::uint64_t inner_step = 0;    // schedule position after the round
+  std::uint64_t epoch = 0;         // the membership epoch the round's all-reduces ran in
   std::size_t world = 0;           // members in the round's epoch
   std::size_t contributors = 0;    // peers whose Δ counted
   double train_loss = 0;           // mean over contributors of their inner losses (nats/byte)
@@ -93,7 +103,8 @@ struct RoundRecord {
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule
 // is done (everyone reaches the same final round), `stop` is set, or on a fatal error:
 // kInvalidArgument (config, or a checkpoint of another shape), kDataLoss (the group's state
-// disagrees beyond repair), kPeerLost / kEvicted with no way back, kAborted.
+// disagrees beyond repair), kUnavailable (no coordinator came back within the communicator's
+// coordinator_timeout), kAlreadyExists (another process took this peer's identity), kAborted.
 // `on_round` runs on the calling thread after every round.
 Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer,
                       const DistributedConfig& config, const std::atomic<bool>& stop,

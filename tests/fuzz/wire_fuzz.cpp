@@ -24,9 +24,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       std::abort();  // the decoder broke its own contract
     }
     switch (d.header.type) {
-      case MsgType::kHello:
-        (void)decodeHello(d.payload);
+      case MsgType::kHello: {
+        // Whatever decodes (version 1, 2 or a newer peer's) must survive our own encoding.
+        auto h = decodeHello(d.payload);
+        if (h.isOk()) {
+          auto again = decodeHello(encodeHello(*h));
+          if (!again.isOk() || again->peer_id != h->peer_id ||
+              again->last_members != h->last_members || again->attempt != h->attempt ||
+              again->incarnation != h->incarnation || again->progress != h->progress) {
+            std::abort();
+          }
+        }
         break;
+      }
       case MsgType::kWelcome:
         (void)decodeWelcome(d.payload);
         break;

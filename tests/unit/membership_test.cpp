@@ -3,6 +3,7 @@
 // the stall detection (tick gap > timeout / 2) only triggers where a test wants it.
 
 #include "p2p/membership.h"
+#include "p2p/reconnect.h"
 
 #include <gtest/gtest.h>
 
@@ -765,6 +766,194 @@ TEST(MembershipOps, ReportsFromNonMembersAreIgnored) {
   ThreeMembers g;
   EXPECT_TRUE(g.m.opReport("stranger", g.epoch, 1, true).decisions.empty());
   EXPECT_EQ(g.m.pendingOps(), 0u);
+}
+
+}  // namespace
+}  // namespace loco::p2p
+
+// ---- re-registration and rebuild (a coordinator that lost its group) ---------------------------
+
+namespace loco::p2p {
+namespace {
+
+using Kind = MembershipEvent::Kind;
+
+class RebuildTest : public ::testing::Test {
+ protected:
+  static constexpr Millis kHeartbeatTimeout{3000};
+  static constexpr Millis kWindow{7000};
+  Membership m{kHeartbeatTimeout, kWindow};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  std::vector<std::string> registered;
+
+  // A peer of the lost group registering again with what it holds.
+  MembershipEffects back(const std::string& id, std::uint64_t last_epoch,
+                         std::vector<std::string> last_members, std::uint64_t revision = 40,
+                         std::uint64_t digest = 0xABC, std::uint64_t incarnation = 0,
+                         std::uint64_t attempt = 1) {
+    JoinRequest r;
+    r.id = id;
+    r.addr = id + ":7000";
+    r.streams = 4;
+    r.last_epoch = last_epoch;
+    r.last_members = std::move(last_members);
+    r.state_revision = revision;
+    r.state_digest = digest;
+    r.progress = revision / 2;
+    r.incarnation = incarnation == 0 ? std::hash<std::string>{}(id) | 1 : incarnation;
+    r.attempt = attempt;
+    auto fx = m.join(r, now);
+    EXPECT_TRUE(fx.isOk()) << fx.status().toString();
+    registered.push_back(id);
+    return fx.isOk() ? *fx : MembershipEffects{};
+  }
+
+  // Time passes in 100 ms ticks; every registered peer heartbeats.
+  MembershipEffects advance(Millis d) {
+    MembershipEffects fx;
+    for (TimePoint end = now + d; now < end;) {
+      now += Millis(100);
+      for (const auto& id : registered) m.heartbeat(id, now);
+      fx.merge(m.tick(now));
+    }
+    return fx;
+  }
+
+  static std::vector<std::string> idsOf(const MembershipEffects& fx, Kind kind) {
+    std::vector<std::string> out;
+    for (const auto& e : fx.events) {
+      if (e.kind == kind) out.push_back(e.peer);
+    }
+    return out;
+  }
+  static const MembershipEvent* rebuilt(const MembershipEffects& fx) {
+    for (const auto& e : fx.events) {
+      if (e.kind == Kind::kRebuilt) return &e;
+    }
+    return nullptr;
+  }
+};
+
+// Without the wait, the first peer back would be admitted alone and run the round alone; the
+// others' contributions to it would be lost.
+TEST_F(RebuildTest, NewCoordinatorAdmitsNobodyUntilEveryReportedMemberIsBack) {
+  const std::vector<std::string> group{"a", "b", "c"};
+  auto fx = back("a", 17, group);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_TRUE(m.rebuilding());
+  fx = back("b", 17, group);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx.merge(advance(Millis(2000)));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty()) << "c is still on its way";
+  fx = back("c", 17, group);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), group);
+  EXPECT_TRUE(fx.sync_done) << "the admission is everyone's sync point";
+  EXPECT_EQ(m.epoch(), 18u) << "one epoch, above every epoch the peers saw";
+  for (const auto& e : fx.events) {
+    if (e.kind == Kind::kAdmitted) EXPECT_EQ(e.epoch, 18u);
+  }
+  ASSERT_NE(rebuilt(fx), nullptr);
+  EXPECT_NE(rebuilt(fx)->reason.find("3 of the 3 members of epoch 17"), std::string::npos)
+      << rebuilt(fx)->reason;
+  EXPECT_FALSE(m.rebuilding());
+}
+
+TEST_F(RebuildTest, AMemberThatNeverComesBackHoldsTheGroupOnlyForTheRebuildWindow) {
+  const std::vector<std::string> group{"a", "b", "c"};
+  back("a", 5, group);
+  back("b", 5, group);
+  auto fx = advance(kWindow - Millis(200));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx = advance(Millis(400));
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"a", "b"}));
+  ASSERT_NE(rebuilt(fx), nullptr);
+  EXPECT_NE(rebuilt(fx)->reason.find("2 of the 3 members"), std::string::npos);
+  EXPECT_NE(rebuilt(fx)->reason.find("before the rebuild window closed"), std::string::npos);
+  // The straggler arrives later: an ordinary joiner, admitted at the group's next sync point.
+  fx = back("c", 5, group);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  m.syncRequest("a", now);
+  fx = m.syncRequest("b", now);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"c"});
+}
+
+TEST_F(RebuildTest, ANewcomerDuringTheRebuildWaitsAndEntersWithTheGroup) {
+  const std::vector<std::string> group{"a", "b"};
+  back("a", 9, group);
+  auto fresh = m.join("n", "n:1", 1, now);  // never saw a group
+  ASSERT_TRUE(fresh.isOk());
+  EXPECT_TRUE(idsOf(*fresh, Kind::kAdmitted).empty()) << "not admitted alone ahead of the group";
+  registered.push_back("n");
+  auto fx = back("b", 9, group);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"a", "n", "b"}));
+  EXPECT_EQ(m.epoch(), 10u);
+}
+
+TEST_F(RebuildTest, TheMostRecentReportDecidesWhoIsAwaited) {
+  // b last saw epoch 5 with z still a member; a saw epoch 9, after z had gone.
+  back("b", 5, {"a", "b", "z"});
+  EXPECT_TRUE(m.rebuilding()) << "z and a are awaited on b's word";
+  auto fx = back("a", 9, {"a", "b"});
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"b", "a"}));
+  EXPECT_EQ(m.epoch(), 10u);
+}
+
+TEST_F(RebuildTest, PeersThatDisagreeAboutTheStateAreReportedNotJudged) {
+  back("a", 3, {"a", "b"}, /*revision=*/41, /*digest=*/0x1);
+  auto fx = back("b", 3, {"a", "b"}, /*revision=*/40, /*digest=*/0x2);
+  ASSERT_NE(rebuilt(fx), nullptr);
+  const std::string& why = rebuilt(fx)->reason;
+  EXPECT_NE(why.find("revision 41"), std::string::npos) << why;
+  EXPECT_NE(why.find("revision 40"), std::string::npos) << why;
+  EXPECT_NE(why.find("the next shared-state sync elects"), std::string::npos) << why;
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted).size(), 2u) << "both are admitted; the election decides";
+}
+
+TEST_F(RebuildTest, SilentPeersAreEvictedWhileTheGroupIsRebuilt) {
+  back("a", 3, {"a", "b"});
+  registered.clear();  // a falls silent
+  auto fx = advance(kHeartbeatTimeout + Millis(200));
+  EXPECT_EQ(idsOf(fx, Kind::kEvicted), std::vector<std::string>{"a"});
+  EXPECT_FALSE(m.rebuilding()) << "nobody who reported a group is left waiting";
+  EXPECT_TRUE(m.registered().empty());
+}
+
+// The same process (same incarnation) reconnecting before the coordinator saw its old connection
+// die: the old registration goes, the peer is pending again, its ring place and open operations
+// go with it. A second process with the same identity is still refused.
+TEST_F(RebuildTest, SameProcessReconnectingReplacesItsRegistration) {
+  auto a = m.join(JoinRequest{"a", "a:1", 1, 0, /*incarnation=*/7, /*attempt=*/1}, now);
+  ASSERT_TRUE(a.isOk());
+  auto b = m.join(JoinRequest{"b", "b:1", 1, 0, 8, 1}, now);
+  ASSERT_TRUE(b.isOk());
+  m.syncRequest("a", now);
+  ASSERT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+  const std::uint64_t e = m.epoch();
+  m.opReport("a", e, 1, true);
+  ASSERT_EQ(m.pendingOps(), 1u);
+
+  auto other = m.join(JoinRequest{"a", "a:2", 1, 0, /*incarnation=*/99, 5}, now);
+  EXPECT_EQ(other.status().code(), StatusCode::kAlreadyExists) << "another process";
+  auto unknown = m.join(JoinRequest{"a", "a:2", 1, 0, /*incarnation=*/0, 5}, now);
+  EXPECT_EQ(unknown.status().code(), StatusCode::kAlreadyExists) << "an older peer says nothing";
+
+  auto again = m.join(JoinRequest{"a", "a:3", 1, e, 7, 2}, now);
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  EXPECT_EQ(idsOf(*again, Kind::kReplaced), std::vector<std::string>{"a"});
+  EXPECT_EQ(idsOf(*again, Kind::kPending), std::vector<std::string>{"a"});
+  EXPECT_EQ(m.ring(), std::vector<std::string>{"b"});
+  EXPECT_EQ(m.epoch(), e + 1) << "a member left the ring: one new epoch";
+  ASSERT_EQ(again->decisions.size(), 1u);
+  EXPECT_FALSE(again->decisions[0].commit) << "its open operation is aborted";
+  EXPECT_EQ(m.view(now).peers.back().addr, "a:3");
+
+  auto stale = m.join(JoinRequest{"a", "a:4", 1, e, 7, 1}, now);
+  EXPECT_EQ(stale.status().code(), StatusCode::kAborted) << "an older attempt found late";
+  EXPECT_EQ(m.view(now).peers.back().addr, "a:3");
+}
+
+TEST(RebuildWindow, DefaultCoversAHeartbeatTimeoutAndTwoBackoffCaps) {
+  EXPECT_EQ(defaultRebuildWindow(Millis(3000)).count(), 3000 + 2 * BackoffOptions{}.max.count());
 }
 
 }  // namespace

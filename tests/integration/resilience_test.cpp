@@ -1,0 +1,271 @@
+// The run goes on (ARCHITECTURE.md §4): a training group outlives its coordinator (kill -9 and a
+// restart on the same address, a stall longer than the heartbeat timeout, a standby taking over)
+// and brings back a peer it evicted. Real `loco coordinator` and `loco join` processes on
+// 127.0.0.1 train a tiny GPT; every test checks the peers' JSON lines: outer steps strictly
+// increasing (no round applied twice) and, on peers that never left, contiguous (no round lost),
+// with equal shared-state digests on every peer that reported a step.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <map>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include "tests/support/process.h"
+#include "tests/support/training_run.h"
+
+namespace loco::testing {
+namespace {
+
+constexpr int kInterval = 200;
+constexpr int kTimeout = 1500;  // heartbeat timeout of every coordinator here
+constexpr int kInner = 10;
+
+class TrainingGroup {
+ public:
+  TrainingGroup(const TempDir& dir, int peers, const std::string& coordinators, int rounds,
+                std::vector<std::string> extra = {})
+      : dir_(dir), rounds_(rounds) {
+    const std::string corpus = writeCorpus(dir);
+    for (int r = 0; r < peers; ++r) {
+      std::vector<std::string> args = {"join",
+                                       "--coordinator",
+                                       coordinators,
+                                       "--listen",
+                                       "127.0.0.1:0",
+                                       "--identity",
+                                       dir.file("peer" + std::to_string(r) + ".id"),
+                                       "--rank",
+                                       std::to_string(r),
+                                       "--wait-for",
+                                       std::to_string(peers),
+                                       "--metrics",
+                                       jsonl(r),
+                                       "--measure-topology",
+                                       "off",
+                                       "--inner-steps",
+                                       std::to_string(kInner),
+                                       "--steps",
+                                       std::to_string(rounds * kInner),
+                                       "--eval-every",
+                                       "1000000"};
+      for (const auto& f : tiny(corpus)) args.push_back(f);
+      for (const auto& f : extra) args.push_back(f);
+      peers_.push_back(std::make_unique<Process>(args, log(r)));
+    }
+  }
+
+  std::string jsonl(int r) const { return dir_.file("peer" + std::to_string(r) + ".jsonl"); }
+  std::string log(int r) const { return dir_.file("peer" + std::to_string(r) + ".log"); }
+  Process& peer(int r) { return *peers_[r]; }
+  int size() const { return static_cast<int>(peers_.size()); }
+  std::uint64_t finalStep() const { return static_cast<std::uint64_t>(rounds_); }
+
+  std::vector<std::size_t> counts() const {
+    std::vector<std::size_t> c;
+    for (int r = 0; r < size(); ++r) c.push_back(readJsonl(jsonl(r)).size());
+    return c;
+  }
+  bool waitRounds(std::size_t k, milliseconds timeout) {
+    return eventually(timeout, [&] {
+      for (auto c : counts()) {
+        if (c < k) return false;
+      }
+      return true;
+    });
+  }
+  // Every peer in `who` (all by default) reports a round beyond `after`.
+  bool waitProgress(const std::vector<std::size_t>& after, milliseconds timeout,
+                    std::set<int> who = {}) {
+    return eventually(timeout, [&] {
+      auto now = counts();
+      for (int r = 0; r < size(); ++r) {
+        if ((who.empty() || who.count(r)) && now[r] <= after[r]) return false;
+      }
+      return true;
+    });
+  }
+  std::int64_t maxEpoch() const {
+    std::int64_t e = -1;
+    for (int r = 0; r < size(); ++r) {
+      for (const auto& l : readJsonl(jsonl(r))) e = std::max(e, l.epoch);
+    }
+    return e;
+  }
+  bool allRunning() {
+    for (auto& p : peers_) {
+      if (!p->running()) return false;
+    }
+    return true;
+  }
+  std::string logs() const {
+    std::string out;
+    for (int r = 0; r < size(); ++r)
+      out += "--- peer " + std::to_string(r) + "\n" + readFile(log(r));
+    return out;
+  }
+
+  // The run reaches its last round on every peer, each exits 0, and the JSON lines hold.
+  void expectFinishedConsistently(const std::set<int>& left = {}) {
+    for (int r = 0; r < size(); ++r) {
+      auto rc = peers_[r]->waitExit(milliseconds(120000));
+      ASSERT_TRUE(rc.has_value()) << "peer " << r << " did not finish\n" << logs();
+      EXPECT_EQ(*rc, 0) << "peer " << r << "\n" << logs();
+    }
+    std::map<std::uint64_t, std::set<std::string>> digests;
+    for (int r = 0; r < size(); ++r) {
+      auto lines = readJsonl(jsonl(r));
+      ASSERT_FALSE(lines.empty()) << "peer " << r;
+      EXPECT_EQ(lines.back().step, finalStep()) << "peer " << r << " did not reach the end";
+      for (std::size_t i = 1; i < lines.size(); ++i) {
+        EXPECT_GT(lines[i].step, lines[i - 1].step) << "peer " << r << ": a round applied twice";
+        if (!left.count(r)) {
+          EXPECT_EQ(lines[i].step, lines[i - 1].step + 1) << "peer " << r << ": a round lost";
+        }
+      }
+      for (const auto& l : lines) digests[l.step].insert(l.digest);
+    }
+    for (const auto& [step, d] : digests) EXPECT_EQ(d.size(), 1u) << "digests differ at " << step;
+  }
+
+ private:
+  const TempDir& dir_;
+  int rounds_;
+  std::vector<std::unique_ptr<Process>> peers_;
+};
+
+TEST(Resilience, CoordinatorKilledAndRestartedOnTheSameAddressLosesNoRound) {
+  TempDir dir;
+  auto coordinator = std::make_unique<CoordinatorProcess>(dir, kInterval, kTimeout,
+                                                          std::vector<std::string>{}, "coord-a");
+  const std::uint16_t port = coordinator->port();
+  TrainingGroup group(dir, 3, coordinator->address(), 120);
+  ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
+  const std::int64_t epoch_before = group.maxEpoch();
+
+  coordinator->process().signal(SIGKILL);
+  ASSERT_TRUE(coordinator->process().waitExit(milliseconds(5000)).has_value());
+  const auto at_kill = group.counts();
+  std::this_thread::sleep_for(milliseconds(2000));
+  EXPECT_TRUE(group.allRunning()) << "peers must outlive their coordinator\n" << group.logs();
+  for (std::size_t c : at_kill) EXPECT_LT(c, group.finalStep()) << "the kill came too late";
+
+  coordinator = std::make_unique<CoordinatorProcess>(dir, kInterval, kTimeout,
+                                                     std::vector<std::string>{}, "coord-b", port);
+  const auto listening = std::chrono::steady_clock::now();
+  ASSERT_TRUE(group.waitProgress(group.counts(), milliseconds(20000))) << group.logs();
+  std::printf("coordinator kill -9 + restart: training resumed %.2f s after it listened\n",
+              secondsSince(listening));
+  group.expectFinishedConsistently();
+  EXPECT_GT(group.maxEpoch(), epoch_before) << "epochs keep rising across the restart";
+  const std::string log = coordinator->process().log();
+  EXPECT_NE(log.find("group rebuilt"), std::string::npos) << log;
+  EXPECT_NE(log.find("3 of the 3 members"), std::string::npos) << log;
+  EXPECT_NE(readFile(group.log(0)).find("lost the coordinator"), std::string::npos);
+}
+
+TEST(Resilience, CoordinatorStalledLongerThanTheHeartbeatTimeoutLosesNoRound) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 3, coordinator.address(), 100);
+  ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
+  coordinator.process().signal(SIGSTOP);
+  std::this_thread::sleep_for(milliseconds(3 * kTimeout));
+  EXPECT_TRUE(group.allRunning()) << group.logs();
+  coordinator.process().signal(SIGCONT);
+  const auto woken = std::chrono::steady_clock::now();
+  ASSERT_TRUE(group.waitProgress(group.counts(), milliseconds(20000))) << group.logs();
+  std::printf("coordinator SIGSTOP %d ms: training resumed %.2f s after SIGCONT\n", 3 * kTimeout,
+              secondsSince(woken));
+  group.expectFinishedConsistently();
+  EXPECT_NE(readFile(group.log(0)).find("nothing received"), std::string::npos)
+      << "the stall was noticed (not shorter than the heartbeat timeout)\n"
+      << group.logs();
+  EXPECT_NE(coordinator.process().log().find("group rebuilt"), std::string::npos);
+}
+
+TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
+  TempDir dir;
+  CoordinatorProcess primary(dir, kInterval, kTimeout, {}, "coord-a");
+  CoordinatorProcess standby(dir, kInterval, kTimeout, {}, "coord-standby");
+  TrainingGroup group(dir, 3, primary.address() + "," + standby.address(), 100);
+  ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
+  ASSERT_EQ(standby.view()->peers.size(), 0u) << "the standby is idle until it is needed";
+
+  const auto killed = std::chrono::steady_clock::now();
+  primary.process().signal(SIGKILL);
+  ASSERT_TRUE(group.waitProgress(group.counts(), milliseconds(20000))) << group.logs();
+  std::printf("standby failover after kill -9: training resumed %.2f s after the kill\n",
+              secondsSince(killed));
+  auto v = standby.view();
+  ASSERT_TRUE(v.has_value());
+  EXPECT_EQ(v->world(), 3u) << "every peer moved to the standby";
+  group.expectFinishedConsistently();
+  EXPECT_NE(standby.process().log().find("group rebuilt"), std::string::npos)
+      << standby.process().log();
+}
+
+TEST(Resilience, StoppedTrainingPeerIsEvictedRejoinsAndContributesAgain) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 3, coordinator.address(), 180);
+  ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
+  const int victim = 2;
+  const auto stopped = std::chrono::steady_clock::now();
+  group.peer(victim).signal(SIGSTOP);
+  ASSERT_TRUE(eventually(milliseconds(10000), [&] {
+    auto v = coordinator.view();
+    return v && v->world() == 2;
+  }));
+  const double evicted_s = secondsSince(stopped);
+  EXPECT_LT(evicted_s, kTimeout / 1000.0 + 1.5);
+  ASSERT_TRUE(group.waitProgress(group.counts(), milliseconds(10000), {0, 1}))
+      << "the others go on without it";
+  std::this_thread::sleep_for(milliseconds(3 * kTimeout) -
+                              (std::chrono::steady_clock::now() - stopped));
+  const std::size_t victim_rounds = group.counts()[victim];
+  group.peer(victim).signal(SIGCONT);
+  const auto woken = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually(milliseconds(10000), [&] {
+    auto v = coordinator.view();
+    return v && v->world() == 3;
+  })) << group.logs();
+  const double member_s = secondsSince(woken);
+  ASSERT_TRUE(group.waitProgress(group.counts(), milliseconds(10000), {victim})) << group.logs();
+  std::printf(
+      "SIGSTOP of a training peer: evicted after %.2f s; member again %.2f s and a round "
+      "%.2f s after SIGCONT (heartbeat timeout %.1f s)\n",
+      evicted_s, member_s, secondsSince(woken), kTimeout / 1000.0);
+  EXPECT_LT(member_s, 2.0 * kTimeout / 1000.0 + 1.0);
+  group.expectFinishedConsistently(/*left=*/{victim});
+  auto victim_lines = readJsonl(group.jsonl(victim));
+  auto other_lines = readJsonl(group.jsonl(0));
+  ASSERT_GT(victim_lines.size(), victim_rounds) << "it reports rounds again";
+  EXPECT_LT(victim_lines.size(), other_lines.size()) << "it missed the rounds it was out for";
+  EXPECT_EQ(victim_lines.back().contributors, 3) << "it contributes again";
+}
+
+TEST(Resilience, PeersGiveUpAfterTheCoordinatorTimeoutWithAClearMessage) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 2, coordinator.address(), 100000, {"--coordinator-timeout", "2000"});
+  ASSERT_TRUE(group.waitRounds(3, milliseconds(60000))) << group.logs();
+  const auto killed = std::chrono::steady_clock::now();
+  coordinator.process().signal(SIGKILL);
+  for (int r = 0; r < group.size(); ++r) {
+    auto rc = group.peer(r).waitExit(milliseconds(15000));
+    ASSERT_TRUE(rc.has_value()) << "peer " << r << " hangs\n" << group.logs();
+    EXPECT_EQ(*rc, 1);
+  }
+  const double s = secondsSince(killed);
+  std::printf("--coordinator-timeout 2000: peers exited %.2f s after the kill\n", s);
+  EXPECT_GE(s, 1.0) << "they looked for a coordinator first";
+  EXPECT_LT(s, 2.0 + 3.0);
+  const std::string log = readFile(group.log(0));
+  EXPECT_NE(log.find("no coordinator answered"), std::string::npos) << log;
+  EXPECT_NE(log.find("--coordinator-timeout"), std::string::npos) << log;
+}
+
+}  // namespace
+}  // namespace loco::testing
