@@ -51,6 +51,9 @@ constexpr Millis kHealthyLife{30000};
 constexpr Millis kMaxBackoff{30000};
 // Once the run reached its last step, peers get this long to leave by themselves.
 constexpr Millis kFinishGrace{60000};
+// A peer that did not take part in the last round (it was evicted or cut off) gets this long
+// before it is told to stop: with the group gone it could only train on alone, from old state.
+constexpr Millis kStragglerGrace{3000};
 
 struct Child {
   std::string name;
@@ -66,6 +69,7 @@ struct Child {
   bool gave_up = false;        // died too often to restart again
   bool resumed = false;        // the current life started from its checkpoint
   int pid = 0;
+  std::uint64_t last_inner = 0;  // the latest inner step it reported
   int restarts = 0;
   int short_lives = 0;  // consecutive lives shorter than kHealthyLife
   TimePoint started_at{};
@@ -355,6 +359,7 @@ void readMetrics(Swarm& s) {
       if (!step) continue;
       StepRecord& r = s.steps[static_cast<std::uint64_t>(*step)];
       r.inner_step = static_cast<std::uint64_t>(jsonField(line, "inner_step").value_or(0));
+      s.children[i]->last_inner = std::max(s.children[i]->last_inner, r.inner_step);
       r.world = static_cast<std::size_t>(jsonField(line, "world").value_or(0));
       if (auto v = jsonField(line, "loss")) r.loss = *v;
       if (auto v = jsonField(line, "val_loss")) r.val_loss = *v;
@@ -554,6 +559,17 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
     s.children[0]->restart_at.reset();
     signalChild(*s.children[0], SIGTERM);
     s.setPhase(Phase::kStopCoordinator);
+  } else if (s.completed_at && Clock::now() - *s.completed_at > kStragglerGrace &&
+             Clock::now() - *s.completed_at <= kFinishGrace) {
+    for (std::size_t i = 1; i < s.children.size(); ++i) {
+      Child& c = *s.children[i];
+      if (!c.running || c.expected_exit || c.last_inner >= s.total_steps) continue;
+      c.expected_exit = true;
+      s.say(fmt::format("the run is over but {} was not in its last round (it reported inner "
+                        "step {}); stopping it (SIGTERM)",
+                        c.name, c.last_inner));
+      signalChild(c, SIGTERM);
+    }
   } else if (s.completed_at && Clock::now() - *s.completed_at > kFinishGrace) {
     beginShutdown(s, fmt::format("the run reached its last step {} s ago but some peers are still "
                                  "there; stopping them",

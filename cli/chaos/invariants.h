@@ -17,7 +17,7 @@
 //   resources    every process's open fds and RSS at the end of its life (median of its last
 //                fifth) at most (1 + limit) x early in its life (median of its second fifth),
 //                plus a small absolute slack (4 fds, 8 MiB) for one more link's sockets and
-//                allocator noise; only for lives of at least 60 s with 10 samples
+//                allocator noise; only for lives of at least 30 s with 10 samples
 //   val_loss     the final validation loss within a relative band of a fault-free run's
 //
 // Thread rules: one thread at a time.
@@ -64,7 +64,7 @@ struct InvariantLimits {
   double hang_margin_s = 10;
   double growth_limit = 0.10;
   double val_loss_band = 0.05;
-  double min_life_s = 60;  // resources: shorter lives get no verdict
+  double min_life_s = 30;  // resources: shorter lives get no verdict
 };
 
 struct Verdict {
