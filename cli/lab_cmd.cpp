@@ -92,6 +92,20 @@ std::vector<FlagSpec> linkFlags() {
       {"tcp-rmem-max", "largest TCP receive/send buffer inside the hosts, bytes", ""}};
 }
 
+// A slow host needs a cgroup cpu controller; say so before anything is built or changed.
+Status checkCpuQuotas(const LabConfig& cfg) {
+  for (int i = 1; i <= cfg.hosts; ++i) {
+    if (cfg.hostCpu(i) <= 0) continue;
+    auto root = lab::detectCpuCgroup();
+    if (!root)
+      return Status(root.status().code(),
+                    fmt::format("--host {}:cpu needs a cgroup CPU quota: {}", i,
+                                root.status().message()));
+    return Status();
+  }
+  return Status();
+}
+
 Result<lab::LabOptions> linkOptions(const Flags& flags) {
   lab::LabOptions o;
   // Only "is it a number" here: lab::applyOptions owns the ranges.
@@ -180,6 +194,7 @@ int labUp(const Args& args) {
   cfg.name = name;
   cfg.subnet = *subnet;
   if (Status st = lab::applyOptions(cfg, *options); !st.isOk()) return reportFailure(st);
+  if (Status st = checkCpuQuotas(cfg); !st.isOk()) return reportFailure(st);
 
   // The state directory comes first: whatever exists of a lab can then be found and removed.
   std::error_code ec;
@@ -455,6 +470,7 @@ int labSet(const Args& args) {
   if (!options) return reportFailure(options.status());
   const auto old_rmem = cfg->tcp_rmem_max;
   if (Status st = lab::applyOptions(*cfg, *options); !st.isOk()) return reportFailure(st);
+  if (Status st = checkCpuQuotas(*cfg); !st.isOk()) return reportFailure(st);
   if (Status st = saveLab(*cfg); !st.isOk()) return reportFailure(st);
   if (cfg->tcp_rmem_max != old_rmem) {
     if (Status st = lab::applySysctls(*cfg); !st.isOk()) return reportFailure(st);

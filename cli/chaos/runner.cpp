@@ -333,6 +333,7 @@ class SwarmRun {
   std::string partition_;
   bool coordinator_reachable_ = false;
   std::map<std::size_t, int> restarts_before_;  // record -> its target's restarts at injection
+  std::map<std::size_t, pid_t> records_pid_;    // record -> its target's pid at injection
 };
 
 void SwarmRun::readRounds() {
@@ -403,6 +404,7 @@ void SwarmRun::inject(FaultRecord& r) {
     a.pid = target->second.pid;
     r.target_id = target->second.id;
     restarts_before_[a.index] = target->second.restarts;
+    records_pid_[a.index] = target->second.pid;
   }
   Status st;
   switch (f.kind) {
@@ -638,9 +640,17 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
       auto p = procs_.find(r.fault.target);
       if (p == procs_.end()) continue;
       auto [before, fresh] = restarts_before_.try_emplace(i, p->second.restarts);
-      if (!fresh && r.how.empty() && p->second.restarts > before->second && p->second.running) {
+      if (fresh || !r.how.empty()) continue;
+      if (p->second.restarts > before->second && p->second.running) {
         r.how = fmt::format("restarted by loco local (pid {}{})", p->second.pid,
                             p->second.resumed ? ", from its checkpoint" : "");
+      } else if (r.ended_t && p->second.pid == records_pid_[i]) {
+        // Back without a restart: a member again (a peer) or answering (the coordinator).
+        bool back = r.fault.target == "coordinator" && coordinator_reachable_;
+        if (!tl_.status.empty() && tl_.status.back().reachable) {
+          for (const auto& id : tl_.status.back().members) back = back || id == r.target_id;
+        }
+        if (back) r.how = fmt::format("the same process (pid {}) came back", p->second.pid);
       }
     }
     if (t0_) checker_.onTick(t, healthy());
@@ -663,8 +673,7 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
   active_.clear();
   for (auto& r : records_) {
     if (r.injected_t && r.how.empty() && r.fault.processFault())
-      r.how = r.fault.kind == FaultKind::kStop ? "the same process went on after SIGCONT"
-                                               : "not restarted before the run ended";
+      r.how = "neither restarted nor back before the run ended";
   }
   readRounds();
   for (auto& s : poller.drain()) tl_.status.push_back(std::move(s));
