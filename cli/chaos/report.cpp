@@ -128,7 +128,11 @@ std::string outcomeJson(const FaultOutcome& o) {
   j["fault"] = faultKindName(f.kind);
   j["what"] = f.describe();
   if (!f.target.empty()) j["target"] = f.target;
-  j["at_s"] = f.at_s;
+  if (f.after_round > 0) {
+    j["after_round"] = f.after_round;
+  } else {
+    j["at_s"] = f.at_s;
+  }
   if (f.duration_s > 0) j["duration_s"] = f.duration_s;
   auto opt = [](const std::optional<double>& v) -> nlohmann::json {
     return v ? nlohmann::json(std::round(*v * 1000) / 1000) : nlohmann::json(nullptr);
@@ -175,7 +179,8 @@ std::string reportText(const Scenario& s, const std::vector<FaultOutcome>& outco
     const Fault& f = o.record.fault;
     if (!o.record.injected_t) {
       out += fmt::format("{:<48} {:>8}  not injected: the run ended first\n", f.describe(),
-                         fmt::format("{:.1f} s", f.at_s));
+                         f.after_round > 0 ? fmt::format("round {}", f.after_round)
+                                           : fmt::format("{:.1f} s", f.at_s));
       continue;
     }
     out += fmt::format("{:<48} {:>8} {:>10} {:>11} {:>10} {:>7} {:>10}  {}\n", f.describe(),

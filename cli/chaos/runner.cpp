@@ -324,7 +324,8 @@ class SwarmRun {
   std::size_t next_fault_ = 0;
   double origin_ = steadyNow();
   double unix_origin_ = unixNow();
-  std::optional<double> t0_;  // the first round
+  std::optional<double> t0_;         // the first round
+  std::optional<double> first_due_;  // when the next fault became due (its target may be away)
   std::map<std::string, ProcInfo> procs_;
   std::map<std::string, std::size_t> read_;  // metrics file -> bytes consumed
   Timeline tl_;
@@ -395,10 +396,12 @@ void SwarmRun::inject(FaultRecord& r) {
   if (f.processFault()) {
     if (target == procs_.end() || !target->second.running || target->second.pid <= 0) {
       // Not there right now (being restarted): try again on the next tick, for a while.
-      if (t - (*t0_ + f.at_s) < 30) return;
+      if (!first_due_) first_due_ = t;
+      if (t - *first_due_ < 30) return;
       r.injected_t = t;
       r.how = "the target was not running for 30 s; nothing done";
       ++next_fault_;
+      first_due_.reset();
       return;
     }
     a.pid = target->second.pid;
@@ -463,7 +466,8 @@ void SwarmRun::inject(FaultRecord& r) {
   }
   r.injected_t = t;
   ++next_fault_;
-  say(fmt::format("{:7.1f} s  {}{}", t - *t0_, f.describe(),
+  first_due_.reset();
+  say(fmt::format("{:7.1f} s  round {:>4}  {}{}", t - *t0_, checker_.maxStep(), f.describe(),
                   st.isOk() ? "" : " FAILED: " + st.message()));
   if (!st.isOk()) r.how = "could not be applied: " + st.message();
   const bool lasting = f.duration_s > 0 || f.kind == FaultKind::kStallJoiner;
@@ -508,8 +512,8 @@ void SwarmRun::progress(ActiveFault& a) {
   a.until = now() + r.fault.duration_s;
   r.how = fmt::format("restart pid {} admitted and SIGSTOPped at +{:.2f} s", a.pid,
                       now() - *r.injected_t);
-  say(fmt::format("{:7.1f} s  {} stalled (pid {}) right after its admission", now() - *t0_,
-                  r.fault.target, a.pid));
+  say(fmt::format("{:7.1f} s  round {:>4}  {} stalled (pid {}) right after its admission",
+                  now() - *t0_, checker_.maxStep(), r.fault.target, a.pid));
 }
 
 void SwarmRun::undo(ActiveFault& a) {
@@ -563,7 +567,9 @@ void SwarmRun::undo(ActiveFault& a) {
   }
   r.ended_t = now();
   if (!st.isOk()) say("could not undo " + f.describe() + ": " + st.message());
-  if (t0_) say(fmt::format("{:7.1f} s  end of: {}", now() - *t0_, f.describe()));
+  if (t0_)
+    say(fmt::format("{:7.1f} s  round {:>4}  end of: {}", now() - *t0_, checker_.maxStep(),
+                    f.describe()));
 }
 
 Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, double stop_after_s) {
@@ -615,7 +621,10 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
     readRounds();
     // Faults, on the clock that starts with the first round.
     if (t0_ && faults_ && !g_interrupted) {
-      while (next_fault_ < records_.size() && t >= *t0_ + records_[next_fault_].fault.at_s) {
+      auto due = [&](const Fault& f) {
+        return f.after_round > 0 ? checker_.maxStep() >= f.after_round : t >= *t0_ + f.at_s;
+      };
+      while (next_fault_ < records_.size() && due(records_[next_fault_].fault)) {
         const std::size_t before = next_fault_;
         inject(records_[next_fault_]);
         if (next_fault_ == before) break;  // waiting for its target
@@ -644,7 +653,8 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
       if (p->second.restarts > before->second && p->second.running) {
         r.how = fmt::format("restarted by loco local (pid {}{})", p->second.pid,
                             p->second.resumed ? ", from its checkpoint" : "");
-      } else if (r.ended_t && p->second.pid == records_pid_[i]) {
+      } else if (r.fault.kind == FaultKind::kStop && r.ended_t &&
+                 p->second.pid == records_pid_[i]) {
         // Back without a restart: a member again (a peer) or answering (the coordinator).
         bool back = r.fault.target == "coordinator" && coordinator_reachable_;
         if (!tl_.status.empty() && tl_.status.back().reachable) {

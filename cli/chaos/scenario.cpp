@@ -159,8 +159,8 @@ Result<Fault> readFault(const Reader& r, const toml::table& t, const Scenario& s
   const int hosts = s.swarm.hostCount();
   LOCO_RETURN_IF_ERROR(r.keys(
       t, "[[fault]]",
-      "kind, at, duration, target, host, link, groups, loss, delay_ms, jitter_ms, rate_mbit, cpu, "
-      "size_kib",
+      "kind, at, after_round, duration, target, host, link, groups, loss, delay_ms, jitter_ms, "
+      "rate_mbit, cpu, size_kib",
       [&](const std::string& key, const toml::node& v) -> Result<bool> {
         if (key == "kind") return true;
         if (key == "at") {
@@ -171,6 +171,14 @@ Result<Fault> readFault(const Reader& r, const toml::table& t, const Scenario& s
           auto d = r.number(v, "at (seconds after training starts)", 0, kMaxTime);
           if (!d) return d.status();
           f.at_s = *d;
+          has_at = true;
+          return true;
+        }
+        if (key == "after_round") {
+          auto i = v.as_integer();
+          if (!i || i->get() < 1)
+            return r.error(v, "after_round must be a whole number of rounds, at least 1");
+          f.after_round = static_cast<std::uint64_t>(i->get());
           has_at = true;
           return true;
         }
@@ -245,7 +253,11 @@ Result<Fault> readFault(const Reader& r, const toml::table& t, const Scenario& s
         return false;
       }));
   const std::string kind_s = faultKindName(f.kind);
-  if (!has_at) return r.error(f.line, fmt::format("fault '{}' needs at = SECONDS", kind_s));
+  if (!has_at)
+    return r.error(f.line,
+                   fmt::format("fault '{}' needs at = SECONDS or after_round = ROUNDS", kind_s));
+  if (t.get("at") != nullptr && t.get("after_round") != nullptr)
+    return r.error(*t.get("after_round"), "a fault has at or after_round, not both");
   // What each kind needs, and what it cannot take.
   auto need = [&](bool ok, const std::string& what) -> Status {
     return ok ? Status() : r.error(f.line, fmt::format("fault '{}' needs {}", kind_s, what));
@@ -562,11 +574,17 @@ Result<Scenario> parseScenario(const std::string& text, const std::string& path)
       if (t == nullptr) return r.error(node, "every fault must be a table ([[fault]])");
       auto f = readFault(r, *t, s);
       if (!f) return f.status();
+      if (!s.faults.empty() && (s.faults.front().after_round > 0) != (f->after_round > 0)) {
+        return r.error(f->line,
+                       "every fault of a scenario uses at (seconds) or every one uses "
+                       "after_round (rounds), not a mix");
+      }
       s.faults.push_back(*f);
     }
   }
-  std::stable_sort(s.faults.begin(), s.faults.end(),
-                   [](const Fault& a, const Fault& b) { return a.at_s < b.at_s; });
+  std::stable_sort(s.faults.begin(), s.faults.end(), [](const Fault& a, const Fault& b) {
+    return a.after_round != b.after_round ? a.after_round < b.after_round : a.at_s < b.at_s;
+  });
   return s;
 }
 
@@ -689,7 +707,9 @@ std::string toToml(const Scenario& s) {
       numeric ? s.checks.baseline : "\"" + s.checks.baseline + "\"", s.checks.val_loss_band,
       s.checks.hang_margin_s, s.checks.growth_limit);
   for (const Fault& f : s.faults) {
-    out += fmt::format("\n[[fault]]\nkind = \"{}\"\nat = {:g}\n", faultKindName(f.kind), f.at_s);
+    out += fmt::format("\n[[fault]]\nkind = \"{}\"\n", faultKindName(f.kind));
+    out += f.after_round > 0 ? fmt::format("after_round = {}\n", f.after_round)
+                             : fmt::format("at = {:g}\n", f.at_s);
     if (f.duration_s > 0) out += fmt::format("duration = {:g}\n", f.duration_s);
     if (!f.target.empty()) out += fmt::format("target = \"{}\"\n", f.target);
     if (f.host > 0) out += fmt::format("host = {}\n", f.host);

@@ -7,8 +7,10 @@
 // Placement: the coordinator lives on lab host 1 and peer-i on host (i mod hosts) + 1; with the
 // default hosts = peers + 1 the coordinator is alone on host 1 and peer-i is on host i + 1.
 //
-// Times are seconds after the swarm's first reported round ("training start"), so a slow start
-// moves the whole schedule rather than squeezing it.
+// A fault happens `at` seconds after the swarm's first reported round ("training start"), so a
+// slow start moves the whole schedule rather than squeezing it; or `after_round = N`, once the
+// swarm has applied N rounds, which keeps a schedule inside the run on a machine of any speed.
+// One scenario uses one of the two.
 
 #include <cstdint>
 #include <optional>
@@ -42,15 +44,16 @@ std::vector<FaultKind> allFaultKinds();
 struct Fault {
   FaultKind kind = FaultKind::kKill;
   double at_s = 0;
-  double duration_s = 0;  // 0: instantaneous (or, for a partition, until a `heal`)
-  std::string target;     // "peer-3" or "coordinator" (process faults)
-  int host = 0;           // slow_host, rate (0: every host)
-  std::string link;       // "I-J" for loss/delay (empty: every pair)
-  std::string groups;     // partition: "1,2/3,4" (lab host indices)
-  double value = 0;       // loss probability, rate Mbit/s, cpu cores, delay ms
-  double jitter_ms = 0;   // delay
-  double size_kib = 16;   // disk_full: the tmpfs size
-  int line = 0;           // where the fault is in the scenario file (0: drawn at random)
+  std::uint64_t after_round = 0;  // > 0: due once the swarm applied this many rounds (not at_s)
+  double duration_s = 0;          // 0: instantaneous (or, for a partition, until a `heal`)
+  std::string target;             // "peer-3" or "coordinator" (process faults)
+  int host = 0;                   // slow_host, rate (0: every host)
+  std::string link;               // "I-J" for loss/delay (empty: every pair)
+  std::string groups;             // partition: "1,2/3,4" (lab host indices)
+  double value = 0;               // loss probability, rate Mbit/s, cpu cores, delay ms
+  double jitter_ms = 0;           // delay
+  double size_kib = 16;           // disk_full: the tmpfs size
+  int line = 0;                   // where the fault is in the scenario file (0: drawn at random)
 
   // A one-line description: "kill -9 peer-2", "partition 1,2,3/4,5 for 10 s", ...
   std::string describe() const;
@@ -89,7 +92,7 @@ struct Scenario {
   SwarmSpec swarm;
   LabSpec lab;
   CheckSpec checks;
-  std::vector<Fault> faults;  // sorted by at_s
+  std::vector<Fault> faults;  // sorted by at_s (or after_round)
 
   // The training flags `loco local` gets, with the seed.
   std::vector<std::string> trainingFlags() const;

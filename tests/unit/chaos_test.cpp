@@ -99,6 +99,11 @@ TEST(ChaosScenario, BadFilesFailNamingTheLine) {
       {"name = \"Bad1\"\n", "bad.toml:1:", "bad lab name"},
       {"seed = 1\n[swarm\n", "bad.toml:2:", "not valid TOML"},
       {"[swarm]\npeers = 2\nhosts = 3\nwhatever = 1\n", "bad.toml:4:", "unknown key 'whatever'"},
+      {"[[fault]]\nkind = \"heal\"\nat = 1\nafter_round = 3\n", "bad.toml:4:", "not both"},
+      {"[[fault]]\nkind = \"heal\"\nafter_round = 0\n", "bad.toml:3:", "at least 1"},
+      {"[[fault]]\nkind = \"heal\"\nat = 1\n[[fault]]\nkind = \"heal\"\nafter_round = 3\n",
+       "bad.toml:5:", "not a mix"},
+      {"[[fault]]\nkind = \"heal\"\n", "bad.toml:2:", "needs at = SECONDS or after_round"},
   };
   for (const Bad& b : cases) {
     auto s = parseScenario(b.text, "bad.toml");
@@ -108,6 +113,20 @@ TEST(ChaosScenario, BadFilesFailNamingTheLine) {
         << "want it to start with " << b.where << ": " << s.status().message();
     EXPECT_NE(s.status().message().find(b.says), std::string::npos) << s.status().message();
   }
+}
+
+TEST(ChaosScenario, FaultsAfterANumberOfRounds) {
+  auto s = parseScenario(
+      "[[fault]]\nkind = \"kill\"\nafter_round = 50\ntarget = \"peer-1\"\n"
+      "[[fault]]\nkind = \"heal\"\nafter_round = 20\n",
+      "rounds.toml");
+  ASSERT_TRUE(s.isOk()) << s.status().message();
+  ASSERT_EQ(s->faults.size(), 2u);
+  EXPECT_EQ(s->faults[0].after_round, 20u) << "sorted by round";
+  EXPECT_EQ(s->faults[1].after_round, 50u);
+  auto again = parseScenario(toToml(*s), "again.toml");
+  ASSERT_TRUE(again.isOk()) << again.status().message();
+  EXPECT_EQ(again->faults[1].after_round, 50u);
 }
 
 TEST(ChaosScenario, TheSampleScenariosAreValid) {
