@@ -98,9 +98,8 @@ Status checkCpuQuotas(const LabConfig& cfg) {
     if (cfg.hostCpu(i) <= 0) continue;
     auto root = lab::detectCpuCgroup();
     if (!root)
-      return Status(root.status().code(),
-                    fmt::format("--host {}:cpu needs a cgroup CPU quota: {}", i,
-                                root.status().message()));
+      return Status(root.status().code(), fmt::format("--host {}:cpu needs a cgroup CPU quota: {}",
+                                                      i, root.status().message()));
     return Status();
   }
   return Status();

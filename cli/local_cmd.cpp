@@ -565,9 +565,10 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
       Child& c = *s.children[i];
       if (!c.running || c.expected_exit || c.last_inner >= s.total_steps) continue;
       c.expected_exit = true;
-      s.say(fmt::format("the run is over but {} was not in its last round (it reported inner "
-                        "step {}); stopping it (SIGTERM)",
-                        c.name, c.last_inner));
+      s.say(
+          fmt::format("the run is over but {} was not in its last round (it reported inner "
+                      "step {}); stopping it (SIGTERM)",
+                      c.name, c.last_inner));
       signalChild(c, SIGTERM);
     }
   } else if (s.completed_at && Clock::now() - *s.completed_at > kFinishGrace) {

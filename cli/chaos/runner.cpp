@@ -264,7 +264,6 @@ struct SwarmResult {
   Timeline timeline;  // times relative to the first round
   std::vector<FaultRecord> records;
   std::vector<Verdict> verdicts;
-  std::vector<PlotMarker> markers;
 };
 
 class SwarmRun {
