@@ -114,19 +114,24 @@ TEST(Training, PeerKilledAndPeerJoinedMidRun) {
       << "the joiner contributes";
 }
 
+// `loco local` arguments for the supervision tests: 3 peers, 300 short rounds (long enough to
+// hit mid-run), a quick restart.
+std::vector<std::string> supervisedRun(const TempDir& dir) {
+  std::vector<std::string> args{"local", "--out", dir.file("run")};
+  for (const auto& f : tiny(writeCorpus(dir))) args.push_back(f);
+  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--eval-every",
+                        "50", "--restart-backoff-ms", "500"}) {
+    args.push_back(f);
+  }
+  return args;
+}
+
 // `loco local` supervises like an operator: a peer killed -9 mid-run is restarted with its
 // identity, rejoins, downloads the state and contributes again; the others never stop; the run
 // reaches its last step and exits 0.
 TEST(Training, LocalRestartsAPeerKilledMidRunAndFinishes) {
   TempDir dir;
-  auto flags = tiny(writeCorpus(dir));
-  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--eval-every",
-                        "50", "--restart-backoff-ms", "500"}) {
-    flags.push_back(f);
-  }
-  std::vector<std::string> args{"local", "--out", dir.file("run")};
-  args.insert(args.end(), flags.begin(), flags.end());
-  Process local(args, dir.file("local.log"));
+  Process local(supervisedRun(dir), dir.file("local.log"));
   const std::string victim_jsonl = dir.file("run/peer-2.jsonl");
   ASSERT_TRUE(eventuallyTrue(std::chrono::milliseconds(60000), [&] {
     return readJsonl(victim_jsonl).size() >= 20;
@@ -164,14 +169,7 @@ TEST(Training, LocalRestartsAPeerKilledMidRunAndFinishes) {
 // (which outlive it) register again, and the run finishes with one state everywhere.
 TEST(Training, LocalRestartsItsCoordinatorAndTheRunGoesOn) {
   TempDir dir;
-  auto flags = tiny(writeCorpus(dir));
-  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--eval-every",
-                        "50", "--restart-backoff-ms", "500"}) {
-    flags.push_back(f);
-  }
-  std::vector<std::string> args{"local", "--out", dir.file("run")};
-  args.insert(args.end(), flags.begin(), flags.end());
-  Process local(args, dir.file("local.log"));
+  Process local(supervisedRun(dir), dir.file("local.log"));
   ASSERT_TRUE(eventuallyTrue(std::chrono::milliseconds(60000), [&] {
     return readJsonl(dir.file("run/peer-1.jsonl")).size() >= 20;
   })) << local.log();
