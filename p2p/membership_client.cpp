@@ -248,11 +248,17 @@ void MembershipClient::probeCoordinators(std::size_t preferred, Millis timeout,
     }
     if (best != preferred) {
       const auto& v = probe->views[best];
-      LOG_INFO(kLogPeer,
-               "coordinator {} holds the group ({} members, {} pending, epoch {}); registering "
-               "there rather than with {}",
-               addresses_[best].toString(), v->world(), v->pending(), v->epoch,
-               addresses_[preferred].toString());
+      if (v->peers.empty()) {
+        LOG_INFO(kLogPeer, "coordinator {} did not answer and {} did: registering with {}",
+                 addresses_[preferred].toString(), addresses_[best].toString(),
+                 addresses_[best].toString());
+      } else {
+        LOG_INFO(kLogPeer,
+                 "coordinator {} holds the group ({} members, {} pending, epoch {}); registering "
+                 "there rather than with {}",
+                 addresses_[best].toString(), v->world(), v->pending(), v->epoch,
+                 addresses_[preferred].toString());
+      }
     }
     done(best);
   };
