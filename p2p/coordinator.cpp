@@ -394,8 +394,10 @@ void Coordinator::apply(MembershipEffects fx) {
         break;
       }
       case MembershipEvent::Kind::kHeld:
+        // Often for a moment only: a peer resumed from its checkpoint reports what it holds
+        // right after it registers.
         counter("coord.held_for_progress").inc();
-        LOG_WARN(kLogCoord, "{} (--holder-wait)", e.reason);
+        LOG_INFO(kLogCoord, "{} (--holder-wait)", e.reason);
         break;
       case MembershipEvent::Kind::kRolledBack:
         counter("coord.progress_rolled_back").inc();

@@ -224,7 +224,10 @@ class Run {
     }
     progress_[kOuterStep] = static_cast<std::int64_t>(s.outer_step);
     progress_[kInnerStep] = static_cast<std::int64_t>(s.step);
-    progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
+    // DiLoCo's AdamW is each peer's own (inner) state, never the group's: the shared progress
+    // keeps 0 there, as in the run that wrote the checkpoint, so that a resumed peer's shared
+    // state is bit for bit what the group held at that step.
+    if (!diloco_) progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
     LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(),
              s.outer_step, s.step);
     // How far this peer is: the coordinator compares it with how far the run got, so that a

@@ -342,6 +342,51 @@ TEST(Resilience, AnEvictedPeerThatWakesAfterTheRunFinishedTrainsNothingAlone) {
   expectOneHistory(group);
 }
 
+// Every peer stopped and restarted from its checkpoint while the coordinator stays up (it
+// remembers how far the run got): the group forms again from what the checkpoints hold and goes
+// on where it stopped, with one history from the restart on. The peers stop one by one, so the
+// last one may apply a round alone that no checkpoint holds; that round is trained again after the
+// restart (the coordinator logs the rollback), which is why only the restarted processes' rounds
+// must form one history.
+TEST(Resilience, TheWholeGroupRestartedFromItsCheckpointsGoesOnWhereItStopped) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 3, coordinator.address(), 50, {"--checkpoint-dir", dir.file("ckpt")});
+  ASSERT_TRUE(group.waitRounds(12, milliseconds(60000))) << group.logs();
+  for (int r = 0; r < group.size(); ++r) group.peer(r).signal(SIGTERM);
+  std::vector<std::size_t> lines_before(group.size());
+  for (int r = 0; r < group.size(); ++r) {
+    auto rc = group.peer(r).waitExit(milliseconds(20000));
+    ASSERT_TRUE(rc.has_value()) << group.logs();
+    lines_before[r] = readJsonl(group.jsonl(r)).size();
+    ASSERT_LT(readJsonl(group.jsonl(r)).back().step, group.finalStep());
+  }
+  for (int r = 0; r < group.size(); ++r) group.restart(r, {"--resume"});
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int r = 0; r < group.size(); ++r) {
+    auto rc = group.peer(r).waitExit(milliseconds(120000));
+    ASSERT_TRUE(rc.has_value()) << group.logs();
+    EXPECT_EQ(*rc, 0) << group.logs();
+    const auto lines = readJsonl(group.jsonl(r));
+    ASSERT_GT(lines.size(), lines_before[r] + 1)
+        << "peer " << r << " trained nothing after --resume";
+    const auto& resumed = lines[lines_before[r]];
+    EXPECT_EQ(resumed.contributors, 0)
+        << "peer " << r << ": the restart's first line is its resume";
+    EXPECT_GE(resumed.step, 10u) << "peer " << r << " started over instead of resuming";
+    EXPECT_EQ(lines.back().step, group.finalStep()) << "peer " << r;
+    std::uint64_t last = resumed.step;
+    for (std::size_t i = lines_before[r] + 1; i < lines.size(); ++i) {
+      EXPECT_GT(lines[i].step, last) << "peer " << r << ": a round applied twice\n"
+                                     << readFile(group.jsonl(r));
+      last = lines[i].step;
+      digests[lines[i].step].insert(lines[i].digest);
+    }
+  }
+  for (const auto& [step, d] : digests)
+    EXPECT_EQ(d.size(), 1u) << "two histories at outer step " << step << "\n" << group.logs();
+}
+
 // A checkpoint folder that cannot be written (here a file stands where the folder should be, which
 // fails every write without root; `loco chaos`'s disk_full fault puts a full tmpfs there) costs
 // durability, not the run: each peer warns once, counts the failures, trains on, and its next
