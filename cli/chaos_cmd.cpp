@@ -3,6 +3,7 @@
 // (cli/chaos/). A bad scenario fails here, before anything starts, naming its line.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <sstream>
@@ -100,6 +101,10 @@ int runChaos(const Args& args) {
     if (coord != "on" && coord != "off")
       return reportFailure(
           Status(StatusCode::kInvalidArgument, "--coordinator-faults takes on or off"));
+    // Failovers need a standby coordinator: a random run that may draw them has one.
+    if (coord == "on" &&
+        std::find(kinds.begin(), kinds.end(), chaos::FaultKind::kFailover) != kinds.end())
+      scenario.swarm.standby = true;
     scenario = chaos::randomScenario(scenario, static_cast<std::uint64_t>(*seed), duration_s, kinds,
                                      coord == "on");
     if (scenario.name == "chaos") scenario.name = "chaosr";

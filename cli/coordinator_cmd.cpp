@@ -18,6 +18,10 @@ int runCoordinator(const Args& args) {
                 "ms to wait for a lost group's members before admitting those that came back "
                 "(default: heartbeat timeout + 4000)",
                 ""},
+               {"holder-wait",
+                "ms peers that hold less than the run reached wait, with no member left, for a "
+                "peer that holds it before the run goes on from what they hold",
+                "60000"},
                {"port-file", "write the bound port to this file once listening", ""}});
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
 
@@ -28,12 +32,14 @@ int runCoordinator(const Args& args) {
   auto interval = flags.getInt("heartbeat-interval", 10, 600000);
   auto timeout = flags.getInt("heartbeat-timeout", 20, 3600000);
   auto handshake = flags.getInt("handshake-timeout", 10, 600000);
-  for (const auto* r : {&interval, &timeout, &handshake}) {
+  auto holder_wait = flags.getInt("holder-wait", 0, 86400000);
+  for (const auto* r : {&interval, &timeout, &handshake, &holder_wait}) {
     if (!*r) return reportFailure(r->status());
   }
   opts.heartbeat_interval = Millis(*interval);
   opts.heartbeat_timeout = Millis(*timeout);
   opts.handshake_timeout = Millis(*handshake);
+  opts.holder_wait = Millis(*holder_wait);
   if (flags.isSet("rebuild-window")) {
     auto window = flags.getInt("rebuild-window", 0, 3600000);
     if (!window) return reportFailure(window.status());

@@ -15,7 +15,10 @@
 // the others train on meanwhile. A coordinator that dies is started again on the same address.
 // The exit status says whether the run reached its last step with every peer's shared state in
 // agreement, not whether every process lived. OUT/processes.json names every process's current
-// pid and host (what `loco chaos` signals).
+// pid and host (what `loco chaos` signals). --standby on: a second coordinator ("standby", on the
+// coordinator's host, its own port) that every peer lists after the first; when the one that
+// holds the group dies the peers move to the other, and the dead one is restarted, empty, on its
+// address (peers register where the group is, p2p/membership_client.h).
 //
 // --idle: the membership demo: all peers join, one leaves, then everyone stops.
 #include <fcntl.h>
@@ -112,6 +115,8 @@ struct Swarm {
   Phase phase = Phase::kStartCoordinator;
   std::vector<std::unique_ptr<Child>> children;  // [0] coordinator, then peers
   std::uint16_t port = 0;
+  std::unique_ptr<Child> standby;  // --standby on: a second coordinator
+  std::uint16_t standby_port = 0;
   std::string last_view;
   std::string failure;
   bool interrupted = false;
@@ -154,6 +159,17 @@ struct Swarm {
     phase_since = Clock::now();
   }
   Clock::duration inPhase() const { return Clock::now() - phase_since; }
+  // The coordinators: the first, then the standby (if any).
+  std::vector<Child*> coordinators() const {
+    std::vector<Child*> out{children[0].get()};
+    if (standby) out.push_back(standby.get());
+    return out;
+  }
+  std::string coordinatorList() const {
+    std::string out = fmt::format("{}:{}", addressOf(0), port);
+    if (standby) out += fmt::format(",{}:{}", addressOf(0), standby_port);
+    return out;
+  }
   bool stopping() const {
     return phase == Phase::kStopPeers || phase == Phase::kStopCoordinator || phase == Phase::kDone;
   }
@@ -184,6 +200,13 @@ void writeProcesses(const Swarm& s) {
         i ? "," : "", c.name, c.pid, c.running ? "true" : "false", s.hostOf(i), s.addressOf(i),
         i == 0 ? s.port : 0, i == 0 ? -1 : static_cast<int>(i) - 1, c.peer_id, c.restarts,
         c.resumed ? "true" : "false", c.finished ? "true" : "false", c.gave_up ? "true" : "false");
+  }
+  if (s.standby) {
+    const Child& c = *s.standby;
+    json += fmt::format(
+        R"(,"standby":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":-1,"id":"","restarts":{},"resumed":false,"finished":false,"gave_up":false}})",
+        c.pid, c.running ? "true" : "false", s.hostOf(0), s.addressOf(0), s.standby_port,
+        c.restarts);
   }
   json += "}\n";
   (void)writeFileAtomic(s.out_dir + "/processes.json", json);
@@ -253,7 +276,7 @@ bool anyRunning(const Swarm& s, std::size_t from = 0) {
   for (std::size_t i = from; i < s.children.size(); ++i) {
     if (s.children[i]->running) return true;
   }
-  return false;
+  return from == 0 && s.standby && s.standby->running;
 }
 
 void beginShutdown(Swarm& s, const std::string& why) {
@@ -288,10 +311,10 @@ std::string checkpointDirOf(const Swarm& s, const Child& c) {
 std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool initial) {
   Child& c = *s.children[index];
   std::vector<std::string> args{
-      "join", "--coordinator", fmt::format("{}:{}", s.addressOf(0), s.port), "--listen",
-      s.addressOf(index) + ":0", "--identity", fmt::format("{}/{}.id", s.out_dir, c.name),
-      "--log-level", s.log_level, "--rank", std::to_string(index - 1), "--world-hint",
-      std::to_string(s.peers), "--wait-for", initial ? std::to_string(s.peers) : "1", "--metrics",
+      "join", "--coordinator", s.coordinatorList(), "--listen", s.addressOf(index) + ":0",
+      "--identity", fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level,
+      "--rank", std::to_string(index - 1), "--world-hint", std::to_string(s.peers), "--wait-for",
+      initial ? std::to_string(s.peers) : "1", "--metrics",
       fmt::format("{}/{}.jsonl", s.out_dir, c.name),
       // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
       "--measure-topology", s.lab ? "on" : "off"};
@@ -408,12 +431,13 @@ void startPeer(Swarm& s, std::size_t index, bool initial) {
   }
 }
 
-std::vector<std::string> coordinatorArgs(const Swarm& s) {
+std::vector<std::string> coordinatorArgs(const Swarm& s, bool standby = false) {
   return {"coordinator",
           "--listen",
-          fmt::format("{}:{}", s.addressOf(0), s.port),  // port 0 the first time
+          fmt::format("{}:{}", s.addressOf(0),
+                      standby ? s.standby_port : s.port),  // port 0 the first time
           "--port-file",
-          s.out_dir + "/coordinator.port",
+          s.out_dir + (standby ? "/standby.port" : "/coordinator.port"),
           "--heartbeat-interval",
           std::to_string(s.heartbeat_interval_ms),
           "--heartbeat-timeout",
@@ -434,6 +458,15 @@ void scheduleRestart(Swarm& s, Child& c) {
 
 // The supervisor's look at every process that exited since the last tick (training).
 void superviseExits(Swarm& s) {
+  if (Child* sb = s.standby.get(); sb && sb->started && !sb->running && !sb->exit_handled) {
+    sb->exit_handled = true;
+    writeProcesses(s);
+    if (!sb->expected_exit && !s.stopping()) {
+      scheduleRestart(s, *sb);
+      s.say(fmt::format("standby coordinator {}; restarting it on {}:{} in {:.1f} s",
+                        describeExit(*sb), s.addressOf(0), s.standby_port, toSeconds(sb->backoff)));
+    }
+  }
   for (std::size_t i = 0; i < s.children.size(); ++i) {
     Child& c = *s.children[i];
     if (!c.started || c.running || c.exit_handled) continue;
@@ -483,6 +516,14 @@ void superviseExits(Swarm& s) {
 // Starts every process whose restart is due.
 void restartDue(Swarm& s) {
   if (s.stopping()) return;
+  if (Child* sb = s.standby.get();
+      sb && sb->restart_at && Clock::now() >= *sb->restart_at && !sb->running) {
+    ++sb->restarts;
+    if (Status st = spawn(s, *sb, 0, coordinatorArgs(s, true)); !st.isOk()) {
+      s.failure = st.message();
+      beginShutdown(s, s.failure);
+    }
+  }
   for (std::size_t i = 0; i < s.children.size(); ++i) {
     Child& c = *s.children[i];
     if (!c.restart_at || Clock::now() < *c.restart_at || c.running) continue;
@@ -555,9 +596,11 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
     showProgress(s);
     s.say(runComplete(s) ? "all peers finished; stopping the coordinator (SIGTERM)"
                          : "no peer left to train, and none to restart; stopping the coordinator");
-    s.children[0]->expected_exit = true;
-    s.children[0]->restart_at.reset();
-    signalChild(*s.children[0], SIGTERM);
+    for (Child* c : s.coordinators()) {
+      c->expected_exit = true;
+      c->restart_at.reset();
+      signalChild(*c, SIGTERM);
+    }
     s.setPhase(Phase::kStopCoordinator);
   } else if (s.completed_at && Clock::now() - *s.completed_at > kStragglerGrace &&
              Clock::now() - *s.completed_at <= kFinishGrace) {
@@ -647,6 +690,10 @@ void tick(Swarm& s) {
       c->restart_at.reset();
       signalChild(*c, SIGKILL);
     }
+    if (s.standby) {
+      s.standby->restart_at.reset();
+      signalChild(*s.standby, SIGKILL);
+    }
     s.setPhase(Phase::kDone);
   }
   if (s.training) {
@@ -664,26 +711,35 @@ void tick(Swarm& s) {
     }
   }
   std::optional<p2p::GroupView> view;
-  if (s.port != 0 && coord.running) {
-    auto v = p2p::fetchStatus({s.addressOf(0), s.port}, Deadline::after(Millis(500)));
-    if (v) {
-      view = std::move(v.value());
-      std::string line = viewLine(*view, s);
-      if (line != s.last_view) {
-        s.say(line);
-        s.last_view = line;
-      }
+  // The view of the coordinator that holds the group (with a standby: the one with more peers).
+  for (Child* c : s.coordinators()) {
+    const std::uint16_t port = c == &coord ? s.port : s.standby_port;
+    if (port == 0 || !c->running) continue;
+    auto v = p2p::fetchStatus({s.addressOf(0), port}, Deadline::after(Millis(500)));
+    if (v && (!view || v->peers.size() > view->peers.size())) view = std::move(v.value());
+  }
+  if (view) {
+    std::string line = viewLine(*view, s);
+    if (line != s.last_view) {
+      s.say(line);
+      s.last_view = line;
     }
   }
   switch (s.phase) {
     case Phase::kStartCoordinator: {
       std::ifstream f(s.out_dir + "/coordinator.port");
-      int port = 0;
-      if (f >> port && port > 0) {
+      int port = 0, standby_port = 0;
+      if (s.standby) {
+        std::ifstream g(s.out_dir + "/standby.port");
+        g >> standby_port;
+      }
+      if (f >> port && port > 0 && (!s.standby || standby_port > 0)) {
         s.port = static_cast<std::uint16_t>(port);
+        s.standby_port = static_cast<std::uint16_t>(std::max(0, standby_port));
         writeProcesses(s);
-        s.say(fmt::format("coordinator listening on {}:{}; starting {} peers", s.addressOf(0), port,
-                          s.peers));
+        s.say(fmt::format(
+            "coordinator listening on {}:{}{}; starting {} peers", s.addressOf(0), port,
+            s.standby ? fmt::format(", a standby on port {}", standby_port) : "", s.peers));
         if (s.training) {
           s.setPhase(Phase::kStartPeers);
           break;
@@ -736,9 +792,11 @@ void tick(Swarm& s) {
       // The grace period counts from when the shutdown began (this phase), not from the tick.
       if (!anyRunning(s, 1)) {
         s.say("all peers exited; stopping the coordinator (SIGTERM)");
-        coord.expected_exit = true;
-        coord.restart_at.reset();
-        signalChild(coord, SIGTERM);
+        for (Child* c : s.coordinators()) {
+          c->expected_exit = true;
+          c->restart_at.reset();
+          signalChild(*c, SIGTERM);
+        }
         s.setPhase(Phase::kStopCoordinator);
       } else if (s.inPhase() > Millis(5000)) {
         s.say("peers did not stop within 5 s; killing them");
@@ -747,10 +805,10 @@ void tick(Swarm& s) {
       }
       break;
     case Phase::kStopCoordinator:
-      if (!coord.running) {
+      if (!coord.running && !(s.standby && s.standby->running)) {
         s.setPhase(Phase::kDone);
       } else if (s.inPhase() > Millis(5000)) {
-        signalChild(coord, SIGKILL);
+        for (Child* c : s.coordinators()) signalChild(*c, SIGKILL);
       }
       break;
     case Phase::kDone:
@@ -817,7 +875,9 @@ int runLocal(const Args& args) {
       {"peer", "I:cpu=C: peer I (1-based) runs with C cores' worth of CPU (a cgroup quota; root)",
        "", false, true},
       {"heartbeat-interval", "the coordinator's heartbeat interval, ms", "250"},
-      {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"}};
+      {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"},
+      {"standby",
+       "on: a standby coordinator beside the first; the peers fail over to it (training)", "off"}};
   for (auto& spec : trainingFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("local",
               "train on this machine: a coordinator and N peers as processes, with a live view",
@@ -837,6 +897,12 @@ int runLocal(const Args& args) {
   const std::string restart = flags.get("restart-dead");
   if (restart != "on" && restart != "off")
     return reportFailure(Status(StatusCode::kInvalidArgument, "--restart-dead takes on or off"));
+  const std::string standby = flags.get("standby");
+  if (standby != "on" && standby != "off")
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--standby takes on or off"));
+  if (standby == "on" && !training)
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "--standby is for training runs, not --idle"));
   auto overrides = parsePeerOverrides(flags.getAll("peer"), static_cast<int>(*peers));
   if (!overrides) return reportFailure(overrides.status());
   if (!overrides->empty()) {
@@ -908,6 +974,7 @@ int runLocal(const Args& args) {
                fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
+  ::unlink((s.out_dir + "/standby.port").c_str());
 
   s.children.push_back(std::make_unique<Child>(Child{"coordinator"}));
   const int extra = s.join_at >= 0 ? 1 : 0;  // the late joiner, started by --join-at
@@ -937,6 +1004,13 @@ int runLocal(const Args& args) {
                     s.out_dir));
   Status st = spawn(s, *s.children[0], 0, coordinatorArgs(s));
   if (!st.isOk()) return reportFailure(st);
+  if (standby == "on") {
+    s.standby = std::make_unique<Child>(Child{"standby"});
+    if (st = spawn(s, *s.standby, 0, coordinatorArgs(s, true)); !st.isOk()) {
+      signalChild(*s.children[0], SIGKILL);
+      return reportFailure(st);
+    }
+  }
   uv_timer_start(
       &s.timer, [](uv_timer_t* t) { tick(*static_cast<Swarm*>(t->data)); }, 0, 200);
   uv_run(&s.loop, UV_RUN_DEFAULT);
@@ -949,10 +1023,13 @@ int runLocal(const Args& args) {
   bool digests_agree = true;
   if (s.training) digests_agree = writeTrainingResults(s);
   std::printf("\nsummary:\n");
-  for (auto& c : s.children) {
+  std::vector<Child*> all;
+  for (auto& c : s.children) all.push_back(c.get());
+  if (s.standby) all.push_back(s.standby.get());
+  for (Child* c : all) {
     if (!c->started) continue;
     std::string what;
-    if (c.get() == s.children[static_cast<std::size_t>(s.peers)].get() && s.killed &&
+    if (c == s.children[static_cast<std::size_t>(s.peers)].get() && s.killed &&
         c->term_signal == SIGKILL) {
       what = "killed by --kill-at (as asked)";
     } else {

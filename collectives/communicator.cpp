@@ -1028,9 +1028,9 @@ Status Communicator::leave(Deadline deadline) {
   return impl_->client().leave(deadline);
 }
 void Communicator::setRegistrationReport(std::uint64_t state_revision, std::uint64_t state_digest,
-                                         std::uint64_t progress) {
+                                         std::uint64_t progress, bool finished) {
   impl_->client().setRegistrationReport(
-      p2p::RegistrationReport{state_revision, state_digest, progress});
+      p2p::RegistrationReport{state_revision, state_digest, progress, finished});
 }
 Status Communicator::waitForProbes(Deadline deadline) {
   return impl_->waitForProbes(deadline);

@@ -111,10 +111,12 @@ class Communicator {
   Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options,
                                      Deadline deadline);
   Status leave(Deadline deadline);
-  // What this peer holds, sent when it registers again after losing its coordinator (for the
-  // coordinator's log; the shared-state sync decides). Any thread.
+  // What this peer holds (`finished`: it reached the run's last step), sent to the coordinator
+  // now and when it registers again after losing its coordinator: the coordinator keeps the
+  // run's high-water mark from it (p2p/membership.h); the shared-state sync decides the state.
+  // Any thread.
   void setRegistrationReport(std::uint64_t state_revision, std::uint64_t state_digest,
-                             std::uint64_t progress);
+                             std::uint64_t progress, bool finished = false);
   // Blocks until this peer has probed every member it had no bandwidth estimate for (probes
   // start when a view arrives and run in the background). For benchmarks and tests: a sync point
   // after this applies the better ring, if there is one. Errors: kTimeout.

@@ -46,7 +46,7 @@ Coordinator::Coordinator(asio::io_context& io, CoordinatorOptions options)
     : io_(io),
       options_(std::move(options)),
       tick_timer_(io),
-      membership_(options_.heartbeat_timeout, options_.rebuild_window) {}
+      membership_(options_.heartbeat_timeout, options_.rebuild_window, options_.holder_wait) {}
 
 Coordinator::~Coordinator() {
   shutdown();
@@ -249,6 +249,17 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
       return apply(membership_.syncRequest(id, now));
     case MsgType::kLinkReport:
       return onLinkReport(id, payload);
+    case MsgType::kProgress: {
+      auto report = decodeProgress(payload);
+      if (!report) {
+        counter("coord.bad_progress_reports").inc();
+        auto it = peers_.find(id);
+        if (it != peers_.end())
+          it->second->close(report.status().withContext("progress report from " + shortId(id)));
+        return;
+      }
+      return apply(membership_.progress(id, *report, now));
+    }
     case MsgType::kLeave: {
       auto it = peers_.find(id);
       if (it != peers_.end()) {
@@ -367,6 +378,30 @@ void Coordinator::apply(MembershipEffects fx) {
         bandwidth_.erase(e.peer);
         counter("coord.peers_left").inc();
         LOG_INFO(kLogCoord, "peer {} left epoch={} world={}", shortId(e.peer), e.epoch, world);
+        break;
+      case MembershipEvent::Kind::kCompleted: {
+        counter("coord.told_run_completed").inc();
+        LOG_INFO(kLogCoord, "peer {} told that the run is over: {}", shortId(e.peer), e.reason);
+        auto it = peers_.find(e.peer);
+        if (it != peers_.end()) {
+          auto conn = it->second;
+          peers_.erase(it);
+          conn->setCloseHandler(nullptr);
+          conn->send(MsgType::kRefused,
+                     encodeRefused(RefusedMsg{StatusCode::kCompleted, e.reason}));
+          conn->closeAfterFlush(Status(StatusCode::kCompleted, e.reason));
+        }
+        break;
+      }
+      case MembershipEvent::Kind::kHeld:
+        // Often for a moment only: a peer resumed from its checkpoint reports what it holds
+        // right after it registers.
+        counter("coord.held_for_progress").inc();
+        LOG_INFO(kLogCoord, "{} (--holder-wait)", e.reason);
+        break;
+      case MembershipEvent::Kind::kRolledBack:
+        counter("coord.progress_rolled_back").inc();
+        LOG_WARN(kLogCoord, "{}", e.reason);
         break;
       case MembershipEvent::Kind::kEvicted: {
         bandwidth_.erase(e.peer);

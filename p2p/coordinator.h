@@ -38,6 +38,9 @@ struct CoordinatorOptions {
   // the members the re-registering peers report before it admits those that came back
   // (membership.h). Unset: defaultRebuildWindow(heartbeat_timeout).
   std::optional<Millis> rebuild_window;
+  // How long peers behind the run's high-water mark, with no members left, wait for a peer that
+  // holds it before the run goes on from what they hold (membership.h).
+  Millis holder_wait = kDefaultHolderWait;
 };
 
 class Coordinator {

@@ -52,6 +52,8 @@ std::string_view msgTypeName(MsgType t) {
       return "StateComplaint";
     case MsgType::kLinkReport:
       return "LinkReport";
+    case MsgType::kProgress:
+      return "Progress";
   }
   return "Unknown";
 }
@@ -89,6 +91,8 @@ std::uint32_t maxPayload(MsgType t) {
       return 4096;
     case MsgType::kLinkReport:
       return 64u << 10;
+    case MsgType::kProgress:
+      return 256;  // version 1 is 26 bytes; room for fields a newer peer appends
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:

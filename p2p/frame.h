@@ -54,9 +54,10 @@ enum class MsgType : std::uint8_t {
                          // withdrawal seen)
   kStateComplaint = 22,  // peer -> coordinator: a source served corrupt chunks (StateComplaintMsg)
   kLinkReport =
-      23,  // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+      23,          // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+  kProgress = 24,  // peer -> coordinator: what it holds after a round it applied (ProgressMsg)
 };
-inline constexpr MsgType kLastMsgType = MsgType::kLinkReport;
+inline constexpr MsgType kLastMsgType = MsgType::kProgress;
 
 std::string_view msgTypeName(MsgType t);
 

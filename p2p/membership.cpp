@@ -69,6 +69,8 @@ Result<MembershipEffects> Membership::join(const JoinRequest& request, TimePoint
   }
   epoch_ = std::max(epoch_, request.last_epoch);
   peers_.push_back(Peer{id, request.addr, request.streams, PeerState::kPending, now, now, request});
+  // A coordinator that restarted learns how far the run got from the peers that come back.
+  raiseHighWater(id, ProgressMsg{request.state_revision, request.state_digest, request.progress});
   fx.view_changed = true;
   fx.events.push_back({MembershipEvent::Kind::kPending, id, epoch_, ""});
   fx.merge(maybeCompleteBarrier());
@@ -78,6 +80,30 @@ Result<MembershipEffects> Membership::join(const JoinRequest& request, TimePoint
 void Membership::heartbeat(const std::string& id, TimePoint now) {
   now_ = std::max(now_, now);
   if (Peer* p = find(id)) p->last_heard = std::max(p->last_heard, now);
+}
+
+MembershipEffects Membership::progress(const std::string& id, const ProgressMsg& report,
+                                       TimePoint now) {
+  now_ = std::max(now_, now);
+  Peer* p = find(id);
+  if (p == nullptr) return {};
+  p->last_heard = std::max(p->last_heard, now);
+  p->report.state_revision = report.state_revision;
+  p->report.state_digest = report.state_digest;
+  p->report.progress = report.progress;
+  raiseHighWater(id, report);
+  // A pending peer that resumed from a checkpoint may hold what the others wait for.
+  if (ring_.empty() && p->state == PeerState::kPending) return maybeCompleteBarrier();
+  return {};
+}
+
+void Membership::raiseHighWater(const std::string& id, const ProgressMsg& report) {
+  if (report.progress > high_water_.progress) {
+    high_water_ = HighWaterMark{report.progress, report.state_revision, report.state_digest,
+                                report.finished, id};
+  } else if (report.progress == high_water_.progress && report.finished && !high_water_.finished) {
+    high_water_.finished = true;
+  }
 }
 
 MembershipEffects Membership::syncRequest(const std::string& id, TimePoint now) {
@@ -121,15 +147,20 @@ MembershipEffects Membership::maybeCompleteBarrier() {
   bool any_pending = std::any_of(peers_.begin(), peers_.end(),
                                  [](const Peer& p) { return p.state == PeerState::kPending; });
   std::string rebuilt;
+  MembershipEffects fx;
   if (ring_.empty()) {
-    // Nobody to wait for: admit whoever is pending, unless the members of a lost group are
-    // still on their way back.
-    if (!any_pending || rebuilding()) return {};
+    // Nobody to wait for: admit whoever is pending, unless they are all behind the run, or the
+    // members of a lost group are still on their way back.
+    if (!any_pending) {
+      behind_since_.reset();
+      return {};
+    }
+    if (auto stop = checkProgress(fx)) return std::move(*stop);
+    if (rebuilding()) return fx;
     if (latestReport() != nullptr) rebuilt = describeRebuild();
   } else if (synced_.size() < ring_.size()) {
     return {};
   }
-  MembershipEffects fx;
   if (any_pending) {
     abortOpenOps(fx, epoch_);  // none should be open at a sync point; never let one straddle epochs
     ++epoch_;
@@ -219,6 +250,62 @@ MembershipEffects Membership::tick(TimePoint now) {
   // A rebuild whose window has passed admits whoever came back.
   if (ring_.empty()) fx.merge(maybeCompleteBarrier());
   return fx;
+}
+
+std::optional<MembershipEffects> Membership::checkProgress(MembershipEffects& fx) {
+  const Peer* best = nullptr;
+  for (const Peer& p : peers_) {
+    if (p.state == PeerState::kPending &&
+        (best == nullptr || p.report.progress > best->report.progress))
+      best = &p;
+  }
+  if (best == nullptr || best->report.progress >= high_water_.progress) {
+    behind_since_.reset();
+    return std::nullopt;
+  }
+  const HighWaterMark& hw = high_water_;
+  const std::string mark =
+      fmt::format("progress {} (shared-state revision {}, digest {:016x}; peer {})", hw.progress,
+                  hw.state_revision, hw.state_digest, hw.peer.substr(0, 8));
+  if (hw.finished) {
+    // Training these rounds again could only fork the run's result.
+    MembershipEffects done;
+    done.view_changed = true;
+    for (auto it = peers_.begin(); it != peers_.end();) {
+      if (it->state != PeerState::kPending) {
+        ++it;
+        continue;
+      }
+      done.events.push_back(
+          {MembershipEvent::Kind::kCompleted, it->id, epoch_,
+           fmt::format("the run completed at {} while this peer was away; it holds progress {}, "
+                       "and nothing is left for it to do",
+                       mark, it->report.progress)});
+      it = peers_.erase(it);
+    }
+    behind_since_.reset();
+    return done;
+  }
+  if (!behind_since_) {
+    behind_since_ = now_;
+    MembershipEffects held;
+    held.events.push_back(
+        {MembershipEvent::Kind::kHeld, "", epoch_,
+         fmt::format("the pending peers hold progress {} at most, the run reached {}: admitting "
+                     "nobody until a peer that holds it registers (at most {} ms)",
+                     best->report.progress, mark, holder_wait_.count())});
+    return held;
+  }
+  if (now_ - *behind_since_ < holder_wait_) return MembershipEffects{};
+  fx.events.push_back(
+      {MembershipEvent::Kind::kRolledBack, best->id, epoch_,
+       fmt::format("no peer holding {} registered within {} ms; the run goes on from progress {} "
+                   "(peer {}): the rounds after it are trained again",
+                   mark, holder_wait_.count(), best->report.progress, best->id.substr(0, 8))});
+  high_water_ = HighWaterMark{best->report.progress, best->report.state_revision,
+                              best->report.state_digest, false, best->id};
+  behind_since_.reset();
+  return std::nullopt;
 }
 
 const Membership::Peer* Membership::latestReport() const {

@@ -19,6 +19,15 @@
 //   member of the most recent group they report has registered again, or `rebuild_window` has
 //   passed since the first of them did. The group then comes back as one epoch, above every
 //   epoch the peers report, and no early peer runs a round alone.
+// - Progress: the membership keeps the run's high-water mark, the most advanced state any peer
+//   reported (registrations, and a ProgressMsg after every round a peer applies), also after
+//   every peer that held it has gone. A group that forms from nobody (no members) out of pending
+//   peers that all hold less than the mark would train the rounds after their state again, apart
+//   from the run (a fork). So instead: if the mark says the run finished, each of them is told
+//   (kCompleted) and removed; otherwise nobody is admitted until a peer that holds the mark's
+//   progress registers, for at most `holder_wait`; after that they are admitted and the run goes
+//   on from the best state they hold (kRolledBack, the mark comes down to it). A coordinator that
+//   restarted knows only what the peers that register again report.
 // Not thread-safe: the coordinator calls it from its one network thread.
 
 #include <cstdint>
@@ -37,12 +46,26 @@ namespace loco::p2p {
 struct MembershipEvent {
   // kReplaced: the same process registered again over a new connection (its old registration
   // is gone; do not send it an Evicted). kRebuilt: a lost group came back at a rebuild barrier.
-  enum class Kind { kPending, kAdmitted, kLeft, kEvicted, kReordered, kReplaced, kRebuilt };
+  // kCompleted: a pending peer behind a finished run was removed (tell it: Refused kCompleted).
+  // kHeld: pending peers behind the high-water mark wait for a peer that holds it (no peer).
+  // kRolledBack: nobody holding the mark came back in time; the run goes on from less.
+  enum class Kind {
+    kPending,
+    kAdmitted,
+    kLeft,
+    kEvicted,
+    kReordered,
+    kReplaced,
+    kRebuilt,
+    kCompleted,
+    kHeld,
+    kRolledBack
+  };
   Kind kind;
   std::string peer;
   std::uint64_t epoch;  // epoch after the event
-  // kLeft / kEvicted / kReplaced: why; kReordered: the new ring; kRebuilt: who came back and
-  // what state they report.
+  // kLeft / kEvicted / kReplaced / kCompleted: why; kReordered: the new ring; kRebuilt: who came
+  // back and what state they report; kHeld / kRolledBack: what is missing.
   std::string reason;
 };
 
@@ -64,6 +87,20 @@ struct JoinRequest {
 // loss within a heartbeat timeout of each other and retry at most BackoffOptions::max apart.
 Millis defaultRebuildWindow(Millis heartbeat_timeout);
 
+// How long peers behind the high-water mark wait for a peer that holds it (see the rules): long
+// enough for a supervisor to restart a dead holder from its checkpoint (loco local backs off
+// 30 s at most).
+inline constexpr Millis kDefaultHolderWait{60000};
+
+// The most advanced state a peer of this run reported.
+struct HighWaterMark {
+  std::uint64_t progress = 0;
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  bool finished = false;  // a peer that held it had reached the run's last step
+  std::string peer;       // who reported it
+};
+
 // The coordinator's verdict on one collective operation: commit when every member of the
 // operation's epoch reported it done, abort on a failure report or any membership change.
 // Peers report success only after a commit, so no two survivors can disagree.
@@ -84,9 +121,11 @@ struct MembershipEffects {
 
 class Membership {
  public:
-  explicit Membership(Millis heartbeat_timeout, std::optional<Millis> rebuild_window = {})
+  explicit Membership(Millis heartbeat_timeout, std::optional<Millis> rebuild_window = {},
+                      Millis holder_wait = kDefaultHolderWait)
       : heartbeat_timeout_(heartbeat_timeout),
-        rebuild_window_(rebuild_window.value_or(defaultRebuildWindow(heartbeat_timeout))) {}
+        rebuild_window_(rebuild_window.value_or(defaultRebuildWindow(heartbeat_timeout))),
+        holder_wait_(holder_wait) {}
 
   // Registers a peer as pending. `last_epoch` is the highest epoch the peer has seen: after a
   // coordinator restart the epoch continues above it. Errors: kAlreadyExists if `id` is
@@ -96,6 +135,10 @@ class Membership {
                                  std::uint32_t streams, TimePoint now,
                                  std::uint64_t last_epoch = 0);
   void heartbeat(const std::string& id, TimePoint now);
+  // What a registered peer holds now (ProgressMsg). Raises the high-water mark; with no members,
+  // may admit peers that were held for it. Reports of unknown peers are ignored.
+  MembershipEffects progress(const std::string& id, const ProgressMsg& report, TimePoint now);
+  const HighWaterMark& highWater() const { return high_water_; }
   // A member reached a sync point. Requests from pending or unknown peers are ignored.
   MembershipEffects syncRequest(const std::string& id, TimePoint now);
   MembershipEffects leave(const std::string& id);
@@ -133,7 +176,7 @@ class Membership {
     PeerState state = PeerState::kPending;
     TimePoint last_heard;
     TimePoint registered;
-    JoinRequest report;  // what it said when it registered
+    JoinRequest report;  // what it said when it registered (progress: and since)
   };
   Peer* find(const std::string& id);
   const Peer* find(const std::string& id) const;
@@ -144,11 +187,19 @@ class Membership {
   MembershipEffects maybeCompleteBarrier();
   // With no members: the pending peer whose report of a previous group is most recent.
   const Peer* latestReport() const;
+  // With no members and someone pending: the progress rule (see above). nullopt: the pending
+  // peers may form the group (a rollback event, if the wait ran out, goes into `fx`); else the
+  // effects to stop with.
+  std::optional<MembershipEffects> checkProgress(MembershipEffects& fx);
+  void raiseHighWater(const std::string& id, const ProgressMsg& report);
   std::string describeRebuild() const;
 
   Millis heartbeat_timeout_;
   Millis rebuild_window_;
-  TimePoint now_{};  // the latest time any input carried
+  Millis holder_wait_;
+  HighWaterMark high_water_;
+  std::optional<TimePoint> behind_since_;  // pending peers are held for the high-water mark
+  TimePoint now_{};                        // the latest time any input carried
   std::uint64_t epoch_ = 0;
   std::vector<Peer> peers_;                             // registration order
   std::vector<std::string> ring_;                       // members in ring order

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <future>
+#include <optional>
 #include <random>
+#include <tuple>
 
 #include "p2p/base/log.h"
 #include "p2p/connection.h"
@@ -105,8 +107,17 @@ void MembershipClient::setLostCallback(std::function<void(const Status&)> cb) {
   lost_cb_ = std::move(cb);
 }
 void MembershipClient::setRegistrationReport(RegistrationReport report) {
-  std::lock_guard lock(mu_);
-  report_ = report;
+  {
+    std::lock_guard lock(mu_);
+    report_ = report;
+  }
+  net_.post([this, report] {
+    if (conn_ && conn_registered_) {
+      conn_->send(MsgType::kProgress,
+                  encodeProgress(ProgressMsg{report.state_revision, report.state_digest,
+                                             report.progress, report.finished}));
+    }
+  });
 }
 
 void MembershipClient::reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok) {
@@ -170,8 +181,119 @@ void MembershipClient::startAttempts(std::size_t first_address, TimePoint give_u
   const TimePoint now = Clock::now();
   // The loss itself was just logged: the first line about attempts comes one interval later.
   (void)attempts_->throttle.shouldLog(now);
-  auto a = attempts_->plan.begin(first_address, now, give_up, first_delay);
-  scheduleAttempt(a.address, a.delay);
+  if (addresses_.size() == 1) {
+    auto a = attempts_->plan.begin(first_address, now, give_up, first_delay);
+    return scheduleAttempt(a.address, a.delay);
+  }
+  // Several coordinators: register where the group is (see the header).
+  Millis timeout;
+  {
+    std::lock_guard lock(mu_);
+    timeout = std::max(kMinAttemptTimeout, heartbeat_timeout_);
+  }
+  timeout =
+      std::max(Millis(1), std::min(timeout, std::chrono::duration_cast<Millis>(give_up - now)));
+  probeCoordinators(first_address, timeout, [this, give_up, first_delay](std::size_t chosen) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopped_ || aborted_) return;
+    }
+    auto a = attempts_->plan.begin(chosen, Clock::now(), give_up, first_delay);
+    scheduleAttempt(a.address, a.delay);
+  });
+}
+
+void MembershipClient::probeCoordinators(std::size_t preferred, Millis timeout,
+                                         std::function<void(std::size_t)> done) {
+  struct Probe {
+    std::vector<std::optional<GroupView>> views;
+    std::vector<bool> settled;
+    std::vector<std::shared_ptr<Connection>> conns;
+    std::size_t outstanding = 0;
+    bool finished = false;
+    std::unique_ptr<asio::steady_timer> timer;
+  };
+  const std::size_t n = addresses_.size();
+  auto probe = std::make_shared<Probe>();
+  probe->views.resize(n);
+  probe->settled.assign(n, false);
+  probe->conns.resize(n);
+  probe->outstanding = n;
+  probe->timer = std::make_unique<asio::steady_timer>(net_.context(), timeout);
+  std::weak_ptr<void> alive = lifetime_;
+  // Ends the probe once (every answer in, or the timeout): closes what is open, then chooses.
+  auto finish = [this, probe, preferred, alive, done = std::move(done)] {
+    if (probe->finished) return;
+    probe->finished = true;
+    probe->timer->cancel();
+    for (auto& c : probe->conns) {
+      if (!c) continue;
+      c->setFrameHandler(nullptr);
+      c->setCloseHandler(nullptr);
+      c->close(Status());
+      c.reset();
+    }
+    if (alive.expired()) return;
+    // An answering coordinator beats a silent one; then the most members, the most peers, the
+    // highest epoch; ties go to the preferred address, then the list order after it.
+    std::size_t best = preferred;
+    auto score = [&](std::size_t i) {
+      const auto& v = probe->views[i];
+      return v ? std::make_tuple(1, v->world(), v->peers.size(), v->epoch)
+               : std::make_tuple(0, std::size_t{0}, std::size_t{0}, std::uint64_t{0});
+    };
+    for (std::size_t k = 1; k < probe->views.size(); ++k) {
+      const std::size_t i = (preferred + k) % probe->views.size();
+      if (score(i) > score(best)) best = i;
+    }
+    if (best != preferred) {
+      const auto& v = probe->views[best];
+      if (v->peers.empty()) {
+        LOG_INFO(kLogPeer, "coordinator {} did not answer and {} did: registering with {}",
+                 addresses_[preferred].toString(), addresses_[best].toString(),
+                 addresses_[best].toString());
+      } else {
+        LOG_INFO(kLogPeer,
+                 "coordinator {} holds the group ({} members, {} pending, epoch {}); registering "
+                 "there rather than with {}",
+                 addresses_[best].toString(), v->world(), v->pending(), v->epoch,
+                 addresses_[preferred].toString());
+      }
+    }
+    done(best);
+  };
+  auto settle = [probe, finish](std::size_t i) {
+    if (probe->finished || probe->settled[i]) return;
+    probe->settled[i] = true;
+    if (--probe->outstanding == 0) finish();
+  };
+  probe->timer->async_wait([finish](const std::error_code& ec) {
+    if (!ec) finish();
+  });
+  for (std::size_t i = 0; i < n; ++i) {
+    asyncConnect(
+        net_.context(), attempts_->endpoints[i], Deadline::after(timeout),
+        [this, probe, settle, alive, i](Result<std::shared_ptr<asio::ip::tcp::socket>> sock) {
+          if (alive.expired() || probe->finished) return;
+          if (!sock) return settle(i);
+          tuneSocket(*sock.value(), Millis(0));
+          Connection::Options copts;
+          copts.name = "coordinator probe";
+          auto conn = Connection::create(
+              net_.context(), std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+          probe->conns[i] = conn;
+          conn->setFrameHandler(
+              [probe, settle, i](const FrameHeader& h, std::vector<std::uint8_t> payload) {
+                if (h.type == MsgType::kStatusReply) {
+                  if (auto v = decodeGroupView(payload)) probe->views[i] = std::move(v.value());
+                }
+                settle(i);
+              });
+          conn->setCloseHandler([settle, i](const Status&) { settle(i); });
+          conn->start();
+          conn->send(MsgType::kStatusRequest);
+        });
+  }
 }
 
 void MembershipClient::scheduleAttempt(std::size_t address, Millis delay) {
@@ -376,6 +498,10 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
   if (h.type == MsgType::kRefused) {
     auto r = decodeRefused(payload);
     const std::string target = addresses_[attempts_->plan.address()].toString();
+    if (r && r->code == StatusCode::kCompleted) {
+      return runCompleted(session, Status(StatusCode::kCompleted,
+                                          fmt::format("coordinator {}: {}", target, r->reason)));
+    }
     return attemptFailed(session, r ? Status(r->code, fmt::format("coordinator {} refused this "
                                                                   "peer: {}",
                                                                   target, r->reason))
@@ -402,6 +528,12 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
         state_ = State::kPending;
         initial_join_ = false;  // from now on a lost coordinator is looked for again
         conn_registered_ = true;
+        // What this peer holds now (it may have changed since the Hello was built).
+        if (conn_ && (report_.progress > 0 || report_.finished)) {
+          conn_->send(MsgType::kProgress,
+                      encodeProgress(ProgressMsg{report_.state_revision, report_.state_digest,
+                                                 report_.progress, report_.finished}));
+        }
         // The coordinator heartbeats us every interval; silence past the timeout means it is gone.
         if (conn_) conn_->setLiveness(heartbeat_interval_, heartbeat_timeout_);
         break;
@@ -460,6 +592,23 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
     cv_.notify_all();
   }
   if (cb) cb(view_copy);
+}
+
+void MembershipClient::runCompleted(std::uint64_t session, Status why) {
+  {
+    std::lock_guard lock(mu_);
+    if (session != session_ || stopped_) return;
+    stopped_ = true;  // nothing to register for any more
+    state_ = State::kDisconnected;
+    last_error_ = why;
+    cv_.notify_all();
+  }
+  if (attempts_) {
+    ++attempts_->timer_generation;
+    attempts_->timer.cancel();
+  }
+  dropConnection();
+  LOG_INFO(kLogPeer, "{}", why.message());
 }
 
 void MembershipClient::onClosed(std::uint64_t session, const Status& why) {

@@ -16,6 +16,15 @@
 //   setRegistrationReport (shared-state revision and digest, progress);
 // - gives up after `coordinator_timeout` without any coordinator: blocking calls then return
 //   kUnavailable with a message that says so.
+// With more than one coordinator address, every registration (the first one and each after a
+// loss) starts by asking every address for its view, all at once: the peer registers with the
+// coordinator that holds the group (the one that answers with the most members, then the most
+// registered peers, then the highest epoch), not with an empty one that was restarted meanwhile;
+// with none holding anyone, the one it had (or the first listed), if that one answers.
+// The report (setRegistrationReport) also goes to the coordinator whenever it is set, so that a
+// coordinator knows how far the run got (membership.h). A coordinator that answers with Refused
+// kCompleted (the run finished while this peer was away) ends the session: blocking calls return
+// kCompleted, and nothing is retried.
 // Admission (the first one or after a reconnect) counts as the peer's sync point: the next
 // syncPoint() or waitForMembership() returns it at once.
 
@@ -57,6 +66,7 @@ struct RegistrationReport {
   std::uint64_t state_revision = 0;
   std::uint64_t state_digest = 0;
   std::uint64_t progress = 0;
+  bool finished = false;  // this peer reached the run's last step
 };
 
 class MembershipClient {
@@ -87,7 +97,8 @@ class MembershipClient {
       std::function<void(std::uint64_t epoch, std::uint64_t op_id, bool commit)> cb);
   // Called on the network thread when this peer is evicted or loses the coordinator (each time).
   void setLostCallback(std::function<void(const Status&)> cb);
-  // Sent with the next registration (any thread).
+  // Sent to the coordinator now (kProgress, if registered) and with every registration (any
+  // thread, non-blocking).
   void setRegistrationReport(RegistrationReport report);
   // Tells the coordinator this peer's part of (epoch, op_id) is done or failed. Non-blocking.
   void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok);
@@ -110,7 +121,8 @@ class MembershipClient {
   // Blocks until this peer is a member and consumes its admission, which counts as this peer's
   // sync point: the next syncPoint() is the barrier after it. Waits through reconnection.
   // Errors: kUnavailable (no coordinator within coordinator_timeout), kAlreadyExists,
-  // kEvicted (coordinator_timeout 0), kTimeout (the deadline; still trying), kAborted.
+  // kEvicted (coordinator_timeout 0), kCompleted (the run finished without this peer),
+  // kTimeout (the deadline; still trying), kAborted.
   Status waitForMembership(Deadline deadline);
   // A sync point: blocks until every member has reached one and returns the epoch of that
   // barrier, the one to continue in (pending peers are admitted here). An admission not yet
@@ -140,6 +152,12 @@ class MembershipClient {
   // Run on the network thread.
   void startAttempts(std::size_t first_address, TimePoint give_up, Millis first_delay);
   void scheduleAttempt(std::size_t address, Millis delay);
+  // Asks every address for its view at once and calls `done` with the one to register with
+  // (see above), within `timeout`.
+  void probeCoordinators(std::size_t preferred, Millis timeout,
+                         std::function<void(std::size_t)> done);
+  // The coordinator said the run completed without this peer: the session ends.
+  void runCompleted(std::uint64_t session, Status why);
   void attempt(std::size_t address);
   void attemptFailed(std::uint64_t session, const Status& why);
   void giveUp(const Status& last);

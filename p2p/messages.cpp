@@ -110,6 +110,32 @@ Result<HelloMsg> decodeHello(ByteSpan in) {
   return m;
 }
 
+std::vector<std::uint8_t> encodeProgress(const ProgressMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(1);  // version
+  w.u64(m.state_revision);
+  w.u64(m.state_digest);
+  w.u64(m.progress);
+  w.u8(m.finished ? 1 : 0);
+  return out;
+}
+
+Result<ProgressMsg> decodeProgress(ByteSpan in) {
+  ByteReader r(in);
+  ProgressMsg m;
+  std::uint8_t version = 0, flags = 0;
+  if (!(r.u8(version) && version >= 1 && r.u64(m.state_revision) && r.u64(m.state_digest) &&
+        r.u64(m.progress) && r.u8(flags)) ||
+      flags > 1) {
+    return malformed("Progress");
+  }
+  m.finished = flags == 1;
+  // A newer peer's fields beyond version 1 are not ours to read.
+  if (version == 1 && !r.done()) return malformed("Progress");
+  return m;
+}
+
 std::vector<std::uint8_t> encodeWelcome(const WelcomeMsg& m) {
   std::vector<std::uint8_t> out;
   ByteWriter w(out);
@@ -142,7 +168,7 @@ Result<RefusedMsg> decodeRefused(ByteSpan in) {
   RefusedMsg m;
   std::uint32_t code = 0;
   if (!(r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.done())) return malformed("Refused");
-  if (code > static_cast<std::uint32_t>(StatusCode::kInternal))
+  if (code > static_cast<std::uint32_t>(kLastStatusCode))
     code = static_cast<std::uint32_t>(StatusCode::kInternal);
   m.code = static_cast<StatusCode>(code);
   return m;
@@ -365,7 +391,7 @@ Result<StatePlanMsg> decodeStatePlan(ByteSpan in) {
         r.u64(m.elected_revision) && readHashes(r, m.canonical) && r.u32(n))) {
     return malformed("StatePlan");
   }
-  if (code > static_cast<std::uint32_t>(StatusCode::kInternal) || n > kMaxStateSources)
+  if (code > static_cast<std::uint32_t>(kLastStatusCode) || n > kMaxStateSources)
     return malformed("StatePlan");
   m.code = static_cast<StatusCode>(code);
   const std::size_t bitmap = (m.canonical.size() + 7) / 8;

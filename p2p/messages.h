@@ -49,6 +49,18 @@ struct HelloMsg {
   std::uint64_t progress = 0;
 };
 
+// kProgress, peer -> coordinator, after every round the peer applied (and when it resumes from a
+// checkpoint): what it holds now. The coordinator keeps the most advanced report of the run (its
+// high-water mark, membership.h), so that a peer that comes back behind it, with nobody holding
+// the newer state, does not train those rounds again alone. Versioned like Hello: version 1, then
+// whatever a newer peer appends.
+struct ProgressMsg {
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  std::uint64_t progress = 0;  // the application's (training: outer steps applied)
+  bool finished = false;       // this peer reached the run's last step
+};
+
 struct WelcomeMsg {
   std::uint32_t heartbeat_interval_ms = 0;
   std::uint32_t heartbeat_timeout_ms = 0;
@@ -169,6 +181,8 @@ struct LinkReportMsg {
 
 std::vector<std::uint8_t> encodeHello(const HelloMsg& m);
 Result<HelloMsg> decodeHello(ByteSpan in);
+std::vector<std::uint8_t> encodeProgress(const ProgressMsg& m);
+Result<ProgressMsg> decodeProgress(ByteSpan in);
 std::vector<std::uint8_t> encodeWelcome(const WelcomeMsg& m);
 Result<WelcomeMsg> decodeWelcome(ByteSpan in);
 std::vector<std::uint8_t> encodeRefused(const RefusedMsg& m);

@@ -11,6 +11,7 @@
 #include "collectives/communicator.h"
 #include "collectives/shared_state.h"
 #include "p2p/base/log.h"
+#include "p2p/base/metrics.h"
 #include "p2p/reconnect.h"
 #include "training/checkpoint.h"
 
@@ -46,7 +47,8 @@ bool lostGroup(const Status& st) {
 
 bool fatal(const Status& st) {
   return st.code() == StatusCode::kAborted || st.code() == StatusCode::kInvalidArgument ||
-         st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kAlreadyExists;
+         st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kAlreadyExists ||
+         st.code() == StatusCode::kCompleted;
 }
 
 // Waiting states (admission, missing peers) say what they wait for at most this often.
@@ -222,9 +224,15 @@ class Run {
     }
     progress_[kOuterStep] = static_cast<std::int64_t>(s.outer_step);
     progress_[kInnerStep] = static_cast<std::int64_t>(s.step);
-    progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
+    // DiLoCo's AdamW is each peer's own (inner) state, never the group's: the shared progress
+    // keeps 0 there, as in the run that wrote the checkpoint, so that a resumed peer's shared
+    // state is bit for bit what the group held at that step.
+    if (!diloco_) progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
     LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(),
              s.outer_step, s.step);
+    // How far this peer is: the coordinator compares it with how far the run got, so that a
+    // peer behind a group that is gone does not train those rounds again alone.
+    comm_.setRegistrationReport(state_.revision(), state_.digest(), s.outer_step, done());
     return Status();
   }
 
@@ -342,7 +350,7 @@ class Run {
     rec.bytes_sent = total_megabytes_ * 1e6;
     rec.tokens_per_s = last_tokens_per_s_;
     rec.state_digest = state_.digest();
-    comm_.setRegistrationReport(state_.revision(), rec.state_digest, rec.outer_step);
+    comm_.setRegistrationReport(state_.revision(), rec.state_digest, rec.outer_step, done());
     const auto ring = comm_.ring();
     const bool evaluator = !ring.empty() && ring.front() == comm_.peerId();
     const bool first = !reported_first_;
@@ -356,9 +364,39 @@ class Run {
     rec.wall_s = toSeconds(Clock::now() - started_);
     if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
         (diloco_ || rec.outer_step % cfg_.ddp_sync_every == 0 || done())) {
-      LOCO_RETURN_IF_ERROR(writeCheckpoint());
+      LOCO_RETURN_IF_ERROR(checkpoint());
     }
+    rec.checkpoint_failures = checkpoint_failures_;
     if (on_round_) on_round_(rec);
+    return Status();
+  }
+
+  // A checkpoint that cannot be written (a full disk, a missing or read-only folder) costs
+  // durability, not the run: the previous checkpoint stays whole (writes are atomic), training
+  // goes on, and the next round writes again. Warned once per distinct reason; counted in
+  // train.checkpoint_failures and in every RoundRecord.
+  Status checkpoint() {
+    Status st = writeCheckpoint();
+    if (st.isOk()) {
+      if (!checkpoint_error_.empty()) {
+        LOG_INFO(kLogTrain, "checkpoint {} written again (after {} failed write(s) in all)",
+                 checkpointPath(), checkpoint_failures_);
+      }
+      checkpoint_error_.clear();
+      return st;
+    }
+    if (st.code() != StatusCode::kIoError) return st;  // not the disk: a bug to report
+    static Counter& failures = counter("train.checkpoint_failures");
+    failures.inc();
+    ++checkpoint_failures_;
+    if (st.message() != checkpoint_error_) {
+      checkpoint_error_ = st.message();
+      LOG_WARN(kLogTrain,
+               "could not write checkpoint {} ({}); training goes on, the previous checkpoint is "
+               "kept as it was, and the next round tries again. Free space on that disk, or "
+               "point --checkpoint-dir at one with room",
+               checkpointPath(), st.message());
+    }
     return Status();
   }
 
@@ -445,6 +483,8 @@ class Run {
   double total_megabytes_ = 0;
   double last_tokens_per_s_ = 0;
   std::uint32_t retries_ = 0;
+  std::uint64_t checkpoint_failures_ = 0;
+  std::string checkpoint_error_;  // the last failed write's reason; empty after a success
   bool reported_first_ = false;
   TimePoint started_ = Clock::now();
 };
@@ -458,7 +498,13 @@ Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer,
   if (trainer.numParams() == 0)
     return Status(StatusCode::kInvalidArgument, "the model has no parameters");
   Run run(comm, trainer, config, stop, on_round);
-  return run.run();
+  Status st = run.run();
+  if (st.code() == StatusCode::kCompleted) {
+    // The group finished the schedule while this peer was away: the run is done.
+    LOG_WARN(kLogTrain, "{}; exiting", st.message());
+    return Status();
+  }
+  return st;
 }
 
 }  // namespace loco::training

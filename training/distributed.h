@@ -71,8 +71,10 @@ struct DistributedConfig {
   // DDP: steps between sync points (where joiners enter and the shared state is compared) and
   // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
   std::uint32_t ddp_sync_every = 10;
-  std::uint32_t eval_every = 1;    // rounds (DDP: steps) between validation losses
-  std::string checkpoint_dir;      // "" = none; else DIR/peer-<rank>.ckpt after every round
+  std::uint32_t eval_every = 1;  // rounds (DDP: steps) between validation losses
+  // "" = none; else DIR/peer-<rank>.ckpt after every round. A write that fails (a full disk) is
+  // warned about and retried at the next round; training goes on.
+  std::string checkpoint_dir;
   bool resume = false;             // start from DIR/peer-<rank>.ckpt
   std::size_t wait_for_world = 1;  // before the first round, wait until this many peers are members
   Millis op_timeout{300000};       // one sync point, state sync or all-reduce
@@ -96,12 +98,14 @@ struct RoundRecord {
   double bytes_sent = 0;      // all peers' collective bytes so far (shared-state repairs included)
   std::uint32_t retries = 0;  // failed attempts before this round went through
   double tokens_per_s = 0;    // this peer's inner-loop throughput in the last round
-  std::uint64_t state_digest = 0;  // hash of the shared state after the round was applied
-  double wall_s = 0;               // since runDistributed started
+  std::uint64_t state_digest = 0;         // hash of the shared state after the round was applied
+  double wall_s = 0;                      // since runDistributed started
+  std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule
-// is done (everyone reaches the same final round), `stop` is set, or on a fatal error:
+// is done (everyone reaches the same final round, or the coordinator says the group finished it
+// while this peer was away: OK, logged), `stop` is set, or on a fatal error:
 // kInvalidArgument (config, or a checkpoint of another shape), kDataLoss (the group's state
 // disagrees beyond repair), kUnavailable (no coordinator came back within the communicator's
 // coordinator_timeout), kAlreadyExists (another process took this peer's identity), kAborted.

@@ -11,7 +11,8 @@ namespace loco::chaos {
 namespace {
 
 bool coordinatorFault(const Fault& f) {
-  return f.processFault() && f.target == "coordinator";
+  return f.kind == FaultKind::kFailover ||
+         (f.processFault() && (f.target == "coordinator" || f.target == "standby"));
 }
 
 bool membershipFault(const Fault& f) {
@@ -52,13 +53,14 @@ FaultOutcome assessFault(const FaultRecord& record, const Timeline& tl, int peer
 
   // Detection.
   std::uint64_t epoch_before = 0;
+  std::string active_before = "coordinator";
   for (const StatusSample& s : tl.status) {
-    if (s.t <= t0 && s.reachable) epoch_before = s.epoch;
+    if (s.t <= t0 && s.reachable) epoch_before = s.epoch, active_before = s.active;
   }
   if (coordinatorFault(f)) {
-    o.detection = "the coordinator stopped answering";
+    o.detection = "the coordinator stopped answering (or the group moved to the other)";
     for (const StatusSample& s : tl.status) {
-      if (s.t > t0 && !s.reachable) {
+      if (s.t > t0 && (!s.reachable || s.active != active_before)) {
         o.detected_s = s.t - t0;
         break;
       }

@@ -19,9 +19,12 @@
 namespace loco::chaos {
 
 // One look at the coordinator (loco status).
+// With a standby: of the coordinator that holds the group (the one that answers with the most
+// members, then the most peers); `active` names it.
 struct StatusSample {
   double t = 0;
   bool reachable = false;
+  std::string active = "coordinator";  // or "standby"
   std::uint64_t epoch = 0;
   int world = 0;
   int pending = 0;
@@ -58,8 +61,9 @@ struct FaultOutcome {
 };
 
 // Assesses one fault. Detection: the first status sample after the injection whose epoch is
-// higher (a peer fault, a partition) or that finds the coordinator unreachable (a coordinator
-// fault); network faults without membership effect have none. Recovery: the first round after
+// higher (a peer fault, a partition) or that finds the coordinator unreachable or the group held
+// by the other coordinator (a coordinator fault, a failover); network faults without membership
+// effect have none. Recovery: the first round after
 // the fault ended (and, if detected, after the detection) that all `peers` contributed to. Bytes
 // lost: per round in [injection, recovery], the bytes sent beyond the median round of the
 // fault-free start, summed.

@@ -195,8 +195,9 @@ std::map<std::string, ProcInfo> readProcesses(const std::string& path) {
   return out;
 }
 
-// Polls the coordinator from inside lab host 1 (a thread of its own: entering a network
-// namespace is per thread).
+// Polls the coordinator (and the standby) from inside lab host 1 (a thread of its own: entering
+// a network namespace is per thread). With a standby, each sample is of the one that holds the
+// group: the most members, then the most peers.
 class StatusPoller {
  public:
   StatusPoller(lab::LabConfig cfg, double origin) : cfg_(std::move(cfg)), origin_(origin) {
@@ -207,6 +208,7 @@ class StatusPoller {
     thread_.join();
   }
   void setPort(int port) { port_ = port; }
+  void setStandbyPort(int port) { standby_port_ = port; }
   std::vector<StatusSample> drain() {
     std::lock_guard lock(mu_);
     return std::exchange(samples_, {});
@@ -216,11 +218,22 @@ class StatusPoller {
   void loop() {
     Status st = lab::enterHost(cfg_, 1);
     while (!stop_) {
-      const int port = port_.load();
+      const int port = port_.load(), standby = standby_port_.load();
       if (st.isOk() && port > 0) {
         StatusSample s;
         auto v = p2p::fetchStatus({cfg_.address(1), static_cast<std::uint16_t>(port)},
                                   Deadline::after(Millis(300)));
+        if (standby > 0) {
+          auto w = p2p::fetchStatus({cfg_.address(1), static_cast<std::uint16_t>(standby)},
+                                    Deadline::after(Millis(300)));
+          auto key = [](const p2p::GroupView& g) {
+            return std::make_pair(g.world(), g.peers.size());
+          };
+          if (w && (!v || key(*w) > key(*v))) {
+            v = std::move(w);
+            s.active = "standby";
+          }
+        }
         s.t = steadyNow() - origin_;
         if (v) {
           s.reachable = true;
@@ -241,6 +254,7 @@ class StatusPoller {
   double origin_;
   std::atomic<bool> stop_{false};
   std::atomic<int> port_{0};
+  std::atomic<int> standby_port_{0};
   std::mutex mu_;
   std::vector<StatusSample> samples_;
   std::thread thread_;
@@ -305,6 +319,14 @@ class SwarmRun {
   void progress(ActiveFault& a);
   void undo(ActiveFault& a);
   bool healthy() const;
+  // The coordinator process that holds the group ("coordinator", or "standby").
+  std::string activeCoordinator() const {
+    return !tl_.status.empty() && tl_.status.back().reachable ? tl_.status.back().active
+                                                              : "coordinator";
+  }
+  static bool isCoordinator(const std::string& name) {
+    return name == "coordinator" || name == "standby";
+  }
   int peerHost(const std::string& target) const {
     return s_.swarm.hostOfPeer(std::stoi(target.substr(5)));
   }
@@ -359,10 +381,13 @@ void SwarmRun::readRounds() {
 }
 
 bool SwarmRun::healthy() const {
-  auto coord = procs_.find("coordinator");
-  if (coord == procs_.end() || !coord->second.running || stopped_.count("coordinator") ||
-      !coordinator_reachable_)
-    return false;
+  // A coordinator: the first, or the standby (the peers move to it by themselves).
+  bool coordinator = false;
+  for (const char* name : {"coordinator", "standby"}) {
+    auto c = procs_.find(name);
+    coordinator = coordinator || (c != procs_.end() && c->second.running && !stopped_.count(name));
+  }
+  if (!coordinator || !coordinator_reachable_) return false;
   std::vector<std::vector<int>> groups;
   if (!partition_.empty()) {
     if (auto g = lab::parsePartition(partition_, s_.swarm.hostCount())) groups = *g;
@@ -388,6 +413,9 @@ bool SwarmRun::healthy() const {
 }
 
 void SwarmRun::inject(FaultRecord& r) {
+  // With a standby, a coordinator fault hits the coordinator that holds the group.
+  if (r.fault.kind == FaultKind::kFailover || (s_.swarm.standby && isCoordinator(r.fault.target)))
+    r.fault.target = activeCoordinator();
   const Fault& f = r.fault;
   ActiveFault a{static_cast<std::size_t>(&r - records_.data())};
   const double t = now();
@@ -412,6 +440,7 @@ void SwarmRun::inject(FaultRecord& r) {
   switch (f.kind) {
     case FaultKind::kKill:
     case FaultKind::kRestartFromCheckpoint:
+    case FaultKind::kFailover:
       ::kill(a.pid, SIGKILL);
       break;
     case FaultKind::kTerm:
@@ -597,6 +626,10 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
     args.push_back("--checkpoint-dir");
     args.push_back(dir_ + "/ckpt");
   }
+  if (s_.swarm.standby) {
+    args.push_back("--standby");
+    args.push_back("on");
+  }
   args.insert(args.end(), training.begin(), training.end());
   const std::string local_log = dir_ + "/local.log";
   ::unlink(local_log.c_str());
@@ -613,6 +646,7 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
     const double t = now();
     procs_ = readProcesses(dir_ + "/run/processes.json");
     if (auto c = procs_.find("coordinator"); c != procs_.end()) poller.setPort(c->second.port);
+    if (auto c = procs_.find("standby"); c != procs_.end()) poller.setStandbyPort(c->second.port);
     for (auto& s : poller.drain()) {
       coordinator_reachable_ = s.reachable;
       tl_.status.push_back(std::move(s));
@@ -654,8 +688,8 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
                             p->second.resumed ? ", from its checkpoint" : "");
       } else if (r.fault.kind == FaultKind::kStop && r.ended_t &&
                  p->second.pid == records_pid_[i]) {
-        // Back without a restart: a member again (a peer) or answering (the coordinator).
-        bool back = r.fault.target == "coordinator" && coordinator_reachable_;
+        // Back without a restart: a member again (a peer) or answering (a coordinator).
+        bool back = isCoordinator(r.fault.target) && coordinator_reachable_;
         if (!tl_.status.empty() && tl_.status.back().reachable) {
           for (const auto& id : tl_.status.back().members) back = back || id == r.target_id;
         }

@@ -39,6 +39,7 @@ constexpr KindName kKinds[] = {
     {FaultKind::kStallJoiner, "stall_joiner"},
     {FaultKind::kDiskFull, "disk_full"},
     {FaultKind::kRestartFromCheckpoint, "restart_from_checkpoint"},
+    {FaultKind::kFailover, "failover"},
 };
 
 // Errors name the file and line.
@@ -308,6 +309,15 @@ Result<Fault> readFault(const Reader& r, const toml::table& t, const Scenario& s
       break;
     case FaultKind::kHeal:
       break;
+    case FaultKind::kFailover:
+      LOCO_RETURN_IF_ERROR(need(
+          s.swarm.standby, "a standby coordinator ([swarm] standby = true, before the faults)"));
+      if (has_target) {
+        return r.error(f.line,
+                       "fault 'failover' takes no target (it kills whichever coordinator holds "
+                       "the group)");
+      }
+      break;
     case FaultKind::kLoss:
     case FaultKind::kDelay:
     case FaultKind::kRate:
@@ -331,8 +341,9 @@ Result<Fault> readFault(const Reader& r, const toml::table& t, const Scenario& s
   LOCO_RETURN_IF_ERROR(
       refuse(f.host > 0 && f.kind != FaultKind::kRate && f.kind != FaultKind::kSlowHost, "host"));
   LOCO_RETURN_IF_ERROR(refuse(
-      has_duration && (f.kind == FaultKind::kKill || f.kind == FaultKind::kTerm ||
-                       f.kind == FaultKind::kHeal || f.kind == FaultKind::kRestartFromCheckpoint),
+      has_duration &&
+          (f.kind == FaultKind::kKill || f.kind == FaultKind::kTerm || f.kind == FaultKind::kHeal ||
+           f.kind == FaultKind::kRestartFromCheckpoint || f.kind == FaultKind::kFailover),
       "duration (it is instantaneous)"));
   return f;
 }
@@ -367,6 +378,7 @@ bool Fault::processFault() const {
     case FaultKind::kStallJoiner:
     case FaultKind::kDiskFull:
     case FaultKind::kRestartFromCheckpoint:
+    case FaultKind::kFailover:
       return true;
     default:
       return false;
@@ -403,6 +415,9 @@ std::string Fault::describe() const {
       return fmt::format("{}'s checkpoint disk full ({:g} KiB){}", target, size_kib, for_s);
     case FaultKind::kRestartFromCheckpoint:
       return target + " killed and restarted from its checkpoint";
+    case FaultKind::kFailover:
+      return target.empty() ? "failover: kill -9 the coordinator in use"
+                            : "failover: kill -9 " + target + " (in use)";
   }
   return "?";
 }
@@ -443,7 +458,7 @@ Result<Scenario> parseScenario(const std::string& text, const std::string& path)
     LOCO_RETURN_IF_ERROR(r.keys(
         *t, "[swarm]",
         "peers, hosts, heartbeat_interval_ms, heartbeat_timeout_ms, restart_backoff_ms, training, "
-        "checkpoints, timeout_s",
+        "checkpoints, standby, timeout_s",
         [&](const std::string& key, const toml::node& v) -> Result<bool> {
           auto set_int = [&](int& out, int min, int max) -> Result<bool> {
             auto i = r.integer(v, key, min, max);
@@ -458,10 +473,10 @@ Result<Scenario> parseScenario(const std::string& text, const std::string& path)
           if (key == "heartbeat_timeout_ms")
             return set_int(s.swarm.heartbeat_timeout_ms, 100, 600000);
           if (key == "restart_backoff_ms") return set_int(s.swarm.restart_backoff_ms, 0, 600000);
-          if (key == "checkpoints") {
+          if (key == "checkpoints" || key == "standby") {
             auto b = r.boolean(v, key);
             if (!b) return b.status();
-            s.swarm.checkpoints = *b;
+            (key == "standby" ? s.swarm.standby : s.swarm.checkpoints) = *b;
             return true;
           }
           if (key == "timeout_s") {
@@ -478,7 +493,7 @@ Result<Scenario> parseScenario(const std::string& text, const std::string& path)
               if (!str) return str.status();
               for (const char* owned :
                    {"--peers", "--out", "--lab", "--idle", "--checkpoint-dir", "--resume",
-                    "--heartbeat-timeout", "--heartbeat-interval"}) {
+                    "--heartbeat-timeout", "--heartbeat-interval", "--standby"}) {
                 if (*str == owned) {
                   return r.error(item,
                                  fmt::format("training: {} is set by loco chaos itself", owned));
@@ -614,6 +629,7 @@ Scenario randomScenario(const Scenario& base, std::uint64_t seed, double duratio
   for (FaultKind k : kinds) {
     if (k == FaultKind::kHeal) continue;  // partitions heal themselves here
     if (k == FaultKind::kPartition && hosts < 3) continue;
+    if (k == FaultKind::kFailover && !(coordinator_faults && s.swarm.standby)) continue;
     usable.push_back(k);
   }
   if (usable.empty()) return s;
@@ -677,6 +693,7 @@ Scenario randomScenario(const Scenario& base, std::uint64_t seed, double duratio
         f.target = peer;
         break;
       case FaultKind::kHeal:
+      case FaultKind::kFailover:
         break;
     }
     s.faults.push_back(f);
@@ -692,9 +709,10 @@ std::string toToml(const Scenario& s) {
   if (s.swarm.hosts > 0) out += fmt::format("hosts = {}\n", s.swarm.hosts);
   out += fmt::format(
       "heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nrestart_backoff_ms = {}\n"
-      "checkpoints = {}\ntimeout_s = {:g}\ntraining = [",
+      "checkpoints = {}\nstandby = {}\ntimeout_s = {:g}\ntraining = [",
       s.swarm.heartbeat_interval_ms, s.swarm.heartbeat_timeout_ms, s.swarm.restart_backoff_ms,
-      s.swarm.checkpoints ? "true" : "false", s.swarm.timeout_s);
+      s.swarm.checkpoints ? "true" : "false", s.swarm.standby ? "true" : "false",
+      s.swarm.timeout_s);
   for (std::size_t i = 0; i < s.swarm.training.size(); ++i)
     out += fmt::format("{}\"{}\"", i ? ", " : "", s.swarm.training[i]);
   out +=

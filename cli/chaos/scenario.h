@@ -34,6 +34,8 @@ enum class FaultKind {
   kStallJoiner,            // kill -9 a peer; once its restart is admitted, SIGSTOP it mid-download
   kDiskFull,               // a tiny tmpfs over the peer's checkpoint folder for `duration`
   kRestartFromCheckpoint,  // kill -9; the restart resumes from the peer's checkpoint
+  kFailover,  // kill -9 of the coordinator that holds the group ([swarm] standby): the peers move
+              // to the other one; `loco local` restarts the dead one, empty, on its address
 };
 
 std::string faultKindName(FaultKind k);  // the TOML spelling: "kill", "slow_host", ...
@@ -46,14 +48,17 @@ struct Fault {
   double at_s = 0;
   std::uint64_t after_round = 0;  // > 0: due once the swarm applied this many rounds (not at_s)
   double duration_s = 0;          // 0: instantaneous (or, for a partition, until a `heal`)
-  std::string target;             // "peer-3" or "coordinator" (process faults)
-  int host = 0;                   // slow_host, rate (0: every host)
-  std::string link;               // "I-J" for loss/delay (empty: every pair)
-  std::string groups;             // partition: "1,2/3,4" (lab host indices)
-  double value = 0;               // loss probability, rate Mbit/s, cpu cores, delay ms
-  double jitter_ms = 0;           // delay
-  double size_kib = 16;           // disk_full: the tmpfs size
-  int line = 0;                   // where the fault is in the scenario file (0: drawn at random)
+  // "peer-3" or "coordinator" (process faults). With a standby, "coordinator" means the one that
+  // holds the group when the fault strikes; the runner writes which ("coordinator" or
+  // "standby") into its record.
+  std::string target;
+  int host = 0;          // slow_host, rate (0: every host)
+  std::string link;      // "I-J" for loss/delay (empty: every pair)
+  std::string groups;    // partition: "1,2/3,4" (lab host indices)
+  double value = 0;      // loss probability, rate Mbit/s, cpu cores, delay ms
+  double jitter_ms = 0;  // delay
+  double size_kib = 16;  // disk_full: the tmpfs size
+  int line = 0;          // where the fault is in the scenario file (0: drawn at random)
 
   // A one-line description: "kill -9 peer-2", "partition 1,2,3/4,5 for 10 s", ...
   std::string describe() const;
@@ -68,7 +73,8 @@ struct SwarmSpec {
   int restart_backoff_ms = 500;
   std::vector<std::string> training;  // flags for `loco local`, e.g. {"--steps", "3000"}
   bool checkpoints = false;           // --checkpoint-dir under the run's folder
-  double timeout_s = 1800;            // a run that takes longer is stopped and fails
+  bool standby = false;     // a standby coordinator beside the first (`loco local --standby on`)
+  double timeout_s = 1800;  // a run that takes longer is stopped and fails
 
   int hostCount() const { return hosts > 0 ? hosts : peers + 1; }
   int hostOfPeer(int i) const { return i % hostCount() + 1; }  // peer-i (1-based)
@@ -107,7 +113,8 @@ Result<Scenario> loadScenario(const std::string& path);
 
 // Draws a schedule of faults over `duration_s` from every kind in `kinds` (seeded, repeatable):
 // one fault at a time, each followed by time to recover. `base` gives the swarm, lab and checks.
-// Coordinator faults are drawn only when `coordinator_faults` is set.
+// Coordinator faults are drawn only when `coordinator_faults` is set; failovers only when the
+// swarm has a standby as well.
 Scenario randomScenario(const Scenario& base, std::uint64_t seed, double duration_s,
                         const std::vector<FaultKind>& kinds, bool coordinator_faults);
 

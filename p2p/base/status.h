@@ -26,7 +26,11 @@ enum class StatusCode {
   kEvicted,            // the coordinator removed this peer from the group
   kIoError,            // file or socket error not covered above
   kInternal,
+  kCompleted,  // the work is already done without the caller (a run that finished while this
+               // peer was away: there is nothing left for it to do)
 };
+// The highest code (wire decoders clamp unknown codes to kInternal).
+inline constexpr StatusCode kLastStatusCode = StatusCode::kCompleted;
 
 std::string_view statusCodeName(StatusCode code);
 

@@ -56,6 +56,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kLinkReport:
         (void)decodeLinkReport(d.payload);
         break;
+      case MsgType::kProgress: {
+        auto p = decodeProgress(d.payload);
+        if (p.isOk()) {
+          auto again = decodeProgress(encodeProgress(*p));
+          if (!again.isOk() || again->progress != p->progress || again->finished != p->finished)
+            std::abort();
+        }
+        break;
+      }
       case MsgType::kStateManifest: {
         auto m = decodeStateManifest(d.payload);
         // Whatever decodes must encode back to the same bytes.

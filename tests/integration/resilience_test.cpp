@@ -7,8 +7,11 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -53,7 +56,16 @@ class TrainingGroup {
       for (const auto& f : tiny(corpus)) args.push_back(f);
       for (const auto& f : extra) args.push_back(f);
       peers_.push_back(std::make_unique<Process>(args, log(r)));
+      args_.push_back(std::move(args));
     }
+  }
+
+  // Starts peer r again (its process must have ended): the same identity, rank and metrics file,
+  // plus `extra` (e.g. --resume).
+  void restart(int r, const std::vector<std::string>& extra) {
+    auto args = args_[r];
+    args.insert(args.end(), extra.begin(), extra.end());
+    peers_[r] = std::make_unique<Process>(args, log(r));
   }
 
   std::string jsonl(int r) const { return dir_.file("peer" + std::to_string(r) + ".jsonl"); }
@@ -133,7 +145,24 @@ class TrainingGroup {
   const TempDir& dir_;
   int rounds_;
   std::vector<std::unique_ptr<Process>> peers_;
+  std::vector<std::vector<std::string>> args_;
 };
+
+// Every outer step reported by any peer has one digest, and no peer reports a step twice.
+void expectOneHistory(const TrainingGroup& group) {
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int r = 0; r < group.size(); ++r) {
+    std::set<std::uint64_t> seen;
+    for (const auto& l : readJsonl(group.jsonl(r))) {
+      EXPECT_TRUE(seen.insert(l.step).second)
+          << "peer " << r << " applied step " << l.step << " twice\n"
+          << group.logs();
+      digests[l.step].insert(l.digest);
+    }
+  }
+  for (const auto& [step, d] : digests)
+    EXPECT_EQ(d.size(), 1u) << "two histories at outer step " << step << "\n" << group.logs();
+}
 
 TEST(Resilience, CoordinatorKilledAndRestartedOnTheSameAddressLosesNoRound) {
   TempDir dir;
@@ -246,6 +275,158 @@ TEST(Resilience, StoppedTrainingPeerIsEvictedRejoinsAndContributesAgain) {
   ASSERT_GT(victim_lines.size(), victim_rounds) << "it reports rounds again";
   EXPECT_LT(victim_lines.size(), other_lines.size()) << "it missed the rounds it was out for";
   EXPECT_EQ(victim_lines.back().contributors, 3) << "it contributes again";
+}
+
+// The end-of-run fork `loco chaos` found (case 1): a peer SIGTERMed near the end and restarted from
+// its checkpoint after the others finished used to be admitted alone by the now empty
+// coordinator and to train the last rounds again from its old state (the same outer steps with
+// other digests). Now the coordinator remembers how far the run got: the peer is told the run
+// completed and exits 0 with nothing trained.
+TEST(Resilience, APeerRestartedFromItsCheckpointAfterTheRunFinishedTrainsNothingAlone) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 3, coordinator.address(), 60, {"--checkpoint-dir", dir.file("ckpt")});
+  const int late = 2;
+  ASSERT_TRUE(group.waitRounds(10, milliseconds(60000))) << group.logs();
+  group.peer(late).signal(SIGTERM);
+  auto rc = group.peer(late).waitExit(milliseconds(20000));
+  ASSERT_TRUE(rc.has_value()) << group.logs();
+  EXPECT_EQ(*rc, 0);
+  const auto before = readJsonl(group.jsonl(late));
+  ASSERT_FALSE(before.empty());
+  ASSERT_LT(before.back().step, group.finalStep()) << "it left before the end";
+  for (int r : {0, 1}) {
+    auto done = group.peer(r).waitExit(milliseconds(120000));
+    ASSERT_TRUE(done.has_value()) << group.logs();
+    EXPECT_EQ(*done, 0) << group.logs();
+    EXPECT_EQ(readJsonl(group.jsonl(r)).back().step, group.finalStep());
+  }
+  // The group is gone; the coordinator is still up, with no member.
+  group.restart(late, {"--resume"});
+  auto back = group.peer(late).waitExit(milliseconds(30000));
+  ASSERT_TRUE(back.has_value()) << "it waits for nothing: the run is over\n" << group.logs();
+  EXPECT_EQ(*back, 0) << group.logs();
+  const std::string log = readFile(group.log(late));
+  EXPECT_NE(log.find("the run completed at progress " + std::to_string(group.finalStep())),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(readJsonl(group.jsonl(late)).size(), before.size()) << "no round trained alone\n"
+                                                                << log;
+  expectOneHistory(group);
+  EXPECT_NE(coordinator.process().log().find("told that the run is over"), std::string::npos)
+      << coordinator.process().log();
+}
+
+// Case 2: a peer cut off (here: stopped past the heartbeat timeout, evicted) that comes back after
+// the others finished is told the same, instead of being admitted alone after the rebuild window.
+TEST(Resilience, AnEvictedPeerThatWakesAfterTheRunFinishedTrainsNothingAlone) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 3, coordinator.address(), 60);
+  const int late = 2;
+  ASSERT_TRUE(group.waitRounds(10, milliseconds(60000))) << group.logs();
+  group.peer(late).signal(SIGSTOP);
+  for (int r : {0, 1}) {
+    auto done = group.peer(r).waitExit(milliseconds(120000));
+    ASSERT_TRUE(done.has_value()) << group.logs();
+    EXPECT_EQ(*done, 0) << group.logs();
+  }
+  const std::size_t stopped_at = readJsonl(group.jsonl(late)).size();
+  ASSERT_LT(stopped_at, group.finalStep()) << "the stop came too late";
+  group.peer(late).signal(SIGCONT);
+  auto rc = group.peer(late).waitExit(milliseconds(30000));
+  ASSERT_TRUE(rc.has_value()) << group.logs();
+  EXPECT_EQ(*rc, 0) << group.logs();
+  EXPECT_NE(readFile(group.log(late)).find("the run completed"), std::string::npos) << group.logs();
+  EXPECT_EQ(readJsonl(group.jsonl(late)).size(), stopped_at) << "no round trained alone";
+  expectOneHistory(group);
+}
+
+// Every peer stopped and restarted from its checkpoint while the coordinator stays up (it
+// remembers how far the run got): the group forms again from what the checkpoints hold and goes
+// on where it stopped, with one history from the restart on. The peers stop one by one, so the
+// last one may apply a round alone that no checkpoint holds; that round is trained again after the
+// restart (the coordinator logs the rollback), which is why only the restarted processes' rounds
+// must form one history.
+TEST(Resilience, TheWholeGroupRestartedFromItsCheckpointsGoesOnWhereItStopped) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  TrainingGroup group(dir, 3, coordinator.address(), 50, {"--checkpoint-dir", dir.file("ckpt")});
+  ASSERT_TRUE(group.waitRounds(12, milliseconds(60000))) << group.logs();
+  for (int r = 0; r < group.size(); ++r) group.peer(r).signal(SIGTERM);
+  std::vector<std::size_t> lines_before(group.size());
+  for (int r = 0; r < group.size(); ++r) {
+    auto rc = group.peer(r).waitExit(milliseconds(20000));
+    ASSERT_TRUE(rc.has_value()) << group.logs();
+    lines_before[r] = readJsonl(group.jsonl(r)).size();
+    ASSERT_LT(readJsonl(group.jsonl(r)).back().step, group.finalStep());
+  }
+  for (int r = 0; r < group.size(); ++r) group.restart(r, {"--resume"});
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int r = 0; r < group.size(); ++r) {
+    auto rc = group.peer(r).waitExit(milliseconds(120000));
+    ASSERT_TRUE(rc.has_value()) << group.logs();
+    EXPECT_EQ(*rc, 0) << group.logs();
+    const auto lines = readJsonl(group.jsonl(r));
+    ASSERT_GT(lines.size(), lines_before[r] + 1)
+        << "peer " << r << " trained nothing after --resume";
+    const auto& resumed = lines[lines_before[r]];
+    EXPECT_EQ(resumed.contributors, 0)
+        << "peer " << r << ": the restart's first line is its resume";
+    EXPECT_GE(resumed.step, 10u) << "peer " << r << " started over instead of resuming";
+    EXPECT_EQ(lines.back().step, group.finalStep()) << "peer " << r;
+    std::uint64_t last = resumed.step;
+    for (std::size_t i = lines_before[r] + 1; i < lines.size(); ++i) {
+      EXPECT_GT(lines[i].step, last) << "peer " << r << ": a round applied twice\n"
+                                     << readFile(group.jsonl(r));
+      last = lines[i].step;
+      digests[lines[i].step].insert(lines[i].digest);
+    }
+  }
+  for (const auto& [step, d] : digests)
+    EXPECT_EQ(d.size(), 1u) << "two histories at outer step " << step << "\n" << group.logs();
+}
+
+// A checkpoint folder that cannot be written (here a file stands where the folder should be, which
+// fails every write without root; `loco chaos`'s disk_full fault puts a full tmpfs there) costs
+// durability, not the run: each peer warns once, counts the failures, trains on, and its next
+// write after the folder is back succeeds.
+TEST(Resilience, CheckpointsThatCannotBeWrittenCostDurabilityNotTheRun) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, kInterval, kTimeout);
+  const std::string ckpt = dir.file("ckpt");
+  std::ofstream(ckpt) << "a file where the checkpoint folder should be\n";
+  TrainingGroup group(dir, 2, coordinator.address(), 50, {"--checkpoint-dir", ckpt});
+  ASSERT_TRUE(group.waitRounds(10, milliseconds(60000))) << group.logs();
+  EXPECT_TRUE(group.allRunning()) << "a failed checkpoint is not fatal\n" << group.logs();
+  std::filesystem::remove(ckpt);
+  std::filesystem::create_directories(ckpt);
+  group.expectFinishedConsistently();
+  auto failures = [](const std::string& line) {
+    std::smatch m;
+    return std::regex_search(line, m, std::regex(R"re("checkpoint_failures":([0-9]+))re"))
+               ? std::stoi(m[1])
+               : -1;
+  };
+  for (int r = 0; r < group.size(); ++r) {
+    std::ifstream in(group.jsonl(r));
+    std::vector<int> counts;
+    for (std::string l; std::getline(in, l);) counts.push_back(failures(l));
+    ASSERT_GE(counts.size(), 10u);
+    EXPECT_GE(counts[8], 8) << "peer " << r << ": every write failed while the folder was a file";
+    EXPECT_EQ(counts.back(), counts[counts.size() - 5])
+        << "peer " << r << ": the writes succeed again once the folder is back";
+    EXPECT_LT(counts.back(), static_cast<int>(counts.size()));
+    EXPECT_TRUE(std::filesystem::exists(ckpt + "/peer-" + std::to_string(r) + ".ckpt"));
+    const std::string log = readFile(group.log(r));
+    std::size_t warnings = 0;
+    for (auto at = log.find("could not write checkpoint"); at != std::string::npos;
+         at = log.find("could not write checkpoint", at + 1)) {
+      ++warnings;
+    }
+    EXPECT_EQ(warnings, 1u) << "once per distinct reason\n" << log;
+    EXPECT_NE(log.find("--checkpoint-dir"), std::string::npos) << "it says what to do\n" << log;
+  }
 }
 
 TEST(Resilience, PeersGiveUpAfterTheCoordinatorTimeoutWithAClearMessage) {

@@ -104,6 +104,13 @@ TEST(ChaosScenario, BadFilesFailNamingTheLine) {
       {"[[fault]]\nkind = \"heal\"\nat = 1\n[[fault]]\nkind = \"heal\"\nafter_round = 3\n",
        "bad.toml:5:", "not a mix"},
       {"[[fault]]\nkind = \"heal\"\n", "bad.toml:2:", "needs at = SECONDS or after_round"},
+      {"[[fault]]\nkind = \"failover\"\nat = 1\n", "bad.toml:2:", "needs a standby coordinator"},
+      {"[swarm]\nstandby = true\n[[fault]]\nkind = \"failover\"\nat = 1\ntarget = "
+       "\"coordinator\"\n",
+       "bad.toml:4:", "takes no target"},
+      {"[swarm]\nstandby = true\n[[fault]]\nkind = \"failover\"\nat = 1\nduration = 2\n",
+       "bad.toml:4:", "takes no duration"},
+      {"[swarm]\nstandby = 1\n", "bad.toml:2:", "standby must be true or false"},
   };
   for (const Bad& b : cases) {
     auto s = parseScenario(b.text, "bad.toml");
@@ -171,6 +178,26 @@ TEST(ChaosScenario, RandomScheduleIsSeededValidAndSpaced) {
   EXPECT_GE(seen.size(), 8u) << "a 30-minute schedule draws most kinds";
   Scenario peers_only = randomScenario(base, 42, 1800, {FaultKind::kKill}, false);
   for (const Fault& f : peers_only.faults) EXPECT_NE(f.target, "coordinator");
+  EXPECT_EQ(seen.count(FaultKind::kFailover), 0u) << "no failover without a standby";
+}
+
+TEST(ChaosScenario, FailoversAreDrawnOnlyWithAStandbyAndCoordinatorFaults) {
+  Scenario base;
+  base.swarm.peers = 5;
+  base.swarm.standby = true;
+  auto count = [](const Scenario& s) {
+    std::size_t n = 0;
+    for (const Fault& f : s.faults) n += f.kind == FaultKind::kFailover;
+    return n;
+  };
+  Scenario with = randomScenario(base, 7, 3600, allFaultKinds(), true);
+  EXPECT_GE(count(with), 1u) << "an hour draws a failover";
+  auto again = parseScenario(toToml(with), "random.toml");
+  ASSERT_TRUE(again.isOk()) << again.status().message() << "\n" << toToml(with);
+  EXPECT_TRUE(again->swarm.standby);
+  EXPECT_EQ(count(*again), count(with));
+  EXPECT_EQ(count(randomScenario(base, 7, 3600, allFaultKinds(), false)), 0u)
+      << "--coordinator-faults off";
 }
 
 RoundLine line(const std::string& peer, std::uint64_t step, std::uint64_t epoch, long pid,
@@ -367,6 +394,36 @@ TEST(ChaosReport, AssessesDetectionRecoveryAndCost) {
   EXPECT_FALSE(assessFault(rec, tl, 3).detected_s.has_value());
   FaultRecord never;
   EXPECT_FALSE(assessFault(never, tl, 3).first_round_s.has_value());
+}
+
+// A failover is seen when the group shows up at the other coordinator, even though some
+// coordinator answers all along.
+TEST(ChaosReport, AFailoverIsDetectedWhenTheGroupMovesToTheOtherCoordinator) {
+  Timeline tl;
+  for (int i = 0; i <= 100; ++i) {
+    StatusSample s;
+    s.t = i * 0.1;
+    s.reachable = true;
+    s.active = i < 53 ? "coordinator" : "standby";
+    s.epoch = i < 53 ? 4 : 9;
+    s.world = i < 53 ? 3 : i < 60 ? 0 : 3;
+    tl.status.push_back(s);
+  }
+  for (int step = 1; step <= 20; ++step) {
+    for (const char* p : {"peer-1", "peer-2", "peer-3"})
+      tl.rounds.push_back(
+          TimedRound{step * 0.5, line(p, static_cast<std::uint64_t>(step), 4, 7, "d")});
+  }
+  FaultRecord rec;
+  rec.fault.kind = FaultKind::kFailover;
+  rec.fault.target = "coordinator";  // the one in use when it struck
+  rec.injected_t = 5.0;
+  rec.ended_t = 5.0;
+  FaultOutcome o = assessFault(rec, tl, 3);
+  ASSERT_TRUE(o.detected_s.has_value());
+  EXPECT_NEAR(*o.detected_s, 0.3, 1e-6);
+  EXPECT_NE(o.detection.find("moved to the other"), std::string::npos) << o.detection;
+  EXPECT_EQ(rec.fault.describe(), "failover: kill -9 coordinator (in use)");
 }
 
 TEST(CpuCgroup, FindsTheControllerInEitherVersion) {

@@ -441,7 +441,7 @@ FrameDecode::Kind checkArbitraryInput(ByteSpan in) {
   if (auto r = decodeRefused(in); !r) {
     rejectsCleanly(r.status());
   } else {
-    EXPECT_LE(static_cast<int>(r->code), static_cast<int>(StatusCode::kInternal));
+    EXPECT_LE(static_cast<int>(r->code), static_cast<int>(kLastStatusCode));
     EXPECT_LE(r->reason.size(), kMaxReasonLen);
   }
   if (auto r = decodeEvicted(in); !r) {

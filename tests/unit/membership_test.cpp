@@ -954,6 +954,200 @@ TEST_F(RebuildTest, SameProcessReconnectingReplacesItsRegistration) {
   EXPECT_EQ(m.view(now).peers.back().addr, "a:3");
 }
 
+// ---- the run's high-water mark (ARCHITECTURE.md §4) -------------------------------------------
+// A peer that comes back behind the run, when nobody holding the newer state is left, must not
+// form a group of its own and train those rounds again (the end-of-run fork `loco chaos` found).
+
+class ProgressTest : public ::testing::Test {
+ protected:
+  static constexpr Millis kHeartbeatTimeout{2000};
+  static constexpr Millis kHolderWait{10000};
+  Membership m{kHeartbeatTimeout, Millis(5000), kHolderWait};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  std::set<std::string> alive;
+
+  MembershipEffects join(const std::string& id, std::uint64_t progress = 0) {
+    JoinRequest r;
+    r.id = id;
+    r.addr = id + ":7000";
+    r.streams = 1;
+    r.incarnation = std::hash<std::string>{}(id) | 1;
+    r.attempt = 1;
+    r.progress = progress;
+    auto fx = m.join(r, now);
+    EXPECT_TRUE(fx.isOk()) << fx.status().toString();
+    alive.insert(id);
+    return fx.isOk() ? *fx : MembershipEffects{};
+  }
+  MembershipEffects report(const std::string& id, std::uint64_t progress, bool finished = false) {
+    return m.progress(id, ProgressMsg{2 * progress, 0x1000 + progress, progress, finished}, now);
+  }
+  MembershipEffects advance(Millis d) {
+    MembershipEffects fx;
+    for (TimePoint end = now + d; now < end;) {
+      now += Millis(100);
+      for (const auto& id : alive) m.heartbeat(id, now);
+      fx.merge(m.tick(now));
+    }
+    return fx;
+  }
+  // a and b train together up to `progress`.
+  void group(std::uint64_t progress, bool finished) {
+    join("a");
+    join("b");
+    m.syncRequest("a", now);
+    ASSERT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+    for (std::uint64_t p = 1; p <= progress; ++p) {
+      report("a", p, finished && p == progress);
+      report("b", p, finished && p == progress);
+    }
+  }
+  static std::vector<std::string> idsOf(const MembershipEffects& fx, Kind kind) {
+    std::vector<std::string> out;
+    for (const auto& e : fx.events) {
+      if (e.kind == kind) out.push_back(e.peer);
+    }
+    return out;
+  }
+  static const MembershipEvent* find(const MembershipEffects& fx, Kind kind) {
+    for (const auto& e : fx.events) {
+      if (e.kind == kind) return &e;
+    }
+    return nullptr;
+  }
+};
+
+TEST_F(ProgressTest, TheMarkIsTheMostAdvancedReportAndOutlivesItsHolders) {
+  group(30, /*finished=*/false);
+  EXPECT_EQ(m.highWater().progress, 30u);
+  EXPECT_EQ(m.highWater().state_revision, 60u);
+  EXPECT_EQ(m.highWater().state_digest, 0x1000u + 30);
+  EXPECT_FALSE(m.highWater().finished);
+  report("a", 12);  // an older report never lowers it
+  EXPECT_EQ(m.highWater().progress, 30u);
+  m.leave("a");
+  m.evict("b", "connection lost");
+  EXPECT_EQ(m.highWater().progress, 30u) << "kept after every holder has gone";
+  EXPECT_TRUE(m.progress("zz", ProgressMsg{1, 1, 99, true}, now).events.empty());
+  EXPECT_EQ(m.highWater().progress, 30u) << "an unknown peer's report counts for nothing";
+}
+
+// Case 1 of the fork: a peer restarted from its checkpoint (outer step 27) registers after the
+// rest of the group finished at 30 and left. Before: admitted alone, it trained 28..30 again.
+TEST_F(ProgressTest, APeerBehindAFinishedRunIsToldItCompletedInsteadOfTrainingAlone) {
+  group(30, /*finished=*/true);
+  EXPECT_TRUE(m.highWater().finished);
+  m.leave("a");
+  m.leave("b");
+  auto fx = join("c", 27);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty()) << "no group of one from old state";
+  ASSERT_EQ(idsOf(fx, Kind::kCompleted), std::vector<std::string>{"c"});
+  const std::string why = find(fx, Kind::kCompleted)->reason;
+  EXPECT_NE(why.find("the run completed at progress 30"), std::string::npos) << why;
+  EXPECT_NE(why.find("holds progress 27"), std::string::npos) << why;
+  EXPECT_FALSE(m.contains("c")) << "removed: the coordinator refuses it and closes";
+  EXPECT_TRUE(m.ring().empty());
+}
+
+// The same when it registered while the group was still on its last rounds: it waits as pending,
+// and the last member to leave ends the wait.
+TEST_F(ProgressTest, APendingPeerLearnsTheRunCompletedWhenTheLastMemberLeaves) {
+  group(29, /*finished=*/false);
+  join("c", 27);
+  EXPECT_EQ(m.ring().size(), 2u) << "pending until the next sync point";
+  report("a", 30, true);
+  report("b", 30, true);
+  auto fx = m.leave("a");
+  EXPECT_TRUE(idsOf(fx, Kind::kCompleted).empty()) << "b still holds the group";
+  fx = m.leave("b");
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(idsOf(fx, Kind::kCompleted), std::vector<std::string>{"c"});
+}
+
+// Case 2: a peer partitioned off (evicted) comes back after the group finished: the same.
+TEST_F(ProgressTest, AnEvictedPeerThatComesBackAfterTheEndIsToldTooEvenDuringARebuildWait) {
+  group(20, /*finished=*/false);
+  m.evict("b", "no heartbeat");  // partitioned at 20
+  report("a", 25, true);
+  m.leave("a");
+  JoinRequest r{"b", "b:7000", 1, m.epoch(), /*incarnation=*/7, /*attempt=*/2};
+  r.last_members = {"a", "b"};
+  r.progress = 20;
+  auto fx = m.join(r, now);
+  ASSERT_TRUE(fx.isOk());
+  EXPECT_EQ(idsOf(*fx, Kind::kCompleted), std::vector<std::string>{"b"})
+      << "not kept waiting for a rebuild of a group that finished";
+}
+
+TEST_F(ProgressTest, PeersBehindWaitForAPeerThatHoldsTheMark) {
+  group(30, /*finished=*/false);
+  alive.clear();
+  advance(kHeartbeatTimeout + Millis(500));  // a and b die (say, the whole swarm is restarted)
+  ASSERT_TRUE(m.ring().empty());
+  auto fx = join("c", 26);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  const MembershipEvent* held = find(fx, Kind::kHeld);
+  ASSERT_NE(held, nullptr);
+  EXPECT_NE(held->reason.find("progress 26 at most, the run reached progress 30"),
+            std::string::npos)
+      << held->reason;
+  fx = advance(Millis(3000));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(find(fx, Kind::kHeld), nullptr) << "said once per wait";
+  // b comes back from its checkpoint: it registers with nothing, then reports what it loaded.
+  fx = join("b", 0);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx = report("b", 30);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"c", "b"}))
+      << "together: the shared-state sync brings c up to b's state";
+  EXPECT_EQ(find(fx, Kind::kRolledBack), nullptr);
+}
+
+TEST_F(ProgressTest, WithNoHolderBackWithinTheWaitTheRunGoesOnFromTheBestStateLeft) {
+  group(30, /*finished=*/false);
+  alive.clear();
+  advance(kHeartbeatTimeout + Millis(500));
+  join("c", 26);
+  join("d", 28);
+  auto fx = advance(kHolderWait - Millis(500));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx = advance(Millis(1000));
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"c", "d"}));
+  const MembershipEvent* back = find(fx, Kind::kRolledBack);
+  ASSERT_NE(back, nullptr);
+  EXPECT_EQ(back->peer, "d");
+  EXPECT_NE(back->reason.find("goes on from progress 28"), std::string::npos) << back->reason;
+  EXPECT_EQ(m.highWater().progress, 28u) << "the mark comes down to what the run holds now";
+  EXPECT_EQ(m.highWater().peer, "d");
+}
+
+TEST_F(ProgressTest, ANewRunAndPeersAtTheMarkAreNeverHeld) {
+  auto fx = join("a");  // nothing reported yet: a new run
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"a"});
+  report("a", 5);
+  m.leave("a");
+  fx = join("a", 5);  // back with what the run reached
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"a"});
+  EXPECT_EQ(find(fx, Kind::kHeld), nullptr);
+}
+
+// A coordinator that restarts knows only what the peers that come back report: the mark is
+// rebuilt from their registrations, and the group comes back whole as before.
+TEST_F(ProgressTest, ARestartedCoordinatorRebuildsTheMarkFromTheRegistrations) {
+  for (const auto& [id, progress] : {std::pair<std::string, std::uint64_t>{"a", 41}, {"b", 40}}) {
+    JoinRequest r{id, id + ":1", 1, 9, std::hash<std::string>{}(id) | 1, 1};
+    r.last_members = {"a", "b"};
+    r.progress = progress;
+    auto fx = m.join(r, now);
+    ASSERT_TRUE(fx.isOk());
+    if (id == "b") {
+      EXPECT_EQ(idsOf(*fx, Kind::kAdmitted), (std::vector<std::string>{"a", "b"}));
+    }
+  }
+  EXPECT_EQ(m.highWater().progress, 41u);
+  EXPECT_EQ(m.highWater().peer, "a");
+}
+
 TEST(RebuildWindow, DefaultCoversAHeartbeatTimeoutAndTwoBackoffCaps) {
   EXPECT_EQ(defaultRebuildWindow(Millis(3000)).count(), 3000 + 2 * BackoffOptions{}.max.count());
 }

@@ -224,7 +224,7 @@ TEST(Messages, WelcomeRoundTrips) {
 }
 
 TEST(Messages, RefusedRoundTripsEveryStatusCode) {
-  for (int c = 0; c <= static_cast<int>(StatusCode::kInternal); ++c) {
+  for (int c = 0; c <= static_cast<int>(kLastStatusCode); ++c) {
     RefusedMsg m{static_cast<StatusCode>(c), "reason " + std::to_string(c)};
     auto r = decodeRefused(encodeRefused(m));
     ASSERT_TRUE(r.isOk()) << r.status().toString();
@@ -245,6 +245,32 @@ TEST(Messages, RefusedWithUnknownCodeDecodesAsInternal) {
   ASSERT_TRUE(r.isOk()) << r.status().toString();
   EXPECT_EQ(r->code, StatusCode::kInternal);
   EXPECT_EQ(r->reason, "x");
+}
+
+TEST(Messages, ProgressRoundTripsAndToleratesANewerPeersFields) {
+  ProgressMsg m{77, 0xDEADBEEFCAFEF00Dull, 600, true};
+  auto r = decodeProgress(encodeProgress(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->state_revision, 77u);
+  EXPECT_EQ(r->state_digest, m.state_digest);
+  EXPECT_EQ(r->progress, 600u);
+  EXPECT_TRUE(r->finished);
+  Bytes newer = encodeProgress(m);
+  newer[0] = 2;  // a newer version appends fields
+  newer.push_back(0x42);
+  auto n = decodeProgress(newer);
+  ASSERT_TRUE(n.isOk()) << n.status().toString();
+  EXPECT_EQ(n->progress, 600u);
+  Bytes trailing = encodeProgress(m);
+  trailing.push_back(0);
+  EXPECT_EQ(decodeProgress(trailing).status().code(), StatusCode::kProtocolError);
+  Bytes bad_flags = encodeProgress(m);
+  bad_flags.back() = 3;
+  EXPECT_EQ(decodeProgress(bad_flags).status().code(), StatusCode::kProtocolError);
+  Bytes truncated = encodeProgress(m);
+  truncated.pop_back();
+  EXPECT_EQ(decodeProgress(truncated).status().code(), StatusCode::kProtocolError);
+  EXPECT_EQ(decodeProgress({}).status().code(), StatusCode::kProtocolError);
 }
 
 TEST(Messages, EvictedRoundTrips) {
