@@ -52,6 +52,14 @@ std::string_view msgTypeName(MsgType t) {
       return "StateComplaint";
     case MsgType::kLinkReport:
       return "LinkReport";
+    case MsgType::kPeerReport:
+      return "PeerReport";
+    case MsgType::kDialBack:
+      return "DialBack";
+    case MsgType::kDialBackProbe:
+      return "DialBackProbe";
+    case MsgType::kDialBackResult:
+      return "DialBackResult";
   }
   return "Unknown";
 }
@@ -89,6 +97,12 @@ std::uint32_t maxPayload(MsgType t) {
       return 4096;
     case MsgType::kLinkReport:
       return 64u << 10;
+    case MsgType::kPeerReport:
+    case MsgType::kDialBack:
+    case MsgType::kDialBackProbe:
+      return 1024;
+    case MsgType::kDialBackResult:
+      return 4096;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:

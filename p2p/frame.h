@@ -55,8 +55,14 @@ enum class MsgType : std::uint8_t {
   kStateComplaint = 22,  // peer -> coordinator: a source served corrupt chunks (StateComplaintMsg)
   kLinkReport =
       23,  // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+  // Operations (a coordinator that predates these closes the connection: peers and `loco doctor`
+  // must run the coordinator's version).
+  kPeerReport = 24,      // peer -> coordinator: progress after a round (PeerReportMsg)
+  kDialBack = 25,        // doctor -> coordinator, before Hello: dial me back (DialBackMsg)
+  kDialBackProbe = 26,   // coordinator -> the dialled address: the request's token (DialBackMsg)
+  kDialBackResult = 27,  // coordinator -> doctor: how the dial went (DialBackResultMsg), then close
 };
-inline constexpr MsgType kLastMsgType = MsgType::kLinkReport;
+inline constexpr MsgType kLastMsgType = MsgType::kDialBackResult;
 
 std::string_view msgTypeName(MsgType t);
 
