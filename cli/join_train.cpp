@@ -5,8 +5,11 @@
 #include <fmt/format.h>
 #include <signal.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <mutex>
@@ -33,12 +36,22 @@ std::string jsonNumber(double v) {
   return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null";
 }
 
+// One line per round. `epoch` is the membership epoch the round was applied in, `pid` tells one
+// process lifetime from the next (restarts append to the same file), `unix_s` puts the line on a
+// clock other processes share, and `finite` says whether every loss this peer computed for the
+// round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
+// computed). `loco chaos` checks its invariants on these fields.
 std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
+  const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
+                      (!r.val_loss || std::isfinite(*r.val_loss));
+  const double unix_s =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{}}})",
       rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
-      r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
+      r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
+      finite ? "true" : "false");
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.
