@@ -97,12 +97,6 @@ int runCoordinator(const Args& args) {
   asio::io_context io;
   auto coord = p2p::Coordinator::start(io, opts);
   if (!coord) return reportFailure(coord.status());
-  if (flags.isSet("port-file")) {
-    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port()));
-        !st.isOk()) {
-      return reportFailure(st);
-    }
-  }
   ops::describeRunMetrics(/*coordinator=*/true);
   std::unique_ptr<ops::HttpServer> http_server;  // stopped before the coordinator goes
   if (http) {
@@ -116,6 +110,13 @@ int runCoordinator(const Args& args) {
           !st.isOk()) {
         return reportFailure(st);
       }
+    }
+  }
+  // The port file comes last: whoever waits for it finds --http up too.
+  if (flags.isSet("port-file")) {
+    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port()));
+        !st.isOk()) {
+      return reportFailure(st);
     }
   }
   asio::signal_set signals(io, SIGINT, SIGTERM);

@@ -112,6 +112,10 @@ struct Swarm {
   Phase phase = Phase::kStartCoordinator;
   std::vector<std::unique_ptr<Child>> children;  // [0] coordinator, then peers
   std::uint16_t port = 0;
+  // The coordinator's --http (dashboard, /metrics): HOST:0 the first time, the same port after a
+  // restart. Empty host: off.
+  std::string http_host;
+  std::uint16_t http_port = 0;
   std::string last_view;
   std::string failure;
   bool interrupted = false;
@@ -409,17 +413,22 @@ void startPeer(Swarm& s, std::size_t index, bool initial) {
 }
 
 std::vector<std::string> coordinatorArgs(const Swarm& s) {
-  return {"coordinator",
-          "--listen",
-          fmt::format("{}:{}", s.addressOf(0), s.port),  // port 0 the first time
-          "--port-file",
-          s.out_dir + "/coordinator.port",
-          "--heartbeat-interval",
-          std::to_string(s.heartbeat_interval_ms),
-          "--heartbeat-timeout",
-          std::to_string(s.heartbeat_timeout_ms),
-          "--log-level",
-          s.log_level};
+  std::vector<std::string> args{"coordinator",
+                                "--listen",
+                                fmt::format("{}:{}", s.addressOf(0), s.port),  // 0 the first time
+                                "--port-file",
+                                s.out_dir + "/coordinator.port",
+                                "--heartbeat-interval",
+                                std::to_string(s.heartbeat_interval_ms),
+                                "--heartbeat-timeout",
+                                std::to_string(s.heartbeat_timeout_ms),
+                                "--log-level",
+                                s.log_level};
+  if (!s.http_host.empty()) {
+    args.insert(args.end(), {"--http", p2p::HostPort{s.http_host, s.http_port}.toString(),
+                             "--http-port-file", s.out_dir + "/coordinator.http-port"});
+  }
+  return args;
 }
 
 // When a restart of `c` is due: the base backoff after a healthy life, doubling while it keeps
@@ -684,6 +693,13 @@ void tick(Swarm& s) {
         writeProcesses(s);
         s.say(fmt::format("coordinator listening on {}:{}; starting {} peers", s.addressOf(0), port,
                           s.peers));
+        if (std::ifstream h(s.out_dir + "/coordinator.http-port"); h >> port && port > 0) {
+          s.http_port = static_cast<std::uint16_t>(port);
+          std::string host = s.http_host == "0.0.0.0" ? "127.0.0.1" : s.http_host;
+          s.say(fmt::format("dashboard: http://{}/ (metrics at /metrics){}",
+                            p2p::HostPort{host, s.http_port}.toString(),
+                            s.lab ? fmt::format(", inside lab host {}1", s.lab->name) : ""));
+        }
         if (s.training) {
           s.setPhase(Phase::kStartPeers);
           break;
@@ -817,7 +833,10 @@ int runLocal(const Args& args) {
       {"peer", "I:cpu=C: peer I (1-based) runs with C cores' worth of CPU (a cgroup quota; root)",
        "", false, true},
       {"heartbeat-interval", "the coordinator's heartbeat interval, ms", "250"},
-      {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"}};
+      {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"},
+      {"http",
+       "the coordinator's dashboard and /metrics at HOST:PORT (port 0: any free port; off: none)",
+       "127.0.0.1:0"}};
   for (auto& spec : trainingFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("local",
               "train on this machine: a coordinator and N peers as processes, with a live view",
@@ -896,6 +915,12 @@ int runLocal(const Args& args) {
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }
+  if (flags.get("http") != "off") {
+    auto http = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!http) return reportFailure(http.status().withContext("--http"));
+    s.http_host = http->host;
+    s.http_port = http->port;
+  }
   s.exe = selfExecutable();
   s.out_dir = flags.get("out");
   s.peers = static_cast<int>(*peers);
@@ -908,6 +933,7 @@ int runLocal(const Args& args) {
                fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
+  ::unlink((s.out_dir + "/coordinator.http-port").c_str());
 
   s.children.push_back(std::make_unique<Child>(Child{"coordinator"}));
   const int extra = s.join_at >= 0 ? 1 : 0;  // the late joiner, started by --join-at
