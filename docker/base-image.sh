@@ -21,8 +21,14 @@ if [[ ! -d $hooks ]]; then
   echo "base-image: $hooks is missing; apt-get install mmdebstrap" >&2
   exit 1
 fi
-mmdebstrap --quiet --variant=minbase --hook-dir="$hooks" \
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! mmdebstrap --quiet --variant=minbase --hook-dir="$hooks" \
   --dpkgopt='path-exclude=/usr/share/{doc,man,info,locale}/*' \
   --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-  bookworm - "${mirrors[@]}" | "$docker" import --change 'CMD ["bash"]' - "$name" >/dev/null
+  bookworm - "${mirrors[@]}" 2>"$log" | "$docker" import --change 'CMD ["bash"]' - "$name" >/dev/null; then
+  cat "$log" >&2
+  echo "base-image: mmdebstrap or docker import failed" >&2
+  exit 1
+fi
 echo "base-image: $name"
