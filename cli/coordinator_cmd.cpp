@@ -1,12 +1,54 @@
 #include <fmt/format.h>
 #include <asio.hpp>
 
+#include <future>
+
 #include "cli/commands.h"
+#include "cli/ops/dashboard.h"
+#include "cli/ops/http_server.h"
+#include "cli/ops/run_metrics.h"
+#include "cli/ops/status_json.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
 #include "p2p/net.h"
 
 namespace loco::cli {
+namespace {
+
+// The coordinator lives on the io thread; HTTP handlers run on the server's threads and ask the
+// io thread for a copy. nullopt when it does not answer in time (stalled, or shutting down).
+std::optional<p2p::RunSnapshot> snapshotOf(asio::io_context& io, const p2p::Coordinator& coord) {
+  auto promise = std::make_shared<std::promise<p2p::RunSnapshot>>();
+  auto future = promise->get_future();
+  asio::post(io, [promise, &coord] { promise->set_value(coord.snapshot()); });
+  if (future.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
+  return future.get();
+}
+
+std::map<std::string, ops::HttpHandler> coordinatorRoutes(asio::io_context& io,
+                                                          const p2p::Coordinator& coord) {
+  auto routes = ops::baseRoutes([&io, &coord] {
+    return snapshotOf(io, coord) ? std::string()
+                                 : std::string("the coordinator's event loop does not answer");
+  });
+  const auto plain_metrics = routes["/metrics"];
+  routes["/metrics"] = [&io, &coord, plain_metrics] {
+    if (auto s = snapshotOf(io, coord)) ops::publishRunGauges(*s, unixSeconds());
+    return plain_metrics();
+  };
+  routes["/api/status"] = [&io, &coord] {
+    auto s = snapshotOf(io, coord);
+    if (!s) return ops::HttpResponse{503, "text/plain", "the coordinator does not answer\n"};
+    return ops::HttpResponse{200, "application/json",
+                             ops::coordinatorStatusJson(*s, unixSeconds())};
+  };
+  routes["/"] = [] {
+    return ops::HttpResponse{200, "text/html; charset=utf-8", std::string(ops::dashboardHtml())};
+  };
+  return routes;
+}
+
+}  // namespace
 
 int runCoordinator(const Args& args) {
   Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
@@ -22,10 +64,21 @@ int runCoordinator(const Args& args) {
                 "ms peers that hold less than the run reached wait, with no member left, for a "
                 "peer that holds it before the run goes on from what they hold",
                 "60000"},
-               {"port-file", "write the bound port to this file once listening", ""}});
+               {"port-file", "write the bound port to this file once listening", ""},
+               {"http",
+                "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
+                "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
+                ""},
+               {"http-port-file", "write the bound --http port to this file", ""}});
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
 
   p2p::CoordinatorOptions opts;
+  std::optional<p2p::HostPort> http;
+  if (flags.isSet("http")) {
+    auto h = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!h) return reportFailure(h.status().withContext("--http"));
+    http = *h;
+  }
   auto listen = p2p::parseHostPort(flags.get("listen"), /*allow_port_zero=*/true);
   if (!listen) return reportFailure(listen.status().withContext("--listen"));
   opts.listen = *listen;
@@ -50,6 +103,22 @@ int runCoordinator(const Args& args) {
   asio::io_context io;
   auto coord = p2p::Coordinator::start(io, opts);
   if (!coord) return reportFailure(coord.status());
+  ops::describeRunMetrics(/*coordinator=*/true);
+  std::unique_ptr<ops::HttpServer> http_server;  // stopped before the coordinator goes
+  if (http) {
+    auto server = ops::HttpServer::start(*http, coordinatorRoutes(io, **coord));
+    if (!server) return reportFailure(server.status());
+    http_server = std::move(server.value());
+    LOG_INFO(kLogCoord, "dashboard at {}/", http_server->url());
+    if (flags.isSet("http-port-file")) {
+      if (Status st = writeFileAtomic(flags.get("http-port-file"),
+                                      fmt::format("{}\n", http_server->port()));
+          !st.isOk()) {
+        return reportFailure(st);
+      }
+    }
+  }
+  // The port file comes last: whoever waits for it finds --http up too.
   if (flags.isSet("port-file")) {
     if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port()));
         !st.isOk()) {
@@ -64,6 +133,7 @@ int runCoordinator(const Args& args) {
     io.stop();
   });
   io.run();
+  http_server.reset();
   LOG_INFO(kLogCoord, "stopped");
   return 0;
 }

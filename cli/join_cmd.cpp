@@ -9,6 +9,8 @@
 
 #include "cli/commands.h"
 #include "cli/join_train.h"
+#include "cli/ops/http_server.h"
+#include "cli/ops/status_json.h"
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
@@ -75,6 +77,27 @@ struct StopFlag {
   }
 };
 
+std::string membershipStateName(p2p::MembershipClient::State s) {
+  using State = p2p::MembershipClient::State;
+  switch (s) {
+    case State::kDisconnected:
+      return "disconnected";
+    case State::kConnecting:
+      return "connecting";
+    case State::kPending:
+      return "pending";
+    case State::kMember:
+      return "member";
+    case State::kReconnecting:
+      return "looking for a coordinator";
+    case State::kEvicted:
+      return "evicted";
+    case State::kLeft:
+      return "left";
+  }
+  return "unknown";
+}
+
 }  // namespace
 
 int runJoin(const Args& args) {
@@ -93,7 +116,11 @@ int runJoin(const Args& args) {
       {"coordinator-timeout",
        "ms to keep looking for a coordinator after losing it (or being evicted) before exiting "
        "(0: exit at once)",
-       "600000"}};
+       "600000"},
+      {"http",
+       "HOST:PORT for /metrics, /api/status and /healthz (off unless given; 127.0.0.1 keeps it "
+       "on this machine)",
+       ""}};
   for (auto& spec : trainingPeerFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("join", "join a training run as a peer (trains unless --idle)", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "peer"); rc >= 0) return rc;
@@ -117,6 +144,12 @@ int runJoin(const Args& args) {
     auto adv = p2p::parseHostPort(flags.get("advertise"));
     if (!adv) return reportFailure(adv.status().withContext("--advertise"));
   }
+  std::optional<p2p::HostPort> http;
+  if (flags.isSet("http")) {
+    auto h = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!h) return reportFailure(h.status().withContext("--http"));
+    http = *h;
+  }
 
   crypto::PeerIdentity identity;
   if (flags.isSet("identity")) {
@@ -139,7 +172,8 @@ int runJoin(const Args& args) {
                             identity.id,
                             static_cast<std::uint32_t>(*streams),
                             Millis(*connect_timeout),
-                            Millis(*coordinator_timeout)};
+                            Millis(*coordinator_timeout),
+                            http};
     return runTrainingPeer(flags, setup);
 #else
     Args command{"join"};
@@ -221,6 +255,25 @@ int runJoin(const Args& args) {
     cleanup();
     return code;
   };
+
+  std::unique_ptr<ops::HttpServer> http_server;  // declared after the client: goes first
+  if (http) {
+    auto routes = ops::baseRoutes([] { return std::string(); });  // alive while it answers
+    routes["/api/status"] = [&client, &identity, &flags] {
+      ops::PeerStatus s;
+      s.id = identity.id;
+      s.role = "idle peer";
+      s.state = membershipStateName(client.state());
+      s.coordinator = flags.get("coordinator");
+      const auto view = client.view();
+      s.epoch = view.epoch;
+      s.world = view.world();
+      return ops::HttpResponse{200, "application/json", ops::peerStatusJson(s, unixSeconds())};
+    };
+    auto server = ops::HttpServer::start(*http, std::move(routes));
+    if (!server) return finish(reportFailure(server.status()));
+    http_server = std::move(server.value());
+  }
 
   LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", flags.get("coordinator"),
            advertise, *streams);

@@ -1,6 +1,7 @@
 #pragma once
 // `loco join`'s training mode (join_train.cpp).
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ struct TrainingPeerSetup {
   std::uint32_t streams = 4;
   Millis connect_timeout{10000};       // the first registration
   Millis coordinator_timeout{600000};  // without any coordinator, after losing one
+  std::optional<p2p::HostPort> http;   // --http: /metrics, /api/status, /healthz
 };
 
 // Runs a training peer to the end; returns the exit code.

@@ -117,6 +117,10 @@ struct Swarm {
   std::uint16_t port = 0;
   std::unique_ptr<Child> standby;  // --standby on: a second coordinator
   std::uint16_t standby_port = 0;
+  // The coordinator's --http (dashboard, /metrics): HOST:0 the first time, the same port after a
+  // restart. Empty host: off. The standby serves none.
+  std::string http_host;
+  std::uint16_t http_port = 0;
   std::string last_view;
   std::string failure;
   bool interrupted = false;
@@ -432,18 +436,23 @@ void startPeer(Swarm& s, std::size_t index, bool initial) {
 }
 
 std::vector<std::string> coordinatorArgs(const Swarm& s, bool standby = false) {
-  return {"coordinator",
-          "--listen",
-          fmt::format("{}:{}", s.addressOf(0),
-                      standby ? s.standby_port : s.port),  // port 0 the first time
-          "--port-file",
-          s.out_dir + (standby ? "/standby.port" : "/coordinator.port"),
-          "--heartbeat-interval",
-          std::to_string(s.heartbeat_interval_ms),
-          "--heartbeat-timeout",
-          std::to_string(s.heartbeat_timeout_ms),
-          "--log-level",
-          s.log_level};
+  std::vector<std::string> args{
+      "coordinator",
+      "--listen",
+      fmt::format("{}:{}", s.addressOf(0), standby ? s.standby_port : s.port),  // 0 the first time
+      "--port-file",
+      s.out_dir + (standby ? "/standby.port" : "/coordinator.port"),
+      "--heartbeat-interval",
+      std::to_string(s.heartbeat_interval_ms),
+      "--heartbeat-timeout",
+      std::to_string(s.heartbeat_timeout_ms),
+      "--log-level",
+      s.log_level};
+  if (!standby && !s.http_host.empty()) {
+    args.insert(args.end(), {"--http", p2p::HostPort{s.http_host, s.http_port}.toString(),
+                             "--http-port-file", s.out_dir + "/coordinator.http-port"});
+  }
+  return args;
 }
 
 // When a restart of `c` is due: the base backoff after a healthy life, doubling while it keeps
@@ -740,6 +749,13 @@ void tick(Swarm& s) {
         s.say(fmt::format(
             "coordinator listening on {}:{}{}; starting {} peers", s.addressOf(0), port,
             s.standby ? fmt::format(", a standby on port {}", standby_port) : "", s.peers));
+        if (std::ifstream h(s.out_dir + "/coordinator.http-port"); h >> port && port > 0) {
+          s.http_port = static_cast<std::uint16_t>(port);
+          std::string host = s.http_host == "0.0.0.0" ? "127.0.0.1" : s.http_host;
+          s.say(fmt::format("dashboard: http://{}/ (metrics at /metrics){}",
+                            p2p::HostPort{host, s.http_port}.toString(),
+                            s.lab ? fmt::format(", inside lab host {}1", s.lab->name) : ""));
+        }
         if (s.training) {
           s.setPhase(Phase::kStartPeers);
           break;
@@ -877,7 +893,10 @@ int runLocal(const Args& args) {
       {"heartbeat-interval", "the coordinator's heartbeat interval, ms", "250"},
       {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"},
       {"standby",
-       "on: a standby coordinator beside the first; the peers fail over to it (training)", "off"}};
+       "on: a standby coordinator beside the first; the peers fail over to it (training)", "off"},
+      {"http",
+       "the coordinator's dashboard and /metrics at HOST:PORT (port 0: any free port; off: none)",
+       "127.0.0.1:0"}};
   for (auto& spec : trainingFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("local",
               "train on this machine: a coordinator and N peers as processes, with a live view",
@@ -962,6 +981,12 @@ int runLocal(const Args& args) {
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }
+  if (flags.get("http") != "off") {
+    auto http = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!http) return reportFailure(http.status().withContext("--http"));
+    s.http_host = http->host;
+    s.http_port = http->port;
+  }
   s.exe = selfExecutable();
   s.out_dir = flags.get("out");
   s.peers = static_cast<int>(*peers);
@@ -975,6 +1000,7 @@ int runLocal(const Args& args) {
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
   ::unlink((s.out_dir + "/standby.port").c_str());
+  ::unlink((s.out_dir + "/coordinator.http-port").c_str());
 
   s.children.push_back(std::make_unique<Child>(Child{"coordinator"}));
   const int extra = s.join_at >= 0 ? 1 : 0;  // the late joiner, started by --join-at

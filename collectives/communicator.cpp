@@ -1032,6 +1032,9 @@ void Communicator::setRegistrationReport(std::uint64_t state_revision, std::uint
   impl_->client().setRegistrationReport(
       p2p::RegistrationReport{state_revision, state_digest, progress, finished});
 }
+void Communicator::reportProgress(const p2p::PeerReportMsg& report) {
+  impl_->client().reportProgress(report);
+}
 Status Communicator::waitForProbes(Deadline deadline) {
   return impl_->waitForProbes(deadline);
 }

@@ -27,6 +27,10 @@
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
 
+namespace loco::p2p {
+struct PeerReportMsg;
+}
+
 namespace loco::collectives {
 
 enum class DType : std::uint8_t { kF32, kF16, kBF16 };
@@ -117,6 +121,9 @@ class Communicator {
   // Any thread.
   void setRegistrationReport(std::uint64_t state_revision, std::uint64_t state_digest,
                              std::uint64_t progress, bool finished = false);
+  // Sends this peer's progress after a round to the coordinator (its dashboard and /api/status).
+  // Non-blocking, any thread; dropped while the coordinator is unreachable.
+  void reportProgress(const p2p::PeerReportMsg& report);
   // Blocks until this peer has probed every member it had no bandwidth estimate for (probes
   // start when a view arrives and run in the background). For benchmarks and tests: a sync point
   // after this applies the better ring, if there is one. Errors: kTimeout.

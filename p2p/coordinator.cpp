@@ -148,6 +148,8 @@ void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, cons
       return;
     case MsgType::kHello:
       return onHello(conn, payload);
+    case MsgType::kDialBack:
+      return onDialBack(conn, payload);
     default:
       counter("coord.bad_handshake").inc();
       conn->close(Status(
@@ -260,6 +262,8 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
       }
       return apply(membership_.progress(id, *report, now));
     }
+    case MsgType::kPeerReport:
+      return onPeerReport(id, payload);
     case MsgType::kLeave: {
       auto it = peers_.find(id);
       if (it != peers_.end()) {
@@ -316,6 +320,28 @@ void Coordinator::onLinkReport(const std::string& id, ByteSpan payload) {
   }
 }
 
+void Coordinator::onPeerReport(const std::string& id, ByteSpan payload) {
+  auto report = decodePeerReport(payload);
+  if (!report) {
+    counter("coord.bad_peer_reports").inc();
+    return;  // progress is informational: a bad report costs the report, not the peer
+  }
+  run_log_.onReport(id, *report, unixSeconds());
+}
+
+RunSnapshot Coordinator::snapshot() const {
+  RunSnapshot s;
+  s.view = membership_.view(Clock::now());
+  s.view.counters = counterSnapshot();
+  s.view.edges = bandwidth_.edges();
+  s.events.assign(run_log_.events().begin(), run_log_.events().end());
+  s.steps = run_log_.steps();
+  s.progress = run_log_.peers();
+  s.heartbeat_interval = options_.heartbeat_interval;
+  s.heartbeat_timeout = options_.heartbeat_timeout;
+  return s;
+}
+
 void Coordinator::maybeProposeRing() {
   if (!bandwidth_dirty_) return;
   bandwidth_dirty_ = false;
@@ -350,6 +376,7 @@ void Coordinator::sendStatus(Connection& conn) {
 void Coordinator::apply(MembershipEffects fx) {
   const auto epoch = membership_.epoch();
   const auto world = membership_.ring().size();
+  if (!fx.events.empty()) run_log_.onEvents(fx.events, unixSeconds());
   for (const MembershipEvent& e : fx.events) {
     switch (e.kind) {
       case MembershipEvent::Kind::kPending:

@@ -54,6 +54,14 @@ std::string_view msgTypeName(MsgType t) {
       return "LinkReport";
     case MsgType::kProgress:
       return "Progress";
+    case MsgType::kPeerReport:
+      return "PeerReport";
+    case MsgType::kDialBack:
+      return "DialBack";
+    case MsgType::kDialBackProbe:
+      return "DialBackProbe";
+    case MsgType::kDialBackResult:
+      return "DialBackResult";
   }
   return "Unknown";
 }
@@ -93,6 +101,12 @@ std::uint32_t maxPayload(MsgType t) {
       return 64u << 10;
     case MsgType::kProgress:
       return 256;  // version 1 is 26 bytes; room for fields a newer peer appends
+    case MsgType::kPeerReport:
+    case MsgType::kDialBack:
+    case MsgType::kDialBackProbe:
+      return 1024;
+    case MsgType::kDialBackResult:
+      return 4096;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:

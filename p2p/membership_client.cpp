@@ -135,6 +135,12 @@ void MembershipClient::reportLinks(std::vector<EdgeEstimate> edges) {
   });
 }
 
+void MembershipClient::reportProgress(PeerReportMsg report) {
+  net_.post([this, report = std::move(report)] {
+    if (conn_ && conn_registered_) conn_->send(MsgType::kPeerReport, encodePeerReport(report));
+  });
+}
+
 void MembershipClient::setStateCallback(
     std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb) {
   state_cb_ = std::move(cb);

@@ -105,6 +105,9 @@ class MembershipClient {
   // Sends bandwidth measurements to the coordinator (topology.h). Non-blocking; sent in order
   // with reportOp and syncPoint, so a report made before a sync point counts at that sync point.
   void reportLinks(std::vector<EdgeEstimate> edges);
+  // Sends a training peer's progress (PeerReportMsg) to the coordinator. Non-blocking; dropped
+  // while not registered.
+  void reportProgress(PeerReportMsg report);
   // Called on the network thread with every shared-state frame from the coordinator
   // (kStatePlan, kStateComplete; see state_sync.h). Set before join().
   void setStateCallback(std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb);

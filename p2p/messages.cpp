@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 
 namespace loco::p2p {
 namespace {
@@ -273,6 +274,95 @@ Result<LinkHelloMsg> decodeLinkHello(ByteSpan in) {
         r.u32(m.stream_count) && r.u32(m.chunk_bytes) && r.done())) {
     return malformed("LinkHello");
   }
+  return m;
+}
+
+// ---- operations ---------------------------------------------------------------------------------
+
+namespace {
+constexpr std::uint8_t kPeerReportVersion = 1;
+constexpr std::uint8_t kDialBackVersion = 1;
+
+void putF64(ByteWriter& w, double v) {
+  w.u64(std::bit_cast<std::uint64_t>(v));
+}
+bool getF64(ByteReader& r, double& v) {
+  std::uint64_t bits = 0;
+  if (!r.u64(bits)) return false;
+  v = std::bit_cast<double>(bits);
+  return true;
+}
+}  // namespace
+
+std::vector<std::uint8_t> encodePeerReport(const PeerReportMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(kPeerReportVersion);
+  w.u64(m.outer_step);
+  w.u64(m.inner_step);
+  for (double v : {m.loss, m.val_loss, m.bytes_sent, m.tokens_per_s, m.utilization, m.round_s})
+    putF64(w, v);
+  w.u32(m.retries);
+  w.u32(m.world);
+  w.str(m.http);
+  return out;
+}
+
+Result<PeerReportMsg> decodePeerReport(ByteSpan in) {
+  ByteReader r(in);
+  PeerReportMsg m;
+  std::uint8_t version = 0;
+  if (!r.u8(version) || version < 1) return malformed("PeerReport");
+  bool ok = r.u64(m.outer_step) && r.u64(m.inner_step);
+  for (double* v :
+       {&m.loss, &m.val_loss, &m.bytes_sent, &m.tokens_per_s, &m.utilization, &m.round_s})
+    ok = ok && getF64(r, *v);
+  ok = ok && r.u32(m.retries) && r.u32(m.world) && r.str(m.http, kMaxAddrLen);
+  // A newer peer may append fields: skipped.
+  if (!ok || (version == kPeerReportVersion && !r.done())) return malformed("PeerReport");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeDialBack(const DialBackMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(kDialBackVersion);
+  w.str(m.addr);
+  w.u64(m.token);
+  return out;
+}
+
+Result<DialBackMsg> decodeDialBack(ByteSpan in) {
+  ByteReader r(in);
+  DialBackMsg m;
+  std::uint8_t version = 0;
+  if (!r.u8(version) || version < 1 || !r.str(m.addr, kMaxAddrLen) || !r.u64(m.token) ||
+      (version == kDialBackVersion && !r.done()))
+    return malformed("DialBack");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeDialBackResult(const DialBackResultMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(kDialBackVersion);
+  w.u8(static_cast<std::uint8_t>(m.code));
+  w.str(m.detail);
+  w.str(m.seen_from);
+  w.i64(m.coordinator_unix_ms);
+  return out;
+}
+
+Result<DialBackResultMsg> decodeDialBackResult(ByteSpan in) {
+  ByteReader r(in);
+  DialBackResultMsg m;
+  std::uint8_t version = 0, code = 0;
+  if (!r.u8(version) || version < 1 || !r.u8(code) || !r.str(m.detail, kMaxReasonLen) ||
+      !r.str(m.seen_from, kMaxAddrLen) || !r.i64(m.coordinator_unix_ms) ||
+      (version == kDialBackVersion && !r.done()))
+    return malformed("DialBackResult");
+  m.code = static_cast<StatusCode>(
+      std::min<std::uint8_t>(code, static_cast<std::uint8_t>(StatusCode::kInternal)));
   return m;
 }
 

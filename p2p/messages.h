@@ -179,6 +179,46 @@ struct LinkReportMsg {
   std::vector<EdgeEstimate> edges;
 };
 
+// ---- operations (what the coordinator's dashboard and `loco doctor` need) ----------------------
+
+// kPeerReport: a training peer's progress after each round, for the coordinator's /api/status
+// and dashboard. The coordinator decides nothing from it. Version byte first (1).
+struct PeerReportMsg {
+  std::uint64_t outer_step = 0;
+  std::uint64_t inner_step = 0;
+  double loss = 0;            // the group's mean train loss of the round (NaN: none)
+  double val_loss = 0;        // NaN unless this peer evaluated this round
+  double bytes_sent = 0;      // all peers' collective bytes so far, as the round's statistics say
+  double tokens_per_s = 0;    // this peer's inner-loop throughput
+  double utilization = 0;     // share of the round this peer spent computing, 0..1
+  double round_s = 0;         // wall time of the round on this peer
+  std::uint32_t retries = 0;  // failed attempts before the round went through
+  std::uint32_t world = 0;
+  std::string http;  // this peer's --http address ("" when off)
+};
+
+// kDialBack (doctor -> coordinator) asks the coordinator to open a TCP connection to `addr` and
+// send kDialBackProbe with the same token; kDialBackResult says how that went. The coordinator
+// dials only the address the request came from (with the port asked for), so it cannot be used
+// to probe third parties.
+struct DialBackMsg {
+  std::string addr;  // HOST:PORT (kDialBack); unused in kDialBackProbe
+  std::uint64_t token = 0;
+};
+struct DialBackResultMsg {
+  StatusCode code = StatusCode::kOk;     // kOk: connected and the probe was sent
+  std::string detail;                    // what failed, in words
+  std::string seen_from;                 // the requester's address as the coordinator sees it
+  std::int64_t coordinator_unix_ms = 0;  // the coordinator's wall clock when it answered
+};
+
+std::vector<std::uint8_t> encodePeerReport(const PeerReportMsg& m);
+Result<PeerReportMsg> decodePeerReport(ByteSpan in);
+std::vector<std::uint8_t> encodeDialBack(const DialBackMsg& m);
+Result<DialBackMsg> decodeDialBack(ByteSpan in);
+std::vector<std::uint8_t> encodeDialBackResult(const DialBackResultMsg& m);
+Result<DialBackResultMsg> decodeDialBackResult(ByteSpan in);
+
 std::vector<std::uint8_t> encodeHello(const HelloMsg& m);
 Result<HelloMsg> decodeHello(ByteSpan in);
 std::vector<std::uint8_t> encodeProgress(const ProgressMsg& m);

@@ -291,6 +291,7 @@ class Run {
     r.epoch = comm_.epoch();
     collectives::AllReduceOptions options;
     options.timeout = cfg_.op_timeout;
+    const auto t0 = Clock::now();
     auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum,
                                     collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
@@ -304,6 +305,7 @@ class Run {
     LOCO_RETURN_IF_ERROR(b);
     sent_reported_ = sent;
     total_megabytes_ += r.stats[kMegabytesSent];
+    last_reduce_s_ = toSeconds(Clock::now() - t0);
     return r;
   }
 
@@ -349,6 +351,8 @@ class Run {
     rec.inner_step = static_cast<std::uint64_t>(progress_[kInnerStep]);
     rec.bytes_sent = total_megabytes_ * 1e6;
     rec.tokens_per_s = last_tokens_per_s_;
+    rec.compute_s = last_compute_s_;
+    rec.reduce_s = last_reduce_s_;
     rec.state_digest = state_.digest();
     comm_.setRegistrationReport(state_.revision(), rec.state_digest, rec.outer_step, done());
     const auto ring = comm_.ring();
@@ -441,6 +445,7 @@ class Run {
       std::copy(trainer_.gradData(), trainer_.gradData() + P_, contribution_.begin());
     }
     const double seconds = toSeconds(Clock::now() - t0);
+    last_compute_s_ = seconds;
     if (seconds > 0) {
       last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size *
                            cfg_.train.model.context / seconds;
@@ -482,6 +487,8 @@ class Run {
   std::uint64_t state_bytes_sent_ = 0, sent_reported_ = 0;
   double total_megabytes_ = 0;
   double last_tokens_per_s_ = 0;
+  double last_compute_s_ = 0;
+  double last_reduce_s_ = 0;
   std::uint32_t retries_ = 0;
   std::uint64_t checkpoint_failures_ = 0;
   std::string checkpoint_error_;  // the last failed write's reason; empty after a success

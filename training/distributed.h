@@ -98,6 +98,9 @@ struct RoundRecord {
   double bytes_sent = 0;      // all peers' collective bytes so far (shared-state repairs included)
   std::uint32_t retries = 0;  // failed attempts before this round went through
   double tokens_per_s = 0;    // this peer's inner-loop throughput in the last round
+  double compute_s = 0;  // this peer's local phase (inner steps, or the gradient) before the round
+  double reduce_s = 0;   // the round's all-reduces (statistics and contributions, in flight
+                         // together), the attempt that went through
   std::uint64_t state_digest = 0;         // hash of the shared state after the round was applied
   double wall_s = 0;                      // since runDistributed started
   std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)

@@ -79,6 +79,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kStateComplaint:
         (void)decodeStateComplaint(d.payload);
         break;
+      case MsgType::kPeerReport:
+        (void)decodePeerReport(d.payload);
+        break;
+      case MsgType::kDialBack:
+      case MsgType::kDialBackProbe:
+        (void)decodeDialBack(d.payload);
+        break;
+      case MsgType::kDialBackResult:
+        (void)decodeDialBackResult(d.payload);
+        break;
       default:
         break;
     }
@@ -87,6 +97,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // As bare payloads.
   (void)decodeHello(whole);
   (void)decodeWelcome(whole);
+  (void)decodePeerReport(whole);
+  (void)decodeDialBack(whole);
+  (void)decodeDialBackResult(whole);
   (void)decodeRefused(whole);
   (void)decodeEvicted(whole);
   (void)decodeLinkHello(whole);

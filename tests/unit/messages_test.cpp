@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -67,6 +68,22 @@ StatePlanMsg samplePlan() {
   return p;
 }
 
+PeerReportMsg sampleReport() {
+  PeerReportMsg m;
+  m.outer_step = 17;
+  m.inner_step = 510;
+  m.loss = 2.25;
+  m.val_loss = std::nan("");
+  m.bytes_sent = 1.5e8;
+  m.tokens_per_s = 7357.5;
+  m.utilization = 0.83;
+  m.round_s = 4.5;
+  m.retries = 2;
+  m.world = 4;
+  m.http = "10.0.0.7:9100";
+  return m;
+}
+
 std::vector<Codec> allCodecs() {
   return {
       {"StateManifest", encodeStateManifest(sampleManifest()),
@@ -95,6 +112,14 @@ std::vector<Codec> allCodecs() {
                           {"fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef",
                            3e9, EdgeSource::kPassive}}}),
        [](ByteSpan b) { return statusOf(decodeLinkReport(b)); }},
+      {"PeerReport", encodePeerReport(sampleReport()),
+       [](ByteSpan b) { return statusOf(decodePeerReport(b)); }},
+      {"DialBack", encodeDialBack({"10.0.0.7:7100", 0x0123456789abcdefull}),
+       [](ByteSpan b) { return statusOf(decodeDialBack(b)); }},
+      {"DialBackResult",
+       encodeDialBackResult(
+           {StatusCode::kUnavailable, "connection refused", "10.0.0.7:51234", 1796070024254}),
+       [](ByteSpan b) { return statusOf(decodeDialBackResult(b)); }},
   };
 }
 
@@ -578,6 +603,55 @@ TEST(Messages, EncodingIsLittleEndianAndLengthPrefixed) {
   Bytes e = encodeEvicted({"ab"});
   Bytes want_e = {2, 0, 0, 0, 'a', 'b'};
   EXPECT_EQ(e, want_e);
+}
+
+}  // namespace
+}  // namespace loco::p2p
+
+namespace loco::p2p {
+namespace {
+
+TEST(Messages, PeerReportRoundTripsWithNaN) {
+  auto d = decodePeerReport(encodePeerReport(sampleReport()));
+  ASSERT_TRUE(d.isOk()) << d.status().toString();
+  EXPECT_EQ(d->outer_step, 17u);
+  EXPECT_EQ(d->inner_step, 510u);
+  EXPECT_EQ(d->loss, 2.25);
+  EXPECT_TRUE(std::isnan(d->val_loss));
+  EXPECT_EQ(d->bytes_sent, 1.5e8);
+  EXPECT_EQ(d->tokens_per_s, 7357.5);
+  EXPECT_EQ(d->utilization, 0.83);
+  EXPECT_EQ(d->round_s, 4.5);
+  EXPECT_EQ(d->retries, 2u);
+  EXPECT_EQ(d->world, 4u);
+  EXPECT_EQ(d->http, "10.0.0.7:9100");
+}
+
+TEST(Messages, NewerPeerReportAndDialBackVersionsAreReadAndTheirExtrasSkipped) {
+  for (auto bytes : {encodePeerReport(sampleReport()), encodeDialBack({"1.2.3.4:5", 9})}) {
+    bytes[0] = 2;  // a newer version that appends a field
+    bytes.insert(bytes.end(), {1, 2, 3});
+    const bool report = bytes.size() > 40;
+    Status s = report ? statusOf(decodePeerReport(bytes)) : statusOf(decodeDialBack(bytes));
+    EXPECT_TRUE(s.isOk()) << s.toString();
+    bytes[0] = 0;  // version 0 never existed
+    s = report ? statusOf(decodePeerReport(bytes)) : statusOf(decodeDialBack(bytes));
+    EXPECT_EQ(s.code(), StatusCode::kProtocolError);
+  }
+}
+
+TEST(Messages, DialBackResultRoundTripsAndClampsUnknownCodes) {
+  auto bytes = encodeDialBackResult({StatusCode::kTimeout, "no answer", "10.0.0.7:51234", -5});
+  auto d = decodeDialBackResult(bytes);
+  ASSERT_TRUE(d.isOk());
+  EXPECT_EQ(d->code, StatusCode::kTimeout);
+  EXPECT_EQ(d->detail, "no answer");
+  EXPECT_EQ(d->seen_from, "10.0.0.7:51234");
+  EXPECT_EQ(d->coordinator_unix_ms, -5);
+  bytes[1] = 250;
+  d = decodeDialBackResult(bytes);
+  ASSERT_TRUE(d.isOk());
+  EXPECT_EQ(d->code, StatusCode::kInternal);
 }
 
 }  // namespace
