@@ -1,10 +1,14 @@
 // `loco bench allreduce`: N peer processes (and a coordinator) all-reduce M MiB, on loopback or
 // in a lab's hosts. Each worker times its operations and hashes its result; the parent prints
 // one JSON line per configuration:
-//   {"bench":"allreduce","peers":N,"mib":M,"wire":"…","streams":K,"p50_ms":…,"algbw_gbs":…,
-//    "busbw_gbs":…,"rel_rms_err":…,"bitwise_equal":true|false,"peak_rss_mib":…}
+//   {"bench":"allreduce","impl":"loco","peers":N,"mib":M,"wire":"…","streams":K,"p50_ms":…,
+//    "algbw_gbs":…,"busbw_gbs":…,"rel_rms_err":…,"bitwise_equal":true|false,"peak_rss_mib":…}
 // busbw = bytes·2(N−1)/N / time; rel_rms_err is rank 0's result against an fp64 reference;
 // peak_rss_mib is the highest peak RSS (VmHWM) of any worker, taken right after its operations.
+// --baseline gloo first prints Gloo's line ("impl":"gloo", plus "algo", "baseline_algo" and, for
+// auto, "candidates_p50_ms"); loco's line then carries "speedup_vs_gloo" (Gloo's p50 / loco's).
+// Gloo's time is the call alone (sum); loco's includes the averaging it does inside the
+// operation.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
@@ -24,6 +28,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/bench_gloo.h"
 #include "cli/commands.h"
 #include "cli/lab/net.h"
 #include "collectives/communicator.h"
@@ -31,12 +36,6 @@
 #include "p2p/status_client.h"
 
 namespace loco::cli {
-
-#ifdef LOCO_HAVE_GLOO
-Status glooAllReduce(int rank, int size, const std::string& hostname, const std::string& store_dir,
-                     const std::vector<float>& input, std::vector<float>& buf, int iters,
-                     std::vector<double>& times_ms);
-#endif
 
 namespace {
 
@@ -89,11 +88,13 @@ std::uint64_t fnv1a(const void* data, std::size_t bytes) {
   return h;
 }
 
-// rank 0 compares its result with an fp64 reference; every rank hashes its result. The reference
+// rank 0 compares its result with an fp64 reference; every rank hashes its result. `extra`, when
+// not empty, is a third line (the Gloo baseline's algorithm and candidates). The reference
 // is built a block at a time from every rank's regenerated input stream: a whole fp64 copy would
 // cost twice the buffer, more than the all-reduce itself.
 Status writeResult(const Flags& flags, int rank, int peers, const std::vector<float>& buf,
-                   double peak_rss_mib, const std::vector<double>& times_ms) {
+                   double peak_rss_mib, const std::vector<double>& times_ms,
+                   const std::string& extra = "") {
   const std::size_t n = buf.size();
   double rel = -1;
   if (rank == 0) {
@@ -119,8 +120,8 @@ Status writeResult(const Flags& flags, int rank, int peers, const std::vector<fl
   std::string times;
   for (double t : times_ms) times += fmt::format("{}{:.4f}", times.empty() ? "" : " ", t);
   return writeFileAtomic(flags.get("out"),
-                         fmt::format("{:016x} {:.6e} {:.1f}\n{}\n", fnv1a(buf.data(), n * 4), rel,
-                                     peak_rss_mib, times));
+                         fmt::format("{:016x} {:.6e} {:.1f}\n{}\n{}{}", fnv1a(buf.data(), n * 4),
+                                     rel, peak_rss_mib, times, extra, extra.empty() ? "" : "\n"));
 }
 
 int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
@@ -130,13 +131,15 @@ int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
   if (!listen) return reportFailure(listen.status());
   const std::vector<float> input = gaussianInput(bytes / sizeof(float), rank);
   std::vector<float> buf(input.size());
-  std::vector<double> times_ms;
-  if (Status st =
-          glooAllReduce(rank, peers, listen->host, flags.get("store"), input, buf, iters, times_ms);
-      !st.isOk()) {
-    return reportFailure(st);
-  }
-  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
+  auto run = glooAllReduce(rank, peers, listen->host, flags.get("store"),
+                           flags.get("baseline-algo"), input, buf, iters);
+  if (!run) return reportFailure(run.status());
+  // Third line: "<algo> [<candidate> <p50 ms>]..."
+  std::string extra = run->algo;
+  for (const auto& [name, p50] : run->candidates_p50_ms)
+    extra += fmt::format(" {} {:.4f}", name, p50);
+  if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), run->times_ms, extra);
+      !st.isOk())
     return reportFailure(st);
   return 0;
 #else
@@ -260,6 +263,9 @@ struct RunSummary {
   std::string ring_before, ring_after;
   double peak_rss_mib = 0;  // the highest of any worker
   double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers (loco)
+  // Gloo only: the algorithm timed and, for --baseline-algo auto, every candidate's p50.
+  std::string gloo_algo;
+  std::vector<std::pair<std::string, double>> candidates_p50_ms;
 };
 
 // One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
@@ -339,6 +345,10 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
       argv.push_back(a);
     }
     if (flags.getBool("topology-update")) argv.push_back("--topology-update");
+    if (gloo) {
+      argv.push_back("--baseline-algo");
+      argv.push_back(flags.get("baseline-algo"));
+    }
     pids.push_back(spawnProcess(argv, fmt::format("{}/worker-{}.log", dir, r)));
   }
   std::string failure;
@@ -381,6 +391,12 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
       double t = 0;
       in >> t;
       w = std::max(w, t);  // an operation takes as long as its slowest peer
+    }
+    if (gloo && r == 0) {
+      in >> out.gloo_algo;
+      std::string name;
+      double p50 = 0;
+      while (in >> name >> p50) out.candidates_p50_ms.emplace_back(name, p50);
     }
   }
   if (!gloo && flags.getBool("topology-update")) {
@@ -425,7 +441,14 @@ int runBenchAllReduce(const Args& args) {
        {"algorithm", "auto, ring, direct or scatter-gather (auto: by size)", "auto"},
        {"iters", "timed operations (the median is reported)", "5"},
        {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
-       {"baseline", "gloo: also run Gloo's ring all-reduce on the same inputs and hosts", ""},
+       {"baseline",
+        "gloo: also run Gloo's all-reduce (gloo::allreduce, as torch.distributed calls it) on the "
+        "same inputs and hosts",
+        ""},
+       {"baseline-algo",
+        "Gloo's algorithm: ring or bcube (gloo::allreduce), halving-doubling or ring-chunked "
+        "(Gloo's classic classes), or auto (time all of them, report the fastest)",
+        "ring"},
        {"topology-update",
         "start from ring order 1-2-…-N, time one all-reduce, let the coordinator reorder the ring "
         "by measured bandwidth, then time --iters more",
@@ -475,6 +498,13 @@ int runBenchAllReduce(const Args& args) {
   if (!baseline.empty() && baseline != "gloo") {
     return reportFailure(Status(StatusCode::kInvalidArgument, "--baseline takes only gloo"));
   }
+  const std::string baseline_algo = flags.get("baseline-algo");
+  if (baseline_algo != "auto" && std::find(kGlooAlgorithms.begin(), kGlooAlgorithms.end(),
+                                           baseline_algo) == kGlooAlgorithms.end()) {
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument,
+               "--baseline-algo takes ring, bcube, halving-doubling, ring-chunked or auto"));
+  }
   const int N = static_cast<int>(*peers);
   const std::string size_key = flags.isSet("kib") ? "kib" : "mib";
   const std::string size_value = flags.isSet("kib") ? flags.get("kib") : flags.get("mib");
@@ -492,8 +522,16 @@ int runBenchAllReduce(const Args& args) {
         gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"),
         gloo ? 1 : *streams, run->p50_ms, algbw, busbw, run->rel,
         run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
-    if (gloo) gloo_p50 = run->p50_ms;
-    if (!gloo) {
+    if (gloo) {
+      gloo_p50 = run->p50_ms;
+      line += fmt::format(R"(,"algo":"{}","baseline_algo":"{}")", run->gloo_algo, baseline_algo);
+      if (!run->candidates_p50_ms.empty()) {
+        std::string c;
+        for (const auto& [name, p50] : run->candidates_p50_ms)
+          c += fmt::format(R"({}"{}":{:.3f})", c.empty() ? "" : ",", name, p50);
+        line += fmt::format(R"(,"candidates_p50_ms":{{{}}})", c);
+      }
+    } else {
       line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f})", flags.get("algorithm"),
                           run->cpu_ms);
     }

@@ -20,6 +20,8 @@ int runStatus(const Args& args);
 int runLocal(const Args& args);
 int runBench(const Args& args);
 int runLab(const Args& args);
+int runDoctor(const Args& args);
+int runChaos(const Args& args);
 int runBenchAllReduce(const Args& args);
 int runBenchJoin(const Args& args);
 int runBenchTrain(const Args& args);

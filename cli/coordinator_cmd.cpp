@@ -5,12 +5,54 @@
 #include <future>
 #include <mutex>
 
+#include <future>
+
 #include "cli/commands.h"
+#include "cli/ops/dashboard.h"
+#include "cli/ops/http_server.h"
+#include "cli/ops/run_metrics.h"
+#include "cli/ops/status_json.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
 #include "p2p/runtime.h"
 
 namespace loco::cli {
+namespace {
+
+// The coordinator lives on the io thread; HTTP handlers run on the server's threads and ask the
+// io thread for a copy. nullopt when it does not answer in time (stalled, or shutting down).
+std::optional<p2p::RunSnapshot> snapshotOf(p2p::NetworkThread& net, const p2p::Coordinator& coord) {
+  auto promise = std::make_shared<std::promise<p2p::RunSnapshot>>();
+  auto future = promise->get_future();
+  net.post([promise, &coord] { promise->set_value(coord.snapshot()); });
+  if (future.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
+  return future.get();
+}
+
+std::map<std::string, ops::HttpHandler> coordinatorRoutes(p2p::NetworkThread& net,
+                                                          const p2p::Coordinator& coord) {
+  auto routes = ops::baseRoutes([&net, &coord] {
+    return snapshotOf(net, coord) ? std::string()
+                                  : std::string("the coordinator's event loop does not answer");
+  });
+  const auto plain_metrics = routes["/metrics"];
+  routes["/metrics"] = [&net, &coord, plain_metrics] {
+    if (auto s = snapshotOf(net, coord)) ops::publishRunGauges(*s, unixSeconds());
+    return plain_metrics();
+  };
+  routes["/api/status"] = [&net, &coord] {
+    auto s = snapshotOf(net, coord);
+    if (!s) return ops::HttpResponse{503, "text/plain", "the coordinator does not answer\n"};
+    return ops::HttpResponse{200, "application/json",
+                             ops::coordinatorStatusJson(*s, unixSeconds())};
+  };
+  routes["/"] = [] {
+    return ops::HttpResponse{200, "text/html; charset=utf-8", std::string(ops::dashboardHtml())};
+  };
+  return routes;
+}
+
+}  // namespace
 
 int runCoordinator(const Args& args) {
   Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
@@ -18,22 +60,48 @@ int runCoordinator(const Args& args) {
                {"heartbeat-interval", "ms between heartbeats", "500"},
                {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
                {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
-               {"port-file", "write the bound port to this file once listening", ""}});
+               {"rebuild-window",
+                "ms to wait for a lost group's members before admitting those that came back "
+                "(default: heartbeat timeout + 4000)",
+                ""},
+               {"holder-wait",
+                "ms peers that hold less than the run reached wait, with no member left, for a "
+                "peer that holds it before the run goes on from what they hold",
+                "60000"},
+               {"port-file", "write the bound port to this file once listening", ""},
+               {"http",
+                "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
+                "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
+                ""},
+               {"http-port-file", "write the bound --http port to this file", ""}});
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
 
   p2p::CoordinatorOptions opts;
+  std::optional<p2p::HostPort> http;
+  if (flags.isSet("http")) {
+    auto h = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!h) return reportFailure(h.status().withContext("--http"));
+    http = *h;
+  }
   auto listen = p2p::parseHostPort(flags.get("listen"), /*allow_port_zero=*/true);
   if (!listen) return reportFailure(listen.status().withContext("--listen"));
   opts.listen = *listen;
   auto interval = flags.getInt("heartbeat-interval", 10, 600000);
   auto timeout = flags.getInt("heartbeat-timeout", 20, 3600000);
   auto handshake = flags.getInt("handshake-timeout", 10, 600000);
-  for (const auto* r : {&interval, &timeout, &handshake}) {
+  auto holder_wait = flags.getInt("holder-wait", 0, 86400000);
+  for (const auto* r : {&interval, &timeout, &handshake, &holder_wait}) {
     if (!*r) return reportFailure(r->status());
   }
   opts.heartbeat_interval = Millis(*interval);
   opts.heartbeat_timeout = Millis(*timeout);
   opts.handshake_timeout = Millis(*handshake);
+  opts.holder_wait = Millis(*holder_wait);
+  if (flags.isSet("rebuild-window")) {
+    auto window = flags.getInt("rebuild-window", 0, 3600000);
+    if (!window) return reportFailure(window.status());
+    opts.rebuild_window = Millis(*window);
+  }
 
   p2p::raiseFileLimit();
   p2p::NetworkThread net("loco-coord");
@@ -57,9 +125,31 @@ int runCoordinator(const Args& args) {
     });
     done.get_future().wait();
   };
+  ops::describeRunMetrics(/*coordinator=*/true);
+  std::unique_ptr<ops::HttpServer> http_server;  // stopped before the coordinator goes
+  if (http) {
+    auto server = ops::HttpServer::start(*http, coordinatorRoutes(net, *coord));
+    if (!server) {
+      shutdown();
+      return reportFailure(server.status());
+    }
+    http_server = std::move(server.value());
+    LOG_INFO(kLogCoord, "dashboard at {}/", http_server->url());
+    if (flags.isSet("http-port-file")) {
+      if (Status st = writeFileAtomic(flags.get("http-port-file"),
+                                      fmt::format("{}\n", http_server->port()));
+          !st.isOk()) {
+        http_server.reset();
+        shutdown();
+        return reportFailure(st);
+      }
+    }
+  }
+  // The port file comes last: whoever waits for it finds --http up too.
   if (flags.isSet("port-file")) {
     if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", coord->port()));
         !st.isOk()) {
+      http_server.reset();
       shutdown();
       return reportFailure(st);
     }
@@ -77,6 +167,7 @@ int runCoordinator(const Args& args) {
     cv.wait(lock, [&] { return signal != 0; });
   }
   LOG_INFO(kLogCoord, "signal {}: shutting down", signal);
+  http_server.reset();
   shutdown();
   LOG_INFO(kLogCoord, "stopped");
   return 0;

@@ -10,12 +10,15 @@
 
 #include "cli/commands.h"
 #include "cli/join_train.h"
+#include "cli/ops/http_server.h"
+#include "cli/ops/status_json.h"
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/base/text.h"
 #include "p2p/link.h"
 #include "p2p/membership_client.h"
+#include "p2p/reconnect.h"
 #include "p2p/runtime.h"
 
 namespace loco::cli {
@@ -52,17 +55,50 @@ struct StopFlag {
   }
 };
 
+std::string membershipStateName(p2p::MembershipClient::State s) {
+  using State = p2p::MembershipClient::State;
+  switch (s) {
+    case State::kDisconnected:
+      return "disconnected";
+    case State::kConnecting:
+      return "connecting";
+    case State::kPending:
+      return "pending";
+    case State::kMember:
+      return "member";
+    case State::kReconnecting:
+      return "looking for a coordinator";
+    case State::kEvicted:
+      return "evicted";
+    case State::kLeft:
+      return "left";
+  }
+  return "unknown";
+}
+
 }  // namespace
 
 int runJoin(const Args& args) {
   std::vector<FlagSpec> specs{
-      {"coordinator", "HOST:PORT of the run's coordinator", ""},
+      {"coordinator",
+       "HOST:PORT of the run's coordinator; a comma-separated list adds standbys, tried in order "
+       "when the coordinator is lost",
+       ""},
       {"idle", "membership only: no training, a sync point every heartbeat", "", true},
       {"listen", "HOST:PORT for other peers' link streams (port 0: any)", "0.0.0.0:0"},
       {"advertise", "HOST:PORT other peers should connect to (default: derived)", ""},
       {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
       {"streams", "parallel TCP streams per peer link", "4"},
-      {"connect-timeout", "ms to keep trying to reach the coordinator before failing", "10000"}};
+      {"connect-timeout", "ms to keep trying to reach the coordinator at start before failing",
+       "10000"},
+      {"coordinator-timeout",
+       "ms to keep looking for a coordinator after losing it (or being evicted) before exiting "
+       "(0: exit at once)",
+       "600000"},
+      {"http",
+       "HOST:PORT for /metrics, /api/status and /healthz (off unless given; 127.0.0.1 keeps it "
+       "on this machine)",
+       ""}};
   for (auto& spec : trainingPeerFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("join", "join a training run as a peer (trains unless --idle)", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "peer"); rc >= 0) return rc;
@@ -71,17 +107,26 @@ int runJoin(const Args& args) {
     return reportFailure(Status(StatusCode::kInvalidArgument,
                                 "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
   }
-  auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
-  if (!coordinator) return reportFailure(coordinator.status().withContext("--coordinator"));
+  auto coordinators = p2p::parseHostPortList(flags.get("coordinator"));
+  if (!coordinators) return reportFailure(coordinators.status().withContext("--coordinator"));
+  const p2p::HostPort& coordinator = coordinators->front();
   auto listen = p2p::parseHostPort(flags.get("listen"), true);
   if (!listen) return reportFailure(listen.status().withContext("--listen"));
   auto streams = flags.getInt("streams", 1, 64);
   if (!streams) return reportFailure(streams.status());
   auto connect_timeout = flags.getInt("connect-timeout", 100, 3600000);
   if (!connect_timeout) return reportFailure(connect_timeout.status());
+  auto coordinator_timeout = flags.getInt("coordinator-timeout", 0, 7LL * 24 * 3600 * 1000);
+  if (!coordinator_timeout) return reportFailure(coordinator_timeout.status());
   if (flags.isSet("advertise")) {
     auto adv = p2p::parseHostPort(flags.get("advertise"));
     if (!adv) return reportFailure(adv.status().withContext("--advertise"));
+  }
+  std::optional<p2p::HostPort> http;
+  if (flags.isSet("http")) {
+    auto h = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!h) return reportFailure(h.status().withContext("--http"));
+    http = *h;
   }
 
   crypto::PeerIdentity identity;
@@ -99,12 +144,14 @@ int runJoin(const Args& args) {
   p2p::raiseFileLimit();
   if (!flags.getBool("idle")) {
 #ifdef LOCO_TRAINING_BINARY
-    TrainingPeerSetup setup{*coordinator,
+    TrainingPeerSetup setup{*coordinators,
                             *listen,
                             flags.get("advertise"),
                             identity.id,
                             static_cast<std::uint32_t>(*streams),
-                            Millis(*connect_timeout)};
+                            Millis(*connect_timeout),
+                            Millis(*coordinator_timeout),
+                            http};
     return runTrainingPeer(flags, setup);
 #else
     Args command{"join"};
@@ -162,9 +209,12 @@ int runJoin(const Args& args) {
 
   std::string advertise = flags.isSet("advertise")
                               ? flags.get("advertise")
-                              : p2p::advertiseAddress(*listen, *coordinator, listener->port());
-  p2p::MembershipClient client(
-      net, {*coordinator, identity.id, advertise, static_cast<std::uint32_t>(*streams)});
+                              : p2p::advertiseAddress(*listen, coordinator, listener->port());
+  p2p::MembershipClientOptions client_options{coordinator, identity.id, advertise,
+                                              static_cast<std::uint32_t>(*streams)};
+  client_options.standby_coordinators.assign(coordinators->begin() + 1, coordinators->end());
+  client_options.coordinator_timeout = Millis(*coordinator_timeout);
+  p2p::MembershipClient client(net, client_options);
   client.setViewCallback(
       [](const p2p::GroupView& v) { LOG_INFO(kLogPeer, "membership {}", describeView(v)); });
 
@@ -182,7 +232,26 @@ int runJoin(const Args& args) {
     return code;
   };
 
-  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", coordinator->toString(),
+  std::unique_ptr<ops::HttpServer> http_server;  // declared after the client: goes first
+  if (http) {
+    auto routes = ops::baseRoutes([] { return std::string(); });  // alive while it answers
+    routes["/api/status"] = [&client, &identity, &flags] {
+      ops::PeerStatus s;
+      s.id = identity.id;
+      s.role = "idle peer";
+      s.state = membershipStateName(client.state());
+      s.coordinator = flags.get("coordinator");
+      const auto view = client.view();
+      s.epoch = view.epoch;
+      s.world = view.world();
+      return ops::HttpResponse{200, "application/json", ops::peerStatusJson(s, unixSeconds())};
+    };
+    auto server = ops::HttpServer::start(*http, std::move(routes));
+    if (!server) return finish(reportFailure(server.status()));
+    http_server = std::move(server.value());
+  }
+
+  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", flags.get("coordinator"),
            advertise, *streams);
   Status joined = client.join(Deadline::after(Millis(*connect_timeout)));
   if (!joined.isOk()) {
@@ -193,35 +262,49 @@ int runJoin(const Args& args) {
 
   const Millis interval = client.heartbeatInterval();
   const Millis timeout = client.heartbeatTimeout();
+  // Waiting for admission (first, or after losing the group: the client registers again on its
+  // own) is logged at most every 10 s; the client logs its reconnect attempts.
+  p2p::LogThrottle waiting_log(Millis(10000));
+  TimePoint waiting_since = Clock::now();
+  (void)waiting_log.shouldLog(waiting_since);  // most admissions take less than one interval
+  bool member = false;
   while (!stop.stopped()) {
     Status st;
-    if (client.state() == p2p::MembershipClient::State::kPending) {
+    if (client.state() != p2p::MembershipClient::State::kMember) {
+      if (member) {  // lost the group since the last round of this loop
+        member = false;
+        waiting_since = Clock::now();
+        waiting_log.reset();
+        (void)waiting_log.shouldLog(waiting_since);
+      }
       st = client.waitForMembership(Deadline::after(interval));
-      if (st.code() == StatusCode::kTimeout) continue;
-      if (st.isOk()) LOG_INFO(kLogPeer, "admitted at epoch {}", client.epoch());
+      if (st.code() == StatusCode::kTimeout) {
+        if (waiting_log.shouldLog(Clock::now())) {
+          LOG_INFO(kLogPeer, "{} (waiting {:.0f} s)", st.message(),
+                   toSeconds(Clock::now() - waiting_since));
+        }
+        continue;
+      }
+      if (st.isOk()) {
+        LOG_INFO(kLogPeer, "admitted at epoch {}", client.epoch());
+        member = true;
+        continue;
+      }
     } else {
       // --idle: a sync point every heartbeat; pending peers are admitted at these.
       auto synced = client.syncPoint(Deadline::after(2 * timeout));
       st = synced.status();
       if (synced.isOk() || (st.code() == StatusCode::kTimeout &&
                             client.state() == p2p::MembershipClient::State::kMember)) {
-        st = Status();
         if (!stop.sleepFor(interval)) break;
+        continue;
       }
+      // The client is on its way back on its own: wait for admission.
+      if (st.code() == StatusCode::kPeerLost || st.code() == StatusCode::kEvicted) continue;
     }
-    if (st.isOk()) continue;
     if (st.code() == StatusCode::kAborted) break;
-    if (st.code() == StatusCode::kEvicted) {
-      LOG_WARN(kLogPeer, "{}; rejoining as pending", st.message());
-    } else {
-      LOG_ERROR(kLogPeer, "{}; trying to rejoin for {} ms", st.message(), *connect_timeout);
-    }
-    Status rejoined = client.join(Deadline::after(Millis(*connect_timeout)));
-    if (rejoined.code() == StatusCode::kAborted) break;
-    if (!rejoined.isOk()) return finish(reportFailure(rejoined));
-    LOG_INFO(kLogPeer, "re-registered as pending");
+    return finish(reportFailure(st));  // no coordinator came back, or our identity was taken
   }
-
   LOG_INFO(kLogPeer, "leaving the group (signal {})", stop.signal);
   Status left = client.leave(Deadline::after(Millis(1000)));
   if (!left.isOk()) LOG_WARN(kLogPeer, "leave: {}", left.message());

@@ -5,12 +5,20 @@
 #include <fmt/format.h>
 #include <signal.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 
 #include "cli/commands.h"
 #include "cli/join_train.h"
+#include "cli/ops/http_server.h"
+#include "cli/ops/run_metrics.h"
+#include "cli/ops/status_json.h"
 #include "cli/training_flags.h"
 #include "collectives/communicator.h"
 #include "p2p/base/log.h"
@@ -29,12 +37,57 @@ std::string jsonNumber(double v) {
   return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null";
 }
 
+// One line per round. `epoch` is the membership epoch the round was applied in, `pid` tells one
+// process lifetime from the next (restarts append to the same file), `unix_s` puts the line on a
+// clock other processes share, and `finite` says whether every loss this peer computed for the
+// round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
+// computed). `checkpoint_failures` counts this process's checkpoint writes that failed (a full
+// disk; training goes on). `loco chaos` checks its invariants on these fields.
 std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
+  const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
+                      (!r.val_loss || std::isfinite(*r.val_loss));
+  const double unix_s =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f}}})",
-      rank, shortId(peer), r.outer_step, r.inner_step, r.world, r.contributors,
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{}}})",
+      rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
-      r.retries, r.tokens_per_s, r.state_digest, r.wall_s);
+      r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
+      finite ? "true" : "false", r.checkpoint_failures);
+}
+
+// What this peer's /api/status shows; written by the training thread, read by HTTP threads.
+struct LiveStatus {
+  std::mutex mu;
+  collectives::Communicator* comm = nullptr;  // while it exists
+  std::optional<p2p::PeerReportMsg> last_round;
+  double last_round_unix_s = 0;
+};
+
+std::map<std::string, ops::HttpHandler> peerRoutes(LiveStatus& live, const TrainingPeerSetup& setup,
+                                                   const std::string& coordinator_flag) {
+  auto routes = ops::baseRoutes([] { return std::string(); });  // alive while it answers
+  routes["/api/status"] = [&live, &setup, coordinator_flag] {
+    ops::PeerStatus s;
+    s.id = setup.peer_id;
+    s.coordinator = coordinator_flag;
+    {
+      std::lock_guard lock(live.mu);
+      if (live.comm == nullptr) {
+        s.state = "connecting";
+      } else {
+        const auto ring = live.comm->ring();
+        const bool member = std::find(ring.begin(), ring.end(), setup.peer_id) != ring.end();
+        s.state = member ? "member" : "waiting for admission";
+        s.epoch = live.comm->epoch();
+        s.world = live.comm->world();
+      }
+      s.last_round = live.last_round;
+      s.last_round_unix_s = live.last_round_unix_s;
+    }
+    return ops::HttpResponse{200, "application/json", ops::peerStatusJson(s, unixSeconds())};
+  };
+  return routes;
 }
 
 }  // namespace
@@ -76,8 +129,23 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
     }
   }
 
+  LiveStatus live;
+  std::unique_ptr<ops::HttpServer> http_server;
+  if (setup.http) {
+    ops::describeRunMetrics(/*coordinator=*/false);
+    auto server =
+        ops::HttpServer::start(*setup.http, peerRoutes(live, setup, flags.get("coordinator")));
+    if (!server) {
+      if (metrics) std::fclose(metrics);
+      return reportFailure(server.status());
+    }
+    http_server = std::move(server.value());
+  }
+
   collectives::CommunicatorOptions o;
-  o.coordinator = setup.coordinator;
+  o.coordinator = setup.coordinators.front();
+  o.standby_coordinators.assign(setup.coordinators.begin() + 1, setup.coordinators.end());
+  o.coordinator_timeout = setup.coordinator_timeout;
   o.peer_id = setup.peer_id;
   o.listen = setup.listen;
   o.advertise = setup.advertise;
@@ -86,16 +154,38 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   auto comm = collectives::Communicator::create(o, Deadline::after(setup.connect_timeout));
   if (!comm) {
     if (metrics) std::fclose(metrics);
+    if (comm.status().code() == StatusCode::kCompleted) {
+      // The group finished the run while this peer was away: nothing to do, and no failure.
+      LOG_WARN(training::kLogTrain, "{}; exiting", comm.status().message());
+      return 0;
+    }
     return reportFailure(comm.status());
   }
 
+  {
+    std::lock_guard lock(live.mu);
+    live.comm = comm->get();
+  }
   struct sigaction sa {};
   sa.sa_handler = onStopSignal;
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
 
+  double last_round_wall_s = -1;
+  const std::string http_addr =
+      http_server ? p2p::HostPort{setup.http->host, http_server->port()}.toString() : std::string();
   Status st = training::runDistributed(
       **comm, **trainer, *config, g_stop, [&](const training::RoundRecord& r) {
+        const double round_s = last_round_wall_s >= 0 ? r.wall_s - last_round_wall_s : 0;
+        last_round_wall_s = r.wall_s;
+        p2p::PeerReportMsg report = ops::recordRound(r, round_s, (*comm)->bytesSent());
+        report.http = http_addr;
+        (*comm)->reportProgress(report);
+        {
+          std::lock_guard lock(live.mu);
+          live.last_round = report;
+          live.last_round_unix_s = unixSeconds();
+        }
         LOG_INFO(training::kLogTrain,
                  "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}",
                  r.outer_step, r.inner_step, r.world, r.train_loss,
@@ -109,6 +199,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   if (metrics) std::fclose(metrics);
   Status left = (*comm)->leave(Deadline::after(Millis(2000)));
   if (!left.isOk()) LOG_WARN(kLogPeer, "leave: {}", left.message());
+  http_server.reset();  // before the communicator its handlers read goes
   if (!st.isOk()) return reportFailure(st);
   LOG_INFO(training::kLogTrain, "{}", g_stop.load() ? "stopped by a signal" : "training finished");
   return 0;

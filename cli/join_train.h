@@ -1,6 +1,7 @@
 #pragma once
 // `loco join`'s training mode (join_train.cpp).
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,12 +12,14 @@
 namespace loco::cli {
 
 struct TrainingPeerSetup {
-  p2p::HostPort coordinator;
+  std::vector<p2p::HostPort> coordinators;  // the first, then standbys
   p2p::HostPort listen;
   std::string advertise;  // "" derives it
   std::string peer_id;
   std::uint32_t streams = 4;
-  Millis connect_timeout{10000};
+  Millis connect_timeout{10000};       // the first registration
+  Millis coordinator_timeout{600000};  // without any coordinator, after losing one
+  std::optional<p2p::HostPort> http;   // --http: /metrics, /api/status, /healthz
 };
 
 // Runs a training peer to the end; returns the exit code.

@@ -16,10 +16,12 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <sstream>
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/lab/cgroup.h"
 #include "cli/lab/config.h"
 #include "cli/lab/hub.h"
 #include "cli/lab/net.h"
@@ -81,11 +83,26 @@ std::vector<FlagSpec> linkFlags() {
       {"jitter-ms", "uniform jitter added to the delay, +- ms (no reordering)", ""},
       {"loss", "loss probability per packet and direction, 0 to 1", ""},
       {"rate-mbit", "every host's access link capacity, each direction, Mbit/s (0: unlimited)", ""},
-      {"host", "I:rate-mbit=R | I:up-mbit=U | I:down-mbit=W (one host's access link)", "", false,
-       true},
+      {"host",
+       "I:rate-mbit=R | I:up-mbit=U | I:down-mbit=W (one host's access link) | I:cpu=C (a slow "
+       "host: C cores' worth of CPU through a cgroup quota, 0 = no limit)",
+       "", false, true},
       {"link", "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R (one pair of hosts)", "", false,
        true},
       {"tcp-rmem-max", "largest TCP receive/send buffer inside the hosts, bytes", ""}};
+}
+
+// A slow host needs a cgroup cpu controller; say so before anything is built or changed.
+Status checkCpuQuotas(const LabConfig& cfg) {
+  for (int i = 1; i <= cfg.hosts; ++i) {
+    if (cfg.hostCpu(i) <= 0) continue;
+    auto root = lab::detectCpuCgroup();
+    if (!root)
+      return Status(root.status().code(), fmt::format("--host {}:cpu needs a cgroup CPU quota: {}",
+                                                      i, root.status().message()));
+    return Status();
+  }
+  return Status();
 }
 
 Result<lab::LabOptions> linkOptions(const Flags& flags) {
@@ -118,12 +135,13 @@ std::string statusTable(const LabConfig& cfg) {
   std::string out = fmt::format(
       "lab {}   {} hosts   subnet 10.213.{}.0/24   hub {}\n", cfg.name, cfg.hosts, cfg.subnet,
       alive(hub_pid) ? fmt::format("running (pid {})", hub_pid) : "NOT RUNNING");
-  out += fmt::format("{:<8} {:<15} {:>10} {:>10}\n", "HOST", "ADDRESS", "UP MBIT", "DOWN MBIT");
+  out += fmt::format("{:<8} {:<15} {:>10} {:>10} {:>6}\n", "HOST", "ADDRESS", "UP MBIT",
+                     "DOWN MBIT", "CPU");
   auto rate = [](double r) { return r > 0 ? fmt::format("{:g}", r) : std::string("-"); };
   for (int i = 1; i <= cfg.hosts; ++i) {
     auto r = cfg.host(i);
-    out += fmt::format("{:<8} {:<15} {:>10} {:>10}\n", cfg.nsName(i), cfg.address(i),
-                       rate(r.up_mbit), rate(r.down_mbit));
+    out += fmt::format("{:<8} {:<15} {:>10} {:>10} {:>6}\n", cfg.nsName(i), cfg.address(i),
+                       rate(r.up_mbit), rate(r.down_mbit), rate(cfg.hostCpu(i)));
   }
   out += fmt::format("{:<8} {:>9} {:>10} {:>8} {:>10}  {}\n", "PAIR", "DELAY MS", "JITTER MS",
                      "LOSS", "CAP MBIT", "");
@@ -175,6 +193,7 @@ int labUp(const Args& args) {
   cfg.name = name;
   cfg.subnet = *subnet;
   if (Status st = lab::applyOptions(cfg, *options); !st.isOk()) return reportFailure(st);
+  if (Status st = checkCpuQuotas(cfg); !st.isOk()) return reportFailure(st);
 
   // The state directory comes first: whatever exists of a lab can then be found and removed.
   std::error_code ec;
@@ -253,11 +272,44 @@ struct Supervisor {
   uv_loop_t loop{};
   uv_process_t hub{};
   uv_signal_t sigterm{}, sigint{}, sighup{};
+  uv_timer_t cpu_timer{};
+  std::map<int, double> cpu_applied;  // host -> quota in force (cores; 0: none)
+  bool cpu_warned = false;
   std::string name;
   bool stopping = false;
   bool hub_running = false;
   int exit_code = 0;
 };
+
+// Slow hosts (--host I:cpu=C): keeps each such host's cgroup quota as the state file says, and
+// every process living in the host's network namespace inside that cgroup. Processes started
+// with `loco lab exec` or by `loco local` join at once; anything else (plain `ip netns exec`)
+// within one sweep.
+void applyCpuQuotas(Supervisor& s) {
+  auto cfg = lab::parseConfig(readTextFile(lab::configPath(s.name)));
+  if (!cfg) return;
+  for (int i = 1; i <= cfg->hosts; ++i) {
+    const double cores = cfg->hostCpu(i);
+    auto applied = s.cpu_applied.find(i);
+    if (cores <= 0 && applied == s.cpu_applied.end()) continue;  // never limited
+    if (applied == s.cpu_applied.end() || applied->second != cores) {
+      Status st = lab::setCpuQuota(cfg->cgroupName(i), cores);
+      if (!st.isOk()) {
+        if (!s.cpu_warned)
+          LOG_ERROR(kLogCli, "lab {}: cannot give host {} a CPU quota: {}", s.name, i,
+                    st.message());
+        s.cpu_warned = true;
+        continue;
+      }
+      LOG_INFO(kLogCli, "lab {}: host {} CPU quota {}", s.name, i,
+               cores > 0 ? fmt::format("{:g} cores", cores) : std::string("removed"));
+      s.cpu_applied[i] = cores;
+    }
+    if (cores <= 0) continue;
+    for (pid_t pid : lab::pidsInNetns("/run/netns/" + cfg->nsName(i)))
+      (void)lab::addToCgroup(cfg->cgroupName(i), pid);
+  }
+}
 
 int labSupervise(const Args& args) {
   Flags flags("lab supervise", "internal: runs a lab's hub and removes the lab when it ends", {});
@@ -300,6 +352,8 @@ int labSupervise(const Args& args) {
     uv_close(reinterpret_cast<uv_handle_t*>(&s.sigterm), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&s.sigint), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&s.sighup), nullptr);
+    uv_timer_stop(&s.cpu_timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&s.cpu_timer), nullptr);
   };
   uv_signal_init(&s.loop, &s.sigterm);
   uv_signal_init(&s.loop, &s.sigint);
@@ -310,6 +364,9 @@ int labSupervise(const Args& args) {
     return 1;
   }
   s.hub_running = true;
+  uv_timer_init(&s.loop, &s.cpu_timer);
+  uv_timer_start(
+      &s.cpu_timer, [](uv_timer_t*) { applyCpuQuotas(s); }, 0, 500);
   auto stop = [](uv_signal_t*, int sig) {
     LOG_INFO(kLogCli, "lab {}: signal {}; stopping the hub", s.name, sig);
     s.stopping = true;
@@ -384,6 +441,12 @@ int labExec(const Args& args) {
   std::size_t first = (args.size() > 1 && args[1] == "--") ? 2 : 1;
   if (first >= args.size())
     return reportFailure(Status(StatusCode::kInvalidArgument, "no command to run"));
+  // A slow host's processes run under its CPU quota from their first instruction.
+  if (cfg->hostCpu(index) > 0) {
+    if (Status st = lab::addToCgroup(cfg->cgroupName(index), ::getpid()); !st.isOk())
+      LOG_WARN(kLogCli, "{} has a CPU quota but this command runs without it: {}", host,
+               st.message());
+  }
   std::vector<std::string> argv = {"ip", "netns", "exec", host};
   argv.insert(argv.end(), args.begin() + static_cast<long>(first), args.end());
   std::vector<char*> cargv;
@@ -406,6 +469,7 @@ int labSet(const Args& args) {
   if (!options) return reportFailure(options.status());
   const auto old_rmem = cfg->tcp_rmem_max;
   if (Status st = lab::applyOptions(*cfg, *options); !st.isOk()) return reportFailure(st);
+  if (Status st = checkCpuQuotas(*cfg); !st.isOk()) return reportFailure(st);
   if (Status st = saveLab(*cfg); !st.isOk()) return reportFailure(st);
   if (cfg->tcp_rmem_max != old_rmem) {
     if (Status st = lab::applySysctls(*cfg); !st.isOk()) return reportFailure(st);
@@ -483,7 +547,7 @@ int runLab(const Args& args) {
   const char* usage =
       "usage: loco lab COMMAND ...\n"
       "  up NAME --hosts N [--delay-ms D] [--jitter-ms J] [--loss P] [--rate-mbit R]\n"
-      "          [--host I:rate-mbit=R|up-mbit=U|down-mbit=W]... [--link "
+      "          [--host I:rate-mbit=R|up-mbit=U|down-mbit=W|cpu=C]... [--link "
       "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R]...\n"
       "          [--tcp-rmem-max BYTES]\n"
       "  exec NAMEi -- CMD [ARGS...]     run a command inside host i\n"

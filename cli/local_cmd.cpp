@@ -5,7 +5,20 @@
 // every training flag is passed on to them); a live line shows each outer step; at the end
 // OUT/run.jsonl (one line per outer step), loss plots (SVG) and a summary are written. Peers
 // start one after another, so the ring order, and with it every result bit, repeats run to run.
-// --kill-at / --join-at kill a peer (SIGKILL) and add one mid-run. Ctrl+C stops every peer.
+// --kill-at / --join-at kill a peer (SIGKILL, for good) and add one mid-run. Ctrl+C stops every
+// peer.
+//
+// Supervision (training): like an operator, not like a test harness. A peer that dies before the
+// run reaches its last step is logged and, with --restart-dead (the default), started again with
+// its identity, rank and metrics file after a backoff (1 s, doubling while it keeps dying young,
+// at most 30 s); it rejoins as a newcomer (from its checkpoint when --checkpoint-dir has one) and
+// the others train on meanwhile. A coordinator that dies is started again on the same address.
+// The exit status says whether the run reached its last step with every peer's shared state in
+// agreement, not whether every process lived. OUT/processes.json names every process's current
+// pid and host (what `loco chaos` signals). --standby on: a second coordinator ("standby", on the
+// coordinator's host, its own port) that every peer lists after the first; when the one that
+// holds the group dies the peers move to the other, and the dead one is restarted, empty, on its
+// address (peers register where the group is, p2p/membership_client.h).
 //
 // --idle: the membership demo: all peers join, one leaves, then everyone stops.
 #include <fcntl.h>
@@ -25,6 +38,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/lab/cgroup.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
 #include "cli/training_flags.h"
@@ -36,15 +50,36 @@
 namespace loco::cli {
 namespace {
 
+// A peer that lived at least this long is healthy again: its next restart waits the base backoff.
+constexpr Millis kHealthyLife{30000};
+constexpr Millis kMaxBackoff{30000};
+// Once the run reached its last step, peers get this long to leave by themselves.
+constexpr Millis kFinishGrace{60000};
+// A peer that did not take part in the last round (it was evicted or cut off) gets this long
+// before it is told to stop: with the group gone it could only train on alone, from old state.
+constexpr Millis kStragglerGrace{3000};
+
 struct Child {
   std::string name;
   std::string peer_id;  // empty for the coordinator
   uv_process_t proc{};
   bool started = false;
   bool running = false;
+  bool exit_handled = true;  // the supervisor has looked at the latest exit
   std::int64_t exit_status = -1;
   int term_signal = 0;
-  bool expected_exit = false;
+  bool expected_exit = false;  // we asked for it (shutdown, --kill-at): no restart
+  bool finished = false;       // left after the run's last step
+  bool gave_up = false;        // died too often to restart again
+  bool resumed = false;        // the current life started from its checkpoint
+  int pid = 0;
+  std::uint64_t last_inner = 0;  // the latest inner step it reported
+  int restarts = 0;
+  int short_lives = 0;  // consecutive lives shorter than kHealthyLife
+  TimePoint started_at{};
+  std::optional<TimePoint> restart_at;
+  Millis backoff{1000};
+  double cpu = 0;  // --peer I:cpu=C: cores' worth (cgroup quota); 0: none
 };
 
 enum class Phase {
@@ -81,13 +116,24 @@ struct Swarm {
   Phase phase = Phase::kStartCoordinator;
   std::vector<std::unique_ptr<Child>> children;  // [0] coordinator, then peers
   std::uint16_t port = 0;
+  std::unique_ptr<Child> standby;  // --standby on: a second coordinator
+  std::uint16_t standby_port = 0;
+  // The coordinator's --http (dashboard, /metrics): HOST:0 the first time, the same port after a
+  // restart. Empty host: off. The standby serves none.
+  std::string http_host;
+  std::uint16_t http_port = 0;
   std::string last_view;
   std::string failure;
   bool interrupted = false;
   std::string log_level = "info";
   std::optional<lab::LabConfig> lab;  // --lab: processes live in the lab's hosts
+  int heartbeat_interval_ms = 250, heartbeat_timeout_ms = 2000;
   // Training:
   bool training = false;
+  bool restart_dead = true;
+  Millis restart_backoff{1000};
+  int max_restarts = 20;  // consecutive short lives before a peer is given up
+  std::string checkpoint_dir;
   std::vector<std::string> training_args;  // forwarded to every peer
   std::uint64_t total_steps = 0;
   std::size_t next_peer = 1;  // the next child to start (kStartPeers)
@@ -97,11 +143,15 @@ struct Swarm {
   std::map<std::uint64_t, StepRecord> steps;
   std::uint64_t last_shown = 0;
   bool shown_any = false;
+  std::optional<TimePoint> completed_at;  // when the run reached its last step
 
   // Host for process `index` (0: coordinator, then peers), and how to reach it.
   int hostOf(std::size_t index) const { return lab ? static_cast<int>(index % lab->hosts) + 1 : 0; }
   std::string addressOf(std::size_t index) const {
     return lab ? lab->address(hostOf(index)) : "127.0.0.1";
+  }
+  std::string cgroupOf(std::size_t index) const {
+    return fmt::format("local-{}-{}", ::getpid(), children[index]->name);
   }
 
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - started).count(); }
@@ -113,20 +163,72 @@ struct Swarm {
     phase = p;
     phase_since = Clock::now();
   }
+  Clock::duration inPhase() const { return Clock::now() - phase_since; }
+  // The coordinators: the first, then the standby (if any).
+  std::vector<Child*> coordinators() const {
+    std::vector<Child*> out{children[0].get()};
+    if (standby) out.push_back(standby.get());
+    return out;
+  }
+  std::string coordinatorList() const {
+    std::string out = fmt::format("{}:{}", addressOf(0), port);
+    if (standby) out += fmt::format(",{}:{}", addressOf(0), standby_port);
+    return out;
+  }
+  bool stopping() const {
+    return phase == Phase::kStopPeers || phase == Phase::kStopCoordinator || phase == Phase::kDone;
+  }
 };
 
 void onExit(uv_process_t* proc, int64_t exit_status, int term_signal) {
   auto* child = static_cast<Child*>(proc->data);
   child->running = false;
+  child->exit_handled = false;
   child->exit_status = exit_status;
   child->term_signal = term_signal;
   uv_close(reinterpret_cast<uv_handle_t*>(proc), nullptr);
 }
 
+std::string describeExit(const Child& c) {
+  if (c.term_signal != 0) return fmt::format("killed by signal {}", c.term_signal);
+  return fmt::format("exited with status {}", c.exit_status);
+}
+
+// OUT/processes.json: every process's current pid, host and history, rewritten (atomically) on
+// every start and exit, for whoever wants to signal or watch them (`loco chaos`).
+void writeProcesses(const Swarm& s) {
+  std::string json = "{";
+  for (std::size_t i = 0; i < s.children.size(); ++i) {
+    const Child& c = *s.children[i];
+    json += fmt::format(
+        R"({}"{}":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":{},"id":"{}","restarts":{},"resumed":{},"finished":{},"gave_up":{}}})",
+        i ? "," : "", c.name, c.pid, c.running ? "true" : "false", s.hostOf(i), s.addressOf(i),
+        i == 0 ? s.port : 0, i == 0 ? -1 : static_cast<int>(i) - 1, c.peer_id, c.restarts,
+        c.resumed ? "true" : "false", c.finished ? "true" : "false", c.gave_up ? "true" : "false");
+  }
+  if (s.standby) {
+    const Child& c = *s.standby;
+    json += fmt::format(
+        R"(,"standby":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":-1,"id":"","restarts":{},"resumed":false,"finished":false,"gave_up":false}})",
+        c.pid, c.running ? "true" : "false", s.hostOf(0), s.addressOf(0), s.standby_port,
+        c.restarts);
+  }
+  json += "}\n";
+  (void)writeFileAtomic(s.out_dir + "/processes.json", json);
+}
+
 Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::string>& args) {
   std::string log_path = fmt::format("{}/{}.log", s.out_dir, child.name);
-  int fd = ::open(log_path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  // A restarted process appends: its log tells every life of the process.
+  const bool again = child.started;
+  int fd =
+      ::open(log_path.c_str(), O_CREAT | (again ? O_APPEND : O_TRUNC) | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) return Status(StatusCode::kIoError, fmt::format("cannot create {}", log_path));
+  if (again) {
+    std::string banner =
+        fmt::format("==== loco local: restart {} at {:.2f} s ====\n", child.restarts, s.elapsed());
+    (void)!::write(fd, banner.data(), banner.size());
+  }
   std::vector<std::string> full;
   if (s.lab) full = lab::inHost(*s.lab, s.hostOf(index));
   full.push_back(s.exe);
@@ -153,6 +255,21 @@ Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::s
     return Status(StatusCode::kIoError,
                   fmt::format("cannot start {}: {}", child.name, uv_strerror(rc)));
   child.started = child.running = true;
+  child.exit_handled = true;
+  child.pid = child.proc.pid;
+  child.started_at = Clock::now();
+  child.restart_at.reset();
+  // A slow machine: the lab host's quota (the lab supervisor's sweep would also find it) or this
+  // peer's own (--peer I:cpu=C).
+  if (s.lab && s.lab->hostCpu(s.hostOf(index)) > 0)
+    (void)lab::addToCgroup(s.lab->cgroupName(s.hostOf(index)), child.pid);
+  if (child.cpu > 0) {
+    Status st = lab::setCpuQuota(s.cgroupOf(index), child.cpu);
+    if (st.isOk()) st = lab::addToCgroup(s.cgroupOf(index), child.pid);
+    if (!st.isOk())
+      s.say(fmt::format("{} runs without its CPU quota: {}", child.name, st.message()));
+  }
+  writeProcesses(s);
   return Status();
 }
 
@@ -164,15 +281,15 @@ bool anyRunning(const Swarm& s, std::size_t from = 0) {
   for (std::size_t i = from; i < s.children.size(); ++i) {
     if (s.children[i]->running) return true;
   }
-  return false;
+  return from == 0 && s.standby && s.standby->running;
 }
 
 void beginShutdown(Swarm& s, const std::string& why) {
-  if (s.phase == Phase::kStopPeers || s.phase == Phase::kStopCoordinator || s.phase == Phase::kDone)
-    return;
+  if (s.stopping()) return;
   if (!why.empty()) s.say(why);
   for (std::size_t i = 1; i < s.children.size(); ++i) {
     s.children[i]->expected_exit = true;
+    s.children[i]->restart_at.reset();
     signalChild(*s.children[i], SIGTERM);
   }
   s.setPhase(Phase::kStopPeers);
@@ -191,17 +308,49 @@ std::string viewLine(const p2p::GroupView& v, const Swarm& s) {
                      ids);
 }
 
-std::vector<std::string> trainingPeerArgs(const Swarm& s, std::size_t index, bool initial) {
-  const Child& c = *s.children[index];
+// Each peer checkpoints into a folder of its own (so one peer's disk can fill up alone).
+std::string checkpointDirOf(const Swarm& s, const Child& c) {
+  return s.checkpoint_dir.empty() ? "" : s.checkpoint_dir + "/" + c.name;
+}
+
+std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool initial) {
+  Child& c = *s.children[index];
   std::vector<std::string> args{
-      "join", "--coordinator", fmt::format("{}:{}", s.addressOf(0), s.port), "--listen",
-      s.addressOf(index) + ":0", "--identity", fmt::format("{}/{}.id", s.out_dir, c.name),
-      "--log-level", s.log_level, "--rank", std::to_string(index - 1), "--world-hint",
-      std::to_string(s.peers), "--wait-for", initial ? std::to_string(s.peers) : "1", "--metrics",
+      "join", "--coordinator", s.coordinatorList(), "--listen", s.addressOf(index) + ":0",
+      "--identity", fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level,
+      "--rank", std::to_string(index - 1), "--world-hint", std::to_string(s.peers), "--wait-for",
+      initial ? std::to_string(s.peers) : "1", "--metrics",
       fmt::format("{}/{}.jsonl", s.out_dir, c.name),
       // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
       "--measure-topology", s.lab ? "on" : "off"};
-  args.insert(args.end(), s.training_args.begin(), s.training_args.end());
+  // The training flags, with --checkpoint-dir made per peer. A restarted peer resumes from its
+  // checkpoint when it has one (the group's newer state then reaches it through shared state).
+  c.resumed = false;
+  bool resume_given = false;
+  for (std::size_t i = 0; i < s.training_args.size(); ++i) {
+    const std::string& a = s.training_args[i];
+    if (a == "--checkpoint-dir" && i + 1 < s.training_args.size()) {
+      args.push_back(a);
+      args.push_back(checkpointDirOf(s, c));
+      ++i;
+      continue;
+    }
+    if (a == "--resume") {
+      resume_given = true;
+      if (!initial) continue;  // decided below
+    }
+    args.push_back(a);
+  }
+  if (!s.checkpoint_dir.empty()) {
+    const bool have =
+        std::filesystem::exists(fmt::format("{}/peer-{}.ckpt", checkpointDirOf(s, c), index - 1));
+    if (!initial && have) {
+      args.push_back("--resume");
+      c.resumed = true;
+    } else if (initial && resume_given) {
+      c.resumed = true;
+    }
+  }
   return args;
 }
 
@@ -238,6 +387,7 @@ void readMetrics(Swarm& s) {
       if (!step) continue;
       StepRecord& r = s.steps[static_cast<std::uint64_t>(*step)];
       r.inner_step = static_cast<std::uint64_t>(jsonField(line, "inner_step").value_or(0));
+      s.children[i]->last_inner = std::max(s.children[i]->last_inner, r.inner_step);
       r.world = static_cast<std::size_t>(jsonField(line, "world").value_or(0));
       if (auto v = jsonField(line, "loss")) r.loss = *v;
       if (auto v = jsonField(line, "val_loss")) r.val_loss = *v;
@@ -253,6 +403,10 @@ void readMetrics(Swarm& s) {
 
 std::uint64_t innerStepReached(const Swarm& s) {
   return s.steps.empty() ? 0 : s.steps.rbegin()->second.inner_step;
+}
+
+bool runComplete(const Swarm& s) {
+  return s.total_steps > 0 && innerStepReached(s) >= s.total_steps;
 }
 
 // One line per outer step, once the evaluating peer has reported it.
@@ -282,8 +436,127 @@ void startPeer(Swarm& s, std::size_t index, bool initial) {
   }
 }
 
+std::vector<std::string> coordinatorArgs(const Swarm& s, bool standby = false) {
+  std::vector<std::string> args{
+      "coordinator",
+      "--listen",
+      fmt::format("{}:{}", s.addressOf(0), standby ? s.standby_port : s.port),  // 0 the first time
+      "--port-file",
+      s.out_dir + (standby ? "/standby.port" : "/coordinator.port"),
+      "--heartbeat-interval",
+      std::to_string(s.heartbeat_interval_ms),
+      "--heartbeat-timeout",
+      std::to_string(s.heartbeat_timeout_ms),
+      "--log-level",
+      s.log_level};
+  if (!standby && !s.http_host.empty()) {
+    args.insert(args.end(), {"--http", p2p::HostPort{s.http_host, s.http_port}.toString(),
+                             "--http-port-file", s.out_dir + "/coordinator.http-port"});
+  }
+  return args;
+}
+
+// When a restart of `c` is due: the base backoff after a healthy life, doubling while it keeps
+// dying young, capped.
+void scheduleRestart(Swarm& s, Child& c) {
+  const bool young = Clock::now() - c.started_at < kHealthyLife;
+  c.short_lives = young ? c.short_lives + 1 : 0;
+  c.backoff = young ? std::min(kMaxBackoff, c.short_lives > 1 ? c.backoff * 2 : s.restart_backoff)
+                    : s.restart_backoff;
+  c.restart_at = Clock::now() + c.backoff;
+}
+
+// The supervisor's look at every process that exited since the last tick (training).
+void superviseExits(Swarm& s) {
+  if (Child* sb = s.standby.get(); sb && sb->started && !sb->running && !sb->exit_handled) {
+    sb->exit_handled = true;
+    writeProcesses(s);
+    if (!sb->expected_exit && !s.stopping()) {
+      scheduleRestart(s, *sb);
+      s.say(fmt::format("standby coordinator {}; restarting it on {}:{} in {:.1f} s",
+                        describeExit(*sb), s.addressOf(0), s.standby_port, toSeconds(sb->backoff)));
+    }
+  }
+  for (std::size_t i = 0; i < s.children.size(); ++i) {
+    Child& c = *s.children[i];
+    if (!c.started || c.running || c.exit_handled) continue;
+    c.exit_handled = true;
+    writeProcesses(s);
+    if (c.expected_exit || s.stopping()) continue;
+    if (i == 0) {
+      if (!s.restart_dead) {
+        s.failure =
+            fmt::format("the coordinator {}; see {}/coordinator.log", describeExit(c), s.out_dir);
+        beginShutdown(s, s.failure + " (--restart-dead off: stopping)");
+        continue;
+      }
+      scheduleRestart(s, c);
+      s.say(fmt::format("coordinator {}; restarting it on {}:{} in {:.1f} s", describeExit(c),
+                        s.addressOf(0), s.port, toSeconds(c.backoff)));
+      continue;
+    }
+    readMetrics(s);
+    if (c.exit_status == 0 && c.term_signal == 0 && runComplete(s)) {
+      c.finished = true;  // left after the last step, as it should
+      writeProcesses(s);
+      continue;
+    }
+    if (runComplete(s)) continue;  // died at the very end: nothing left to rejoin
+    if (!s.restart_dead) {
+      s.say(fmt::format("{} {} at inner step {}; the others train on (--restart-dead off)", c.name,
+                        describeExit(c), innerStepReached(s)));
+      continue;
+    }
+    scheduleRestart(s, c);
+    if (c.short_lives > s.max_restarts) {
+      c.gave_up = true;
+      c.restart_at.reset();
+      s.say(fmt::format(
+          "{} {}; it died {} times in a row within {} s of starting: giving up on "
+          "it (see {}/{}.log)",
+          c.name, describeExit(c), c.short_lives, kHealthyLife.count() / 1000, s.out_dir, c.name));
+      writeProcesses(s);
+      continue;
+    }
+    s.say(fmt::format("{} {} at inner step {}; restarting it in {:.1f} s", c.name, describeExit(c),
+                      innerStepReached(s), toSeconds(c.backoff)));
+  }
+}
+
+// Starts every process whose restart is due.
+void restartDue(Swarm& s) {
+  if (s.stopping()) return;
+  if (Child* sb = s.standby.get();
+      sb && sb->restart_at && Clock::now() >= *sb->restart_at && !sb->running) {
+    ++sb->restarts;
+    if (Status st = spawn(s, *sb, 0, coordinatorArgs(s, true)); !st.isOk()) {
+      s.failure = st.message();
+      beginShutdown(s, s.failure);
+    }
+  }
+  for (std::size_t i = 0; i < s.children.size(); ++i) {
+    Child& c = *s.children[i];
+    if (!c.restart_at || Clock::now() < *c.restart_at || c.running) continue;
+    if (i > 0 && runComplete(s)) {
+      c.restart_at.reset();
+      continue;
+    }
+    ++c.restarts;
+    if (i == 0) {
+      Status st = spawn(s, c, 0, coordinatorArgs(s));
+      if (!st.isOk()) {
+        s.failure = st.message();
+        beginShutdown(s, s.failure);
+      }
+      continue;
+    }
+    startPeer(s, i, false);
+    s.say(fmt::format("{} restarted (restart {}{})", c.name, c.restarts,
+                      c.resumed ? ", from its checkpoint" : ""));
+  }
+}
+
 void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
-  auto since = Clock::now() - s.phase_since;
   if (s.phase == Phase::kStartPeers) {
     if (s.next_peer > static_cast<std::size_t>(s.peers)) {
       s.say(fmt::format("all {} peers started; training ({} inner steps per peer)", s.peers,
@@ -297,7 +570,7 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
       startPeer(s, s.next_peer, true);
       ++s.next_peer;
       s.phase_since = Clock::now();
-    } else if (since > Millis(30000)) {
+    } else if (s.inPhase() > Millis(30000)) {
       s.failure = fmt::format("peer-{} did not register within 30 s", s.next_peer - 1);
       beginShutdown(s, s.failure);
     }
@@ -309,7 +582,7 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
   const std::uint64_t reached = innerStepReached(s);
   if (s.kill_at >= 0 && !s.killed && reached >= static_cast<std::uint64_t>(s.kill_at)) {
     Child& victim = *s.children[static_cast<std::size_t>(s.peers)];
-    victim.expected_exit = true;
+    victim.expected_exit = true;  // leaves for good: not restarted
     s.killed = true;
     s.say(fmt::format("chaos: kill -9 {} at inner step {}", victim.name, reached));
     signalChild(victim, SIGKILL);
@@ -320,21 +593,47 @@ void tickTraining(Swarm& s, const std::optional<p2p::GroupView>& view) {
     s.say(fmt::format("chaos: {} joins at inner step {}", s.children[index]->name, reached));
     startPeer(s, index, false);
   }
-  // The peers leave by themselves when the schedule is done.
-  bool any_peer = false;
-  for (std::size_t i = 1; i < s.children.size(); ++i) any_peer = any_peer || s.children[i]->running;
-  if (!any_peer && s.next_peer > static_cast<std::size_t>(s.peers)) {
+  if (runComplete(s) && !s.completed_at) {
+    s.completed_at = Clock::now();
+    for (auto& c : s.children) c->restart_at.reset();
+  }
+  // The peers leave by themselves when the schedule is done; a dead one waits for its restart.
+  bool pending = false;
+  for (std::size_t i = 1; i < s.children.size(); ++i)
+    pending = pending || s.children[i]->running || s.children[i]->restart_at.has_value();
+  if (!pending) {
     readMetrics(s);
     showProgress(s);
-    s.say("all peers finished; stopping the coordinator (SIGTERM)");
-    s.children[0]->expected_exit = true;
-    signalChild(*s.children[0], SIGTERM);
+    s.say(runComplete(s) ? "all peers finished; stopping the coordinator (SIGTERM)"
+                         : "no peer left to train, and none to restart; stopping the coordinator");
+    for (Child* c : s.coordinators()) {
+      c->expected_exit = true;
+      c->restart_at.reset();
+      signalChild(*c, SIGTERM);
+    }
     s.setPhase(Phase::kStopCoordinator);
+  } else if (s.completed_at && Clock::now() - *s.completed_at > kStragglerGrace &&
+             Clock::now() - *s.completed_at <= kFinishGrace) {
+    for (std::size_t i = 1; i < s.children.size(); ++i) {
+      Child& c = *s.children[i];
+      if (!c.running || c.expected_exit || c.last_inner >= s.total_steps) continue;
+      c.expected_exit = true;
+      s.say(
+          fmt::format("the run is over but {} was not in its last round (it reported inner "
+                      "step {}); stopping it (SIGTERM)",
+                      c.name, c.last_inner));
+      signalChild(c, SIGTERM);
+    }
+  } else if (s.completed_at && Clock::now() - *s.completed_at > kFinishGrace) {
+    beginShutdown(s, fmt::format("the run reached its last step {} s ago but some peers are still "
+                                 "there; stopping them",
+                                 kFinishGrace.count() / 1000));
   }
 }
 
-// run.jsonl, plots and the summary lines of a training run.
-void writeTrainingResults(Swarm& s) {
+// run.jsonl, plots and the summary lines of a training run. Returns whether every reporting
+// peer's shared-state digest agreed after every round.
+bool writeTrainingResults(Swarm& s) {
   readMetrics(s);
   std::string jsonl;
   PlotSeries train_vs_step{"train loss", "#1f77b4", {}},
@@ -389,50 +688,75 @@ void writeTrainingResults(Swarm& s) {
                                  : fmt::format("DIFFERED in {} round(s)", disagreements).c_str());
   std::printf("wrote %s/run.jsonl, %s/loss_vs_steps.svg, %s/loss_vs_bytes.svg\n", s.out_dir.c_str(),
               s.out_dir.c_str(), s.out_dir.c_str());
-  if (disagreements != 0 && s.failure.empty()) s.failure = "peers disagreed on the shared state";
+  return disagreements == 0;
 }
 
 void tick(Swarm& s) {
-  auto since = Clock::now() - s.phase_since;
   Child& coord = *s.children[0];
   if (s.phase != Phase::kDone && Clock::now() - s.started > s.deadline_after) {
-    s.failure = fmt::format("the scenario did not finish within {} ms", s.deadline_after.count());
-    for (auto& c : s.children) signalChild(*c, SIGKILL);
+    s.failure = fmt::format("the run did not finish within {} ms", s.deadline_after.count());
+    s.say(s.failure + "; killing every process");
+    for (auto& c : s.children) {
+      c->restart_at.reset();
+      signalChild(*c, SIGKILL);
+    }
+    if (s.standby) {
+      s.standby->restart_at.reset();
+      signalChild(*s.standby, SIGKILL);
+    }
     s.setPhase(Phase::kDone);
   }
-  // Unexpected deaths end the run.
-  for (auto& c : s.children) {
-    if (s.training && c->started && !c->running && c->exit_status == 0 && c->term_signal == 0 &&
-        c.get() != &coord) {
-      c->expected_exit = true;  // finished its schedule
-    }
-    if (c->started && !c->running && !c->expected_exit && s.failure.empty()) {
-      s.failure = fmt::format("{} exited unexpectedly (status {}, signal {}); see {}/{}.log",
-                              c->name, c->exit_status, c->term_signal, s.out_dir, c->name);
-      c->expected_exit = true;
-      beginShutdown(s, s.failure);
+  if (s.training) {
+    superviseExits(s);
+    restartDue(s);
+  } else {
+    // The membership demo: any unexpected death ends it.
+    for (auto& c : s.children) {
+      if (c->started && !c->running && !c->expected_exit && s.failure.empty()) {
+        s.failure = fmt::format("{} exited unexpectedly (status {}, signal {}); see {}/{}.log",
+                                c->name, c->exit_status, c->term_signal, s.out_dir, c->name);
+        c->expected_exit = true;
+        beginShutdown(s, s.failure);
+      }
     }
   }
   std::optional<p2p::GroupView> view;
-  if (s.port != 0 && coord.running) {
-    auto v = p2p::fetchStatus({s.addressOf(0), s.port}, Deadline::after(Millis(500)));
-    if (v) {
-      view = std::move(v.value());
-      std::string line = viewLine(*view, s);
-      if (line != s.last_view) {
-        s.say(line);
-        s.last_view = line;
-      }
+  // The view of the coordinator that holds the group (with a standby: the one with more peers).
+  for (Child* c : s.coordinators()) {
+    const std::uint16_t port = c == &coord ? s.port : s.standby_port;
+    if (port == 0 || !c->running) continue;
+    auto v = p2p::fetchStatus({s.addressOf(0), port}, Deadline::after(Millis(500)));
+    if (v && (!view || v->peers.size() > view->peers.size())) view = std::move(v.value());
+  }
+  if (view) {
+    std::string line = viewLine(*view, s);
+    if (line != s.last_view) {
+      s.say(line);
+      s.last_view = line;
     }
   }
   switch (s.phase) {
     case Phase::kStartCoordinator: {
       std::ifstream f(s.out_dir + "/coordinator.port");
-      int port = 0;
-      if (f >> port && port > 0) {
+      int port = 0, standby_port = 0;
+      if (s.standby) {
+        std::ifstream g(s.out_dir + "/standby.port");
+        g >> standby_port;
+      }
+      if (f >> port && port > 0 && (!s.standby || standby_port > 0)) {
         s.port = static_cast<std::uint16_t>(port);
-        s.say(fmt::format("coordinator listening on {}:{}; starting {} peers", s.addressOf(0), port,
-                          s.peers));
+        s.standby_port = static_cast<std::uint16_t>(std::max(0, standby_port));
+        writeProcesses(s);
+        s.say(fmt::format(
+            "coordinator listening on {}:{}{}; starting {} peers", s.addressOf(0), port,
+            s.standby ? fmt::format(", a standby on port {}", standby_port) : "", s.peers));
+        if (std::ifstream h(s.out_dir + "/coordinator.http-port"); h >> port && port > 0) {
+          s.http_port = static_cast<std::uint16_t>(port);
+          std::string host = s.http_host == "0.0.0.0" ? "127.0.0.1" : s.http_host;
+          s.say(fmt::format("dashboard: http://{}/ (metrics at /metrics){}",
+                            p2p::HostPort{host, s.http_port}.toString(),
+                            s.lab ? fmt::format(", inside lab host {}1", s.lab->name) : ""));
+        }
         if (s.training) {
           s.setPhase(Phase::kStartPeers);
           break;
@@ -450,7 +774,7 @@ void tick(Swarm& s) {
           }
         }
         s.setPhase(Phase::kWaitAdmitted);
-      } else if (since > Millis(10000)) {
+      } else if (s.inPhase() > Millis(10000)) {
         s.failure = "the coordinator did not start listening within 10 s";
         beginShutdown(s, s.failure);
       }
@@ -463,7 +787,7 @@ void tick(Swarm& s) {
       }
       break;
     case Phase::kHold:
-      if (since >= s.hold) {
+      if (s.inPhase() >= s.hold) {
         Child& leaver = *s.children.back();
         leaver.expected_exit = true;
         s.say(fmt::format("{} leaves (SIGTERM)", leaver.name));
@@ -473,7 +797,7 @@ void tick(Swarm& s) {
       break;
     case Phase::kWaitLeave:
       if (!s.children.back()->running && view &&
-          view->world() == static_cast<std::size_t>(s.peers - 1) && since >= Millis(1000)) {
+          view->world() == static_cast<std::size_t>(s.peers - 1) && s.inPhase() >= Millis(1000)) {
         beginShutdown(s, "stopping the remaining peers (SIGTERM)");
       }
       break;
@@ -482,21 +806,26 @@ void tick(Swarm& s) {
       tickTraining(s, view);
       break;
     case Phase::kStopPeers:
+      // The grace period counts from when the shutdown began (this phase), not from the tick.
       if (!anyRunning(s, 1)) {
         s.say("all peers exited; stopping the coordinator (SIGTERM)");
-        coord.expected_exit = true;
-        signalChild(coord, SIGTERM);
+        for (Child* c : s.coordinators()) {
+          c->expected_exit = true;
+          c->restart_at.reset();
+          signalChild(*c, SIGTERM);
+        }
         s.setPhase(Phase::kStopCoordinator);
-      } else if (since > Millis(5000)) {
+      } else if (s.inPhase() > Millis(5000)) {
         s.say("peers did not stop within 5 s; killing them");
         for (std::size_t i = 1; i < s.children.size(); ++i) signalChild(*s.children[i], SIGKILL);
+        s.setPhase(Phase::kStopPeers);  // once per 5 s, not every tick
       }
       break;
     case Phase::kStopCoordinator:
-      if (!coord.running) {
+      if (!coord.running && !(s.standby && s.standby->running)) {
         s.setPhase(Phase::kDone);
-      } else if (since > Millis(5000)) {
-        signalChild(coord, SIGKILL);
+      } else if (s.inPhase() > Millis(5000)) {
+        for (Child* c : s.coordinators()) signalChild(*c, SIGKILL);
       }
       break;
     case Phase::kDone:
@@ -516,6 +845,30 @@ void onSignal(uv_signal_t* h, int sig) {
   beginShutdown(*s, fmt::format("signal {}: stopping every process", sig));
 }
 
+// --peer I:cpu=C (repeated): per-peer CPU quotas.
+Result<std::map<int, double>> parsePeerOverrides(const std::vector<std::string>& specs, int peers) {
+  std::map<int, double> out;
+  for (const std::string& spec : specs) {
+    auto colon = spec.find(':');
+    auto eq = spec.find('=', colon == std::string::npos ? 0 : colon);
+    if (colon == std::string::npos || eq == std::string::npos ||
+        spec.substr(colon + 1, eq - colon - 1) != "cpu") {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--peer '{}': want I:cpu=C (peer I runs with C cores' worth of "
+                                "CPU, e.g. 2:cpu=0.33)",
+                                spec));
+    }
+    auto index =
+        lab::parseNumber(fmt::format("--peer '{}' index", spec), spec.substr(0, colon), 1, peers);
+    if (!index) return index.status();
+    auto cores = lab::parseNumber(fmt::format("--peer '{}' cpu", spec), spec.substr(eq + 1), 0.01,
+                                  lab::kMaxCpuCores);
+    if (!cores) return cores.status();
+    out[static_cast<int>(*index)] = *cores;
+  }
+  return out;
+}
+
 }  // namespace
 
 int runLocal(const Args& args) {
@@ -528,7 +881,23 @@ int runLocal(const Args& args) {
        "give up (and kill everything) after this long (default: 60 s idle, 30 min training)", ""},
       {"kill-at", "training: kill -9 the last peer once the run reaches this inner step", ""},
       {"join-at", "training: start one more peer once the run reaches this inner step", ""},
-      {"lab", "place the coordinator in host 1 and the peers round-robin in this lab's hosts", ""}};
+      {"lab", "place the coordinator in host 1 and the peers round-robin in this lab's hosts", ""},
+      {"restart-dead",
+       "on: restart a peer (or the coordinator) that dies before the run's last step; off: the "
+       "others train on without it",
+       "on"},
+      {"restart-backoff-ms", "wait before the first restart of a dead process (doubles, max 30 s)",
+       "1000"},
+      {"max-restarts", "give up on a peer after this many lives in a row shorter than 30 s", "20"},
+      {"peer", "I:cpu=C: peer I (1-based) runs with C cores' worth of CPU (a cgroup quota; root)",
+       "", false, true},
+      {"heartbeat-interval", "the coordinator's heartbeat interval, ms", "250"},
+      {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"},
+      {"standby",
+       "on: a standby coordinator beside the first; the peers fail over to it (training)", "off"},
+      {"http",
+       "the coordinator's dashboard and /metrics at HOST:PORT (port 0: any free port; off: none)",
+       "127.0.0.1:0"}};
   for (auto& spec : trainingFlagSpecs()) specs.push_back(std::move(spec));
   Flags flags("local",
               "train on this machine: a coordinator and N peers as processes, with a live view",
@@ -538,8 +907,32 @@ int runLocal(const Args& args) {
   // A training run of one peer is the single-worker baseline; the membership demo needs two.
   auto peers = flags.getInt("peers", training ? 1 : 2, 64);
   auto hold = flags.getInt("hold-ms", 0, 3600000);
-  for (const auto* r : {&peers, &hold}) {
+  auto backoff = flags.getInt("restart-backoff-ms", 0, 600000);
+  auto max_restarts = flags.getInt("max-restarts", 0, 1000000);
+  auto hb_interval = flags.getInt("heartbeat-interval", 10, 60000);
+  auto hb_timeout = flags.getInt("heartbeat-timeout", 100, 600000);
+  for (const auto* r : {&peers, &hold, &backoff, &max_restarts, &hb_interval, &hb_timeout}) {
     if (!*r) return reportFailure(r->status());
+  }
+  const std::string restart = flags.get("restart-dead");
+  if (restart != "on" && restart != "off")
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--restart-dead takes on or off"));
+  const std::string standby = flags.get("standby");
+  if (standby != "on" && standby != "off")
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--standby takes on or off"));
+  if (standby == "on" && !training)
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "--standby is for training runs, not --idle"));
+  auto overrides = parsePeerOverrides(flags.getAll("peer"), static_cast<int>(*peers));
+  if (!overrides) return reportFailure(overrides.status());
+  if (!overrides->empty()) {
+    if (!training)
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument, "--peer is for training runs, not --idle"));
+    if (auto root = lab::detectCpuCgroup(); !root) return reportFailure(root.status());
+    if (::geteuid() != 0)
+      return reportFailure(
+          Status(StatusCode::kUnavailable, "--peer I:cpu=C needs root (it writes cgroup files)"));
   }
   std::int64_t timeout_ms = training ? 1800000 : 60000;
   if (flags.isSet("timeout-ms")) {
@@ -549,6 +942,11 @@ int runLocal(const Args& args) {
   }
   Swarm s;
   s.training = training;
+  s.restart_dead = restart == "on";
+  s.restart_backoff = Millis(*backoff);
+  s.max_restarts = static_cast<int>(*max_restarts);
+  s.heartbeat_interval_ms = static_cast<int>(*hb_interval);
+  s.heartbeat_timeout_ms = static_cast<int>(*hb_timeout);
   if (training) {
     // Every problem with the training flags or the data shows here, before any process starts.
     auto config = trainingConfigFromFlags(flags);
@@ -557,6 +955,7 @@ int runLocal(const Args& args) {
     if (!corpus) return reportFailure(corpus.status());
     s.training_args = forwardedTrainingFlags(flags);
     s.total_steps = config->steps;
+    s.checkpoint_dir = config->checkpoint_dir;
     for (auto [name, out] :
          {std::pair<const char*, std::int64_t*>{"kill-at", &s.kill_at}, {"join-at", &s.join_at}}) {
       if (!flags.isSet(name)) continue;
@@ -583,6 +982,12 @@ int runLocal(const Args& args) {
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }
+  if (flags.get("http") != "off") {
+    auto http = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
+    if (!http) return reportFailure(http.status().withContext("--http"));
+    s.http_host = http->host;
+    s.http_port = http->port;
+  }
   s.exe = selfExecutable();
   s.out_dir = flags.get("out");
   s.peers = static_cast<int>(*peers);
@@ -595,22 +1000,18 @@ int runLocal(const Args& args) {
                fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
+  ::unlink((s.out_dir + "/standby.port").c_str());
+  ::unlink((s.out_dir + "/coordinator.http-port").c_str());
 
   s.children.push_back(std::make_unique<Child>(Child{"coordinator"}));
-  for (int i = 1; i <= s.peers; ++i) {
+  const int extra = s.join_at >= 0 ? 1 : 0;  // the late joiner, started by --join-at
+  for (int i = 1; i <= s.peers + extra; ++i) {
     auto c = std::make_unique<Child>();
     c->name = fmt::format("peer-{}", i);
     auto ident = crypto::loadOrCreateIdentity(fmt::format("{}/{}.id", s.out_dir, c->name));
     if (!ident) return reportFailure(ident.status());
     c->peer_id = ident->id;
-    s.children.push_back(std::move(c));
-  }
-  if (s.join_at >= 0) {  // the late joiner, started by --join-at
-    auto c = std::make_unique<Child>();
-    c->name = fmt::format("peer-{}", s.peers + 1);
-    auto ident = crypto::loadOrCreateIdentity(fmt::format("{}/{}.id", s.out_dir, c->name));
-    if (!ident) return reportFailure(ident.status());
-    c->peer_id = ident->id;
+    if (auto it = overrides->find(i); it != overrides->end()) c->cpu = it->second;
     s.children.push_back(std::move(c));
   }
   for (auto& c : s.children)
@@ -628,38 +1029,69 @@ int runLocal(const Args& args) {
   s.say(fmt::format("local swarm: 1 coordinator + {} peers{}, logs in {}/", s.peers,
                     s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "",
                     s.out_dir));
-  Status st = spawn(s, *s.children[0], 0,
-                    {"coordinator", "--listen", s.addressOf(0) + ":0", "--port-file",
-                     s.out_dir + "/coordinator.port", "--heartbeat-interval", "250",
-                     "--heartbeat-timeout", "2000", "--log-level", s.log_level});
+  Status st = spawn(s, *s.children[0], 0, coordinatorArgs(s));
   if (!st.isOk()) return reportFailure(st);
+  if (standby == "on") {
+    s.standby = std::make_unique<Child>(Child{"standby"});
+    if (st = spawn(s, *s.standby, 0, coordinatorArgs(s, true)); !st.isOk()) {
+      signalChild(*s.children[0], SIGKILL);
+      return reportFailure(st);
+    }
+  }
   uv_timer_start(
       &s.timer, [](uv_timer_t* t) { tick(*static_cast<Swarm*>(t->data)); }, 0, 200);
   uv_run(&s.loop, UV_RUN_DEFAULT);
   uv_loop_close(&s.loop);
-
-  if (s.training) writeTrainingResults(s);
-  std::printf("\nsummary:\n");
-  bool clean = s.failure.empty() && !s.interrupted;
-  for (auto& c : s.children) {
-    if (!c->started) continue;
-    bool ok = c->exit_status == 0 && c->term_signal == 0;
-    if (c->term_signal == SIGKILL && s.killed &&
-        c.get() == s.children[static_cast<std::size_t>(s.peers)].get()) {
-      std::printf("  %-12s killed by --kill-at (as asked)\n", c->name.c_str());
-      continue;
-    }
-    clean = clean && ok;
-    std::printf(
-        "  %-12s %s\n", c->name.c_str(),
-        ok ? "exited cleanly (status 0)"
-           : fmt::format("exit status {}, signal {}", c->exit_status, c->term_signal).c_str());
+  for (std::size_t i = 1; i < s.children.size(); ++i) {
+    if (s.children[i]->cpu > 0) lab::removeCgroup(s.cgroupOf(i));
   }
+  writeProcesses(s);
+
+  bool digests_agree = true;
+  if (s.training) digests_agree = writeTrainingResults(s);
+  std::printf("\nsummary:\n");
+  std::vector<Child*> all;
+  for (auto& c : s.children) all.push_back(c.get());
+  if (s.standby) all.push_back(s.standby.get());
+  for (Child* c : all) {
+    if (!c->started) continue;
+    std::string what;
+    if (c == s.children[static_cast<std::size_t>(s.peers)].get() && s.killed &&
+        c->term_signal == SIGKILL) {
+      what = "killed by --kill-at (as asked)";
+    } else {
+      what = c->exit_status == 0 && c->term_signal == 0
+                 ? "exited cleanly (status 0)"
+                 : fmt::format("exit status {}, signal {}", c->exit_status, c->term_signal);
+    }
+    if (c->restarts) what += fmt::format("; restarted {} time(s)", c->restarts);
+    if (c->gave_up) what += "; given up";
+    std::printf("  %-12s %s\n", c->name.c_str(), what.c_str());
+  }
+  if (!digests_agree && s.failure.empty()) s.failure = "peers disagreed on the shared state";
   if (!s.failure.empty()) std::printf("failure: %s\n", s.failure.c_str());
-  std::printf("%s\n",
-              clean ? "all processes exited cleanly" : "the local swarm did not finish cleanly");
-  if (s.interrupted) return 130;
-  return clean ? 0 : 1;
+  if (s.interrupted) {
+    std::printf("interrupted\n");
+    return 130;
+  }
+  bool ok = s.failure.empty();
+  if (s.training) {
+    // The run's verdict: it reached its last step with one state everywhere.
+    const bool complete = runComplete(s);
+    ok = ok && complete;
+    const std::string verdict =
+        complete ? fmt::format("the run reached its last step ({} inner steps){}", s.total_steps,
+                               ok ? "" : ", but see the failure above")
+                 : fmt::format("the run did NOT reach its last step ({} of {} inner steps)",
+                               innerStepReached(s), s.total_steps);
+    std::printf("%s\n", verdict.c_str());
+  } else {
+    for (auto& c : s.children)
+      ok = ok && (!c->started || (c->exit_status == 0 && c->term_signal == 0));
+    std::printf("%s\n",
+                ok ? "all processes exited cleanly" : "the local swarm did not finish cleanly");
+  }
+  return ok ? 0 : 1;
 }
 
 }  // namespace loco::cli

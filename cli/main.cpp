@@ -39,6 +39,8 @@ void printUsage(FILE* out) {
       "  local        start a coordinator and N peers on this machine and watch them\n"
       "  bench        benchmarks: `loco bench link|allreduce|join|train`\n"
       "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
+      "  doctor       check whether this machine can join a run, and how to fix what is wrong\n"
+      "  chaos        train in a lab under a schedule of faults; check invariants; report\n"
       "  version      print the version and the accelerator in use\n",
       out);
 }
@@ -70,6 +72,8 @@ int main(int argc, char** argv) {
   if (cmd == "local") return runLocal(args);
   if (cmd == "bench") return runBench(args);
   if (cmd == "lab") return runLab(args);
+  if (cmd == "doctor") return runDoctor(args);
+  if (cmd == "chaos") return runChaos(args);
   if (cmd == "version" || cmd == "--version") {
     std::printf("loco %s\naccelerator: %s\n", LOCO_VERSION,
                 loco::collectives::accelerator().description.c_str());

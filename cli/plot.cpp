@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "cli/commands.h"
 
@@ -47,6 +48,7 @@ std::vector<double> ticks(double lo, double hi) {
 
 std::string tickLabel(double v) {
   const double a = std::abs(v);
+  if (a < 1e-9) return "0";
   if (a >= 1e9) return fmt::format("{:g}G", v / 1e9);
   if (a >= 1e6) return fmt::format("{:g}M", v / 1e6);
   if (a >= 1e4) return fmt::format("{:g}k", v / 1e3);
@@ -56,15 +58,26 @@ std::string tickLabel(double v) {
 }  // namespace
 
 Status writeSvgPlot(const std::string& path, const std::string& title, const std::string& x_label,
-                    const std::string& y_label, const std::vector<PlotSeries>& series) {
-  constexpr double W = 720, H = 440, L = 70, R = 20, T = 40, B = 60;
+                    const std::string& y_label, const std::vector<PlotSeries>& series,
+                    const PlotExtras& extras) {
+  const bool timeline = !extras.right.empty() || !extras.markers.empty();
+  const double W = timeline ? 960 : 720, H = timeline ? 470 : 440, L = 70,
+               R = extras.right.empty() ? 20 : 70, T = 40, B = timeline ? 90 : 60;
   double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
+  double r0 = x0, r1 = -x0;
   for (const auto& s : series) {
     for (auto [x, y] : s.points) {
       if (!std::isfinite(x) || !std::isfinite(y)) continue;
       x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
     }
   }
+  for (const auto& s : extras.right) {
+    for (auto [x, y] : s.points) {
+      if (!std::isfinite(x) || !std::isfinite(y)) continue;
+      x0 = std::min(x0, x), x1 = std::max(x1, x), r0 = std::min(r0, y), r1 = std::max(r1, y);
+    }
+  }
+  for (const auto& m : extras.markers) x0 = std::min(x0, m.from), x1 = std::max(x1, m.to);
   if (!std::isfinite(x0)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
   if (x1 == x0) x1 = x0 + 1;
   if (y1 == y0) y1 = y0 + 1;
@@ -97,12 +110,73 @@ Status writeSvgPlot(const std::string& path, const std::string& title, const std
                   L, T, W - L - R, H - T - B);
   svg += fmt::format(R"svg(<text x="{}" y="{}" text-anchor="middle">{}</text>)svg"
                      "\n",
-                     (L + W - R) / 2, H - 18, escapeXml(x_label));
+                     (L + W - R) / 2, H - B + 42, escapeXml(x_label));
   svg += fmt::format(
       R"svg(<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>)svg"
       "\n",
       (T + H - B) / 2, escapeXml(y_label));
-  double legend_y = T + 16;
+  // The right axis (from 0, whole numbers: world sizes) and its step series.
+  if (!extras.right.empty()) {
+    r0 = 0;
+    if (!std::isfinite(r1) || r1 <= 0) r1 = 1;
+    r1 = std::ceil(r1) + 1;
+    auto pr = [&](double y) { return H - B - (y - r0) / (r1 - r0) * (H - T - B); };
+    for (double t : ticks(r0, r1)) {
+      if (t != std::floor(t)) continue;
+      svg += fmt::format(R"svg(<text x="{:.1f}" y="{:.1f}">{}</text>)svg"
+                         "\n",
+                         W - R + 6, pr(t) + 4, tickLabel(t));
+    }
+    svg += fmt::format(
+        R"svg(<text transform="translate({},{}) rotate(90)" text-anchor="middle">{}</text>)svg"
+        "\n",
+        W - 18, (T + H - B) / 2, escapeXml(extras.right_label));
+    for (const auto& s : extras.right) {
+      std::string pts;
+      std::optional<double> prev_y;
+      for (auto [x, y] : s.points) {
+        if (!std::isfinite(x) || !std::isfinite(y)) continue;
+        if (prev_y) pts += fmt::format("{:.1f},{:.1f} ", px(x), pr(*prev_y));
+        pts += fmt::format("{:.1f},{:.1f} ", px(x), pr(y));
+        prev_y = y;
+      }
+      svg += fmt::format(
+          R"svg(<polyline fill="none" stroke="{}" stroke-width="2" stroke-opacity="0.7" points="{}"/>)svg"
+          "\n",
+          s.color, pts);
+    }
+  }
+  // Markers: spans shaded, instants as lines, labels staggered so neighbours stay readable.
+  int lane = 0;
+  for (const auto& m : extras.markers) {
+    const double a = px(m.from), b = px(std::max(m.from, m.to));
+    if (b - a > 1) {
+      svg += fmt::format(
+          R"svg(<rect x="{:.1f}" y="{}" width="{:.1f}" height="{}" fill="{}" fill-opacity="0.12"/>)svg"
+          "\n",
+          a, T, b - a, H - T - B, m.color);
+    }
+    svg += fmt::format(
+        R"svg(<line x1="{0:.1f}" y1="{1}" x2="{0:.1f}" y2="{2}" stroke="{3}" stroke-dasharray="4,3"/><text x="{4:.1f}" y="{5}" font-size="10" fill="{3}">{6}</text>)svg"
+        "\n",
+        a, T, H - B, m.color, a + 3, T + 12 + 11 * lane, escapeXml(m.label));
+    lane = (lane + 1) % 6;
+  }
+  // The legend: top right of a plain plot; a row under a timeline (its top holds the markers).
+  double legend_y = timeline ? H - 14 : T + 16;
+  double legend_x = timeline ? L : W - R - 150;
+  auto legend = [&](const PlotSeries& s) {
+    std::string item = fmt::format(
+        R"svg(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{3}" stroke-width="2"/><text x="{4}" y="{5}">{6}</text>)svg"
+        "\n",
+        legend_x, legend_y, legend_x + 25, s.color, legend_x + 30, legend_y + 4, escapeXml(s.name));
+    if (timeline) {
+      legend_x += 190;
+    } else {
+      legend_y += 18;
+    }
+    return item;
+  };
   for (const auto& s : series) {
     std::string pts;
     for (auto [x, y] : s.points) {
@@ -111,11 +185,10 @@ Status writeSvgPlot(const std::string& path, const std::string& title, const std
     svg += fmt::format(R"svg(<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>)svg"
                        "\n",
                        s.color, pts);
-    svg += fmt::format(
-        R"svg(<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{3}" stroke-width="2"/><text x="{4}" y="{5}">{6}</text>)svg"
-        "\n",
-        W - R - 150, legend_y, W - R - 125, s.color, W - R - 120, legend_y + 4, escapeXml(s.name));
-    legend_y += 18;
+    svg += legend(s);
+  }
+  for (const auto& s : extras.right) {
+    svg += legend(s);
   }
   svg += "</svg>\n";
   return writeFileAtomic(path, svg);

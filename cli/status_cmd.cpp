@@ -84,7 +84,10 @@ std::string toTable(const p2p::GroupView& v) {
 
 int runStatus(const Args& args) {
   Flags flags("status", "show a run's membership as the coordinator sees it",
-              {{"coordinator", "HOST:PORT of the run's coordinator", ""},
+              {{"coordinator",
+                "HOST:PORT of the run's coordinator (a comma-separated list: the first that "
+                "answers)",
+                ""},
                {"json", "print one JSON object instead of a table", "", true},
                {"timeout", "ms to wait for the coordinator's answer", "5000"}});
   if (int rc = parseAndSetUp(flags, args, "status"); rc >= 0) return rc;
@@ -92,11 +95,21 @@ int runStatus(const Args& args) {
     return reportFailure(Status(StatusCode::kInvalidArgument,
                                 "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
   }
-  auto coordinator = p2p::parseHostPort(flags.get("coordinator"));
-  if (!coordinator) return reportFailure(coordinator.status().withContext("--coordinator"));
+  auto coordinators = p2p::parseHostPortList(flags.get("coordinator"));
+  if (!coordinators) return reportFailure(coordinators.status().withContext("--coordinator"));
   auto timeout = flags.getInt("timeout", 1, 3600000);
   if (!timeout) return reportFailure(timeout.status());
-  auto view = p2p::fetchStatus(*coordinator, Deadline::after(Millis(*timeout)));
+  // A standby answers too (with no peers): the first coordinator that has peers wins, else the
+  // first that answers.
+  Result<p2p::GroupView> view = Status(StatusCode::kInternal, "no coordinator asked");
+  for (const auto& c : *coordinators) {
+    auto v = p2p::fetchStatus(c, Deadline::after(Millis(*timeout)));
+    if (v && !v->peers.empty()) {
+      view = std::move(v);
+      break;
+    }
+    if (v ? !view.isOk() : view.status().code() == StatusCode::kInternal) view = std::move(v);
+  }
   if (!view) return reportFailure(view.status());
   std::string text = flags.getBool("json") ? toJson(*view) + "\n" : toTable(*view);
   std::fputs(text.c_str(), stdout);

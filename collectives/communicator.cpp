@@ -72,9 +72,11 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                         listener_->port()}
               .toString();
     }
-    client_ = std::make_unique<p2p::MembershipClient>(
-        net_, p2p::MembershipClientOptions{options_.coordinator, options_.peer_id, advertise,
-                                           options_.streams});
+    p2p::MembershipClientOptions client_options{options_.coordinator, options_.peer_id, advertise,
+                                                options_.streams};
+    client_options.standby_coordinators = options_.standby_coordinators;
+    client_options.coordinator_timeout = options_.coordinator_timeout;
+    client_ = std::make_unique<p2p::MembershipClient>(net_, client_options);
     // Everything below lives on the network thread, the only one that touches it afterwards.
     onNetworkThread([&] {
       transport_ = std::make_unique<LinkTransport>(net_, options_.peer_id, link_opts_);
@@ -98,6 +100,8 @@ class Communicator::Impl final : public OpEngine::Arbiter {
       engine_->onEpoch(v.epoch);
       state_->onView(v);
     });
+    // Runs each time this peer loses its group (coordinator lost, or evicted); the client then
+    // registers again on its own and a later view starts a new epoch, with a new ring.
     client_->setLostCallback([this](const Status& why) {
       engine_->abortEverything(why.withContext("lost the group during an operation"));
       state_->onLost(why);
@@ -409,6 +413,14 @@ Result<SyncReport> Communicator::syncSharedState(SharedState& state, const SyncO
 }
 Status Communicator::leave(Deadline deadline) {
   return impl_->client().leave(deadline);
+}
+void Communicator::setRegistrationReport(std::uint64_t state_revision, std::uint64_t state_digest,
+                                         std::uint64_t progress, bool finished) {
+  impl_->client().setRegistrationReport(
+      p2p::RegistrationReport{state_revision, state_digest, progress, finished});
+}
+void Communicator::reportProgress(const p2p::PeerReportMsg& report) {
+  impl_->client().reportProgress(report);
 }
 Status Communicator::waitForProbes(Deadline deadline) {
   return impl_->waitForProbes(deadline);

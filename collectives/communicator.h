@@ -33,6 +33,10 @@
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
 
+namespace loco::p2p {
+struct PeerReportMsg;
+}
+
 namespace loco::collectives {
 
 struct CommunicatorOptions {
@@ -46,6 +50,11 @@ struct CommunicatorOptions {
   // report them to the coordinator, which reorders the ring so its slowest link is as fast as
   // possible (p2p/topology.h).
   bool measure_topology = true;
+  // Tried in order after `coordinator` when it is lost (a standby takes over the group).
+  std::vector<p2p::HostPort> standby_coordinators;
+  // After losing the coordinator (or being evicted), how long to look for one before every call
+  // fails with kUnavailable (p2p/membership_client.h). 0: never reconnect.
+  Millis coordinator_timeout{600000};
 };
 
 // How an all-reduce moves its data. kAuto chooses by size and world (the ring for large buffers,
@@ -101,6 +110,9 @@ class Communicator {
 
   // Blocks until admitted. Admission happens at a sync point of the members, so the newcomer's
   // first operation follows it directly, like theirs; its next syncPoint() is the one after.
+  // Also the way back into the group after syncPoint() failed with kPeerLost / kEvicted: the
+  // peer lost its coordinator or was evicted, and registers again on its own (errors as
+  // p2p::MembershipClient::waitForMembership; kUnavailable: no coordinator came back).
   Status waitForMembership(Deadline deadline);
   // A sync point of the whole group (pending peers are admitted here); no operation may be in
   // flight (kFailedPrecondition). Returns the epoch to continue in.
@@ -138,6 +150,15 @@ class Communicator {
   Result<SyncReport> syncSharedState(SharedState& state, const SyncOptions& options,
                                      Deadline deadline);
   Status leave(Deadline deadline);
+  // What this peer holds (`finished`: it reached the run's last step), sent to the coordinator
+  // now and when it registers again after losing its coordinator: the coordinator keeps the
+  // run's high-water mark from it (p2p/membership.h); the shared-state sync decides the state.
+  // Any thread.
+  void setRegistrationReport(std::uint64_t state_revision, std::uint64_t state_digest,
+                             std::uint64_t progress, bool finished = false);
+  // Sends this peer's progress after a round to the coordinator (its dashboard and /api/status).
+  // Non-blocking, any thread; dropped while the coordinator is unreachable.
+  void reportProgress(const p2p::PeerReportMsg& report);
   // Blocks until this peer has probed every member it had no bandwidth estimate for (probes
   // start when a view arrives and run in the background). For benchmarks and tests: a sync point
   // after this applies the better ring, if there is one. Errors: kTimeout.

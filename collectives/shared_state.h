@@ -8,7 +8,11 @@
 // - The canonical content is elected per chunk by popularity among the peers at the highest
 //   revision (p2p/state_sync.h has the exact rules). Revision 0 means "resume from whatever the
 //   peers hold" (a restart from a checkpoint): then every peer that holds something votes.
-// - The runtime advances the revision by one per successful sync; the application never sets it.
+// - The runtime advances the revision by one per successful sync. The application may advance it
+//   too (advanceRevision) after a change every member makes alike, such as a committed training
+//   round: a peer that missed the change (it aborted the round because its coordinator died
+//   while the commit was on its way) then holds an older revision and loses the next election,
+//   instead of tying with the peers that applied it.
 // - Out-of-date and new peers download only the chunks whose hashes differ, from every peer
 //   that holds them at once (each over a K-stream link, requests striped over the streams),
 //   and verify each chunk by hash before it touches their buffers. A source that dies is
@@ -82,6 +86,8 @@ class SharedState {
   std::size_t bytes() const;
   std::size_t chunks() const;
   std::uint64_t revision() const { return revision_; }
+  // One step newer: the application changed the content as every member did (see above).
+  void advanceRevision() { ++revision_; }
   // XXH3-64 of every chunk, buffers in order (what a sync compares).
   std::vector<std::uint64_t> chunkHashes() const;
   // One hash of the whole content (of chunkHashes()): equal digests, equal state.

@@ -29,11 +29,8 @@ StateEngine::~StateEngine() = default;
 Result<SyncReport> StateEngine::sync(SharedState& state, const SyncOptions& options,
                                      Deadline deadline) {
   const TimePoint t0 = Clock::now();
-  if (client_.state() != p2p::MembershipClient::State::kMember) {
-    return Status(
-        StatusCode::kFailedPrecondition,
-        "shared-state sync before this peer was admitted to the group (call waitForMembership)");
-  }
+  // kFailedPrecondition before the first admission; kPeerLost / kEvicted once the group is lost.
+  if (Status st = client_.memberStatus("shared-state sync"); !st.isOk()) return st;
   if (state.buffers_.empty()) {
     return Status(StatusCode::kInvalidArgument,
                   "shared-state sync with no buffers registered (SharedState::add)");

@@ -50,4 +50,27 @@ Result<HostPort> parseHostPort(std::string_view text, bool allow_port_zero) {
   return hp;
 }
 
+Result<std::vector<HostPort>> parseHostPortList(std::string_view text) {
+  std::vector<HostPort> out;
+  std::size_t at = 0;
+  for (;;) {
+    std::size_t comma = text.find(',', at);
+    std::string_view item =
+        text.substr(at, comma == std::string_view::npos ? text.npos : comma - at);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    auto hp = parseHostPort(item);
+    if (!hp) return hp.status();
+    for (const auto& seen : out) {
+      if (seen.toString() == hp->toString()) {
+        return Status(StatusCode::kInvalidArgument,
+                      fmt::format("address {} is listed twice", hp->toString()));
+      }
+    }
+    out.push_back(std::move(hp.value()));
+    if (comma == std::string_view::npos) return out;
+    at = comma + 1;
+  }
+}
+
 }  // namespace loco::p2p

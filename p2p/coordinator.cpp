@@ -44,7 +44,7 @@ Coordinator::Coordinator(asio::io_context& io, CoordinatorOptions options)
     : io_(io),
       options_(std::move(options)),
       tick_timer_(io),
-      membership_(options_.heartbeat_timeout) {}
+      membership_(options_.heartbeat_timeout, options_.rebuild_window, options_.holder_wait) {}
 
 Coordinator::~Coordinator() {
   shutdown();
@@ -146,6 +146,8 @@ void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, cons
       return;
     case MsgType::kHello:
       return onHello(conn, payload);
+    case MsgType::kDialBack:
+      return onDialBack(conn, payload);
     default:
       counter("coord.bad_handshake").inc();
       conn->close(Status(
@@ -173,10 +175,30 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
                   fmt::format("the group is full ({} peers)", options_.max_peers));
   }
   const std::string id = hello->peer_id;
-  auto fx = membership_.join(id, hello->advertise, hello->streams, Clock::now(), hello->last_epoch);
+  JoinRequest request;
+  request.id = id;
+  request.addr = hello->advertise;
+  request.streams = hello->streams;
+  request.last_epoch = hello->last_epoch;
+  request.incarnation = hello->incarnation;
+  request.attempt = hello->attempt;
+  request.last_members = hello->last_members;
+  request.state_revision = hello->state_revision;
+  request.state_digest = hello->state_digest;
+  request.progress = hello->progress;
+  const bool was_registered = membership_.contains(id);
+  auto fx = membership_.join(request, Clock::now());
   if (!fx) return refuse(conn, fx.status().code(), fx.status().message());
 
   dropHandshaking(conn.get());
+  if (auto old = peers_.find(id); old != peers_.end()) {
+    // The same process reconnected (Membership accepted it as such): its old connection is dead
+    // on its side; close ours quietly.
+    auto stale = old->second;
+    peers_.erase(old);
+    stale->setCloseHandler(nullptr);
+    stale->close(Status(StatusCode::kAborted, "replaced by the peer's new connection"));
+  }
   peers_[id] = conn;
   conn->setName(fmt::format("peer {}", shortId(id)));
   conn->setFrameHandler([this, id](const FrameHeader& h, std::vector<std::uint8_t> p) {
@@ -191,8 +213,27 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
                                     static_cast<std::uint32_t>(options_.heartbeat_interval.count()),
                                     static_cast<std::uint32_t>(options_.heartbeat_timeout.count()),
                                     membership_.epoch()}));
-  LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})",
-           shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
+  if (hello->last_members.empty()) {
+    LOG_INFO(kLogCoord, "peer {} registered from {} advertising {} ({} streams, loco {})",
+             shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version);
+  } else {
+    counter("coord.peers_reregistered").inc();
+    LOG_INFO(kLogCoord,
+             "peer {} registered again from {} advertising {} ({} streams, loco {}{}): last epoch "
+             "{} with {} members, shared-state revision {} digest {:016x}, progress {}",
+             shortId(id), conn->remoteAddress(), hello->advertise, hello->streams, hello->version,
+             was_registered ? ", replacing its old connection" : "", hello->last_epoch,
+             hello->last_members.size(), hello->state_revision, hello->state_digest,
+             hello->progress);
+    if (membership_.rebuilding()) {
+      LOG_INFO(kLogCoord,
+               "rebuilding the group: admitting nobody until the members of epoch {} are back "
+               "(at most {} ms)",
+               hello->last_epoch,
+               options_.rebuild_window.value_or(defaultRebuildWindow(options_.heartbeat_timeout))
+                   .count());
+    }
+  }
   apply(std::move(fx.value()));
 }
 
@@ -208,6 +249,19 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
       return apply(membership_.syncRequest(id, now));
     case MsgType::kLinkReport:
       return onLinkReport(id, payload);
+    case MsgType::kProgress: {
+      auto report = decodeProgress(payload);
+      if (!report) {
+        counter("coord.bad_progress_reports").inc();
+        auto it = peers_.find(id);
+        if (it != peers_.end())
+          it->second->close(report.status().withContext("progress report from " + shortId(id)));
+        return;
+      }
+      return apply(membership_.progress(id, *report, now));
+    }
+    case MsgType::kPeerReport:
+      return onPeerReport(id, payload);
     case MsgType::kLeave: {
       auto it = peers_.find(id);
       if (it != peers_.end()) {
@@ -270,6 +324,28 @@ void Coordinator::onLinkReport(const std::string& id, ByteSpan payload) {
   }
 }
 
+void Coordinator::onPeerReport(const std::string& id, ByteSpan payload) {
+  auto report = decodePeerReport(payload);
+  if (!report) {
+    counter("coord.bad_peer_reports").inc();
+    return;  // progress is informational: a bad report costs the report, not the peer
+  }
+  run_log_.onReport(id, *report, unixSeconds());
+}
+
+RunSnapshot Coordinator::snapshot() const {
+  RunSnapshot s;
+  s.view = membership_.view(Clock::now());
+  s.view.counters = counterSnapshot();
+  s.view.edges = bandwidth_.edges();
+  s.events.assign(run_log_.events().begin(), run_log_.events().end());
+  s.steps = run_log_.steps();
+  s.progress = run_log_.peers();
+  s.heartbeat_interval = options_.heartbeat_interval;
+  s.heartbeat_timeout = options_.heartbeat_timeout;
+  return s;
+}
+
 void Coordinator::maybeProposeRing() {
   if (!bandwidth_dirty_) return;
   bandwidth_dirty_ = false;
@@ -304,6 +380,7 @@ void Coordinator::sendStatus(Connection& conn) {
 void Coordinator::apply(MembershipEffects fx) {
   const auto epoch = membership_.epoch();
   const auto world = membership_.ring().size();
+  if (!fx.events.empty()) run_log_.onEvents(fx.events, unixSeconds());
   for (const MembershipEvent& e : fx.events) {
     switch (e.kind) {
       case MembershipEvent::Kind::kPending:
@@ -317,10 +394,45 @@ void Coordinator::apply(MembershipEffects fx) {
         counter("coord.ring_reorders").inc();
         LOG_INFO(kLogCoord, "ring reordered for speed epoch={}: {}", e.epoch, e.reason);
         break;
+      case MembershipEvent::Kind::kReplaced:
+        // onHello has swapped the connection already; the peer needs no Evicted.
+        bandwidth_.erase(e.peer);
+        counter("coord.peers_replaced").inc();
+        LOG_INFO(kLogCoord, "peer {} {} epoch={} world={}", shortId(e.peer), e.reason, e.epoch,
+                 world);
+        break;
+      case MembershipEvent::Kind::kRebuilt:
+        counter("coord.rebuilds").inc();
+        LOG_INFO(kLogCoord, "group rebuilt at epoch={} world={}: {}", e.epoch, world, e.reason);
+        break;
       case MembershipEvent::Kind::kLeft:
         bandwidth_.erase(e.peer);
         counter("coord.peers_left").inc();
         LOG_INFO(kLogCoord, "peer {} left epoch={} world={}", shortId(e.peer), e.epoch, world);
+        break;
+      case MembershipEvent::Kind::kCompleted: {
+        counter("coord.told_run_completed").inc();
+        LOG_INFO(kLogCoord, "peer {} told that the run is over: {}", shortId(e.peer), e.reason);
+        auto it = peers_.find(e.peer);
+        if (it != peers_.end()) {
+          auto conn = it->second;
+          peers_.erase(it);
+          conn->setCloseHandler(nullptr);
+          conn->send(MsgType::kRefused,
+                     encodeRefused(RefusedMsg{StatusCode::kCompleted, e.reason}));
+          conn->closeAfterFlush(Status(StatusCode::kCompleted, e.reason));
+        }
+        break;
+      }
+      case MembershipEvent::Kind::kHeld:
+        // Often for a moment only: a peer resumed from its checkpoint reports what it holds
+        // right after it registers.
+        counter("coord.held_for_progress").inc();
+        LOG_INFO(kLogCoord, "{} (--holder-wait)", e.reason);
+        break;
+      case MembershipEvent::Kind::kRolledBack:
+        counter("coord.progress_rolled_back").inc();
+        LOG_WARN(kLogCoord, "{}", e.reason);
         break;
       case MembershipEvent::Kind::kEvicted: {
         bandwidth_.erase(e.peer);

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -21,6 +22,7 @@
 #include "p2p/connection.h"
 #include "p2p/membership.h"
 #include "p2p/net.h"
+#include "p2p/run_log.h"
 #include "p2p/state_sync.h"
 #include "p2p/topology.h"
 
@@ -33,6 +35,13 @@ struct CoordinatorOptions {
   Millis handshake_timeout{2000};     // a connection must send Hello/StatusRequest within this
   std::size_t max_handshaking = 256;  // beyond this the oldest unidentified connection is dropped
   std::size_t max_peers = 4096;
+  // How long a coordinator that lost its group (a restart, or a standby taking over) waits for
+  // the members the re-registering peers report before it admits those that came back
+  // (membership.h). Unset: defaultRebuildWindow(heartbeat_timeout).
+  std::optional<Millis> rebuild_window;
+  // How long peers behind the run's high-water mark, with no members left, wait for a peer that
+  // holds it before the run goes on from what they hold (membership.h).
+  Millis holder_wait = kDefaultHolderWait;
 };
 
 class Coordinator {
@@ -46,6 +55,9 @@ class Coordinator {
   std::uint16_t port() const { return port_; }
   // Closes every connection and stops accepting. Call on the io thread.
   void shutdown();
+
+  // What /api/status and the dashboard show (run_log.h). Call on the io thread; a copy.
+  RunSnapshot snapshot() const;
 
  private:
   Coordinator(asio::io_context& io, CoordinatorOptions options);
@@ -61,6 +73,9 @@ class Coordinator {
   void apply(MembershipEffects fx);
   void tick();
   void onLinkReport(const std::string& id, ByteSpan payload);
+  void onPeerReport(const std::string& id, ByteSpan payload);
+  // `loco doctor`'s reachability check (messages.h DialBackMsg); dial_back.cpp.
+  void onDialBack(const std::shared_ptr<Connection>& conn, ByteSpan payload);
   // Proposes the ring with the fastest slowest edge once every edge among the members is known
   // and it beats the current ring by kReorderGain (so noise does not reshuffle the ring).
   void maybeProposeRing();
@@ -82,6 +97,8 @@ class Coordinator {
   BandwidthTable bandwidth_;
   bool bandwidth_dirty_ = false;
   StateSyncRounds state_sync_;
+  RunLog run_log_;
+  std::size_t dial_backs_in_flight_ = 0;
   std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
   std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
 };

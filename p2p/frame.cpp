@@ -52,6 +52,16 @@ std::string_view msgTypeName(MsgType t) {
       return "StateComplaint";
     case MsgType::kLinkReport:
       return "LinkReport";
+    case MsgType::kProgress:
+      return "Progress";
+    case MsgType::kPeerReport:
+      return "PeerReport";
+    case MsgType::kDialBack:
+      return "DialBack";
+    case MsgType::kDialBackProbe:
+      return "DialBackProbe";
+    case MsgType::kDialBackResult:
+      return "DialBackResult";
   }
   return "Unknown";
 }
@@ -59,7 +69,7 @@ std::string_view msgTypeName(MsgType t) {
 std::uint32_t maxPayload(MsgType t) {
   switch (t) {
     case MsgType::kHello:
-      return 4096;
+      return 128u << 10;  // version 2 lists up to kMaxLastMembers ids of up to 64 bytes
     case MsgType::kWelcome:
       return 256;
     case MsgType::kRefused:
@@ -90,6 +100,14 @@ std::uint32_t maxPayload(MsgType t) {
       return 4096;
     case MsgType::kLinkReport:
       return 64u << 10;
+    case MsgType::kProgress:
+      return 256;  // version 1 is 26 bytes; room for fields a newer peer appends
+    case MsgType::kPeerReport:
+    case MsgType::kDialBack:
+    case MsgType::kDialBackProbe:
+      return 1024;
+    case MsgType::kDialBackResult:
+      return 4096;
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:

@@ -54,9 +54,16 @@ enum class MsgType : std::uint8_t {
                          // withdrawal seen)
   kStateComplaint = 22,  // peer -> coordinator: a source served corrupt chunks (StateComplaintMsg)
   kLinkReport =
-      23,  // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+      23,          // peer -> coordinator: bandwidth estimates of links it measured (LinkReportMsg)
+  kProgress = 24,  // peer -> coordinator: what it holds after a round it applied (ProgressMsg)
+  // Operations (a coordinator that predates these closes the connection: peers and `loco doctor`
+  // must run the coordinator's version).
+  kPeerReport = 25,      // peer -> coordinator: progress after a round (PeerReportMsg)
+  kDialBack = 26,        // doctor -> coordinator, before Hello: dial me back (DialBackMsg)
+  kDialBackProbe = 27,   // coordinator -> the dialled address: the request's token (DialBackMsg)
+  kDialBackResult = 28,  // coordinator -> doctor: how the dial went (DialBackResultMsg), then close
 };
-inline constexpr MsgType kLastMsgType = MsgType::kLinkReport;
+inline constexpr MsgType kLastMsgType = MsgType::kDialBackResult;
 
 std::string_view msgTypeName(MsgType t);
 

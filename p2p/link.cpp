@@ -22,7 +22,11 @@ Link::Link(std::string name, std::vector<std::shared_ptr<Connection>> streams, L
     : name_(std::move(name)),
       streams_(std::move(streams)),
       state_(streams_.size()),
-      options_(options) {}
+      options_(options),
+      // Per link, as /metrics shows it: {link="to 10.0.0.2:7100"} or {link="from 3f2a9c01"}.
+      sent_bytes_(counter("link.sent_bytes", {{"link", name_.substr(name_.find(' ') + 1)}})),
+      received_bytes_(
+          counter("link.received_bytes", {{"link", name_.substr(name_.find(' ') + 1)}})) {}
 
 Link::~Link() {
   for (auto& s : streams_) {
@@ -151,6 +155,7 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
   if (op->error.isOk()) {
     meter_.bytes += op->data.size();
     lifetime_meter_.bytes += op->data.size();
+    sent_bytes_.inc(op->data.size());
   }
   if (sends_.empty()) {
     const double busy = toSeconds(Clock::now() - busy_since_);
@@ -220,6 +225,7 @@ void Link::dataDone(std::size_t index, const FrameHeader& h) {
 
 void Link::finishRecv(std::uint64_t tag) {
   auto it = recvs_.find(tag);
+  received_bytes_.inc(it->second.dst.size());
   Done done = std::move(it->second.done);
   recvs_.erase(it);
   done(Status());

@@ -21,6 +21,7 @@
 
 #include "p2p/address.h"
 #include "p2p/base/clock.h"
+#include "p2p/base/metrics.h"
 #include "p2p/base/status.h"
 #include "p2p/frame.h"
 #include "p2p/runtime.h"
@@ -148,6 +149,8 @@ class Link : public std::enable_shared_from_this<Link> {
   bool closed_ = false;
   Status close_reason_;
   std::function<void(const Status&)> on_close_;
+  Counter& sent_bytes_;  // this link's payload bytes, for /metrics (p2p/base/metrics.h)
+  Counter& received_bytes_;
 };
 
 // Accepts incoming link streams and hands out a Link once all K streams of one link arrived.

@@ -3,10 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
+
+#include "p2p/reconnect.h"
 
 #include "p2p/base/text.h"
 
 namespace loco::p2p {
+
+Millis defaultRebuildWindow(Millis heartbeat_timeout) {
+  return heartbeat_timeout + 2 * BackoffOptions{}.max;
+}
 
 void MembershipEffects::merge(MembershipEffects other) {
   for (auto& e : other.events) events.push_back(std::move(e));
@@ -31,15 +38,41 @@ bool Membership::contains(const std::string& id) const {
 Result<MembershipEffects> Membership::join(const std::string& id, const std::string& addr,
                                            std::uint32_t streams, TimePoint now,
                                            std::uint64_t last_epoch) {
-  if (const Peer* existing = find(id)) {
-    return Status(StatusCode::kAlreadyExists,
-                  fmt::format("peer id {} is already registered as a {} from {}; another live "
-                              "process uses the same identity file",
-                              id, peerStateName(existing->state), existing->addr));
-  }
-  epoch_ = std::max(epoch_, last_epoch);
-  peers_.push_back(Peer{id, addr, streams, PeerState::kPending, now});
+  JoinRequest r;
+  r.id = id;
+  r.addr = addr;
+  r.streams = streams;
+  r.last_epoch = last_epoch;
+  return join(r, now);
+}
+
+Result<MembershipEffects> Membership::join(const JoinRequest& request, TimePoint now) {
+  now_ = std::max(now_, now);
+  const std::string& id = request.id;
   MembershipEffects fx;
+  if (const Peer* existing = find(id)) {
+    const bool same_process =
+        request.incarnation != 0 && existing->report.incarnation == request.incarnation;
+    if (!same_process) {
+      return Status(StatusCode::kAlreadyExists,
+                    fmt::format("peer id {} is already registered as a {} from {}; another live "
+                                "process uses the same identity file",
+                                id, peerStateName(existing->state), existing->addr));
+    }
+    if (request.attempt <= existing->report.attempt) {
+      return Status(StatusCode::kAborted,
+                    fmt::format("a stale connection attempt ({}) of peer {}: attempt {} is "
+                                "registered",
+                                request.attempt, id, existing->report.attempt));
+    }
+    // The process lost its connection and came back before we noticed: its old registration
+    // (and, for a member, its place in the ring) goes; it starts over as pending.
+    fx.merge(remove(id, MembershipEvent::Kind::kReplaced, "reconnected over a new connection"));
+  }
+  epoch_ = std::max(epoch_, request.last_epoch);
+  peers_.push_back(Peer{id, request.addr, request.streams, PeerState::kPending, now, now, request});
+  // A coordinator that restarted learns how far the run got from the peers that come back.
+  raiseHighWater(id, ProgressMsg{request.state_revision, request.state_digest, request.progress});
   fx.view_changed = true;
   fx.events.push_back({MembershipEvent::Kind::kPending, id, epoch_, ""});
   fx.merge(maybeCompleteBarrier());
@@ -47,10 +80,36 @@ Result<MembershipEffects> Membership::join(const std::string& id, const std::str
 }
 
 void Membership::heartbeat(const std::string& id, TimePoint now) {
+  now_ = std::max(now_, now);
   if (Peer* p = find(id)) p->last_heard = std::max(p->last_heard, now);
 }
 
+MembershipEffects Membership::progress(const std::string& id, const ProgressMsg& report,
+                                       TimePoint now) {
+  now_ = std::max(now_, now);
+  Peer* p = find(id);
+  if (p == nullptr) return {};
+  p->last_heard = std::max(p->last_heard, now);
+  p->report.state_revision = report.state_revision;
+  p->report.state_digest = report.state_digest;
+  p->report.progress = report.progress;
+  raiseHighWater(id, report);
+  // A pending peer that resumed from a checkpoint may hold what the others wait for.
+  if (ring_.empty() && p->state == PeerState::kPending) return maybeCompleteBarrier();
+  return {};
+}
+
+void Membership::raiseHighWater(const std::string& id, const ProgressMsg& report) {
+  if (report.progress > high_water_.progress) {
+    high_water_ = HighWaterMark{report.progress, report.state_revision, report.state_digest,
+                                report.finished, id};
+  } else if (report.progress == high_water_.progress && report.finished && !high_water_.finished) {
+    high_water_.finished = true;
+  }
+}
+
 MembershipEffects Membership::syncRequest(const std::string& id, TimePoint now) {
+  now_ = std::max(now_, now);
   Peer* p = find(id);
   if (p == nullptr || p->state != PeerState::kMember) return {};
   p->last_heard = std::max(p->last_heard, now);
@@ -89,13 +148,21 @@ MembershipEffects Membership::remove(const std::string& id, MembershipEvent::Kin
 MembershipEffects Membership::maybeCompleteBarrier() {
   bool any_pending = std::any_of(peers_.begin(), peers_.end(),
                                  [](const Peer& p) { return p.state == PeerState::kPending; });
+  std::string rebuilt;
+  MembershipEffects fx;
   if (ring_.empty()) {
-    // Nobody to wait for: admit whoever is pending.
-    if (!any_pending) return {};
+    // Nobody to wait for: admit whoever is pending, unless they are all behind the run, or the
+    // members of a lost group are still on their way back.
+    if (!any_pending) {
+      behind_since_.reset();
+      return {};
+    }
+    if (auto stop = checkProgress(fx)) return std::move(*stop);
+    if (rebuilding()) return fx;
+    if (latestReport() != nullptr) rebuilt = describeRebuild();
   } else if (synced_.size() < ring_.size()) {
     return {};
   }
-  MembershipEffects fx;
   if (any_pending) {
     abortOpenOps(fx, epoch_);  // none should be open at a sync point; never let one straddle epochs
     ++epoch_;
@@ -106,6 +173,8 @@ MembershipEffects Membership::maybeCompleteBarrier() {
       fx.events.push_back({MembershipEvent::Kind::kAdmitted, p.id, epoch_, ""});
     }
     fx.view_changed = true;
+    if (!rebuilt.empty())
+      fx.events.push_back({MembershipEvent::Kind::kRebuilt, "", epoch_, rebuilt});
   }
   if (!proposed_ring_.empty()) {
     std::vector<std::string> a = proposed_ring_, b = ring_;
@@ -174,6 +243,7 @@ MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoc
 }
 
 MembershipEffects Membership::tick(TimePoint now) {
+  now_ = std::max(now_, now);
   last_tick_stalled_ = last_tick_.has_value() && now - *last_tick_ > heartbeat_timeout_ / 2;
   last_tick_ = now;
   if (last_tick_stalled_) {
@@ -195,7 +265,121 @@ MembershipEffects Membership::tick(TimePoint now) {
     fx.merge(evict(id, fmt::format("no heartbeat for {} ms (timeout {} ms)", silent_ms,
                                    heartbeat_timeout_.count())));
   }
+  // A rebuild whose window has passed admits whoever came back.
+  if (ring_.empty()) fx.merge(maybeCompleteBarrier());
   return fx;
+}
+
+std::optional<MembershipEffects> Membership::checkProgress(MembershipEffects& fx) {
+  const Peer* best = nullptr;
+  for (const Peer& p : peers_) {
+    if (p.state == PeerState::kPending &&
+        (best == nullptr || p.report.progress > best->report.progress))
+      best = &p;
+  }
+  if (best == nullptr || best->report.progress >= high_water_.progress) {
+    behind_since_.reset();
+    return std::nullopt;
+  }
+  const HighWaterMark& hw = high_water_;
+  const std::string mark =
+      fmt::format("progress {} (shared-state revision {}, digest {:016x}; peer {})", hw.progress,
+                  hw.state_revision, hw.state_digest, hw.peer.substr(0, 8));
+  if (hw.finished) {
+    // Training these rounds again could only fork the run's result.
+    MembershipEffects done;
+    done.view_changed = true;
+    for (auto it = peers_.begin(); it != peers_.end();) {
+      if (it->state != PeerState::kPending) {
+        ++it;
+        continue;
+      }
+      done.events.push_back(
+          {MembershipEvent::Kind::kCompleted, it->id, epoch_,
+           fmt::format("the run completed at {} while this peer was away; it holds progress {}, "
+                       "and nothing is left for it to do",
+                       mark, it->report.progress)});
+      it = peers_.erase(it);
+    }
+    behind_since_.reset();
+    return done;
+  }
+  if (!behind_since_) {
+    behind_since_ = now_;
+    MembershipEffects held;
+    held.events.push_back(
+        {MembershipEvent::Kind::kHeld, "", epoch_,
+         fmt::format("the pending peers hold progress {} at most, the run reached {}: admitting "
+                     "nobody until a peer that holds it registers (at most {} ms)",
+                     best->report.progress, mark, holder_wait_.count())});
+    return held;
+  }
+  if (now_ - *behind_since_ < holder_wait_) return MembershipEffects{};
+  fx.events.push_back(
+      {MembershipEvent::Kind::kRolledBack, best->id, epoch_,
+       fmt::format("no peer holding {} registered within {} ms; the run goes on from progress {} "
+                   "(peer {}): the rounds after it are trained again",
+                   mark, holder_wait_.count(), best->report.progress, best->id.substr(0, 8))});
+  high_water_ = HighWaterMark{best->report.progress, best->report.state_revision,
+                              best->report.state_digest, false, best->id};
+  behind_since_.reset();
+  return std::nullopt;
+}
+
+const Membership::Peer* Membership::latestReport() const {
+  if (!ring_.empty()) return nullptr;
+  const Peer* best = nullptr;
+  for (const Peer& p : peers_) {
+    if (p.state != PeerState::kPending || p.report.last_members.empty()) continue;
+    if (best == nullptr || p.report.last_epoch > best->report.last_epoch) best = &p;
+  }
+  return best;
+}
+
+bool Membership::rebuilding() const {
+  const Peer* latest = latestReport();
+  if (latest == nullptr) return false;
+  TimePoint first = latest->registered;
+  for (const Peer& p : peers_) {
+    if (p.state == PeerState::kPending && !p.report.last_members.empty())
+      first = std::min(first, p.registered);
+  }
+  if (now_ - first >= rebuild_window_) return false;
+  return std::any_of(latest->report.last_members.begin(), latest->report.last_members.end(),
+                     [&](const std::string& id) {
+                       const Peer* p = find(id);
+                       return p == nullptr || p->state != PeerState::kPending;
+                     });
+}
+
+std::string Membership::describeRebuild() const {
+  const Peer* latest = latestReport();
+  if (latest == nullptr) return "";
+  const auto& expected = latest->report.last_members;
+  std::size_t back = 0;
+  for (const std::string& id : expected) back += find(id) != nullptr ? 1 : 0;
+  // Who holds what: the next shared-state sync elects (most peers at the highest revision).
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::pair<std::size_t, std::uint64_t>> states;
+  std::size_t pending = 0;
+  for (const Peer& p : peers_) {
+    if (p.state != PeerState::kPending) continue;
+    ++pending;
+    auto& s = states[{p.report.state_revision, p.report.state_digest}];
+    ++s.first;
+    s.second = std::max(s.second, p.report.progress);
+  }
+  std::string held;
+  for (auto it = states.rbegin(); it != states.rend(); ++it) {
+    held += fmt::format("{}revision {} digest {:016x} (progress {}): {} peer(s)",
+                        held.empty() ? "" : "; ", it->first.first, it->first.second,
+                        it->second.second, it->second.first);
+  }
+  return fmt::format(
+      "{} of the {} members of epoch {} came back ({} peer(s) in all){}; they hold "
+      "{}{}",
+      back, expected.size(), latest->report.last_epoch, pending,
+      back < expected.size() ? " before the rebuild window closed" : "", held,
+      states.size() > 1 ? "; the next shared-state sync elects the state" : "");
 }
 
 std::vector<std::string> Membership::registered() const {

@@ -11,7 +11,23 @@
 //   removed at once and the epoch advances (the ring changed); a sync barrier it was holding up
 //   completes without it.
 // - Epochs only increase; every change of the member set is exactly one new epoch.
-// - An id that is already registered (pending or member) cannot register again.
+// - An id that is already registered (pending or member) cannot register again, unless it is the
+//   same process reconnecting (same incarnation, a newer attempt): its old registration is
+//   dropped (a member's removal is a new epoch) and it registers as pending.
+// - Rebuild: a coordinator with no members that is joined by peers reporting a previous group
+//   (last_members: a coordinator was lost and this one replaces it) admits nobody until every
+//   member of the most recent group they report has registered again, or `rebuild_window` has
+//   passed since the first of them did. The group then comes back as one epoch, above every
+//   epoch the peers report, and no early peer runs a round alone.
+// - Progress: the membership keeps the run's high-water mark, the most advanced state any peer
+//   reported (registrations, and a ProgressMsg after every round a peer applies), also after
+//   every peer that held it has gone. A group that forms from nobody (no members) out of pending
+//   peers that all hold less than the mark would train the rounds after their state again, apart
+//   from the run (a fork). So instead: if the mark says the run finished, each of them is told
+//   (kCompleted) and removed; otherwise nobody is admitted until a peer that holds the mark's
+//   progress registers, for at most `holder_wait`; after that they are admitted and the run goes
+//   on from the best state they hold (kRolledBack, the mark comes down to it). A coordinator that
+//   restarted knows only what the peers that register again report.
 // Not thread-safe: the coordinator calls it from its one network thread.
 
 #include <cstdint>
@@ -28,11 +44,61 @@
 namespace loco::p2p {
 
 struct MembershipEvent {
-  enum class Kind { kPending, kAdmitted, kLeft, kEvicted, kReordered };
+  // kReplaced: the same process registered again over a new connection (its old registration
+  // is gone; do not send it an Evicted). kRebuilt: a lost group came back at a rebuild barrier.
+  // kCompleted: a pending peer behind a finished run was removed (tell it: Refused kCompleted).
+  // kHeld: pending peers behind the high-water mark wait for a peer that holds it (no peer).
+  // kRolledBack: nobody holding the mark came back in time; the run goes on from less.
+  enum class Kind {
+    kPending,
+    kAdmitted,
+    kLeft,
+    kEvicted,
+    kReordered,
+    kReplaced,
+    kRebuilt,
+    kCompleted,
+    kHeld,
+    kRolledBack
+  };
   Kind kind;
   std::string peer;
   std::uint64_t epoch;  // epoch after the event
-  std::string reason;   // for kLeft / kEvicted; the new ring for kReordered
+  // kLeft / kEvicted / kReplaced / kCompleted: why; kReordered: the new ring; kRebuilt: who came
+  // back and what state they report; kHeld / kRolledBack: what is missing.
+  std::string reason;
+};
+
+// What a peer says when it registers (HelloMsg without the wire details; see messages.h).
+struct JoinRequest {
+  std::string id;
+  std::string addr;
+  std::uint32_t streams = 0;
+  std::uint64_t last_epoch = 0;
+  std::uint64_t incarnation = 0;  // 0 (an older peer): never replaces a registration
+  std::uint64_t attempt = 0;
+  std::vector<std::string> last_members;
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  std::uint64_t progress = 0;
+};
+
+// Long enough for every live peer of a lost group to find the new coordinator: they notice the
+// loss within a heartbeat timeout of each other and retry at most BackoffOptions::max apart.
+Millis defaultRebuildWindow(Millis heartbeat_timeout);
+
+// How long peers behind the high-water mark wait for a peer that holds it (see the rules): long
+// enough for a supervisor to restart a dead holder from its checkpoint (loco local backs off
+// 30 s at most).
+inline constexpr Millis kDefaultHolderWait{60000};
+
+// The most advanced state a peer of this run reported.
+struct HighWaterMark {
+  std::uint64_t progress = 0;
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  bool finished = false;  // a peer that held it had reached the run's last step
+  std::string peer;       // who reported it
 };
 
 // The coordinator's verdict on one collective operation: commit when every member of the
@@ -55,14 +121,24 @@ struct MembershipEffects {
 
 class Membership {
  public:
-  explicit Membership(Millis heartbeat_timeout) : heartbeat_timeout_(heartbeat_timeout) {}
+  explicit Membership(Millis heartbeat_timeout, std::optional<Millis> rebuild_window = {},
+                      Millis holder_wait = kDefaultHolderWait)
+      : heartbeat_timeout_(heartbeat_timeout),
+        rebuild_window_(rebuild_window.value_or(defaultRebuildWindow(heartbeat_timeout))),
+        holder_wait_(holder_wait) {}
 
-  // Registers a new peer as pending. kAlreadyExists if `id` is registered. `last_epoch` is the
-  // highest epoch the peer has seen: after a coordinator restart the epoch continues above it.
+  // Registers a peer as pending. `last_epoch` is the highest epoch the peer has seen: after a
+  // coordinator restart the epoch continues above it. Errors: kAlreadyExists if `id` is
+  // registered by another process; kAborted for a stale attempt of a registered process.
+  Result<MembershipEffects> join(const JoinRequest& request, TimePoint now);
   Result<MembershipEffects> join(const std::string& id, const std::string& addr,
                                  std::uint32_t streams, TimePoint now,
                                  std::uint64_t last_epoch = 0);
   void heartbeat(const std::string& id, TimePoint now);
+  // What a registered peer holds now (ProgressMsg). Raises the high-water mark; with no members,
+  // may admit peers that were held for it. Reports of unknown peers are ignored.
+  MembershipEffects progress(const std::string& id, const ProgressMsg& report, TimePoint now);
+  const HighWaterMark& highWater() const { return high_water_; }
   // A member reached a sync point. Requests from pending or unknown peers are ignored.
   MembershipEffects syncRequest(const std::string& id, TimePoint now);
   MembershipEffects leave(const std::string& id);
@@ -81,8 +157,11 @@ class Membership {
 
   // Evicts peers silent for longer than the heartbeat timeout. If the caller itself was stalled
   // (ticks further apart than half the timeout, e.g. the coordinator was SIGSTOPped), everyone's
-  // clock restarts instead: the silence was ours, not theirs.
+  // clock restarts instead: the silence was ours, not theirs. Also ends a rebuild whose window
+  // has passed.
   MembershipEffects tick(TimePoint now);
+  // Waiting for the members of a lost group to come back (see the rules above).
+  bool rebuilding() const;
 
   bool contains(const std::string& id) const;
   std::uint64_t epoch() const { return epoch_; }
@@ -98,16 +177,31 @@ class Membership {
     std::uint32_t streams = 0;
     PeerState state = PeerState::kPending;
     TimePoint last_heard;
+    TimePoint registered;
+    JoinRequest report;  // what it said when it registered (progress: and since)
   };
   Peer* find(const std::string& id);
   const Peer* find(const std::string& id) const;
   MembershipEffects remove(const std::string& id, MembershipEvent::Kind kind,
                            const std::string& reason);
   // Completes the sync barrier if every member has synced (or there are no members and someone
-  // is pending): admits all pending peers.
+  // is pending, and no rebuild is waiting): admits all pending peers.
   MembershipEffects maybeCompleteBarrier();
+  // With no members: the pending peer whose report of a previous group is most recent.
+  const Peer* latestReport() const;
+  // With no members and someone pending: the progress rule (see above). nullopt: the pending
+  // peers may form the group (a rollback event, if the wait ran out, goes into `fx`); else the
+  // effects to stop with.
+  std::optional<MembershipEffects> checkProgress(MembershipEffects& fx);
+  void raiseHighWater(const std::string& id, const ProgressMsg& report);
+  std::string describeRebuild() const;
 
   Millis heartbeat_timeout_;
+  Millis rebuild_window_;
+  Millis holder_wait_;
+  HighWaterMark high_water_;
+  std::optional<TimePoint> behind_since_;  // pending peers are held for the high-water mark
+  TimePoint now_{};                        // the latest time any input carried
   std::uint64_t epoch_ = 0;
   std::vector<Peer> peers_;        // registration order
   std::vector<std::string> ring_;  // members in ring order

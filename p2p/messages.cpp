@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 
 namespace loco::p2p {
 namespace {
@@ -75,6 +76,14 @@ std::vector<std::uint8_t> encodeHello(const HelloMsg& m) {
   w.u32(m.streams);
   w.str(m.version);
   w.u64(m.last_epoch);
+  w.u8(kHelloVersion);
+  w.u64(m.incarnation);
+  w.u64(m.attempt);
+  w.u64(m.state_revision);
+  w.u64(m.state_digest);
+  w.u64(m.progress);
+  w.u32(static_cast<std::uint32_t>(m.last_members.size()));
+  for (const auto& id : m.last_members) w.str(id);
   return out;
 }
 
@@ -82,9 +91,49 @@ Result<HelloMsg> decodeHello(ByteSpan in) {
   ByteReader r(in);
   HelloMsg m;
   if (!(r.str(m.peer_id, kMaxIdLen) && r.str(m.advertise, kMaxAddrLen) && r.u32(m.streams) &&
-        r.str(m.version, kMaxVersionLen) && r.u64(m.last_epoch) && r.done())) {
+        r.str(m.version, kMaxVersionLen) && r.u64(m.last_epoch))) {
     return malformed("Hello");
   }
+  if (r.done()) return m;  // version 1: a peer that reports nothing more
+  std::uint8_t version = 0;
+  std::uint32_t n = 0;
+  if (!(r.u8(version) && version >= 2 && r.u64(m.incarnation) && r.u64(m.attempt) &&
+        r.u64(m.state_revision) && r.u64(m.state_digest) && r.u64(m.progress) && r.u32(n)) ||
+      n > kMaxLastMembers || n > r.remaining() / 4) {
+    return malformed("Hello");
+  }
+  m.last_members.resize(n);
+  for (auto& id : m.last_members) {
+    if (!r.str(id, kMaxIdLen)) return malformed("Hello");
+  }
+  // A newer peer's fields beyond version 2 are not ours to read.
+  if (version == 2 && !r.done()) return malformed("Hello");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeProgress(const ProgressMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(1);  // version
+  w.u64(m.state_revision);
+  w.u64(m.state_digest);
+  w.u64(m.progress);
+  w.u8(m.finished ? 1 : 0);
+  return out;
+}
+
+Result<ProgressMsg> decodeProgress(ByteSpan in) {
+  ByteReader r(in);
+  ProgressMsg m;
+  std::uint8_t version = 0, flags = 0;
+  if (!(r.u8(version) && version >= 1 && r.u64(m.state_revision) && r.u64(m.state_digest) &&
+        r.u64(m.progress) && r.u8(flags)) ||
+      flags > 1) {
+    return malformed("Progress");
+  }
+  m.finished = flags == 1;
+  // A newer peer's fields beyond version 1 are not ours to read.
+  if (version == 1 && !r.done()) return malformed("Progress");
   return m;
 }
 
@@ -120,7 +169,7 @@ Result<RefusedMsg> decodeRefused(ByteSpan in) {
   RefusedMsg m;
   std::uint32_t code = 0;
   if (!(r.u32(code) && r.str(m.reason, kMaxReasonLen) && r.done())) return malformed("Refused");
-  if (code > static_cast<std::uint32_t>(StatusCode::kInternal))
+  if (code > static_cast<std::uint32_t>(kLastStatusCode))
     code = static_cast<std::uint32_t>(StatusCode::kInternal);
   m.code = static_cast<StatusCode>(code);
   return m;
@@ -255,6 +304,95 @@ Result<OpReportMsg> decodeOpReport(ByteSpan in) {
   return m;
 }
 
+// ---- operations ---------------------------------------------------------------------------------
+
+namespace {
+constexpr std::uint8_t kPeerReportVersion = 1;
+constexpr std::uint8_t kDialBackVersion = 1;
+
+void putF64(ByteWriter& w, double v) {
+  w.u64(std::bit_cast<std::uint64_t>(v));
+}
+bool getF64(ByteReader& r, double& v) {
+  std::uint64_t bits = 0;
+  if (!r.u64(bits)) return false;
+  v = std::bit_cast<double>(bits);
+  return true;
+}
+}  // namespace
+
+std::vector<std::uint8_t> encodePeerReport(const PeerReportMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(kPeerReportVersion);
+  w.u64(m.outer_step);
+  w.u64(m.inner_step);
+  for (double v : {m.loss, m.val_loss, m.bytes_sent, m.tokens_per_s, m.utilization, m.round_s})
+    putF64(w, v);
+  w.u32(m.retries);
+  w.u32(m.world);
+  w.str(m.http);
+  return out;
+}
+
+Result<PeerReportMsg> decodePeerReport(ByteSpan in) {
+  ByteReader r(in);
+  PeerReportMsg m;
+  std::uint8_t version = 0;
+  if (!r.u8(version) || version < 1) return malformed("PeerReport");
+  bool ok = r.u64(m.outer_step) && r.u64(m.inner_step);
+  for (double* v :
+       {&m.loss, &m.val_loss, &m.bytes_sent, &m.tokens_per_s, &m.utilization, &m.round_s})
+    ok = ok && getF64(r, *v);
+  ok = ok && r.u32(m.retries) && r.u32(m.world) && r.str(m.http, kMaxAddrLen);
+  // A newer peer may append fields: skipped.
+  if (!ok || (version == kPeerReportVersion && !r.done())) return malformed("PeerReport");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeDialBack(const DialBackMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(kDialBackVersion);
+  w.str(m.addr);
+  w.u64(m.token);
+  return out;
+}
+
+Result<DialBackMsg> decodeDialBack(ByteSpan in) {
+  ByteReader r(in);
+  DialBackMsg m;
+  std::uint8_t version = 0;
+  if (!r.u8(version) || version < 1 || !r.str(m.addr, kMaxAddrLen) || !r.u64(m.token) ||
+      (version == kDialBackVersion && !r.done()))
+    return malformed("DialBack");
+  return m;
+}
+
+std::vector<std::uint8_t> encodeDialBackResult(const DialBackResultMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(kDialBackVersion);
+  w.u8(static_cast<std::uint8_t>(m.code));
+  w.str(m.detail);
+  w.str(m.seen_from);
+  w.i64(m.coordinator_unix_ms);
+  return out;
+}
+
+Result<DialBackResultMsg> decodeDialBackResult(ByteSpan in) {
+  ByteReader r(in);
+  DialBackResultMsg m;
+  std::uint8_t version = 0, code = 0;
+  if (!r.u8(version) || version < 1 || !r.u8(code) || !r.str(m.detail, kMaxReasonLen) ||
+      !r.str(m.seen_from, kMaxAddrLen) || !r.i64(m.coordinator_unix_ms) ||
+      (version == kDialBackVersion && !r.done()))
+    return malformed("DialBackResult");
+  m.code = static_cast<StatusCode>(
+      std::min<std::uint8_t>(code, static_cast<std::uint8_t>(StatusCode::kInternal)));
+  return m;
+}
+
 // ---- shared state -------------------------------------------------------------------------------
 
 std::string_view stateStrategyName(StateStrategy s) {
@@ -370,7 +508,7 @@ Result<StatePlanMsg> decodeStatePlan(ByteSpan in) {
         r.u64(m.elected_revision) && readHashes(r, m.canonical) && r.u32(n))) {
     return malformed("StatePlan");
   }
-  if (code > static_cast<std::uint32_t>(StatusCode::kInternal) || n > kMaxStateSources)
+  if (code > static_cast<std::uint32_t>(kLastStatusCode) || n > kMaxStateSources)
     return malformed("StatePlan");
   m.code = static_cast<StatusCode>(code);
   const std::size_t bitmap = (m.canonical.size() + 7) / 8;

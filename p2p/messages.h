@@ -16,6 +16,13 @@ namespace loco::p2p {
 inline constexpr std::size_t kMaxAddrLen = 262;  // "[v6]:port" or a DNS name with port
 inline constexpr std::size_t kMaxReasonLen = 1024;
 
+inline constexpr std::size_t kMaxLastMembers = 1024;  // ids a Hello may list (kMaxRing is 64)
+
+// Extending a message: new fields go behind a version byte appended to the old payload, so a
+// decoder accepts the older form (the new fields keep their defaults) and a newer one (fields it
+// does not know are skipped). Hello is at version 2.
+inline constexpr std::uint8_t kHelloVersion = 2;
+
 struct HelloMsg {
   std::string peer_id;    // 32 hex digits
   std::string advertise;  // HOST:PORT other peers reach this peer's links at
@@ -24,6 +31,34 @@ struct HelloMsg {
   // The highest epoch this peer has seen (0 if none): a restarted coordinator continues above
   // it, so epochs never go backwards for anyone.
   std::uint64_t last_epoch = 0;
+  // ---- version 2: re-registration after the coordinator was lost (ARCHITECTURE.md §4) ----
+  // Random per process: a Hello with the same id and incarnation is this process reconnecting
+  // (its old connection is dead), not a second process using the same identity.
+  std::uint64_t incarnation = 0;
+  // Counts this process's connection attempts: a stale attempt that a stalled coordinator
+  // finds in its backlog later cannot replace a newer one.
+  std::uint64_t attempt = 0;
+  // The members of the last view this peer saw (at last_epoch): a coordinator that lost its
+  // group waits for them before it admits anyone, so the group comes back whole.
+  std::vector<std::string> last_members;
+  // What the peer holds, for the coordinator's log and status: the shared-state revision and
+  // digest after its last sync, and the application's progress (training: outer steps applied).
+  // The coordinator decides nothing from them; the next shared-state sync elects the state.
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  std::uint64_t progress = 0;
+};
+
+// kProgress, peer -> coordinator, after every round the peer applied (and when it resumes from a
+// checkpoint): what it holds now. The coordinator keeps the most advanced report of the run (its
+// high-water mark, membership.h), so that a peer that comes back behind it, with nobody holding
+// the newer state, does not train those rounds again alone. Versioned like Hello: version 1, then
+// whatever a newer peer appends.
+struct ProgressMsg {
+  std::uint64_t state_revision = 0;
+  std::uint64_t state_digest = 0;
+  std::uint64_t progress = 0;  // the application's (training: outer steps applied)
+  bool finished = false;       // this peer reached the run's last step
 };
 
 struct WelcomeMsg {
@@ -155,8 +190,50 @@ struct LinkReportMsg {
   std::vector<EdgeEstimate> edges;
 };
 
+// ---- operations (what the coordinator's dashboard and `loco doctor` need) ----------------------
+
+// kPeerReport: a training peer's progress after each round, for the coordinator's /api/status
+// and dashboard. The coordinator decides nothing from it. Version byte first (1).
+struct PeerReportMsg {
+  std::uint64_t outer_step = 0;
+  std::uint64_t inner_step = 0;
+  double loss = 0;            // the group's mean train loss of the round (NaN: none)
+  double val_loss = 0;        // NaN unless this peer evaluated this round
+  double bytes_sent = 0;      // all peers' collective bytes so far, as the round's statistics say
+  double tokens_per_s = 0;    // this peer's inner-loop throughput
+  double utilization = 0;     // share of the round this peer spent computing, 0..1
+  double round_s = 0;         // wall time of the round on this peer
+  std::uint32_t retries = 0;  // failed attempts before the round went through
+  std::uint32_t world = 0;
+  std::string http;  // this peer's --http address ("" when off)
+};
+
+// kDialBack (doctor -> coordinator) asks the coordinator to open a TCP connection to `addr` and
+// send kDialBackProbe with the same token; kDialBackResult says how that went. The coordinator
+// dials only the address the request came from (with the port asked for), so it cannot be used
+// to probe third parties.
+struct DialBackMsg {
+  std::string addr;  // HOST:PORT (kDialBack); unused in kDialBackProbe
+  std::uint64_t token = 0;
+};
+struct DialBackResultMsg {
+  StatusCode code = StatusCode::kOk;     // kOk: connected and the probe was sent
+  std::string detail;                    // what failed, in words
+  std::string seen_from;                 // the requester's address as the coordinator sees it
+  std::int64_t coordinator_unix_ms = 0;  // the coordinator's wall clock when it answered
+};
+
+std::vector<std::uint8_t> encodePeerReport(const PeerReportMsg& m);
+Result<PeerReportMsg> decodePeerReport(ByteSpan in);
+std::vector<std::uint8_t> encodeDialBack(const DialBackMsg& m);
+Result<DialBackMsg> decodeDialBack(ByteSpan in);
+std::vector<std::uint8_t> encodeDialBackResult(const DialBackResultMsg& m);
+Result<DialBackResultMsg> decodeDialBackResult(ByteSpan in);
+
 std::vector<std::uint8_t> encodeHello(const HelloMsg& m);
 Result<HelloMsg> decodeHello(ByteSpan in);
+std::vector<std::uint8_t> encodeProgress(const ProgressMsg& m);
+Result<ProgressMsg> decodeProgress(ByteSpan in);
 std::vector<std::uint8_t> encodeWelcome(const WelcomeMsg& m);
 Result<WelcomeMsg> decodeWelcome(ByteSpan in);
 std::vector<std::uint8_t> encodeRefused(const RefusedMsg& m);

@@ -11,6 +11,8 @@
 #include "collectives/communicator.h"
 #include "collectives/shared_state.h"
 #include "p2p/base/log.h"
+#include "p2p/base/metrics.h"
+#include "p2p/reconnect.h"
 #include "training/checkpoint.h"
 
 namespace loco::training {
@@ -20,6 +22,7 @@ namespace {
 using collectives::Communicator;
 using collectives::DType;
 using collectives::ReduceOp;
+using p2p::LogThrottle;
 
 // The shared progress of the run (one I64 buffer of the shared state).
 enum Progress : std::size_t {
@@ -35,10 +38,22 @@ enum Progress : std::size_t {
 constexpr std::size_t kStatsLen = 64;
 enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
 
-bool fatal(const Status& st) {
-  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost ||
-         st.code() == StatusCode::kAborted || st.code() == StatusCode::kInvalidArgument;
+// This peer is out of the group (its coordinator was lost, or it was evicted): it registers
+// again on its own, and waitForMembership brings it back.
+bool lostGroup(const Status& st) {
+  return st.code() == StatusCode::kEvicted || st.code() == StatusCode::kPeerLost;
 }
+
+bool fatal(const Status& st) {
+  return st.code() == StatusCode::kAborted || st.code() == StatusCode::kInvalidArgument ||
+         st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kAlreadyExists ||
+         st.code() == StatusCode::kCompleted;
+}
+
+// Waiting states (admission, missing peers) say what they wait for at most this often.
+constexpr Millis kWaitLogEvery{10000};
+// Waits are cut into slices of this length so that a stop request is seen promptly.
+constexpr Millis kWaitSlice{250};
 
 class Run {
  public:
@@ -56,18 +71,30 @@ class Run {
   Status run() {
     LOCO_RETURN_IF_ERROR(setUpState());
     if (cfg_.resume) LOCO_RETURN_IF_ERROR(resume());
-    LOCO_RETURN_IF_ERROR(comm_.waitForMembership(deadline()));
+    LOCO_RETURN_IF_ERROR(waitForAdmission());
     bool synced = true;  // admission is this peer's first sync point
     // Start together: every member sees the same world at the same barrier, so all leave this
     // loop after the same sync point.
+    LogThrottle waiting_log(kWaitLogEvery);
     for (Deadline until = deadline(); comm_.world() < cfg_.wait_for_world && !stop_.load();) {
       if (until.expired()) {
         return Status(StatusCode::kTimeout, fmt::format("only {} of {} peers joined", comm_.world(),
                                                         cfg_.wait_for_world));
       }
+      if (waiting_log.shouldLog(Clock::now())) {
+        LOG_INFO(kLogTrain, "waiting for {} peers before the first round (--wait-for): {} now",
+                 cfg_.wait_for_world, comm_.world());
+      }
+      synced = false;
       auto epoch = comm_.syncPoint(deadline());
-      if (!epoch && fatal(epoch.status())) return epoch.status();
+      if (epoch) continue;
+      if (lostGroup(epoch.status())) {
+        LOCO_RETURN_IF_ERROR(waitForAdmission());
+      } else if (fatal(epoch.status())) {
+        return epoch.status();
+      }
     }
+    synced = true;  // left the loop at a sync point (or at admission)
     std::uint32_t failed = 0;
     bool sync_round =
         true;  // every peer decides alike: from the shared progress and the group's verdicts
@@ -75,6 +102,13 @@ class Run {
       if (!synced && sync_round) {
         auto epoch = comm_.syncPoint(deadline());
         if (!epoch) {
+          if (lostGroup(epoch.status())) {
+            // Out of the group: back in at its next sync point (admission is one), as a
+            // newcomer that keeps its state and its Δ; the shared-state sync decides the rest.
+            LOCO_RETURN_IF_ERROR(rejoin(epoch.status()));
+            synced = true;
+            continue;
+          }
           if (fatal(epoch.status())) return epoch.status();
           if (++failed > cfg_.max_failed_attempts)
             return epoch.status().withContext("too many failed rounds");
@@ -88,21 +122,18 @@ class Run {
         if (!st.isOk()) {
           LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point",
                    st.message());
-          if (++failed > cfg_.max_failed_attempts) return st.withContext("too many failed rounds");
+          if (!lostGroup(st) && ++failed > cfg_.max_failed_attempts)
+            return st.withContext("too many failed rounds");
           continue;
         }
       }
       if (done()) break;  // a peer that arrives after the last round
       auto reduced = reduce();
       if (!reduced) {
-        if (reduced.status().code() == StatusCode::kEvicted ||
-            reduced.status().code() == StatusCode::kPeerLost) {
-          if (comm_.world() == 0) return reduced.status();
-        }
         ++retries_;
         LOG_WARN(kLogTrain, "round {} failed ({}); retrying with the survivors",
                  progress_[kOuterStep], reduced.status().message());
-        if (++failed > cfg_.max_failed_attempts)
+        if (!lostGroup(reduced.status()) && ++failed > cfg_.max_failed_attempts)
           return reduced.status().withContext("too many failed rounds");
         sync_round = true;  // survivors meet at a sync point before they retry
         continue;
@@ -118,6 +149,37 @@ class Run {
 
  private:
   Deadline deadline() const { return Deadline::after(cfg_.op_timeout); }
+
+  // Blocks until this peer is a member (again) or the run stops; the communicator bounds the
+  // wait for a coordinator (--coordinator-timeout). Says what it waits for every kWaitLogEvery.
+  Status waitForAdmission() {
+    const TimePoint since = Clock::now();
+    LogThrottle say(kWaitLogEvery);
+    (void)say.shouldLog(since);  // the first line after one interval: most admissions take less
+    while (!stop_.load()) {
+      Status st = comm_.waitForMembership(Deadline::after(kWaitSlice));
+      if (st.isOk()) return st;
+      if (st.code() != StatusCode::kTimeout) return st;
+      if (say.shouldLog(Clock::now())) {
+        LOG_INFO(kLogTrain, "{} (waiting {:.0f} s)", st.message(), toSeconds(Clock::now() - since));
+      }
+    }
+    return Status();
+  }
+
+  Status rejoin(const Status& why) {
+    const TimePoint t0 = Clock::now();
+    LOG_WARN(kLogTrain,
+             "out of the group at outer step {} ({}); keeping this peer's state{} until it is "
+             "admitted again",
+             progress_[kOuterStep], why.message(),
+             have_contribution_ ? " and its contribution to the round" : "");
+    LOCO_RETURN_IF_ERROR(waitForAdmission());
+    if (stop_.load()) return Status();
+    LOG_INFO(kLogTrain, "back in the group after {:.1f} s: epoch {}, world {}",
+             toSeconds(Clock::now() - t0), comm_.epoch(), comm_.world());
+    return Status();
+  }
   bool done() const { return static_cast<std::uint64_t>(progress_[kInnerStep]) >= cfg_.steps; }
 
   Status setUpState() {
@@ -160,9 +222,15 @@ class Run {
     }
     progress_[kOuterStep] = static_cast<std::int64_t>(s.outer_step);
     progress_[kInnerStep] = static_cast<std::int64_t>(s.step);
-    progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
+    // DiLoCo's AdamW is each peer's own (inner) state, never the group's: the shared progress
+    // keeps 0 there, as in the run that wrote the checkpoint, so that a resumed peer's shared
+    // state is bit for bit what the group held at that step.
+    if (!diloco_) progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
     LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(),
              s.outer_step, s.step);
+    // How far this peer is: the coordinator compares it with how far the run got, so that a
+    // peer behind a group that is gone does not train those rounds again alone.
+    comm_.setRegistrationReport(state_.revision(), state_.digest(), s.outer_step, done());
     return Status();
   }
 
@@ -201,6 +269,7 @@ class Run {
   struct Reduced {
     std::array<float, kStatsLen> stats;
     std::size_t world;
+    std::uint64_t epoch;
   };
 
   // Both all-reduces of a round, in flight together. On failure the buffers are as before.
@@ -217,8 +286,10 @@ class Run {
     }
     r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
     r.world = comm_.world();
+    r.epoch = comm_.epoch();
     collectives::AllReduceOptions options;
     options.timeout = cfg_.op_timeout;
+    const auto t0 = Clock::now();
     auto stats_op = comm_.allReduce(r.stats.data(), kStatsLen, DType::kF32, ReduceOp::kSum,
                                     collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
@@ -232,6 +303,7 @@ class Run {
     LOCO_RETURN_IF_ERROR(b);
     sent_reported_ = sent;
     total_megabytes_ += r.stats[kMegabytesSent];
+    last_reduce_s_ = toSeconds(Clock::now() - t0);
     return r;
   }
 
@@ -239,6 +311,7 @@ class Run {
     const float contributors = r.stats[kContributes];
     RoundRecord rec;
     rec.world = r.world;
+    rec.epoch = r.epoch;
     rec.contributors = static_cast<std::size_t>(contributors);
     rec.retries = retries_;
     retries_ = 0;
@@ -263,6 +336,10 @@ class Run {
       }
       progress_[kOuterStep] += 1;
       rec.train_loss = r.stats[kLoss] / contributors;
+      // Every member applied this round: a newer revision, so that a peer that missed the
+      // commit (its coordinator died while the verdict was on its way) loses the next election
+      // instead of tying with the others (collectives/shared_state.h).
+      state_.advanceRevision();
     } else {
       rec.train_loss = std::nan("");
     }
@@ -272,7 +349,10 @@ class Run {
     rec.inner_step = static_cast<std::uint64_t>(progress_[kInnerStep]);
     rec.bytes_sent = total_megabytes_ * 1e6;
     rec.tokens_per_s = last_tokens_per_s_;
+    rec.compute_s = last_compute_s_;
+    rec.reduce_s = last_reduce_s_;
     rec.state_digest = state_.digest();
+    comm_.setRegistrationReport(state_.revision(), rec.state_digest, rec.outer_step, done());
     const auto ring = comm_.ring();
     const bool evaluator = !ring.empty() && ring.front() == comm_.peerId();
     const bool first = !reported_first_;
@@ -286,9 +366,39 @@ class Run {
     rec.wall_s = toSeconds(Clock::now() - started_);
     if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
         (diloco_ || rec.outer_step % cfg_.ddp_sync_every == 0 || done())) {
-      LOCO_RETURN_IF_ERROR(writeCheckpoint());
+      LOCO_RETURN_IF_ERROR(checkpoint());
     }
+    rec.checkpoint_failures = checkpoint_failures_;
     if (on_round_) on_round_(rec);
+    return Status();
+  }
+
+  // A checkpoint that cannot be written (a full disk, a missing or read-only folder) costs
+  // durability, not the run: the previous checkpoint stays whole (writes are atomic), training
+  // goes on, and the next round writes again. Warned once per distinct reason; counted in
+  // train.checkpoint_failures and in every RoundRecord.
+  Status checkpoint() {
+    Status st = writeCheckpoint();
+    if (st.isOk()) {
+      if (!checkpoint_error_.empty()) {
+        LOG_INFO(kLogTrain, "checkpoint {} written again (after {} failed write(s) in all)",
+                 checkpointPath(), checkpoint_failures_);
+      }
+      checkpoint_error_.clear();
+      return st;
+    }
+    if (st.code() != StatusCode::kIoError) return st;  // not the disk: a bug to report
+    static Counter& failures = counter("train.checkpoint_failures");
+    failures.inc();
+    ++checkpoint_failures_;
+    if (st.message() != checkpoint_error_) {
+      checkpoint_error_ = st.message();
+      LOG_WARN(kLogTrain,
+               "could not write checkpoint {} ({}); training goes on, the previous checkpoint is "
+               "kept as it was, and the next round tries again. Free space on that disk, or "
+               "point --checkpoint-dir at one with room",
+               checkpointPath(), st.message());
+    }
     return Status();
   }
 
@@ -333,6 +443,7 @@ class Run {
       std::copy(trainer_.gradData(), trainer_.gradData() + P_, contribution_.begin());
     }
     const double seconds = toSeconds(Clock::now() - t0);
+    last_compute_s_ = seconds;
     if (seconds > 0) {
       last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size *
                            cfg_.train.model.context / seconds;
@@ -374,7 +485,11 @@ class Run {
   std::uint64_t state_bytes_sent_ = 0, sent_reported_ = 0;
   double total_megabytes_ = 0;
   double last_tokens_per_s_ = 0;
+  double last_compute_s_ = 0;
+  double last_reduce_s_ = 0;
   std::uint32_t retries_ = 0;
+  std::uint64_t checkpoint_failures_ = 0;
+  std::string checkpoint_error_;  // the last failed write's reason; empty after a success
   bool reported_first_ = false;
   TimePoint started_ = Clock::now();
 };
@@ -388,7 +503,13 @@ Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer,
   if (trainer.numParams() == 0)
     return Status(StatusCode::kInvalidArgument, "the model has no parameters");
   Run run(comm, trainer, config, stop, on_round);
-  return run.run();
+  Status st = run.run();
+  if (st.code() == StatusCode::kCompleted) {
+    // The group finished the schedule while this peer was away: the run is done.
+    LOG_WARN(kLogTrain, "{}; exiting", st.message());
+    return Status();
+  }
+  return st;
 }
 
 }  // namespace loco::training

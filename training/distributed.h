@@ -21,6 +21,15 @@
 // new epoch with the same Δs. Because each all-reduce commits on every member or on none, a
 // round is applied by all survivors or by none of them.
 //
+// The run outlives its coordinator and evictions (ARCHITECTURE.md §4). A peer that loses the
+// group (coordinator gone or stalled, or it was evicted) keeps its state and its Δ: it finishes
+// the inner steps it is running (they need no coordinator), then waits at the next sync point
+// while its communicator registers again, and is admitted with the others (a rebuilt group
+// retries the round with every Δ) or as a newcomer of a group that went on (it downloads what
+// changed and contributes from its next round). A committed round advances the shared-state
+// revision, so if a coordinator died while a commit was on its way, the peers that applied the
+// round win the next election and the others catch up: no round is lost or applied twice.
+//
 // Determinism: the same seed, membership and ring order give bit-identical results; sampling
 // depends on (seed, rank, step), where rank is this peer's fixed data rank, not its ring position.
 //
@@ -62,8 +71,10 @@ struct DistributedConfig {
   // DDP: steps between sync points (where joiners enter and the shared state is compared) and
   // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
   std::uint32_t ddp_sync_every = 10;
-  std::uint32_t eval_every = 1;    // rounds (DDP: steps) between validation losses
-  std::string checkpoint_dir;      // "" = none; else DIR/peer-<rank>.ckpt after every round
+  std::uint32_t eval_every = 1;  // rounds (DDP: steps) between validation losses
+  // "" = none; else DIR/peer-<rank>.ckpt after every round. A write that fails (a full disk) is
+  // warned about and retried at the next round; training goes on.
+  std::string checkpoint_dir;
   bool resume = false;             // start from DIR/peer-<rank>.ckpt
   std::size_t wait_for_world = 1;  // before the first round, wait until this many peers are members
   Millis op_timeout{300000};       // one sync point, state sync or all-reduce
@@ -79,6 +90,7 @@ Status validateDistributedConfig(const DistributedConfig& c);
 struct RoundRecord {
   std::uint64_t outer_step = 0;    // rounds applied so far (DDP: steps)
   std::uint64_t inner_step = 0;    // schedule position after the round
+  std::uint64_t epoch = 0;         // the membership epoch the round's all-reduces ran in
   std::size_t world = 0;           // members in the round's epoch
   std::size_t contributors = 0;    // peers whose Δ counted
   double train_loss = 0;           // mean over contributors of their inner losses (nats/byte)
@@ -86,14 +98,20 @@ struct RoundRecord {
   double bytes_sent = 0;      // all peers' collective bytes so far (shared-state repairs included)
   std::uint32_t retries = 0;  // failed attempts before this round went through
   double tokens_per_s = 0;    // this peer's inner-loop throughput in the last round
-  std::uint64_t state_digest = 0;  // hash of the shared state after the round was applied
-  double wall_s = 0;               // since runDistributed started
+  double compute_s = 0;  // this peer's local phase (inner steps, or the gradient) before the round
+  double reduce_s = 0;   // the round's all-reduces (statistics and contributions, in flight
+                         // together), the attempt that went through
+  std::uint64_t state_digest = 0;         // hash of the shared state after the round was applied
+  double wall_s = 0;                      // since runDistributed started
+  std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule
-// is done (everyone reaches the same final round), `stop` is set, or on a fatal error:
+// is done (everyone reaches the same final round, or the coordinator says the group finished it
+// while this peer was away: OK, logged), `stop` is set, or on a fatal error:
 // kInvalidArgument (config, or a checkpoint of another shape), kDataLoss (the group's state
-// disagrees beyond repair), kPeerLost / kEvicted with no way back, kAborted.
+// disagrees beyond repair), kUnavailable (no coordinator came back within the communicator's
+// coordinator_timeout), kAlreadyExists (another process took this peer's identity), kAborted.
 // `on_round` runs on the calling thread after every round.
 Status runDistributed(collectives::Communicator& comm, LocalTrainer& trainer,
                       const DistributedConfig& config, const std::atomic<bool>& stop,

@@ -103,6 +103,11 @@ HostRates LabConfig::host(int i) const {
   return r;
 }
 
+double LabConfig::hostCpu(int i) const {
+  auto it = host_overrides.find(i);
+  return it != host_overrides.end() && it->second.cpu ? *it->second.cpu : 0;
+}
+
 PairParams LabConfig::pair(int from, int to) const {
   PairParams p{delay_ms, jitter_ms, loss, 0};
   if (auto it = pair_overrides.find({std::min(from, to), std::max(from, to)});
@@ -169,16 +174,19 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
   for (const std::string& spec : o.host_specs) {
     auto colon = spec.find(':');
     if (colon == std::string::npos)
-      return bad(fmt::format("--host '{}': want I:rate-mbit=R|up-mbit=U|down-mbit=W", spec));
+      return bad(fmt::format("--host '{}': want I:rate-mbit=R|up-mbit=U|down-mbit=W|cpu=C", spec));
     auto idx = parseIndex(fmt::format("--host '{}'", spec), spec.substr(0, colon), next.hosts);
     if (!idx) return idx.status();
     auto kv = parseKv(spec, spec.substr(colon + 1));
     if (!kv) return kv.status();
     HostOverride& h = next.host_overrides[*idx];
     for (auto& [key, value] : *kv) {
-      auto v = parseNumber(fmt::format("--host '{}' {}", spec, key), value, 0, kMaxRateMbit);
+      auto v = parseNumber(fmt::format("--host '{}' {}", spec, key), value, 0,
+                           key == "cpu" ? kMaxCpuCores : kMaxRateMbit);
       if (!v) return v.status();
-      if (key == "rate-mbit") {
+      if (key == "cpu") {
+        h.cpu = *v;
+      } else if (key == "rate-mbit") {
         h.up_mbit = h.down_mbit = *v;
       } else if (key == "up-mbit") {
         h.up_mbit = *v;
@@ -186,7 +194,7 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
         h.down_mbit = *v;
       } else {
         return bad(fmt::format(
-            "--host '{}': unknown key '{}' (use rate-mbit, up-mbit or down-mbit)", spec, key));
+            "--host '{}': unknown key '{}' (use rate-mbit, up-mbit, down-mbit or cpu)", spec, key));
       }
     }
   }
@@ -278,6 +286,7 @@ std::string LabConfig::serialize() const {
     std::vector<std::string> kv;
     if (h.up_mbit) kv.push_back("up-mbit=" + num(*h.up_mbit));
     if (h.down_mbit) kv.push_back("down-mbit=" + num(*h.down_mbit));
+    if (h.cpu) kv.push_back("cpu=" + num(*h.cpu));
     if (!kv.empty()) out += fmt::format("host {}:{}\n", i, fmt::join(kv, ","));
   }
   for (auto& [key, p] : pair_overrides) {
@@ -353,9 +362,10 @@ std::string LabConfig::toJson() const {
   std::string hosts_json;
   for (int i = 1; i <= hosts; ++i) {
     HostRates r = host(i);
-    hosts_json +=
-        fmt::format("{}{{\"name\":\"{}\",\"addr\":\"{}\",\"up_mbit\":{},\"down_mbit\":{}}}",
-                    i > 1 ? "," : "", nsName(i), address(i), num(r.up_mbit), num(r.down_mbit));
+    hosts_json += fmt::format(
+        "{}{{\"name\":\"{}\",\"addr\":\"{}\",\"up_mbit\":{},\"down_mbit\":{},"
+        "\"cpu\":{}}}",
+        i > 1 ? "," : "", nsName(i), address(i), num(r.up_mbit), num(r.down_mbit), num(hostCpu(i)));
   }
   std::string links;
   for (int a = 1; a <= hosts; ++a) {

@@ -18,6 +18,7 @@
 namespace loco::lab {
 
 inline constexpr int kMaxHosts = 64;
+inline constexpr double kMaxCpuCores = 1024;
 
 // One direction of one pair of hosts, as the hub applies it.
 struct PairParams {
@@ -38,6 +39,7 @@ struct PairOverride {
 };
 struct HostOverride {
   std::optional<double> up_mbit, down_mbit;
+  std::optional<double> cpu;  // CPU cores' worth for the host's processes (cgroup.h); 0: no limit
 };
 
 struct LabConfig {
@@ -51,6 +53,10 @@ struct LabConfig {
   std::int64_t tcp_rmem_max = 0;                               // 0: kernel default
 
   HostRates host(int i) const;
+  // The CPU quota of host i in cores (cli/lab/cgroup.h); 0: no limit.
+  double hostCpu(int i) const;
+  // The cgroup that holds host i's processes when it has a CPU quota.
+  std::string cgroupName(int i) const { return "lab-" + name + "-h" + std::to_string(i); }
   PairParams pair(int from, int to) const;
   // -1 if the host is in no partition group (it still reaches everyone).
   int groupOf(int i) const;
@@ -73,8 +79,8 @@ Status validateLabName(const std::string& name);
 struct LabOptions {
   std::optional<int> hosts;
   std::optional<double> delay_ms, jitter_ms, loss, rate_mbit;
-  std::vector<std::string>
-      host_specs;  // "I:rate-mbit=R" | "I:up-mbit=U" | "I:down-mbit=W" (comma-separated)
+  std::vector<std::string> host_specs;  // "I:rate-mbit=R" | "I:up-mbit=U" | "I:down-mbit=W" |
+                                        // "I:cpu=C" (comma-separated)
   std::vector<std::string> link_specs;  // "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R"
   std::optional<std::int64_t> tcp_rmem_max;
 };

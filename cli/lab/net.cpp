@@ -1,6 +1,7 @@
 #include "cli/lab/net.h"
 
 #include "cli/commands.h"
+#include "cli/lab/cgroup.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -253,9 +254,10 @@ void teardown(const std::string& name) {
     }
     spawnAndWait({"ip", "netns", "del", ns}, "", out);  // also removes both ends of its veth
   }
-  // Outside ends whose namespace was never created or already gone.
+  // Outside ends whose namespace was never created or already gone, and slow hosts' cgroups.
   if (auto cfg = parseConfig(cli::readTextFile(configPath(name)))) {
     for (int i = 1; i <= cfg->hosts; ++i) {
+      if (cgroupExists(cfg->cgroupName(i))) removeCgroup(cfg->cgroupName(i));
       if (std::filesystem::exists("/sys/class/net/" + cfg->vethName(i))) {
         spawnAndWait({"ip", "link", "del", cfg->vethName(i)}, "", out);
       }

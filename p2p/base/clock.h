@@ -18,6 +18,15 @@ inline double toSeconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// Wall-clock time (for logs, reports and clock-skew checks; never for deadlines).
+inline double unixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+inline std::int64_t unixMillis() {
+  return std::chrono::duration_cast<Millis>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 class Deadline {
  public:
   explicit Deadline(TimePoint at) : at_(at) {}

@@ -36,6 +36,8 @@ std::string_view statusCodeName(StatusCode code) {
       return "kInternal";
     case StatusCode::kFailedPrecondition:
       return "kFailedPrecondition";
+    case StatusCode::kCompleted:
+      return "kCompleted";
   }
   return "kUnknown";
 }

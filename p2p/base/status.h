@@ -28,7 +28,11 @@ enum class StatusCode {
   kInternal,
   kFailedPrecondition,  // a call out of order (an all-reduce before admission, a sync point
                         // with operations in flight)
+  kCompleted,  // the work is already done without the caller (a run that finished while this
+               // peer was away: there is nothing left for it to do)
 };
+// The highest code (wire decoders clamp unknown codes to kInternal).
+inline constexpr StatusCode kLastStatusCode = StatusCode::kCompleted;
 
 std::string_view statusCodeName(StatusCode code);
 

@@ -26,9 +26,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       std::abort();  // the decoder broke its own contract
     }
     switch (d.header.type) {
-      case MsgType::kHello:
-        (void)decodeHello(d.payload);
+      case MsgType::kHello: {
+        // Whatever decodes (version 1, 2 or a newer peer's) must survive our own encoding.
+        auto h = decodeHello(d.payload);
+        if (h.isOk()) {
+          auto again = decodeHello(encodeHello(*h));
+          if (!again.isOk() || again->peer_id != h->peer_id ||
+              again->last_members != h->last_members || again->attempt != h->attempt ||
+              again->incarnation != h->incarnation || again->progress != h->progress) {
+            std::abort();
+          }
+        }
         break;
+      }
       case MsgType::kWelcome:
         (void)decodeWelcome(d.payload);
         break;
@@ -48,6 +58,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kLinkReport:
         (void)decodeLinkReport(d.payload);
         break;
+      case MsgType::kProgress: {
+        auto p = decodeProgress(d.payload);
+        if (p.isOk()) {
+          auto again = decodeProgress(encodeProgress(*p));
+          if (!again.isOk() || again->progress != p->progress || again->finished != p->finished)
+            std::abort();
+        }
+        break;
+      }
       case MsgType::kStateManifest: {
         auto m = decodeStateManifest(d.payload);
         // Whatever decodes must encode back to the same bytes.
@@ -69,6 +88,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           std::abort();
         break;
       }
+      case MsgType::kPeerReport:
+        (void)decodePeerReport(d.payload);
+        break;
+      case MsgType::kDialBack:
+      case MsgType::kDialBackProbe:
+        (void)decodeDialBack(d.payload);
+        break;
+      case MsgType::kDialBackResult:
+        (void)decodeDialBackResult(d.payload);
+        break;
       default:
         break;
     }
@@ -77,6 +106,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // As bare payloads.
   (void)decodeHello(whole);
   (void)decodeWelcome(whole);
+  (void)decodePeerReport(whole);
+  (void)decodeDialBack(whole);
+  (void)decodeDialBackResult(whole);
   (void)decodeRefused(whole);
   (void)decodeEvicted(whole);
   (void)decodeLinkHello(whole);

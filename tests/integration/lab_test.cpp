@@ -8,49 +8,11 @@
 #include <fstream>
 #include <regex>
 
+#include "tests/support/lab.h"
 #include "tests/support/process.h"
 
 namespace loco::testing {
 namespace {
-
-// What `loco lab` would refuse for, as one sentence; empty when labs can be built here.
-std::string labUnsupported() {
-  if (::geteuid() != 0)
-    return "loco lab needs root (network namespaces, veths, raw sockets); these tests run as root "
-           "in CI";
-  std::string probe = "locotestprobe" + std::to_string(::getpid());
-  if (std::system(("ip netns add " + probe + " 2>/dev/null").c_str()) != 0) {
-    return "this machine cannot create network namespaces (`ip netns add` failed)";
-  }
-  (void)std::system(("ip netns del " + probe).c_str());
-  return "";
-}
-
-#define SKIP_WITHOUT_LAB_SUPPORT()                                             \
-  do {                                                                         \
-    if (std::string why = labUnsupported(); !why.empty()) GTEST_SKIP() << why; \
-  } while (0)
-
-// Lab names may not end in a digit; derive a unique one per test from the pid.
-std::string uniqueLabName(const std::string& stem) {
-  std::string name = stem;
-  for (char c : std::to_string(::getpid())) name.push_back(static_cast<char>('a' + (c - '0')));
-  return name.substr(0, 12);
-}
-
-struct CommandResult {
-  int code;
-  std::string out;
-};
-
-CommandResult loco(const TempDir& dir, const std::vector<std::string>& args,
-                   milliseconds timeout = milliseconds(30000)) {
-  static int n = 0;
-  std::string log = dir.file("cmd" + std::to_string(n++) + ".log");
-  Process p(args, log);
-  auto rc = p.waitExit(timeout);
-  return {rc.value_or(-1), p.log()};
-}
 
 std::vector<std::string> namespacesOf(const std::string& lab) {
   std::vector<std::string> out;
@@ -101,12 +63,6 @@ double pingAvgMs(const std::string& out) {
 }
 
 // Removes the lab even when an assertion fails midway.
-struct LabGuard {
-  const TempDir& dir;
-  std::string name;
-  ~LabGuard() { loco(dir, {"lab", "down", name}); }
-};
-
 TEST(Lab, UpExecSetPartitionHealDownLeavesNothingBehind) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;

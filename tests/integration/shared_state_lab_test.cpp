@@ -6,41 +6,11 @@
 
 #include <regex>
 
+#include "tests/support/lab.h"
 #include "tests/support/process.h"
 
 namespace loco::testing {
 namespace {
-
-std::string labUnsupported() {
-  if (::geteuid() != 0)
-    return "loco lab needs root (network namespaces, veths, raw sockets); these tests run as root "
-           "in CI";
-  std::string probe = "locostateprobe" + std::to_string(::getpid());
-  if (std::system(("ip netns add " + probe + " 2>/dev/null").c_str()) != 0) {
-    return "this machine cannot create network namespaces (`ip netns add` failed)";
-  }
-  (void)std::system(("ip netns del " + probe).c_str());
-  return "";
-}
-
-struct CommandResult {
-  int code;
-  std::string out;
-};
-
-CommandResult loco(const TempDir& dir, const std::vector<std::string>& args,
-                   milliseconds timeout = milliseconds(30000)) {
-  static int n = 0;
-  Process p(args, dir.file("cmd" + std::to_string(n++) + ".log"));
-  auto rc = p.waitExit(timeout);
-  return {rc.value_or(-1), p.log()};
-}
-
-struct LabGuard {
-  const TempDir& dir;
-  std::string name;
-  ~LabGuard() { loco(dir, {"lab", "down", name}); }
-};
 
 double field(const std::string& line, const std::string& name) {
   std::smatch m;
@@ -51,10 +21,7 @@ double field(const std::string& line, const std::string& name) {
 TEST(SharedStateLab, JoinFromFourSlowSourcesIsAtLeastThreeTimesFasterThanFromOne) {
   if (std::string why = labUnsupported(); !why.empty()) GTEST_SKIP() << why;
   TempDir dir;
-  // Lab names may not end in a digit.
-  std::string name = "sj";
-  for (char c : std::to_string(::getpid())) name.push_back(static_cast<char>('a' + (c - '0')));
-  name = name.substr(0, 12);
+  const std::string name = uniqueLabName("sj");
   LabGuard guard{dir, name};
   CommandResult up = loco(
       dir, {"lab", "up", name, "--hosts", "5", "--rate-mbit", "100", "--host", "5:rate-mbit=1000"});

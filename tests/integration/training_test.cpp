@@ -12,55 +12,10 @@
 #include <thread>
 
 #include "tests/support/process.h"
+#include "tests/support/training_run.h"
 
 namespace loco::testing {
 namespace {
-
-// A small text corpus: enough bytes for a context of 16 in both splits.
-std::string writeCorpus(const TempDir& dir) {
-  const std::string path = dir.file("corpus.txt");
-  std::ofstream out(path);
-  const char* words[] = {"the", "quick", "brown", "fox",   "jumps", "over",
-                         "a",   "lazy",  "dog",   "while", "peers", "train"};
-  for (int i = 0; i < 6000; ++i)
-    out << words[(i * 7 + i / 13) % 12] << ((i % 11 == 10) ? ".\n" : " ");
-  return path;
-}
-
-// Flags of a tiny, fast model.
-std::vector<std::string> tiny(const std::string& corpus) {
-  return {"--data",  corpus, "--width",   "32", "--layers",    "1",
-          "--heads", "2",    "--context", "16", "--batch",     "4",
-          "--lr",    "0.01", "--warmup",  "2",  "--log-level", "warn"};
-}
-
-struct Line {
-  std::uint64_t step;
-  double loss = -1, val = -1;
-  std::string digest;
-  int contributors = -1, world = -1;
-};
-
-std::vector<Line> readJsonl(const std::string& path) {
-  std::vector<Line> out;
-  std::ifstream in(path);
-  std::string l;
-  std::smatch m;
-  while (std::getline(in, l)) {
-    Line x;
-    if (!std::regex_search(l, m, std::regex(R"re("step":([0-9]+))re"))) continue;
-    x.step = std::stoull(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("loss":([-0-9.e]+))re"))) x.loss = std::stod(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("val_loss":([-0-9.e]+))re")))
-      x.val = std::stod(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) x.digest = m[1];
-    if (std::regex_search(l, m, std::regex(R"re("contributors":([0-9]+))re")))
-      x.contributors = std::stoi(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("world":([0-9]+))re"))) x.world = std::stoi(m[1]);
-    out.push_back(x);
-  }
-  return out;
-}
 
 bool eventuallyTrue(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
   for (auto until = std::chrono::steady_clock::now() + limit;
@@ -157,6 +112,117 @@ TEST(Training, PeerKilledAndPeerJoinedMidRun) {
   EXPECT_EQ(lines.back().world, 3) << "two survivors and the joiner";
   EXPECT_EQ(readJsonl(dir.file("run/peer-1.jsonl")).back().contributors, 3)
       << "the joiner contributes";
+}
+
+// `loco local` arguments for the supervision tests: 3 peers, 300 short rounds (long enough to
+// hit mid-run), a quick restart.
+std::vector<std::string> supervisedRun(const TempDir& dir) {
+  std::vector<std::string> args{"local", "--out", dir.file("run")};
+  for (const auto& f : tiny(writeCorpus(dir))) args.push_back(f);
+  for (std::string f : {"--peers", "3", "--steps", "3000", "--inner-steps", "10", "--eval-every",
+                        "50", "--restart-backoff-ms", "500"}) {
+    args.push_back(f);
+  }
+  return args;
+}
+
+// `loco local` supervises like an operator: a peer killed -9 mid-run is restarted with its
+// identity, rejoins, downloads the state and contributes again; the others never stop; the run
+// reaches its last step and exits 0.
+TEST(Training, LocalRestartsAPeerKilledMidRunAndFinishes) {
+  TempDir dir;
+  Process local(supervisedRun(dir), dir.file("local.log"));
+  const std::string victim_jsonl = dir.file("run/peer-2.jsonl");
+  ASSERT_TRUE(eventuallyTrue(std::chrono::milliseconds(60000), [&] {
+    return readJsonl(victim_jsonl).size() >= 20;
+  })) << local.log();
+  // The victim's pid, as the supervisor publishes it.
+  std::smatch m;
+  const std::string procs = readFile(dir.file("run/processes.json"));
+  ASSERT_TRUE(std::regex_search(procs, m, std::regex(R"re("peer-2":\{"pid":([0-9]+))re"))) << procs;
+  const pid_t victim = static_cast<pid_t>(std::stol(m[1]));
+  const std::uint64_t killed_at = readJsonl(victim_jsonl).back().step;
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  auto rc = local.waitExit(std::chrono::milliseconds(180000));
+  const std::string log = local.log();
+  ASSERT_EQ(rc.value_or(-1), 0) << log;
+  EXPECT_NE(log.find("peer-2 killed by signal 9"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer-2 restarted (restart 1)"), std::string::npos) << log;
+  EXPECT_NE(log.find("the run reached its last step (3000 inner steps)"), std::string::npos) << log;
+  EXPECT_NE(log.find("equal on every reporting peer after every round"), std::string::npos) << log;
+  EXPECT_EQ(log.find("did not stop within"), std::string::npos) << log;
+  // The restarted peer's second life: later rounds, all three peers contributing again.
+  auto lines = readJsonl(victim_jsonl);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines.back().step, 300u) << log;
+  EXPECT_GT(lines.back().step, killed_at);
+  EXPECT_EQ(lines.back().contributors, 3) << "the restarted peer contributes again";
+  EXPECT_EQ(readJsonl(dir.file("run/peer-1.jsonl")).back().step, 300u);
+  const std::string peer2 = readFile(victim_jsonl);
+  EXPECT_EQ(
+      peer2.find("\"pid\":" + std::to_string(victim) + ",", peer2.rfind('\n', peer2.size() - 2)),
+      std::string::npos)
+      << "the last line comes from a new process";
+}
+
+// The coordinator killed -9 mid-run: `loco local` starts it again on the same address, the peers
+// (which outlive it) register again, and the run finishes with one state everywhere.
+TEST(Training, LocalRestartsItsCoordinatorAndTheRunGoesOn) {
+  TempDir dir;
+  Process local(supervisedRun(dir), dir.file("local.log"));
+  ASSERT_TRUE(eventuallyTrue(std::chrono::milliseconds(60000), [&] {
+    return readJsonl(dir.file("run/peer-1.jsonl")).size() >= 20;
+  })) << local.log();
+  std::smatch m;
+  const std::string procs = readFile(dir.file("run/processes.json"));
+  ASSERT_TRUE(std::regex_search(
+      procs, m, std::regex(R"re("coordinator":\{"pid":([0-9]+)[^}]*"port":([0-9]+))re")))
+      << procs;
+  const pid_t coordinator = static_cast<pid_t>(std::stol(m[1]));
+  const std::string port = m[2];
+  const std::uint64_t before = readJsonl(dir.file("run/peer-1.jsonl")).back().step;
+  ASSERT_EQ(::kill(coordinator, SIGKILL), 0);
+  auto rc = local.waitExit(std::chrono::milliseconds(180000));
+  const std::string log = local.log();
+  ASSERT_EQ(rc.value_or(-1), 0) << log;
+  EXPECT_NE(log.find("coordinator killed by signal 9; restarting it on 127.0.0.1:" + port),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("the run reached its last step (3000 inner steps)"), std::string::npos) << log;
+  EXPECT_NE(log.find("equal on every reporting peer after every round"), std::string::npos) << log;
+  // Every peer trained on through it: one process each, steps going on from where they were.
+  for (int p = 1; p <= 3; ++p) {
+    auto lines = readJsonl(dir.file("run/peer-" + std::to_string(p) + ".jsonl"));
+    ASSERT_FALSE(lines.empty());
+    EXPECT_EQ(lines.back().step, 300u) << "peer-" << p << "\n" << log;
+    for (std::size_t i = 1; i < lines.size(); ++i)
+      ASSERT_GT(lines[i].step, lines[i - 1].step) << "peer-" << p << ": no round applied twice";
+  }
+  EXPECT_GT(before, 0u);
+  EXPECT_NE(log.find("peer-1       exited cleanly (status 0)\n"), std::string::npos)
+      << "the peers were not restarted: they outlived the coordinator\n"
+      << log;
+}
+
+// Ctrl+C: the peers get their grace period to leave (they are not killed at once).
+TEST(Training, InterruptedLocalRunLetsPeersLeaveGracefully) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  for (std::string f : {"--peers", "2", "--steps", "3000", "--inner-steps", "10"})
+    flags.push_back(f);
+  std::vector<std::string> args{"local", "--out", dir.file("run")};
+  args.insert(args.end(), flags.begin(), flags.end());
+  Process local(args, dir.file("local.log"));
+  ASSERT_TRUE(eventuallyTrue(std::chrono::milliseconds(60000), [&] {
+    return readJsonl(dir.file("run/peer-1.jsonl")).size() >= 3;
+  })) << local.log();
+  local.signal(SIGINT);
+  auto rc = local.waitExit(std::chrono::milliseconds(30000));
+  const std::string log = local.log();
+  EXPECT_EQ(rc.value_or(-1), 130) << log;
+  EXPECT_EQ(log.find("did not stop within"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer-1       exited cleanly (status 0)"), std::string::npos) << log;
+  EXPECT_NE(log.find("peer-2       exited cleanly (status 0)"), std::string::npos) << log;
 }
 
 // A NaN in one peer's Δ: that peer's contribution is dropped with a logged reason, the others'

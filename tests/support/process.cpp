@@ -147,11 +147,13 @@ long cpuMillis(pid_t pid) {
 
 CoordinatorProcess::CoordinatorProcess(const TempDir& dir, int heartbeat_interval_ms,
                                        int heartbeat_timeout_ms,
-                                       const std::vector<std::string>& extra) {
-  std::string port_file = dir.file("coordinator.port");
+                                       const std::vector<std::string>& extra,
+                                       const std::string& name, std::uint16_t port) {
+  std::string port_file = dir.file(name + ".port");
+  ::unlink(port_file.c_str());
   std::vector<std::string> args = {"coordinator",
                                    "--listen",
-                                   "127.0.0.1:0",
+                                   "127.0.0.1:" + std::to_string(port),
                                    "--port-file",
                                    port_file,
                                    "--heartbeat-interval",
@@ -159,7 +161,7 @@ CoordinatorProcess::CoordinatorProcess(const TempDir& dir, int heartbeat_interva
                                    "--heartbeat-timeout",
                                    std::to_string(heartbeat_timeout_ms)};
   args.insert(args.end(), extra.begin(), extra.end());
-  proc_ = std::make_unique<Process>(args, dir.file("coordinator.log"));
+  proc_ = std::make_unique<Process>(args, dir.file(name + ".log"));
   eventually(milliseconds(10000), [&] { return !readFile(port_file).empty(); });
   port_ = static_cast<std::uint16_t>(std::atoi(readFile(port_file).c_str()));
   if (port_ == 0) throw std::runtime_error("coordinator did not start: " + proc_->log());

@@ -72,11 +72,13 @@ long rssKib(pid_t pid);
 // User + system CPU time of `pid` in milliseconds.
 long cpuMillis(pid_t pid);
 
-// A coordinator on 127.0.0.1 with an ephemeral port.
+// A coordinator on 127.0.0.1 with an ephemeral port (or `port`: a restart on the same address),
+// its log in `<name>.log` under `dir`.
 class CoordinatorProcess {
  public:
   CoordinatorProcess(const TempDir& dir, int heartbeat_interval_ms, int heartbeat_timeout_ms,
-                     const std::vector<std::string>& extra = {});
+                     const std::vector<std::string>& extra = {},
+                     const std::string& name = "coordinator", std::uint16_t port = 0);
   std::uint16_t port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   Process& process() { return *proc_; }

@@ -2,11 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+
+#include <unistd.h>
 
 #include "temp_dir.h"
 #include "training/checkpoint.h"
@@ -308,6 +311,36 @@ TEST(Checkpoint, CorruptTruncatedAndForeignFilesAreDataLoss) {
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   EXPECT_EQ(saveCheckpoint(dir.file("no/such/dir/ckpt.bin"), a->exportState()).code(),
             StatusCode::kIoError);
+}
+
+// A full disk: the write fails with ENOSPC (the temporary file is a link to /dev/full, which
+// fails every write that way, root or not) and the checkpoint that was there is left whole; the
+// next write, with room again, succeeds.
+TEST(Checkpoint, AFullDiskFailsTheWriteAndLeavesThePreviousCheckpointWhole) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  TempDir dir;
+  const std::string path = dir.file("peer-0.ckpt");
+  auto a = makeTrainer();
+  ASSERT_TRUE(a);
+  TrainingState first = a->exportState();
+  first.step = 10;
+  ASSERT_TRUE(saveCheckpoint(path, first).isOk());
+  runSteps(*a, 10, 12);
+  TrainingState second = a->exportState();
+  second.step = 12;
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::filesystem::create_symlink("/dev/full", tmp);
+  Status st = saveCheckpoint(path, second);
+  EXPECT_EQ(st.code(), StatusCode::kIoError) << st.toString();
+  EXPECT_NE(st.message().find(std::strerror(ENOSPC)), std::string::npos) << st.toString();
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(tmp)))
+      << "the failed write leaves nothing behind";
+  auto kept = loadCheckpoint(path);
+  ASSERT_TRUE(kept.isOk()) << kept.status().toString();
+  EXPECT_EQ(kept->step, 10u);
+  EXPECT_TRUE(bitEqual(kept->params, first.params)) << "the previous checkpoint, whole";
+  ASSERT_TRUE(saveCheckpoint(path, second).isOk()) << "room again: the next write succeeds";
+  EXPECT_EQ(loadCheckpoint(path)->step, 12u);
 }
 
 // The figure `loco bench train` reports: the 0.43M reference model, batch 16, one thread.

@@ -216,7 +216,7 @@ TEST(Status, WithContextOnOkStaysOk) {
 
 TEST(Status, EveryCodeHasADistinctName) {
   std::vector<std::string> names;
-  for (int c = 0; c <= static_cast<int>(StatusCode::kInternal); ++c) {
+  for (int c = 0; c <= static_cast<int>(kLastStatusCode); ++c) {
     std::string n(statusCodeName(static_cast<StatusCode>(c)));
     EXPECT_EQ(n.rfind("k", 0), 0u) << n;
     EXPECT_NE(n, "kUnknown") << c;

@@ -3,6 +3,7 @@
 // the stall detection (tick gap > timeout / 2) only triggers where a test wants it.
 
 #include "p2p/membership.h"
+#include "p2p/reconnect.h"
 
 #include <gtest/gtest.h>
 
@@ -796,6 +797,390 @@ TEST(MembershipOps, ReportsFromNonMembersAreIgnored) {
   ThreeMembers g;
   EXPECT_TRUE(g.m.opReport("stranger", g.epoch, 1, true).decisions.empty());
   EXPECT_EQ(g.m.pendingOps(), 0u);
+}
+
+}  // namespace
+}  // namespace loco::p2p
+
+// ---- re-registration and rebuild (a coordinator that lost its group) ---------------------------
+
+namespace loco::p2p {
+namespace {
+
+using Kind = MembershipEvent::Kind;
+
+class RebuildTest : public ::testing::Test {
+ protected:
+  static constexpr Millis kHeartbeatTimeout{3000};
+  static constexpr Millis kWindow{7000};
+  Membership m{kHeartbeatTimeout, kWindow};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  std::vector<std::string> registered;
+
+  // A peer of the lost group registering again with what it holds.
+  MembershipEffects back(const std::string& id, std::uint64_t last_epoch,
+                         std::vector<std::string> last_members, std::uint64_t revision = 40,
+                         std::uint64_t digest = 0xABC, std::uint64_t incarnation = 0,
+                         std::uint64_t attempt = 1) {
+    JoinRequest r;
+    r.id = id;
+    r.addr = id + ":7000";
+    r.streams = 4;
+    r.last_epoch = last_epoch;
+    r.last_members = std::move(last_members);
+    r.state_revision = revision;
+    r.state_digest = digest;
+    r.progress = revision / 2;
+    r.incarnation = incarnation == 0 ? std::hash<std::string>{}(id) | 1 : incarnation;
+    r.attempt = attempt;
+    auto fx = m.join(r, now);
+    EXPECT_TRUE(fx.isOk()) << fx.status().toString();
+    registered.push_back(id);
+    return fx.isOk() ? *fx : MembershipEffects{};
+  }
+
+  // Time passes in 100 ms ticks; every registered peer heartbeats.
+  MembershipEffects advance(Millis d) {
+    MembershipEffects fx;
+    for (TimePoint end = now + d; now < end;) {
+      now += Millis(100);
+      for (const auto& id : registered) m.heartbeat(id, now);
+      fx.merge(m.tick(now));
+    }
+    return fx;
+  }
+
+  static std::vector<std::string> idsOf(const MembershipEffects& fx, Kind kind) {
+    std::vector<std::string> out;
+    for (const auto& e : fx.events) {
+      if (e.kind == kind) out.push_back(e.peer);
+    }
+    return out;
+  }
+  static const MembershipEvent* rebuilt(const MembershipEffects& fx) {
+    for (const auto& e : fx.events) {
+      if (e.kind == Kind::kRebuilt) return &e;
+    }
+    return nullptr;
+  }
+};
+
+// Without the wait, the first peer back would be admitted alone and run the round alone; the
+// others' contributions to it would be lost.
+TEST_F(RebuildTest, NewCoordinatorAdmitsNobodyUntilEveryReportedMemberIsBack) {
+  const std::vector<std::string> group{"a", "b", "c"};
+  auto fx = back("a", 17, group);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_TRUE(m.rebuilding());
+  fx = back("b", 17, group);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx.merge(advance(Millis(2000)));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty()) << "c is still on its way";
+  fx = back("c", 17, group);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), group);
+  EXPECT_TRUE(fx.sync_done) << "the admission is everyone's sync point";
+  EXPECT_EQ(m.epoch(), 18u) << "one epoch, above every epoch the peers saw";
+  for (const auto& e : fx.events) {
+    if (e.kind == Kind::kAdmitted) {
+      EXPECT_EQ(e.epoch, 18u);
+    }
+  }
+  ASSERT_NE(rebuilt(fx), nullptr);
+  EXPECT_NE(rebuilt(fx)->reason.find("3 of the 3 members of epoch 17"), std::string::npos)
+      << rebuilt(fx)->reason;
+  EXPECT_FALSE(m.rebuilding());
+}
+
+TEST_F(RebuildTest, AMemberThatNeverComesBackHoldsTheGroupOnlyForTheRebuildWindow) {
+  const std::vector<std::string> group{"a", "b", "c"};
+  back("a", 5, group);
+  back("b", 5, group);
+  auto fx = advance(kWindow - Millis(200));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx = advance(Millis(400));
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"a", "b"}));
+  ASSERT_NE(rebuilt(fx), nullptr);
+  EXPECT_NE(rebuilt(fx)->reason.find("2 of the 3 members"), std::string::npos);
+  EXPECT_NE(rebuilt(fx)->reason.find("before the rebuild window closed"), std::string::npos);
+  // The straggler arrives later: an ordinary joiner, admitted at the group's next sync point.
+  fx = back("c", 5, group);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  m.syncRequest("a", now);
+  fx = m.syncRequest("b", now);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"c"});
+}
+
+TEST_F(RebuildTest, ANewcomerDuringTheRebuildWaitsAndEntersWithTheGroup) {
+  const std::vector<std::string> group{"a", "b"};
+  back("a", 9, group);
+  auto fresh = m.join("n", "n:1", 1, now);  // never saw a group
+  ASSERT_TRUE(fresh.isOk());
+  EXPECT_TRUE(idsOf(*fresh, Kind::kAdmitted).empty()) << "not admitted alone ahead of the group";
+  registered.push_back("n");
+  auto fx = back("b", 9, group);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"a", "n", "b"}));
+  EXPECT_EQ(m.epoch(), 10u);
+}
+
+TEST_F(RebuildTest, TheMostRecentReportDecidesWhoIsAwaited) {
+  // b last saw epoch 5 with z still a member; a saw epoch 9, after z had gone.
+  back("b", 5, {"a", "b", "z"});
+  EXPECT_TRUE(m.rebuilding()) << "z and a are awaited on b's word";
+  auto fx = back("a", 9, {"a", "b"});
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"b", "a"}));
+  EXPECT_EQ(m.epoch(), 10u);
+}
+
+TEST_F(RebuildTest, PeersThatDisagreeAboutTheStateAreReportedNotJudged) {
+  back("a", 3, {"a", "b"}, /*revision=*/41, /*digest=*/0x1);
+  auto fx = back("b", 3, {"a", "b"}, /*revision=*/40, /*digest=*/0x2);
+  ASSERT_NE(rebuilt(fx), nullptr);
+  const std::string& why = rebuilt(fx)->reason;
+  EXPECT_NE(why.find("revision 41"), std::string::npos) << why;
+  EXPECT_NE(why.find("revision 40"), std::string::npos) << why;
+  EXPECT_NE(why.find("the next shared-state sync elects"), std::string::npos) << why;
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted).size(), 2u) << "both are admitted; the election decides";
+}
+
+TEST_F(RebuildTest, SilentPeersAreEvictedWhileTheGroupIsRebuilt) {
+  back("a", 3, {"a", "b"});
+  registered.clear();  // a falls silent
+  auto fx = advance(kHeartbeatTimeout + Millis(200));
+  EXPECT_EQ(idsOf(fx, Kind::kEvicted), std::vector<std::string>{"a"});
+  EXPECT_FALSE(m.rebuilding()) << "nobody who reported a group is left waiting";
+  EXPECT_TRUE(m.registered().empty());
+}
+
+// The same process (same incarnation) reconnecting before the coordinator saw its old connection
+// die: the old registration goes, the peer is pending again, its ring place and open operations
+// go with it. A second process with the same identity is still refused.
+TEST_F(RebuildTest, SameProcessReconnectingReplacesItsRegistration) {
+  auto a = m.join(JoinRequest{"a", "a:1", 1, 0, /*incarnation=*/7, /*attempt=*/1}, now);
+  ASSERT_TRUE(a.isOk());
+  auto b = m.join(JoinRequest{"b", "b:1", 1, 0, 8, 1}, now);
+  ASSERT_TRUE(b.isOk());
+  m.syncRequest("a", now);
+  ASSERT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+  const std::uint64_t e = m.epoch();
+  m.opReport("a", e, 1, true);
+  ASSERT_EQ(m.pendingOps(), 1u);
+
+  auto other = m.join(JoinRequest{"a", "a:2", 1, 0, /*incarnation=*/99, 5}, now);
+  EXPECT_EQ(other.status().code(), StatusCode::kAlreadyExists) << "another process";
+  auto unknown = m.join(JoinRequest{"a", "a:2", 1, 0, /*incarnation=*/0, 5}, now);
+  EXPECT_EQ(unknown.status().code(), StatusCode::kAlreadyExists) << "an older peer says nothing";
+
+  auto again = m.join(JoinRequest{"a", "a:3", 1, e, 7, 2}, now);
+  ASSERT_TRUE(again.isOk()) << again.status().toString();
+  EXPECT_EQ(idsOf(*again, Kind::kReplaced), std::vector<std::string>{"a"});
+  EXPECT_EQ(idsOf(*again, Kind::kPending), std::vector<std::string>{"a"});
+  EXPECT_EQ(m.ring(), std::vector<std::string>{"b"});
+  EXPECT_EQ(m.epoch(), e + 1) << "a member left the ring: one new epoch";
+  ASSERT_EQ(again->decisions.size(), 1u);
+  EXPECT_FALSE(again->decisions[0].commit) << "its open operation is aborted";
+  EXPECT_EQ(m.view(now).peers.back().addr, "a:3");
+
+  auto stale = m.join(JoinRequest{"a", "a:4", 1, e, 7, 1}, now);
+  EXPECT_EQ(stale.status().code(), StatusCode::kAborted) << "an older attempt found late";
+  EXPECT_EQ(m.view(now).peers.back().addr, "a:3");
+}
+
+// ---- the run's high-water mark (ARCHITECTURE.md §4) -------------------------------------------
+// A peer that comes back behind the run, when nobody holding the newer state is left, must not
+// form a group of its own and train those rounds again (the end-of-run fork `loco chaos` found).
+
+class ProgressTest : public ::testing::Test {
+ protected:
+  static constexpr Millis kHeartbeatTimeout{2000};
+  static constexpr Millis kHolderWait{10000};
+  Membership m{kHeartbeatTimeout, Millis(5000), kHolderWait};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  std::set<std::string> alive;
+
+  MembershipEffects join(const std::string& id, std::uint64_t progress = 0) {
+    JoinRequest r;
+    r.id = id;
+    r.addr = id + ":7000";
+    r.streams = 1;
+    r.incarnation = std::hash<std::string>{}(id) | 1;
+    r.attempt = 1;
+    r.progress = progress;
+    auto fx = m.join(r, now);
+    EXPECT_TRUE(fx.isOk()) << fx.status().toString();
+    alive.insert(id);
+    return fx.isOk() ? *fx : MembershipEffects{};
+  }
+  MembershipEffects report(const std::string& id, std::uint64_t progress, bool finished = false) {
+    return m.progress(id, ProgressMsg{2 * progress, 0x1000 + progress, progress, finished}, now);
+  }
+  MembershipEffects advance(Millis d) {
+    MembershipEffects fx;
+    for (TimePoint end = now + d; now < end;) {
+      now += Millis(100);
+      for (const auto& id : alive) m.heartbeat(id, now);
+      fx.merge(m.tick(now));
+    }
+    return fx;
+  }
+  // a and b train together up to `progress`.
+  void group(std::uint64_t progress, bool finished) {
+    join("a");
+    join("b");
+    m.syncRequest("a", now);
+    ASSERT_EQ(m.ring(), (std::vector<std::string>{"a", "b"}));
+    for (std::uint64_t p = 1; p <= progress; ++p) {
+      report("a", p, finished && p == progress);
+      report("b", p, finished && p == progress);
+    }
+  }
+  static std::vector<std::string> idsOf(const MembershipEffects& fx, Kind kind) {
+    std::vector<std::string> out;
+    for (const auto& e : fx.events) {
+      if (e.kind == kind) out.push_back(e.peer);
+    }
+    return out;
+  }
+  static const MembershipEvent* find(const MembershipEffects& fx, Kind kind) {
+    for (const auto& e : fx.events) {
+      if (e.kind == kind) return &e;
+    }
+    return nullptr;
+  }
+};
+
+TEST_F(ProgressTest, TheMarkIsTheMostAdvancedReportAndOutlivesItsHolders) {
+  group(30, /*finished=*/false);
+  EXPECT_EQ(m.highWater().progress, 30u);
+  EXPECT_EQ(m.highWater().state_revision, 60u);
+  EXPECT_EQ(m.highWater().state_digest, 0x1000u + 30);
+  EXPECT_FALSE(m.highWater().finished);
+  report("a", 12);  // an older report never lowers it
+  EXPECT_EQ(m.highWater().progress, 30u);
+  m.leave("a");
+  m.evict("b", "connection lost");
+  EXPECT_EQ(m.highWater().progress, 30u) << "kept after every holder has gone";
+  EXPECT_TRUE(m.progress("zz", ProgressMsg{1, 1, 99, true}, now).events.empty());
+  EXPECT_EQ(m.highWater().progress, 30u) << "an unknown peer's report counts for nothing";
+}
+
+// Case 1 of the fork: a peer restarted from its checkpoint (outer step 27) registers after the
+// rest of the group finished at 30 and left. Before: admitted alone, it trained 28..30 again.
+TEST_F(ProgressTest, APeerBehindAFinishedRunIsToldItCompletedInsteadOfTrainingAlone) {
+  group(30, /*finished=*/true);
+  EXPECT_TRUE(m.highWater().finished);
+  m.leave("a");
+  m.leave("b");
+  auto fx = join("c", 27);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty()) << "no group of one from old state";
+  ASSERT_EQ(idsOf(fx, Kind::kCompleted), std::vector<std::string>{"c"});
+  const std::string why = find(fx, Kind::kCompleted)->reason;
+  EXPECT_NE(why.find("the run completed at progress 30"), std::string::npos) << why;
+  EXPECT_NE(why.find("holds progress 27"), std::string::npos) << why;
+  EXPECT_FALSE(m.contains("c")) << "removed: the coordinator refuses it and closes";
+  EXPECT_TRUE(m.ring().empty());
+}
+
+// The same when it registered while the group was still on its last rounds: it waits as pending,
+// and the last member to leave ends the wait.
+TEST_F(ProgressTest, APendingPeerLearnsTheRunCompletedWhenTheLastMemberLeaves) {
+  group(29, /*finished=*/false);
+  join("c", 27);
+  EXPECT_EQ(m.ring().size(), 2u) << "pending until the next sync point";
+  report("a", 30, true);
+  report("b", 30, true);
+  auto fx = m.leave("a");
+  EXPECT_TRUE(idsOf(fx, Kind::kCompleted).empty()) << "b still holds the group";
+  fx = m.leave("b");
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(idsOf(fx, Kind::kCompleted), std::vector<std::string>{"c"});
+}
+
+// Case 2: a peer partitioned off (evicted) comes back after the group finished: the same.
+TEST_F(ProgressTest, AnEvictedPeerThatComesBackAfterTheEndIsToldTooEvenDuringARebuildWait) {
+  group(20, /*finished=*/false);
+  m.evict("b", "no heartbeat");  // partitioned at 20
+  report("a", 25, true);
+  m.leave("a");
+  JoinRequest r{"b", "b:7000", 1, m.epoch(), /*incarnation=*/7, /*attempt=*/2};
+  r.last_members = {"a", "b"};
+  r.progress = 20;
+  auto fx = m.join(r, now);
+  ASSERT_TRUE(fx.isOk());
+  EXPECT_EQ(idsOf(*fx, Kind::kCompleted), std::vector<std::string>{"b"})
+      << "not kept waiting for a rebuild of a group that finished";
+}
+
+TEST_F(ProgressTest, PeersBehindWaitForAPeerThatHoldsTheMark) {
+  group(30, /*finished=*/false);
+  alive.clear();
+  advance(kHeartbeatTimeout + Millis(500));  // a and b die (say, the whole swarm is restarted)
+  ASSERT_TRUE(m.ring().empty());
+  auto fx = join("c", 26);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  const MembershipEvent* held = find(fx, Kind::kHeld);
+  ASSERT_NE(held, nullptr);
+  EXPECT_NE(held->reason.find("progress 26 at most, the run reached progress 30"),
+            std::string::npos)
+      << held->reason;
+  fx = advance(Millis(3000));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(find(fx, Kind::kHeld), nullptr) << "said once per wait";
+  // b comes back from its checkpoint: it registers with nothing, then reports what it loaded.
+  fx = join("b", 0);
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx = report("b", 30);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"c", "b"}))
+      << "together: the shared-state sync brings c up to b's state";
+  EXPECT_EQ(find(fx, Kind::kRolledBack), nullptr);
+}
+
+TEST_F(ProgressTest, WithNoHolderBackWithinTheWaitTheRunGoesOnFromTheBestStateLeft) {
+  group(30, /*finished=*/false);
+  alive.clear();
+  advance(kHeartbeatTimeout + Millis(500));
+  join("c", 26);
+  join("d", 28);
+  auto fx = advance(kHolderWait - Millis(500));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  fx = advance(Millis(1000));
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"c", "d"}));
+  const MembershipEvent* back = find(fx, Kind::kRolledBack);
+  ASSERT_NE(back, nullptr);
+  EXPECT_EQ(back->peer, "d");
+  EXPECT_NE(back->reason.find("goes on from progress 28"), std::string::npos) << back->reason;
+  EXPECT_EQ(m.highWater().progress, 28u) << "the mark comes down to what the run holds now";
+  EXPECT_EQ(m.highWater().peer, "d");
+}
+
+TEST_F(ProgressTest, ANewRunAndPeersAtTheMarkAreNeverHeld) {
+  auto fx = join("a");  // nothing reported yet: a new run
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"a"});
+  report("a", 5);
+  m.leave("a");
+  fx = join("a", 5);  // back with what the run reached
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"a"});
+  EXPECT_EQ(find(fx, Kind::kHeld), nullptr);
+}
+
+// A coordinator that restarts knows only what the peers that come back report: the mark is
+// rebuilt from their registrations, and the group comes back whole as before.
+TEST_F(ProgressTest, ARestartedCoordinatorRebuildsTheMarkFromTheRegistrations) {
+  for (const auto& [id, progress] : {std::pair<std::string, std::uint64_t>{"a", 41}, {"b", 40}}) {
+    JoinRequest r{id, id + ":1", 1, 9, std::hash<std::string>{}(id) | 1, 1};
+    r.last_members = {"a", "b"};
+    r.progress = progress;
+    auto fx = m.join(r, now);
+    ASSERT_TRUE(fx.isOk());
+    if (id == "b") {
+      EXPECT_EQ(idsOf(*fx, Kind::kAdmitted), (std::vector<std::string>{"a", "b"}));
+    }
+  }
+  EXPECT_EQ(m.highWater().progress, 41u);
+  EXPECT_EQ(m.highWater().peer, "a");
+}
+
+TEST(RebuildWindow, DefaultCoversAHeartbeatTimeoutAndTwoBackoffCaps) {
+  EXPECT_EQ(defaultRebuildWindow(Millis(3000)).count(), 3000 + 2 * BackoffOptions{}.max.count());
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -67,6 +68,22 @@ StatePlanMsg samplePlan() {
   return p;
 }
 
+PeerReportMsg sampleReport() {
+  PeerReportMsg m;
+  m.outer_step = 17;
+  m.inner_step = 510;
+  m.loss = 2.25;
+  m.val_loss = std::nan("");
+  m.bytes_sent = 1.5e8;
+  m.tokens_per_s = 7357.5;
+  m.utilization = 0.83;
+  m.round_s = 4.5;
+  m.retries = 2;
+  m.world = 4;
+  m.http = "10.0.0.7:9100";
+  return m;
+}
+
 std::vector<Codec> allCodecs() {
   return {
       {"StateManifest", encodeStateManifest(sampleManifest()),
@@ -95,7 +112,22 @@ std::vector<Codec> allCodecs() {
                           {"fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef",
                            3e9, EdgeSource::kPassive}}}),
        [](ByteSpan b) { return statusOf(decodeLinkReport(b)); }},
+      {"PeerReport", encodePeerReport(sampleReport()),
+       [](ByteSpan b) { return statusOf(decodePeerReport(b)); }},
+      {"DialBack", encodeDialBack({"10.0.0.7:7100", 0x0123456789abcdefull}),
+       [](ByteSpan b) { return statusOf(decodeDialBack(b)); }},
+      {"DialBackResult",
+       encodeDialBackResult(
+           {StatusCode::kUnavailable, "connection refused", "10.0.0.7:51234", 1796070024254}),
+       [](ByteSpan b) { return statusOf(decodeDialBackResult(b)); }},
   };
+}
+
+// Hello's version-1 form is a prefix of its version-2 form (messages.h: extensions are
+// appended), so exactly that prefix is a whole message.
+std::size_t helloV1Size(const HelloMsg& m) {
+  HelloMsg v1{m.peer_id, m.advertise, m.streams, m.version, m.last_epoch};
+  return 4 + v1.peer_id.size() + 4 + v1.advertise.size() + 4 + 4 + v1.version.size() + 8;
 }
 
 // ---- round trips -------------------------------------------------------------------------------
@@ -155,6 +187,74 @@ TEST(Messages, HelloRoundTrips) {
   EXPECT_EQ(r->last_epoch, m.last_epoch);
 }
 
+TEST(Messages, HelloVersion2RoundTripsEveryReregistrationField) {
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "10.0.0.7:7001", 4, "0.2.0", 41};
+  m.incarnation = 0xA1B2C3D4E5F60718ull;
+  m.attempt = 7;
+  m.last_members = {"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"};
+  m.state_revision = 123;
+  m.state_digest = 0xDEADBEEFCAFEF00Dull;
+  m.progress = 19;
+  auto r = decodeHello(encodeHello(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->last_epoch, 41u);
+  EXPECT_EQ(r->incarnation, m.incarnation);
+  EXPECT_EQ(r->attempt, 7u);
+  EXPECT_EQ(r->last_members, m.last_members);
+  EXPECT_EQ(r->state_revision, 123u);
+  EXPECT_EQ(r->state_digest, m.state_digest);
+  EXPECT_EQ(r->progress, 19u);
+}
+
+// An older peer's Hello (version 1: it ends after last_epoch) is still understood; it reports
+// nothing for a rebuild and never replaces a registration (incarnation 0).
+TEST(Messages, HelloVersion1FromAnOlderPeerDecodesWithDefaults) {
+  Bytes b;
+  ByteWriter w(b);
+  w.str("0123456789abcdef0123456789abcdef");
+  w.str("h:1");
+  w.u32(2);
+  w.str("0.1.0");
+  w.u64(9);
+  auto r = decodeHello(b);
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->last_epoch, 9u);
+  EXPECT_EQ(r->incarnation, 0u);
+  EXPECT_TRUE(r->last_members.empty());
+}
+
+// A newer peer may append fields behind a higher version byte: the ones this decoder knows are
+// read, the rest skipped. A version below 2 in that place is malformed.
+TEST(Messages, HelloFromANewerPeerIsReadAndAnImpossibleVersionRejected) {
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "h:1", 1, "9.9", 5};
+  m.incarnation = 3;
+  m.attempt = 1;
+  m.last_members = {"aa"};
+  Bytes b = encodeHello(m);
+  const std::size_t version_at = helloV1Size(m);
+  ASSERT_EQ(b[version_at], kHelloVersion);
+  Bytes newer = b;
+  newer[version_at] = 3;
+  newer.insert(newer.end(), {1, 2, 3, 4, 5});
+  auto r = decodeHello(newer);
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->incarnation, 3u);
+  EXPECT_EQ(r->last_members, std::vector<std::string>{"aa"});
+  for (std::uint8_t bad : {0, 1}) {
+    Bytes x = b;
+    x[version_at] = bad;
+    EXPECT_EQ(decodeHello(x).status().code(), StatusCode::kProtocolError) << int(bad);
+  }
+}
+
+TEST(Messages, HelloListingTooManyLastMembersIsRejected) {
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "h:1", 1, "v", 1};
+  m.last_members.assign(kMaxLastMembers, "0123456789abcdef0123456789abcdef");
+  EXPECT_TRUE(decodeHello(encodeHello(m)).isOk());
+  m.last_members.push_back("x");
+  EXPECT_EQ(decodeHello(encodeHello(m)).status().code(), StatusCode::kProtocolError);
+}
+
 TEST(Messages, HelloWithEmptyStringsRoundTrips) {
   auto r = decodeHello(encodeHello(HelloMsg{}));
   ASSERT_TRUE(r.isOk()) << r.status().toString();
@@ -173,7 +273,7 @@ TEST(Messages, WelcomeRoundTrips) {
 }
 
 TEST(Messages, RefusedRoundTripsEveryStatusCode) {
-  for (int c = 0; c <= static_cast<int>(StatusCode::kInternal); ++c) {
+  for (int c = 0; c <= static_cast<int>(kLastStatusCode); ++c) {
     RefusedMsg m{static_cast<StatusCode>(c), "reason " + std::to_string(c)};
     auto r = decodeRefused(encodeRefused(m));
     ASSERT_TRUE(r.isOk()) << r.status().toString();
@@ -194,6 +294,32 @@ TEST(Messages, RefusedWithUnknownCodeDecodesAsInternal) {
   ASSERT_TRUE(r.isOk()) << r.status().toString();
   EXPECT_EQ(r->code, StatusCode::kInternal);
   EXPECT_EQ(r->reason, "x");
+}
+
+TEST(Messages, ProgressRoundTripsAndToleratesANewerPeersFields) {
+  ProgressMsg m{77, 0xDEADBEEFCAFEF00Dull, 600, true};
+  auto r = decodeProgress(encodeProgress(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->state_revision, 77u);
+  EXPECT_EQ(r->state_digest, m.state_digest);
+  EXPECT_EQ(r->progress, 600u);
+  EXPECT_TRUE(r->finished);
+  Bytes newer = encodeProgress(m);
+  newer[0] = 2;  // a newer version appends fields
+  newer.push_back(0x42);
+  auto n = decodeProgress(newer);
+  ASSERT_TRUE(n.isOk()) << n.status().toString();
+  EXPECT_EQ(n->progress, 600u);
+  Bytes trailing = encodeProgress(m);
+  trailing.push_back(0);
+  EXPECT_EQ(decodeProgress(trailing).status().code(), StatusCode::kProtocolError);
+  Bytes bad_flags = encodeProgress(m);
+  bad_flags.back() = 3;
+  EXPECT_EQ(decodeProgress(bad_flags).status().code(), StatusCode::kProtocolError);
+  Bytes truncated = encodeProgress(m);
+  truncated.pop_back();
+  EXPECT_EQ(decodeProgress(truncated).status().code(), StatusCode::kProtocolError);
+  EXPECT_EQ(decodeProgress({}).status().code(), StatusCode::kProtocolError);
 }
 
 TEST(Messages, EvictedRoundTrips) {
@@ -333,8 +459,14 @@ TEST(Messages, EveryDecoderAcceptsItsValidEncoding) {
 }
 
 TEST(Messages, EveryDecoderRejectsEveryTruncation) {
+  const std::size_t hello_v1 =
+      helloV1Size({"0123456789abcdef0123456789abcdef", "peer-1:7000", 4, "0.1.0"});
   for (const Codec& c : allCodecs()) {
     for (std::size_t n = 0; n < c.valid.size(); ++n) {
+      if (std::string(c.name) == "Hello" && n == hello_v1) {
+        EXPECT_TRUE(c.decode(ByteSpan(c.valid.data(), n)).isOk()) << "the version-1 Hello";
+        continue;
+      }
       Status s = c.decode(ByteSpan(c.valid.data(), n));
       EXPECT_EQ(s.code(), StatusCode::kProtocolError) << c.name << " truncated to " << n;
     }
@@ -495,6 +627,55 @@ TEST(Messages, EncodingIsLittleEndianAndLengthPrefixed) {
   Bytes e = encodeEvicted({"ab"});
   Bytes want_e = {2, 0, 0, 0, 'a', 'b'};
   EXPECT_EQ(e, want_e);
+}
+
+}  // namespace
+}  // namespace loco::p2p
+
+namespace loco::p2p {
+namespace {
+
+TEST(Messages, PeerReportRoundTripsWithNaN) {
+  auto d = decodePeerReport(encodePeerReport(sampleReport()));
+  ASSERT_TRUE(d.isOk()) << d.status().toString();
+  EXPECT_EQ(d->outer_step, 17u);
+  EXPECT_EQ(d->inner_step, 510u);
+  EXPECT_EQ(d->loss, 2.25);
+  EXPECT_TRUE(std::isnan(d->val_loss));
+  EXPECT_EQ(d->bytes_sent, 1.5e8);
+  EXPECT_EQ(d->tokens_per_s, 7357.5);
+  EXPECT_EQ(d->utilization, 0.83);
+  EXPECT_EQ(d->round_s, 4.5);
+  EXPECT_EQ(d->retries, 2u);
+  EXPECT_EQ(d->world, 4u);
+  EXPECT_EQ(d->http, "10.0.0.7:9100");
+}
+
+TEST(Messages, NewerPeerReportAndDialBackVersionsAreReadAndTheirExtrasSkipped) {
+  for (auto bytes : {encodePeerReport(sampleReport()), encodeDialBack({"1.2.3.4:5", 9})}) {
+    bytes[0] = 2;  // a newer version that appends a field
+    bytes.insert(bytes.end(), {1, 2, 3});
+    const bool report = bytes.size() > 40;
+    Status s = report ? statusOf(decodePeerReport(bytes)) : statusOf(decodeDialBack(bytes));
+    EXPECT_TRUE(s.isOk()) << s.toString();
+    bytes[0] = 0;  // version 0 never existed
+    s = report ? statusOf(decodePeerReport(bytes)) : statusOf(decodeDialBack(bytes));
+    EXPECT_EQ(s.code(), StatusCode::kProtocolError);
+  }
+}
+
+TEST(Messages, DialBackResultRoundTripsAndClampsUnknownCodes) {
+  auto bytes = encodeDialBackResult({StatusCode::kTimeout, "no answer", "10.0.0.7:51234", -5});
+  auto d = decodeDialBackResult(bytes);
+  ASSERT_TRUE(d.isOk());
+  EXPECT_EQ(d->code, StatusCode::kTimeout);
+  EXPECT_EQ(d->detail, "no answer");
+  EXPECT_EQ(d->seen_from, "10.0.0.7:51234");
+  EXPECT_EQ(d->coordinator_unix_ms, -5);
+  bytes[1] = 250;
+  d = decodeDialBackResult(bytes);
+  ASSERT_TRUE(d.isOk());
+  EXPECT_EQ(d->code, StatusCode::kInternal);
 }
 
 }  // namespace

@@ -1,0 +1,221 @@
+#include "cli/chaos/invariants.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+namespace loco::chaos {
+namespace {
+
+constexpr int kFdSlack = 4;
+constexpr long kRssSlackKib = 8 * 1024;
+constexpr std::size_t kMinSamples = 10;
+constexpr std::size_t kRecentRounds = 20;
+
+const char* const kNames[] = {"digests", "steps", "finite", "no_hang", "resources", "val_loss"};
+
+template <typename T>
+T median(std::vector<T> v) {
+  if (v.empty()) return T{};
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+Result<RoundLine> parseRoundLine(const std::string& text, const std::string& peer) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number())
+    return Status(StatusCode::kInvalidArgument, "not a round record: " + text.substr(0, 80));
+  RoundLine r;
+  r.peer = peer;
+  auto u64 = [&](const char* key) -> std::uint64_t {
+    return j.contains(key) && j[key].is_number() ? j[key].get<std::uint64_t>() : 0;
+  };
+  auto dbl = [&](const char* key) -> std::optional<double> {
+    if (!j.contains(key) || !j[key].is_number()) return std::nullopt;
+    return j[key].get<double>();
+  };
+  r.step = u64("step");
+  r.inner_step = u64("inner_step");
+  r.epoch = u64("epoch");
+  r.world = static_cast<int>(u64("world"));
+  r.contributors = static_cast<int>(u64("contributors"));
+  r.loss = dbl("loss").value_or(NAN);
+  r.val_loss = dbl("val_loss");
+  r.bytes_sent = dbl("bytes_sent").value_or(0);
+  r.retries = static_cast<std::uint32_t>(u64("retries"));
+  r.pid = static_cast<long>(u64("pid"));
+  r.unix_s = dbl("unix_s").value_or(0);
+  if (j.contains("digest") && j["digest"].is_string()) r.digest = j["digest"].get<std::string>();
+  // Older records have no "finite": a round with contributors and no loss had a non-finite one.
+  if (j.contains("finite") && j["finite"].is_boolean()) {
+    r.finite = j["finite"].get<bool>();
+  } else {
+    r.finite = r.contributors == 0 || std::isfinite(r.loss);
+  }
+  return r;
+}
+
+InvariantChecker::InvariantChecker(InvariantLimits limits) : limits_(limits) {
+  for (const char* name : kNames) verdicts_.push_back(Verdict{name, 0, {}, ""});
+}
+
+Verdict& InvariantChecker::verdict(const std::string& invariant) {
+  for (auto& v : verdicts_) {
+    if (v.invariant == invariant) return v;
+  }
+  verdicts_.push_back(Verdict{invariant, 0, {}, ""});
+  return verdicts_.back();
+}
+
+void InvariantChecker::violate(const std::string& invariant, double t, std::string detail) {
+  verdict(invariant).violations.push_back(Violation{invariant, t, std::move(detail)});
+}
+
+void InvariantChecker::onRound(const RoundLine& r, double t) {
+  // digests: one per step, whoever reported it.
+  ++verdict("digests").checks;
+  auto [it, fresh] = steps_.try_emplace(r.step, StepSeen{r.digest, r.peer, r.epoch});
+  if (!fresh && it->second.digest != r.digest) {
+    violate("digests", t,
+            fmt::format("outer step {}: {} (epoch {}) holds {}, {} (epoch {}) holds {}", r.step,
+                        it->second.peer, it->second.epoch, it->second.digest, r.peer, r.epoch,
+                        r.digest));
+  }
+  // steps: strictly increasing per peer; +1 within one epoch of one process.
+  ++verdict("steps").checks;
+  PeerLast& last = peers_[r.peer];
+  if (r.contributors > 0 && last.any) {
+    if (r.step <= last.step) {
+      violate("steps", t,
+              fmt::format("{} reported outer step {} after {} (pid {} after {}): a round applied "
+                          "twice or progress lost",
+                          r.peer, r.step, last.step, r.pid, last.pid));
+    } else if (r.pid == last.pid && r.epoch == last.epoch && r.step != last.step + 1) {
+      violate("steps", t,
+              fmt::format("{} went from outer step {} to {} within epoch {}: it missed a round "
+                          "the group applied while it was a member",
+                          r.peer, last.step, r.step, r.epoch));
+    }
+  }
+  if (r.contributors > 0 || !last.any) {
+    last = PeerLast{std::max(last.step, r.step), r.epoch, r.pid, true};
+  }
+  // finite.
+  ++verdict("finite").checks;
+  if (!r.finite) {
+    violate("finite", t,
+            fmt::format("{} reported a non-finite loss at outer step {}", r.peer, r.step));
+  }
+  // progress (no_hang's clock).
+  if (r.contributors > 0 && (r.step > max_step_ || !progress_started_)) {
+    max_step_ = std::max(max_step_, r.step);
+    last_progress_t_ = t;
+    progress_started_ = true;
+    round_times_.push_back(t);
+    hanging_ = false;
+  }
+}
+
+double InvariantChecker::roundEstimate() const {
+  if (round_times_.size() < 3) return 5;  // no history yet: a generous guess
+  std::vector<double> gaps;
+  const std::size_t from =
+      round_times_.size() > kRecentRounds + 1 ? round_times_.size() - kRecentRounds - 1 : 0;
+  for (std::size_t i = from + 1; i < round_times_.size(); ++i)
+    gaps.push_back(round_times_[i] - round_times_[i - 1]);
+  return 3 * median(gaps);
+}
+
+void InvariantChecker::onTick(double t, bool majority_healthy) {
+  if (!progress_started_ || complete_) return;
+  ++verdict("no_hang").checks;
+  if (!majority_healthy) {
+    last_progress_t_ = std::max(last_progress_t_, t);  // the allowance starts when health returns
+    hanging_ = false;
+    return;
+  }
+  const double allowance = limits_.heartbeat_timeout_s + roundEstimate() + limits_.hang_margin_s;
+  if (!hanging_ && t - last_progress_t_ > allowance) {
+    hanging_ = true;  // one violation per hang
+    violate("no_hang", t,
+            fmt::format("no round applied for {:.1f} s (allowed {:.1f} s: heartbeat timeout {:g} + "
+                        "round {:.2f} + margin {:g}) with a majority healthy; last outer step {}",
+                        t - last_progress_t_, allowance, limits_.heartbeat_timeout_s,
+                        roundEstimate(), limits_.hang_margin_s, max_step_));
+  }
+}
+
+void InvariantChecker::runComplete(double) {
+  complete_ = true;
+}
+
+void InvariantChecker::onProcessSample(const std::string& name, long pid, double t, int fds,
+                                       long rss_kib) {
+  samples_[{name, pid}].push_back(Sample{t, fds, rss_kib});
+}
+
+std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
+                                              std::optional<double> baseline_val,
+                                              const std::string& baseline_note) {
+  Verdict& res = verdict("resources");
+  std::size_t too_short = 0;
+  for (const auto& [key, samples] : samples_) {
+    const auto& [name, pid] = key;
+    if (samples.size() < kMinSamples || samples.back().t - samples.front().t < limits_.min_life_s) {
+      ++too_short;
+      continue;
+    }
+    ++res.checks;
+    const double t0 = samples.front().t, span = samples.back().t - t0;
+    std::vector<int> early_fds, late_fds;
+    std::vector<long> early_rss, late_rss;
+    for (const Sample& s : samples) {
+      const double x = (s.t - t0) / span;
+      if (x >= 0.2 && x < 0.4) early_fds.push_back(s.fds), early_rss.push_back(s.rss_kib);
+      if (x >= 0.8) late_fds.push_back(s.fds), late_rss.push_back(s.rss_kib);
+    }
+    if (early_fds.empty() || late_fds.empty()) continue;
+    const int fds0 = median(early_fds), fds1 = median(late_fds);
+    const long rss0 = median(early_rss), rss1 = median(late_rss);
+    const double g = 1 + limits_.growth_limit;
+    if (fds1 > fds0 * g + kFdSlack) {
+      violate("resources", samples.back().t,
+              fmt::format("{} (pid {}) open fds grew {} -> {} over {:.0f} s", name, pid, fds0, fds1,
+                          span));
+    }
+    if (static_cast<double>(rss1) > static_cast<double>(rss0) * g + kRssSlackKib) {
+      violate("resources", samples.back().t,
+              fmt::format("{} (pid {}) RSS grew {} -> {} KiB over {:.0f} s", name, pid, rss0, rss1,
+                          span));
+    }
+  }
+  if (too_short)
+    res.note = fmt::format("{} process lives shorter than {:g} s not judged", too_short,
+                           limits_.min_life_s);
+  Verdict& val = verdict("val_loss");
+  if (!final_val) {
+    val.note = "no final validation loss was reported";
+    violate("val_loss", 0, "the run reported no final validation loss");
+  } else if (!baseline_val) {
+    val.note = baseline_note.empty() ? "no baseline" : baseline_note;
+  } else {
+    ++val.checks;
+    const double rel = std::abs(*final_val - *baseline_val) / *baseline_val;
+    val.note = fmt::format("final {:.4f} vs fault-free {:.4f} ({:+.2f} %, band {:g} %)", *final_val,
+                           *baseline_val, 100 * (*final_val - *baseline_val) / *baseline_val,
+                           100 * limits_.val_loss_band);
+    if (!(rel <= limits_.val_loss_band)) {
+      violate("val_loss", 0,
+              fmt::format("final validation loss {:.4f} is {:.2f} % from the fault-free {:.4f} "
+                          "(band {:g} %)",
+                          *final_val, 100 * rel, *baseline_val, 100 * limits_.val_loss_band));
+    }
+  }
+  return verdicts_;
+}
+
+}  // namespace loco::chaos
