@@ -13,7 +13,12 @@ constexpr std::size_t kMaxFramesPerWrite = 64;
 constexpr std::size_t kMaxBytesPerWrite = 8u << 20;
 constexpr Millis kMinTick{20};
 
-Status ioStatus(const std::error_code& ec, const std::string& name, const char* op) {
+Status ioStatus(const Stream& stream, const std::error_code& ec, const std::string& name,
+                const char* op) {
+  // A refused TLS handshake says why (tls_stream.h); that is not a lost peer to retry.
+  if (std::string why = stream.failureReason(); !why.empty()) {
+    return Status(StatusCode::kUnauthenticated, fmt::format("{}: {}", name, why));
+  }
   if (ec == asio::error::eof) {
     return Status(StatusCode::kPeerLost, fmt::format("{}: closed by the remote end", name));
   }
@@ -68,7 +73,7 @@ void Connection::readHeader() {
       asio::buffer(header_buf_.data() + header_have_, kFrameHeaderSize - header_have_),
       [self](const std::error_code& ec, std::size_t n) {
         if (self->closed_) return;
-        if (ec) return self->close(ioStatus(ec, self->options_.name, "read"));
+        if (ec) return self->close(ioStatus(*self->stream_, ec, self->options_.name, "read"));
         self->last_rx_ = Clock::now();
         self->header_have_ += n;
         if (self->header_have_ < kFrameHeaderSize) return self->readHeader();
@@ -83,6 +88,12 @@ void Connection::onHeader() {
     static Counter& rejected = counter("p2p.frames_rejected");
     rejected.inc();
     counter(fmt::format("p2p.frames_rejected.{}", frameErrorName(hp.error))).inc();
+    if (hp.error == FrameError::kBadMagic && header_buf_[0] == 0x16 && header_buf_[1] == 0x03) {
+      return fail(StatusCode::kUnauthenticated,
+                  fmt::format("{} from {}: a TLS client reached this plaintext (--insecure) "
+                              "endpoint; run every side with TLS or every side with --insecure",
+                              options_.name, stream_->remoteAddress()));
+    }
     return fail(StatusCode::kProtocolError,
                 fmt::format("{} from {}: rejected frame header ({})", options_.name,
                             stream_->remoteAddress(), frameErrorName(hp.error)));
@@ -145,14 +156,15 @@ void Connection::readPayload(MutableByteSpan dst, std::size_t offset, std::funct
   if (closed_) return;
   if (offset == dst.size()) return then();
   auto self = shared_from_this();
-  stream_->asyncReadSome(asio::buffer(dst.data() + offset, dst.size() - offset),
-                         [self, dst, offset, then = std::move(then)](const std::error_code& ec,
-                                                                     std::size_t n) mutable {
-                           if (self->closed_) return;
-                           if (ec) return self->close(ioStatus(ec, self->options_.name, "read"));
-                           self->last_rx_ = Clock::now();
-                           self->readPayload(dst, offset + n, std::move(then));
-                         });
+  stream_->asyncReadSome(
+      asio::buffer(dst.data() + offset, dst.size() - offset),
+      [self, dst, offset, then = std::move(then)](const std::error_code& ec,
+                                                  std::size_t n) mutable {
+        if (self->closed_) return;
+        if (ec) return self->close(ioStatus(*self->stream_, ec, self->options_.name, "read"));
+        self->last_rx_ = Clock::now();
+        self->readPayload(dst, offset + n, std::move(then));
+      });
 }
 
 // ---- writing -------------------------------------------------------------------------------
@@ -222,7 +234,7 @@ void Connection::writeMore() {
     if (ec) {
       result = self->closed_ ? Status(StatusCode::kAborted,
                                       fmt::format("{}: connection closed", self->options_.name))
-                             : ioStatus(ec, self->options_.name, "write");
+                             : ioStatus(*self->stream_, ec, self->options_.name, "write");
     }
     auto done = std::move(self->in_flight_);
     self->in_flight_.clear();

@@ -73,6 +73,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string remoteAddress() const { return stream_->remoteAddress(); }
   std::string localAddress() const { return stream_->localAddress(); }
   double rttSeconds() const { return stream_->rttSeconds(); }
+  // The far end's certificate id (Stream::peerId); "" for plaintext.
+  std::string peerId() const { return stream_->peerId(); }
 
  private:
   Connection(asio::io_context& io, std::unique_ptr<Stream> stream, Options options);

@@ -9,6 +9,7 @@
 #include "p2p/base/metrics.h"
 #include "p2p/base/text.h"
 #include "p2p/net.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::p2p {
 namespace {
@@ -107,13 +108,18 @@ void Coordinator::onAccepted(asio::ip::tcp::socket socket) {
   copts.name = "incoming connection";
   copts.first_frame_timeout = options_.handshake_timeout;
   copts.max_queued_bytes = 16u << 20;
-  auto conn = Connection::create(io_, std::make_unique<TcpStream>(std::move(socket)), copts);
+  // A new peer enrolls without a client certificate; it may send only Enroll (onHandshakeFrame).
+  tls::WrapOptions wopts;
+  wopts.role = tls::Role::kServer;
+  wopts.require_client_cert = false;
+  auto conn = Connection::create(io_, tls::wrap(std::move(socket), wopts), copts);
   std::weak_ptr<Connection> weak = conn;
   conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
     if (auto c = weak.lock()) onHandshakeFrame(c, h, std::move(payload));
   });
   conn->setCloseHandler([this, raw = conn.get()](const Status& why) {
-    if (why.code() == StatusCode::kProtocolError || why.code() == StatusCode::kTimeout) {
+    if (why.code() == StatusCode::kProtocolError || why.code() == StatusCode::kTimeout ||
+        why.code() == StatusCode::kUnauthenticated) {
       counter("coord.connections_rejected").inc();
       LOG_WARN(kLogCoord, "closed connection: {}", why.message());
     }
@@ -139,6 +145,14 @@ void Coordinator::refuse(const std::shared_ptr<Connection>& conn, StatusCode cod
 
 void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, const FrameHeader& h,
                                    std::vector<std::uint8_t> payload) {
+  if (h.type == MsgType::kEnroll) return onEnroll(conn, payload);
+  if (tls::mode() == tls::Mode::kTls && conn->peerId().empty()) {
+    counter("tls.refused", {{"reason", "no_client_certificate"}}).inc();
+    return refuse(conn, StatusCode::kUnauthenticated,
+                  fmt::format("{} without a client certificate: enroll first with a join token "
+                              "(loco join loco://...)",
+                              msgTypeName(h.type)));
+  }
   switch (h.type) {
     case MsgType::kStatusRequest:
       sendStatus(*conn);
@@ -156,11 +170,36 @@ void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, cons
   }
 }
 
+void Coordinator::onEnroll(const std::shared_ptr<Connection>& conn, ByteSpan payload) {
+  if (tls::mode() != tls::Mode::kTls || !options_.enroll) {
+    return refuse(conn, StatusCode::kFailedPrecondition,
+                  "this coordinator does not enroll peers (it runs without --ca)");
+  }
+  auto msg = decodeEnroll(payload);
+  if (!msg) return refuse(conn, StatusCode::kProtocolError, msg.status().message());
+  auto reply = options_.enroll(*msg, conn->remoteAddress());
+  if (!reply) {
+    counter("tls.enroll_refused").inc();
+    return refuse(conn, reply.status().code(), reply.status().message());
+  }
+  counter("tls.enrolled").inc();
+  LOG_INFO(kLogCoord, "enrolled peer {} from {}", shortId(msg->peer_id), conn->remoteAddress());
+  conn->send(MsgType::kEnrollReply, encodeEnrollReply(*reply));
+  conn->closeAfterFlush(Status());
+}
+
 void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload) {
   auto hello = decodeHello(payload);
   if (!hello) return refuse(conn, StatusCode::kProtocolError, hello.status().message());
   if (!crypto::isValidPeerId(hello->peer_id)) {
     return refuse(conn, StatusCode::kInvalidArgument, "peer id must be 32 lowercase hex digits");
+  }
+  // The certificate binds the id: a stolen certificate cannot register under another id.
+  if (tls::mode() == tls::Mode::kTls && conn->peerId() != hello->peer_id) {
+    counter("tls.refused", {{"reason", "id_mismatch"}}).inc();
+    return refuse(conn, StatusCode::kUnauthenticated,
+                  fmt::format("the certificate is for {} but Hello claims {}",
+                              shortId(conn->peerId()), shortId(hello->peer_id)));
   }
   auto adv = parseHostPort(hello->advertise);
   if (!adv)

@@ -20,6 +20,7 @@
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
 #include "p2p/connection.h"
+#include "p2p/enroll.h"
 #include "p2p/membership.h"
 #include "p2p/net.h"
 #include "p2p/run_log.h"
@@ -42,6 +43,10 @@ struct CoordinatorOptions {
   // How long peers behind the run's high-water mark, with no members left, wait for a peer that
   // holds it before the run goes on from what they hold (membership.h).
   Millis holder_wait = kDefaultHolderWait;
+  // TLS (tls_stream.h): signs a certificate for a new peer that presents a join token, over a
+  // connection without a client certificate. Runs on the io thread; `from` is the remote
+  // address. Unset: enrollment is refused.
+  std::function<Result<EnrollReplyMsg>(const EnrollMsg&, const std::string& from)> enroll;
 };
 
 class Coordinator {
@@ -66,6 +71,7 @@ class Coordinator {
   void onHandshakeFrame(const std::shared_ptr<Connection>& conn, const FrameHeader& h,
                         std::vector<std::uint8_t> payload);
   void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload);
+  void onEnroll(const std::shared_ptr<Connection>& conn, ByteSpan payload);
   void onPeerFrame(const std::string& id, const FrameHeader& h, std::vector<std::uint8_t> payload);
   void onPeerClosed(const std::string& id, const Connection* conn, const Status& why);
   void refuse(const std::shared_ptr<Connection>& conn, StatusCode code, const std::string& reason);

@@ -6,6 +6,7 @@
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
 #include "p2p/coordinator.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::p2p {
 namespace {
@@ -69,7 +70,7 @@ void Coordinator::onDialBack(const std::shared_ptr<Connection>& conn, ByteSpan p
                  Connection::Options copts;
                  copts.name = "dial-back " + endpointString(ep);
                  auto probe = Connection::create(
-                     io_, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+                     io_, tls::wrap(std::move(*sock.value()), {tls::Role::kClient}), copts);
                  probe->start();
                  probe->send(MsgType::kDialBackProbe, encodeDialBack(DialBackMsg{"", token}));
                  probe->closeAfterFlush(Status());

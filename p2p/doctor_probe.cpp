@@ -11,8 +11,10 @@
 #include <optional>
 #include <random>
 
+#include "crypto/ca.h"
 #include "p2p/connection.h"
 #include "p2p/net.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::p2p {
 namespace {
@@ -86,7 +88,7 @@ Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort
       Connection::Options copts;
       copts.name = "dial-back";
       copts.first_frame_timeout = Millis(5000);
-      auto c = Connection::create(io, std::make_unique<TcpStream>(std::move(s)), copts);
+      auto c = Connection::create(io, tls::wrap(std::move(s), {tls::Role::kServer}), copts);
       c->setFrameHandler([&out, token](const FrameHeader& h, std::vector<std::uint8_t> payload) {
         if (h.type != MsgType::kDialBackProbe) return;
         auto m = decodeDialBack(payload);
@@ -130,7 +132,8 @@ Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort
     }
     Connection::Options copts;
     copts.name = "coordinator";
-    conn = Connection::create(io, std::make_unique<TcpStream>(std::move(s)), copts);
+    conn = Connection::create(
+        io, tls::wrap(std::move(s), {tls::Role::kClient, crypto::kCoordinatorId}), copts);
     conn->setFrameHandler([&](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       if (h.type != MsgType::kDialBackResult) {
         failure = Status(StatusCode::kProtocolError,

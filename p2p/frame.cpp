@@ -62,6 +62,10 @@ std::string_view msgTypeName(MsgType t) {
       return "DialBackProbe";
     case MsgType::kDialBackResult:
       return "DialBackResult";
+    case MsgType::kEnroll:
+      return "Enroll";
+    case MsgType::kEnrollReply:
+      return "EnrollReply";
   }
   return "Unknown";
 }
@@ -108,6 +112,9 @@ std::uint32_t maxPayload(MsgType t) {
       return 1024;
     case MsgType::kDialBackResult:
       return 4096;
+    case MsgType::kEnroll:
+    case MsgType::kEnrollReply:
+      return 16u << 10;  // PEM certificates and keys of a few hundred bytes each
     case MsgType::kHeartbeat:
     case MsgType::kSyncRequest:
     case MsgType::kSyncDone:

@@ -62,8 +62,11 @@ enum class MsgType : std::uint8_t {
   kDialBack = 26,        // doctor -> coordinator, before Hello: dial me back (DialBackMsg)
   kDialBackProbe = 27,   // coordinator -> the dialled address: the request's token (DialBackMsg)
   kDialBackResult = 28,  // coordinator -> doctor: how the dial went (DialBackResultMsg), then close
+  // Enrollment over a TLS connection that pinned the run CA (p2p/enroll.h, tls_stream.h).
+  kEnroll = 29,       // new peer -> coordinator, before Hello: token, id, public key (EnrollMsg)
+  kEnrollReply = 30,  // coordinator -> peer: its certificate and the CA (EnrollReplyMsg), close
 };
-inline constexpr MsgType kLastMsgType = MsgType::kDialBackResult;
+inline constexpr MsgType kLastMsgType = MsgType::kEnrollReply;
 
 std::string_view msgTypeName(MsgType t);
 

@@ -12,6 +12,7 @@
 #include "p2p/connection.h"
 #include "p2p/messages.h"
 #include "p2p/net.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::p2p {
 namespace {
@@ -362,8 +363,8 @@ void LinkListener::accept() {
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
-    auto conn =
-        Connection::create(net_.context(), std::make_unique<TcpStream>(std::move(socket)), copts);
+    auto conn = Connection::create(
+        net_.context(), tls::wrap(std::move(socket), {tls::Role::kServer, "", true}), copts);
     std::weak_ptr<Connection> weak = conn;
     conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       auto c = weak.lock();
@@ -399,6 +400,15 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
   } else if (hello->chunk_bytes != options_.chunk_bytes) {
     bad = Status(StatusCode::kProtocolError, fmt::format("chunk size {} differs from ours ({})",
                                                          hello->chunk_bytes, options_.chunk_bytes));
+  }
+  if (bad.isOk() && tls::mode() == tls::Mode::kTls && conn->peerId() != hello->from_peer) {
+    counter("tls.refused", {{"reason", "link_id_mismatch"}}).inc();
+    bad = Status(
+        StatusCode::kUnauthenticated,
+        fmt::format("link stream from {}: the certificate is for {} but LinkHello "
+                    "claims {}",
+                    conn->remoteAddress(), shortId(conn->peerId()), shortId(hello->from_peer)));
+    LOG_WARN(kLogP2p, "{}", bad.message());
   }
   if (!bad.isOk()) return conn->close(bad);
 
@@ -491,8 +501,12 @@ void connectLink(NetworkThread& net, const HostPort& remote, const std::string& 
       Connection::Options copts;
       copts.name = fmt::format("link to {} stream {}", d->remote, i);
       copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
+      // The far end must hold the certificate of the member announced at this address.
       auto conn =
-          Connection::create(d->io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+          Connection::create(d->io,
+                             tls::wrap(std::move(*sock.value()),
+                                       {tls::Role::kClient, tls::expectedPeerAt(d->remote), false}),
+                             copts);
       d->streams[i] = conn;
       conn->setCloseHandler([weak_dial](const Status& why) {
         if (auto dc = weak_dial.lock()) dc->fail(why.withContext("link handshake"));

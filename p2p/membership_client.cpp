@@ -8,9 +8,11 @@
 #include <random>
 #include <tuple>
 
+#include "crypto/ca.h"
 #include "p2p/base/log.h"
 #include "p2p/connection.h"
 #include "p2p/net.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::p2p {
 namespace {
@@ -290,7 +292,9 @@ void MembershipClient::probeCoordinators(std::size_t preferred, Millis timeout,
           Connection::Options copts;
           copts.name = "coordinator probe";
           auto conn = Connection::create(
-              net_.context(), std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+              net_.context(),
+              tls::wrap(std::move(*sock.value()), {tls::Role::kClient, crypto::kCoordinatorId}),
+              copts);
           probe->conns[i] = conn;
           conn->setFrameHandler(
               [probe, settle, i](const FrameHeader& h, std::vector<std::uint8_t> payload) {
@@ -357,8 +361,9 @@ void MembershipClient::attempt(std::size_t address) {
         Connection::Options copts;
         copts.name = "coordinator";
         copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
-        conn_ = Connection::create(net_.context(), std::make_unique<TcpStream>(std::move(socket)),
-                                   copts);
+        conn_ = Connection::create(
+            net_.context(),
+            tls::wrap(std::move(socket), {tls::Role::kClient, crypto::kCoordinatorId}), copts);
         conn_->setFrameHandler([this, session](const FrameHeader& h, std::vector<std::uint8_t> p) {
           onFrame(session, h, std::move(p));
         });
@@ -556,6 +561,10 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
         }
         view_ = std::move(v.value());
         epoch_ = std::max(epoch_, view_.epoch);
+        // Links dialed to these addresses must present these members' certificates.
+        for (const auto& p : view_.peers) {
+          if (auto hp = parseHostPort(p.addr)) tls::expectPeerAt(hp->toString(), p.id);
+        }
         if (view_.world() > 0) {
           last_members_ = view_.ringIds();
         }

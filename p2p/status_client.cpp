@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "crypto/ca.h"
 #include "p2p/connection.h"
 #include "p2p/net.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::p2p {
 
@@ -21,7 +23,9 @@ Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
     tuneSocket(*sock.value(), Millis(0));
     Connection::Options copts;
     copts.name = "coordinator";
-    conn = Connection::create(io, std::make_unique<TcpStream>(std::move(*sock.value())), copts);
+    conn = Connection::create(
+        io, tls::wrap(std::move(*sock.value()), {tls::Role::kClient, crypto::kCoordinatorId}),
+        copts);
     conn->setFrameHandler([&](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       if (h.type == MsgType::kStatusReply) {
         auto v = decodeGroupView(payload);

@@ -1,6 +1,6 @@
 #pragma once
-// A reliable, ordered byte stream: plain TCP today, TLS (asio::ssl::stream) later. Everything
-// above works on this interface, so TLS slots in by adding one implementation here.
+// A reliable, ordered byte stream: plain TCP (TcpStream) or TLS 1.3 (p2p/tls_stream.h).
+// Everything above works on this interface; tls::wrap() picks the implementation.
 // All calls and completions happen on the owning network thread.
 
 #include <asio.hpp>
@@ -31,6 +31,11 @@ class Stream {
   virtual void setUserTimeout(Millis timeout) = 0;
   // The transport's smoothed round-trip time in seconds; 0 when it has none (TCP_INFO for TCP).
   virtual double rttSeconds() const { return 0; }
+  // The id in the far end's verified certificate; "" for plaintext, a client that presented
+  // none, or before the TLS handshake finished.
+  virtual std::string peerId() const { return {}; }
+  // Why the stream failed before carrying any data (a refused TLS handshake); "" otherwise.
+  virtual std::string failureReason() const { return {}; }
 };
 
 class TcpStream final : public Stream {

@@ -1,6 +1,6 @@
 // libFuzzer target for everything that parses bytes from the network: the frame decoder over a
-// stream of frames, every message decoder, and the all-reduce descriptor. Build with the `fuzz`
-// preset (clang):
+// stream of frames, every message decoder, the all-reduce descriptor and join strings. Build with
+// the `fuzz` preset (clang):
 //   cmake --preset fuzz && cmake --build build-fuzz && build-fuzz/tests/fuzz/loco_wire_fuzz
 //   -max_total_time=60
 #include <cstddef>
@@ -8,6 +8,8 @@
 #include <cstdlib>
 
 #include "collectives/descriptor.h"
+#include "crypto/token.h"
+#include "p2p/enroll.h"
 #include "p2p/frame.h"
 #include "p2p/messages.h"
 
@@ -98,6 +100,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kDialBackResult:
         (void)decodeDialBackResult(d.payload);
         break;
+      case MsgType::kEnroll:
+        (void)decodeEnroll(d.payload);
+        break;
+      case MsgType::kEnrollReply:
+        (void)decodeEnrollReply(d.payload);
+        break;
       default:
         break;
     }
@@ -109,6 +117,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodePeerReport(whole);
   (void)decodeDialBack(whole);
   (void)decodeDialBackResult(whole);
+  (void)decodeEnroll(whole);
+  (void)decodeEnrollReply(whole);
+  (void)crypto::parseJoinString(
+      std::string_view(reinterpret_cast<const char*>(whole.data()), whole.size()));
   (void)decodeRefused(whole);
   (void)decodeEvicted(whole);
   (void)decodeLinkHello(whole);
