@@ -31,9 +31,12 @@
 #include "cli/bench_gloo.h"
 #include "cli/commands.h"
 #include "cli/lab/net.h"
+#include "cli/tls_setup.h"
 #include "collectives/communicator.h"
+#include "crypto/ca.h"
 #include "crypto/identity.h"
 #include "p2p/status_client.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::cli {
 
@@ -195,6 +198,13 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   collectives::CommunicatorOptions o;
   o.coordinator = *coordinator;
   o.peer_id = crypto::randomHex(16);
+  // --tls on: the orchestrator issued a certificate for this worker's id (runOnce).
+  if (!flags.get("tls-dir").empty()) {
+    if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
+    o.peer_id = flags.get("peer-id");
+  } else {
+    p2p::tls::useInsecure();
+  }
   o.listen = *listen;
   o.streams = static_cast<std::uint32_t>(streams);
   auto algorithm = collectives::parseAllReduceAlgorithm(flags.get("algorithm"));
@@ -289,12 +299,25 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::filesystem::remove_all(dir, ec);
   };
   int port = 0;
+  const bool tls = flags.get("tls") == "on";
+  std::optional<crypto::RunCa> ca;
   if (!gloo) {
     auto coord_argv = hostArgv(1);
     for (std::string a : {exe, std::string("coordinator"), std::string("--listen"),
                           address(1) + ":0", std::string("--port-file"), dir + "/port",
                           std::string("--log-level"), std::string("warn")}) {
       coord_argv.push_back(a);
+    }
+    if (tls) {
+      auto made = crypto::RunCa::init(dir + "/ca", std::chrono::hours(24));
+      if (!made) {
+        cleanup();
+        return made.status();
+      }
+      ca = std::move(*made);
+      coord_argv.insert(coord_argv.end(), {"--ca", dir + "/ca"});
+    } else {
+      coord_argv.push_back("--insecure");
     }
     pids.push_back(spawnProcess(coord_argv, dir + "/coordinator.log"));
     for (int i = 0; i < 500 && port == 0; ++i) {
@@ -345,6 +368,15 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
       argv.push_back(a);
     }
     if (flags.getBool("topology-update")) argv.push_back("--topology-update");
+    if (ca) {
+      const std::string id = crypto::ephemeralIdentity().id;
+      const std::string tls_dir = fmt::format("{}/tls-{}", dir, r);
+      if (Status st = issueInto(*ca, id, tls_dir, std::chrono::hours(24)); !st.isOk()) {
+        cleanup();
+        return st;
+      }
+      argv.insert(argv.end(), {"--tls-dir", tls_dir, "--peer-id", id});
+    }
     if (gloo) {
       argv.push_back("--baseline-algo");
       argv.push_back(flags.get("baseline-algo"));
@@ -453,6 +485,12 @@ int runBenchAllReduce(const Args& args) {
         "start from ring order 1-2-…-N, time one all-reduce, let the coordinator reorder the ring "
         "by measured bandwidth, then time --iters more",
         "", true},
+       {"tls",
+        "on: TLS 1.3 with mutual authentication on every connection (a throwaway run CA); off: "
+        "plaintext",
+        "on"},
+       {"tls-dir", "internal: a worker's TLS material", ""},
+       {"peer-id", "internal: the id a worker's certificate carries", ""},
        {"worker", "internal: one peer of a run", "", true},
        {"impl", "internal: loco or gloo", "loco"},
        {"store", "internal: Gloo's rendezvous directory", ""},
@@ -480,6 +518,9 @@ int runBenchAllReduce(const Args& args) {
     auto mib = flags.getInt("mib", 1, 16384);
     if (!mib) return reportFailure(mib.status());
     bytes = static_cast<std::size_t>(*mib) << 20;
+  }
+  if (flags.get("tls") != "on" && flags.get("tls") != "off") {
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--tls takes on or off"));
   }
   if (flags.getBool("worker")) {
     if (flags.get("impl") == "gloo")
@@ -532,8 +573,9 @@ int runBenchAllReduce(const Args& args) {
         line += fmt::format(R"(,"candidates_p50_ms":{{{}}})", c);
       }
     } else {
-      line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f})", flags.get("algorithm"),
-                          run->cpu_ms);
+      line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f},"tls":{})",
+                          flags.get("algorithm"), run->cpu_ms,
+                          flags.get("tls") == "on" ? "true" : "false");
     }
     if (!gloo && !run->ring_before.empty()) {
       line += fmt::format(

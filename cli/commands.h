@@ -25,6 +25,8 @@ int runChaos(const Args& args);
 int runBenchAllReduce(const Args& args);
 int runBenchJoin(const Args& args);
 int runBenchTrain(const Args& args);
+int runCa(const Args& args);
+int runToken(const Args& args);
 
 // Shared plumbing for the commands.
 // Parses flags (printing usage on --help) and configures logging. Returns an exit code to stop

@@ -2,6 +2,7 @@
 
 #include <condition_variable>
 #include <csignal>
+#include <ctime>
 #include <future>
 #include <mutex>
 
@@ -12,6 +13,8 @@
 #include "cli/ops/http_server.h"
 #include "cli/ops/run_metrics.h"
 #include "cli/ops/status_json.h"
+#include "cli/tls_setup.h"
+#include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
 #include "p2p/runtime.h"
@@ -55,26 +58,33 @@ std::map<std::string, ops::HttpHandler> coordinatorRoutes(p2p::NetworkThread& ne
 }  // namespace
 
 int runCoordinator(const Args& args) {
+  std::vector<FlagSpec> specs{
+      {"listen", "HOST:PORT to accept peers on (port 0: any free port)", "0.0.0.0:7000"},
+      {"heartbeat-interval", "ms between heartbeats", "500"},
+      {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
+      {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
+      {"rebuild-window",
+       "ms to wait for a lost group's members before admitting those that came back "
+       "(default: heartbeat timeout + 4000)",
+       ""},
+      {"holder-wait",
+       "ms peers that hold less than the run reached wait, with no member left, for a "
+       "peer that holds it before the run goes on from what they hold",
+       "60000"},
+      {"port-file", "write the bound port to this file once listening", ""},
+      {"http",
+       "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
+       "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
+       ""},
+      {"http-port-file", "write the bound --http port to this file", ""},
+      {"cert-lifetime", "hours an enrolled peer's certificate is valid", "24"}};
+  for (auto& spec : securityFlagSpecs(/*with_ca=*/true)) specs.push_back(std::move(spec));
   Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
-              {{"listen", "HOST:PORT to accept peers on (port 0: any free port)", "0.0.0.0:7000"},
-               {"heartbeat-interval", "ms between heartbeats", "500"},
-               {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
-               {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
-               {"rebuild-window",
-                "ms to wait for a lost group's members before admitting those that came back "
-                "(default: heartbeat timeout + 4000)",
-                ""},
-               {"holder-wait",
-                "ms peers that hold less than the run reached wait, with no member left, for a "
-                "peer that holds it before the run goes on from what they hold",
-                "60000"},
-               {"port-file", "write the bound port to this file once listening", ""},
-               {"http",
-                "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
-                "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
-                ""},
-               {"http-port-file", "write the bound --http port to this file", ""}});
+              std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
+  if (Status st = setUpSecurity(flags, crypto::kCoordinatorId); !st.isOk()) {
+    return reportFailure(st);
+  }
 
   p2p::CoordinatorOptions opts;
   std::optional<p2p::HostPort> http;
@@ -97,6 +107,26 @@ int runCoordinator(const Args& args) {
   opts.heartbeat_timeout = Millis(*timeout);
   opts.handshake_timeout = Millis(*handshake);
   opts.holder_wait = Millis(*holder_wait);
+  if (!flags.get("ca").empty()) {
+    auto lifetime = flags.getInt("cert-lifetime", 1, 24 * 365);
+    if (!lifetime) return reportFailure(lifetime.status());
+    auto ca = crypto::RunCa::load(flags.get("ca"));
+    if (!ca) return reportFailure(ca.status());
+    LOG_INFO(kLogCoord, "TLS with the run CA sha256={}; enrolling peers with join tokens",
+             ca->fingerprint());
+    opts.enroll = [ca = std::move(*ca), hours = std::chrono::hours(*lifetime)](
+                      const p2p::EnrollMsg& m, const std::string&) -> Result<p2p::EnrollReplyMsg> {
+      if (!crypto::isValidPeerId(m.peer_id)) {
+        return Status(StatusCode::kInvalidArgument, "peer id must be 32 lowercase hex digits");
+      }
+      Status redeemed = crypto::TokenStore(ca.dir()).redeem(
+          m.token, static_cast<std::int64_t>(std::time(nullptr)));
+      if (!redeemed.isOk()) return redeemed;
+      auto cert = ca.issue(m.peer_id, m.public_key_pem, hours);
+      if (!cert) return cert.status();
+      return p2p::EnrollReplyMsg{*cert, ca.certPem()};
+    };
+  }
   if (flags.isSet("rebuild-window")) {
     auto window = flags.getInt("rebuild-window", 0, 3600000);
     if (!window) return reportFailure(window.status());

@@ -12,7 +12,9 @@
 
 #include "cli/commands.h"
 #include "cli/ops/doctor_checks.h"
+#include "cli/tls_setup.h"
 #include "cli/training_flags.h"
+#include "crypto/identity.h"
 #include "p2p/doctor_probe.h"
 #include "training/model_config.h"
 
@@ -36,9 +38,13 @@ int runDoctor(const Args& args) {
       {"coordinator-timeout", "(join's; ignored)", "600000"},
       {"http", "(join's; ignored)", ""}};
   for (auto& spec : trainingPeerFlagSpecs()) specs.push_back(std::move(spec));
+  for (auto& spec : securityFlagSpecs(/*with_ca=*/false)) specs.push_back(std::move(spec));
   Flags flags("doctor", "check whether this machine can join a run, and say how to fix it",
               std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "doctor"); rc >= 0) return rc;
+  if (Status st = setUpSecurity(flags, crypto::ephemeralIdentity().id); !st.isOk()) {
+    return reportFailure(st);
+  }
   auto timeout = flags.getInt("timeout", 100, 600000);
   if (!timeout) return reportFailure(timeout.status());
   auto listen = p2p::parseHostPort(flags.get("listen"), /*allow_port_zero=*/true);

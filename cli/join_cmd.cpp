@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <cstdlib>
 
 #include <atomic>
 #include <condition_variable>
@@ -12,8 +13,10 @@
 #include "cli/join_train.h"
 #include "cli/ops/http_server.h"
 #include "cli/ops/status_json.h"
+#include "cli/tls_setup.h"
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
+#include "crypto/token.h"
 #include "p2p/base/log.h"
 #include "p2p/base/text.h"
 #include "p2p/link.h"
@@ -100,14 +103,37 @@ int runJoin(const Args& args) {
        "on this machine)",
        ""}};
   for (auto& spec : trainingPeerFlagSpecs()) specs.push_back(std::move(spec));
+  for (auto& spec : securityFlagSpecs(/*with_ca=*/false)) specs.push_back(std::move(spec));
+  specs.push_back({"join-token",
+                   "join token for enrolling (prefer LOCO_JOIN_TOKEN or --token-file: a flag "
+                   "shows in ps)",
+                   ""});
+  specs.push_back({"token-file", "file holding the join token (mode 0600)", ""});
   Flags flags("join", "join a training run as a peer (trains unless --idle)", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "peer"); rc >= 0) return rc;
 
-  if (!flags.isSet("coordinator")) {
-    return reportFailure(Status(StatusCode::kInvalidArgument,
-                                "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));
+  // A join string (loco://HOST:PORT#sha256=...) pins the run CA and may carry the token.
+  std::string coordinator_text = flags.get("coordinator");
+  if (coordinator_text.empty() && flags.positional().size() == 1) {
+    coordinator_text = flags.positional()[0];
   }
-  auto coordinators = p2p::parseHostPortList(flags.get("coordinator"));
+  if (coordinator_text.empty()) {
+    return reportFailure(Status(
+        StatusCode::kInvalidArgument,
+        "a join string (loco://...) or --coordinator HOST:PORT (LOCO_COORDINATOR) is required"));
+  }
+  std::optional<crypto::JoinString> join;
+  if (crypto::looksLikeJoinString(coordinator_text)) {
+    auto j = crypto::parseJoinString(coordinator_text);
+    if (!j) return reportFailure(j.status());
+    if (flags.getBool("insecure")) {
+      return reportFailure(Status(StatusCode::kInvalidArgument,
+                                  "a join string is for TLS runs; --insecure contradicts it"));
+    }
+    join = *j;
+    coordinator_text = p2p::HostPort{j->host, j->port}.toString();
+  }
+  auto coordinators = p2p::parseHostPortList(coordinator_text);
   if (!coordinators) return reportFailure(coordinators.status().withContext("--coordinator"));
   const p2p::HostPort& coordinator = coordinators->front();
   auto listen = p2p::parseHostPort(flags.get("listen"), true);
@@ -129,9 +155,31 @@ int runJoin(const Args& args) {
     http = *h;
   }
 
+  // Enrolling writes our key and certificate next to the identity they bind.
+  std::string tls_dir = flags.get("tls-dir");
+  std::string identity_path = flags.get("identity");
+  Args extra_args;  // for loco-train, so that it finds what we enrolled
+  if (join) {
+    if (tls_dir.empty()) {
+      if (!identity_path.empty()) {
+        tls_dir = identity_path + ".tls";
+      } else {
+        std::string tmpl = "/tmp/loco-join-XXXXXX";
+        if (::mkdtemp(tmpl.data()) == nullptr) {
+          return reportFailure(Status(StatusCode::kIoError, "cannot create a TLS directory"));
+        }
+        tls_dir = tmpl;
+      }
+      extra_args.insert(extra_args.end(), {"--tls-dir", tls_dir});
+    }
+    if (identity_path.empty()) {
+      identity_path = tls_dir + "/identity";
+      extra_args.insert(extra_args.end(), {"--identity", identity_path});
+    }
+  }
   crypto::PeerIdentity identity;
-  if (flags.isSet("identity")) {
-    auto loaded = crypto::loadOrCreateIdentity(flags.get("identity"));
+  if (!identity_path.empty()) {
+    auto loaded = crypto::loadOrCreateIdentity(identity_path);
     if (!loaded) return reportFailure(loaded.status());
     identity = *loaded;
   } else {
@@ -140,6 +188,20 @@ int runJoin(const Args& args) {
   auto level = parseLogLevel(flags.get("log-level"));
   auto format = parseLogFormat(flags.get("log-format"));
   configureLogging(*level, *format, "peer " + shortId(identity.id));
+  if (join) {
+    if (!tlsDirUsable(tls_dir, identity.id, join->ca_fingerprint, std::chrono::hours(1))) {
+      auto token = joinToken(flags, *join);
+      if (!token) return reportFailure(token.status());
+      LOG_INFO(kLogPeer, "enrolling with {} (run CA sha256={}...)", coordinator_text,
+               join->ca_fingerprint.substr(0, 16));
+      Status enrolled = enrollInto(*join, *token, identity.id, tls_dir,
+                                   Deadline::after(Millis(*connect_timeout)));
+      if (!enrolled.isOk()) return reportFailure(enrolled);
+    }
+    if (Status st = useTlsDir(tls_dir); !st.isOk()) return reportFailure(st);
+  } else if (Status st = setUpSecurity(flags, identity.id); !st.isOk()) {
+    return reportFailure(st);
+  }
 
   p2p::raiseFileLimit();
   if (!flags.getBool("idle")) {
@@ -156,6 +218,7 @@ int runJoin(const Args& args) {
 #else
     Args command{"join"};
     command.insert(command.end(), args.begin(), args.end());
+    command.insert(command.end(), extra_args.begin(), extra_args.end());
     return execTrainingBinary(command);
 #endif
   }
@@ -235,12 +298,12 @@ int runJoin(const Args& args) {
   std::unique_ptr<ops::HttpServer> http_server;  // declared after the client: goes first
   if (http) {
     auto routes = ops::baseRoutes([] { return std::string(); });  // alive while it answers
-    routes["/api/status"] = [&client, &identity, &flags] {
+    routes["/api/status"] = [&client, &identity, &coordinator_text] {
       ops::PeerStatus s;
       s.id = identity.id;
       s.role = "idle peer";
       s.state = membershipStateName(client.state());
-      s.coordinator = flags.get("coordinator");
+      s.coordinator = coordinator_text;
       const auto view = client.view();
       s.epoch = view.epoch;
       s.world = view.world();
@@ -251,8 +314,8 @@ int runJoin(const Args& args) {
     http_server = std::move(server.value());
   }
 
-  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", flags.get("coordinator"),
-           advertise, *streams);
+  LOG_INFO(kLogPeer, "joining via {} (advertising {}, {} streams)", coordinator_text, advertise,
+           *streams);
   Status joined = client.join(Deadline::after(Millis(*connect_timeout)));
   if (!joined.isOk()) {
     if (joined.code() == StatusCode::kAborted) return finish(0);

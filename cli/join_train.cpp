@@ -133,8 +133,8 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   std::unique_ptr<ops::HttpServer> http_server;
   if (setup.http) {
     ops::describeRunMetrics(/*coordinator=*/false);
-    auto server =
-        ops::HttpServer::start(*setup.http, peerRoutes(live, setup, flags.get("coordinator")));
+    auto server = ops::HttpServer::start(
+        *setup.http, peerRoutes(live, setup, setup.coordinators.front().toString()));
     if (!server) {
       if (metrics) std::fclose(metrics);
       return reportFailure(server.status());

@@ -41,10 +41,13 @@
 #include "cli/lab/cgroup.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
+#include "cli/tls_setup.h"
 #include "cli/training_flags.h"
+#include "crypto/ca.h"
 #include "crypto/identity.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
+#include "p2p/tls_stream.h"
 #include "training/text_data.h"
 
 namespace loco::cli {
@@ -108,6 +111,9 @@ struct Swarm {
   uv_timer_t timer{};
   uv_signal_t sigint{}, sigterm{};
   std::string exe, out_dir;
+  // TLS (ARCHITECTURE.md §10): a throwaway run CA in out_dir/ca; every child gets a certificate
+  // for its identity. Unset with --insecure.
+  std::optional<crypto::RunCa> ca;
   int peers = 4;
   Millis hold{2000};
   Millis deadline_after{60000};
@@ -233,6 +239,20 @@ Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::s
   if (s.lab) full = lab::inHost(*s.lab, s.hostOf(index));
   full.push_back(s.exe);
   full.insert(full.end(), args.begin(), args.end());
+  if (!s.ca) {
+    full.push_back("--insecure");
+  } else if (index == 0 || args.front() == "coordinator") {
+    full.insert(full.end(), {"--ca", s.ca->dir()});
+  } else {
+    // The child reads the same identity file; its certificate must carry that id.
+    auto ident = crypto::loadOrCreateIdentity(fmt::format("{}/{}.id", s.out_dir, child.name));
+    if (!ident) return ident.status();
+    const std::string dir = fmt::format("{}/tls/{}", s.out_dir, child.name);
+    if (Status st = issueInto(*s.ca, ident->id, dir, std::chrono::hours(24 * 7)); !st.isOk()) {
+      return st;
+    }
+    full.insert(full.end(), {"--tls-dir", dir});
+  }
   std::vector<char*> argv;
   for (auto& a : full) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -875,6 +895,8 @@ int runLocal(const Args& args) {
   std::vector<FlagSpec> specs{
       {"peers", "number of peers", "4"},
       {"out", "directory for logs, identities, run.jsonl and plots", "loco-local"},
+      {"insecure", "plaintext connections (default: TLS with a throwaway run CA in --out/ca)", "",
+       true},
       {"idle", "membership demo instead of training: all join, one leaves, all stop", "", true},
       {"hold-ms", "--idle: ms to keep the full group before one peer leaves", "2000"},
       {"timeout-ms",
@@ -998,6 +1020,25 @@ int runLocal(const Args& args) {
     return reportFailure(
         Status(StatusCode::kIoError,
                fmt::format("cannot create --out directory {}: {}", s.out_dir, ec.message())));
+  }
+  if (flags.getBool("insecure")) {
+    p2p::tls::useInsecure();
+  } else {
+    // A throwaway CA (made on the first run in this --out), and a certificate for this
+    // process's own status requests.
+    const std::string ca_dir = s.out_dir + "/ca";
+    auto ca = std::filesystem::exists(ca_dir + "/ca.key")
+                  ? crypto::RunCa::load(ca_dir)
+                  : crypto::RunCa::init(ca_dir, std::chrono::hours(24 * 30));
+    if (!ca) return reportFailure(ca.status());
+    s.ca = std::move(*ca);
+    std::filesystem::create_directories(s.out_dir + "/tls");
+    const std::string self_dir = s.out_dir + "/tls/local";
+    if (Status st =
+            issueInto(*s.ca, crypto::ephemeralIdentity().id, self_dir, std::chrono::hours(24 * 7));
+        !st.isOk() || !(st = useTlsDir(self_dir)).isOk()) {
+      return reportFailure(st);
+    }
   }
   ::unlink((s.out_dir + "/coordinator.port").c_str());
   ::unlink((s.out_dir + "/standby.port").c_str());

@@ -41,6 +41,8 @@ void printUsage(FILE* out) {
       "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
       "  doctor       check whether this machine can join a run, and how to fix what is wrong\n"
       "  chaos        train in a lab under a schedule of faults; check invariants; report\n"
+      "  ca           `loco ca init --dir D`: a run's certificate authority (TLS)\n"
+      "  token        `loco token create|revoke|list --ca D`: join tokens and join strings\n"
       "  version      print the version and the accelerator in use\n",
       out);
 }
@@ -74,6 +76,8 @@ int main(int argc, char** argv) {
   if (cmd == "lab") return runLab(args);
   if (cmd == "doctor") return runDoctor(args);
   if (cmd == "chaos") return runChaos(args);
+  if (cmd == "ca") return runCa(args);
+  if (cmd == "token") return runToken(args);
   if (cmd == "version" || cmd == "--version") {
     std::printf("loco %s\naccelerator: %s\n", LOCO_VERSION,
                 loco::collectives::accelerator().description.c_str());

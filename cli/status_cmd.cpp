@@ -3,6 +3,8 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/tls_setup.h"
+#include "crypto/identity.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
 
@@ -83,14 +85,18 @@ std::string toTable(const p2p::GroupView& v) {
 }  // namespace
 
 int runStatus(const Args& args) {
-  Flags flags("status", "show a run's membership as the coordinator sees it",
-              {{"coordinator",
-                "HOST:PORT of the run's coordinator (a comma-separated list: the first that "
-                "answers)",
-                ""},
-               {"json", "print one JSON object instead of a table", "", true},
-               {"timeout", "ms to wait for the coordinator's answer", "5000"}});
+  std::vector<FlagSpec> specs{
+      {"coordinator",
+       "HOST:PORT of the run's coordinator (a comma-separated list: the first that answers)", ""},
+      {"json", "print one JSON object instead of a table", "", true},
+      {"timeout", "ms to wait for the coordinator's answer", "5000"}};
+  for (auto& spec : securityFlagSpecs(/*with_ca=*/true)) specs.push_back(std::move(spec));
+  Flags flags("status", "show a run's membership as the coordinator sees it", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "status"); rc >= 0) return rc;
+  // A TLS run answers only its own certificates: --ca signs a throwaway one for this request.
+  if (Status st = setUpSecurity(flags, crypto::ephemeralIdentity().id); !st.isOk()) {
+    return reportFailure(st);
+  }
   if (!flags.isSet("coordinator")) {
     return reportFailure(Status(StatusCode::kInvalidArgument,
                                 "--coordinator HOST:PORT (or LOCO_COORDINATOR) is required"));

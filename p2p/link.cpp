@@ -376,7 +376,11 @@ void LinkListener::accept() {
       onHello(c, payload, h.epoch);
     });
     conn->setCloseHandler([this, raw = conn.get()](const Status& why) {
-      LOG_DEBUG(kLogP2p, "link stream closed during handshake: {}", why.message());
+      if (why.code() == StatusCode::kUnauthenticated) {
+        LOG_WARN(kLogP2p, "link stream refused: {}", why.message());
+      } else {
+        LOG_DEBUG(kLogP2p, "link stream closed during handshake: {}", why.message());
+      }
       handshaking_.erase(std::remove_if(handshaking_.begin(), handshaking_.end(),
                                         [&](const auto& c) { return c.get() == raw; }),
                          handshaking_.end());

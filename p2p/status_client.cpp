@@ -30,6 +30,10 @@ Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
       if (h.type == MsgType::kStatusReply) {
         auto v = decodeGroupView(payload);
         result = v ? Result<GroupView>(std::move(v.value())) : Result<GroupView>(v.status());
+      } else if (h.type == MsgType::kRefused) {
+        auto r = decodeRefused(payload);
+        result = Status(r ? r->code : StatusCode::kProtocolError,
+                        r ? "refused: " + r->reason : r.status().message());
       } else {
         result = Status(StatusCode::kProtocolError,
                         fmt::format("unexpected {} reply", msgTypeName(h.type)));
@@ -56,6 +60,67 @@ Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
                   fmt::format("no status reply from {}", coordinator.toString()));
   if (!result->isOk())
     return result->status().withContext(fmt::format("status from {}", coordinator.toString()));
+  return std::move(*result);
+}
+
+}  // namespace loco::p2p
+
+namespace loco::p2p {
+
+Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string& ca_fingerprint,
+                                  const EnrollMsg& request, Deadline deadline) {
+  auto eps = resolve(coordinator);
+  if (!eps) return eps.status().withContext("join string");
+  asio::io_context io;
+  std::optional<Result<EnrollReplyMsg>> result;
+  std::shared_ptr<Connection> conn;
+  asyncConnect(io, eps.value(), deadline, [&](auto sock) {
+    if (!sock) {
+      result = sock.status();
+      return;
+    }
+    tuneSocket(*sock.value(), Millis(0));
+    Connection::Options copts;
+    copts.name = "coordinator (enrolling)";
+    copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
+    conn = Connection::create(io, tls::wrapPinned(std::move(*sock.value()), ca_fingerprint), copts);
+    conn->setFrameHandler([&](const FrameHeader& h, std::vector<std::uint8_t> payload) {
+      if (h.type == MsgType::kEnrollReply) {
+        auto r = decodeEnrollReply(payload);
+        result =
+            r ? Result<EnrollReplyMsg>(std::move(r.value())) : Result<EnrollReplyMsg>(r.status());
+      } else if (h.type == MsgType::kRefused) {
+        auto r = decodeRefused(payload);
+        result = Status(
+            r ? r->code : StatusCode::kProtocolError,
+            r ? "the coordinator refused to enroll this peer: " + r->reason : r.status().message());
+      } else {
+        result = Status(StatusCode::kProtocolError,
+                        fmt::format("unexpected {} reply", msgTypeName(h.type)));
+      }
+      conn->close(Status());
+    });
+    conn->setCloseHandler([&](const Status& why) {
+      if (!result)
+        result = why.isOk() ? Status(StatusCode::kPeerLost, "closed without a reply") : why;
+    });
+    conn->start();
+    // Queued behind the handshake: written only once the pinned CA checked out.
+    conn->send(MsgType::kEnroll, encodeEnroll(request));
+  });
+  while (!result && !deadline.expired()) {
+    io.run_for(std::min<Clock::duration>(deadline.remaining(), Millis(50)));
+    if (io.stopped()) io.restart();
+  }
+  if (conn) {
+    conn->setCloseHandler(nullptr);
+    conn->close(Status());
+  }
+  if (!result)
+    return Status(StatusCode::kTimeout,
+                  fmt::format("no enrollment reply from {}", coordinator.toString()));
+  if (!result->isOk())
+    return result->status().withContext(fmt::format("enrolling with {}", coordinator.toString()));
   return std::move(*result);
 }
 

@@ -13,3 +13,17 @@ namespace loco::p2p {
 Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline);
 
 }  // namespace loco::p2p
+
+#include "p2p/enroll.h"
+
+namespace loco::p2p {
+
+// Enrolls with a coordinator (ARCHITECTURE.md §10): TLS without a certificate of our own, the
+// coordinator accepted only if its chain holds the CA pinned by `ca_fingerprint` (refused before
+// anything is sent otherwise); sends `request`, returns the signed certificate and the CA.
+// Blocking, like fetchStatus. kUnauthenticated: the pin does not match, or the coordinator
+// refused the token (its reason).
+Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string& ca_fingerprint,
+                                  const EnrollMsg& request, Deadline deadline);
+
+}  // namespace loco::p2p

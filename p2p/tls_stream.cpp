@@ -282,9 +282,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
     state = State::kFailed;
     failure = std::move(why);
     failure_ec = ec ? ec : asio::error::access_denied;
-    if (options.role == Role::kServer && failure_ec != asio::error::operation_aborted) {
-      LOG_INFO(kLogP2p, "TLS connection from {} refused: {}", remote(), failure);
-    }
+    // The owner logs the refusal once, with its own context (coordinator, link listener).
     std::error_code ignored;
     socket().close(ignored);
     pending_read = nullptr;
@@ -293,12 +291,6 @@ struct Impl : std::enable_shared_from_this<Impl> {
     auto ex = socket().get_executor();
     if (auto r = std::move(pending_read_fail)) asio::post(ex, [r, ec = failure_ec] { r(ec); });
     if (auto w = std::move(pending_write_fail)) asio::post(ex, [w, ec = failure_ec] { w(ec); });
-  }
-
-  std::string remote() {
-    std::error_code ec;
-    auto ep = socket().remote_endpoint(ec);
-    return ec ? "?" : endpointString(ep);
   }
 };
 

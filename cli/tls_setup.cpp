@@ -1,0 +1,164 @@
+#include "cli/tls_setup.h"
+
+#include <sys/stat.h>
+
+#include <fmt/format.h>
+
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "crypto/identity.h"
+#include "p2p/address.h"
+#include "p2p/status_client.h"
+#include "p2p/tls_stream.h"
+
+namespace loco::cli {
+namespace {
+
+std::int64_t nowUnix() {
+  return static_cast<std::int64_t>(std::time(nullptr));
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+Status writeDir(const std::string& dir, const std::string& key_pem, const std::string& cert_pem,
+                const std::string& ca_pem) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status(StatusCode::kIoError, fmt::format("cannot create {}", dir));
+  }
+  for (auto [name, text] : {std::pair{"/key.pem", &key_pem}, std::pair{"/cert.pem", &cert_pem},
+                            std::pair{"/ca.pem", &ca_pem}}) {
+    if (Status st = crypto::writePrivateFile(dir + name, *text); !st.isOk()) return st;
+  }
+  return Status();
+}
+
+}  // namespace
+
+std::vector<FlagSpec> securityFlagSpecs(bool with_ca) {
+  std::vector<FlagSpec> specs{
+      {"insecure",
+       "plaintext, unauthenticated connections (every side of a run must agree); logs a warning",
+       "", true},
+      {"tls-dir", "directory with this process's TLS material: ca.pem, cert.pem, key.pem (0600)",
+       ""}};
+  if (with_ca) {
+    specs.push_back({"ca",
+                     "the run CA's directory (loco ca init): TLS with a certificate signed on the "
+                     "spot; the coordinator also enrolls peers presenting join tokens",
+                     ""});
+  }
+  return specs;
+}
+
+Status setUpSecurity(const Flags& flags, const std::string& self_id) {
+  const bool insecure = flags.getBool("insecure");
+  const bool has_ca = flags.isSet("ca") && !flags.get("ca").empty();
+  const bool has_dir = flags.isSet("tls-dir") && !flags.get("tls-dir").empty();
+  if (insecure && (has_ca || has_dir)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--insecure together with TLS material (--ca/--tls-dir): choose one");
+  }
+  if (insecure) {
+    p2p::tls::useInsecure();
+    return Status();
+  }
+  p2p::tls::Credentials cr;
+  if (has_ca) {
+    auto ca = crypto::RunCa::load(flags.get("ca"));
+    if (!ca) return ca.status();
+    auto key = crypto::generateKeyPem();
+    if (!key) return key.status();
+    auto pub = crypto::publicKeyPem(*key);
+    if (!pub) return pub.status();
+    auto cert = ca->issue(self_id, *pub, std::chrono::hours(24 * 7));
+    if (!cert) return cert.status();
+    cr = {ca->certPem(), *cert, *key};
+  } else if (has_dir) {
+    return useTlsDir(flags.get("tls-dir"));
+  } else {
+    return Status(StatusCode::kInvalidArgument,
+                  "connections are TLS: give a join string (loco://...), --tls-dir or --ca; or "
+                  "--insecure (LOCO_INSECURE=1) on every side for plaintext");
+  }
+  Status st = p2p::tls::use(cr);
+  if (!st.isOk()) return st.withContext("TLS setup");
+  return Status();
+}
+
+Status useTlsDir(const std::string& dir) {
+  auto key = crypto::readPrivateFile(dir + "/key.pem");
+  if (!key) return key.status().withContext("TLS directory");
+  Status st = p2p::tls::use({readFile(dir + "/ca.pem"), readFile(dir + "/cert.pem"), *key});
+  if (!st.isOk()) return st.withContext(fmt::format("TLS material in {}", dir));
+  return Status();
+}
+
+Status issueInto(const crypto::RunCa& ca, const std::string& id, const std::string& dir,
+                 std::chrono::seconds lifetime) {
+  auto key = crypto::generateKeyPem();
+  if (!key) return key.status();
+  auto pub = crypto::publicKeyPem(*key);
+  if (!pub) return pub.status();
+  auto cert = ca.issue(id, *pub, lifetime);
+  if (!cert) return cert.status();
+  return writeDir(dir, *key, *cert, ca.certPem());
+}
+
+bool tlsDirUsable(const std::string& dir, const std::string& id, const std::string& ca_fingerprint,
+                  std::chrono::seconds margin) {
+  const std::string ca_pem = readFile(dir + "/ca.pem");
+  auto fp = crypto::certificateFingerprint(ca_pem);
+  if (!fp || *fp != ca_fingerprint) return false;
+  auto got = crypto::verifyCertificate(readFile(dir + "/cert.pem"), ca_pem,
+                                       nowUnix() + static_cast<std::int64_t>(margin.count()));
+  return got && *got == id && crypto::readPrivateFile(dir + "/key.pem").isOk();
+}
+
+Status enrollInto(const crypto::JoinString& join, const std::string& token, const std::string& id,
+                  const std::string& dir, Deadline deadline) {
+  if (token.empty()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "joining needs a token: in the join string (?token=), LOCO_JOIN_TOKEN or "
+                  "--token-file");
+  }
+  auto key = crypto::generateKeyPem();
+  if (!key) return key.status();
+  auto pub = crypto::publicKeyPem(*key);
+  if (!pub) return pub.status();
+  auto reply = p2p::enrollWith(p2p::HostPort{join.host, join.port}, join.ca_fingerprint,
+                               p2p::EnrollMsg{token, id, *pub}, deadline);
+  if (!reply) return reply.status();
+  // Trust only what the pin vouches for.
+  auto fp = crypto::certificateFingerprint(reply->ca_pem);
+  if (!fp || *fp != join.ca_fingerprint) {
+    return Status(StatusCode::kUnauthenticated,
+                  "the coordinator sent a CA that does not match the join string's pin");
+  }
+  auto got = crypto::verifyCertificate(reply->cert_pem, reply->ca_pem, nowUnix());
+  if (!got || *got != id) {
+    return Status(StatusCode::kUnauthenticated,
+                  "the coordinator sent a certificate that is not ours");
+  }
+  return writeDir(dir, *key, reply->cert_pem, reply->ca_pem);
+}
+
+Result<std::string> joinToken(const Flags& flags, const crypto::JoinString& join) {
+  if (flags.isSet("join-token") && !flags.get("join-token").empty()) return flags.get("join-token");
+  if (flags.isSet("token-file") && !flags.get("token-file").empty()) {
+    auto text = crypto::readPrivateFile(flags.get("token-file"));
+    if (!text) return text.status().withContext("--token-file");
+    std::string t = *text;
+    while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
+    return t;
+  }
+  return join.token;
+}
+
+}  // namespace loco::cli
