@@ -1,0 +1,190 @@
+// TLS with real processes (ARCHITECTURE.md §10): a run CA, join tokens and join strings, and the
+// attacks that must fail. Each test starts its own coordinator on 127.0.0.1 and kills every
+// process it started (tests/support/process.h). Registered without LOCO_INSECURE.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <regex>
+#include <string>
+#include <thread>
+
+#include "tests/support/lab.h"
+#include "tests/support/process.h"
+#include "tests/support/training_run.h"
+
+namespace loco::testing {
+namespace {
+
+// A TLS coordinator with a fresh CA in dir/ca.
+struct SecureRun {
+  explicit SecureRun(const TempDir& d) : dir(d) {
+    EXPECT_EQ(loco(dir, {"ca", "init", "--dir", dir.file("ca")}).code, 0);
+    coordinator = std::make_unique<Process>(
+        std::vector<std::string>{"coordinator", "--ca", dir.file("ca"), "--listen", "127.0.0.1:0",
+                                 "--port-file", dir.file("coord.port"), "--heartbeat-interval",
+                                 "200", "--heartbeat-timeout", "2000"},
+        dir.file("coordinator.log"));
+    EXPECT_TRUE(eventually(milliseconds(10000), [&] {
+      port = std::atoi(readFile(dir.file("coord.port")).c_str());
+      return port > 0;
+    })) << coordinator->log();
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+  // A join string from `loco token create` (the last line of its output).
+  std::string joinString(std::vector<std::string> extra = {}) const {
+    std::vector<std::string> args{"token",        "create",        "--ca",
+                                  dir.file("ca"), "--coordinator", address()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = loco(dir, args);
+    EXPECT_EQ(r.code, 0) << r.out;
+    std::smatch m;
+    static const std::regex re(R"((loco://\S+))");
+    EXPECT_TRUE(std::regex_search(r.out, m, re)) << r.out;
+    return m.size() > 1 ? m[1].str() : "";
+  }
+  const TempDir& dir;
+  std::unique_ptr<Process> coordinator;
+  int port = 0;
+};
+
+// An idle peer logs each view; once it is a member, a view counts it and has nobody pending.
+bool isMember(const std::string& log) {
+  static const std::regex member(R"(membership epoch=\d+ world=[1-9]\d* pending=0)");
+  return std::regex_search(log, member);
+}
+
+std::vector<std::string> idleJoin(const std::string& target, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args{"join",
+                                "--idle",
+                                target,
+                                "--listen",
+                                "127.0.0.1:0",
+                                "--connect-timeout",
+                                "5000",
+                                "--coordinator-timeout",
+                                "0"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+TEST(Tls, JoinStringEnrollsOnceAndUsedUpExpiredRevokedTokensAreRefused) {
+  TempDir dir;
+  SecureRun run(dir);
+  const std::string join = run.joinString({"--uses", "1"});
+  Process peer(idleJoin(join, {"--identity", dir.file("a.id")}), dir.file("peer-a.log"));
+  ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(peer.log()); })) << peer.log();
+
+  auto again = loco(dir, idleJoin(join));
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.out.find("used up"), std::string::npos) << again.out;
+
+  const std::string expiring = run.joinString({"--expires", "1s"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  auto expired = loco(dir, idleJoin(expiring));
+  EXPECT_NE(expired.code, 0);
+  EXPECT_NE(expired.out.find("expired"), std::string::npos) << expired.out;
+
+  const std::string revoked = run.joinString();
+  const std::string token = revoked.substr(revoked.find("token=") + 6);
+  ASSERT_EQ(loco(dir, {"token", "revoke", "--ca", dir.file("ca"), token}).code, 0);
+  auto r = loco(dir, idleJoin(revoked));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("revoked"), std::string::npos) << r.out;
+  // The token never shows in the coordinator's log.
+  EXPECT_EQ(run.coordinator->log().find(token), std::string::npos);
+  // The enrolled peer stayed a member through all of it.
+  EXPECT_TRUE(peer.running()) << peer.log();
+}
+
+TEST(Tls, AnUnpinnedCoordinatorIsRefusedBeforeTheTokenIsSent) {
+  TempDir dir;
+  SecureRun run(dir);
+  const std::string join = run.joinString({"--uses", "1"});
+  ASSERT_EQ(loco(dir, {"ca", "init", "--dir", dir.file("other")}).code, 0);
+  auto other =
+      loco(dir, {"token", "create", "--ca", dir.file("other"), "--coordinator", run.address()});
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(other.out, m, std::regex(R"(sha256=([0-9a-f]{64}))")));
+  // The real token, pinned to another CA: as if a man in the middle answered.
+  std::string pinned_elsewhere = join;
+  pinned_elsewhere.replace(pinned_elsewhere.find("sha256=") + 7, 64, m[1].str());
+  auto refused = loco(dir, idleJoin(pinned_elsewhere));
+  EXPECT_NE(refused.code, 0);
+  EXPECT_NE(refused.out.find("does not chain to the pinned CA"), std::string::npos) << refused.out;
+  // Nothing was sent: the one-use token is still unused and works.
+  auto list = loco(dir, {"token", "list", "--ca", dir.file("ca")});
+  EXPECT_NE(list.out.find("uses=0/1"), std::string::npos) << list.out;
+  Process peer(idleJoin(join), dir.file("peer.log"));
+  EXPECT_TRUE(eventually(milliseconds(15000), [&] { return isMember(peer.log()); })) << peer.log();
+}
+
+TEST(Tls, AStolenCertificateCannotRegisterUnderAnotherId) {
+  TempDir dir;
+  SecureRun run(dir);
+  {
+    Process peer(idleJoin(run.joinString(), {"--identity", dir.file("a.id")}),
+                 dir.file("peer-a.log"));
+    ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(peer.log()); }))
+        << peer.log();
+  }
+  // a.id.tls holds peer a's key and certificate; another identity presents them.
+  auto stolen = loco(dir, {"join", "--idle", "--coordinator", run.address(), "--tls-dir",
+                           dir.file("a.id.tls"), "--identity", dir.file("b.id"), "--listen",
+                           "127.0.0.1:0", "--connect-timeout", "5000"});
+  EXPECT_NE(stolen.code, 0);
+  EXPECT_NE(stolen.out.find("the certificate is for"), std::string::npos) << stolen.out;
+}
+
+TEST(Tls, PlaintextAndTlsDoNotMixAndSayWhy) {
+  TempDir dir;
+  SecureRun run(dir);
+  auto plain = loco(dir, idleJoin(run.address(), {"--insecure"}));
+  EXPECT_NE(plain.code, 0);
+  EXPECT_NE(plain.out.find("requires TLS"), std::string::npos) << plain.out;
+  auto no_material = loco(dir, idleJoin(run.address()));
+  EXPECT_EQ(no_material.code, 2);
+  EXPECT_NE(no_material.out.find("--insecure"), std::string::npos) << no_material.out;
+
+  // The reverse: a TLS peer against a plaintext coordinator.
+  {
+    Process peer(idleJoin(run.joinString(), {"--identity", dir.file("a.id")}),
+                 dir.file("peer-a.log"));
+    ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(peer.log()); }))
+        << peer.log();
+  }
+  Process plain_coord({"coordinator", "--insecure", "--listen", "127.0.0.1:0", "--port-file",
+                       dir.file("plain.port")},
+                      dir.file("plain.log"));
+  int port = 0;
+  ASSERT_TRUE(eventually(milliseconds(10000), [&] {
+    port = std::atoi(readFile(dir.file("plain.port")).c_str());
+    return port > 0;
+  }));
+  auto tls_peer = loco(dir, {"join", "--idle", "--coordinator", "127.0.0.1:" + std::to_string(port),
+                             "--tls-dir", dir.file("a.id.tls"), "--identity", dir.file("a.id"),
+                             "--listen", "127.0.0.1:0", "--connect-timeout", "3000"});
+  EXPECT_NE(tls_peer.code, 0);
+  EXPECT_NE(tls_peer.out.find("TLS handshake"), std::string::npos) << tls_peer.out;
+  EXPECT_TRUE(eventually(milliseconds(5000), [&] {
+    return plain_coord.log().find("a TLS client reached this plaintext") != std::string::npos;
+  })) << plain_coord.log();
+}
+
+TEST(Tls, LocalTrainsOverTlsByDefault) {
+  TempDir dir;
+  auto flags = tiny(writeCorpus(dir));
+  std::vector<std::string> args{"local", "--out", dir.file("run")};
+  args.insert(args.end(), flags.begin(), flags.end());
+  for (std::string f : {"--peers", "2", "--steps", "20", "--inner-steps", "10"}) args.push_back(f);
+  Process p(args, dir.file("local.log"));
+  auto rc = p.waitExit(milliseconds(240000));
+  ASSERT_EQ(rc.value_or(-1), 0) << p.log();
+  EXPECT_NE(readFile(dir.file("run/coordinator.log")).find("TLS with the run CA"),
+            std::string::npos);
+  EXPECT_FALSE(readFile(dir.file("run/tls/peer-1/cert.pem")).empty());
+  EXPECT_EQ(readFile(dir.file("run/peer-1.log")).find("--insecure"), std::string::npos);
+  EXPECT_EQ(readJsonl(dir.file("run/run.jsonl")).size(), 3u) << p.log();
+}
+
+}  // namespace
+}  // namespace loco::testing
