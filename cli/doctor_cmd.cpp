@@ -42,7 +42,8 @@ int runDoctor(const Args& args) {
   Flags flags("doctor", "check whether this machine can join a run, and say how to fix it",
               std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "doctor"); rc >= 0) return rc;
-  if (Status st = setUpSecurity(flags, crypto::ephemeralIdentity().id); !st.isOk()) {
+  if (Status st = setUpSecurity(flags, crypto::ephemeralIdentity().id, /*warn_insecure=*/false);
+      !st.isOk()) {
     return reportFailure(st);
   }
   auto timeout = flags.getInt("timeout", 100, 600000);

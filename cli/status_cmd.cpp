@@ -94,7 +94,8 @@ int runStatus(const Args& args) {
   Flags flags("status", "show a run's membership as the coordinator sees it", std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "status"); rc >= 0) return rc;
   // A TLS run answers only its own certificates: --ca signs a throwaway one for this request.
-  if (Status st = setUpSecurity(flags, crypto::ephemeralIdentity().id); !st.isOk()) {
+  if (Status st = setUpSecurity(flags, crypto::ephemeralIdentity().id, /*warn_insecure=*/false);
+      !st.isOk()) {
     return reportFailure(st);
   }
   if (!flags.isSet("coordinator")) {

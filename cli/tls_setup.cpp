@@ -57,7 +57,7 @@ std::vector<FlagSpec> securityFlagSpecs(bool with_ca) {
   return specs;
 }
 
-Status setUpSecurity(const Flags& flags, const std::string& self_id) {
+Status setUpSecurity(const Flags& flags, const std::string& self_id, bool warn_insecure) {
   const bool insecure = flags.getBool("insecure");
   const bool has_ca = flags.isSet("ca") && !flags.get("ca").empty();
   const bool has_dir = flags.isSet("tls-dir") && !flags.get("tls-dir").empty();
@@ -66,7 +66,7 @@ Status setUpSecurity(const Flags& flags, const std::string& self_id) {
                   "--insecure together with TLS material (--ca/--tls-dir): choose one");
   }
   if (insecure) {
-    p2p::tls::useInsecure();
+    p2p::tls::useInsecure(warn_insecure);
     return Status();
   }
   p2p::tls::Credentials cr;

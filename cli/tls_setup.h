@@ -20,7 +20,8 @@ std::vector<FlagSpec> securityFlagSpecs(bool with_ca);
 
 // TLS from --ca (a certificate for `self_id` signed on the spot) or --tls-dir (ca.pem, cert.pem,
 // key.pem), or plaintext with --insecure. kInvalidArgument when none or both are given.
-Status setUpSecurity(const Flags& flags, const std::string& self_id);
+// `warn_insecure` false: --insecure logs nothing (one-shot clients).
+Status setUpSecurity(const Flags& flags, const std::string& self_id, bool warn_insecure = true);
 
 // TLS from a directory holding ca.pem, cert.pem and key.pem (0600).
 Status useTlsDir(const std::string& dir);

@@ -178,13 +178,7 @@ Result<std::string> certificateFingerprint(const std::string& cert_pem) {
   unsigned int n = 0;
   if (X509_digest(cert.get(), EVP_sha256(), md, &n) != 1)
     return sslError(StatusCode::kInternal, "cannot hash the certificate");
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
-  }
-  return out;
+  return toHex(md, n);
 }
 
 Result<CertificateInfo> inspectCertificate(const std::string& text) {

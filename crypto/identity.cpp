@@ -70,12 +70,16 @@ std::string randomHex(std::size_t bytes) {
     std::fprintf(stderr, "loco: OpenSSL RAND_bytes failed; cannot create random identifiers\n");
     std::abort();
   }
+  return toHex(raw.data(), raw.size());
+}
+
+std::string toHex(const unsigned char* data, std::size_t n) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
-  out.reserve(bytes * 2);
-  for (unsigned char c : raw) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
+  out.reserve(n * 2);
+  for (std::size_t i = 0; i < n; ++i) {
+    out.push_back(kHex[data[i] >> 4]);
+    out.push_back(kHex[data[i] & 15]);
   }
   return out;
 }

@@ -1,7 +1,7 @@
 #pragma once
 // Peer identities. A peer id is 128 random bits from OpenSSL's CSPRNG, written as 32 hex digits.
-// It persists in an identity file so a restarted peer rejoins as itself. (Later: the TLS key pair
-// and run-CA certificate live in the same file.)
+// It persists in an identity file so a restarted peer rejoins as itself; with TLS, its key and
+// the run CA's certificate for that id live next to it (crypto/ca.h, `IDENTITY.tls/`).
 //
 // All functions are blocking (file I/O) and thread-safe.
 
@@ -18,6 +18,8 @@ struct PeerIdentity {
 // `bytes` random bytes from OpenSSL's RAND_bytes, hex-encoded. Aborts the process if the CSPRNG
 // cannot be seeded (nothing sensible can continue without randomness).
 std::string randomHex(std::size_t bytes);
+// Lowercase hex of `n` bytes.
+std::string toHex(const unsigned char* data, std::size_t n);
 
 // A fresh identity that lives only as long as this process.
 PeerIdentity ephemeralIdentity();

@@ -84,14 +84,18 @@ Status loadInto(asio::ssl::context& ctx, const Credentials& cr, bool with_ca_in_
   return Status();
 }
 
-std::string certId(X509* cert) {
-  if (!cert) return "";
+std::string derOf(X509* cert) {
   unsigned char* der = nullptr;
-  int n = i2d_X509(cert, &der);
+  int n = cert ? i2d_X509(cert, &der) : 0;
   if (n <= 0) return "";
   std::string bytes(reinterpret_cast<char*>(der), static_cast<std::size_t>(n));
   OPENSSL_free(der);
-  auto info = crypto::inspectCertificate(bytes);
+  return bytes;
+}
+
+std::string certId(X509* cert) {
+  if (!cert) return "";
+  auto info = crypto::inspectCertificate(derOf(cert));
   return info ? info->id : "";
 }
 
@@ -113,16 +117,8 @@ int pinnedVerify(X509_STORE_CTX* store_ctx, void* arg) {
   X509* ca = nullptr;
   for (int i = 0; chain && i < sk_X509_num(chain); ++i) {
     X509* c = sk_X509_value(chain, i);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (X509_digest(c, EVP_sha256(), md, &n) != 1) continue;
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string hex;
-    for (unsigned int k = 0; k < n; ++k) {
-      hex.push_back(kHex[md[k] >> 4]);
-      hex.push_back(kHex[md[k] & 15]);
-    }
-    if (hex == pin->fingerprint) ca = c;
+    auto hex = crypto::certificateFingerprint(derOf(c));
+    if (hex && *hex == pin->fingerprint) ca = c;
   }
   auto refuse = [&](std::string why) {
     pin->failure = std::move(why);
@@ -396,12 +392,13 @@ Status use(const Credentials& cr) {
   return Status();
 }
 
-void useInsecure() {
+void useInsecure(bool warn) {
   {
     std::lock_guard lock(global().mu);
     global().mode = Mode::kInsecure;
     global().contexts.reset();
   }
+  if (!warn) return;
   LOG_WARN(kLogP2p,
            "--insecure: every connection of this process is plaintext and unauthenticated; anyone "
            "who reaches its ports can read the model and join the run");

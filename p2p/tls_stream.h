@@ -35,8 +35,9 @@ struct Credentials {
 enum class Mode { kUnset, kInsecure, kTls };
 // Builds the TLS contexts; kInvalidArgument when the material does not load or does not match.
 Status use(const Credentials& credentials);
-// Explicit plaintext (`--insecure`): logs a warning once.
-void useInsecure();
+// Explicit plaintext (`--insecure`): logs a warning unless `warn` is false (one-shot clients
+// whose output is read by machines, like `loco status --json`).
+void useInsecure(bool warn = true);
 Mode mode();
 // The id in our own certificate ("" without TLS).
 std::string selfId();
