@@ -749,8 +749,9 @@ void tick(Swarm& s) {
         s.say(fmt::format(
             "coordinator listening on {}:{}{}; starting {} peers", s.addressOf(0), port,
             s.standby ? fmt::format(", a standby on port {}", standby_port) : "", s.peers));
-        if (std::ifstream h(s.out_dir + "/coordinator.http-port"); h >> port && port > 0) {
-          s.http_port = static_cast<std::uint16_t>(port);
+        if (int http_port = 0;
+            std::ifstream(s.out_dir + "/coordinator.http-port") >> http_port && http_port > 0) {
+          s.http_port = static_cast<std::uint16_t>(http_port);
           std::string host = s.http_host == "0.0.0.0" ? "127.0.0.1" : s.http_host;
           s.say(fmt::format("dashboard: http://{}/ (metrics at /metrics){}",
                             p2p::HostPort{host, s.http_port}.toString(),
@@ -762,11 +763,11 @@ void tick(Swarm& s) {
         }
         for (std::size_t i = 1; i < s.children.size(); ++i) {
           Child& c = *s.children[i];
-          Status st =
-              spawn(s, c, i,
-                    {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), port),
-                     "--listen", s.addressOf(i) + ":0", "--identity",
-                     fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
+          Status st = spawn(
+              s, c, i,
+              {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), s.port),
+               "--listen", s.addressOf(i) + ":0", "--identity",
+               fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
           if (!st.isOk()) {
             s.failure = st.message();
             return beginShutdown(s, s.failure);
