@@ -12,6 +12,7 @@ namespace {
 constexpr int kFdSlack = 4;
 constexpr long kRssSlackKib = 8 * 1024;
 constexpr std::size_t kMinSamples = 10;
+constexpr double kWarmupS = 30;  // resources: growth before this is warm-up, not a leak
 constexpr std::size_t kRecentRounds = 20;
 
 const char* const kNames[] = {"digests", "steps", "finite", "no_hang", "resources", "val_loss"};
@@ -170,13 +171,18 @@ std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
       continue;
     }
     ++res.checks;
+    // A young process grows while it warms up (LibTorch's allocator, the first rounds' buffers,
+    // a state download), slower still on a loaded machine: the early window starts after
+    // kWarmupS or a fifth of the life, whichever is later, and spans a fifth of the life.
     const double t0 = samples.front().t, span = samples.back().t - t0;
+    const double warm = std::max(kWarmupS, 0.2 * span);
     std::vector<int> early_fds, late_fds;
     std::vector<long> early_rss, late_rss;
     for (const Sample& s : samples) {
-      const double x = (s.t - t0) / span;
-      if (x >= 0.2 && x < 0.4) early_fds.push_back(s.fds), early_rss.push_back(s.rss_kib);
-      if (x >= 0.8) late_fds.push_back(s.fds), late_rss.push_back(s.rss_kib);
+      const double since = s.t - t0;
+      if (since >= warm && since < warm + 0.2 * span)
+        early_fds.push_back(s.fds), early_rss.push_back(s.rss_kib);
+      if (since >= 0.8 * span) late_fds.push_back(s.fds), late_rss.push_back(s.rss_kib);
     }
     if (early_fds.empty() || late_fds.empty()) continue;
     const int fds0 = median(early_fds), fds1 = median(late_fds);

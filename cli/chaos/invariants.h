@@ -64,7 +64,7 @@ struct InvariantLimits {
   double hang_margin_s = 10;
   double growth_limit = 0.10;
   double val_loss_band = 0.05;
-  double min_life_s = 30;  // resources: shorter lives get no verdict
+  double min_life_s = 60;  // resources: shorter lives get no verdict (warm-up, then two windows)
 };
 
 struct Verdict {
