@@ -44,7 +44,8 @@ std::vector<FlagSpec> trainingPeerFlagSpecs() {
   auto specs = trainingFlagSpecs();
   specs.push_back(
       {"rank",
-       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)",
+       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice); "
+       "default: a stream of its own from its peer id, and its position among the members",
        "0"});
   specs.push_back({"world-hint", "number of data shards for contiguous sharding", "1"});
   specs.push_back(

@@ -14,6 +14,7 @@
 #include "p2p/base/metrics.h"
 #include "p2p/reconnect.h"
 #include "training/checkpoint.h"
+#include "training/data_assignment.h"
 
 namespace loco::training {
 
@@ -37,6 +38,9 @@ enum Progress : std::size_t {
 // its MB sent since its last report]. Padded so that every ring segment holds an element.
 constexpr std::size_t kStatsLen = 64;
 enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
+// Slots from the top of the statistics (other features number theirs from the bottom): the
+// explicit-rank buckets of data_assignment.h.
+constexpr std::size_t kStatRankSlots = kStatsLen - kRankSlots;
 
 // This peer is out of the group (its coordinator was lost, or it was evicted): it registers
 // again on its own, and waitForMembership brings it back.
@@ -126,6 +130,7 @@ class Run {
             return st.withContext("too many failed rounds");
           continue;
         }
+        LOCO_RETURN_IF_ERROR(assignDataShard());
       }
       if (done()) break;  // a peer that arrives after the last round
       auto reduced = reduce();
@@ -203,7 +208,24 @@ class Run {
   }
 
   std::string checkpointPath() const {
+    if (cfg_.derive_data_rank) {  // no rank to name it by: the identity, stable across restarts
+      return fmt::format("{}/peer-{:016x}.ckpt", cfg_.checkpoint_dir, streamOf(comm_.peerId()));
+    }
     return fmt::format("{}/peer-{}.ckpt", cfg_.checkpoint_dir, cfg_.train.rank);
+  }
+
+  // Without --rank: this peer's slice and stream from the current membership (data_assignment.h).
+  // Called at every sync point, where every member sees the same membership.
+  Status assignDataShard() {
+    if (!cfg_.derive_data_rank) return Status();
+    const auto ring = comm_.ring();
+    const DataAssignment a = assignData(ring, comm_.peerId());
+    if (assigned_ && *assigned_ == a) return Status();
+    LOCO_RETURN_IF_ERROR(trainer_.setShard(a.rank, a.world, a.stream));
+    LOG_INFO(kLogTrain, "data: rank {} of {} ({} sharding), stream {:016x}", a.rank, a.world,
+             shardingName(cfg_.train.sharding), a.stream);
+    assigned_ = a;
+    return Status();
   }
 
   Status resume() {
@@ -285,6 +307,9 @@ class Run {
       std::fill(reduce_buf_.begin(), reduce_buf_.end(), 0.0f);
     }
     r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
+    if (!cfg_.derive_data_rank) {
+      markExplicitRank(std::span<float>(r.stats).subspan(kStatRankSlots), cfg_.train.rank);
+    }
     r.world = comm_.world();
     r.epoch = comm_.epoch();
     collectives::AllReduceOptions options;
@@ -309,12 +334,23 @@ class Run {
 
   Status apply(const Reduced& r) {
     const float contributors = r.stats[kContributes];
+    if (!cfg_.derive_data_rank && warned_rank_epoch_ != r.epoch &&
+        sharesExplicitRank(std::span<const float>(r.stats).subspan(kStatRankSlots),
+                           cfg_.train.rank)) {
+      warned_rank_epoch_ = r.epoch;
+      LOG_WARN(kLogTrain,
+               "another live peer also runs with --rank {}: both draw the same batches and one of "
+               "them computes nothing new. Give each peer its own --rank, or leave --rank out and "
+               "let every peer draw its own samples",
+               cfg_.train.rank);
+    }
     RoundRecord rec;
     rec.world = r.world;
     rec.epoch = r.epoch;
     rec.contributors = static_cast<std::size_t>(contributors);
     rec.retries = retries_;
     retries_ = 0;
+    rec.local_loss = have_contribution_ ? contribution_loss_ : std::nan("");
     if (contributors > 0) {
       for (float& x : reduce_buf_) x /= contributors;
       if (diloco_) {
@@ -369,6 +405,7 @@ class Run {
       LOCO_RETURN_IF_ERROR(checkpoint());
     }
     rec.checkpoint_failures = checkpoint_failures_;
+    rec.data_rank = trainer_.config().rank;
     if (on_round_) on_round_(rec);
     return Status();
   }
@@ -491,6 +528,8 @@ class Run {
   std::uint64_t checkpoint_failures_ = 0;
   std::string checkpoint_error_;  // the last failed write's reason; empty after a success
   bool reported_first_ = false;
+  std::optional<DataAssignment> assigned_;  // derive_data_rank: the current one
+  std::uint64_t warned_rank_epoch_ = ~std::uint64_t{0};
   TimePoint started_ = Clock::now();
 };
 
