@@ -50,11 +50,12 @@ std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const 
   const double unix_s =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{}}})",
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f}}})",
       rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
       r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
-      finite ? "true" : "false", r.checkpoint_failures, jsonNumber(r.local_loss));
+      finite ? "true" : "false", r.checkpoint_failures, jsonNumber(r.local_loss), r.batch,
+      r.micro_batches, r.batch_wanted, r.tokens);
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.
@@ -191,10 +192,13 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
           live.last_round_unix_s = unixSeconds();
         }
         LOG_INFO(training::kLogTrain,
-                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}",
+                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}{}",
                  r.outer_step, r.inner_step, r.world, r.train_loss,
                  r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "", r.bytes_sent / 1e6,
-                 r.retries ? fmt::format(" after {} retries", r.retries) : "");
+                 r.retries ? fmt::format(" after {} retries", r.retries) : "",
+                 config->batch.test != training::BatchTest::kNone
+                     ? fmt::format(" batch {}", r.batch)
+                     : "");
         if (metrics) {
           std::fprintf(metrics, "%s\n", roundJson(r, r.data_rank, setup.peer_id).c_str());
           std::fflush(metrics);

@@ -35,7 +35,7 @@ Status validateBatchTestConfig(const BatchTestConfig& c, std::uint32_t batch) {
   LOCO_RETURN_IF_ERROR(positive(c.eta, "--batch-eta"));
   LOCO_RETURN_IF_ERROR(positive(c.theta, "--batch-theta"));
   LOCO_RETURN_IF_ERROR(positive(c.nu, "--batch-nu"));
-  if (c.max_batch < batch) {
+  if (c.test != BatchTest::kNone && c.max_batch < batch) {
     return Status(StatusCode::kInvalidArgument,
                   fmt::format("--max-batch {} is below --batch {}", c.max_batch, batch));
   }

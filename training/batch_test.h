@@ -46,8 +46,8 @@ struct BatchTestConfig {
   std::uint32_t max_micro_batch = 0;
 };
 
-// kInvalidArgument naming the flag: η, θ or ν not positive and finite, --max-batch below
-// `batch`, a test requested with --max-batch equal to --batch (nothing could grow) is allowed.
+// kInvalidArgument naming the flag: η, θ or ν not positive and finite, or (with a test on)
+// --max-batch below `batch`. --max-batch equal to --batch (nothing can grow) is allowed.
 Status validateBatchTestConfig(const BatchTestConfig& c, std::uint32_t batch);
 
 // Sums over the M peers that contributed a gradient this round.

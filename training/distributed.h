@@ -47,6 +47,7 @@
 #include "collectives/codec.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
+#include "training/batch_test.h"
 #include "training/local_trainer.h"
 #include "training/optimizers.h"
 
@@ -87,6 +88,12 @@ struct DistributedConfig {
   // its peer id (data_assignment.h), re-derived at every sync point; checkpoints are named after
   // the peer id. false: train.rank/world as given (an explicit rank; duplicates are warned about).
   bool derive_data_rank = false;
+  // Adaptive batch (batch_test.h): the test, its tolerances, the cap and the micro-batch size.
+  // With a test on, the per-peer batch is shared state ("batch"): a joiner receives the current
+  // one. The sum of the peers' last unclipped mini-batch gradients travels as a third buffer of
+  // the round's all-reduces (int8, DiLoCo; DDP's contributions are those gradients already) and
+  // Σ‖g_m‖² with the statistics; the inner-product test adds one all-reduce of a few floats.
+  BatchTestConfig batch;
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -112,6 +119,10 @@ struct RoundRecord {
   std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)
   std::uint32_t data_rank = 0;            // this peer's data rank in the round (given or derived)
   double local_loss = 0;  // this peer's own mean inner loss in the round; NaN: it contributed none
+  std::uint32_t batch = 0;          // the per-peer batch (windows per inner step) from now on
+  std::uint32_t micro_batches = 1;  // backward passes per inner step from now on
+  double batch_wanted = 0;          // what the batch test asked for this round; 0: no test ran
+  double tokens = 0;                // tokens all contributors processed for this round
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule

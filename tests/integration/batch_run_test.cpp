@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <functional>
+#include <map>
 #include <regex>
 #include <set>
 #include <string>
@@ -113,6 +114,70 @@ TEST(DataAssignment, TwoPeersWithTheSameExplicitRankAreWarned) {
   ASSERT_FALSE(a.empty());
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(a.back().local_loss, b.back().local_loss) << "the override really draws alike";
+}
+
+// The norm test on real processes: the batch grows, every member holds the same batch after every
+// round (it is shared state: the digests cover it), a peer killed mid-run does not split the
+// group's batch, and a peer that joins later receives the current batch.
+TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::string> args{
+      "local",     "--out",       dir.file("run"), "--peers",     "4",
+      "--steps",   "160",         "--inner-steps", "10",          "--batch-test",
+      "norm",      "--batch-eta", "0.5",           "--max-batch", "32",
+      "--kill-at", "50",          "--join-at",     "100"};
+  for (const auto& f : tiny(corpus)) args.push_back(f);
+  Process local(args, dir.file("local.log"));
+  ASSERT_EQ(local.waitExit(std::chrono::milliseconds(240000)).value_or(-1), 0) << local.log();
+  std::map<std::uint64_t, std::set<std::int64_t>> batches;
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  std::int64_t last = -1;
+  for (int i = 1; i <= 5; ++i) {
+    auto rounds = readRounds(dir.file("run/peer-" + std::to_string(i) + ".jsonl"));
+    if (i == 5) ASSERT_FALSE(rounds.empty()) << "the joiner never finished a round";
+    for (const Round& r : rounds) {
+      batches[r.step].insert(r.batch);
+      digests[r.step].insert(r.digest);
+      if (i == 1) last = r.batch;
+    }
+    if (i == 5) {
+      EXPECT_GT(rounds.front().batch, 4) << "the joiner starts from the group's grown batch";
+    }
+  }
+  for (const auto& [step, set] : batches) EXPECT_EQ(set.size(), 1u) << "step " << step;
+  for (const auto& [step, set] : digests) EXPECT_EQ(set.size(), 1u) << "step " << step;
+  EXPECT_GT(last, 4) << "the norm test never grew the batch";
+  EXPECT_LE(last, 32) << "capped by --max-batch";
+}
+
+TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  std::vector<Case> cases{
+      {{"--batch-test", "norm", "--batch-eta", "0"}, "--batch-eta"},
+      {{"--batch-test", "norm", "--batch-eta", "-1"}, "--batch-eta"},
+      {{"--batch-test", "norm", "--max-batch", "2"}, "--max-batch"},
+      {{"--batch-test", "variance"}, "--batch-test"},
+      {{"--batch-eta", "0.5"}, "--batch-eta"},
+      {{"--batch-test", "norm", "--batch-theta", "0.5"}, "--batch-theta"},
+      {{"--max-batch", "64"}, "--max-batch"},
+      {{"--max-micro-batch", "-1"}, "--max-micro-batch"},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    std::vector<std::string> args{"local", "--out", dir.file("bad")};
+    for (const auto& f : tiny(corpus)) args.push_back(f);
+    for (const auto& f : c.args) args.push_back(f);
+    Process p(args, dir.file("bad" + std::to_string(n++) + ".log"));
+    EXPECT_NE(p.waitExit(std::chrono::milliseconds(60000)).value_or(0), 0) << p.log();
+    EXPECT_NE(p.log().find(c.says), std::string::npos) << c.says << "\n" << p.log();
+    EXPECT_EQ(p.log().find("coordinator listening"), std::string::npos) << p.log();
+  }
 }
 
 }  // namespace

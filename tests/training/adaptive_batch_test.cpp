@@ -106,6 +106,7 @@ TEST(BatchTest, BadSettingsNameTheFlag) {
   c.nu = std::nan("");
   EXPECT_NE(validateBatchTestConfig(c, 4).message().find("--batch-nu"), std::string::npos);
   c = BatchTestConfig{};
+  c.test = BatchTest::kNorm;
   c.max_batch = 8;
   EXPECT_NE(validateBatchTestConfig(c, 16).message().find("--max-batch"), std::string::npos);
   EXPECT_TRUE(validateBatchTestConfig(c, 8).isOk());
