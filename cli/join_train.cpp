@@ -50,12 +50,12 @@ std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const 
   const double unix_s =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f}}})",
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f},"share":{}}})",
       rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
       r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
       finite ? "true" : "false", r.checkpoint_failures, jsonNumber(r.local_loss), r.batch,
-      r.micro_batches, r.batch_wanted, r.tokens);
+      r.micro_batches, r.batch_wanted, r.tokens, r.share);
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.

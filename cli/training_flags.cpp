@@ -45,6 +45,10 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"batch-theta", "inner-product test tolerance (> 0)", "0.9"},
       {"batch-nu", "inner-product test's orthogonality tolerance (> 0)", "5"},
       {"max-batch", "cap on the adaptive per-peer batch (default: max(--batch, 1024))", ""},
+      {"allocation",
+       "speed (windows per step in proportion to each peer's tokens/s; not bit-reproducible) or "
+       "equal",
+       "equal"},
       {"max-micro-batch",
        "windows per backward pass; a larger batch is accumulated over several (0: never split)",
        "0"},
@@ -117,6 +121,9 @@ Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
     if (!v) return v.status();
     b.max_batch = static_cast<std::uint32_t>(*v);
   }
+  auto allocation = training::parseAllocation(flags.get("allocation"));
+  if (!allocation) return allocation.status().withContext("--allocation");
+  c.allocation = *allocation;
   auto micro = flags.getInt("max-micro-batch", 0, 65536);
   if (!micro) return micro.status();
   b.max_micro_batch = static_cast<std::uint32_t>(*micro);

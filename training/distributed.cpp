@@ -46,6 +46,9 @@ constexpr std::size_t kStatRankSlots = kStatsLen - kRankSlots;
 constexpr std::size_t kStatGradPeers = kStatRankSlots - 1;
 constexpr std::size_t kStatGradSqNorms = kStatRankSlots - 2;
 constexpr std::size_t kStatTokens = kStatRankSlots - 3;
+// Speed-aware allocation: Σ throughput of the contributors, Σ windows per step (the weights).
+constexpr std::size_t kStatTokensPerS = kStatRankSlots - 4;
+constexpr std::size_t kStatWindows = kStatRankSlots - 5;
 
 double squaredNorm(std::span<const float> v) {
   double s = 0;
@@ -319,7 +322,16 @@ class Run {
     if (have_contribution_) {
       r.stats[kContributes] = 1.0f;
       r.stats[kLoss] = static_cast<float>(contribution_loss_);
-      std::copy(contribution_.begin(), contribution_.end(), reduce_buf_.begin());
+      if (speedSplit()) {
+        // Weighted by the windows behind it: the average is Σ n_m·Δ_m / Σ n_m.
+        const float n = static_cast<float>(contribution_windows_);
+        std::transform(contribution_.begin(), contribution_.end(), reduce_buf_.begin(),
+                       [n](float x) { return x * n; });
+        r.stats[kStatWindows] = n;
+        r.stats[kStatTokensPerS] = static_cast<float>(last_tokens_per_s_);
+      } else {
+        std::copy(contribution_.begin(), contribution_.end(), reduce_buf_.begin());
+      }
     } else {
       std::fill(reduce_buf_.begin(), reduce_buf_.end(), 0.0f);
     }
@@ -393,7 +405,8 @@ class Run {
     retries_ = 0;
     rec.local_loss = have_contribution_ ? contribution_loss_ : std::nan("");
     if (contributors > 0) {
-      for (float& x : reduce_buf_) x /= contributors;
+      const float divisor = speedSplit() ? r.stats[kStatWindows] : contributors;
+      for (float& x : reduce_buf_) x /= divisor;
       if (diloco_) {
         // OuterSgd keeps its momentum privately; the group's copy is the shared one.
         LOCO_RETURN_IF_ERROR(
@@ -422,6 +435,11 @@ class Run {
     }
     rec.tokens = r.stats[kStatTokens];
     if (testing() && contributors > 0) rec.batch_wanted = batchTest(r);
+    if (speedSplit()) {
+      // A peer without a contribution this round (a joiner) takes the mean share.
+      share_ = speedShare(currentBatch(), contributors, have_contribution_ ? last_tokens_per_s_ : 0,
+                          r.stats[kStatTokensPerS]);
+    }
     have_contribution_ = false;
     if (diloco_) std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
     rec.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
@@ -451,6 +469,7 @@ class Run {
     rec.data_rank = trainer_.config().rank;
     rec.batch = currentBatch();
     rec.micro_batches = plan().micro_batches;
+    rec.share = plan().total();
     if (on_round_) on_round_(rec);
     return Status();
   }
@@ -538,6 +557,7 @@ class Run {
     }
     contribution_tokens_ =
         static_cast<double>(steps_run) * micro.total() * cfg_.train.model.context;
+    contribution_windows_ = micro.total();
     if (cfg_.inject_nan_at_round >= 0 && progress_[kOuterStep] == cfg_.inject_nan_at_round) {
       contribution_[P_ / 2] = std::nanf("");  // fault injection (tests)
     }
@@ -562,7 +582,12 @@ class Run {
   std::uint32_t currentBatch() const {
     return testing() ? static_cast<std::uint32_t>(batch_state_[0]) : cfg_.train.batch_size;
   }
-  MicroPlan plan() const { return microPlan(currentBatch(), cfg_.batch.max_micro_batch); }
+  bool speedSplit() const { return cfg_.allocation == Allocation::kSpeed; }
+  // This peer's windows per inner step: its speed share, or the per-peer batch.
+  MicroPlan plan() const {
+    const std::uint32_t mine = speedSplit() && share_ > 0 ? share_ : currentBatch();
+    return microPlan(mine, cfg_.batch.max_micro_batch);
+  }
 
   // The round's batch test, on values every member holds bit for bit (the all-reduced sums), so
   // every member reaches the same batch; it goes into the shared state. Returns what the test
@@ -648,13 +673,15 @@ class Run {
   std::uint64_t checkpoint_failures_ = 0;
   std::string checkpoint_error_;  // the last failed write's reason; empty after a success
   bool reported_first_ = false;
-  std::optional<DataAssignment> assigned_;
+  std::optional<DataAssignment> assigned_;  // derive_data_rank: the current one
   // Adaptive batch: the shared per-peer batch, this peer's last unclipped gradient (DiLoCo) and
   // the buffer Σ g_m travels in.
   std::array<std::int64_t, 1> batch_state_{};
   std::vector<float> last_grad_, grad_buf_;
   bool have_grad_ = false, sent_grad_ = false;
-  double contribution_tokens_ = 0;  // derive_data_rank: the current one
+  double contribution_tokens_ = 0;
+  std::uint32_t contribution_windows_ = 0;  // windows per step behind the contribution
+  std::uint32_t share_ = 0;                 // speed allocation: windows per step; 0 = the batch
   std::uint64_t warned_rank_epoch_ = ~std::uint64_t{0};
   TimePoint started_ = Clock::now();
 };

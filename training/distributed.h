@@ -47,6 +47,7 @@
 #include "collectives/codec.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
+#include "training/allocation.h"
 #include "training/batch_test.h"
 #include "training/local_trainer.h"
 #include "training/optimizers.h"
@@ -94,6 +95,9 @@ struct DistributedConfig {
   // the round's all-reduces (int8, DiLoCo; DDP's contributions are those gradients already) and
   // Σ‖g_m‖² with the statistics; the inner-product test adds one all-reduce of a few floats.
   BatchTestConfig batch;
+  // kSpeed: each peer's windows per step in proportion to its throughput, Δ weighted by windows
+  // (allocation.h). Not bit-reproducible (throughput is measured), hence kEqual by default.
+  Allocation allocation = Allocation::kEqual;
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -123,6 +127,7 @@ struct RoundRecord {
   std::uint32_t micro_batches = 1;  // backward passes per inner step from now on
   double batch_wanted = 0;          // what the batch test asked for this round; 0: no test ran
   double tokens = 0;                // tokens all contributors processed for this round
+  std::uint32_t share = 0;          // this peer's windows per inner step from now on
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule

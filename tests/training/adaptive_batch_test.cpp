@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "training/allocation.h"
 #include "training/batch_test.h"
 #include "training/data_assignment.h"
 
@@ -165,6 +166,25 @@ TEST(DataAssignment, DuplicateExplicitRanksAreSeenInTheStatistics) {
   markExplicitRank(slots, 5);
   EXPECT_TRUE(sharesExplicitRank(slots, 5));
   EXPECT_FALSE(sharesExplicitRank(slots, 4));
+}
+
+}  // namespace
+}  // namespace loco::training
+
+namespace loco::training {
+namespace {
+
+TEST(Allocation, SharesFollowThroughput) {
+  // 4 peers of batch 16 = 64 windows per step; throughputs 3000, 3000, 3000, 1000 (sum 10000).
+  EXPECT_EQ(speedShare(16, 4, 3000, 10000), 19u);  // 64·0.3 = 19.2
+  EXPECT_EQ(speedShare(16, 4, 1000, 10000), 6u);   // 64·0.1 = 6.4
+  EXPECT_EQ(speedShare(16, 4, 2500, 10000), 16u) << "equal speeds: equal shares";
+  EXPECT_EQ(speedShare(16, 4, 0, 10000), 16u) << "a joiner takes the mean share";
+  EXPECT_EQ(speedShare(16, 0, 10, 10), 16u);
+  EXPECT_EQ(speedShare(16, 4, 1, 1e9), 1u) << "at least one window";
+  EXPECT_EQ(speedShare(16, 4, 2e9, 1e9), 64u) << "at most the group's total";
+  EXPECT_TRUE(parseAllocation("speed").isOk());
+  EXPECT_FALSE(parseAllocation("fast").isOk());
 }
 
 }  // namespace
