@@ -22,6 +22,7 @@ struct Round {
   double local_loss = -1;
   int rank = -1;
   std::int64_t batch = -1;
+  std::int64_t share = -1;
   std::string digest;
 };
 
@@ -38,6 +39,7 @@ std::vector<Round> readRounds(const std::string& path) {
       r.local_loss = std::stod(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("rank":([0-9]+))re"))) r.rank = std::stoi(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("batch":([0-9]+))re"))) r.batch = std::stoll(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("share":([0-9]+))re"))) r.share = std::stoll(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) r.digest = m[1];
     out.push_back(r);
   }
@@ -151,6 +153,32 @@ TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
   EXPECT_LE(last, 32) << "capped by --max-batch";
 }
 
+// Speed-aware allocation: the peers' shares split the group's windows per step (rounding aside),
+// and the weighted average keeps one state on every member.
+TEST(AdaptiveBatch, SpeedAllocationSplitsTheGroupsWindows) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 3,
+                          {"--steps", "40", "--inner-steps", "10", "--allocation", "speed"},
+                          [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  std::vector<std::vector<Round>> rounds;
+  for (int i = 0; i < 3; ++i)
+    rounds.push_back(readRounds(dir.file("peer" + std::to_string(i) + ".jsonl")));
+  ASSERT_GE(rounds[0].size(), 3u);
+  for (std::size_t k = 0; k < rounds[0].size(); ++k) {
+    std::int64_t sum = 0;
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_EQ(rounds[i].size(), rounds[0].size());
+      EXPECT_EQ(rounds[i][k].digest, rounds[0][k].digest);
+      EXPECT_GE(rounds[i][k].share, 1);
+      sum += rounds[i][k].share;
+    }
+    EXPECT_NEAR(static_cast<double>(sum), 3 * 4, 2) << "round " << rounds[0][k].step;
+  }
+}
+
 TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
   TempDir dir;
   const std::string corpus = writeCorpus(dir);
@@ -167,6 +195,7 @@ TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
       {{"--batch-test", "norm", "--batch-theta", "0.5"}, "--batch-theta"},
       {{"--max-batch", "64"}, "--max-batch"},
       {{"--max-micro-batch", "-1"}, "--max-micro-batch"},
+      {{"--allocation", "fast"}, "--allocation"},
   };
   int n = 0;
   for (const Case& c : cases) {
