@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -69,6 +70,15 @@ double peakRssMib() {
       return static_cast<double>(std::strtol(line.c_str() + 6, nullptr, 10)) / 1024.0;
   }
   return -1;
+}
+
+// User + system CPU time of this process (every thread), in ms. A load-independent measure of
+// what an operation costs, next to its wall time.
+double processCpuMs() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto ms = [](const timeval& tv) { return tv.tv_sec * 1e3 + tv.tv_usec / 1e3; };
+  return ms(ru.ru_utime) + ms(ru.ru_stime);
 }
 
 std::uint64_t fnv1a(const void* data, std::size_t bytes) {
@@ -187,6 +197,10 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   o.peer_id = crypto::randomHex(16);
   o.listen = *listen;
   o.streams = static_cast<std::uint32_t>(streams);
+  auto algorithm = collectives::parseAllReduceAlgorithm(flags.get("algorithm"));
+  if (!algorithm) return reportFailure(algorithm.status());
+  collectives::AllReduceOptions options;
+  options.algorithm = *algorithm;
   auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
@@ -211,19 +225,27 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     fillGaussian(buf, rank);
     if (Status st = runTopologyPhase(flags, c, buf, wire); !st.isOk()) return reportFailure(st);
   }
+  double cpu_ms = 0;  // this process's CPU time (every thread) in the timed operations
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
     fillGaussian(buf, rank);
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
       return reportFailure(st.status());  // start together
+    const double cpu0 = processCpuMs();
     auto t0 = Clock::now();
-    auto op =
-        c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg, wire);
+    auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg,
+                          wire, options);
     if (!op) return reportFailure(op.status());
     if (Status st = (*op)->wait(Deadline::after(Millis(600000))); !st.isOk())
       return reportFailure(st);
-    if (it >= 0)
+    if (it >= 0) {
       times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      cpu_ms += processCpuMs() - cpu0;
+    }
   }
+  if (Status st =
+          writeFileAtomic(flags.get("out") + ".cpu", fmt::format("{:.3f}\n", cpu_ms / iters));
+      !st.isOk())
+    return reportFailure(st);
   if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
     return reportFailure(st);
   (void)c.syncPoint(Deadline::after(Millis(60000)));  // nobody leaves while others still run
@@ -240,6 +262,7 @@ struct RunSummary {
   double initial_ms = 0;
   std::string ring_before, ring_after;
   double peak_rss_mib = 0;  // the highest of any worker
+  double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers (loco)
   // Gloo only: the algorithm timed and, for --baseline-algo auto, every candidate's p50.
   std::string gloo_algo;
   std::vector<std::pair<std::string, double>> candidates_p50_ms;
@@ -309,6 +332,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           flags.get("wire"),
                           std::string("--streams"),
                           std::to_string(streams),
+                          std::string("--algorithm"),
+                          flags.get("algorithm"),
                           std::string("--iters"),
                           std::to_string(iters),
                           std::string("--out"),
@@ -357,6 +382,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::string hash;
     double err = 0, rss = 0;
     in >> hash >> err >> rss;
+    double cpu = 0;
+    if (std::ifstream(fmt::format("{}/worker-{}.result.cpu", dir, r)) >> cpu) out.cpu_ms += cpu / N;
     hashes.insert(hash);
     if (r == 0) out.rel = err;
     out.peak_rss_mib = std::max(out.peak_rss_mib, rss);
@@ -410,7 +437,8 @@ int runBenchAllReduce(const Args& args) {
        {"mib", "MiB per all-reduce (fp32)", "64"},
        {"kib", "KiB per all-reduce instead of --mib (latency runs)", ""},
        {"wire", "raw, fp16, bf16, int8 or int4", "raw"},
-       {"streams", "TCP streams per ring link", "4"},
+       {"streams", "TCP streams per peer link", "4"},
+       {"algorithm", "auto, ring, direct or scatter-gather (auto: by size)", "auto"},
        {"iters", "timed operations (the median is reported)", "5"},
        {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
        {"baseline",
@@ -441,6 +469,8 @@ int runBenchAllReduce(const Args& args) {
   if (!iters) return reportFailure(iters.status());
   if (!streams) return reportFailure(streams.status());
   if (!wire) return reportFailure(wire.status());
+  if (auto a = collectives::parseAllReduceAlgorithm(flags.get("algorithm")); !a)
+    return reportFailure(a.status());
   std::size_t bytes;
   if (flags.isSet("kib")) {
     auto kib = flags.getInt("kib", 1, 1 << 24);
@@ -501,6 +531,9 @@ int runBenchAllReduce(const Args& args) {
           c += fmt::format(R"({}"{}":{:.3f})", c.empty() ? "" : ",", name, p50);
         line += fmt::format(R"(,"candidates_p50_ms":{{{}}})", c);
       }
+    } else {
+      line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f})", flags.get("algorithm"),
+                          run->cpu_ms);
     }
     if (!gloo && !run->ring_before.empty()) {
       line += fmt::format(

@@ -16,7 +16,6 @@
 #include "cli/lab/net.h"
 #include "crypto/identity.h"
 #include "p2p/link.h"
-#include "p2p/net.h"
 
 namespace loco::cli {
 namespace {
@@ -55,7 +54,7 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
     std::promise<Status> started;
     receiver_net.post([&] {
       auto l =
-          p2p::LinkListener::start(receiver_net.context(), {"127.0.0.1", 0}, opts,
+          p2p::LinkListener::start(receiver_net, {"127.0.0.1", 0}, opts,
                                    [&](std::shared_ptr<p2p::Link> link, const std::string&,
                                        std::uint64_t) { accepted.set_value(std::move(link)); });
       if (l) listener = std::move(l.value());
@@ -65,8 +64,8 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
   }
   std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
   sender_net.post([&] {
-    p2p::connectLink(sender_net.context(), {"127.0.0.1", listener->port()}, crypto::randomHex(16),
-                     opts, Deadline::after(Millis(5000)),
+    p2p::connectLink(sender_net, {"127.0.0.1", listener->port()}, crypto::randomHex(16), opts,
+                     Deadline::after(Millis(5000)),
                      [&](auto r) { dialed.set_value(std::move(r)); });
   });
   auto out_link = dialed.get_future().get();
@@ -133,9 +132,10 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
   std::unique_ptr<p2p::LinkListener> listener;
   std::promise<Status> started;
   net.post([&] {
-    auto l = p2p::LinkListener::start(net.context(), listen, opts,
-                                      [&](std::shared_ptr<p2p::Link> link, const std::string&,
-                                          std::uint64_t) { accepted.set_value(std::move(link)); });
+    auto l = p2p::LinkListener::start(
+        net, listen, opts, [&](std::shared_ptr<p2p::Link> link, const std::string&, std::uint64_t) {
+          accepted.set_value(std::move(link));
+        });
     if (l) listener = std::move(l.value());
     started.set_value(l ? Status() : l.status());
   });
@@ -240,7 +240,7 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
     p2p::NetworkThread net("bench-send");
     std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
     net.post([&] {
-      p2p::connectLink(net.context(), {cfg.address(2), port}, crypto::randomHex(16), opts,
+      p2p::connectLink(net, {cfg.address(2), port}, crypto::randomHex(16), opts,
                        Deadline::after(Millis(10000)),
                        [&](auto r) { dialed.set_value(std::move(r)); });
     });

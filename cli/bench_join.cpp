@@ -27,8 +27,8 @@
 namespace loco::cli {
 namespace {
 
+using collectives::DType;
 using collectives::SharedState;
-using collectives::StateDType;
 using collectives::SyncOptions;
 using collectives::SyncStrategy;
 
@@ -78,10 +78,9 @@ int runJoinWorker(const Flags& flags, std::size_t bytes, std::uint32_t streams,
     step = 1000;
   }
   SharedState state(chunk_bytes);
-  if (Status st = state.add("params", StateDType::kF32, params.data(), params.size()); !st.isOk())
+  if (Status st = state.add("params", DType::kF32, params.data(), params.size()); !st.isOk())
     return reportFailure(st);
-  if (Status st = state.add("step", StateDType::kI64, &step, 1); !st.isOk())
-    return reportFailure(st);
+  if (Status st = state.add("step", DType::kI64, &step, 1); !st.isOk()) return reportFailure(st);
 
   if (!joiner) {
     // Up to date first: the sources sync among themselves (revision 0 -> 1).

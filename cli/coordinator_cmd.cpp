@@ -1,5 +1,9 @@
 #include <fmt/format.h>
-#include <asio.hpp>
+
+#include <condition_variable>
+#include <csignal>
+#include <future>
+#include <mutex>
 
 #include <future>
 
@@ -10,34 +14,34 @@
 #include "cli/ops/status_json.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
-#include "p2p/net.h"
+#include "p2p/runtime.h"
 
 namespace loco::cli {
 namespace {
 
 // The coordinator lives on the io thread; HTTP handlers run on the server's threads and ask the
 // io thread for a copy. nullopt when it does not answer in time (stalled, or shutting down).
-std::optional<p2p::RunSnapshot> snapshotOf(asio::io_context& io, const p2p::Coordinator& coord) {
+std::optional<p2p::RunSnapshot> snapshotOf(p2p::NetworkThread& net, const p2p::Coordinator& coord) {
   auto promise = std::make_shared<std::promise<p2p::RunSnapshot>>();
   auto future = promise->get_future();
-  asio::post(io, [promise, &coord] { promise->set_value(coord.snapshot()); });
+  net.post([promise, &coord] { promise->set_value(coord.snapshot()); });
   if (future.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
   return future.get();
 }
 
-std::map<std::string, ops::HttpHandler> coordinatorRoutes(asio::io_context& io,
+std::map<std::string, ops::HttpHandler> coordinatorRoutes(p2p::NetworkThread& net,
                                                           const p2p::Coordinator& coord) {
-  auto routes = ops::baseRoutes([&io, &coord] {
-    return snapshotOf(io, coord) ? std::string()
-                                 : std::string("the coordinator's event loop does not answer");
+  auto routes = ops::baseRoutes([&net, &coord] {
+    return snapshotOf(net, coord) ? std::string()
+                                  : std::string("the coordinator's event loop does not answer");
   });
   const auto plain_metrics = routes["/metrics"];
-  routes["/metrics"] = [&io, &coord, plain_metrics] {
-    if (auto s = snapshotOf(io, coord)) ops::publishRunGauges(*s, unixSeconds());
+  routes["/metrics"] = [&net, &coord, plain_metrics] {
+    if (auto s = snapshotOf(net, coord)) ops::publishRunGauges(*s, unixSeconds());
     return plain_metrics();
   };
-  routes["/api/status"] = [&io, &coord] {
-    auto s = snapshotOf(io, coord);
+  routes["/api/status"] = [&net, &coord] {
+    auto s = snapshotOf(net, coord);
     if (!s) return ops::HttpResponse{503, "text/plain", "the coordinator does not answer\n"};
     return ops::HttpResponse{200, "application/json",
                              ops::coordinatorStatusJson(*s, unixSeconds())};
@@ -100,40 +104,71 @@ int runCoordinator(const Args& args) {
   }
 
   p2p::raiseFileLimit();
-  asio::io_context io;
-  auto coord = p2p::Coordinator::start(io, opts);
-  if (!coord) return reportFailure(coord.status());
+  p2p::NetworkThread net("loco-coord");
+  std::unique_ptr<p2p::Coordinator> coord;
+  {
+    std::promise<Status> started;
+    net.post([&] {
+      auto c = p2p::Coordinator::start(net.context(), opts);
+      if (c) coord = std::move(c.value());
+      started.set_value(c ? Status() : c.status());
+    });
+    if (Status st = started.get_future().get(); !st.isOk()) return reportFailure(st);
+  }
+  // The coordinator is created, used and destroyed on the network thread.
+  auto shutdown = [&] {
+    std::promise<void> done;
+    net.post([&] {
+      coord->shutdown();
+      coord.reset();
+      done.set_value();
+    });
+    done.get_future().wait();
+  };
   ops::describeRunMetrics(/*coordinator=*/true);
   std::unique_ptr<ops::HttpServer> http_server;  // stopped before the coordinator goes
   if (http) {
-    auto server = ops::HttpServer::start(*http, coordinatorRoutes(io, **coord));
-    if (!server) return reportFailure(server.status());
+    auto server = ops::HttpServer::start(*http, coordinatorRoutes(net, *coord));
+    if (!server) {
+      shutdown();
+      return reportFailure(server.status());
+    }
     http_server = std::move(server.value());
     LOG_INFO(kLogCoord, "dashboard at {}/", http_server->url());
     if (flags.isSet("http-port-file")) {
       if (Status st = writeFileAtomic(flags.get("http-port-file"),
                                       fmt::format("{}\n", http_server->port()));
           !st.isOk()) {
+        http_server.reset();
+        shutdown();
         return reportFailure(st);
       }
     }
   }
   // The port file comes last: whoever waits for it finds --http up too.
   if (flags.isSet("port-file")) {
-    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", (*coord)->port()));
+    if (Status st = writeFileAtomic(flags.get("port-file"), fmt::format("{}\n", coord->port()));
         !st.isOk()) {
+      http_server.reset();
+      shutdown();
       return reportFailure(st);
     }
   }
-  asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](const std::error_code& ec, int sig) {
-    if (ec) return;
-    LOG_INFO(kLogCoord, "signal {}: shutting down", sig);
-    (*coord)->shutdown();
-    io.stop();
-  });
-  io.run();
+  std::mutex mu;
+  std::condition_variable cv;
+  int signal = 0;
+  {
+    p2p::SignalWatch signals(net, {SIGINT, SIGTERM}, [&](int sig) {
+      std::lock_guard lock(mu);
+      signal = sig;
+      cv.notify_all();
+    });
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return signal != 0; });
+  }
+  LOG_INFO(kLogCoord, "signal {}: shutting down", signal);
   http_server.reset();
+  shutdown();
   LOG_INFO(kLogCoord, "stopped");
   return 0;
 }

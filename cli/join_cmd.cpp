@@ -1,5 +1,6 @@
 #include <fmt/format.h>
-#include <asio.hpp>
+
+#include <csignal>
 
 #include <atomic>
 #include <condition_variable>
@@ -14,37 +15,14 @@
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
+#include "p2p/base/text.h"
 #include "p2p/link.h"
 #include "p2p/membership_client.h"
-#include "p2p/net.h"
 #include "p2p/reconnect.h"
+#include "p2p/runtime.h"
 
 namespace loco::cli {
 namespace {
-
-std::string shortId(const std::string& id) {
-  return id.substr(0, 8);
-}
-
-// The address other peers should use to reach `listen_port`: the local address of the route to
-// the coordinator (a UDP connect sends no packet; it only picks the route).
-std::string defaultAdvertise(const p2p::HostPort& listen, const p2p::HostPort& coordinator,
-                             std::uint16_t port) {
-  if (listen.host != "0.0.0.0" && listen.host != "::")
-    return p2p::HostPort{listen.host, port}.toString();
-  auto eps = p2p::resolve(coordinator);
-  if (eps) {
-    asio::io_context io;
-    asio::ip::udp::socket s(io);
-    std::error_code ec;
-    s.connect(asio::ip::udp::endpoint(eps->front().address(), eps->front().port()), ec);
-    if (!ec) {
-      auto local = s.local_endpoint(ec);
-      if (!ec) return p2p::HostPort{local.address().to_string(), port}.toString();
-    }
-  }
-  return p2p::HostPort{"127.0.0.1", port}.toString();
-}
 
 std::string describeView(const p2p::GroupView& v) {
   std::string members;
@@ -189,13 +167,13 @@ int runJoin(const Args& args) {
   link_opts.streams = static_cast<std::uint32_t>(*streams);
   std::vector<std::shared_ptr<p2p::Link>> links;
   std::unique_ptr<p2p::LinkListener> listener;
-  std::unique_ptr<asio::signal_set> signals;
+  std::unique_ptr<p2p::SignalWatch> signals;
   Status setup;
   // The listener and signal set belong to the network thread; so does their destruction.
   auto cleanup = [&] {
     std::promise<void> done;
+    signals.reset();
     net.post([&] {
-      signals.reset();
       listener.reset();
       links.clear();
       done.set_value();
@@ -207,7 +185,7 @@ int runJoin(const Args& args) {
     std::promise<void> ready;
     net.post([&] {
       auto l = p2p::LinkListener::start(
-          net.context(), *listen, link_opts,
+          net, *listen, link_opts,
           [&links](std::shared_ptr<p2p::Link> link, const std::string& from, std::uint64_t) {
             LOG_INFO(kLogPeer, "link from peer {} ({} streams)", shortId(from),
                      link->streamCount());
@@ -218,14 +196,12 @@ int runJoin(const Args& args) {
       } else {
         setup = l.status();
       }
-      signals = std::make_unique<asio::signal_set>(net.context(), SIGINT, SIGTERM);
-      signals->async_wait([&stop](const std::error_code& ec, int sig) {
-        if (!ec) stop.set(sig);
-      });
       ready.set_value();
     });
     ready.get_future().wait();
   }
+  signals = std::make_unique<p2p::SignalWatch>(net, std::initializer_list<int>{SIGINT, SIGTERM},
+                                               [&stop](int sig) { stop.set(sig); });
   if (!setup.isOk()) {
     cleanup();
     return reportFailure(setup);
@@ -233,7 +209,7 @@ int runJoin(const Args& args) {
 
   std::string advertise = flags.isSet("advertise")
                               ? flags.get("advertise")
-                              : defaultAdvertise(*listen, coordinator, listener->port());
+                              : p2p::advertiseAddress(*listen, coordinator, listener->port());
   p2p::MembershipClientOptions client_options{coordinator, identity.id, advertise,
                                               static_cast<std::uint32_t>(*streams)};
   client_options.standby_coordinators.assign(coordinators->begin() + 1, coordinators->end());

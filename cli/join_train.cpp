@@ -22,6 +22,8 @@
 #include "cli/training_flags.h"
 #include "collectives/communicator.h"
 #include "p2p/base/log.h"
+#include "p2p/base/text.h"
+#include "training/data_assignment.h"
 #include "training/local_trainer.h"
 
 namespace loco::cli {
@@ -48,11 +50,12 @@ std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const 
   const double unix_s =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{}}})",
-      rank, peer.substr(0, 8), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f},"share":{}}})",
+      rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
       r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
-      finite ? "true" : "false", r.checkpoint_failures);
+      finite ? "true" : "false", r.checkpoint_failures, jsonNumber(r.local_loss), r.batch,
+      r.micro_batches, r.batch_wanted, r.tokens, r.share);
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.
@@ -110,6 +113,9 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   config->train.world = static_cast<std::uint32_t>(std::max<std::int64_t>(*world_hint, *rank + 1));
   config->wait_for_world = static_cast<std::size_t>(*wait_for);
   config->inject_nan_at_round = *nan_round;
+  // Without --rank every peer draws its own samples (training/data_assignment.h).
+  config->derive_data_rank = !flags.isSet("rank");
+  if (config->derive_data_rank) config->train.stream = training::streamOf(setup.peer_id);
 
   // Data and model first: a bad path or shape fails before this peer joins anyone.
   auto trainer = training::LocalTrainer::create(config->train);
@@ -186,12 +192,15 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
           live.last_round_unix_s = unixSeconds();
         }
         LOG_INFO(training::kLogTrain,
-                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}",
+                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}{}",
                  r.outer_step, r.inner_step, r.world, r.train_loss,
                  r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "", r.bytes_sent / 1e6,
-                 r.retries ? fmt::format(" after {} retries", r.retries) : "");
+                 r.retries ? fmt::format(" after {} retries", r.retries) : "",
+                 config->batch.test != training::BatchTest::kNone
+                     ? fmt::format(" batch {}", r.batch)
+                     : "");
         if (metrics) {
-          std::fprintf(metrics, "%s\n", roundJson(r, config->train.rank, setup.peer_id).c_str());
+          std::fprintf(metrics, "%s\n", roundJson(r, r.data_rank, setup.peer_id).c_str());
           std::fflush(metrics);
         }
       });

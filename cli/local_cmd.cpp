@@ -43,6 +43,7 @@
 #include "cli/plot.h"
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
+#include "p2p/base/text.h"
 #include "p2p/status_client.h"
 #include "training/text_data.h"
 
@@ -98,6 +99,7 @@ struct StepRecord {
   std::uint64_t inner_step = 0;
   std::size_t world = 0;
   double loss = NAN, val_loss = NAN, bytes_sent = 0, wall_s = 0, tokens_per_s = 0;
+  double batch = 0, tokens = 0;  // the per-peer batch after the round; tokens all peers processed
   std::uint32_t retries = 0;
   std::map<std::string, std::string> digests;  // peer name -> shared-state digest
 };
@@ -297,7 +299,7 @@ void beginShutdown(Swarm& s, const std::string& why) {
 std::string viewLine(const p2p::GroupView& v, const Swarm& s) {
   std::string ids;
   for (const auto& p : v.peers) {
-    std::string label = p.id.substr(0, 8);
+    std::string label = shortId(p.id);
     for (std::size_t i = 1; i < s.children.size(); ++i) {
       if (s.children[i]->peer_id == p.id) label = s.children[i]->name;
     }
@@ -393,6 +395,8 @@ void readMetrics(Swarm& s) {
       r.bytes_sent = std::max(r.bytes_sent, jsonField(line, "bytes_sent").value_or(0));
       r.wall_s = std::max(r.wall_s, jsonField(line, "wall_s").value_or(0));
       r.tokens_per_s = std::max(r.tokens_per_s, jsonField(line, "tokens_per_s").value_or(0));
+      r.batch = std::max(r.batch, jsonField(line, "batch").value_or(0));
+      r.tokens = std::max(r.tokens, jsonField(line, "tokens").value_or(0));
       r.retries =
           std::max(r.retries, static_cast<std::uint32_t>(jsonField(line, "retries").value_or(0)));
       r.digests[s.children[i]->name] = jsonString(line, "digest");
@@ -639,6 +643,8 @@ bool writeTrainingResults(Swarm& s) {
       val_vs_step{"validation loss", "#d62728", {}};
   PlotSeries train_vs_bytes{"train loss", "#1f77b4", {}},
       val_vs_bytes{"validation loss", "#d62728", {}};
+  PlotSeries batch_vs_step{"per-peer batch", "#2ca02c", {}};
+  std::vector<std::uint64_t> batch_changes;  // the batch trajectory (adaptive batch runs)
   std::size_t disagreements = 0;
   std::optional<double> first_val, last_val;
   double tokens = 0;
@@ -652,10 +658,15 @@ bool writeTrainingResults(Swarm& s) {
       return std::isfinite(v) ? fmt::format("{:.6f}", v) : std::string("null");
     };
     jsonl += fmt::format(
-        R"({{"step":{},"inner_step":{},"world":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"wall_s":{:.3f},"retries":{},"peers_reporting":{},"digests_agree":{}}})"
+        R"({{"step":{},"inner_step":{},"world":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"wall_s":{:.3f},"retries":{},"peers_reporting":{},"digests_agree":{},"batch":{:.0f},"tokens":{:.0f}}})"
         "\n",
         step, r.inner_step, r.world, num(r.loss), num(r.val_loss), r.bytes_sent, r.wall_s,
-        r.retries, r.digests.size(), agree ? "true" : "false");
+        r.retries, r.digests.size(), agree ? "true" : "false", r.batch, r.tokens);
+    if (r.batch > 0) {
+      batch_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.batch);
+      const auto b = static_cast<std::uint64_t>(r.batch);
+      if (batch_changes.empty() || batch_changes.back() != b) batch_changes.push_back(b);
+    }
     train_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.loss);
     val_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.val_loss);
     train_vs_bytes.points.emplace_back(r.bytes_sent, r.loss);
@@ -682,6 +693,16 @@ bool writeTrainingResults(Swarm& s) {
     std::printf(", %.1f MB sent, %.1f s", s.steps.rbegin()->second.bytes_sent / 1e6, s.elapsed());
   if (token_samples)
     std::printf(", %.0f tokens/s per peer", tokens / static_cast<double>(token_samples));
+  if (batch_changes.size() > 1) {
+    std::string trajectory;
+    for (std::uint64_t b : batch_changes)
+      trajectory += (trajectory.empty() ? "" : " -> ") + std::to_string(b);
+    std::printf("\nbatch per peer: %s", trajectory.c_str());
+    Status st =
+        writeSvgPlot(s.out_dir + "/batch_vs_steps.svg", "per-peer batch against inner steps",
+                     "inner steps per peer", "windows per inner step", {batch_vs_step});
+    if (!st.isOk()) s.say("could not write results: " + st.message());
+  }
   std::printf("\nshared-state digests: %s\n",
               disagreements == 0 ? "equal on every reporting peer after every round"
                                  : fmt::format("DIFFERED in {} round(s)", disagreements).c_str());

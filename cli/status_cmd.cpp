@@ -3,25 +3,11 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "p2p/base/text.h"
 #include "p2p/status_client.h"
 
 namespace loco::cli {
 namespace {
-
-std::string jsonEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
 
 p2p::BandwidthTable tableOf(const p2p::GroupView& v) {
   p2p::BandwidthTable t;
@@ -84,7 +70,7 @@ std::string toTable(const p2p::GroupView& v) {
   out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {}\n", "FROM",
                      "TO", "MBIT/S", "SOURCE");
   for (const auto& e : v.edges) {
-    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", e.from.substr(0, 8), e.to.substr(0, 8),
+    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", shortId(e.from), shortId(e.to),
                        e.bytes_per_s * 8e-6, p2p::edgeSourceName(e.source),
                        isRingEdge(ring_ids, e) ? " *" : "");
   }

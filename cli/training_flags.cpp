@@ -37,6 +37,21 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"eval-every", "rounds (DDP: steps) between validation losses", "1"},
       {"checkpoint-dir", "write DIR/peer-<rank>.ckpt after every round", ""},
       {"resume", "start from the checkpoints in --checkpoint-dir", "", true},
+      {"batch-test",
+       "adaptive batch: none, norm (grow the batch while the gradient noise exceeds --batch-eta "
+       "of its norm) or inner-product",
+       "none"},
+      {"batch-eta", "norm test tolerance (> 0)", "0.8"},
+      {"batch-theta", "inner-product test tolerance (> 0)", "0.9"},
+      {"batch-nu", "inner-product test's orthogonality tolerance (> 0)", "5"},
+      {"max-batch", "cap on the adaptive per-peer batch (default: max(--batch, 1024))", ""},
+      {"allocation",
+       "speed (windows per step in proportion to each peer's tokens/s; not bit-reproducible) or "
+       "equal",
+       "equal"},
+      {"max-micro-batch",
+       "windows per backward pass; a larger batch is accumulated over several (0: never split)",
+       "0"},
   };
 }
 
@@ -44,7 +59,8 @@ std::vector<FlagSpec> trainingPeerFlagSpecs() {
   auto specs = trainingFlagSpecs();
   specs.push_back(
       {"rank",
-       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)",
+       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice); "
+       "default: a stream of its own from its peer id, and its position among the members",
        "0"});
   specs.push_back({"world-hint", "number of data shards for contiguous sharding", "1"});
   specs.push_back(
@@ -69,6 +85,49 @@ Result<double> getDouble(const Flags& flags, const std::string& name, double min
                               envName(name), min, max, v));
   }
   return d;
+}
+
+// --batch-test and its tolerances; a tolerance given for a test that does not use it is an error
+// (a typo would otherwise go unnoticed).
+Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
+  training::BatchTestConfig& b = c.batch;
+  auto test = training::parseBatchTest(flags.get("batch-test"));
+  if (!test) return test.status().withContext("--batch-test");
+  b.test = *test;
+  auto eta = getDouble(flags, "batch-eta", 0, 1e6);
+  auto theta = getDouble(flags, "batch-theta", 0, 1e6);
+  auto nu = getDouble(flags, "batch-nu", 0, 1e6);
+  for (const auto* r : {&eta, &theta, &nu}) {
+    if (!*r) return r->status();
+  }
+  b.eta = *eta;
+  b.theta = *theta;
+  b.nu = *nu;
+  const bool norm = b.test == training::BatchTest::kNorm;
+  const bool ip = b.test == training::BatchTest::kInnerProduct;
+  if (flags.isSet("batch-eta") && !norm)
+    return Status(StatusCode::kInvalidArgument, "--batch-eta is for --batch-test norm");
+  if ((flags.isSet("batch-theta") || flags.isSet("batch-nu")) && !ip) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--batch-theta and --batch-nu are for --batch-test inner-product");
+  }
+  if (flags.isSet("max-batch") && b.test == training::BatchTest::kNone)
+    return Status(StatusCode::kInvalidArgument,
+                  "--max-batch is for --batch-test norm|inner-product");
+  if (flags.get("max-batch").empty()) {
+    b.max_batch = std::max<std::uint32_t>(c.train.batch_size, 1024);
+  } else {
+    auto v = flags.getInt("max-batch", 1, 65536);
+    if (!v) return v.status();
+    b.max_batch = static_cast<std::uint32_t>(*v);
+  }
+  auto allocation = training::parseAllocation(flags.get("allocation"));
+  if (!allocation) return allocation.status().withContext("--allocation");
+  c.allocation = *allocation;
+  auto micro = flags.getInt("max-micro-batch", 0, 65536);
+  if (!micro) return micro.status();
+  b.max_micro_batch = static_cast<std::uint32_t>(*micro);
+  return Status();
 }
 
 }  // namespace
@@ -166,6 +225,7 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
                   fmt::format("--warmup {} must be shorter than --steps {}",
                               c.train.inner.schedule.warmup_steps, c.steps));
   }
+  LOCO_RETURN_IF_ERROR(batchTestFromFlags(flags, c));
   LOCO_RETURN_IF_ERROR(training::validateDistributedConfig(c));
   return c;
 }

@@ -5,7 +5,6 @@ namespace loco::collectives {
 #ifdef LOCO_CUDA
 namespace cuda {
 bool probe(std::string& description);  // accelerator_cuda.cu
-bool addInPlace(float* dst, const float* src, std::size_t n);
 }  // namespace cuda
 #endif
 
@@ -21,15 +20,6 @@ const AcceleratorInfo& accelerator() {
     return i;
   }();
   return info;
-}
-
-void addInPlace(float* dst, const float* src, std::size_t n) {
-#ifdef LOCO_CUDA
-  // Copying to the device costs more than the add for anything this small; the device path is
-  // worth it only for large buffers.
-  if (n >= (1u << 22) && accelerator().cuda_available && cuda::addInPlace(dst, src, n)) return;
-#endif
-  for (std::size_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
 }  // namespace loco::collectives

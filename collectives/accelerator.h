@@ -1,7 +1,8 @@
 #pragma once
-// Which accelerator this process may use for reductions. CUDA kernels are compiled only with
-// -DLOCO_CUDA=ON; without them, or without a device or driver at run time, everything runs on
-// the CPU. Thread-safe; the probe runs once.
+// Which accelerator this process may use. The CUDA probe is compiled only with -DLOCO_CUDA=ON;
+// without it, or without a device or driver at run time, everything runs on the CPU (reductions
+// always do: a ring's pieces are too small to pay for the copies to a device and back).
+// Thread-safe; the probe runs once.
 
 #include <cstddef>
 #include <string>
@@ -15,8 +16,5 @@ struct AcceleratorInfo {
 };
 
 const AcceleratorInfo& accelerator();
-
-// dst[i] += src[i], on the device when one is available, else on the CPU.
-void addInPlace(float* dst, const float* src, std::size_t n);
 
 }  // namespace loco::collectives

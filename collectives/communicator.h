@@ -1,8 +1,9 @@
 #pragma once
 // Collective operations over a group of peers (ARCHITECTURE.md §5). A Communicator is one peer: it
-// registers with the coordinator, keeps ring links to its neighbours (one per epoch), and runs
-// all-reduce as a pipelined ring (reduce-scatter, then all-gather) striped over each link's K
-// streams.
+// registers with the coordinator, keeps links to the peers it exchanges data with (one per
+// ordered pair and epoch, each striped over K TCP streams), and runs all-reduce (a pipelined ring
+// for large buffers, latency-optimal algorithms for small ones, chosen by size) and small-group
+// exchanges for gossip methods.
 //
 // Guarantees:
 // - Bit-identical results on every peer for every wire format: the owner of each reduced
@@ -10,6 +11,8 @@
 // - All or nothing: an operation succeeds on a peer only after the coordinator saw every member
 //   finish it. Otherwise every survivor gets an error and its buffer back exactly as it was.
 //   One failed operation aborts every operation in flight in that epoch.
+// - Several operations (all-reduces and exchanges) may be in flight at once; the caller's thread
+//   is free while they run.
 // - Operations are issued in the same order on every peer (collective semantics) and stamped
 //   with the epoch; the group changes only at syncPoint(), never during an operation.
 //
@@ -21,8 +24,11 @@
 #include <string>
 #include <vector>
 
+#include <span>
+
 #include "collectives/codec.h"
 #include "collectives/shared_state.h"
+#include "collectives/types.h"
 #include "p2p/address.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
@@ -32,13 +38,6 @@ struct PeerReportMsg;
 }
 
 namespace loco::collectives {
-
-enum class DType : std::uint8_t { kF32, kF16, kBF16 };
-enum class ReduceOp : std::uint8_t { kSum, kAvg, kMin, kMax };
-
-std::size_t dtypeSize(DType d);
-Result<DType> parseDType(std::string_view name);
-Result<ReduceOp> parseReduceOp(std::string_view name);
 
 struct CommunicatorOptions {
   p2p::HostPort coordinator;
@@ -58,11 +57,31 @@ struct CommunicatorOptions {
   Millis coordinator_timeout{600000};
 };
 
+// How an all-reduce moves its data. kAuto chooses by size and world (the ring for large buffers,
+// scatter-gather for medium ones on small groups, direct for tiny ones); the others force one,
+// for benchmarks and tests.
+enum class AllReduceAlgorithm : std::uint8_t { kAuto, kRing, kDirect, kScatterGather };
+std::string_view allReduceAlgorithmName(AllReduceAlgorithm a);
+// "auto", "ring", "direct", "scatter-gather"; kInvalidArgument names the bad value.
+Result<AllReduceAlgorithm> parseAllReduceAlgorithm(std::string_view name);
+
 struct AllReduceOptions {
   Millis timeout{120000};  // the whole operation, links included
   // int8/int4: elements per block scale (codec.h), 1..kMaxQuantBlock; every peer must pass the
   // same.
   std::size_t quant_block = kQuantBlock;
+  AllReduceAlgorithm algorithm = AllReduceAlgorithm::kAuto;  // every peer must pass the same
+};
+
+// What an exchange does with the members' buffers (exchange.h).
+enum class ExchangeMode : std::uint8_t {
+  kAverage = 1,  // every member gets the mean of all members' buffers (bit-identical)
+  kSwap = 2,     // every member gets the next member's buffer (for two, the partner's)
+};
+
+struct ExchangeOptions {
+  ExchangeMode mode = ExchangeMode::kAverage;
+  std::size_t quant_block = kQuantBlock;  // int8/int4, as AllReduceOptions
 };
 
 // A handle on an operation in flight.
@@ -72,7 +91,8 @@ class Operation {
   explicit Operation(std::shared_ptr<State> state) : state_(std::move(state)) {}
   // Blocks until the operation ends or the deadline passes (kTimeout; the operation goes on).
   // Errors: kAborted (the group aborted it; the buffer is restored), kPeerLost, kInvalidArgument
-  // (peers disagree on size, dtype, op or wire), kTimeout.
+  // (peers disagree on size, dtype, op or wire), kTimeout (the operation's own timeout; the wait's
+  // deadline passing instead returns kTimeout with the operation still running).
   Status wait(Deadline deadline);
   bool finished() const;
 
@@ -95,19 +115,34 @@ class Communicator {
   // p2p::MembershipClient::waitForMembership; kUnavailable: no coordinator came back).
   Status waitForMembership(Deadline deadline);
   // A sync point of the whole group (pending peers are admitted here); no operation may be in
-  // flight (kInvalidArgument). Returns the epoch to continue in.
+  // flight (kFailedPrecondition). Returns the epoch to continue in.
   Result<std::uint64_t> syncPoint(Deadline deadline);
   // Starts an all-reduce of `count` elements at `data` (in place). `data` must stay valid and
   // untouched until the operation ends. Zero elements: kInvalidArgument (the group aborts it).
-  // kAborted at once, nothing started, if the group lost a member since the last sync point
-  // (or admission): the survivors meet at syncPoint() and continue in the new epoch there.
+  // Before admission: kFailedPrecondition. kAborted at once, nothing started, if the group lost
+  // a member since the last sync point (or admission): the survivors meet at syncPoint() and
+  // continue in the new epoch there.
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype,
                                                ReduceOp op, Wire wire,
                                                AllReduceOptions options = {});
+  // Starts an exchange of `send` with the members of `group`: this peer's id and one or two
+  // others' (any order; every member passes the same set and issues its exchanges with that set
+  // in the same order). On success `recv` (as long as `send`; it may be `send` itself) holds the
+  // mean of the members' buffers (kAverage) or the next member's, in id order (kSwap); on failure
+  // it is untouched. `send` and `recv` must stay valid, and `send` unchanged, until the operation
+  // ends; `deadline` bounds the whole operation (kTimeout). Both members apply the result or
+  // neither does: the coordinator commits it when every member has finished. A member that dies
+  // or stalls (and is evicted after the heartbeat timeout) fails it for the others, like any
+  // membership change. Errors as allReduce; kInvalidArgument for a bad group or sizes.
+  Result<std::shared_ptr<Operation>> exchange(std::vector<std::string> group,
+                                              std::span<const float> send, std::span<float> recv,
+                                              Wire wire, Deadline deadline,
+                                              ExchangeOptions options = {});
   // Synchronizes `state` with the group (shared_state.h). Every member calls it at the same
-  // point, between collective operations (one in flight: kInvalidArgument). Blocks until the
+  // point, between collective operations (one in flight: kFailedPrecondition). Blocks until the
   // whole group's round is over or the deadline; meanwhile this peer serves its chunks to others.
-  // Errors: kInvalidArgument (not admitted; no buffers; the layout differs from the group's:
+  // Errors: kFailedPrecondition (not admitted), kInvalidArgument (no buffers; the layout differs
+  // from the group's:
   // the message names the first mismatching buffer), kAborted (send-only and lost the election;
   // shutting down), kNotFound (every peer synced receive-only), kDataLoss (no source left for a
   // needed chunk), kTimeout, kPeerLost / kEvicted (lost the group). On error this peer's

@@ -30,29 +30,16 @@
 #include <string>
 #include <vector>
 
+#include "collectives/types.h"
 #include "p2p/base/status.h"
 
 namespace loco::collectives {
-
-enum class StateDType : std::uint8_t {
-  kF32 = 1,
-  kF16 = 2,
-  kBF16 = 3,
-  kF64 = 4,
-  kI32 = 5,
-  kI64 = 6,
-  kU8 = 7
-};
-std::size_t stateDTypeSize(StateDType d);
-std::string_view stateDTypeName(StateDType d);
 
 enum class SyncStrategy : std::uint8_t {
   kEnforcePopular = 1,  // vote with what this peer holds; take the group's content where it lost
   kReceiveOnly = 2,     // a newcomer that holds nothing yet: take everything from the group
   kSendOnly = 3,        // this peer must win (it restores a checkpoint); kAborted if it loses
 };
-std::string_view syncStrategyName(SyncStrategy s);
-Result<SyncStrategy> parseSyncStrategy(std::string_view name);
 
 inline constexpr std::uint32_t kDefaultStateChunkBytes = 1u << 20;
 inline constexpr std::uint32_t kMaxCorruptChunksPerSource = 3;
@@ -93,11 +80,10 @@ class SharedState {
   // Registers `count` elements at `data` under `name`. Every peer must register the same
   // buffers (names, dtypes, counts) in the same order. kInvalidArgument: empty or duplicate
   // name, null data with count > 0, a name longer than 256 bytes, too many buffers or chunks.
-  Status add(std::string name, StateDType dtype, void* data, std::size_t count);
+  Status add(std::string name, DType dtype, void* data, std::size_t count);
 
   std::size_t buffers() const { return buffers_.size(); }
   std::size_t bytes() const;
-  std::uint32_t chunkBytes() const { return chunk_bytes_; }
   std::size_t chunks() const;
   std::uint64_t revision() const { return revision_; }
   // One step newer: the application changed the content as every member did (see above).
@@ -109,14 +95,14 @@ class SharedState {
 
  private:
   friend class StateEngine;
-  struct Buffer {
+  struct Entry {
     std::string name;
-    StateDType dtype;
+    DType dtype;
     std::uint8_t* data;
     std::size_t count;
-    std::size_t bytes() const { return count * stateDTypeSize(dtype); }
+    std::size_t bytes() const { return count * dtypeSize(dtype); }
   };
-  std::vector<Buffer> buffers_;
+  std::vector<Entry> buffers_;
   std::uint32_t chunk_bytes_;
   std::uint64_t revision_ = 0;
   bool synced_once_ = false;

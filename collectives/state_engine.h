@@ -22,7 +22,7 @@
 #include "p2p/frame.h"
 #include "p2p/link.h"
 #include "p2p/messages.h"
-#include "p2p/net.h"
+#include "p2p/runtime.h"
 
 namespace loco::p2p {
 class MembershipClient;
@@ -32,6 +32,37 @@ namespace loco::collectives {
 
 // Set in the epoch of a link dialed for shared state; ring links carry plain epochs.
 inline constexpr std::uint64_t kStateLinkEpochBit = std::uint64_t{1} << 63;
+
+// The state links' own protocol, shared by state_engine.cpp, state_download.cpp and
+// state_serve.cpp.
+namespace state_detail {
+// Tags on a state link (links live for one sync): requests carry a sequence number, answers the
+// round and chunk they answer.
+inline constexpr std::uint64_t kReqTagBase = std::uint64_t{1} << 62;
+inline constexpr std::size_t kPostedRequests = 64;  // request receives a server keeps posted
+inline constexpr Millis kDialTimeout{10000};
+inline constexpr Millis kWithdrawAckTimeout{2000};  // a lost coordinator must not hold a sync
+
+inline std::uint64_t dataTag(std::uint64_t round, std::uint32_t chunk) {
+  return ((round & 0xFFFFFFFFFFull) << 21) | chunk;
+}
+
+// A request: u64 round, u32 chunk, u32 zero; little-endian.
+inline std::array<std::uint8_t, 16> encodeRequest(std::uint64_t round, std::uint32_t chunk) {
+  std::array<std::uint8_t, 16> out{};
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<std::uint8_t>(round >> (8 * i));
+  for (int i = 0; i < 4; ++i) out[8 + i] = static_cast<std::uint8_t>(chunk >> (8 * i));
+  return out;
+}
+
+inline void decodeRequest(const std::array<std::uint8_t, 16>& in, std::uint64_t& round,
+                          std::uint32_t& chunk) {
+  round = 0;
+  chunk = 0;
+  for (int i = 0; i < 8; ++i) round |= static_cast<std::uint64_t>(in[i]) << (8 * i);
+  for (int i = 0; i < 4; ++i) chunk |= static_cast<std::uint32_t>(in[8 + i]) << (8 * i);
+}
+}  // namespace state_detail
 
 class StateEngine {
  public:
@@ -121,6 +152,7 @@ class StateEngine {
   void onRequest(const std::shared_ptr<Served>& s, std::uint64_t seq);
   void serveChunk(const std::shared_ptr<Served>& s, std::uint64_t round, std::uint32_t chunk);
   void dropServed(const std::shared_ptr<Served>& s);
+  void armPacing();
 
   p2p::NetworkThread& net_;
   p2p::MembershipClient& client_;
@@ -133,6 +165,10 @@ class StateEngine {
   std::uint64_t generation_ = 0;  // one per sync; also its sync_id at the coordinator
   std::vector<std::shared_ptr<Served>> served_;
   bool shut_down_ = false;
+  p2p::Timer withdraw_timer_{net_};
+  // max_serve_mbit: chunk sends waiting for their start time, in order.
+  p2p::Timer pace_timer_{net_};
+  std::deque<std::pair<TimePoint, std::function<void()>>> paced_;
 
   // Between the threads.
   std::mutex mu_;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "p2p/base/log.h"
+#include "p2p/base/text.h"
 
 namespace loco::crypto {
 namespace {
@@ -125,7 +126,7 @@ Result<PeerIdentity> loadOrCreateIdentity(const std::string& path) {
     return Status(StatusCode::kIoError,
                   fmt::format("cannot create identity file {}: {}", path, errnoText()));
   }
-  LOG_DEBUG(kLogPeer, "created identity {} in {}", ident.id.substr(0, 8), path);
+  LOG_DEBUG(kLogPeer, "created identity {} in {}", shortId(ident.id), path);
   return ident;
 }
 

@@ -68,13 +68,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void close(Status reason);
   void resumeReading();
 
-  bool isClosed() const { return closed_; }
   const std::string& name() const { return options_.name; }
   void setName(std::string name) { options_.name = std::move(name); }
   std::string remoteAddress() const { return stream_->remoteAddress(); }
   std::string localAddress() const { return stream_->localAddress(); }
-  std::size_t queuedBytes() const { return queued_bytes_; }
-  std::size_t writesInFlight() const { return in_flight_.size() + queue_.size(); }
+  double rttSeconds() const { return stream_->rttSeconds(); }
 
  private:
   Connection(asio::io_context& io, std::unique_ptr<Stream> stream, Options options);

@@ -7,13 +7,11 @@
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
+#include "p2p/base/text.h"
 #include "p2p/net.h"
 
 namespace loco::p2p {
 namespace {
-std::string shortId(const std::string& id) {
-  return id.substr(0, 8);
-}
 constexpr std::uint32_t kMaxStreams = 64;
 }  // namespace
 
@@ -280,8 +278,14 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
       if (it != peers_.end()) sendStatus(*it->second);
       return;
     }
-    case MsgType::kOpReport:
-      return apply(membership_.opReport(id, h.epoch, h.op_id, !payload.empty() && payload[0] != 0));
+    case MsgType::kOpReport: {
+      auto report = decodeOpReport(payload);
+      if (!report) {
+        counter("coord.unexpected_frames").inc();
+        return apply(membership_.opReport(id, h.epoch, h.op_id, false));
+      }
+      return apply(membership_.opReport(id, h.epoch, h.op_id, report->ok, report->members));
+    }
     case MsgType::kStateManifest:
     case MsgType::kStateDone:
     case MsgType::kStateComplaint:

@@ -85,6 +85,7 @@ std::uint32_t maxPayload(MsgType t) {
     case MsgType::kData:
       return kMaxDataChunk;
     case MsgType::kOpReport:
+      return 4096;  // a verdict and up to kMaxOpMembers ids (messages.h)
     case MsgType::kOpDecision:
       return 1;
     // Hashes of up to kMaxStateChunks chunks plus names; sources' bitmaps (see messages.h).

@@ -8,6 +8,8 @@
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
+#include "p2p/base/text.h"
+#include "p2p/connection.h"
 #include "p2p/messages.h"
 #include "p2p/net.h"
 
@@ -42,9 +44,16 @@ void Link::wire(std::size_t index) {
   std::weak_ptr<Link> weak = weak_from_this();
   conn->setDataHandlers(
       [weak, index](const FrameHeader& h) {
-        if (auto self = weak.lock()) return self->target(index, h);
-        return Connection::DataTarget{
-            Connection::DataTarget::Kind::kReject, {}, Status(StatusCode::kAborted, "link gone")};
+        using Kind = Connection::DataTarget::Kind;
+        auto self = weak.lock();
+        if (!self)
+          return Connection::DataTarget{
+              Kind::kReject, {}, Status(StatusCode::kAborted, "link gone")};
+        ChunkTarget t = self->target(index, h);
+        const Kind kind = t.kind == ChunkTarget::Kind::kReady  ? Kind::kReady
+                          : t.kind == ChunkTarget::Kind::kPark ? Kind::kPark
+                                                               : Kind::kReject;
+        return Connection::DataTarget{kind, t.dst, std::move(t.error)};
       },
       [weak, index](const FrameHeader& h) {
         if (auto self = weak.lock()) self->dataDone(index, h);
@@ -64,10 +73,11 @@ std::size_t Link::chunkLength(std::size_t total, std::uint32_t chunk) const {
   return std::min<std::size_t>(options_.chunk_bytes, total - begin);
 }
 
-void Link::send(std::uint64_t tag, ByteSpan data, Done done) {
+void Link::send(std::uint64_t tag, ByteSpan data, Done done, int priority) {
   if (closed_) return done(close_reason_);
   auto op = std::make_shared<SendOp>();
   op->tag = tag;
+  op->priority = priority;
   op->data = data;
   op->done = std::move(done);
   op->chunks = chunkCount(data.size());
@@ -83,8 +93,12 @@ void Link::pump() {
     progress = false;
     for (std::size_t i = 0; i < streams_.size() && !sends_.empty(); ++i) {
       if (state_[i].queued >= options_.queued_chunks_per_stream) continue;
-      auto it = std::find_if(sends_.begin(), sends_.end(),
-                             [](const auto& op) { return op->next < op->chunks; });
+      // The first unsent chunk of the highest priority.
+      auto it = sends_.end();
+      for (auto c = sends_.begin(); c != sends_.end(); ++c) {
+        if ((*c)->next < (*c)->chunks && (it == sends_.end() || (*c)->priority > (*it)->priority))
+          it = c;
+      }
       if (it == sends_.end()) return;
       std::shared_ptr<SendOp> op = *it;
       std::uint32_t chunk = op->next++;
@@ -112,9 +126,25 @@ Link::SendMeter Link::takeSendMeter() {
   if (!sends_.empty()) {
     auto now = Clock::now();
     meter_.busy_s += toSeconds(now - busy_since_);
+    lifetime_meter_.busy_s += toSeconds(now - busy_since_);
     busy_since_ = now;
   }
   return std::exchange(meter_, SendMeter{});
+}
+
+double Link::rttSeconds() const {
+  double best = 0;
+  for (const auto& s : streams_) {
+    const double r = s->rttSeconds();
+    if (r > 0 && (best == 0 || r < best)) best = r;
+  }
+  return best;
+}
+
+double Link::sendRate() const {
+  return lifetime_meter_.busy_s > 0
+             ? static_cast<double>(lifetime_meter_.bytes) / lifetime_meter_.busy_s
+             : 0;
 }
 
 void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
@@ -124,9 +154,14 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
   sends_.erase(it);
   if (op->error.isOk()) {
     meter_.bytes += op->data.size();
+    lifetime_meter_.bytes += op->data.size();
     sent_bytes_.inc(op->data.size());
   }
-  if (sends_.empty()) meter_.busy_s += toSeconds(Clock::now() - busy_since_);
+  if (sends_.empty()) {
+    const double busy = toSeconds(Clock::now() - busy_since_);
+    meter_.busy_s += busy;
+    lifetime_meter_.busy_s += busy;
+  }
   op->done(op->error);
 }
 
@@ -146,8 +181,8 @@ Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std
   return Status();
 }
 
-Connection::DataTarget Link::target(std::size_t index, const FrameHeader& h) {
-  using Kind = Connection::DataTarget::Kind;
+Link::ChunkTarget Link::target(std::size_t index, const FrameHeader& h) {
+  using Kind = ChunkTarget::Kind;
   auto& st = state_[index];
   auto it = recvs_.find(h.op_id);
   if (it != recvs_.end()) {
@@ -273,21 +308,25 @@ void Link::close(const Status& why) {
 
 // ---- listener ---------------------------------------------------------------------------------
 
-LinkListener::LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link)
-    : io_(io), options_(options), on_link_(std::move(on_link)) {}
+struct LinkListener::Acceptor {
+  std::unique_ptr<asio::ip::tcp::acceptor> acceptor;
+};
+
+LinkListener::LinkListener(NetworkThread& net, LinkOptions options, OnLink on_link)
+    : net_(net), options_(options), on_link_(std::move(on_link)) {}
 
 LinkListener::~LinkListener() {
   close();
 }
 
-Result<std::unique_ptr<LinkListener>> LinkListener::start(asio::io_context& io,
+Result<std::unique_ptr<LinkListener>> LinkListener::start(NetworkThread& net,
                                                           const HostPort& listen,
                                                           LinkOptions options, OnLink on_link) {
-  std::unique_ptr<LinkListener> l(new LinkListener(io, options, std::move(on_link)));
-  auto acc = listenOn(io, listen);
+  std::unique_ptr<LinkListener> l(new LinkListener(net, options, std::move(on_link)));
+  auto acc = listenOn(net.context(), listen);
   if (!acc) return acc.status().withContext("link listener");
-  l->acceptor_ = std::move(acc.value());
-  l->port_ = l->acceptor_->local_endpoint().port();
+  l->acceptor_ = std::make_unique<Acceptor>(Acceptor{std::move(acc.value())});
+  l->port_ = l->acceptor_->acceptor->local_endpoint().port();
   l->accept();
   return l;
 }
@@ -296,7 +335,7 @@ void LinkListener::close() {
   if (closed_) return;
   closed_ = true;
   std::error_code ignored;
-  if (acceptor_) acceptor_->close(ignored);
+  if (acceptor_) acceptor_->acceptor->close(ignored);
   for (auto& c : handshaking_) {
     c->setCloseHandler(nullptr);
     c->close(Status(StatusCode::kAborted, "listener closed"));
@@ -306,23 +345,25 @@ void LinkListener::close() {
 }
 
 void LinkListener::accept() {
-  acceptor_->async_accept([this, alive = lifetime_.watch()](const std::error_code& ec,
-                                                            asio::ip::tcp::socket socket) {
+  acceptor_->acceptor->async_accept([this, alive = lifetime_.watch()](
+                                        const std::error_code& ec, asio::ip::tcp::socket socket) {
     if (alive.expired() || closed_) return;
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
       counter("p2p.link_accept_errors").inc();
-      auto t = std::make_shared<asio::steady_timer>(io_, Millis(50));
+      auto t = std::make_shared<asio::steady_timer>(net_.context(), Millis(50));
       t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
         if (!alive.expired() && !closed_) accept();
       });
       return;
     }
     tuneSocket(socket, options_.tcp_user_timeout);
+    setNotSentLowat(socket, options_.notsent_lowat);
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
-    auto conn = Connection::create(io_, std::make_unique<TcpStream>(std::move(socket)), copts);
+    auto conn =
+        Connection::create(net_.context(), std::make_unique<TcpStream>(std::move(socket)), copts);
     std::weak_ptr<Connection> weak = conn;
     conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       auto c = weak.lock();
@@ -383,8 +424,8 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
   std::string from = p.from;
   const std::uint64_t link_epoch = p.epoch;
   partial_.erase(hello->link_id);
-  auto link = std::make_shared<Link>(fmt::format("link from {}", from.substr(0, 8)),
-                                     std::move(streams), options_);
+  auto link = std::make_shared<Link>(fmt::format("link from {}", shortId(from)), std::move(streams),
+                                     options_);
   link->start();
   on_link_(std::move(link), from, link_epoch);
 }
@@ -421,9 +462,10 @@ struct LinkDial : std::enable_shared_from_this<LinkDial> {
 };
 }  // namespace
 
-void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
+void connectLink(NetworkThread& net, const HostPort& remote, const std::string& self_id,
                  LinkOptions options, Deadline deadline,
                  std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch) {
+  asio::io_context& io = net.context();
   auto eps = resolve(remote);
   if (!eps) return done(eps.status());
   auto dial = std::make_shared<LinkDial>(io, options);
@@ -445,6 +487,7 @@ void connectLink(asio::io_context& io, const HostPort& remote, const std::string
       if (!d || d->finished) return;
       if (!sock) return d->fail(sock.status().withContext("link to " + d->remote));
       tuneSocket(*sock.value(), d->options.tcp_user_timeout);
+      setNotSentLowat(*sock.value(), d->options.notsent_lowat);
       Connection::Options copts;
       copts.name = fmt::format("link to {} stream {}", d->remote, i);
       copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());

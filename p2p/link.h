@@ -6,11 +6,10 @@
 // Buffering is bounded: chunks that arrive before their recv() is posted are staged up to
 // max_staged_bytes; beyond that the stream stops reading (TCP backpressure) until recv() is posted.
 //
+// No ASIO type appears here: code above p2p/ uses links through this header.
 // Thread rules: create, call and destroy on the network thread; completions run there.
 // Errors: a stream that closes fails the whole link; every pending send/recv completes with the
 // reason (kPeerLost, kTimeout, kProtocolError, kAborted).
-
-#include <asio.hpp>
 
 #include <cstdint>
 #include <deque>
@@ -24,10 +23,12 @@
 #include "p2p/base/clock.h"
 #include "p2p/base/metrics.h"
 #include "p2p/base/status.h"
-#include "p2p/connection.h"
-#include "p2p/net.h"
+#include "p2p/frame.h"
+#include "p2p/runtime.h"
 
 namespace loco::p2p {
+
+class Connection;
 
 struct LinkOptions {
   std::uint32_t streams = 4;
@@ -39,6 +40,10 @@ struct LinkOptions {
   // fails the link instead of stalling it for the kernel's ~15 minutes. Membership heartbeats
   // usually notice first.
   Millis tcp_user_timeout{10000};
+  // Unsent bytes the kernel may hold per stream (setNotSentLowat): small, so that send()
+  // priorities decide the order on the wire instead of a deep kernel queue. In-flight (sent,
+  // unacknowledged) data is not limited by it.
+  std::size_t notsent_lowat = 128u << 10;
 };
 
 class Link : public std::enable_shared_from_this<Link> {
@@ -51,8 +56,9 @@ class Link : public std::enable_shared_from_this<Link> {
   void start();
 
   // Sends `data` under `tag`; `data` must stay valid until `done`. Completes when every chunk was
-  // handed to the kernel.
-  void send(std::uint64_t tag, ByteSpan data, Done done);
+  // handed to the kernel. Chunks of higher `priority` go to the streams first (FIFO among equals),
+  // so a ring can move pieces that are further along ahead of new ones.
+  void send(std::uint64_t tag, ByteSpan data, Done done, int priority = 0);
   // Receives the transfer `tag` into `dst`, whose size must equal the sent size.
   void recv(std::uint64_t tag, MutableByteSpan dst, Done done);
   void close(const Status& why);
@@ -66,6 +72,11 @@ class Link : public std::enable_shared_from_this<Link> {
     double busy_s = 0;
   };
   SendMeter takeSendMeter();
+  // What the link has shown so far, for sizing what to keep in flight: the smallest smoothed
+  // round-trip time of its streams (0: unknown) and its send rate while busy (bytes/s; 0:
+  // nothing sent yet).
+  double rttSeconds() const;
+  double sendRate() const;
 
   std::size_t streamCount() const { return streams_.size(); }
   std::size_t stagedBytes() const { return staged_bytes_; }
@@ -74,6 +85,7 @@ class Link : public std::enable_shared_from_this<Link> {
  private:
   struct SendOp {
     std::uint64_t tag;
+    int priority = 0;
     ByteSpan data;
     Done done;
     std::uint32_t chunks = 0;
@@ -100,11 +112,18 @@ class Link : public std::enable_shared_from_this<Link> {
     std::vector<std::uint8_t> stage_buf;
   };
 
+  // Where a data chunk read by stream `index` goes (Connection::DataTarget, without naming it).
+  struct ChunkTarget {
+    enum class Kind { kReady, kPark, kReject } kind = Kind::kReject;
+    MutableByteSpan dst;
+    Status error;
+  };
+
   void wire(std::size_t index);
   void pump();
   // Completes `op` once every chunk handed to a stream has been written or failed.
   void maybeFinishSend(const std::shared_ptr<SendOp>& op);
-  Connection::DataTarget target(std::size_t index, const FrameHeader& h);
+  ChunkTarget target(std::size_t index, const FrameHeader& h);
   void dataDone(std::size_t index, const FrameHeader& h);
   Status acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len,
                      bool last);
@@ -121,7 +140,8 @@ class Link : public std::enable_shared_from_this<Link> {
   LinkOptions options_;
   std::deque<std::shared_ptr<SendOp>> sends_;
   SendMeter meter_;
-  TimePoint busy_since_;  // when sends_ last became non-empty
+  SendMeter lifetime_meter_;  // never reset: sendRate()
+  TimePoint busy_since_;      // when sends_ last became non-empty
   std::map<std::uint64_t, RecvOp> recvs_;
   std::map<std::uint64_t, std::vector<Staged>> staged_;
   std::size_t staged_bytes_ = 0;
@@ -139,14 +159,16 @@ class LinkListener {
   // `epoch`: the membership epoch the dialer was in (links belong to one epoch's ring).
   using OnLink =
       std::function<void(std::shared_ptr<Link>, const std::string& from_peer, std::uint64_t epoch)>;
-  static Result<std::unique_ptr<LinkListener>> start(asio::io_context& io, const HostPort& listen,
+  // Call on the network thread; links are handed out there.
+  static Result<std::unique_ptr<LinkListener>> start(NetworkThread& net, const HostPort& listen,
                                                      LinkOptions options, OnLink on_link);
   ~LinkListener();
   std::uint16_t port() const { return port_; }
   void close();
 
  private:
-  LinkListener(asio::io_context& io, LinkOptions options, OnLink on_link);
+  struct Acceptor;
+  LinkListener(NetworkThread& net, LinkOptions options, OnLink on_link);
   void accept();
   void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload, std::uint64_t epoch);
 
@@ -157,19 +179,19 @@ class LinkListener {
     std::uint64_t epoch = 0;
     TimePoint started;
   };
-  asio::io_context& io_;
+  NetworkThread& net_;
   LinkOptions options_;
   OnLink on_link_;
   LifetimeGuard lifetime_;
-  std::unique_ptr<asio::ip::tcp::acceptor> acceptor_;
+  std::unique_ptr<Acceptor> acceptor_;
   std::uint16_t port_ = 0;
   std::map<std::string, Partial> partial_;
   std::vector<std::shared_ptr<Connection>> handshaking_;
   bool closed_ = false;
 };
 
-// Opens the K streams of a new link to `remote`. `done` runs on the io thread.
-void connectLink(asio::io_context& io, const HostPort& remote, const std::string& self_id,
+// Opens the K streams of a new link to `remote`. Call on the network thread; `done` runs there.
+void connectLink(NetworkThread& net, const HostPort& remote, const std::string& self_id,
                  LinkOptions options, Deadline deadline,
                  std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch = 0);
 

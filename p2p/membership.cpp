@@ -7,6 +7,8 @@
 
 #include "p2p/reconnect.h"
 
+#include "p2p/base/text.h"
+
 namespace loco::p2p {
 
 Millis defaultRebuildWindow(Millis heartbeat_timeout) {
@@ -183,7 +185,7 @@ MembershipEffects Membership::maybeCompleteBarrier() {
       ++epoch_;
       ring_ = proposed_ring_;
       std::string order;
-      for (const auto& id : ring_) order += (order.empty() ? "" : " ") + id.substr(0, 8);
+      for (const auto& id : ring_) order += (order.empty() ? "" : " ") + shortId(id);
       fx.events.push_back({MembershipEvent::Kind::kReordered, "", epoch_, order});
       fx.view_changed = true;
     }
@@ -201,7 +203,8 @@ void Membership::abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch) {
 }
 
 MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoch,
-                                       std::uint64_t op_id, bool ok) {
+                                       std::uint64_t op_id, bool ok,
+                                       const std::vector<std::string>& members) {
   Peer* p = find(id);
   if (p == nullptr || p->state != PeerState::kMember) return {};
   MembershipEffects fx;
@@ -209,15 +212,30 @@ MembershipEffects Membership::opReport(const std::string& id, std::uint64_t epoc
     fx.decisions.push_back({epoch, op_id, false});  // the member set has changed since
     return fx;
   }
-  if (!ok || aborted_ops_.count(op_id) != 0) {
+  auto abort = [&] {
     ops_.erase(op_id);
     aborted_ops_.insert(op_id);
     fx.decisions.push_back({epoch, op_id, false});
     return fx;
+  };
+  if (!ok || aborted_ops_.count(op_id) != 0) return abort();
+  auto [it, fresh] = ops_.try_emplace(op_id);
+  OpState& op = it->second;
+  if (fresh) {
+    op.members = members;
+    for (const auto& m : members) {
+      const Peer* mp = find(m);
+      if (mp == nullptr || mp->state != PeerState::kMember) return abort();
+    }
+  } else if (op.members != members) {
+    return abort();
   }
-  auto& done = ops_[op_id];
-  done.insert(id);
-  if (done.size() == ring_.size()) {
+  if (!op.members.empty() &&
+      std::find(op.members.begin(), op.members.end(), id) == op.members.end()) {
+    return abort();
+  }
+  op.done.insert(id);
+  if (op.done.size() == (op.members.empty() ? ring_.size() : op.members.size())) {
     ops_.erase(op_id);
     fx.decisions.push_back({epoch, op_id, true});
   }

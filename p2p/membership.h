@@ -145,9 +145,11 @@ class Membership {
   // Connection lost or protocol violation: removed at once.
   MembershipEffects evict(const std::string& id, const std::string& reason);
   // A member finished (ok) or failed its part of operation `op_id` in `epoch`. A report for an
-  // epoch other than the current one is answered with an abort at once.
+  // epoch other than the current one is answered with an abort at once. `members`: who takes
+  // part (an exchange between a few members); empty: every member. The operation commits when
+  // all of them reported it done; members that disagree on who takes part abort it.
   MembershipEffects opReport(const std::string& id, std::uint64_t epoch, std::uint64_t op_id,
-                             bool ok);
+                             bool ok, const std::vector<std::string>& members = {});
   std::size_t pendingOps() const { return ops_.size(); }
   // A better ring order (topology.h). It takes effect at the next completed sync barrier, as a
   // new epoch, if it is then still an order of exactly the members; otherwise it is dropped.
@@ -201,12 +203,16 @@ class Membership {
   std::optional<TimePoint> behind_since_;  // pending peers are held for the high-water mark
   TimePoint now_{};                        // the latest time any input carried
   std::uint64_t epoch_ = 0;
-  std::vector<Peer> peers_;                             // registration order
-  std::vector<std::string> ring_;                       // members in ring order
-  std::set<std::string> synced_;                        // members waiting at the current barrier
-  std::map<std::uint64_t, std::set<std::string>> ops_;  // op_id -> members done, current epoch
-  std::set<std::uint64_t> aborted_ops_;                 // current epoch; late reports get an abort
-  std::vector<std::string> proposed_ring_;              // applied at the next barrier
+  std::vector<Peer> peers_;        // registration order
+  std::vector<std::string> ring_;  // members in ring order
+  std::set<std::string> synced_;   // members waiting at the current barrier
+  struct OpState {
+    std::set<std::string> done;
+    std::vector<std::string> members;  // empty: every member
+  };
+  std::map<std::uint64_t, OpState> ops_;    // current epoch
+  std::set<std::uint64_t> aborted_ops_;     // current epoch; late reports get an abort
+  std::vector<std::string> proposed_ring_;  // applied at the next barrier
   // Aborts every operation still open (called when the member set changes).
   void abortOpenOps(MembershipEffects& fx, std::uint64_t old_epoch);
   std::optional<TimePoint> last_tick_;

@@ -120,12 +120,16 @@ void MembershipClient::setRegistrationReport(RegistrationReport report) {
   });
 }
 
-void MembershipClient::reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok) {
-  net_.post([this, epoch, op_id, ok] {
-    const std::uint8_t verdict = ok ? 1 : 0;
-    if (conn_ && conn_registered_)
-      conn_->send(MsgType::kOpReport, ByteSpan(&verdict, 1), epoch, op_id);
-  });
+void MembershipClient::reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok,
+                                std::vector<std::string> members) {
+  auto send = [this, epoch, op_id, ok, members = std::move(members)] {
+    if (conn_ && conn_registered_) {
+      conn_->send(MsgType::kOpReport, encodeOpReport(OpReportMsg{ok, members}), epoch, op_id);
+    }
+  };
+  // Collectives report from the network thread: sending at once saves a turn of its loop.
+  if (net_.inThisThread()) return send();
+  net_.post(std::move(send));
 }
 
 void MembershipClient::reportLinks(std::vector<EdgeEstimate> edges) {
@@ -725,7 +729,7 @@ Status MembershipClient::memberStatus(std::string_view what) const {
   if (!ever_admitted_ && !aborted_ &&
       (state_ == State::kPending || state_ == State::kConnecting ||
        state_ == State::kDisconnected)) {
-    return Status(StatusCode::kInvalidArgument,
+    return Status(StatusCode::kFailedPrecondition,
                   fmt::format("{} before this peer was admitted to the group (call "
                               "waitForMembership)",
                               what));

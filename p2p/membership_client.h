@@ -101,7 +101,9 @@ class MembershipClient {
   // thread, non-blocking).
   void setRegistrationReport(RegistrationReport report);
   // Tells the coordinator this peer's part of (epoch, op_id) is done or failed. Non-blocking.
-  void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok);
+  // `members`: who takes part when not every member does (an exchange); the ids, sorted.
+  void reportOp(std::uint64_t epoch, std::uint64_t op_id, bool ok,
+                std::vector<std::string> members = {});
   // Sends bandwidth measurements to the coordinator (topology.h). Non-blocking; sent in order
   // with reportOp and syncPoint, so a report made before a sync point counts at that sync point.
   void reportLinks(std::vector<EdgeEstimate> edges);
@@ -219,7 +221,5 @@ class MembershipClient {
   std::unique_ptr<Attempts> attempts_;
   std::shared_ptr<void> lifetime_ = std::make_shared<int>(0);  // see LifetimeGuard (net.h)
 };
-
-std::string_view clientStateName(MembershipClient::State s);
 
 }  // namespace loco::p2p

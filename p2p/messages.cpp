@@ -277,6 +277,33 @@ Result<LinkHelloMsg> decodeLinkHello(ByteSpan in) {
   return m;
 }
 
+std::vector<std::uint8_t> encodeOpReport(const OpReportMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.u8(m.ok ? 1 : 0);
+  if (m.members.empty()) return out;
+  w.u16(static_cast<std::uint16_t>(m.members.size()));
+  for (const auto& id : m.members) w.str(id);
+  return out;
+}
+
+Result<OpReportMsg> decodeOpReport(ByteSpan in) {
+  ByteReader r(in);
+  OpReportMsg m;
+  std::uint8_t verdict = 0;
+  if (!r.u8(verdict) || verdict > 1) return malformed("OpReport");
+  m.ok = verdict == 1;
+  if (r.done()) return m;
+  std::uint16_t count = 0;
+  if (!r.u16(count) || count == 0 || count > kMaxOpMembers) return malformed("OpReport");
+  m.members.resize(count);
+  for (auto& id : m.members) {
+    if (!r.str(id, kMaxIdLen)) return malformed("OpReport");
+  }
+  if (!r.done()) return malformed("OpReport");
+  return m;
+}
+
 // ---- operations ---------------------------------------------------------------------------------
 
 namespace {

@@ -110,6 +110,17 @@ struct LinkHelloMsg {
   std::uint32_t chunk_bytes = 0;
 };
 
+// kOpReport: this peer's part of an operation is done (ok) or failed. `members` names who takes
+// part when that is not every member of the epoch (an exchange between a few peers); empty
+// otherwise, and then the payload is the single verdict byte.
+inline constexpr std::size_t kMaxOpMembers = 16;
+struct OpReportMsg {
+  bool ok = false;
+  std::vector<std::string> members;
+};
+std::vector<std::uint8_t> encodeOpReport(const OpReportMsg& m);
+Result<OpReportMsg> decodeOpReport(ByteSpan in);
+
 // ---- shared state (state_sync.h) ---------------------------------------------------------------
 
 inline constexpr std::size_t kMaxStateBuffers = 16384;

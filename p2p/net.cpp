@@ -2,7 +2,6 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/resource.h>
 
 #include <fmt/format.h>
 
@@ -10,34 +9,15 @@
 
 namespace loco::p2p {
 
-NetworkThread::NetworkThread(std::string name)
-    : guard_(asio::make_work_guard(io_)), thread_([this, name] {
-        (void)name;
-        for (;;) {
-          try {
-            io_.run();
-            return;
-          } catch (const std::exception& e) {
-            // A handler threw: a bug, but one connection's bug must not kill the process.
-            LOG_ERROR(kLogP2p, "network thread: handler threw '{}'; continuing", e.what());
-          }
-        }
-      }) {}
-
-NetworkThread::~NetworkThread() {
-  stop();
-}
-
-void NetworkThread::stop() {
-  guard_.reset();
-  io_.stop();
-  if (thread_.joinable() && !inThisThread()) thread_.join();
-}
-
 void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout) {
   std::error_code ec;
   socket.set_option(asio::ip::tcp::no_delay(true), ec);
   setTcpUserTimeout(socket, user_timeout);
+}
+
+void setNotSentLowat(asio::ip::tcp::socket& socket, std::size_t bytes) {
+  const int lowat = static_cast<int>(bytes);
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
 void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout) {
@@ -149,14 +129,6 @@ Result<std::unique_ptr<asio::ip::tcp::acceptor>> listenOn(asio::io_context& io,
 std::string endpointString(const asio::ip::tcp::endpoint& ep) {
   HostPort hp{ep.address().to_string(), ep.port()};
   return hp.toString();
-}
-
-void raiseFileLimit() {
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-  }
 }
 
 }  // namespace loco::p2p

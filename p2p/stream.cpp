@@ -1,5 +1,8 @@
 #include "p2p/stream.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
 #include "p2p/net.h"
 
 namespace loco::p2p {
@@ -22,6 +25,16 @@ void TcpStream::asyncWriteAll(const std::vector<asio::const_buffer>& bufs, IoHan
 
 void TcpStream::setUserTimeout(Millis timeout) {
   setTcpUserTimeout(socket_, timeout);
+}
+
+double TcpStream::rttSeconds() const {
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (::getsockopt(const_cast<asio::ip::tcp::socket&>(socket_).native_handle(), IPPROTO_TCP,
+                   TCP_INFO, &info, &len) != 0) {
+    return 0;
+  }
+  return info.tcpi_rtt * 1e-6;
 }
 
 void TcpStream::close() {

@@ -29,6 +29,8 @@ class Stream {
   // Kernel-level backstop behind heartbeats: unacknowledged data older than this kills the
   // connection (TCP_USER_TIMEOUT for TCP). 0 restores the system default.
   virtual void setUserTimeout(Millis timeout) = 0;
+  // The transport's smoothed round-trip time in seconds; 0 when it has none (TCP_INFO for TCP).
+  virtual double rttSeconds() const { return 0; }
 };
 
 class TcpStream final : public Stream {
@@ -40,6 +42,7 @@ class TcpStream final : public Stream {
   std::string remoteAddress() const override { return remote_; }
   std::string localAddress() const override { return local_; }
   void setUserTimeout(Millis timeout) override;
+  double rttSeconds() const override;
 
  private:
   asio::ip::tcp::socket socket_;

@@ -13,7 +13,9 @@
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
 #include "p2p/reconnect.h"
+#include "training/accumulate.h"
 #include "training/checkpoint.h"
+#include "training/data_assignment.h"
 
 namespace loco::training {
 
@@ -22,7 +24,6 @@ namespace {
 using collectives::Communicator;
 using collectives::DType;
 using collectives::ReduceOp;
-using collectives::StateDType;
 using p2p::LogThrottle;
 
 // The shared progress of the run (one I64 buffer of the shared state).
@@ -38,6 +39,22 @@ enum Progress : std::size_t {
 // its MB sent since its last report]. Padded so that every ring segment holds an element.
 constexpr std::size_t kStatsLen = 64;
 enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
+// Slots from the top of the statistics (other features number theirs from the bottom): the
+// explicit-rank buckets of data_assignment.h.
+constexpr std::size_t kStatRankSlots = kStatsLen - kRankSlots;
+// Below them, the adaptive batch's: peers that sent a gradient, Σ‖g_m‖², tokens processed.
+constexpr std::size_t kStatGradPeers = kStatRankSlots - 1;
+constexpr std::size_t kStatGradSqNorms = kStatRankSlots - 2;
+constexpr std::size_t kStatTokens = kStatRankSlots - 3;
+// Speed-aware allocation: Σ throughput of the contributors, Σ windows per step (the weights).
+constexpr std::size_t kStatTokensPerS = kStatRankSlots - 4;
+constexpr std::size_t kStatWindows = kStatRankSlots - 5;
+
+double squaredNorm(std::span<const float> v) {
+  double s = 0;
+  for (float x : v) s += static_cast<double>(x) * x;
+  return s;
+}
 
 // This peer is out of the group (its coordinator was lost, or it was evicted): it registers
 // again on its own, and waitForMembership brings it back.
@@ -127,6 +144,7 @@ class Run {
             return st.withContext("too many failed rounds");
           continue;
         }
+        LOCO_RETURN_IF_ERROR(assignDataShard());
       }
       if (done()) break;  // a peer that arrives after the last round
       auto reduced = reduce();
@@ -187,25 +205,47 @@ class Run {
     if (diloco_) {
       theta_.assign(trainer_.paramData(), trainer_.paramData() + P_);
       momentum_.assign(P_, 0.0f);
-      LOCO_RETURN_IF_ERROR(state_.add("outer.params", StateDType::kF32, theta_.data(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", StateDType::kF32, momentum_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("outer.params", DType::kF32, theta_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", DType::kF32, momentum_.data(), P_));
     } else {
       // DDP peers apply identical updates, so the parameters and AdamW's moments are group state.
       adam_m_.assign(P_, 0.0f);
       adam_v_.assign(P_, 0.0f);
-      LOCO_RETURN_IF_ERROR(state_.add("params", StateDType::kF32, trainer_.paramData(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("adam.m", StateDType::kF32, adam_m_.data(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("adam.v", StateDType::kF32, adam_v_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("params", DType::kF32, trainer_.paramData(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("adam.m", DType::kF32, adam_m_.data(), P_));
+      LOCO_RETURN_IF_ERROR(state_.add("adam.v", DType::kF32, adam_v_.data(), P_));
     }
-    LOCO_RETURN_IF_ERROR(
-        state_.add("progress", StateDType::kI64, progress_.data(), progress_.size()));
+    LOCO_RETURN_IF_ERROR(state_.add("progress", DType::kI64, progress_.data(), progress_.size()));
+    if (testing()) {
+      batch_state_[0] = cfg_.train.batch_size;
+      LOCO_RETURN_IF_ERROR(state_.add("batch", DType::kI64, batch_state_.data(), 1));
+      grad_buf_.assign(P_, 0.0f);
+      if (diloco_) last_grad_.assign(P_, 0.0f);
+    }
     contribution_.assign(P_, 0.0f);
     reduce_buf_.assign(P_, 0.0f);
     return Status();
   }
 
   std::string checkpointPath() const {
+    if (cfg_.derive_data_rank) {  // no rank to name it by: the identity, stable across restarts
+      return fmt::format("{}/peer-{:016x}.ckpt", cfg_.checkpoint_dir, streamOf(comm_.peerId()));
+    }
     return fmt::format("{}/peer-{}.ckpt", cfg_.checkpoint_dir, cfg_.train.rank);
+  }
+
+  // Without --rank: this peer's slice and stream from the current membership (data_assignment.h).
+  // Called at every sync point, where every member sees the same membership.
+  Status assignDataShard() {
+    if (!cfg_.derive_data_rank) return Status();
+    const auto ring = comm_.ring();
+    const DataAssignment a = assignData(ring, comm_.peerId());
+    if (assigned_ && *assigned_ == a) return Status();
+    LOCO_RETURN_IF_ERROR(trainer_.setShard(a.rank, a.world, a.stream));
+    LOG_INFO(kLogTrain, "data: rank {} of {} ({} sharding), stream {:016x}", a.rank, a.world,
+             shardingName(cfg_.train.sharding), a.stream);
+    assigned_ = a;
+    return Status();
   }
 
   Status resume() {
@@ -282,11 +322,39 @@ class Run {
     if (have_contribution_) {
       r.stats[kContributes] = 1.0f;
       r.stats[kLoss] = static_cast<float>(contribution_loss_);
-      std::copy(contribution_.begin(), contribution_.end(), reduce_buf_.begin());
+      if (speedSplit()) {
+        // Weighted by the windows behind it: the average is Σ n_m·Δ_m / Σ n_m.
+        const float n = static_cast<float>(contribution_windows_);
+        std::transform(contribution_.begin(), contribution_.end(), reduce_buf_.begin(),
+                       [n](float x) { return x * n; });
+        r.stats[kStatWindows] = n;
+        r.stats[kStatTokensPerS] = static_cast<float>(last_tokens_per_s_);
+      } else {
+        std::copy(contribution_.begin(), contribution_.end(), reduce_buf_.begin());
+      }
     } else {
       std::fill(reduce_buf_.begin(), reduce_buf_.end(), 0.0f);
     }
     r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
+    if (!cfg_.derive_data_rank) {
+      markExplicitRank(std::span<float>(r.stats).subspan(kStatRankSlots), cfg_.train.rank);
+    }
+    if (have_contribution_) r.stats[kStatTokens] = static_cast<float>(contribution_tokens_);
+    // The batch test's sample: this peer's last unclipped mini-batch gradient (DDP: its
+    // contribution itself).
+    sent_grad_ = testing() && have_contribution_ && (!diloco_ || have_grad_);
+    if (sent_grad_) {
+      std::span<const float> g = diloco_ ? std::span<const float>(last_grad_) : contribution_;
+      r.stats[kStatGradPeers] = 1.0f;
+      r.stats[kStatGradSqNorms] = static_cast<float>(squaredNorm(g));
+    }
+    if (testing() && diloco_) {
+      if (sent_grad_) {
+        std::copy(last_grad_.begin(), last_grad_.end(), grad_buf_.begin());
+      } else {
+        std::fill(grad_buf_.begin(), grad_buf_.end(), 0.0f);
+      }
+    }
     r.world = comm_.world();
     r.epoch = comm_.epoch();
     collectives::AllReduceOptions options;
@@ -298,11 +366,19 @@ class Run {
     options.quant_block = cfg_.quant_block;
     auto data_op =
         comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
+    std::optional<Result<std::shared_ptr<collectives::Operation>>> grad_op;
+    if (data_op && testing() && diloco_) {
+      grad_op.emplace(comm_.allReduce(grad_buf_.data(), P_, DType::kF32, ReduceOp::kSum,
+                                      collectives::Wire::kInt8, options));
+    }
     Status a = (*stats_op)->wait(deadline());
     if (!data_op) return data_op.status();
     Status b = (*data_op)->wait(deadline());
+    Status c;
+    if (grad_op) c = *grad_op ? (**grad_op)->wait(deadline()) : grad_op->status();
     LOCO_RETURN_IF_ERROR(a);
     LOCO_RETURN_IF_ERROR(b);
+    LOCO_RETURN_IF_ERROR(c);
     sent_reported_ = sent;
     total_megabytes_ += r.stats[kMegabytesSent];
     last_reduce_s_ = toSeconds(Clock::now() - t0);
@@ -311,14 +387,26 @@ class Run {
 
   Status apply(const Reduced& r) {
     const float contributors = r.stats[kContributes];
+    if (!cfg_.derive_data_rank && warned_rank_epoch_ != r.epoch &&
+        sharesExplicitRank(std::span<const float>(r.stats).subspan(kStatRankSlots),
+                           cfg_.train.rank)) {
+      warned_rank_epoch_ = r.epoch;
+      LOG_WARN(kLogTrain,
+               "another live peer also runs with --rank {}: both draw the same batches and one of "
+               "them computes nothing new. Give each peer its own --rank, or leave --rank out and "
+               "let every peer draw its own samples",
+               cfg_.train.rank);
+    }
     RoundRecord rec;
     rec.world = r.world;
     rec.epoch = r.epoch;
     rec.contributors = static_cast<std::size_t>(contributors);
     rec.retries = retries_;
     retries_ = 0;
+    rec.local_loss = have_contribution_ ? contribution_loss_ : std::nan("");
     if (contributors > 0) {
-      for (float& x : reduce_buf_) x /= contributors;
+      const float divisor = speedSplit() ? r.stats[kStatWindows] : contributors;
+      for (float& x : reduce_buf_) x /= divisor;
       if (diloco_) {
         // OuterSgd keeps its momentum privately; the group's copy is the shared one.
         LOCO_RETURN_IF_ERROR(
@@ -344,6 +432,13 @@ class Run {
       state_.advanceRevision();
     } else {
       rec.train_loss = std::nan("");
+    }
+    rec.tokens = r.stats[kStatTokens];
+    if (testing() && contributors > 0) rec.batch_wanted = batchTest(r);
+    if (speedSplit()) {
+      // A peer without a contribution this round (a joiner) takes the mean share.
+      share_ = speedShare(currentBatch(), contributors, have_contribution_ ? last_tokens_per_s_ : 0,
+                          r.stats[kStatTokensPerS]);
     }
     have_contribution_ = false;
     if (diloco_) std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
@@ -371,6 +466,10 @@ class Run {
       LOCO_RETURN_IF_ERROR(checkpoint());
     }
     rec.checkpoint_failures = checkpoint_failures_;
+    rec.data_rank = trainer_.config().rank;
+    rec.batch = currentBatch();
+    rec.micro_batches = plan().micro_batches;
+    rec.share = plan().total();
     if (on_round_) on_round_(rec);
     return Status();
   }
@@ -420,13 +519,19 @@ class Run {
   // DiLoCo: H inner steps from θ, then Δ_m = θ − θ_m. DDP: one gradient.
   Status localPhase() {
     const auto t0 = Clock::now();
+    const MicroPlan micro = plan();
     const auto from = static_cast<std::uint64_t>(progress_[kInnerStep]);
     double loss_sum = 0;
     std::size_t losses = 0, steps_run = 0;
     if (diloco_) {
       const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
+      have_grad_ = false;
       for (std::uint64_t s = from; s < until && !stop_.load(); ++s, ++steps_run) {
-        auto loss = trainer_.innerStep(s);
+        // The batch test samples the last step's gradient, before clipping.
+        const bool keep = testing() && s + 1 == until;
+        auto loss = accumulatedInnerStep(trainer_, s, micro,
+                                         keep ? std::span<float>(last_grad_) : std::span<float>());
+        if (keep) have_grad_ = loss.isOk() && allFinite(last_grad_, nullptr);
         if (!loss) {
           if (loss.status().code() != StatusCode::kDataLoss) return loss.status();
           LOG_WARN(kLogTrain, "inner step {} skipped: {}", s, loss.status().message());
@@ -437,7 +542,7 @@ class Run {
       }
       pseudoGradient(theta_, std::span<const float>(trainer_.paramData(), P_), contribution_);
     } else {
-      auto loss = trainer_.computeBackward(from);
+      auto loss = accumulateGradients(trainer_, from, micro);
       if (!loss) return loss.status();
       loss_sum = *loss;
       losses = 1;
@@ -447,9 +552,12 @@ class Run {
     const double seconds = toSeconds(Clock::now() - t0);
     last_compute_s_ = seconds;
     if (seconds > 0) {
-      last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size *
-                           cfg_.train.model.context / seconds;
+      last_tokens_per_s_ =
+          static_cast<double>(steps_run) * micro.total() * cfg_.train.model.context / seconds;
     }
+    contribution_tokens_ =
+        static_cast<double>(steps_run) * micro.total() * cfg_.train.model.context;
+    contribution_windows_ = micro.total();
     if (cfg_.inject_nan_at_round >= 0 && progress_[kOuterStep] == cfg_.inject_nan_at_round) {
       contribution_[P_ / 2] = std::nanf("");  // fault injection (tests)
     }
@@ -467,6 +575,78 @@ class Run {
     contribution_for_ = progress_[kOuterStep];
     contribution_loss_ = losses > 0 ? loss_sum / static_cast<double>(losses) : 0;
     return Status();
+  }
+
+  bool testing() const { return cfg_.batch.test != BatchTest::kNone; }
+  // The per-peer batch: the shared one under a batch test, else --batch.
+  std::uint32_t currentBatch() const {
+    return testing() ? static_cast<std::uint32_t>(batch_state_[0]) : cfg_.train.batch_size;
+  }
+  bool speedSplit() const { return cfg_.allocation == Allocation::kSpeed; }
+  // This peer's windows per inner step: its speed share, or the per-peer batch.
+  MicroPlan plan() const {
+    const std::uint32_t mine = speedSplit() && share_ > 0 ? share_ : currentBatch();
+    return microPlan(mine, cfg_.batch.max_micro_batch);
+  }
+
+  // The round's batch test, on values every member holds bit for bit (the all-reduced sums), so
+  // every member reaches the same batch; it goes into the shared state. Returns what the test
+  // asked for (0 when it did not run).
+  double batchTest(const Reduced& r) {
+    GradientMoments g;
+    g.peers = r.stats[kStatGradPeers];
+    g.sq_norms = r.stats[kStatGradSqNorms];
+    if (g.peers >= kMinTestPeers) {
+      // DiLoCo: grad_buf_ holds Σ g_m; DDP: reduce_buf_ already holds the mean.
+      std::vector<float>& mean = diloco_ ? grad_buf_ : reduce_buf_;
+      if (diloco_) {
+        const float inv = 1.0f / static_cast<float>(g.peers);
+        for (float& x : mean) x *= inv;
+      }
+      g.mean_sq_norm = squaredNorm(mean);
+      if (cfg_.batch.test == BatchTest::kInnerProduct && !innerProducts(mean, g)) {
+        return 0;  // logged; the batch stays, on every member alike
+      }
+    }
+    const std::uint32_t before = currentBatch();
+    const BatchDecision d = decideBatch(cfg_.batch, g, before);
+    if (d.batch != before) {
+      const MicroPlan p = microPlan(d.batch, cfg_.batch.max_micro_batch);
+      LOG_INFO(kLogTrain, "round {}: {} test asks for {:.1f}: batch {} -> {}{}",
+               progress_[kOuterStep], batchTestName(cfg_.batch.test), d.wanted, before, d.batch,
+               p.micro_batches > 1
+                   ? fmt::format(" ({} micro-batches of {})", p.micro_batches, p.micro_size)
+                   : "");
+    }
+    batch_state_[0] = d.batch;
+    return d.wanted;
+  }
+
+  // Σ⟨g_m, ḡ⟩ and Σ⟨g_m, ḡ⟩² need ḡ, which exists only after the round's all-reduce: one more
+  // all-reduce of a few floats. It commits on every member or on none, so on failure every
+  // member keeps its batch alike (false).
+  bool innerProducts(std::span<const float> mean, GradientMoments& g) {
+    std::array<float, kStatsLen> dots{};
+    if (sent_grad_) {
+      std::span<const float> mine = diloco_ ? std::span<const float>(last_grad_) : contribution_;
+      double d = 0;
+      for (std::size_t i = 0; i < P_; ++i) d += static_cast<double>(mine[i]) * mean[i];
+      dots[0] = static_cast<float>(d);
+      dots[1] = static_cast<float>(d * d);
+    }
+    collectives::AllReduceOptions options;
+    options.timeout = cfg_.op_timeout;
+    auto op = comm_.allReduce(dots.data(), kStatsLen, DType::kF32, ReduceOp::kSum,
+                              collectives::Wire::kRaw, options);
+    Status st = op ? (*op)->wait(deadline()) : op.status();
+    if (!st.isOk()) {
+      LOG_WARN(kLogTrain, "round {}: the inner-product test's all-reduce failed ({}); batch stays",
+               progress_[kOuterStep], st.message());
+      return false;
+    }
+    g.dots = dots[0];
+    g.sq_dots = dots[1];
+    return true;
   }
 
   Communicator& comm_;
@@ -493,6 +673,16 @@ class Run {
   std::uint64_t checkpoint_failures_ = 0;
   std::string checkpoint_error_;  // the last failed write's reason; empty after a success
   bool reported_first_ = false;
+  std::optional<DataAssignment> assigned_;  // derive_data_rank: the current one
+  // Adaptive batch: the shared per-peer batch, this peer's last unclipped gradient (DiLoCo) and
+  // the buffer Σ g_m travels in.
+  std::array<std::int64_t, 1> batch_state_{};
+  std::vector<float> last_grad_, grad_buf_;
+  bool have_grad_ = false, sent_grad_ = false;
+  double contribution_tokens_ = 0;
+  std::uint32_t contribution_windows_ = 0;  // windows per step behind the contribution
+  std::uint32_t share_ = 0;                 // speed allocation: windows per step; 0 = the batch
+  std::uint64_t warned_rank_epoch_ = ~std::uint64_t{0};
   TimePoint started_ = Clock::now();
 };
 

@@ -32,6 +32,8 @@
 //
 // Determinism: the same seed, membership and ring order give bit-identical results; sampling
 // depends on (seed, rank, step), where rank is this peer's fixed data rank, not its ring position.
+// Without an explicit rank (derive_data_rank) the stream is a hash of the peer id instead: unique
+// per peer, reproducible only with a fixed identity file.
 //
 // Thread rules: runDistributed blocks the calling thread (the training thread) for the whole
 // run; `stop` may be set from any thread and ends the run at the next round boundary.
@@ -45,6 +47,8 @@
 #include "collectives/codec.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
+#include "training/allocation.h"
+#include "training/batch_test.h"
 #include "training/local_trainer.h"
 #include "training/optimizers.h"
 
@@ -81,6 +85,19 @@ struct DistributedConfig {
   std::uint32_t max_failed_attempts = 50;  // consecutive failed rounds before giving up
   std::int64_t inject_nan_at_round =
       -1;  // fault injection for tests: a NaN in this peer's Δ at that outer step
+  // No --rank given: this peer's data rank, world and i.i.d. stream come from the membership and
+  // its peer id (data_assignment.h), re-derived at every sync point; checkpoints are named after
+  // the peer id. false: train.rank/world as given (an explicit rank; duplicates are warned about).
+  bool derive_data_rank = false;
+  // Adaptive batch (batch_test.h): the test, its tolerances, the cap and the micro-batch size.
+  // With a test on, the per-peer batch is shared state ("batch"): a joiner receives the current
+  // one. The sum of the peers' last unclipped mini-batch gradients travels as a third buffer of
+  // the round's all-reduces (int8, DiLoCo; DDP's contributions are those gradients already) and
+  // Σ‖g_m‖² with the statistics; the inner-product test adds one all-reduce of a few floats.
+  BatchTestConfig batch;
+  // kSpeed: each peer's windows per step in proportion to its throughput, Δ weighted by windows
+  // (allocation.h). Not bit-reproducible (throughput is measured), hence kEqual by default.
+  Allocation allocation = Allocation::kEqual;
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -104,6 +121,13 @@ struct RoundRecord {
   std::uint64_t state_digest = 0;         // hash of the shared state after the round was applied
   double wall_s = 0;                      // since runDistributed started
   std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)
+  std::uint32_t data_rank = 0;            // this peer's data rank in the round (given or derived)
+  double local_loss = 0;  // this peer's own mean inner loss in the round; NaN: it contributed none
+  std::uint32_t batch = 0;          // the per-peer batch (windows per inner step) from now on
+  std::uint32_t micro_batches = 1;  // backward passes per inner step from now on
+  double batch_wanted = 0;          // what the batch test asked for this round; 0: no test ran
+  double tokens = 0;                // tokens all contributors processed for this round
+  std::uint32_t share = 0;          // this peer's windows per inner step from now on
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule

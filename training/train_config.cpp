@@ -78,6 +78,7 @@ Status validateDistributedConfig(const DistributedConfig& c) {
     return Status(StatusCode::kInvalidArgument,
                   "--resume needs --checkpoint-dir (where the checkpoints are)");
   }
+  LOCO_RETURN_IF_ERROR(validateBatchTestConfig(c.batch, c.train.batch_size));
   if (c.train.inner.schedule.total_steps != c.steps) {
     return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");
   }

@@ -1,5 +1,7 @@
 #include "p2p/base/log.h"
 
+#include "p2p/base/text.h"
+
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -31,34 +33,8 @@ spdlog::level::level_enum toSpd(LogLevel l) {
 }
 
 void appendJsonEscaped(spdlog::memory_buf_t& out, std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out.append(std::string_view("\\\""));
-        break;
-      case '\\':
-        out.append(std::string_view("\\\\"));
-        break;
-      case '\n':
-        out.append(std::string_view("\\n"));
-        break;
-      case '\r':
-        out.append(std::string_view("\\r"));
-        break;
-      case '\t':
-        out.append(std::string_view("\\t"));
-        break;
-      default:
-        if (c < 0x20) {
-          char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
-          out.append(esc, esc + 6);
-        } else {
-          out.push_back(ch);
-        }
-    }
-  }
+  const std::string escaped = jsonEscape(s);
+  out.append(escaped.data(), escaped.data() + escaped.size());
 }
 
 // One JSON object per line: {"ts":"…","level":"info","logger":"peer","process":"…","msg":"…"}.

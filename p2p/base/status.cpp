@@ -34,6 +34,8 @@ std::string_view statusCodeName(StatusCode code) {
       return "kIoError";
     case StatusCode::kInternal:
       return "kInternal";
+    case StatusCode::kFailedPrecondition:
+      return "kFailedPrecondition";
     case StatusCode::kCompleted:
       return "kCompleted";
   }

@@ -26,6 +26,8 @@ enum class StatusCode {
   kEvicted,            // the coordinator removed this peer from the group
   kIoError,            // file or socket error not covered above
   kInternal,
+  kFailedPrecondition,  // a call out of order (an all-reduce before admission, a sync point
+                        // with operations in flight)
   kCompleted,  // the work is already done without the caller (a run that finished while this
                // peer was away: there is nothing left for it to do)
 };

@@ -1,11 +1,13 @@
 // libFuzzer target for everything that parses bytes from the network: the frame decoder over a
-// stream of frames, and every message decoder. Build with the `fuzz` preset (clang):
+// stream of frames, every message decoder, and the all-reduce descriptor. Build with the `fuzz`
+// preset (clang):
 //   cmake --preset fuzz && cmake --build build-fuzz && build-fuzz/tests/fuzz/loco_wire_fuzz
 //   -max_total_time=60
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 
+#include "collectives/descriptor.h"
 #include "p2p/frame.h"
 #include "p2p/messages.h"
 
@@ -79,6 +81,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kStateComplaint:
         (void)decodeStateComplaint(d.payload);
         break;
+      case MsgType::kOpReport: {
+        auto r = decodeOpReport(d.payload);
+        if (r.isOk() &&
+            encodeOpReport(*r) != std::vector<std::uint8_t>(d.payload.begin(), d.payload.end()))
+          std::abort();
+        break;
+      }
       case MsgType::kPeerReport:
         (void)decodePeerReport(d.payload);
         break;
@@ -107,6 +116,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decodeStateManifest(whole);
   (void)decodeStatePlan(whole);
   (void)decodeStateComplaint(whole);
+  // The all-reduce descriptor (collectives/descriptor.h), which peers send each other.
+  auto desc = collectives::decodeDescriptor(whole);
+  if (desc.isOk() &&
+      collectives::encodeDescriptor(*desc) != std::vector<std::uint8_t>(whole.begin(), whole.end()))
+    std::abort();
+  auto report = decodeOpReport(whole);
+  if (report.isOk() &&
+      encodeOpReport(*report) != std::vector<std::uint8_t>(whole.begin(), whole.end()))
+    std::abort();
   auto view = decodeGroupView(whole);
   if (view.isOk()) {
     // Whatever decodes must encode back to the same bytes.

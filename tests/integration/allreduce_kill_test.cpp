@@ -51,6 +51,7 @@ struct OpLine {
   int restored, expect;
   std::int64_t t_us;
   int attempt, world;
+  std::string algorithm;  // as requested (auto, ring, scatter-gather, direct) or exchange
 };
 
 struct WorkerRecord {
@@ -73,7 +74,7 @@ void parse(WorkerRecord& w) {
     if (kind == "op") {
       OpLine o;
       if (f >> o.epoch >> o.issue_epoch >> o.round >> o.k >> o.n >> o.wire >> o.code >> o.in_hash >>
-          o.out_hash >> o.restored >> o.expect >> o.t_us >> o.attempt >> o.world) {
+          o.out_hash >> o.restored >> o.expect >> o.t_us >> o.attempt >> o.world >> o.algorithm) {
         w.ops.push_back(o);
       }
     } else if (kind == "hang") {
@@ -232,6 +233,9 @@ TEST(AllReduceKill, RandomKillsNeverLeaveSurvivorsDisagreeingOrHanging) {
       wrong = 0, unchecked = 0, unrestored = 0, bad_code = 0, retries_ok = 0, kills_with_abort = 0,
       kills_in_commit = 0;
   std::map<int, int> codes;
+  // Per algorithm (as requested; "exchange" for the exchanges): operations that succeeded and
+  // that failed, so the summary shows every kind was exercised and killed.
+  std::map<std::string, std::pair<int, int>> by_algorithm;
   std::vector<double> latency_ms;
   std::string first_problem;
   auto problem = [&](const std::string& what, const WorkerRecord* w = nullptr) {
@@ -260,6 +264,10 @@ TEST(AllReduceKill, RandomKillsNeverLeaveSurvivorsDisagreeingOrHanging) {
       for (const OpLine& o : w.ops) {
         ++ops;
         ++codes[o.code];
+        if (o.k >= 0) {
+          auto& [good, bad] = by_algorithm[o.algorithm];
+          ++(o.code == 0 ? good : bad);
+        }
         if (o.code == 0) {
           ++ok;
           if (o.k >= 0) results[{o.epoch, o.round, o.k}].insert(o.out_hash);
@@ -337,6 +345,11 @@ TEST(AllReduceKill, RandomKillsNeverLeaveSurvivorsDisagreeingOrHanging) {
   const double p50 = percentile(latency_ms, 0.5), p99 = percentile(latency_ms, 0.99);
   const double max =
       latency_ms.empty() ? 0 : *std::max_element(latency_ms.begin(), latency_ms.end());
+  std::string algorithm_list;
+  for (auto& [name, counts] : by_algorithm) {
+    algorithm_list += fmt::format("{}\"{}\":[{},{}]", algorithm_list.empty() ? "" : ",", name,
+                                  counts.first, counts.second);
+  }
   std::string code_list;
   for (auto& [code, count] : codes) {
     code_list += fmt::format("{}\"{}\":{}", code_list.empty() ? "" : ",",
@@ -345,12 +358,13 @@ TEST(AllReduceKill, RandomKillsNeverLeaveSurvivorsDisagreeingOrHanging) {
   std::printf(
       "{\"test\":\"allreduce_kill\",\"seed\":%llu,\"kills\":%d,\"kills_failing_an_op\":%d,"
       "\"kills_before_a_commit_was_heard\":%d,\"ops\":%d,\"ok\":%d,"
-      "\"failed\":%d,\"codes\":{%s},\"divergent\":%d,\"wrong\":%d,\"unrestored\":%d,\"hangs\":%d,"
+      "\"failed\":%d,\"codes\":{%s},\"ok_failed_by_algorithm\":{%s},\"divergent\":%d,\"wrong\":%d,"
+      "\"unrestored\":%d,\"hangs\":%d,"
       "\"retries_ok\":%d,\"detect_samples\":%zu,\"detect_p50_ms\":%.1f,\"detect_p99_ms\":%.1f,"
       "\"detect_max_ms\":%.1f,\"runtime_s\":%.1f}\n",
       static_cast<unsigned long long>(seed), total_kills, kills_with_abort, kills_in_commit, ops,
-      ok, failed, code_list.c_str(), divergent, wrong, unrestored, hangs, retries_ok,
-      latency_ms.size(), p50, p99, max, runtime_s);
+      ok, failed, code_list.c_str(), algorithm_list.c_str(), divergent, wrong, unrestored, hangs,
+      retries_ok, latency_ms.size(), p50, p99, max, runtime_s);
   if (!first_problem.empty()) std::printf("first problem: %s\n", first_problem.c_str());
   EXPECT_EQ(total_kills, kills);
   EXPECT_EQ(divergent, 0) << "peers reported success with different results";
@@ -361,6 +375,10 @@ TEST(AllReduceKill, RandomKillsNeverLeaveSurvivorsDisagreeingOrHanging) {
   EXPECT_EQ(unexpected_exits, 0) << "a worker ended without being killed";
   EXPECT_EQ(unchecked, 0);
   EXPECT_GT(retries_ok, 0) << "no failed round was ever retried successfully";
+  for (const char* kind : {"ring", "scatter-gather", "direct", "exchange"}) {
+    EXPECT_GT(by_algorithm[kind].first, 0) << kind << " never succeeded";
+    EXPECT_GT(by_algorithm[kind].second, 0) << kind << " was never failed by a kill";
+  }
   EXPECT_GT(kills_with_abort, kills / 4)
       << "too few kills landed inside an operation to mean anything";
   // The target is 1 s; a loaded 2-core machine (ctest -j) gets a generous margin.

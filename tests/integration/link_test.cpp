@@ -26,7 +26,7 @@
 #include <utility>
 #include <vector>
 
-#include "p2p/net.h"
+#include "p2p/runtime.h"
 
 namespace loco::p2p {
 namespace {
@@ -120,7 +120,7 @@ class LinkTest : public ::testing::Test {
     auto accepted = std::make_shared<std::promise<std::shared_ptr<Link>>>();
     auto accepted_calls = std::make_shared<std::atomic<int>>(0);
     auto started = runOn(recv_net_, [this, opts, accepted, accepted_calls]() -> Status {
-      auto l = LinkListener::start(recv_net_.context(), {"127.0.0.1", 0}, opts,
+      auto l = LinkListener::start(recv_net_, {"127.0.0.1", 0}, opts,
                                    [accepted, accepted_calls](std::shared_ptr<Link> link,
                                                               const std::string&, std::uint64_t) {
                                      if (accepted_calls->fetch_add(1) == 0)
@@ -138,7 +138,7 @@ class LinkTest : public ::testing::Test {
     auto dialed = std::make_shared<std::promise<Result<std::shared_ptr<Link>>>>();
     auto dialed_future = dialed->get_future();
     ASSERT_TRUE(runOn(send_net_, [this, opts, dialed, p = *port] {
-      connectLink(send_net_.context(), {"127.0.0.1", p}, "link-test-sender-0123456789abcdef", opts,
+      connectLink(send_net_, {"127.0.0.1", p}, "link-test-sender-0123456789abcdef", opts,
                   Deadline::after(Millis(5000)),
                   [dialed](Result<std::shared_ptr<Link>> r) { dialed->set_value(std::move(r)); });
     }));

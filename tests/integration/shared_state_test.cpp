@@ -22,8 +22,8 @@ namespace loco::testing {
 namespace {
 
 using collectives::Communicator;
+using collectives::DType;
 using collectives::SharedState;
-using collectives::StateDType;
 using collectives::SyncOptions;
 using collectives::SyncReport;
 using collectives::SyncStrategy;
@@ -65,8 +65,8 @@ struct PeerState {
       fillSeeded(params, seed);
       step = 1000;
     }
-    EXPECT_TRUE(state.add("params", StateDType::kF32, params.data(), params.size()).isOk());
-    EXPECT_TRUE(state.add("step", StateDType::kI64, &step, 1).isOk());
+    EXPECT_TRUE(state.add("params", DType::kF32, params.data(), params.size()).isOk());
+    EXPECT_TRUE(state.add("step", DType::kI64, &step, 1).isOk());
   }
 };
 
@@ -206,12 +206,12 @@ TEST(SharedState, LayoutMismatchIsRefusedNamingTheFirstMismatchingBuffer) {
   Group g(3);
   std::vector<float> w(1000, 1.0f), b(10, 0.5f), w2(1000, 1.0f), b2(11, 0.5f);
   SharedState s0(4096), s1(4096), s2(4096);
-  ASSERT_TRUE(s0.add("weights", StateDType::kF32, w.data(), w.size()).isOk());
-  ASSERT_TRUE(s0.add("bias", StateDType::kF32, b.data(), b.size()).isOk());
-  ASSERT_TRUE(s1.add("weights", StateDType::kF32, w.data(), w.size()).isOk());
-  ASSERT_TRUE(s1.add("bias", StateDType::kF32, b.data(), b.size()).isOk());
-  ASSERT_TRUE(s2.add("weights", StateDType::kF32, w2.data(), w2.size()).isOk());
-  ASSERT_TRUE(s2.add("bias", StateDType::kF32, b2.data(), b2.size()).isOk());
+  ASSERT_TRUE(s0.add("weights", DType::kF32, w.data(), w.size()).isOk());
+  ASSERT_TRUE(s0.add("bias", DType::kF32, b.data(), b.size()).isOk());
+  ASSERT_TRUE(s1.add("weights", DType::kF32, w.data(), w.size()).isOk());
+  ASSERT_TRUE(s1.add("bias", DType::kF32, b.data(), b.size()).isOk());
+  ASSERT_TRUE(s2.add("weights", DType::kF32, w2.data(), w2.size()).isOk());
+  ASSERT_TRUE(s2.add("bias", DType::kF32, b2.data(), b2.size()).isOk());
   auto r = syncAll(g, {&s0, &s1, &s2});
   EXPECT_TRUE(r[0].isOk()) << r[0].status().toString();
   EXPECT_TRUE(r[1].isOk()) << r[1].status().toString();
@@ -222,8 +222,8 @@ TEST(SharedState, LayoutMismatchIsRefusedNamingTheFirstMismatchingBuffer) {
   // A different dtype is named too.
   std::vector<std::uint16_t> half(1000);
   SharedState s3(4096);
-  ASSERT_TRUE(s3.add("weights", StateDType::kBF16, half.data(), half.size()).isOk());
-  ASSERT_TRUE(s3.add("bias", StateDType::kF32, b.data(), b.size()).isOk());
+  ASSERT_TRUE(s3.add("weights", DType::kBF16, half.data(), half.size()).isOk());
+  ASSERT_TRUE(s3.add("bias", DType::kF32, b.data(), b.size()).isOk());
   r = syncAll(g, {&s0, &s1, &s3});
   ASSERT_FALSE(r[2].isOk());
   EXPECT_NE(r[2].status().message().find("'weights'"), std::string::npos)
@@ -273,9 +273,9 @@ TEST(SharedState, SyncOutsideTheRulesIsAClearError) {
   ASSERT_TRUE(op.isOk());
   ASSERT_TRUE((*op)->wait(Deadline::after(Millis(5000))).isOk());
   SharedState s;
-  EXPECT_FALSE(s.add("x", StateDType::kF32, nullptr, 10).isOk());
-  ASSERT_TRUE(s.add("x", StateDType::kF32, buf.data(), buf.size()).isOk());
-  EXPECT_FALSE(s.add("x", StateDType::kF32, buf.data(), buf.size()).isOk()) << "duplicate name";
+  EXPECT_FALSE(s.add("x", DType::kF32, nullptr, 10).isOk());
+  ASSERT_TRUE(s.add("x", DType::kF32, buf.data(), buf.size()).isOk());
+  EXPECT_FALSE(s.add("x", DType::kF32, buf.data(), buf.size()).isOk()) << "duplicate name";
   // Alone, a peer is the group: its content wins and nothing moves.
   auto alone = g.peers[0]->syncSharedState(s, {}, Deadline::after(Millis(5000)));
   ASSERT_TRUE(alone.isOk()) << alone.status().toString();

@@ -762,6 +762,37 @@ TEST(MembershipOps, LosingAMemberAbortsEveryOpenOperationOfItsEpoch) {
   EXPECT_FALSE(stale.decisions[0].commit);
 }
 
+// An exchange between a few members (collectives/exchange.h) commits when those members are
+// done; the others never report it.
+TEST(MembershipOps, AGroupOperationCommitsWhenItsMembersAreDone) {
+  ThreeMembers g;
+  const std::vector<std::string> pair{"a", "c"};
+  EXPECT_TRUE(g.m.opReport("a", g.epoch, 9, true, pair).decisions.empty());
+  auto fx = g.m.opReport("c", g.epoch, 9, true, pair);
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_TRUE(fx.decisions[0].commit);
+  EXPECT_EQ(g.m.pendingOps(), 0u);
+}
+
+TEST(MembershipOps, AGroupOperationAbortsOnDisagreementOrAnOutsider) {
+  ThreeMembers g;
+  (void)g.m.opReport("a", g.epoch, 1, true, {"a", "b"});
+  auto fx = g.m.opReport("b", g.epoch, 1, true, {"a", "b", "c"});
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_FALSE(fx.decisions[0].commit) << "members that disagree on who takes part";
+  fx = g.m.opReport("c", g.epoch, 2, true, {"a", "b"});
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_FALSE(fx.decisions[0].commit) << "a report from a peer outside the group";
+  fx = g.m.opReport("a", g.epoch, 3, true, {"a", "ghost"});
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_FALSE(fx.decisions[0].commit) << "a group naming a non-member";
+  // Losing any member aborts open group operations too (the epoch changes).
+  (void)g.m.opReport("a", g.epoch, 4, true, {"a", "b"});
+  fx = g.m.evict("c", "killed");
+  ASSERT_EQ(fx.decisions.size(), 1u);
+  EXPECT_FALSE(fx.decisions[0].commit);
+}
+
 TEST(MembershipOps, ReportsFromNonMembersAreIgnored) {
   ThreeMembers g;
   EXPECT_TRUE(g.m.opReport("stranger", g.epoch, 1, true).decisions.empty());

@@ -145,6 +145,30 @@ TEST(Messages, LinkReportRoundTripsInWholeBytesPerSecond) {
   EXPECT_EQ(r->edges[1].source, EdgeSource::kProbe);
 }
 
+TEST(Messages, OpReportRoundTripsWithAndWithoutMembers) {
+  for (const OpReportMsg& m :
+       {OpReportMsg{true, {}}, OpReportMsg{false, {}},
+        OpReportMsg{true,
+                    {"0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"}}}) {
+    auto bytes = encodeOpReport(m);
+    if (m.members.empty()) EXPECT_EQ(bytes.size(), 1u) << "the verdict byte older peers send";
+    auto r = decodeOpReport(bytes);
+    ASSERT_TRUE(r.isOk()) << r.status().toString();
+    EXPECT_EQ(r->ok, m.ok);
+    EXPECT_EQ(r->members, m.members);
+  }
+  // Garbage: a verdict other than 0/1, no members after a count, a count beyond the limit,
+  // trailing bytes.
+  auto bytes = encodeOpReport(OpReportMsg{true, {"aa", "bb"}});
+  for (std::size_t cut = 2; cut < bytes.size(); ++cut)
+    EXPECT_FALSE(decodeOpReport(ByteSpan(bytes).first(cut)).isOk()) << cut;
+  EXPECT_FALSE(decodeOpReport(std::vector<std::uint8_t>{2}).isOk());
+  EXPECT_FALSE(decodeOpReport(std::vector<std::uint8_t>{1, 0, 0}).isOk());
+  EXPECT_FALSE(decodeOpReport(std::vector<std::uint8_t>{1, 200, 0}).isOk());
+  bytes.push_back(0);
+  EXPECT_FALSE(decodeOpReport(bytes).isOk());
+}
+
 TEST(Messages, LinkReportWithAnUnknownSourceIsMalformed) {
   auto bytes = encodeLinkReport({{{"aa", "bb", 10, EdgeSource::kProbe}}});
   bytes.back() = 9;  // the source byte is last

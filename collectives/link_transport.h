@@ -1,0 +1,82 @@
+#pragma once
+// The Transport (transport.h) over p2p links: one link per ordered pair of peers and epoch, each
+// K TCP streams. This peer dials a link to every peer it sends to, on the first send, and
+// receives on the link each peer dialed to it; a link belongs to one epoch's group. Transfers
+// wait while their link is being dialed or has not arrived yet (the operation's alarm bounds the
+// wait); a link that cannot be dialed fails its sends with kPeerLost.
+//
+// Thread rules: network thread only (post() excepted).
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "collectives/transport.h"
+#include "p2p/link.h"
+
+namespace loco::collectives {
+
+class LinkTransport final : public Transport {
+ public:
+  LinkTransport(p2p::NetworkThread& net, std::string self_id, p2p::LinkOptions options);
+  ~LinkTransport() override;
+
+  // The group whose ranks send() and recv() address, and each member's HOST:PORT. A new epoch
+  // closes the links of the old one and fails whatever was pending on them.
+  void setGroup(const PeerGroup& group, std::vector<std::string> addresses);
+  std::uint64_t epoch() const { return group_.epoch; }
+  // A link a peer dialed to this one for `epoch`.
+  void onAccepted(std::shared_ptr<p2p::Link> link, const std::string& from, std::uint64_t epoch);
+  // Runs when a link in use breaks (the peer died, or closed it after a failure of its own).
+  void setBrokenHandler(std::function<void(const Status&)> h) { on_broken_ = std::move(h); }
+  // The outgoing link to `peer`'s send meter (p2p/link.h); zero when there is no link.
+  p2p::Link::SendMeter takeSendMeter(std::size_t peer);
+  // Closes everything (shutdown).
+  void close(const Status& why);
+
+  void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done,
+            int priority = 0) override;
+  void recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) override;
+  void abort(const Status& why) override;
+  void post(std::function<void()> fn) override;
+  std::unique_ptr<Alarm> after(Millis delay, std::function<void()> fn) override;
+  LinkStats linkStats(std::size_t peer) override;
+
+ private:
+  struct PendingSend {
+    std::uint64_t tag;
+    ByteSpan data;
+    Done done;
+    int priority;
+  };
+  struct PendingRecv {
+    std::uint64_t tag;
+    MutableByteSpan dst;
+    Done done;
+  };
+  struct Peer {
+    std::shared_ptr<p2p::Link> out, in;
+    bool dialing = false;
+    std::vector<PendingSend> sends;  // waiting for `out`
+    std::vector<PendingRecv> recvs;  // waiting for `in`
+  };
+  void dial(std::size_t peer);
+  void adopt(std::size_t peer, std::shared_ptr<p2p::Link> link);
+  void onBroken(std::size_t peer, const std::shared_ptr<p2p::Link>& link, const Status& why);
+  void closeAll(const Status& why);
+  static void closeLink(std::shared_ptr<p2p::Link>& link, const Status& why);
+
+  p2p::NetworkThread& net_;
+  std::string self_id_;
+  p2p::LinkOptions options_;
+  p2p::LifetimeGuard lifetime_;
+  PeerGroup group_;
+  std::vector<std::string> addresses_;
+  std::vector<Peer> peers_;  // by rank of group_
+  // Links dialed to this peer that no rank has taken yet, by (from, epoch).
+  std::map<std::pair<std::string, std::uint64_t>, std::shared_ptr<p2p::Link>> accepted_;
+  std::function<void(const Status&)> on_broken_;
+};
+
+}  // namespace loco::collectives
