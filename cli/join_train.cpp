@@ -120,10 +120,10 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   // Data and model first: a bad path or shape fails before this peer joins anyone.
   auto trainer = training::LocalTrainer::create(config->train);
   if (!trainer) return reportFailure(trainer.status());
-  LOG_INFO(training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
-           training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
-           config->method == training::Method::kDiloco ? fmt::format(", H={}", config->inner_steps)
-                                                       : "");
+  LOG_INFO(
+      training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
+      training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
+      config->method != training::Method::kDdp ? fmt::format(", H={}", config->inner_steps) : "");
 
   std::FILE* metrics = nullptr;
   if (flags.isSet("metrics")) {
