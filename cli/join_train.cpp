@@ -43,19 +43,24 @@ std::string jsonNumber(double v) {
 // clock other processes share, and `finite` says whether every loss this peer computed for the
 // round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
 // computed). `checkpoint_failures` counts this process's checkpoint writes that failed (a full
-// disk; training goes on). `loco chaos` checks its invariants on these fields.
+// disk; training goes on). `compute_s` and `blocked_s` are this peer's inner-step time and time
+// waiting for the network since the start, `utilization` compute_s over the wall time since the
+// first round began, `round_bytes` what this peer sent in the round and `peak_round_bytes` the most
+// it sent in one round so far; `e2e_tokens_per_s` the tokens it trained over its wall time (network
+// waits included). `loco chaos` checks its invariants on these fields.
 std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
   const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
                       (!r.val_loss || std::isfinite(*r.val_loss));
   const double unix_s =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f},"share":{}}})",
+      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f},"share":{},"compute_s":{:.3f},"blocked_s":{:.3f},"utilization":{:.4f},"round_bytes":{:.0f},"peak_round_bytes":{:.0f},"e2e_tokens_per_s":{:.1f}}})",
       rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
       jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
       r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
       finite ? "true" : "false", r.checkpoint_failures, jsonNumber(r.local_loss), r.batch,
-      r.micro_batches, r.batch_wanted, r.tokens, r.share);
+      r.micro_batches, r.batch_wanted, r.tokens, r.share, r.compute_total_s, r.blocked_total_s,
+      r.utilization, r.round_bytes, r.peak_round_bytes, r.e2e_tokens_per_s);
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.
@@ -120,10 +125,10 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   // Data and model first: a bad path or shape fails before this peer joins anyone.
   auto trainer = training::LocalTrainer::create(config->train);
   if (!trainer) return reportFailure(trainer.status());
-  LOG_INFO(training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
-           training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
-           config->method == training::Method::kDiloco ? fmt::format(", H={}", config->inner_steps)
-                                                       : "");
+  LOG_INFO(
+      training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
+      training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
+      config->method != training::Method::kDdp ? fmt::format(", H={}", config->inner_steps) : "");
 
   std::FILE* metrics = nullptr;
   if (flags.isSet("metrics")) {

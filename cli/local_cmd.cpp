@@ -102,6 +102,18 @@ struct StepRecord {
   double batch = 0, tokens = 0;  // the per-peer batch after the round; tokens all peers processed
   std::uint32_t retries = 0;
   std::map<std::string, std::string> digests;  // peer name -> shared-state digest
+  // peer name -> its tokens over its wall time since it started, and its compute share of it
+  std::map<std::string, double> e2e_tokens_per_s, utilization;
+  double e2eTokensPerS() const {
+    double sum = 0;
+    for (const auto& [peer, v] : e2e_tokens_per_s) sum += v;
+    return sum;
+  }
+  double meanUtilization() const {
+    double sum = 0;
+    for (const auto& [peer, v] : utilization) sum += v;
+    return utilization.empty() ? 0 : sum / static_cast<double>(utilization.size());
+  }
 };
 
 struct Swarm {
@@ -400,6 +412,9 @@ void readMetrics(Swarm& s) {
       r.retries =
           std::max(r.retries, static_cast<std::uint32_t>(jsonField(line, "retries").value_or(0)));
       r.digests[s.children[i]->name] = jsonString(line, "digest");
+      if (auto v = jsonField(line, "e2e_tokens_per_s"))
+        r.e2e_tokens_per_s[s.children[i]->name] = *v;
+      if (auto v = jsonField(line, "utilization")) r.utilization[s.children[i]->name] = *v;
     }
   }
 }
@@ -419,12 +434,13 @@ void showProgress(Swarm& s) {
     if (std::isnan(r.val_loss) && s.steps.rbegin()->first == step && s.phase == Phase::kTraining)
       break;  // wait for the evaluation
     s.say(fmt::format(
-        "step {:>4} | inner {:>5}/{} | world {} | loss {} | val {} | {:>6.0f} tok/s/peer | sent "
-        "{:8.1f} MB{}",
+        "step {:>4} | inner {:>5}/{} | world {} | loss {} | val {} | {:>6.0f} tok/s | util "
+        "{:>3.0f}% "
+        "| sent {:8.1f} MB{}",
         step, r.inner_step, s.total_steps, r.world,
         std::isnan(r.loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.loss),
         std::isnan(r.val_loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.val_loss),
-        r.tokens_per_s, r.bytes_sent / 1e6,
+        r.e2eTokensPerS(), 100 * r.meanUtilization(), r.bytes_sent / 1e6,
         r.retries ? fmt::format(" ({} retries)", r.retries) : ""));
     s.last_shown = step;
     s.shown_any = true;
@@ -647,7 +663,7 @@ bool writeTrainingResults(Swarm& s) {
   std::vector<std::uint64_t> batch_changes;  // the batch trajectory (adaptive batch runs)
   std::size_t disagreements = 0;
   std::optional<double> first_val, last_val;
-  double tokens = 0;
+  double tokens = 0, e2e_tokens = 0, utilization = 0;
   std::size_t token_samples = 0;
   for (const auto& [step, r] : s.steps) {
     std::set<std::string> distinct;
@@ -676,6 +692,10 @@ bool writeTrainingResults(Swarm& s) {
       last_val = r.val_loss;
     }
     if (r.tokens_per_s > 0) tokens += r.tokens_per_s, ++token_samples;
+    if (!r.e2e_tokens_per_s.empty()) {
+      e2e_tokens = r.e2eTokensPerS();
+      utilization = r.meanUtilization();
+    }
   }
   for (Status st :
        {writeFileAtomic(s.out_dir + "/run.jsonl", jsonl),
@@ -691,8 +711,12 @@ bool writeTrainingResults(Swarm& s) {
   if (first_val && last_val) std::printf(", validation loss %.4f -> %.4f", *first_val, *last_val);
   if (!s.steps.empty())
     std::printf(", %.1f MB sent, %.1f s", s.steps.rbegin()->second.bytes_sent / 1e6, s.elapsed());
-  if (token_samples)
-    std::printf(", %.0f tokens/s per peer", tokens / static_cast<double>(token_samples));
+  if (token_samples) {
+    std::printf(
+        ", %.0f tokens/s end to end (all peers; compute alone %.0f per peer), %.0f %% "
+        "compute utilization",
+        e2e_tokens, tokens / static_cast<double>(token_samples), 100 * utilization);
+  }
   if (batch_changes.size() > 1) {
     std::string trajectory;
     for (std::uint64_t b : batch_changes)

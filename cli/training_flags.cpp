@@ -15,7 +15,21 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"data", "text file or directory to train on", std::string(training::kDefaultCorpusPath)},
       {"sharding", "iid (every peer samples the whole corpus) or contiguous (a slice per peer)",
        "iid"},
-      {"method", "ddp (gradients all-reduced every step) or diloco", "diloco"},
+      {"method",
+       "ddp (gradients all-reduced every step), diloco, streaming (Streaming DiLoCo: one "
+       "fragment per sync, overlapped) or noloco (pairwise gossip, no all-reduce)",
+       "diloco"},
+      {"overlap",
+       "diloco: none (the all-reduce blocks), eager (it runs while the next round trains; "
+       "this peer's fresh Δ stands in for its share) or naive (WARNING: applies the average one "
+       "round late, which hurts the loss badly; for comparison only)",
+       "none"},
+      {"fragments", "streaming: P fragments, strided over the blocks (P must divide H)", "2"},
+      {"overlap-steps", "streaming: τ inner steps each fragment's all-reduce overlaps (0..5)", "2"},
+      {"merge-alpha", "streaming: local fragment ← α·local + (1−α)·global", "0.5"},
+      {"noloco-alpha", "noloco: momentum of the outer update δ", "0.5"},
+      {"noloco-beta", "noloco: weight of the group's mean Δ", "0.7"},
+      {"noloco-gamma", "noloco: pull toward the group's mean φ", "0.7"},
       {"inner-steps", "DiLoCo: inner steps per round (H)", "30"},
       {"steps", "inner steps per peer for the whole run", "600"},
       {"wire", "how Δ (DDP: gradients) travel: raw, fp16, bf16, int8 or int4", "raw"},
@@ -137,6 +151,9 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   auto method = training::parseMethod(flags.get("method"));
   if (!method) return method.status().withContext("--method");
   c.method = *method;
+  auto overlap = training::parseOverlap(flags.get("overlap"));
+  if (!overlap) return overlap.status().withContext("--overlap");
+  c.overlap = *overlap;
   auto wire = collectives::parseWire(flags.get("wire"));
   if (!wire) return wire.status().withContext("--wire");
   c.wire = *wire;
@@ -149,7 +166,8 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     std::int64_t* out;
   };
   std::int64_t inner = 0, steps = 0, width = 0, layers = 0, heads = 0, context = 0, batch = 0,
-               warmup = 0, seed = 0, threads = 0, eval_every = 0, quant_block = 0;
+               warmup = 0, seed = 0, threads = 0, eval_every = 0, quant_block = 0, fragments = 0,
+               overlap_steps = 0;
   for (const IntFlag& f : std::vector<IntFlag>{
            {"inner-steps", 1, 1000000, &inner},
            {"steps", 1, 100000000, &steps},
@@ -161,6 +179,8 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
            {"seed", 0, (std::int64_t{1} << 62), &seed},
            {"threads", 1, 256, &threads},
            {"eval-every", 1, 1000000, &eval_every},
+           {"fragments", 1, 1024, &fragments},
+           {"overlap-steps", 0, 5, &overlap_steps},
            {"quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock),
             &quant_block}}) {
     auto v = flags.getInt(f.name, f.min, f.max);
@@ -180,7 +200,12 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   auto outer_lr = getDouble(flags, "outer-lr", 1e-6, 100);
   auto outer_momentum = getDouble(flags, "outer-momentum", 0, 0.999);
   auto lr = getDouble(flags, "lr", 1e-8, 10);
-  for (const auto* r : {&outer_lr, &outer_momentum, &lr}) {
+  auto merge_alpha = getDouble(flags, "merge-alpha", 0, 1);
+  auto noloco_alpha = getDouble(flags, "noloco-alpha", 0, 2);
+  auto noloco_beta = getDouble(flags, "noloco-beta", 0, 2);
+  auto noloco_gamma = getDouble(flags, "noloco-gamma", 0, 2);
+  for (const auto* r : {&outer_lr, &outer_momentum, &lr, &merge_alpha, &noloco_alpha, &noloco_beta,
+                        &noloco_gamma}) {
     if (!*r) return r->status();
   }
   if (flags.isSet("quant-block") && c.wire != collectives::Wire::kInt8 &&
@@ -207,6 +232,21 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   c.train.inner.schedule.warmup_steps = static_cast<std::uint64_t>(warmup);
   c.train.inner.schedule.total_steps = c.steps;
   c.eval_every = static_cast<std::uint32_t>(eval_every);
+  c.fragments = static_cast<std::uint32_t>(fragments);
+  c.overlap_steps = static_cast<std::uint32_t>(overlap_steps);
+  c.merge_alpha = static_cast<float>(*merge_alpha);
+  c.noloco.alpha = static_cast<float>(*noloco_alpha);
+  c.noloco.beta = static_cast<float>(*noloco_beta);
+  c.noloco.gamma = static_cast<float>(*noloco_gamma);
+  for (const char* f : {"fragments", "overlap-steps", "merge-alpha"}) {
+    if (flags.isSet(f) && c.method != training::Method::kStreaming) {
+      return Status(StatusCode::kInvalidArgument, fmt::format("--{} is for --method streaming", f));
+    }
+  }
+  for (const char* f : {"noloco-alpha", "noloco-beta", "noloco-gamma"}) {
+    if (flags.isSet(f) && c.method != training::Method::kNoloco)
+      return Status(StatusCode::kInvalidArgument, fmt::format("--{} is for --method noloco", f));
+  }
   c.checkpoint_dir = flags.get("checkpoint-dir");
   c.resume = flags.getBool("resume");
   if (c.method == training::Method::kDdp && flags.isSet("inner-steps")) {

@@ -51,6 +51,7 @@
 #include "training/batch_test.h"
 #include "training/local_trainer.h"
 #include "training/optimizers.h"
+#include "training/sync_methods.h"
 
 namespace loco::collectives {
 class Communicator;
@@ -58,7 +59,10 @@ class Communicator;
 
 namespace loco::training {
 
-enum class Method : std::uint8_t { kDdp, kDiloco };
+// ddp and diloco as above; streaming (Streaming DiLoCo: one fragment of the parameters per sync,
+// overlapped with τ inner steps) and noloco (no all-reduce: pairwise gossip) are described in
+// training/sync_methods.h and the README.
+enum class Method : std::uint8_t { kDdp, kDiloco, kStreaming, kNoloco };
 std::string_view methodName(Method m);
 Result<Method> parseMethod(std::string_view name);
 
@@ -98,6 +102,11 @@ struct DistributedConfig {
   // kSpeed: each peer's windows per step in proportion to its throughput, Δ weighted by windows
   // (allocation.h). Not bit-reproducible (throughput is measured), hence kEqual by default.
   Allocation allocation = Allocation::kEqual;
+  Overlap overlap = Overlap::kNone;  // diloco: whole-round overlap (sync_methods.h)
+  std::uint32_t fragments = 2;       // streaming: P (the model needs at least P blocks)
+  std::uint32_t overlap_steps = 2;   // streaming: τ, inner steps its all-reduce overlaps
+  float merge_alpha = 0.5f;          // streaming: θ_m,p ← α·θ_m,p + (1−α)·θ̃_p
+  NolocoOptions noloco;              // noloco: α, β, γ
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -118,8 +127,15 @@ struct RoundRecord {
   double compute_s = 0;  // this peer's local phase (inner steps, or the gradient) before the round
   double reduce_s = 0;   // the round's all-reduces (statistics and contributions, in flight
                          // together), the attempt that went through
-  std::uint64_t state_digest = 0;         // hash of the shared state after the round was applied
-  double wall_s = 0;                      // since runDistributed started
+  std::uint64_t state_digest = 0;  // hash of the shared state after the round was applied
+  double wall_s = 0;               // since runDistributed started
+  double blocked_s = 0;            // this round: the training thread waited for the network
+  double compute_total_s = 0;      // inner steps (or gradients) since the start
+  double blocked_total_s = 0;      // waits for collectives since the start
+  double round_bytes = 0;          // this peer's collective bytes in this round
+  double peak_round_bytes = 0;     // the most this peer sent in one round so far
+  double e2e_tokens_per_s = 0;     // tokens this peer trained / wall_s (waits included)
+  double utilization = 0;          // compute_total_s over the wall time since the first round began
   std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)
   std::uint32_t data_rank = 0;            // this peer's data rank in the round (given or derived)
   double local_loss = 0;  // this peer's own mean inner loss in the round; NaN: it contributed none
