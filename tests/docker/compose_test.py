@@ -105,6 +105,19 @@ def build_images(src, base, image, prom_image, figures):
     assert prom.returncode == 0, f"building the prometheus image failed:\n{out[-3000:]}"
 
 
+def screenshot(url, path):
+    """Best effort, never a failure: the dashboard as Chromium renders it (the README's
+    docker/dashboard.png is one of these), kept next to the test's logs."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return
+    r = sh([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--window-size=1280,1000", "--virtual-time-budget=8000", f"--screenshot={path}", url],
+           check=False, timeout=90)
+    log(f"dashboard screenshot: {path}" if r.returncode == 0 and os.path.exists(path)
+        else f"no dashboard screenshot (chromium exited {r.returncode})")
+
+
 def main():
     src, work = sys.argv[1], sys.argv[2]
     if os.geteuid() != 0:
@@ -234,6 +247,7 @@ def main():
         p = wait_for(f"{victim} back as the same peer, contributing", back, 240, 1)
         figures["rejoined_and_reported_after_start_s"] = round(time.monotonic() - t_start, 1)
         log(f"{victim} is peer {victim_id[:8]} again, member, reported outer step {p['progress']['outer_step']}")
+        screenshot(f"http://127.0.0.1:{dash}/", os.path.join(work, "dashboard.png"))
         events = [e["kind"] for e in status()["events"] if e["peer"] == victim_id]
         assert "evicted" in events or "left" in events, events
 
