@@ -44,7 +44,12 @@ def log(msg):
 
 
 def sh(argv, timeout=60, check=True, env=None, quiet=False):
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"")[-3000:]
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        raise AssertionError(f"{' '.join(argv[:4])} ... did not finish within {timeout} s:\n{out}")
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
     return r
@@ -96,8 +101,13 @@ def build_images(src, base, image, prom_image, figures):
                              "--target", "prometheus", "--build-arg", f"BASE={base}", "-t",
                              prom_image, src], env=benv, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    r = sh(["docker", "build", "--no-cache", "--progress=plain", "-f", f"{src}/docker/Dockerfile",
-            "--build-arg", f"BASE={base}", "-t", image, src], timeout=1500, env=benv)
+    try:
+        r = sh(["docker", "build", "--no-cache", "--progress=plain", "-f", f"{src}/docker/Dockerfile",
+                "--build-arg", f"BASE={base}", "-t", image, src], timeout=1500, env=benv)
+    except AssertionError:
+        prom.kill()
+        prom.wait()
+        raise
     figures["loco_image_s"] = round(time.monotonic() - t, 1)
     hits = re.findall(r"Hits:\s+(\d+) /\s+(\d+)", r.stdout + r.stderr)
     log(f"image {image}: {figures['loco_image_s']} s (ccache hits/compiles: {hits[:1]})")
