@@ -33,6 +33,7 @@
 #include "cli/lab/net.h"
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/status_client.h"
 
 namespace loco::cli {
@@ -508,7 +509,6 @@ int runBenchAllReduce(const Args& args) {
   const int N = static_cast<int>(*peers);
   const std::string size_key = flags.isSet("kib") ? "kib" : "mib";
   const std::string size_value = flags.isSet("kib") ? flags.get("kib") : flags.get("mib");
-  const std::string lab_field = cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "";
   std::optional<double> gloo_p50;
   for (bool gloo : {true, false}) {
     if (gloo && baseline != "gloo") continue;
@@ -517,32 +517,40 @@ int runBenchAllReduce(const Args& args) {
     if (!run) return reportFailure(run.status());
     const double algbw = static_cast<double>(bytes) / (run->p50_ms / 1000) / 1e9;
     const double busbw = algbw * 2.0 * (N - 1) / N;
-    std::string line = fmt::format(
-        R"({{"bench":"allreduce","impl":"{}","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{},"peak_rss_mib":{:.0f}{})",
-        gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"),
-        gloo ? 1 : *streams, run->p50_ms, algbw, busbw, run->rel,
-        run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
+    Json line = {{"bench", "allreduce"},
+                 {"impl", gloo ? "gloo" : "loco"},
+                 {"peers", N},
+                 {size_key, bytes >> (size_key == "kib" ? 10 : 20)},
+                 {"wire", gloo ? "raw" : flags.get("wire")},
+                 {"streams", gloo ? 1 : *streams},
+                 {"p50_ms", jsonFixed(run->p50_ms, 3)},
+                 {"algbw_gbs", jsonFixed(algbw, 3)},
+                 {"busbw_gbs", jsonFixed(busbw, 3)},
+                 {"rel_rms_err", jsonSignificant(run->rel, 4)},
+                 {"bitwise_equal", run->bitwise_equal},
+                 {"peak_rss_mib", jsonFixed(run->peak_rss_mib, 0)}};
+    if (cfg) line["lab"] = cfg->name;
     if (gloo) {
       gloo_p50 = run->p50_ms;
-      line += fmt::format(R"(,"algo":"{}","baseline_algo":"{}")", run->gloo_algo, baseline_algo);
+      line["algo"] = run->gloo_algo;
+      line["baseline_algo"] = baseline_algo;
       if (!run->candidates_p50_ms.empty()) {
-        std::string c;
-        for (const auto& [name, p50] : run->candidates_p50_ms)
-          c += fmt::format(R"({}"{}":{:.3f})", c.empty() ? "" : ",", name, p50);
-        line += fmt::format(R"(,"candidates_p50_ms":{{{}}})", c);
+        Json c = Json::object();
+        for (const auto& [name, p50] : run->candidates_p50_ms) c[name] = jsonFixed(p50, 3);
+        line["candidates_p50_ms"] = std::move(c);
       }
     } else {
-      line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f})", flags.get("algorithm"),
-                          run->cpu_ms);
+      line["algorithm"] = flags.get("algorithm");
+      line["cpu_ms_per_peer"] = jsonFixed(run->cpu_ms, 1);
     }
     if (!gloo && !run->ring_before.empty()) {
-      line += fmt::format(
-          R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",
-          run->ring_before, run->initial_ms, run->ring_after, run->initial_ms / run->p50_ms);
+      line["ring_before"] = run->ring_before;
+      line["initial_ms"] = jsonFixed(run->initial_ms, 3);
+      line["ring_after"] = run->ring_after;
+      line["speedup_vs_initial"] = jsonFixed(run->initial_ms / run->p50_ms, 3);
     }
-    if (!gloo && gloo_p50)
-      line += fmt::format(",\"speedup_vs_gloo\":{:.3f}", *gloo_p50 / run->p50_ms);
-    std::printf("%s}\n", line.c_str());
+    if (!gloo && gloo_p50) line["speedup_vs_gloo"] = jsonFixed(*gloo_p50 / run->p50_ms, 3);
+    std::printf("%s\n", jsonDump(line).c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "cli/join_train.h"
 #include "cli/ops/http_server.h"
+#include "cli/ops/run_jsonl.h"
 #include "cli/ops/run_metrics.h"
 #include "cli/ops/status_json.h"
 #include "cli/training_flags.h"
@@ -32,35 +33,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 extern "C" void onStopSignal(int) {
   g_stop.store(true);
-}
-
-std::string jsonNumber(double v) {
-  return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null";
-}
-
-// One line per round. `epoch` is the membership epoch the round was applied in, `pid` tells one
-// process lifetime from the next (restarts append to the same file), `unix_s` puts the line on a
-// clock other processes share, and `finite` says whether every loss this peer computed for the
-// round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
-// computed). `checkpoint_failures` counts this process's checkpoint writes that failed (a full
-// disk; training goes on). `compute_s` and `blocked_s` are this peer's inner-step time and time
-// waiting for the network since the start, `utilization` compute_s over the wall time since the
-// first round began, `round_bytes` what this peer sent in the round and `peak_round_bytes` the most
-// it sent in one round so far; `e2e_tokens_per_s` the tokens it trained over its wall time (network
-// waits included). `loco chaos` checks its invariants on these fields.
-std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
-  const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
-                      (!r.val_loss || std::isfinite(*r.val_loss));
-  const double unix_s =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{},"local_loss":{},"batch":{},"micro_batches":{},"batch_wanted":{:.3f},"tokens":{:.0f},"share":{},"compute_s":{:.3f},"blocked_s":{:.3f},"utilization":{:.4f},"round_bytes":{:.0f},"peak_round_bytes":{:.0f},"e2e_tokens_per_s":{:.1f}}})",
-      rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
-      jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
-      r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
-      finite ? "true" : "false", r.checkpoint_failures, jsonNumber(r.local_loss), r.batch,
-      r.micro_batches, r.batch_wanted, r.tokens, r.share, r.compute_total_s, r.blocked_total_s,
-      r.utilization, r.round_bytes, r.peak_round_bytes, r.e2e_tokens_per_s);
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.
@@ -205,7 +177,9 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
                      ? fmt::format(" batch {}", r.batch)
                      : "");
         if (metrics) {
-          std::fprintf(metrics, "%s\n", roundJson(r, r.data_rank, setup.peer_id).c_str());
+          std::fprintf(
+              metrics, "%s\n",
+              ops::peerRoundLine(r, r.data_rank, setup.peer_id, ::getpid(), unixSeconds()).c_str());
           std::fflush(metrics);
         }
       });

@@ -522,11 +522,9 @@ int labStatus(const Args& args) {
   auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   if (flags.getBool("json")) {
-    std::string json = cfg->toJson();
-    json.pop_back();  // add the hub's state
-    json +=
-        fmt::format(",\"hub_running\":{}}}\n", alive(hubState(cfg->name).first) ? "true" : "false");
-    std::fputs(json.c_str(), stdout);
+    Json json = cfg->json();
+    json["hub_running"] = alive(hubState(cfg->name).first);
+    std::printf("%s\n", jsonDump(json).c_str());
   } else {
     std::fputs(statusTable(*cfg).c_str(), stdout);
   }

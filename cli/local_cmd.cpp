@@ -33,16 +33,17 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 
+#include "cli/chaos/invariants.h"
 #include "cli/commands.h"
 #include "cli/lab/cgroup.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
 #include "cli/training_flags.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
 #include "training/text_data.h"
@@ -210,24 +211,34 @@ std::string describeExit(const Child& c) {
 // OUT/processes.json: every process's current pid, host and history, rewritten (atomically) on
 // every start and exit, for whoever wants to signal or watch them (`loco chaos`).
 void writeProcesses(const Swarm& s) {
-  std::string json = "{";
+  auto entry = [](const Child& c, int host, const std::string& address, int port, int rank,
+                  const std::string& id) {
+    return Json{{"pid", c.pid},
+                {"running", c.running},
+                {"host", host},
+                {"address", address},
+                {"port", port},
+                {"rank", rank},
+                {"id", id},
+                {"restarts", c.restarts},
+                {"resumed", c.resumed},
+                {"finished", c.finished},
+                {"gave_up", c.gave_up}};
+  };
+  Json json = Json::object();
   for (std::size_t i = 0; i < s.children.size(); ++i) {
     const Child& c = *s.children[i];
-    json += fmt::format(
-        R"({}"{}":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":{},"id":"{}","restarts":{},"resumed":{},"finished":{},"gave_up":{}}})",
-        i ? "," : "", c.name, c.pid, c.running ? "true" : "false", s.hostOf(i), s.addressOf(i),
-        i == 0 ? s.port : 0, i == 0 ? -1 : static_cast<int>(i) - 1, c.peer_id, c.restarts,
-        c.resumed ? "true" : "false", c.finished ? "true" : "false", c.gave_up ? "true" : "false");
+    json[c.name] = entry(c, s.hostOf(i), s.addressOf(i), i == 0 ? s.port : 0,
+                         i == 0 ? -1 : static_cast<int>(i) - 1, c.peer_id);
   }
   if (s.standby) {
+    // The standby is the coordinator's twin: its restarts count, the rest does not apply.
     const Child& c = *s.standby;
-    json += fmt::format(
-        R"(,"standby":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":-1,"id":"","restarts":{},"resumed":false,"finished":false,"gave_up":false}})",
-        c.pid, c.running ? "true" : "false", s.hostOf(0), s.addressOf(0), s.standby_port,
-        c.restarts);
+    Json standby = entry(c, s.hostOf(0), s.addressOf(0), s.standby_port, -1, "");
+    standby["resumed"] = standby["finished"] = standby["gave_up"] = false;
+    json["standby"] = std::move(standby);
   }
-  json += "}\n";
-  (void)writeFileAtomic(s.out_dir + "/processes.json", json);
+  (void)writeFileAtomic(s.out_dir + "/processes.json", jsonDump(json) + "\n");
 }
 
 Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::string>& args) {
@@ -367,23 +378,6 @@ std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool init
   return args;
 }
 
-std::optional<double> jsonField(const std::string& line, const std::string& key) {
-  static const std::regex number(R"(^-?[0-9.eE+-]+)");
-  auto at = line.find("\"" + key + "\":");
-  if (at == std::string::npos) return std::nullopt;
-  std::string rest = line.substr(at + key.size() + 3);
-  std::smatch m;
-  if (!std::regex_search(rest, m, number)) return std::nullopt;  // null
-  return std::stod(m[0]);
-}
-
-std::string jsonString(const std::string& line, const std::string& key) {
-  auto at = line.find("\"" + key + "\":\"");
-  if (at == std::string::npos) return "";
-  auto from = at + key.size() + 4;
-  return line.substr(from, line.find('"', from) - from);
-}
-
 // Reads what the peers appended to their metrics files since the last tick.
 void readMetrics(Swarm& s) {
   for (std::size_t i = 1; i < s.children.size(); ++i) {
@@ -396,25 +390,24 @@ void readMetrics(Swarm& s) {
     while (std::getline(in, line)) {
       if (in.eof()) break;  // a line still being written
       consumed += line.size() + 1;
-      auto step = jsonField(line, "step");
-      if (!step) continue;
-      StepRecord& r = s.steps[static_cast<std::uint64_t>(*step)];
-      r.inner_step = static_cast<std::uint64_t>(jsonField(line, "inner_step").value_or(0));
+      auto line_record = chaos::parseRoundLine(line, s.children[i]->name);
+      if (!line_record) continue;
+      const chaos::RoundLine& l = *line_record;
+      StepRecord& r = s.steps[l.step];
+      r.inner_step = l.inner_step;
       s.children[i]->last_inner = std::max(s.children[i]->last_inner, r.inner_step);
-      r.world = static_cast<std::size_t>(jsonField(line, "world").value_or(0));
-      if (auto v = jsonField(line, "loss")) r.loss = *v;
-      if (auto v = jsonField(line, "val_loss")) r.val_loss = *v;
-      r.bytes_sent = std::max(r.bytes_sent, jsonField(line, "bytes_sent").value_or(0));
-      r.wall_s = std::max(r.wall_s, jsonField(line, "wall_s").value_or(0));
-      r.tokens_per_s = std::max(r.tokens_per_s, jsonField(line, "tokens_per_s").value_or(0));
-      r.batch = std::max(r.batch, jsonField(line, "batch").value_or(0));
-      r.tokens = std::max(r.tokens, jsonField(line, "tokens").value_or(0));
-      r.retries =
-          std::max(r.retries, static_cast<std::uint32_t>(jsonField(line, "retries").value_or(0)));
-      r.digests[s.children[i]->name] = jsonString(line, "digest");
-      if (auto v = jsonField(line, "e2e_tokens_per_s"))
-        r.e2e_tokens_per_s[s.children[i]->name] = *v;
-      if (auto v = jsonField(line, "utilization")) r.utilization[s.children[i]->name] = *v;
+      r.world = static_cast<std::size_t>(l.world);
+      if (std::isfinite(l.loss)) r.loss = l.loss;
+      if (l.val_loss) r.val_loss = *l.val_loss;
+      r.bytes_sent = std::max(r.bytes_sent, l.bytes_sent);
+      r.wall_s = std::max(r.wall_s, l.wall_s);
+      r.tokens_per_s = std::max(r.tokens_per_s, l.tokens_per_s);
+      r.retries = std::max(r.retries, l.retries);
+      r.digests[s.children[i]->name] = l.digest;
+      r.batch = std::max(r.batch, l.batch);
+      r.tokens = std::max(r.tokens, l.tokens);
+      if (l.e2e_tokens_per_s) r.e2e_tokens_per_s[s.children[i]->name] = *l.e2e_tokens_per_s;
+      if (l.utilization) r.utilization[s.children[i]->name] = *l.utilization;
     }
   }
 }
@@ -670,14 +663,19 @@ bool writeTrainingResults(Swarm& s) {
     for (const auto& [peer, d] : r.digests) distinct.insert(d);
     const bool agree = distinct.size() <= 1;
     if (!agree) ++disagreements;
-    auto num = [](double v) {
-      return std::isfinite(v) ? fmt::format("{:.6f}", v) : std::string("null");
-    };
-    jsonl += fmt::format(
-        R"({{"step":{},"inner_step":{},"world":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"wall_s":{:.3f},"retries":{},"peers_reporting":{},"digests_agree":{},"batch":{:.0f},"tokens":{:.0f}}})"
-        "\n",
-        step, r.inner_step, r.world, num(r.loss), num(r.val_loss), r.bytes_sent, r.wall_s,
-        r.retries, r.digests.size(), agree ? "true" : "false", r.batch, r.tokens);
+    jsonl += jsonDump({{"step", step},
+                       {"inner_step", r.inner_step},
+                       {"world", r.world},
+                       {"loss", jsonFixed(r.loss, 6)},
+                       {"val_loss", jsonFixed(r.val_loss, 6)},
+                       {"bytes_sent", jsonFixed(r.bytes_sent, 0)},
+                       {"wall_s", jsonFixed(r.wall_s, 3)},
+                       {"retries", r.retries},
+                       {"peers_reporting", r.digests.size()},
+                       {"digests_agree", agree},
+                       {"batch", jsonFixed(r.batch, 0)},
+                       {"tokens", jsonFixed(r.tokens, 0)}}) +
+             "\n";
     if (r.batch > 0) {
       batch_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.batch);
       const auto b = static_cast<std::uint64_t>(r.batch);

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "p2p/base/json.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
 
@@ -23,33 +24,33 @@ bool isRingEdge(const std::vector<std::string>& ring, const p2p::EdgeEstimate& e
 }
 
 std::string toJson(const p2p::GroupView& v) {
-  std::string out = fmt::format("{{\"epoch\":{},\"world\":{},\"pending\":{},\"peers\":[", v.epoch,
-                                v.world(), v.pending());
-  for (std::size_t i = 0; i < v.peers.size(); ++i) {
-    const auto& p = v.peers[i];
-    out +=
-        fmt::format("{}{{\"id\":\"{}\",\"addr\":\"{}\",\"state\":\"{}\",\"heartbeat_age_ms\":{}}}",
-                    i ? "," : "", jsonEscape(p.id), jsonEscape(p.addr), p2p::peerStateName(p.state),
-                    p.heartbeat_age_ms);
+  Json peers = Json::array();
+  for (const auto& p : v.peers) {
+    peers.push_back({{"id", p.id},
+                     {"addr", p.addr},
+                     {"state", p2p::peerStateName(p.state)},
+                     {"heartbeat_age_ms", p.heartbeat_age_ms}});
   }
-  out += "],\"counters\":{";
-  for (std::size_t i = 0; i < v.counters.size(); ++i) {
-    out += fmt::format("{}\"{}\":{}", i ? "," : "", jsonEscape(v.counters[i].first),
-                       v.counters[i].second);
-  }
-  out += "},\"links\":[";
+  Json counters = Json::object();
+  for (const auto& [name, value] : v.counters) counters[name] = value;
+  Json links = Json::array();
   const auto ring = v.ringIds();
-  for (std::size_t i = 0; i < v.edges.size(); ++i) {
-    const auto& e = v.edges[i];
-    out += fmt::format(R"({}{{"from":"{}","to":"{}","mbit_s":{:.1f},"source":"{}","in_ring":{}}})",
-                       i ? "," : "", jsonEscape(e.from), jsonEscape(e.to), e.bytes_per_s * 8e-6,
-                       p2p::edgeSourceName(e.source), isRingEdge(ring, e) ? "true" : "false");
+  for (const auto& e : v.edges) {
+    links.push_back({{"from", e.from},
+                     {"to", e.to},
+                     {"mbit_s", jsonFixed(e.bytes_per_s * 8e-6, 1)},
+                     {"source", p2p::edgeSourceName(e.source)},
+                     {"in_ring", isRingEdge(ring, e)}});
   }
   const double slowest = p2p::ringBottleneck(ring, tableOf(v));
-  out +=
-      fmt::format("],\"ring_slowest_mbit_s\":{}}}",
-                  ring.size() > 1 && slowest > 0 ? fmt::format("{:.1f}", slowest * 8e-6) : "null");
-  return out;
+  return jsonDump({{"epoch", v.epoch},
+                   {"world", v.world()},
+                   {"pending", v.pending()},
+                   {"peers", std::move(peers)},
+                   {"counters", std::move(counters)},
+                   {"links", std::move(links)},
+                   {"ring_slowest_mbit_s",
+                    ring.size() > 1 && slowest > 0 ? jsonFixed(slowest * 8e-6, 1) : Json()}});
 }
 
 std::string toTable(const p2p::GroupView& v) {

@@ -4,7 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <nlohmann/json.hpp>
+
+#include "p2p/base/json.h"
 
 namespace loco::chaos {
 namespace {
@@ -27,9 +28,10 @@ T median(std::vector<T> v) {
 }  // namespace
 
 Result<RoundLine> parseRoundLine(const std::string& text, const std::string& peer) {
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number())
+  auto parsed = parseJsonObject(text);
+  if (!parsed || !parsed->contains("step") || !(*parsed)["step"].is_number())
     return Status(StatusCode::kInvalidArgument, "not a round record: " + text.substr(0, 80));
+  const nlohmann::json& j = *parsed;
   RoundLine r;
   r.peer = peer;
   auto u64 = [&](const char* key) -> std::uint64_t {
@@ -48,6 +50,12 @@ Result<RoundLine> parseRoundLine(const std::string& text, const std::string& pee
   r.val_loss = dbl("val_loss");
   r.bytes_sent = dbl("bytes_sent").value_or(0);
   r.retries = static_cast<std::uint32_t>(u64("retries"));
+  r.tokens_per_s = dbl("tokens_per_s").value_or(0);
+  r.wall_s = dbl("wall_s").value_or(0);
+  r.batch = dbl("batch").value_or(0);
+  r.tokens = dbl("tokens").value_or(0);
+  r.e2e_tokens_per_s = dbl("e2e_tokens_per_s");
+  r.utilization = dbl("utilization");
   r.pid = static_cast<long>(u64("pid"));
   r.unix_s = dbl("unix_s").value_or(0);
   if (j.contains("digest") && j["digest"].is_string()) r.digest = j["digest"].get<std::string>();

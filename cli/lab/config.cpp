@@ -358,33 +358,37 @@ Result<LabConfig> parseConfig(const std::string& text) {
   return cfg;
 }
 
-std::string LabConfig::toJson() const {
-  std::string hosts_json;
+Json LabConfig::json() const {
+  Json hosts_json = Json::array();
   for (int i = 1; i <= hosts; ++i) {
     HostRates r = host(i);
-    hosts_json += fmt::format(
-        "{}{{\"name\":\"{}\",\"addr\":\"{}\",\"up_mbit\":{},\"down_mbit\":{},"
-        "\"cpu\":{}}}",
-        i > 1 ? "," : "", nsName(i), address(i), num(r.up_mbit), num(r.down_mbit), num(hostCpu(i)));
+    hosts_json.push_back({{"name", nsName(i)},
+                          {"addr", address(i)},
+                          {"up_mbit", r.up_mbit},
+                          {"down_mbit", r.down_mbit},
+                          {"cpu", hostCpu(i)}});
   }
-  std::string links;
+  Json links = Json::object();
   for (int a = 1; a <= hosts; ++a) {
     for (int b = a + 1; b <= hosts; ++b) {
       PairParams p = pair(a, b);
-      links += fmt::format(
-          "{}\"{}-{}\":{{\"delay_ms\":{},\"jitter_ms\":{},\"loss\":{},\"rate_mbit\":{},"
-          "\"partitioned\":{}}}",
-          links.empty() ? "" : ",", a, b, num(p.delay_ms), num(p.jitter_ms), num(p.loss),
-          num(p.rate_mbit), partitioned(a, b) ? "true" : "false");
+      links[fmt::format("{}-{}", a, b)] = {{"delay_ms", p.delay_ms},
+                                           {"jitter_ms", p.jitter_ms},
+                                           {"loss", p.loss},
+                                           {"rate_mbit", p.rate_mbit},
+                                           {"partitioned", partitioned(a, b)}};
     }
   }
-  std::string groups;
-  for (auto& g : partition)
-    groups += fmt::format("{}[{}]", groups.empty() ? "" : ",", fmt::join(g, ","));
-  return fmt::format(
-      "{{\"name\":\"{}\",\"hosts\":[{}],\"links\":{{{}}},\"partition\":[{}],\"tcp_rmem_max\":{},"
-      "\"subnet\":\"10.213.{}.0/24\"}}",
-      name, hosts_json, links, groups, tcp_rmem_max, subnet);
+  return {{"name", name},
+          {"hosts", std::move(hosts_json)},
+          {"links", std::move(links)},
+          {"partition", partition},
+          {"tcp_rmem_max", tcp_rmem_max},
+          {"subnet", fmt::format("10.213.{}.0/24", subnet)}};
+}
+
+std::string LabConfig::toJson() const {
+  return jsonDump(json());
 }
 
 }  // namespace loco::lab

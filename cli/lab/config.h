@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "p2p/base/json.h"
 #include "p2p/base/status.h"
 
 namespace loco::lab {
@@ -68,7 +69,8 @@ struct LabConfig {
   std::string mac(int i) const;       // fixed, so the hub knows every host's address
 
   std::string serialize() const;
-  std::string toJson() const;
+  Json json() const;           // what `loco lab status --json` prints
+  std::string toJson() const;  // json() on one line
 };
 
 // Lab names become namespace names NAME1..NAMEN: a lowercase letter, then letters, digits or
