@@ -294,6 +294,7 @@ class Run {
                                     collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
     options.quant_block = cfg_.quant_block;
+    options.compress = cfg_.compress;
     auto data_op =
         comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
     Status a = (*stats_op)->wait(deadline());
