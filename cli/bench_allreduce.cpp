@@ -202,6 +202,13 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
   if (!algorithm) return reportFailure(algorithm.status());
   collectives::AllReduceOptions options;
   options.algorithm = *algorithm;
+  auto compress = collectives::parseCompress(flags.get("compress"));
+  if (!compress) return reportFailure(compress.status());
+  options.compress = *compress;
+  auto block =
+      flags.getInt("quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock));
+  if (!block) return reportFailure(block.status());
+  options.quant_block = static_cast<std::size_t>(*block);
   auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
@@ -226,12 +233,14 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     fillGaussian(buf, rank);
     if (Status st = runTopologyPhase(flags, c, buf, wire); !st.isOk()) return reportFailure(st);
   }
-  double cpu_ms = 0;  // this process's CPU time (every thread) in the timed operations
+  double cpu_ms = 0;       // this process's CPU time (every thread) in the timed operations
+  std::uint64_t sent = 0;  // bytes this peer sent in the timed operations
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
     fillGaussian(buf, rank);
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
       return reportFailure(st.status());  // start together
     const double cpu0 = processCpuMs();
+    const std::uint64_t sent0 = c.bytesSent();
     auto t0 = Clock::now();
     auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg,
                           wire, options);
@@ -241,10 +250,12 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     if (it >= 0) {
       times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
       cpu_ms += processCpuMs() - cpu0;
+      sent += c.bytesSent() - sent0;
     }
   }
-  if (Status st =
-          writeFileAtomic(flags.get("out") + ".cpu", fmt::format("{:.3f}\n", cpu_ms / iters));
+  if (Status st = writeFileAtomic(
+          flags.get("out") + ".cpu",
+          fmt::format("{:.3f} {}\n", cpu_ms / iters, sent / static_cast<std::uint64_t>(iters)));
       !st.isOk())
     return reportFailure(st);
   if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
@@ -264,6 +275,7 @@ struct RunSummary {
   std::string ring_before, ring_after;
   double peak_rss_mib = 0;  // the highest of any worker
   double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers (loco)
+  double sent_mib = 0;      // MiB sent per operation per peer, averaged over the peers (loco)
   // Gloo only: the algorithm timed and, for --baseline-algo auto, every candidate's p50.
   std::string gloo_algo;
   std::vector<std::pair<std::string, double>> candidates_p50_ms;
@@ -335,6 +347,10 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           std::to_string(streams),
                           std::string("--algorithm"),
                           flags.get("algorithm"),
+                          std::string("--compress"),
+                          flags.get("compress"),
+                          std::string("--quant-block"),
+                          flags.get("quant-block"),
                           std::string("--iters"),
                           std::to_string(iters),
                           std::string("--out"),
@@ -383,8 +399,11 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::string hash;
     double err = 0, rss = 0;
     in >> hash >> err >> rss;
-    double cpu = 0;
-    if (std::ifstream(fmt::format("{}/worker-{}.result.cpu", dir, r)) >> cpu) out.cpu_ms += cpu / N;
+    double cpu = 0, sent = 0;
+    if (std::ifstream(fmt::format("{}/worker-{}.result.cpu", dir, r)) >> cpu >> sent) {
+      out.cpu_ms += cpu / N;
+      out.sent_mib += sent / (1 << 20) / N;
+    }
     hashes.insert(hash);
     if (r == 0) out.rel = err;
     out.peak_rss_mib = std::max(out.peak_rss_mib, rss);
@@ -441,6 +460,12 @@ int runBenchAllReduce(const Args& args) {
        {"streams", "TCP streams per peer link", "4"},
        {"algorithm", "auto, ring, direct or scatter-gather (auto: by size)", "auto"},
        {"iters", "timed operations (the median is reported)", "5"},
+       {"quant-block", "int8/int4: values per 2-byte scale (training sends Δ in blocks of 1024)",
+        "16"},
+       {"compress",
+        "the ring's zstd stage for non-raw wires: off, zstd, or auto (on wide-area links, round "
+        "trip >= 2 ms, measured below 1 Gbit/s)",
+        "off"},
        {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
        {"baseline",
         "gloo: also run Gloo's all-reduce (gloo::allreduce, as torch.distributed calls it) on the "
@@ -472,6 +497,8 @@ int runBenchAllReduce(const Args& args) {
   if (!wire) return reportFailure(wire.status());
   if (auto a = collectives::parseAllReduceAlgorithm(flags.get("algorithm")); !a)
     return reportFailure(a.status());
+  if (auto c = collectives::parseCompress(flags.get("compress")); !c)
+    return reportFailure(c.status());
   std::size_t bytes;
   if (flags.isSet("kib")) {
     auto kib = flags.getInt("kib", 1, 1 << 24);
@@ -541,7 +568,9 @@ int runBenchAllReduce(const Args& args) {
       }
     } else {
       line["algorithm"] = flags.get("algorithm");
+      line["compress"] = flags.get("compress");
       line["cpu_ms_per_peer"] = jsonFixed(run->cpu_ms, 1);
+      line["sent_mib_per_peer"] = jsonFixed(run->sent_mib, 3);
     }
     if (!gloo && !run->ring_before.empty()) {
       line["ring_before"] = run->ring_before;

@@ -37,6 +37,10 @@ std::vector<FlagSpec> trainingFlagSpecs() {
        "int8/int4: values per 2-byte scale (1024: 3.99x / 7.96x fewer bytes than fp32; 16: more "
        "exact)",
        "1024"},
+      {"compress",
+       "zstd over Δ's encoded pieces (fp16, bf16, int8, int4): auto (on wide-area links, round "
+       "trip >= 2 ms, measured below 1 Gbit/s), zstd or off",
+       "auto"},
       {"outer-lr", "DiLoCo outer learning rate (FedAvg: 1)", "0.7"},
       {"outer-momentum", "DiLoCo outer Nesterov momentum (FedAvg: 0)", "0.9"},
       {"width", "model width", "128"},
@@ -157,6 +161,9 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   auto wire = collectives::parseWire(flags.get("wire"));
   if (!wire) return wire.status().withContext("--wire");
   c.wire = *wire;
+  auto compress = collectives::parseCompress(flags.get("compress"));
+  if (!compress) return compress.status().withContext("--compress");
+  c.compress = *compress;
   auto sharding = training::parseSharding(flags.get("sharding"));
   if (!sharding) return sharding.status().withContext("--sharding");
   c.train.sharding = *sharding;

@@ -144,7 +144,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                              "aborts this operation)",
                              options.quant_block, kMaxQuantBlock)));
     }
-    AllReduceArgs args{data, count, dtype, red, wire, options.quant_block};
+    AllReduceArgs args{data, count, dtype, red, wire, options.quant_block, options.compress};
     Algorithm algorithm = chooseAlgorithm(args, issue->world);
     switch (options.algorithm) {
       case AllReduceAlgorithm::kAuto:

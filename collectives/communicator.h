@@ -27,6 +27,7 @@
 #include <span>
 
 #include "collectives/codec.h"
+#include "collectives/compress.h"
 #include "collectives/shared_state.h"
 #include "collectives/types.h"
 #include "p2p/address.h"
@@ -71,6 +72,10 @@ struct AllReduceOptions {
   // same.
   std::size_t quant_block = kQuantBlock;
   AllReduceAlgorithm algorithm = AllReduceAlgorithm::kAuto;  // every peer must pass the same
+  // The ring's zstd stage for non-raw wires (compress.h): each sender decides for its own link,
+  // so peers may differ. kAuto compresses on wide-area links (round trip >= 2 ms) measured
+  // below 1 Gbit/s.
+  Compress compress = Compress::kOff;
 };
 
 // What an exchange does with the members' buffers (exchange.h).

@@ -167,6 +167,25 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
 
 Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len,
                          bool last) {
+  if (op.sized) {
+    // Any length: whole chunks until the one flagged last, which sets the length.
+    const std::size_t begin = static_cast<std::size_t>(chunk) * options_.chunk_bytes;
+    bool bad = chunk >= op.chunks || op.seen[chunk] || begin + len > op.dst.size() ||
+               (!last && len != options_.chunk_bytes) || (last && len == 0);
+    if (!bad && last) {
+      for (std::uint32_t c = chunk + 1; c < op.chunks; ++c) bad = bad || op.seen[c];
+      op.chunks = chunk + 1;
+      op.length = begin + len;
+    }
+    if (bad) {
+      return Status(StatusCode::kProtocolError,
+                    fmt::format("{}: chunk {} ({} bytes{}) of transfer {} does not fit the "
+                                "{}-byte receive buffer or arrived twice",
+                                name_, chunk, len, last ? ", last" : "", tag, op.dst.size()));
+    }
+    op.seen[chunk] = true;
+    return Status();
+  }
   // The sender flags its last chunk, so a buffer that is whole chunks too short or too long is
   // caught as surely as one that is a few bytes off.
   if (chunk >= op.chunks || len != chunkLength(op.dst.size(), chunk) || op.seen[chunk] ||
@@ -225,13 +244,30 @@ void Link::dataDone(std::size_t index, const FrameHeader& h) {
 
 void Link::finishRecv(std::uint64_t tag) {
   auto it = recvs_.find(tag);
-  received_bytes_.inc(it->second.dst.size());
+  received_bytes_.inc(it->second.sized ? it->second.length : it->second.dst.size());
   Done done = std::move(it->second.done);
+  SizedDone sized = std::move(it->second.sized);
+  const std::size_t length = it->second.length;
   recvs_.erase(it);
+  if (sized) return sized(Status(), length);
   done(Status());
 }
 
+void Link::recvUpTo(std::uint64_t tag, MutableByteSpan dst, SizedDone done) {
+  if (dst.empty()) {
+    return done(Status(StatusCode::kInvalidArgument, "recvUpTo into an empty buffer"), 0);
+  }
+  auto shared = std::make_shared<SizedDone>(std::move(done));
+  recv(
+      tag, dst, [shared](const Status& st) { (*shared)(st, 0); }, shared);
+}
+
 void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
+  recv(tag, dst, std::move(done), nullptr);
+}
+
+void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done,
+                std::shared_ptr<SizedDone> sized) {
   if (closed_) return done(close_reason_);
   if (recvs_.count(tag) != 0) {
     return done(Status(StatusCode::kInvalidArgument,
@@ -240,6 +276,7 @@ void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
   RecvOp op;
   op.dst = dst;
   op.done = std::move(done);
+  if (sized) op.sized = [sized](const Status& st, std::size_t n) { (*sized)(st, n); };
   op.chunks = chunkCount(dst.size());
   op.seen.assign(op.chunks, false);
   if (op.chunks == 0) return op.done(Status());

@@ -403,6 +403,7 @@ class Run {
                                     collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
     options.quant_block = cfg_.quant_block;
+    options.compress = cfg_.compress;
     auto data_op =
         comm_.allReduce(reduce_buf_.data(), count, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
     std::optional<Result<std::shared_ptr<collectives::Operation>>> grad_op;

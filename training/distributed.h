@@ -45,6 +45,7 @@
 #include <string>
 
 #include "collectives/codec.h"
+#include "collectives/compress.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
 #include "training/allocation.h"
@@ -76,6 +77,7 @@ struct DistributedConfig {
   collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
   std::uint32_t quant_block =
       1024;  // int8/int4: values per scale (codec.h); Δ tolerates large blocks
+  collectives::Compress compress = collectives::Compress::kAuto;  // zstd stage (compress.h)
   // DDP: steps between sync points (where joiners enter and the shared state is compared) and
   // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
   std::uint32_t ddp_sync_every = 10;
