@@ -39,6 +39,7 @@
 
 #include "cli/commands.h"
 #include "cli/lab/cgroup.h"
+#include "cli/lab/nat.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
 #include "cli/training_flags.h"
@@ -148,7 +149,7 @@ struct Swarm {
   // Host for process `index` (0: coordinator, then peers), and how to reach it.
   int hostOf(std::size_t index) const { return lab ? static_cast<int>(index % lab->hosts) + 1 : 0; }
   std::string addressOf(std::size_t index) const {
-    return lab ? lab->address(hostOf(index)) : "127.0.0.1";
+    return lab ? lab::insideAddress(*lab, hostOf(index)) : "127.0.0.1";
   }
   std::string cgroupOf(std::size_t index) const {
     return fmt::format("local-{}-{}", ::getpid(), children[index]->name);
@@ -979,6 +980,12 @@ int runLocal(const Args& args) {
     auto cfg = lab::loadLab(flags.get("lab"));
     if (!cfg) return reportFailure(cfg.status());
     // This process watches from host 1, where the coordinator lives (before any thread starts).
+    if (cfg->hostNat(1) != lab::NatMode::kNone)
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument,
+                 fmt::format("--lab {}: host 1 runs the coordinator and must not be "
+                             "behind a NAT (put NATed hosts at 2 and above)",
+                             cfg->name)));
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }
