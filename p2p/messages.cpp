@@ -248,7 +248,8 @@ Result<GroupView> decodeGroupView(ByteSpan in) {
   if (!readEdges(r, v.edges)) return malformed("Membership");
   if (!r.done()) {
     std::uint32_t n_reach = 0;
-    if (!r.u32(n_reach) || n_reach > kMaxPeers) return malformed("Membership");
+    // The encoder writes the list only when non-empty: a zero count is trailing garbage.
+    if (!r.u32(n_reach) || n_reach == 0 || n_reach > kMaxPeers) return malformed("Membership");
     for (std::uint32_t i = 0; i < n_reach; ++i) {
       std::string id, what;
       if (!(r.str(id, kMaxIdLen) && r.str(what, kMaxReasonLen))) return malformed("Membership");
