@@ -786,11 +786,11 @@ void tick(Swarm& s) {
         }
         for (std::size_t i = 1; i < s.children.size(); ++i) {
           Child& c = *s.children[i];
-          Status st =
-              spawn(s, c, i,
-                    {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), port),
-                     "--listen", s.addressOf(i) + ":0", "--identity",
-                     fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
+          Status st = spawn(
+              s, c, i,
+              {"join", "--idle", "--coordinator", fmt::format("{}:{}", s.addressOf(0), s.port),
+               "--listen", s.addressOf(i) + ":0", "--identity",
+               fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level});
           if (!st.isOk()) {
             s.failure = st.message();
             return beginShutdown(s, s.failure);
