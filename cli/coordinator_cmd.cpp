@@ -1,9 +1,7 @@
 #include <fmt/format.h>
 
-#include <condition_variable>
 #include <csignal>
 #include <future>
-#include <mutex>
 
 #include <future>
 
@@ -12,6 +10,7 @@
 #include "cli/ops/http_server.h"
 #include "cli/ops/run_metrics.h"
 #include "cli/ops/status_json.h"
+#include "cli/relay_cmd.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
 #include "p2p/runtime.h"
@@ -55,25 +54,33 @@ std::map<std::string, ops::HttpHandler> coordinatorRoutes(p2p::NetworkThread& ne
 }  // namespace
 
 int runCoordinator(const Args& args) {
+  std::vector<FlagSpec> specs{
+      {"listen", "HOST:PORT to accept peers on (port 0: any free port)", "0.0.0.0:7000"},
+      {"heartbeat-interval", "ms between heartbeats", "500"},
+      {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
+      {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
+      {"rebuild-window",
+       "ms to wait for a lost group's members before admitting those that came back "
+       "(default: heartbeat timeout + 4000)",
+       ""},
+      {"holder-wait",
+       "ms peers that hold less than the run reached wait, with no member left, for a "
+       "peer that holds it before the run goes on from what they hold",
+       "60000"},
+      {"port-file", "write the bound port to this file once listening", ""},
+      {"http",
+       "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
+       "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
+       ""},
+      {"http-port-file", "write the bound --http port to this file", ""},
+      {"relay",
+       "HOST:PORT: also run a relay (loco relay) for peers behind a NAT; they find it "
+       "with loco join --relay",
+       ""},
+      {"relay-port-file", "write the bound --relay port to this file", ""}};
+  for (auto& f : relayLimitFlags()) specs.push_back(std::move(f));
   Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
-              {{"listen", "HOST:PORT to accept peers on (port 0: any free port)", "0.0.0.0:7000"},
-               {"heartbeat-interval", "ms between heartbeats", "500"},
-               {"heartbeat-timeout", "ms of silence after which a peer is evicted", "3000"},
-               {"handshake-timeout", "ms a new connection has to identify itself", "2000"},
-               {"rebuild-window",
-                "ms to wait for a lost group's members before admitting those that came back "
-                "(default: heartbeat timeout + 4000)",
-                ""},
-               {"holder-wait",
-                "ms peers that hold less than the run reached wait, with no member left, for a "
-                "peer that holds it before the run goes on from what they hold",
-                "60000"},
-               {"port-file", "write the bound port to this file once listening", ""},
-               {"http",
-                "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
-                "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
-                ""},
-               {"http-port-file", "write the bound --http port to this file", ""}});
+              std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
 
   p2p::CoordinatorOptions opts;
@@ -115,16 +122,37 @@ int runCoordinator(const Args& args) {
     });
     if (Status st = started.get_future().get(); !st.isOk()) return reportFailure(st);
   }
-  // The coordinator is created, used and destroyed on the network thread.
+  // --relay: a relay on the same network thread (p2p/relay.h); it never touches membership.
+  std::unique_ptr<p2p::RelayServer> relay;
+  // The coordinator (and relay) are created, used and destroyed on the network thread.
   auto shutdown = [&] {
     std::promise<void> done;
     net.post([&] {
+      relay.reset();
       coord->shutdown();
       coord.reset();
       done.set_value();
     });
     done.get_future().wait();
   };
+  if (flags.isSet("relay")) {
+    auto ropts = relayOptions(flags, flags.get("relay"));
+    std::promise<Status> started;
+    net.post([&] {
+      if (!ropts) return started.set_value(ropts.status().withContext("--relay"));
+      auto r = p2p::RelayServer::start(net, *ropts);
+      if (r) relay = std::move(r.value());
+      started.set_value(r ? Status() : r.status());
+    });
+    Status st = started.get_future().get();
+    if (st.isOk() && flags.isSet("relay-port-file"))
+      st = writeFileAtomic(flags.get("relay-port-file"), fmt::format("{}\n", relay->port()));
+    if (!st.isOk()) {
+      shutdown();
+      return reportFailure(st);
+    }
+    LOG_INFO(kLogCoord, "relay for peers behind a NAT on {}:{}", ropts->listen.host, relay->port());
+  }
   ops::describeRunMetrics(/*coordinator=*/true);
   std::unique_ptr<ops::HttpServer> http_server;  // stopped before the coordinator goes
   if (http) {
@@ -154,18 +182,7 @@ int runCoordinator(const Args& args) {
       return reportFailure(st);
     }
   }
-  std::mutex mu;
-  std::condition_variable cv;
-  int signal = 0;
-  {
-    p2p::SignalWatch signals(net, {SIGINT, SIGTERM}, [&](int sig) {
-      std::lock_guard lock(mu);
-      signal = sig;
-      cv.notify_all();
-    });
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return signal != 0; });
-  }
+  const int signal = waitForTerminationSignal(net);
   LOG_INFO(kLogCoord, "signal {}: shutting down", signal);
   http_server.reset();
   shutdown();

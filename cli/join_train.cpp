@@ -131,6 +131,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   o.peer_id = setup.peer_id;
   o.listen = setup.listen;
   o.advertise = setup.advertise;
+  o.relay = setup.relay;
   o.streams = setup.streams;
   o.measure_topology = topology == "on";
   auto comm = collectives::Communicator::create(o, Deadline::after(setup.connect_timeout));

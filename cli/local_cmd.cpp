@@ -39,6 +39,7 @@
 #include "cli/chaos/invariants.h"
 #include "cli/commands.h"
 #include "cli/lab/cgroup.h"
+#include "cli/lab/nat.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
 #include "cli/training_flags.h"
@@ -132,6 +133,16 @@ struct Swarm {
   std::uint16_t port = 0;
   std::unique_ptr<Child> standby;  // --standby on: a second coordinator
   std::uint16_t standby_port = 0;
+  // A lab with NATed hosts: the coordinator also runs a relay (p2p/relay.h) on this port, and
+  // every peer is told about it (those the coordinator can dial back stay direct).
+  std::uint16_t relay_port = 0;
+  bool wantsRelay() const {
+    if (!lab) return false;
+    for (int i = 1; i <= lab->hosts; ++i) {
+      if (lab->hostNat(i) != lab::NatMode::kNone) return true;
+    }
+    return false;
+  }
   // The coordinator's --http (dashboard, /metrics): HOST:0 the first time, the same port after a
   // restart. Empty host: off. The standby serves none.
   std::string http_host;
@@ -162,7 +173,7 @@ struct Swarm {
   // Host for process `index` (0: coordinator, then peers), and how to reach it.
   int hostOf(std::size_t index) const { return lab ? static_cast<int>(index % lab->hosts) + 1 : 0; }
   std::string addressOf(std::size_t index) const {
-    return lab ? lab->address(hostOf(index)) : "127.0.0.1";
+    return lab ? lab::insideAddress(*lab, hostOf(index)) : "127.0.0.1";
   }
   std::string cgroupOf(std::size_t index) const {
     return fmt::format("local-{}-{}", ::getpid(), children[index]->name);
@@ -347,6 +358,8 @@ std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool init
       fmt::format("{}/{}.jsonl", s.out_dir, c.name),
       // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
       "--measure-topology", s.lab ? "on" : "off"};
+  if (s.relay_port > 0)
+    args.insert(args.end(), {"--relay", fmt::format("{}:{}", s.addressOf(0), s.relay_port)});
   // The training flags, with --checkpoint-dir made per peer. A restarted peer resumes from its
   // checkpoint when it has one (the group's newer state then reaches it through shared state).
   c.resumed = false;
@@ -461,6 +474,11 @@ std::vector<std::string> coordinatorArgs(const Swarm& s, bool standby = false) {
       std::to_string(s.heartbeat_timeout_ms),
       "--log-level",
       s.log_level};
+  if (!standby && s.wantsRelay()) {
+    // Written before --port-file, so the relay's port is known when the coordinator's is.
+    args.insert(args.end(), {"--relay", fmt::format("{}:{}", s.addressOf(0), s.relay_port),
+                             "--relay-port-file", s.out_dir + "/relay.port"});
+  }
   if (!standby && !s.http_host.empty()) {
     args.insert(args.end(), {"--http", p2p::HostPort{s.http_host, s.http_port}.toString(),
                              "--http-port-file", s.out_dir + "/coordinator.http-port"});
@@ -788,6 +806,11 @@ void tick(Swarm& s) {
       if (f >> port && port > 0 && (!s.standby || standby_port > 0)) {
         s.port = static_cast<std::uint16_t>(port);
         s.standby_port = static_cast<std::uint16_t>(std::max(0, standby_port));
+        if (int relay_port = 0; std::ifstream(s.out_dir + "/relay.port") >> relay_port) {
+          s.relay_port = static_cast<std::uint16_t>(relay_port);
+          s.say(fmt::format("relay for the lab's NATed hosts on {}:{}", s.addressOf(0),
+                            s.relay_port));
+        }
         writeProcesses(s);
         s.say(fmt::format(
             "coordinator listening on {}:{}{}; starting {} peers", s.addressOf(0), port,
@@ -1022,6 +1045,12 @@ int runLocal(const Args& args) {
     auto cfg = lab::loadLab(flags.get("lab"));
     if (!cfg) return reportFailure(cfg.status());
     // This process watches from host 1, where the coordinator lives (before any thread starts).
+    if (cfg->hostNat(1) != lab::NatMode::kNone)
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument,
+                 fmt::format("--lab {}: host 1 runs the coordinator and must not be "
+                             "behind a NAT (put NATed hosts at 2 and above)",
+                             cfg->name)));
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }

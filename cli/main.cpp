@@ -40,6 +40,7 @@ void printUsage(FILE* out) {
       "  bench        benchmarks: `loco bench link|allreduce|join|train`\n"
       "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
       "  doctor       check whether this machine can join a run, and how to fix what is wrong\n"
+      "  relay        forward link connections for peers behind a NAT\n"
       "  chaos        train in a lab under a schedule of faults; check invariants; report\n"
       "  version      print the version and the accelerator in use\n",
       out);
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
   if (cmd == "bench") return runBench(args);
   if (cmd == "lab") return runLab(args);
   if (cmd == "doctor") return runDoctor(args);
+  if (cmd == "relay") return runRelay(args);
   if (cmd == "chaos") return runChaos(args);
   if (cmd == "version" || cmd == "--version") {
     std::printf("loco %s\naccelerator: %s\n", LOCO_VERSION,

@@ -23,13 +23,22 @@ bool isRingEdge(const std::vector<std::string>& ring, const p2p::EdgeEstimate& e
   return false;
 }
 
+// What the coordinator's dial-back found for `id` (p2p/reachability.cpp); "" when unknown.
+std::string reachabilityOf(const p2p::GroupView& v, const std::string& id) {
+  for (const auto& [peer, what] : v.reachability) {
+    if (peer == id) return what;
+  }
+  return "";
+}
+
 std::string toJson(const p2p::GroupView& v) {
   Json peers = Json::array();
   for (const auto& p : v.peers) {
     peers.push_back({{"id", p.id},
                      {"addr", p.addr},
                      {"state", p2p::peerStateName(p.state)},
-                     {"heartbeat_age_ms", p.heartbeat_age_ms}});
+                     {"heartbeat_age_ms", p.heartbeat_age_ms},
+                     {"reachability", reachabilityOf(v, p.id)}});
   }
   Json counters = Json::object();
   for (const auto& [name, value] : v.counters) counters[name] = value;
@@ -57,13 +66,15 @@ std::string toTable(const p2p::GroupView& v) {
   std::string out =
       fmt::format("epoch {}   world {}   pending {}\n", v.epoch, v.world(), v.pending());
   if (v.peers.empty()) return out + "(no peers)\n";
-  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}\n", "RING", "PEER ID", "STATE", "ADDRESS",
-                     "HEARTBEAT");
+  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}  {}\n", "RING", "PEER ID", "STATE",
+                     "ADDRESS", "HEARTBEAT", "REACHABLE");
   std::size_t ring = 0;
   for (const auto& p : v.peers) {
     std::string pos = p.state == p2p::PeerState::kMember ? std::to_string(ring++) : "-";
-    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms\n", pos, p.id,
-                       p2p::peerStateName(p.state), p.addr, p.heartbeat_age_ms);
+    std::string reach = reachabilityOf(v, p.id);
+    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms  {}\n", pos, p.id,
+                       p2p::peerStateName(p.state), p.addr, p.heartbeat_age_ms,
+                       reach.empty() ? "-" : reach);
   }
   if (v.edges.empty()) return out;
   // The bandwidth estimates the ring order is chosen from; '*' marks the ring's own links.

@@ -13,7 +13,10 @@
 #include "collectives/link_transport.h"
 #include "collectives/op_engine.h"
 #include "collectives/state_engine.h"
+#include "p2p/base/log.h"
+#include "p2p/connect_strategy.h"
 #include "p2p/membership_client.h"
+#include "p2p/relay.h"
 
 namespace loco::collectives {
 
@@ -38,6 +41,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
         state_->shutdown();
         probe_->stop();
         transport_->close(Status(StatusCode::kAborted, "the communicator is shutting down"));
+        relay_.reset();
         listener_.reset();
       });
       client_.reset();  // no membership callback runs after this
@@ -72,6 +76,17 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                         listener_->port()}
               .toString();
     }
+    // Direct, or through a relay when nobody can dial us (p2p/connect_strategy.h).
+    auto reach = p2p::chooseReachPath(net_, *listener_, options_.coordinator, options_.listen,
+                                      advertise, options_.relay, options_.peer_id, deadline);
+    if (!reach) return reach.status();
+    // Relayed is a degraded path (every byte crosses the relay host): the operator should see it.
+    if (reach->path == p2p::ReachPath::kRelayed)
+      LOG_WARN(kLogPeer, "reached relayed: {}", reach->why);
+    else if (!options_.relay.empty())
+      LOG_INFO(kLogPeer, "reached direct: {}", reach->why);
+    advertise = reach->advertise;
+    relay_ = std::move(reach->relay);
     p2p::MembershipClientOptions client_options{options_.coordinator, options_.peer_id, advertise,
                                                 options_.streams};
     client_options.standby_coordinators = options_.standby_coordinators;
@@ -339,6 +354,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
   std::unique_ptr<p2p::MembershipClient> client_;
   // Network thread:
   std::unique_ptr<p2p::LinkListener> listener_;
+  std::shared_ptr<p2p::RelayClient> relay_;  // relayed peers only; feeds listener_
   std::unique_ptr<LinkTransport> transport_;
   std::unique_ptr<OpEngine> engine_;
   std::unique_ptr<LinkProbe> probe_;

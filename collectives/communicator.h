@@ -56,6 +56,9 @@ struct CommunicatorOptions {
   // After losing the coordinator (or being evicted), how long to look for one before every call
   // fails with kUnavailable (p2p/membership_client.h). 0: never reconnect.
   Millis coordinator_timeout{600000};
+  // HOST:PORT of a relay (`loco relay`, p2p/relay.h): used when the coordinator cannot dial
+  // `advertise` back (a NAT), so other peers reach this one through it. Empty: always direct.
+  std::string relay;
 };
 
 // How an all-reduce moves its data. kAuto chooses by size and world (the ring for large buffers,

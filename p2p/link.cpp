@@ -382,25 +382,32 @@ void LinkListener::close() {
 }
 
 void LinkListener::accept() {
-  acceptor_->acceptor->async_accept([this, alive = lifetime_.watch()](
-                                        const std::error_code& ec, asio::ip::tcp::socket socket) {
-    if (alive.expired() || closed_) return;
-    if (ec) {
-      if (ec == asio::error::operation_aborted) return;
-      counter("p2p.link_accept_errors").inc();
-      auto t = std::make_shared<asio::steady_timer>(net_.context(), Millis(50));
-      t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
-        if (!alive.expired() && !closed_) accept();
+  acceptor_->acceptor->async_accept(
+      [this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+        if (alive.expired() || closed_) return;
+        if (ec) {
+          if (ec == asio::error::operation_aborted) return;
+          counter("p2p.link_accept_errors").inc();
+          auto t = std::make_shared<asio::steady_timer>(net_.context(), Millis(50));
+          t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
+            if (!alive.expired() && !closed_) accept();
+          });
+          return;
+        }
+        tuneSocket(socket, options_.tcp_user_timeout);
+        setNotSentLowat(socket, options_.notsent_lowat);
+        acceptStream(std::make_unique<TcpStream>(std::move(socket)));
+        accept();
       });
-      return;
-    }
-    tuneSocket(socket, options_.tcp_user_timeout);
-    setNotSentLowat(socket, options_.notsent_lowat);
+}
+
+void LinkListener::acceptStream(std::unique_ptr<Stream> stream) {
+  if (closed_) return stream->close();
+  {
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
-    auto conn =
-        Connection::create(net_.context(), std::make_unique<TcpStream>(std::move(socket)), copts);
+    auto conn = Connection::create(net_.context(), std::move(stream), copts);
     std::weak_ptr<Connection> weak = conn;
     conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       auto c = weak.lock();
@@ -419,8 +426,7 @@ void LinkListener::accept() {
     });
     handshaking_.push_back(conn);
     conn->start();
-    accept();
-  });
+  }
 }
 
 void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload,

@@ -29,6 +29,7 @@
 namespace loco::p2p {
 
 class Connection;
+class Stream;
 
 struct LinkOptions {
   std::uint32_t streams = 4;
@@ -173,6 +174,9 @@ class LinkListener {
   ~LinkListener();
   std::uint16_t port() const { return port_; }
   void close();
+  // Takes a stream that arrived some other way (a relay's forwarded connection, p2p/relay.h)
+  // as if this listener had accepted it. Network thread.
+  void acceptStream(std::unique_ptr<Stream> stream);
 
  private:
   struct Acceptor;
