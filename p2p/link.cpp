@@ -176,6 +176,7 @@ Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std
       for (std::uint32_t c = chunk + 1; c < op.chunks; ++c) bad = bad || op.seen[c];
       op.chunks = chunk + 1;
       op.length = begin + len;
+      op.got_last = true;
     }
     if (bad) {
       return Status(StatusCode::kProtocolError,
@@ -239,7 +240,10 @@ void Link::dataDone(std::size_t index, const FrameHeader& h) {
     return;
   }
   auto it = recvs_.find(h.op_id);
-  if (it != recvs_.end() && ++it->second.received == it->second.chunks) finishRecv(h.op_id);
+  if (it != recvs_.end()) {
+    ++it->second.received;
+    if (it->second.complete()) finishRecv(h.op_id);
+  }
 }
 
 void Link::finishRecv(std::uint64_t tag) {
@@ -303,7 +307,8 @@ void Link::deliverStaged(std::uint64_t tag, Staged staged) {
   std::memcpy(op.dst.data() + static_cast<std::size_t>(staged.chunk) * options_.chunk_bytes,
               staged.bytes.data(), staged.bytes.size());
   if (spare_chunks_.size() < 16) spare_chunks_.push_back(std::move(staged.bytes));
-  if (++op.received == op.chunks) {
+  ++op.received;
+  if (op.complete()) {
     finishRecv(tag);
     if (!closed_) resumeParked();
   }

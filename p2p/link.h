@@ -106,6 +106,10 @@ class Link : public std::enable_shared_from_this<Link> {
     std::uint32_t chunks = 0;
     std::uint32_t received = 0;
     std::vector<bool> seen;
+    // recvUpTo: the last chunk arrived (until then `chunks` is only the buffer's room, and whole
+    // chunks that fill it must not complete a transfer that may be longer).
+    bool got_last = false;
+    bool complete() const { return received == chunks && (!sized || got_last); }
   };
   struct Staged {
     std::uint32_t chunk;
