@@ -128,14 +128,9 @@ class Communicator::Impl final : public OpEngine::Arbiter {
 
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype,
                                                ReduceOp red, Wire wire, AllReduceOptions options) {
-    auto issue = issueEpoch();
+    auto issue = issueOperation();
     if (!issue) return issue.status();
     const std::uint64_t epoch = issue->epoch;
-    if (epoch != seq_epoch_) {
-      seq_epoch_ = epoch;
-      seq_ = 0;
-      exchange_seq_.clear();
-    }
     const std::uint64_t op_id = (epoch << 32) | ++seq_;
     // Still a collective step when the call is bad: tell the group so nobody waits for us.
     auto refuse = [&](Status why) {
@@ -208,14 +203,9 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                     fmt::format("quantization block of {} elements is outside 1..{}",
                                 options.quant_block, kMaxQuantBlock));
     }
-    auto issue = issueEpoch();
+    auto issue = issueOperation();
     if (!issue) return issue.status();
     const std::uint64_t epoch = issue->epoch;
-    if (epoch != seq_epoch_) {
-      seq_epoch_ = epoch;
-      seq_ = 0;
-      exchange_seq_.clear();
-    }
     std::string key;
     for (const auto& id : group) key += id + ",";
     const std::uint64_t seq = ++exchange_seq_[key];
@@ -277,6 +267,18 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     std::uint64_t epoch;
     std::size_t world, rank;  // rank: this peer's place in the ring, as of the view
   };
+  // issueEpoch, and the operation counters start again in a new epoch (all-reduces and exchanges
+  // alike: their ids are matched across peers by epoch and sequence).
+  Result<Issue> issueOperation() {
+    auto issue = issueEpoch();
+    if (issue && issue->epoch != seq_epoch_) {
+      seq_epoch_ = issue->epoch;
+      seq_ = 0;
+      exchange_seq_.clear();
+    }
+    return issue;
+  }
+
   Result<Issue> issueEpoch() {
     if (client_->state() != p2p::MembershipClient::State::kMember) {
       return Status(StatusCode::kFailedPrecondition,
