@@ -35,6 +35,7 @@
 #include "collectives/communicator.h"
 #include "crypto/ca.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/status_client.h"
 #include "p2p/tls_stream.h"
 
@@ -185,6 +186,17 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     return reportFailure(Status(StatusCode::kInvalidArgument, "worker: bad addresses"));
   const int rank = std::atoi(flags.get("rank").c_str());
   const bool topology = flags.getBool("topology-update");
+  collectives::CommunicatorOptions o;
+  o.coordinator = *coordinator;
+  o.peer_id = crypto::randomHex(16);
+  // Before anything connects (the rank-order wait below asks the coordinator too). --tls on:
+  // the orchestrator issued a certificate for this worker's id (runOnce).
+  if (!flags.get("tls-dir").empty()) {
+    if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
+    o.peer_id = flags.get("peer-id");
+  } else {
+    p2p::tls::useInsecure();
+  }
   if (topology) {
     // Register in rank order, so the initial ring is 0-1-2-…
     for (Deadline until = Deadline::after(Millis(60000));;) {
@@ -195,22 +207,19 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
-  collectives::CommunicatorOptions o;
-  o.coordinator = *coordinator;
-  o.peer_id = crypto::randomHex(16);
-  // --tls on: the orchestrator issued a certificate for this worker's id (runOnce).
-  if (!flags.get("tls-dir").empty()) {
-    if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
-    o.peer_id = flags.get("peer-id");
-  } else {
-    p2p::tls::useInsecure();
-  }
   o.listen = *listen;
   o.streams = static_cast<std::uint32_t>(streams);
   auto algorithm = collectives::parseAllReduceAlgorithm(flags.get("algorithm"));
   if (!algorithm) return reportFailure(algorithm.status());
   collectives::AllReduceOptions options;
   options.algorithm = *algorithm;
+  auto compress = collectives::parseCompress(flags.get("compress"));
+  if (!compress) return reportFailure(compress.status());
+  options.compress = *compress;
+  auto block =
+      flags.getInt("quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock));
+  if (!block) return reportFailure(block.status());
+  options.quant_block = static_cast<std::size_t>(*block);
   auto comm = collectives::Communicator::create(o, Deadline::after(Millis(30000)));
   if (!comm) return reportFailure(comm.status());
   auto& c = **comm;
@@ -235,12 +244,14 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     fillGaussian(buf, rank);
     if (Status st = runTopologyPhase(flags, c, buf, wire); !st.isOk()) return reportFailure(st);
   }
-  double cpu_ms = 0;  // this process's CPU time (every thread) in the timed operations
+  double cpu_ms = 0;       // this process's CPU time (every thread) in the timed operations
+  std::uint64_t sent = 0;  // bytes this peer sent in the timed operations
   for (int it = -1; it < iters; ++it) {  // iteration -1 warms up (links, allocations)
     fillGaussian(buf, rank);
     if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
       return reportFailure(st.status());  // start together
     const double cpu0 = processCpuMs();
+    const std::uint64_t sent0 = c.bytesSent();
     auto t0 = Clock::now();
     auto op = c.allReduce(buf.data(), n, collectives::DType::kF32, collectives::ReduceOp::kAvg,
                           wire, options);
@@ -250,10 +261,12 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     if (it >= 0) {
       times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
       cpu_ms += processCpuMs() - cpu0;
+      sent += c.bytesSent() - sent0;
     }
   }
-  if (Status st =
-          writeFileAtomic(flags.get("out") + ".cpu", fmt::format("{:.3f}\n", cpu_ms / iters));
+  if (Status st = writeFileAtomic(
+          flags.get("out") + ".cpu",
+          fmt::format("{:.3f} {}\n", cpu_ms / iters, sent / static_cast<std::uint64_t>(iters)));
       !st.isOk())
     return reportFailure(st);
   if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), times_ms); !st.isOk())
@@ -273,6 +286,7 @@ struct RunSummary {
   std::string ring_before, ring_after;
   double peak_rss_mib = 0;  // the highest of any worker
   double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers (loco)
+  double sent_mib = 0;      // MiB sent per operation per peer, averaged over the peers (loco)
   // Gloo only: the algorithm timed and, for --baseline-algo auto, every candidate's p50.
   std::string gloo_algo;
   std::vector<std::pair<std::string, double>> candidates_p50_ms;
@@ -300,6 +314,9 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
   };
   int port = 0;
   const bool tls = flags.get("tls") == "on";
+  // --tls decides for every child (--ca/--tls-dir or --insecure on its command line); an
+  // inherited LOCO_INSECURE would contradict --tls on.
+  ::unsetenv("LOCO_INSECURE");
   std::optional<crypto::RunCa> ca;
   if (!gloo) {
     auto coord_argv = hostArgv(1);
@@ -357,6 +374,10 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           std::to_string(streams),
                           std::string("--algorithm"),
                           flags.get("algorithm"),
+                          std::string("--compress"),
+                          flags.get("compress"),
+                          std::string("--quant-block"),
+                          flags.get("quant-block"),
                           std::string("--iters"),
                           std::to_string(iters),
                           std::string("--out"),
@@ -414,8 +435,11 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::string hash;
     double err = 0, rss = 0;
     in >> hash >> err >> rss;
-    double cpu = 0;
-    if (std::ifstream(fmt::format("{}/worker-{}.result.cpu", dir, r)) >> cpu) out.cpu_ms += cpu / N;
+    double cpu = 0, sent = 0;
+    if (std::ifstream(fmt::format("{}/worker-{}.result.cpu", dir, r)) >> cpu >> sent) {
+      out.cpu_ms += cpu / N;
+      out.sent_mib += sent / (1 << 20) / N;
+    }
     hashes.insert(hash);
     if (r == 0) out.rel = err;
     out.peak_rss_mib = std::max(out.peak_rss_mib, rss);
@@ -472,6 +496,12 @@ int runBenchAllReduce(const Args& args) {
        {"streams", "TCP streams per peer link", "4"},
        {"algorithm", "auto, ring, direct or scatter-gather (auto: by size)", "auto"},
        {"iters", "timed operations (the median is reported)", "5"},
+       {"quant-block", "int8/int4: values per 2-byte scale (training sends Δ in blocks of 1024)",
+        "16"},
+       {"compress",
+        "the ring's zstd stage for non-raw wires: off, zstd, or auto (on wide-area links, round "
+        "trip >= 2 ms, measured below 1 Gbit/s)",
+        "off"},
        {"lab", "run the peers in this lab's hosts (coordinator in host 1)", ""},
        {"baseline",
         "gloo: also run Gloo's all-reduce (gloo::allreduce, as torch.distributed calls it) on the "
@@ -509,6 +539,8 @@ int runBenchAllReduce(const Args& args) {
   if (!wire) return reportFailure(wire.status());
   if (auto a = collectives::parseAllReduceAlgorithm(flags.get("algorithm")); !a)
     return reportFailure(a.status());
+  if (auto c = collectives::parseCompress(flags.get("compress")); !c)
+    return reportFailure(c.status());
   std::size_t bytes;
   if (flags.isSet("kib")) {
     auto kib = flags.getInt("kib", 1, 1 << 24);
@@ -549,7 +581,6 @@ int runBenchAllReduce(const Args& args) {
   const int N = static_cast<int>(*peers);
   const std::string size_key = flags.isSet("kib") ? "kib" : "mib";
   const std::string size_value = flags.isSet("kib") ? flags.get("kib") : flags.get("mib");
-  const std::string lab_field = cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "";
   std::optional<double> gloo_p50;
   for (bool gloo : {true, false}) {
     if (gloo && baseline != "gloo") continue;
@@ -558,33 +589,43 @@ int runBenchAllReduce(const Args& args) {
     if (!run) return reportFailure(run.status());
     const double algbw = static_cast<double>(bytes) / (run->p50_ms / 1000) / 1e9;
     const double busbw = algbw * 2.0 * (N - 1) / N;
-    std::string line = fmt::format(
-        R"({{"bench":"allreduce","impl":"{}","peers":{},"{}":{},"wire":"{}","streams":{},"p50_ms":{:.3f},"algbw_gbs":{:.3f},"busbw_gbs":{:.3f},"rel_rms_err":{:.3e},"bitwise_equal":{},"peak_rss_mib":{:.0f}{})",
-        gloo ? "gloo" : "loco", N, size_key, size_value, gloo ? "raw" : flags.get("wire"),
-        gloo ? 1 : *streams, run->p50_ms, algbw, busbw, run->rel,
-        run->bitwise_equal ? "true" : "false", run->peak_rss_mib, lab_field);
+    Json line = {{"bench", "allreduce"},
+                 {"impl", gloo ? "gloo" : "loco"},
+                 {"peers", N},
+                 {size_key, bytes >> (size_key == "kib" ? 10 : 20)},
+                 {"wire", gloo ? "raw" : flags.get("wire")},
+                 {"streams", gloo ? 1 : *streams},
+                 {"p50_ms", jsonFixed(run->p50_ms, 3)},
+                 {"algbw_gbs", jsonFixed(algbw, 3)},
+                 {"busbw_gbs", jsonFixed(busbw, 3)},
+                 {"rel_rms_err", jsonSignificant(run->rel, 4)},
+                 {"bitwise_equal", run->bitwise_equal},
+                 {"peak_rss_mib", jsonFixed(run->peak_rss_mib, 0)}};
+    if (cfg) line["lab"] = cfg->name;
     if (gloo) {
       gloo_p50 = run->p50_ms;
-      line += fmt::format(R"(,"algo":"{}","baseline_algo":"{}")", run->gloo_algo, baseline_algo);
+      line["algo"] = run->gloo_algo;
+      line["baseline_algo"] = baseline_algo;
       if (!run->candidates_p50_ms.empty()) {
-        std::string c;
-        for (const auto& [name, p50] : run->candidates_p50_ms)
-          c += fmt::format(R"({}"{}":{:.3f})", c.empty() ? "" : ",", name, p50);
-        line += fmt::format(R"(,"candidates_p50_ms":{{{}}})", c);
+        Json c = Json::object();
+        for (const auto& [name, p50] : run->candidates_p50_ms) c[name] = jsonFixed(p50, 3);
+        line["candidates_p50_ms"] = std::move(c);
       }
     } else {
-      line += fmt::format(R"(,"algorithm":"{}","cpu_ms_per_peer":{:.1f},"tls":{})",
-                          flags.get("algorithm"), run->cpu_ms,
-                          flags.get("tls") == "on" ? "true" : "false");
+      line["algorithm"] = flags.get("algorithm");
+      line["compress"] = flags.get("compress");
+      line["cpu_ms_per_peer"] = jsonFixed(run->cpu_ms, 1);
+      line["sent_mib_per_peer"] = jsonFixed(run->sent_mib, 3);
+      line["tls"] = flags.get("tls") == "on";
     }
     if (!gloo && !run->ring_before.empty()) {
-      line += fmt::format(
-          R"(,"ring_before":"{}","initial_ms":{:.3f},"ring_after":"{}","speedup_vs_initial":{:.3f})",
-          run->ring_before, run->initial_ms, run->ring_after, run->initial_ms / run->p50_ms);
+      line["ring_before"] = run->ring_before;
+      line["initial_ms"] = jsonFixed(run->initial_ms, 3);
+      line["ring_after"] = run->ring_after;
+      line["speedup_vs_initial"] = jsonFixed(run->initial_ms / run->p50_ms, 3);
     }
-    if (!gloo && gloo_p50)
-      line += fmt::format(",\"speedup_vs_gloo\":{:.3f}", *gloo_p50 / run->p50_ms);
-    std::printf("%s}\n", line.c_str());
+    if (!gloo && gloo_p50) line["speedup_vs_gloo"] = jsonFixed(*gloo_p50 / run->p50_ms, 3);
+    std::printf("%s\n", jsonDump(line).c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -15,6 +15,7 @@
 #include "cli/commands.h"
 #include "cli/lab/net.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/link.h"
 
 namespace loco::cli {
@@ -322,11 +323,12 @@ Result<double> benchIperf3(std::uint32_t streams, int seconds, const lab::LabCon
   }
   ::kill(server, SIGTERM);
   ::waitpid(server, nullptr, 0);
-  auto at = out.find("\"sum_received\"");
-  if (at != std::string::npos) at = out.find("\"bits_per_second\"", at);
-  if (at == std::string::npos)
-    return Status(StatusCode::kInternal, "could not read iperf3's JSON result");
-  return std::strtod(out.c_str() + out.find(':', at) + 1, nullptr) / 1e9;
+  auto json = parseJsonObject(out);
+  const auto bits =
+      json ? json->value(nlohmann::json::json_pointer("/end/sum_received/bits_per_second"), -1.0)
+           : -1.0;
+  if (bits < 0) return Status(StatusCode::kInternal, "could not read iperf3's JSON result");
+  return bits / 1e9;
 }
 
 }  // namespace
@@ -394,15 +396,22 @@ int runBench(const Args& args) {
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     lab_cfg = std::move(cfg.value());
   }
-  const std::string lab_field = lab_cfg ? fmt::format(",\"lab\":\"{}\"", lab_cfg->name) : "";
+  // The lab's name ends each result line when there is one.
+  auto withLab = [&](Json line) {
+    if (lab_cfg) line["lab"] = lab_cfg->name;
+    return line;
+  };
   std::optional<double> iperf;
   if (baseline == "iperf3") {
     auto r = benchIperf3(static_cast<std::uint32_t>(*streams), lab_cfg ? 10 : 3,
                          lab_cfg ? &*lab_cfg : nullptr);
     if (!r) return reportFailure(r.status());
     iperf = *r;
-    std::printf("{\"bench\":\"link\",\"impl\":\"iperf3\",\"streams\":%d,\"gbit_s\":%.3f%s}\n",
-                static_cast<int>(*streams), *iperf, lab_field.c_str());
+    std::printf("%s\n", jsonDump(withLab({{"bench", "link"},
+                                          {"impl", "iperf3"},
+                                          {"streams", *streams},
+                                          {"gbit_s", jsonFixed(*iperf, 3)}}))
+                            .c_str());
     std::fflush(stdout);
   }
   auto r = lab_cfg ? benchLinkLab(*lab_cfg, opts, static_cast<std::size_t>(*mib),
@@ -411,12 +420,15 @@ int runBench(const Args& args) {
                                static_cast<int>(*iters), static_cast<std::uint32_t>(*chunk));
   if (!r) return reportFailure(r.status());
   double med = median(*r);
-  std::string line = fmt::format(
-      R"({{"bench":"link","impl":"loco","streams":{},"mib":{},"gbit_s":{:.3f},"best_gbit_s":{:.3f},"iters":{}{})",
-      *streams, *mib, med, *std::max_element(r->begin(), r->end()), r->size(), lab_field);
-  if (iperf) line += fmt::format(",\"ratio_vs_iperf3\":{:.3f}", med / *iperf);
-  line += "}\n";
-  std::fputs(line.c_str(), stdout);
+  Json line = withLab({{"bench", "link"},
+                       {"impl", "loco"},
+                       {"streams", *streams},
+                       {"mib", *mib},
+                       {"gbit_s", jsonFixed(med, 3)},
+                       {"best_gbit_s", jsonFixed(*std::max_element(r->begin(), r->end()), 3)},
+                       {"iters", r->size()}});
+  if (iperf) line["ratio_vs_iperf3"] = jsonFixed(med / *iperf, 3);
+  std::printf("%s\n", jsonDump(line).c_str());
   return 0;
 }
 

@@ -22,6 +22,7 @@
 #include "cli/lab/net.h"
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/base/seeded_fill.h"
 
 namespace loco::cli {
@@ -333,24 +334,28 @@ int runBenchJoin(const Args& args) {
                              cfg->hosts, N, N)));
     }
   }
-  const std::string lab_field = cfg ? fmt::format(",\"lab\":\"{}\"", cfg->name) : "";
   for (int sources : {1, N - 1}) {
     const int kill = sources == N - 1 ? static_cast<int>(*kill_ms) : 0;
     auto run = runJoinOnce(flags, cfg, N, sources == 1 ? 1 : 0, kill);
     if (!run) return reportFailure(run.status());
     const double gbit = static_cast<double>(bytes) * 8 / run->seconds / 1e9;
-    std::printf(
-        "{\"bench\":\"join\",\"sources\":%d,\"mib\":%lld,\"seconds\":%.3f,\"gbit_s\":%.3f,\"hash_"
-        "equal\":%s,"
-        "\"transfer_seconds\":%.3f,\"bytes_received\":%llu,\"sources_used\":%zu,\"sources_"
-        "dropped\":%zu,"
-        "\"chunks_rejected\":%zu%s%s}\n",
-        sources, static_cast<long long>(*mib), run->seconds, gbit,
-        run->hash_equal ? "true" : "false", run->transfer_seconds,
-        static_cast<unsigned long long>(run->bytes_received), run->sources_used,
-        run->sources_dropped, run->chunks_rejected,
-        kill > 0 ? fmt::format(",\"killed_sources\":1,\"kill_after_ms\":{}", kill).c_str() : "",
-        lab_field.c_str());
+    Json line = {{"bench", "join"},
+                 {"sources", sources},
+                 {"mib", *mib},
+                 {"seconds", jsonFixed(run->seconds, 3)},
+                 {"gbit_s", jsonFixed(gbit, 3)},
+                 {"hash_equal", run->hash_equal},
+                 {"transfer_seconds", jsonFixed(run->transfer_seconds, 3)},
+                 {"bytes_received", run->bytes_received},
+                 {"sources_used", run->sources_used},
+                 {"sources_dropped", run->sources_dropped},
+                 {"chunks_rejected", run->chunks_rejected}};
+    if (kill > 0) {
+      line["killed_sources"] = 1;
+      line["kill_after_ms"] = kill;
+    }
+    if (cfg) line["lab"] = cfg->name;
+    std::printf("%s\n", jsonDump(line).c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -58,7 +58,11 @@ int runChaos(const Args& args) {
        {"peers", "--random without a file: peers in the swarm", "4"},
        {"baseline", "override the scenario's baseline: run, none, or a validation loss", ""},
        {"dry-run", "check the scenario and print the schedule; start nothing", "", true},
-       {"keep-lab", "leave the lab up after the run", "", true}});
+       {"keep-lab", "leave the lab up after the run", "", true},
+       {"insecure",
+        "plaintext swarm (loco local --insecure); without it the swarm runs TLS with a throwaway "
+        "CA in OUT/run/ca",
+        "", true}});
   if (int rc = parseAndSetUp(flags, args, "chaos"); rc >= 0) return rc;
   const bool random = flags.getBool("random");
   if (flags.positional().size() > 1 || (!random && flags.positional().empty())) {
@@ -130,6 +134,7 @@ int runChaos(const Args& args) {
   o.exe = selfExecutable();
   o.log_level = flags.get("log-level");
   o.keep_lab = flags.getBool("keep-lab");
+  o.insecure = flags.getBool("insecure");
   o.duration_s = duration_s;
   return chaos::runChaos(std::move(o));
 }

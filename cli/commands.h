@@ -21,6 +21,7 @@ int runLocal(const Args& args);
 int runBench(const Args& args);
 int runLab(const Args& args);
 int runDoctor(const Args& args);
+int runRelay(const Args& args);
 int runChaos(const Args& args);
 int runBenchAllReduce(const Args& args);
 int runBenchJoin(const Args& args);

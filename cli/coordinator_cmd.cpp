@@ -1,10 +1,8 @@
 #include <fmt/format.h>
 
-#include <condition_variable>
 #include <csignal>
 #include <ctime>
 #include <future>
-#include <mutex>
 
 #include <future>
 
@@ -13,6 +11,7 @@
 #include "cli/ops/http_server.h"
 #include "cli/ops/run_metrics.h"
 #include "cli/ops/status_json.h"
+#include "cli/relay_cmd.h"
 #include "cli/tls_setup.h"
 #include "crypto/identity.h"
 #include "p2p/base/log.h"
@@ -77,8 +76,14 @@ int runCoordinator(const Args& args) {
        "given; 127.0.0.1 keeps it on this machine; port 0: any free port)",
        ""},
       {"http-port-file", "write the bound --http port to this file", ""},
+      {"relay",
+       "HOST:PORT: also run a relay (loco relay) for peers behind a NAT; they find it "
+       "with loco join --relay",
+       ""},
+      {"relay-port-file", "write the bound --relay port to this file", ""},
       {"cert-lifetime", "hours an enrolled peer's certificate is valid", "24"}};
   for (auto& spec : securityFlagSpecs(/*with_ca=*/true)) specs.push_back(std::move(spec));
+  for (auto& f : relayLimitFlags()) specs.push_back(std::move(f));
   Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
               std::move(specs));
   if (int rc = parseAndSetUp(flags, args, "coordinator"); rc >= 0) return rc;
@@ -145,16 +150,37 @@ int runCoordinator(const Args& args) {
     });
     if (Status st = started.get_future().get(); !st.isOk()) return reportFailure(st);
   }
-  // The coordinator is created, used and destroyed on the network thread.
+  // --relay: a relay on the same network thread (p2p/relay.h); it never touches membership.
+  std::unique_ptr<p2p::RelayServer> relay;
+  // The coordinator (and relay) are created, used and destroyed on the network thread.
   auto shutdown = [&] {
     std::promise<void> done;
     net.post([&] {
+      relay.reset();
       coord->shutdown();
       coord.reset();
       done.set_value();
     });
     done.get_future().wait();
   };
+  if (flags.isSet("relay")) {
+    auto ropts = relayOptions(flags, flags.get("relay"));
+    std::promise<Status> started;
+    net.post([&] {
+      if (!ropts) return started.set_value(ropts.status().withContext("--relay"));
+      auto r = p2p::RelayServer::start(net, *ropts);
+      if (r) relay = std::move(r.value());
+      started.set_value(r ? Status() : r.status());
+    });
+    Status st = started.get_future().get();
+    if (st.isOk() && flags.isSet("relay-port-file"))
+      st = writeFileAtomic(flags.get("relay-port-file"), fmt::format("{}\n", relay->port()));
+    if (!st.isOk()) {
+      shutdown();
+      return reportFailure(st);
+    }
+    LOG_INFO(kLogCoord, "relay for peers behind a NAT on {}:{}", ropts->listen.host, relay->port());
+  }
   ops::describeRunMetrics(/*coordinator=*/true);
   std::unique_ptr<ops::HttpServer> http_server;  // stopped before the coordinator goes
   if (http) {
@@ -184,18 +210,7 @@ int runCoordinator(const Args& args) {
       return reportFailure(st);
     }
   }
-  std::mutex mu;
-  std::condition_variable cv;
-  int signal = 0;
-  {
-    p2p::SignalWatch signals(net, {SIGINT, SIGTERM}, [&](int sig) {
-      std::lock_guard lock(mu);
-      signal = sig;
-      cv.notify_all();
-    });
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return signal != 0; });
-  }
+  const int signal = waitForTerminationSignal(net);
   LOG_INFO(kLogCoord, "signal {}: shutting down", signal);
   http_server.reset();
   shutdown();

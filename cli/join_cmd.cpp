@@ -90,6 +90,11 @@ int runJoin(const Args& args) {
       {"idle", "membership only: no training, a sync point every heartbeat", "", true},
       {"listen", "HOST:PORT for other peers' link streams (port 0: any)", "0.0.0.0:0"},
       {"advertise", "HOST:PORT other peers should connect to (default: derived)", ""},
+      {"relay",
+       "HOST:PORT of a relay (loco relay, or loco coordinator --relay) to use when the "
+       "coordinator cannot dial this peer back (behind a NAT): other peers then reach it "
+       "through the relay",
+       ""},
       {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
       {"streams", "parallel TCP streams per peer link", "4"},
       {"connect-timeout", "ms to keep trying to reach the coordinator at start before failing",
@@ -147,6 +152,10 @@ int runJoin(const Args& args) {
   if (flags.isSet("advertise")) {
     auto adv = p2p::parseHostPort(flags.get("advertise"));
     if (!adv) return reportFailure(adv.status().withContext("--advertise"));
+  }
+  if (flags.isSet("relay")) {
+    auto relay = p2p::parseHostPort(flags.get("relay"));
+    if (!relay) return reportFailure(relay.status().withContext("--relay"));
   }
   std::optional<p2p::HostPort> http;
   if (flags.isSet("http")) {
@@ -213,7 +222,8 @@ int runJoin(const Args& args) {
                             static_cast<std::uint32_t>(*streams),
                             Millis(*connect_timeout),
                             Millis(*coordinator_timeout),
-                            http};
+                            http,
+                            flags.get("relay")};
     return runTrainingPeer(flags, setup);
 #else
     Args command{"join"};

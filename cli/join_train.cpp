@@ -17,12 +17,14 @@
 #include "cli/commands.h"
 #include "cli/join_train.h"
 #include "cli/ops/http_server.h"
+#include "cli/ops/run_jsonl.h"
 #include "cli/ops/run_metrics.h"
 #include "cli/ops/status_json.h"
 #include "cli/training_flags.h"
 #include "collectives/communicator.h"
 #include "p2p/base/log.h"
 #include "p2p/base/text.h"
+#include "training/data_assignment.h"
 #include "training/local_trainer.h"
 
 namespace loco::cli {
@@ -31,29 +33,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 extern "C" void onStopSignal(int) {
   g_stop.store(true);
-}
-
-std::string jsonNumber(double v) {
-  return std::isfinite(v) ? fmt::format("{:.6f}", v) : "null";
-}
-
-// One line per round. `epoch` is the membership epoch the round was applied in, `pid` tells one
-// process lifetime from the next (restarts append to the same file), `unix_s` puts the line on a
-// clock other processes share, and `finite` says whether every loss this peer computed for the
-// round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
-// computed). `checkpoint_failures` counts this process's checkpoint writes that failed (a full
-// disk; training goes on). `loco chaos` checks its invariants on these fields.
-std::string roundJson(const training::RoundRecord& r, std::uint32_t rank, const std::string& peer) {
-  const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
-                      (!r.val_loss || std::isfinite(*r.val_loss));
-  const double unix_s =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return fmt::format(
-      R"({{"rank":{},"peer":"{}","step":{},"inner_step":{},"epoch":{},"world":{},"contributors":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"retries":{},"tokens_per_s":{:.1f},"digest":"{:016x}","wall_s":{:.3f},"pid":{},"unix_s":{:.3f},"finite":{},"checkpoint_failures":{}}})",
-      rank, shortId(peer), r.outer_step, r.inner_step, r.epoch, r.world, r.contributors,
-      jsonNumber(r.train_loss), r.val_loss ? jsonNumber(*r.val_loss) : "null", r.bytes_sent,
-      r.retries, r.tokens_per_s, r.state_digest, r.wall_s, ::getpid(), unix_s,
-      finite ? "true" : "false", r.checkpoint_failures);
 }
 
 // What this peer's /api/status shows; written by the training thread, read by HTTP threads.
@@ -111,14 +90,17 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   config->train.world = static_cast<std::uint32_t>(std::max<std::int64_t>(*world_hint, *rank + 1));
   config->wait_for_world = static_cast<std::size_t>(*wait_for);
   config->inject_nan_at_round = *nan_round;
+  // Without --rank every peer draws its own samples (training/data_assignment.h).
+  config->derive_data_rank = !flags.isSet("rank");
+  if (config->derive_data_rank) config->train.stream = training::streamOf(setup.peer_id);
 
   // Data and model first: a bad path or shape fails before this peer joins anyone.
   auto trainer = training::LocalTrainer::create(config->train);
   if (!trainer) return reportFailure(trainer.status());
-  LOG_INFO(training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
-           training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
-           config->method == training::Method::kDiloco ? fmt::format(", H={}", config->inner_steps)
-                                                       : "");
+  LOG_INFO(
+      training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
+      training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
+      config->method != training::Method::kDdp ? fmt::format(", H={}", config->inner_steps) : "");
 
   std::FILE* metrics = nullptr;
   if (flags.isSet("metrics")) {
@@ -149,6 +131,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   o.peer_id = setup.peer_id;
   o.listen = setup.listen;
   o.advertise = setup.advertise;
+  o.relay = setup.relay;
   o.streams = setup.streams;
   o.measure_topology = topology == "on";
   auto comm = collectives::Communicator::create(o, Deadline::after(setup.connect_timeout));
@@ -187,12 +170,17 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
           live.last_round_unix_s = unixSeconds();
         }
         LOG_INFO(training::kLogTrain,
-                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}",
+                 "outer step {} inner step {} world {} loss {:.4f}{} sent {:.1f} MB{}{}",
                  r.outer_step, r.inner_step, r.world, r.train_loss,
                  r.val_loss ? fmt::format(" val {:.4f}", *r.val_loss) : "", r.bytes_sent / 1e6,
-                 r.retries ? fmt::format(" after {} retries", r.retries) : "");
+                 r.retries ? fmt::format(" after {} retries", r.retries) : "",
+                 config->batch.test != training::BatchTest::kNone
+                     ? fmt::format(" batch {}", r.batch)
+                     : "");
         if (metrics) {
-          std::fprintf(metrics, "%s\n", roundJson(r, config->train.rank, setup.peer_id).c_str());
+          std::fprintf(
+              metrics, "%s\n",
+              ops::peerRoundLine(r, r.data_rank, setup.peer_id, ::getpid(), unixSeconds()).c_str());
           std::fflush(metrics);
         }
       });

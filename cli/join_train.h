@@ -20,6 +20,7 @@ struct TrainingPeerSetup {
   Millis connect_timeout{10000};       // the first registration
   Millis coordinator_timeout{600000};  // without any coordinator, after losing one
   std::optional<p2p::HostPort> http;   // --http: /metrics, /api/status, /healthz
+  std::string relay;                   // --relay: used when the coordinator cannot dial us
 };
 
 // Runs a training peer to the end; returns the exit code.

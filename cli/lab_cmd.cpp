@@ -24,6 +24,7 @@
 #include "cli/lab/cgroup.h"
 #include "cli/lab/config.h"
 #include "cli/lab/hub.h"
+#include "cli/lab/nat.h"
 #include "cli/lab/net.h"
 #include "p2p/base/log.h"
 
@@ -85,7 +86,9 @@ std::vector<FlagSpec> linkFlags() {
       {"rate-mbit", "every host's access link capacity, each direction, Mbit/s (0: unlimited)", ""},
       {"host",
        "I:rate-mbit=R | I:up-mbit=U | I:down-mbit=W (one host's access link) | I:cpu=C (a slow "
-       "host: C cores' worth of CPU through a cgroup quota, 0 = no limit)",
+       "host: C cores' worth of CPU through a cgroup quota, 0 = no limit) | I:nat=on|symmetric "
+       "(lab up only: host I behind its own NAT router; unsolicited incoming connections are "
+       "dropped)",
        "", false, true},
       {"link", "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R (one pair of hosts)", "", false,
        true},
@@ -135,13 +138,18 @@ std::string statusTable(const LabConfig& cfg) {
   std::string out = fmt::format(
       "lab {}   {} hosts   subnet 10.213.{}.0/24   hub {}\n", cfg.name, cfg.hosts, cfg.subnet,
       alive(hub_pid) ? fmt::format("running (pid {})", hub_pid) : "NOT RUNNING");
-  out += fmt::format("{:<8} {:<15} {:>10} {:>10} {:>6}\n", "HOST", "ADDRESS", "UP MBIT",
-                     "DOWN MBIT", "CPU");
+  out += fmt::format("{:<8} {:<15} {:>10} {:>10} {:>6}  {}\n", "HOST", "ADDRESS", "UP MBIT",
+                     "DOWN MBIT", "CPU", "NAT");
   auto rate = [](double r) { return r > 0 ? fmt::format("{:g}", r) : std::string("-"); };
   for (int i = 1; i <= cfg.hosts; ++i) {
     auto r = cfg.host(i);
-    out += fmt::format("{:<8} {:<15} {:>10} {:>10} {:>6}\n", cfg.nsName(i), cfg.address(i),
-                       rate(r.up_mbit), rate(r.down_mbit), rate(cfg.hostCpu(i)));
+    const lab::NatMode nat = cfg.hostNat(i);
+    out += fmt::format(
+        "{:<8} {:<15} {:>10} {:>10} {:>6}  {}\n", cfg.nsName(i), cfg.address(i), rate(r.up_mbit),
+        rate(r.down_mbit), rate(cfg.hostCpu(i)),
+        nat == lab::NatMode::kNone
+            ? std::string("-")
+            : fmt::format("{} (inside: {})", lab::natName(nat), lab::privateAddress(i)));
   }
   out += fmt::format("{:<8} {:>9} {:>10} {:>8} {:>10}  {}\n", "PAIR", "DELAY MS", "JITTER MS",
                      "LOSS", "CAP MBIT", "");
@@ -468,7 +476,14 @@ int labSet(const Args& args) {
   auto options = linkOptions(flags);
   if (!options) return reportFailure(options.status());
   const auto old_rmem = cfg->tcp_rmem_max;
+  const LabConfig before = *cfg;
   if (Status st = lab::applyOptions(*cfg, *options); !st.isOk()) return reportFailure(st);
+  for (int i = 1; i <= cfg->hosts; ++i) {
+    if (cfg->hostNat(i) != before.hostNat(i))
+      return reportFailure(Status(
+          StatusCode::kInvalidArgument,
+          fmt::format("--host {}:nat is fixed when the lab is built (loco lab down, then up)", i)));
+  }
   if (Status st = checkCpuQuotas(*cfg); !st.isOk()) return reportFailure(st);
   if (Status st = saveLab(*cfg); !st.isOk()) return reportFailure(st);
   if (cfg->tcp_rmem_max != old_rmem) {
@@ -522,11 +537,9 @@ int labStatus(const Args& args) {
   auto cfg = lab::loadLab(flags.positional()[0]);
   if (!cfg) return reportFailure(cfg.status());
   if (flags.getBool("json")) {
-    std::string json = cfg->toJson();
-    json.pop_back();  // add the hub's state
-    json +=
-        fmt::format(",\"hub_running\":{}}}\n", alive(hubState(cfg->name).first) ? "true" : "false");
-    std::fputs(json.c_str(), stdout);
+    Json json = cfg->json();
+    json["hub_running"] = alive(hubState(cfg->name).first);
+    std::printf("%s\n", jsonDump(json).c_str());
   } else {
     std::fputs(statusTable(*cfg).c_str(), stdout);
   }

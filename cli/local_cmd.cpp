@@ -33,18 +33,20 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 
+#include "cli/chaos/invariants.h"
 #include "cli/commands.h"
 #include "cli/lab/cgroup.h"
+#include "cli/lab/nat.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
 #include "cli/tls_setup.h"
 #include "cli/training_flags.h"
 #include "crypto/ca.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
 #include "p2p/tls_stream.h"
@@ -102,8 +104,21 @@ struct StepRecord {
   std::uint64_t inner_step = 0;
   std::size_t world = 0;
   double loss = NAN, val_loss = NAN, bytes_sent = 0, wall_s = 0, tokens_per_s = 0;
+  double batch = 0, tokens = 0;  // the per-peer batch after the round; tokens all peers processed
   std::uint32_t retries = 0;
   std::map<std::string, std::string> digests;  // peer name -> shared-state digest
+  // peer name -> its tokens over its wall time since it started, and its compute share of it
+  std::map<std::string, double> e2e_tokens_per_s, utilization;
+  double e2eTokensPerS() const {
+    double sum = 0;
+    for (const auto& [peer, v] : e2e_tokens_per_s) sum += v;
+    return sum;
+  }
+  double meanUtilization() const {
+    double sum = 0;
+    for (const auto& [peer, v] : utilization) sum += v;
+    return utilization.empty() ? 0 : sum / static_cast<double>(utilization.size());
+  }
 };
 
 struct Swarm {
@@ -124,6 +139,16 @@ struct Swarm {
   std::uint16_t port = 0;
   std::unique_ptr<Child> standby;  // --standby on: a second coordinator
   std::uint16_t standby_port = 0;
+  // A lab with NATed hosts: the coordinator also runs a relay (p2p/relay.h) on this port, and
+  // every peer is told about it (those the coordinator can dial back stay direct).
+  std::uint16_t relay_port = 0;
+  bool wantsRelay() const {
+    if (!lab) return false;
+    for (int i = 1; i <= lab->hosts; ++i) {
+      if (lab->hostNat(i) != lab::NatMode::kNone) return true;
+    }
+    return false;
+  }
   // The coordinator's --http (dashboard, /metrics): HOST:0 the first time, the same port after a
   // restart. Empty host: off. The standby serves none.
   std::string http_host;
@@ -154,7 +179,7 @@ struct Swarm {
   // Host for process `index` (0: coordinator, then peers), and how to reach it.
   int hostOf(std::size_t index) const { return lab ? static_cast<int>(index % lab->hosts) + 1 : 0; }
   std::string addressOf(std::size_t index) const {
-    return lab ? lab->address(hostOf(index)) : "127.0.0.1";
+    return lab ? lab::insideAddress(*lab, hostOf(index)) : "127.0.0.1";
   }
   std::string cgroupOf(std::size_t index) const {
     return fmt::format("local-{}-{}", ::getpid(), children[index]->name);
@@ -203,24 +228,34 @@ std::string describeExit(const Child& c) {
 // OUT/processes.json: every process's current pid, host and history, rewritten (atomically) on
 // every start and exit, for whoever wants to signal or watch them (`loco chaos`).
 void writeProcesses(const Swarm& s) {
-  std::string json = "{";
+  auto entry = [](const Child& c, int host, const std::string& address, int port, int rank,
+                  const std::string& id) {
+    return Json{{"pid", c.pid},
+                {"running", c.running},
+                {"host", host},
+                {"address", address},
+                {"port", port},
+                {"rank", rank},
+                {"id", id},
+                {"restarts", c.restarts},
+                {"resumed", c.resumed},
+                {"finished", c.finished},
+                {"gave_up", c.gave_up}};
+  };
+  Json json = Json::object();
   for (std::size_t i = 0; i < s.children.size(); ++i) {
     const Child& c = *s.children[i];
-    json += fmt::format(
-        R"({}"{}":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":{},"id":"{}","restarts":{},"resumed":{},"finished":{},"gave_up":{}}})",
-        i ? "," : "", c.name, c.pid, c.running ? "true" : "false", s.hostOf(i), s.addressOf(i),
-        i == 0 ? s.port : 0, i == 0 ? -1 : static_cast<int>(i) - 1, c.peer_id, c.restarts,
-        c.resumed ? "true" : "false", c.finished ? "true" : "false", c.gave_up ? "true" : "false");
+    json[c.name] = entry(c, s.hostOf(i), s.addressOf(i), i == 0 ? s.port : 0,
+                         i == 0 ? -1 : static_cast<int>(i) - 1, c.peer_id);
   }
   if (s.standby) {
+    // The standby is the coordinator's twin: its restarts count, the rest does not apply.
     const Child& c = *s.standby;
-    json += fmt::format(
-        R"(,"standby":{{"pid":{},"running":{},"host":{},"address":"{}","port":{},"rank":-1,"id":"","restarts":{},"resumed":false,"finished":false,"gave_up":false}})",
-        c.pid, c.running ? "true" : "false", s.hostOf(0), s.addressOf(0), s.standby_port,
-        c.restarts);
+    Json standby = entry(c, s.hostOf(0), s.addressOf(0), s.standby_port, -1, "");
+    standby["resumed"] = standby["finished"] = standby["gave_up"] = false;
+    json["standby"] = std::move(standby);
   }
-  json += "}\n";
-  (void)writeFileAtomic(s.out_dir + "/processes.json", json);
+  (void)writeFileAtomic(s.out_dir + "/processes.json", jsonDump(json) + "\n");
 }
 
 Status spawn(Swarm& s, Child& child, std::size_t index, const std::vector<std::string>& args) {
@@ -343,6 +378,8 @@ std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool init
       fmt::format("{}/{}.jsonl", s.out_dir, c.name),
       // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
       "--measure-topology", s.lab ? "on" : "off"};
+  if (s.relay_port > 0)
+    args.insert(args.end(), {"--relay", fmt::format("{}:{}", s.addressOf(0), s.relay_port)});
   // The training flags, with --checkpoint-dir made per peer. A restarted peer resumes from its
   // checkpoint when it has one (the group's newer state then reaches it through shared state).
   c.resumed = false;
@@ -374,23 +411,6 @@ std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool init
   return args;
 }
 
-std::optional<double> jsonField(const std::string& line, const std::string& key) {
-  static const std::regex number(R"(^-?[0-9.eE+-]+)");
-  auto at = line.find("\"" + key + "\":");
-  if (at == std::string::npos) return std::nullopt;
-  std::string rest = line.substr(at + key.size() + 3);
-  std::smatch m;
-  if (!std::regex_search(rest, m, number)) return std::nullopt;  // null
-  return std::stod(m[0]);
-}
-
-std::string jsonString(const std::string& line, const std::string& key) {
-  auto at = line.find("\"" + key + "\":\"");
-  if (at == std::string::npos) return "";
-  auto from = at + key.size() + 4;
-  return line.substr(from, line.find('"', from) - from);
-}
-
 // Reads what the peers appended to their metrics files since the last tick.
 void readMetrics(Swarm& s) {
   for (std::size_t i = 1; i < s.children.size(); ++i) {
@@ -403,20 +423,24 @@ void readMetrics(Swarm& s) {
     while (std::getline(in, line)) {
       if (in.eof()) break;  // a line still being written
       consumed += line.size() + 1;
-      auto step = jsonField(line, "step");
-      if (!step) continue;
-      StepRecord& r = s.steps[static_cast<std::uint64_t>(*step)];
-      r.inner_step = static_cast<std::uint64_t>(jsonField(line, "inner_step").value_or(0));
+      auto line_record = chaos::parseRoundLine(line, s.children[i]->name);
+      if (!line_record) continue;
+      const chaos::RoundLine& l = *line_record;
+      StepRecord& r = s.steps[l.step];
+      r.inner_step = l.inner_step;
       s.children[i]->last_inner = std::max(s.children[i]->last_inner, r.inner_step);
-      r.world = static_cast<std::size_t>(jsonField(line, "world").value_or(0));
-      if (auto v = jsonField(line, "loss")) r.loss = *v;
-      if (auto v = jsonField(line, "val_loss")) r.val_loss = *v;
-      r.bytes_sent = std::max(r.bytes_sent, jsonField(line, "bytes_sent").value_or(0));
-      r.wall_s = std::max(r.wall_s, jsonField(line, "wall_s").value_or(0));
-      r.tokens_per_s = std::max(r.tokens_per_s, jsonField(line, "tokens_per_s").value_or(0));
-      r.retries =
-          std::max(r.retries, static_cast<std::uint32_t>(jsonField(line, "retries").value_or(0)));
-      r.digests[s.children[i]->name] = jsonString(line, "digest");
+      r.world = static_cast<std::size_t>(l.world);
+      if (std::isfinite(l.loss)) r.loss = l.loss;
+      if (l.val_loss) r.val_loss = *l.val_loss;
+      r.bytes_sent = std::max(r.bytes_sent, l.bytes_sent);
+      r.wall_s = std::max(r.wall_s, l.wall_s);
+      r.tokens_per_s = std::max(r.tokens_per_s, l.tokens_per_s);
+      r.retries = std::max(r.retries, l.retries);
+      r.digests[s.children[i]->name] = l.digest;
+      r.batch = std::max(r.batch, l.batch);
+      r.tokens = std::max(r.tokens, l.tokens);
+      if (l.e2e_tokens_per_s) r.e2e_tokens_per_s[s.children[i]->name] = *l.e2e_tokens_per_s;
+      if (l.utilization) r.utilization[s.children[i]->name] = *l.utilization;
     }
   }
 }
@@ -436,12 +460,13 @@ void showProgress(Swarm& s) {
     if (std::isnan(r.val_loss) && s.steps.rbegin()->first == step && s.phase == Phase::kTraining)
       break;  // wait for the evaluation
     s.say(fmt::format(
-        "step {:>4} | inner {:>5}/{} | world {} | loss {} | val {} | {:>6.0f} tok/s/peer | sent "
-        "{:8.1f} MB{}",
+        "step {:>4} | inner {:>5}/{} | world {} | loss {} | val {} | {:>6.0f} tok/s | util "
+        "{:>3.0f}% "
+        "| sent {:8.1f} MB{}",
         step, r.inner_step, s.total_steps, r.world,
         std::isnan(r.loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.loss),
         std::isnan(r.val_loss) ? std::string("  -   ") : fmt::format("{:.4f}", r.val_loss),
-        r.tokens_per_s, r.bytes_sent / 1e6,
+        r.e2eTokensPerS(), 100 * r.meanUtilization(), r.bytes_sent / 1e6,
         r.retries ? fmt::format(" ({} retries)", r.retries) : ""));
     s.last_shown = step;
     s.shown_any = true;
@@ -469,6 +494,11 @@ std::vector<std::string> coordinatorArgs(const Swarm& s, bool standby = false) {
       std::to_string(s.heartbeat_timeout_ms),
       "--log-level",
       s.log_level};
+  if (!standby && s.wantsRelay()) {
+    // Written before --port-file, so the relay's port is known when the coordinator's is.
+    args.insert(args.end(), {"--relay", fmt::format("{}:{}", s.addressOf(0), s.relay_port),
+                             "--relay-port-file", s.out_dir + "/relay.port"});
+  }
   if (!standby && !s.http_host.empty()) {
     args.insert(args.end(), {"--http", p2p::HostPort{s.http_host, s.http_port}.toString(),
                              "--http-port-file", s.out_dir + "/coordinator.http-port"});
@@ -660,23 +690,35 @@ bool writeTrainingResults(Swarm& s) {
       val_vs_step{"validation loss", "#d62728", {}};
   PlotSeries train_vs_bytes{"train loss", "#1f77b4", {}},
       val_vs_bytes{"validation loss", "#d62728", {}};
+  PlotSeries batch_vs_step{"per-peer batch", "#2ca02c", {}};
+  std::vector<std::uint64_t> batch_changes;  // the batch trajectory (adaptive batch runs)
   std::size_t disagreements = 0;
   std::optional<double> first_val, last_val;
-  double tokens = 0;
+  double tokens = 0, e2e_tokens = 0, utilization = 0;
   std::size_t token_samples = 0;
   for (const auto& [step, r] : s.steps) {
     std::set<std::string> distinct;
     for (const auto& [peer, d] : r.digests) distinct.insert(d);
     const bool agree = distinct.size() <= 1;
     if (!agree) ++disagreements;
-    auto num = [](double v) {
-      return std::isfinite(v) ? fmt::format("{:.6f}", v) : std::string("null");
-    };
-    jsonl += fmt::format(
-        R"({{"step":{},"inner_step":{},"world":{},"loss":{},"val_loss":{},"bytes_sent":{:.0f},"wall_s":{:.3f},"retries":{},"peers_reporting":{},"digests_agree":{}}})"
-        "\n",
-        step, r.inner_step, r.world, num(r.loss), num(r.val_loss), r.bytes_sent, r.wall_s,
-        r.retries, r.digests.size(), agree ? "true" : "false");
+    jsonl += jsonDump({{"step", step},
+                       {"inner_step", r.inner_step},
+                       {"world", r.world},
+                       {"loss", jsonFixed(r.loss, 6)},
+                       {"val_loss", jsonFixed(r.val_loss, 6)},
+                       {"bytes_sent", jsonFixed(r.bytes_sent, 0)},
+                       {"wall_s", jsonFixed(r.wall_s, 3)},
+                       {"retries", r.retries},
+                       {"peers_reporting", r.digests.size()},
+                       {"digests_agree", agree},
+                       {"batch", jsonFixed(r.batch, 0)},
+                       {"tokens", jsonFixed(r.tokens, 0)}}) +
+             "\n";
+    if (r.batch > 0) {
+      batch_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.batch);
+      const auto b = static_cast<std::uint64_t>(r.batch);
+      if (batch_changes.empty() || batch_changes.back() != b) batch_changes.push_back(b);
+    }
     train_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.loss);
     val_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.val_loss);
     train_vs_bytes.points.emplace_back(r.bytes_sent, r.loss);
@@ -686,6 +728,10 @@ bool writeTrainingResults(Swarm& s) {
       last_val = r.val_loss;
     }
     if (r.tokens_per_s > 0) tokens += r.tokens_per_s, ++token_samples;
+    if (!r.e2e_tokens_per_s.empty()) {
+      e2e_tokens = r.e2eTokensPerS();
+      utilization = r.meanUtilization();
+    }
   }
   for (Status st :
        {writeFileAtomic(s.out_dir + "/run.jsonl", jsonl),
@@ -701,8 +747,22 @@ bool writeTrainingResults(Swarm& s) {
   if (first_val && last_val) std::printf(", validation loss %.4f -> %.4f", *first_val, *last_val);
   if (!s.steps.empty())
     std::printf(", %.1f MB sent, %.1f s", s.steps.rbegin()->second.bytes_sent / 1e6, s.elapsed());
-  if (token_samples)
-    std::printf(", %.0f tokens/s per peer", tokens / static_cast<double>(token_samples));
+  if (token_samples) {
+    std::printf(
+        ", %.0f tokens/s end to end (all peers; compute alone %.0f per peer), %.0f %% "
+        "compute utilization",
+        e2e_tokens, tokens / static_cast<double>(token_samples), 100 * utilization);
+  }
+  if (batch_changes.size() > 1) {
+    std::string trajectory;
+    for (std::uint64_t b : batch_changes)
+      trajectory += (trajectory.empty() ? "" : " -> ") + std::to_string(b);
+    std::printf("\nbatch per peer: %s", trajectory.c_str());
+    Status st =
+        writeSvgPlot(s.out_dir + "/batch_vs_steps.svg", "per-peer batch against inner steps",
+                     "inner steps per peer", "windows per inner step", {batch_vs_step});
+    if (!st.isOk()) s.say("could not write results: " + st.message());
+  }
   std::printf("\nshared-state digests: %s\n",
               disagreements == 0 ? "equal on every reporting peer after every round"
                                  : fmt::format("DIFFERED in {} round(s)", disagreements).c_str());
@@ -766,12 +826,18 @@ void tick(Swarm& s) {
       if (f >> port && port > 0 && (!s.standby || standby_port > 0)) {
         s.port = static_cast<std::uint16_t>(port);
         s.standby_port = static_cast<std::uint16_t>(std::max(0, standby_port));
+        if (int relay_port = 0; std::ifstream(s.out_dir + "/relay.port") >> relay_port) {
+          s.relay_port = static_cast<std::uint16_t>(relay_port);
+          s.say(fmt::format("relay for the lab's NATed hosts on {}:{}", s.addressOf(0),
+                            s.relay_port));
+        }
         writeProcesses(s);
         s.say(fmt::format(
             "coordinator listening on {}:{}{}; starting {} peers", s.addressOf(0), port,
             s.standby ? fmt::format(", a standby on port {}", standby_port) : "", s.peers));
-        if (std::ifstream h(s.out_dir + "/coordinator.http-port"); h >> port && port > 0) {
-          s.http_port = static_cast<std::uint16_t>(port);
+        if (int http_port = 0;
+            std::ifstream(s.out_dir + "/coordinator.http-port") >> http_port && http_port > 0) {
+          s.http_port = static_cast<std::uint16_t>(http_port);
           std::string host = s.http_host == "0.0.0.0" ? "127.0.0.1" : s.http_host;
           s.say(fmt::format("dashboard: http://{}/ (metrics at /metrics){}",
                             p2p::HostPort{host, s.http_port}.toString(),
@@ -1001,6 +1067,12 @@ int runLocal(const Args& args) {
     auto cfg = lab::loadLab(flags.get("lab"));
     if (!cfg) return reportFailure(cfg.status());
     // This process watches from host 1, where the coordinator lives (before any thread starts).
+    if (cfg->hostNat(1) != lab::NatMode::kNone)
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument,
+                 fmt::format("--lab {}: host 1 runs the coordinator and must not be "
+                             "behind a NAT (put NATed hosts at 2 and above)",
+                             cfg->name)));
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }

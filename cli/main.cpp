@@ -40,6 +40,7 @@ void printUsage(FILE* out) {
       "  bench        benchmarks: `loco bench link|allreduce|join|train`\n"
       "  lab          emulate a WAN on this machine (namespaces + delay, loss, rate, partitions)\n"
       "  doctor       check whether this machine can join a run, and how to fix what is wrong\n"
+      "  relay        forward link connections for peers behind a NAT\n"
       "  chaos        train in a lab under a schedule of faults; check invariants; report\n"
       "  ca           `loco ca init --dir D`: a run's certificate authority (TLS)\n"
       "  token        `loco token create|revoke|list --ca D`: join tokens and join strings\n"
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
   if (cmd == "bench") return runBench(args);
   if (cmd == "lab") return runLab(args);
   if (cmd == "doctor") return runDoctor(args);
+  if (cmd == "relay") return runRelay(args);
   if (cmd == "chaos") return runChaos(args);
   if (cmd == "ca") return runCa(args);
   if (cmd == "token") return runToken(args);

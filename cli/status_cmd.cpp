@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "cli/tls_setup.h"
 #include "crypto/identity.h"
+#include "p2p/base/json.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
 
@@ -24,47 +25,58 @@ bool isRingEdge(const std::vector<std::string>& ring, const p2p::EdgeEstimate& e
   return false;
 }
 
+// What the coordinator's dial-back found for `id` (p2p/reachability.cpp); "" when unknown.
+std::string reachabilityOf(const p2p::GroupView& v, const std::string& id) {
+  for (const auto& [peer, what] : v.reachability) {
+    if (peer == id) return what;
+  }
+  return "";
+}
+
 std::string toJson(const p2p::GroupView& v) {
-  std::string out = fmt::format("{{\"epoch\":{},\"world\":{},\"pending\":{},\"peers\":[", v.epoch,
-                                v.world(), v.pending());
-  for (std::size_t i = 0; i < v.peers.size(); ++i) {
-    const auto& p = v.peers[i];
-    out +=
-        fmt::format("{}{{\"id\":\"{}\",\"addr\":\"{}\",\"state\":\"{}\",\"heartbeat_age_ms\":{}}}",
-                    i ? "," : "", jsonEscape(p.id), jsonEscape(p.addr), p2p::peerStateName(p.state),
-                    p.heartbeat_age_ms);
+  Json peers = Json::array();
+  for (const auto& p : v.peers) {
+    peers.push_back({{"id", p.id},
+                     {"addr", p.addr},
+                     {"state", p2p::peerStateName(p.state)},
+                     {"heartbeat_age_ms", p.heartbeat_age_ms},
+                     {"reachability", reachabilityOf(v, p.id)}});
   }
-  out += "],\"counters\":{";
-  for (std::size_t i = 0; i < v.counters.size(); ++i) {
-    out += fmt::format("{}\"{}\":{}", i ? "," : "", jsonEscape(v.counters[i].first),
-                       v.counters[i].second);
-  }
-  out += "},\"links\":[";
+  Json counters = Json::object();
+  for (const auto& [name, value] : v.counters) counters[name] = value;
+  Json links = Json::array();
   const auto ring = v.ringIds();
-  for (std::size_t i = 0; i < v.edges.size(); ++i) {
-    const auto& e = v.edges[i];
-    out += fmt::format(R"({}{{"from":"{}","to":"{}","mbit_s":{:.1f},"source":"{}","in_ring":{}}})",
-                       i ? "," : "", jsonEscape(e.from), jsonEscape(e.to), e.bytes_per_s * 8e-6,
-                       p2p::edgeSourceName(e.source), isRingEdge(ring, e) ? "true" : "false");
+  for (const auto& e : v.edges) {
+    links.push_back({{"from", e.from},
+                     {"to", e.to},
+                     {"mbit_s", jsonFixed(e.bytes_per_s * 8e-6, 1)},
+                     {"source", p2p::edgeSourceName(e.source)},
+                     {"in_ring", isRingEdge(ring, e)}});
   }
   const double slowest = p2p::ringBottleneck(ring, tableOf(v));
-  out +=
-      fmt::format("],\"ring_slowest_mbit_s\":{}}}",
-                  ring.size() > 1 && slowest > 0 ? fmt::format("{:.1f}", slowest * 8e-6) : "null");
-  return out;
+  return jsonDump({{"epoch", v.epoch},
+                   {"world", v.world()},
+                   {"pending", v.pending()},
+                   {"peers", std::move(peers)},
+                   {"counters", std::move(counters)},
+                   {"links", std::move(links)},
+                   {"ring_slowest_mbit_s",
+                    ring.size() > 1 && slowest > 0 ? jsonFixed(slowest * 8e-6, 1) : Json()}});
 }
 
 std::string toTable(const p2p::GroupView& v) {
   std::string out =
       fmt::format("epoch {}   world {}   pending {}\n", v.epoch, v.world(), v.pending());
   if (v.peers.empty()) return out + "(no peers)\n";
-  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}\n", "RING", "PEER ID", "STATE", "ADDRESS",
-                     "HEARTBEAT");
+  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}  {}\n", "RING", "PEER ID", "STATE",
+                     "ADDRESS", "HEARTBEAT", "REACHABLE");
   std::size_t ring = 0;
   for (const auto& p : v.peers) {
     std::string pos = p.state == p2p::PeerState::kMember ? std::to_string(ring++) : "-";
-    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms\n", pos, p.id,
-                       p2p::peerStateName(p.state), p.addr, p.heartbeat_age_ms);
+    std::string reach = reachabilityOf(v, p.id);
+    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms  {}\n", pos, p.id,
+                       p2p::peerStateName(p.state), p.addr, p.heartbeat_age_ms,
+                       reach.empty() ? "-" : reach);
   }
   if (v.edges.empty()) return out;
   // The bandwidth estimates the ring order is chosen from; '*' marks the ring's own links.

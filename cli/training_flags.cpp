@@ -15,7 +15,21 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"data", "text file or directory to train on", std::string(training::kDefaultCorpusPath)},
       {"sharding", "iid (every peer samples the whole corpus) or contiguous (a slice per peer)",
        "iid"},
-      {"method", "ddp (gradients all-reduced every step) or diloco", "diloco"},
+      {"method",
+       "ddp (gradients all-reduced every step), diloco, streaming (Streaming DiLoCo: one "
+       "fragment per sync, overlapped) or noloco (pairwise gossip, no all-reduce)",
+       "diloco"},
+      {"overlap",
+       "diloco: none (the all-reduce blocks), eager (it runs while the next round trains; "
+       "this peer's fresh Δ stands in for its share) or naive (WARNING: applies the average one "
+       "round late, which hurts the loss badly; for comparison only)",
+       "none"},
+      {"fragments", "streaming: P fragments, strided over the blocks (P must divide H)", "2"},
+      {"overlap-steps", "streaming: τ inner steps each fragment's all-reduce overlaps (0..5)", "2"},
+      {"merge-alpha", "streaming: local fragment ← α·local + (1−α)·global", "0.5"},
+      {"noloco-alpha", "noloco: momentum of the outer update δ", "0.5"},
+      {"noloco-beta", "noloco: weight of the group's mean Δ", "0.7"},
+      {"noloco-gamma", "noloco: pull toward the group's mean φ", "0.7"},
       {"inner-steps", "DiLoCo: inner steps per round (H)", "30"},
       {"steps", "inner steps per peer for the whole run", "600"},
       {"wire", "how Δ (DDP: gradients) travel: raw, fp16, bf16, int8 or int4", "raw"},
@@ -23,6 +37,10 @@ std::vector<FlagSpec> trainingFlagSpecs() {
        "int8/int4: values per 2-byte scale (1024: 3.99x / 7.96x fewer bytes than fp32; 16: more "
        "exact)",
        "1024"},
+      {"compress",
+       "zstd over Δ's encoded pieces (fp16, bf16, int8, int4): auto (on wide-area links, round "
+       "trip >= 2 ms, measured below 1 Gbit/s), zstd or off",
+       "auto"},
       {"outer-lr", "DiLoCo outer learning rate (FedAvg: 1)", "0.7"},
       {"outer-momentum", "DiLoCo outer Nesterov momentum (FedAvg: 0)", "0.9"},
       {"width", "model width", "128"},
@@ -37,6 +55,21 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"eval-every", "rounds (DDP: steps) between validation losses", "1"},
       {"checkpoint-dir", "write DIR/peer-<rank>.ckpt after every round", ""},
       {"resume", "start from the checkpoints in --checkpoint-dir", "", true},
+      {"batch-test",
+       "adaptive batch: none, norm (grow the batch while the gradient noise exceeds --batch-eta "
+       "of its norm) or inner-product",
+       "none"},
+      {"batch-eta", "norm test tolerance (> 0)", "0.8"},
+      {"batch-theta", "inner-product test tolerance (> 0)", "0.9"},
+      {"batch-nu", "inner-product test's orthogonality tolerance (> 0)", "5"},
+      {"max-batch", "cap on the adaptive per-peer batch (default: max(--batch, 1024))", ""},
+      {"allocation",
+       "speed (windows per step in proportion to each peer's tokens/s; not bit-reproducible) or "
+       "equal",
+       "equal"},
+      {"max-micro-batch",
+       "windows per backward pass; a larger batch is accumulated over several (0: never split)",
+       "0"},
   };
 }
 
@@ -44,7 +77,8 @@ std::vector<FlagSpec> trainingPeerFlagSpecs() {
   auto specs = trainingFlagSpecs();
   specs.push_back(
       {"rank",
-       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice)",
+       "this peer's data rank (its sampling stream and, with contiguous sharding, its slice); "
+       "default: a stream of its own from its peer id, and its position among the members",
        "0"});
   specs.push_back({"world-hint", "number of data shards for contiguous sharding", "1"});
   specs.push_back(
@@ -71,6 +105,49 @@ Result<double> getDouble(const Flags& flags, const std::string& name, double min
   return d;
 }
 
+// --batch-test and its tolerances; a tolerance given for a test that does not use it is an error
+// (a typo would otherwise go unnoticed).
+Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
+  training::BatchTestConfig& b = c.batch;
+  auto test = training::parseBatchTest(flags.get("batch-test"));
+  if (!test) return test.status().withContext("--batch-test");
+  b.test = *test;
+  auto eta = getDouble(flags, "batch-eta", 0, 1e6);
+  auto theta = getDouble(flags, "batch-theta", 0, 1e6);
+  auto nu = getDouble(flags, "batch-nu", 0, 1e6);
+  for (const auto* r : {&eta, &theta, &nu}) {
+    if (!*r) return r->status();
+  }
+  b.eta = *eta;
+  b.theta = *theta;
+  b.nu = *nu;
+  const bool norm = b.test == training::BatchTest::kNorm;
+  const bool ip = b.test == training::BatchTest::kInnerProduct;
+  if (flags.isSet("batch-eta") && !norm)
+    return Status(StatusCode::kInvalidArgument, "--batch-eta is for --batch-test norm");
+  if ((flags.isSet("batch-theta") || flags.isSet("batch-nu")) && !ip) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--batch-theta and --batch-nu are for --batch-test inner-product");
+  }
+  if (flags.isSet("max-batch") && b.test == training::BatchTest::kNone)
+    return Status(StatusCode::kInvalidArgument,
+                  "--max-batch is for --batch-test norm|inner-product");
+  if (flags.get("max-batch").empty()) {
+    b.max_batch = std::max<std::uint32_t>(c.train.batch_size, 1024);
+  } else {
+    auto v = flags.getInt("max-batch", 1, 65536);
+    if (!v) return v.status();
+    b.max_batch = static_cast<std::uint32_t>(*v);
+  }
+  auto allocation = training::parseAllocation(flags.get("allocation"));
+  if (!allocation) return allocation.status().withContext("--allocation");
+  c.allocation = *allocation;
+  auto micro = flags.getInt("max-micro-batch", 0, 65536);
+  if (!micro) return micro.status();
+  b.max_micro_batch = static_cast<std::uint32_t>(*micro);
+  return Status();
+}
+
 }  // namespace
 
 Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) {
@@ -78,9 +155,15 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   auto method = training::parseMethod(flags.get("method"));
   if (!method) return method.status().withContext("--method");
   c.method = *method;
+  auto overlap = training::parseOverlap(flags.get("overlap"));
+  if (!overlap) return overlap.status().withContext("--overlap");
+  c.overlap = *overlap;
   auto wire = collectives::parseWire(flags.get("wire"));
   if (!wire) return wire.status().withContext("--wire");
   c.wire = *wire;
+  auto compress = collectives::parseCompress(flags.get("compress"));
+  if (!compress) return compress.status().withContext("--compress");
+  c.compress = *compress;
   auto sharding = training::parseSharding(flags.get("sharding"));
   if (!sharding) return sharding.status().withContext("--sharding");
   c.train.sharding = *sharding;
@@ -90,7 +173,8 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     std::int64_t* out;
   };
   std::int64_t inner = 0, steps = 0, width = 0, layers = 0, heads = 0, context = 0, batch = 0,
-               warmup = 0, seed = 0, threads = 0, eval_every = 0, quant_block = 0;
+               warmup = 0, seed = 0, threads = 0, eval_every = 0, quant_block = 0, fragments = 0,
+               overlap_steps = 0;
   for (const IntFlag& f : std::vector<IntFlag>{
            {"inner-steps", 1, 1000000, &inner},
            {"steps", 1, 100000000, &steps},
@@ -102,6 +186,8 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
            {"seed", 0, (std::int64_t{1} << 62), &seed},
            {"threads", 1, 256, &threads},
            {"eval-every", 1, 1000000, &eval_every},
+           {"fragments", 1, 1024, &fragments},
+           {"overlap-steps", 0, 5, &overlap_steps},
            {"quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock),
             &quant_block}}) {
     auto v = flags.getInt(f.name, f.min, f.max);
@@ -121,7 +207,12 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   auto outer_lr = getDouble(flags, "outer-lr", 1e-6, 100);
   auto outer_momentum = getDouble(flags, "outer-momentum", 0, 0.999);
   auto lr = getDouble(flags, "lr", 1e-8, 10);
-  for (const auto* r : {&outer_lr, &outer_momentum, &lr}) {
+  auto merge_alpha = getDouble(flags, "merge-alpha", 0, 1);
+  auto noloco_alpha = getDouble(flags, "noloco-alpha", 0, 2);
+  auto noloco_beta = getDouble(flags, "noloco-beta", 0, 2);
+  auto noloco_gamma = getDouble(flags, "noloco-gamma", 0, 2);
+  for (const auto* r : {&outer_lr, &outer_momentum, &lr, &merge_alpha, &noloco_alpha, &noloco_beta,
+                        &noloco_gamma}) {
     if (!*r) return r->status();
   }
   if (flags.isSet("quant-block") && c.wire != collectives::Wire::kInt8 &&
@@ -148,6 +239,21 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   c.train.inner.schedule.warmup_steps = static_cast<std::uint64_t>(warmup);
   c.train.inner.schedule.total_steps = c.steps;
   c.eval_every = static_cast<std::uint32_t>(eval_every);
+  c.fragments = static_cast<std::uint32_t>(fragments);
+  c.overlap_steps = static_cast<std::uint32_t>(overlap_steps);
+  c.merge_alpha = static_cast<float>(*merge_alpha);
+  c.noloco.alpha = static_cast<float>(*noloco_alpha);
+  c.noloco.beta = static_cast<float>(*noloco_beta);
+  c.noloco.gamma = static_cast<float>(*noloco_gamma);
+  for (const char* f : {"fragments", "overlap-steps", "merge-alpha"}) {
+    if (flags.isSet(f) && c.method != training::Method::kStreaming) {
+      return Status(StatusCode::kInvalidArgument, fmt::format("--{} is for --method streaming", f));
+    }
+  }
+  for (const char* f : {"noloco-alpha", "noloco-beta", "noloco-gamma"}) {
+    if (flags.isSet(f) && c.method != training::Method::kNoloco)
+      return Status(StatusCode::kInvalidArgument, fmt::format("--{} is for --method noloco", f));
+  }
   c.checkpoint_dir = flags.get("checkpoint-dir");
   c.resume = flags.getBool("resume");
   if (c.method == training::Method::kDdp && flags.isSet("inner-steps")) {
@@ -166,6 +272,7 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
                   fmt::format("--warmup {} must be shorter than --steps {}",
                               c.train.inner.schedule.warmup_steps, c.steps));
   }
+  LOCO_RETURN_IF_ERROR(batchTestFromFlags(flags, c));
   LOCO_RETURN_IF_ERROR(training::validateDistributedConfig(c));
   return c;
 }

@@ -15,6 +15,7 @@
 
 #include "collectives/buffer_pool.h"
 #include "collectives/codec.h"
+#include "collectives/compress.h"
 #include "collectives/descriptor.h"
 #include "collectives/op_engine.h"
 
@@ -30,6 +31,7 @@ struct AllReduceArgs {
   ReduceOp op = ReduceOp::kSum;
   Wire wire = Wire::kRaw;
   std::size_t quant_block = kQuantBlock;
+  Compress compress = Compress::kOff;  // the ring's entropy stage (compress.h)
 };
 
 class AllReduce : public Collective {

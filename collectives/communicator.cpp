@@ -13,7 +13,10 @@
 #include "collectives/link_transport.h"
 #include "collectives/op_engine.h"
 #include "collectives/state_engine.h"
+#include "p2p/base/log.h"
+#include "p2p/connect_strategy.h"
 #include "p2p/membership_client.h"
+#include "p2p/relay.h"
 
 namespace loco::collectives {
 
@@ -38,6 +41,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
         state_->shutdown();
         probe_->stop();
         transport_->close(Status(StatusCode::kAborted, "the communicator is shutting down"));
+        relay_.reset();
         listener_.reset();
       });
       client_.reset();  // no membership callback runs after this
@@ -72,6 +76,17 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                         listener_->port()}
               .toString();
     }
+    // Direct, or through a relay when nobody can dial us (p2p/connect_strategy.h).
+    auto reach = p2p::chooseReachPath(net_, *listener_, options_.coordinator, options_.listen,
+                                      advertise, options_.relay, options_.peer_id, deadline);
+    if (!reach) return reach.status();
+    // Relayed is a degraded path (every byte crosses the relay host): the operator should see it.
+    if (reach->path == p2p::ReachPath::kRelayed)
+      LOG_WARN(kLogPeer, "reached relayed: {}", reach->why);
+    else if (!options_.relay.empty())
+      LOG_INFO(kLogPeer, "reached direct: {}", reach->why);
+    advertise = reach->advertise;
+    relay_ = std::move(reach->relay);
     p2p::MembershipClientOptions client_options{options_.coordinator, options_.peer_id, advertise,
                                                 options_.streams};
     client_options.standby_coordinators = options_.standby_coordinators;
@@ -113,14 +128,9 @@ class Communicator::Impl final : public OpEngine::Arbiter {
 
   Result<std::shared_ptr<Operation>> allReduce(void* data, std::size_t count, DType dtype,
                                                ReduceOp red, Wire wire, AllReduceOptions options) {
-    auto issue = issueEpoch();
+    auto issue = issueOperation();
     if (!issue) return issue.status();
     const std::uint64_t epoch = issue->epoch;
-    if (epoch != seq_epoch_) {
-      seq_epoch_ = epoch;
-      seq_ = 0;
-      exchange_seq_.clear();
-    }
     const std::uint64_t op_id = (epoch << 32) | ++seq_;
     // Still a collective step when the call is bad: tell the group so nobody waits for us.
     auto refuse = [&](Status why) {
@@ -144,7 +154,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                              "aborts this operation)",
                              options.quant_block, kMaxQuantBlock)));
     }
-    AllReduceArgs args{data, count, dtype, red, wire, options.quant_block};
+    AllReduceArgs args{data, count, dtype, red, wire, options.quant_block, options.compress};
     Algorithm algorithm = chooseAlgorithm(args, issue->world);
     switch (options.algorithm) {
       case AllReduceAlgorithm::kAuto:
@@ -193,14 +203,9 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                     fmt::format("quantization block of {} elements is outside 1..{}",
                                 options.quant_block, kMaxQuantBlock));
     }
-    auto issue = issueEpoch();
+    auto issue = issueOperation();
     if (!issue) return issue.status();
     const std::uint64_t epoch = issue->epoch;
-    if (epoch != seq_epoch_) {
-      seq_epoch_ = epoch;
-      seq_ = 0;
-      exchange_seq_.clear();
-    }
     std::string key;
     for (const auto& id : group) key += id + ",";
     const std::uint64_t seq = ++exchange_seq_[key];
@@ -262,6 +267,18 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     std::uint64_t epoch;
     std::size_t world, rank;  // rank: this peer's place in the ring, as of the view
   };
+  // issueEpoch, and the operation counters start again in a new epoch (all-reduces and exchanges
+  // alike: their ids are matched across peers by epoch and sequence).
+  Result<Issue> issueOperation() {
+    auto issue = issueEpoch();
+    if (issue && issue->epoch != seq_epoch_) {
+      seq_epoch_ = issue->epoch;
+      seq_ = 0;
+      exchange_seq_.clear();
+    }
+    return issue;
+  }
+
   Result<Issue> issueEpoch() {
     if (client_->state() != p2p::MembershipClient::State::kMember) {
       return Status(StatusCode::kFailedPrecondition,
@@ -339,6 +356,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
   std::unique_ptr<p2p::MembershipClient> client_;
   // Network thread:
   std::unique_ptr<p2p::LinkListener> listener_;
+  std::shared_ptr<p2p::RelayClient> relay_;  // relayed peers only; feeds listener_
   std::unique_ptr<LinkTransport> transport_;
   std::unique_ptr<OpEngine> engine_;
   std::unique_ptr<LinkProbe> probe_;

@@ -27,6 +27,7 @@
 #include <span>
 
 #include "collectives/codec.h"
+#include "collectives/compress.h"
 #include "collectives/shared_state.h"
 #include "collectives/types.h"
 #include "p2p/address.h"
@@ -55,6 +56,9 @@ struct CommunicatorOptions {
   // After losing the coordinator (or being evicted), how long to look for one before every call
   // fails with kUnavailable (p2p/membership_client.h). 0: never reconnect.
   Millis coordinator_timeout{600000};
+  // HOST:PORT of a relay (`loco relay`, p2p/relay.h): used when the coordinator cannot dial
+  // `advertise` back (a NAT), so other peers reach this one through it. Empty: always direct.
+  std::string relay;
 };
 
 // How an all-reduce moves its data. kAuto chooses by size and world (the ring for large buffers,
@@ -71,6 +75,10 @@ struct AllReduceOptions {
   // same.
   std::size_t quant_block = kQuantBlock;
   AllReduceAlgorithm algorithm = AllReduceAlgorithm::kAuto;  // every peer must pass the same
+  // The ring's zstd stage for non-raw wires (compress.h): each sender decides for its own link,
+  // so peers may differ. kAuto compresses on wide-area links (round trip >= 2 ms) measured
+  // below 1 Gbit/s.
+  Compress compress = Compress::kOff;
 };
 
 // What an exchange does with the members' buffers (exchange.h).

@@ -89,7 +89,12 @@ void LinkTransport::adopt(std::size_t peer, std::shared_ptr<Link> link) {
   });
   auto waiting = std::move(p.recvs);
   p.recvs.clear();
-  for (auto& r : waiting) link->recv(r.tag, r.dst, std::move(r.done));
+  for (auto& r : waiting) post(*link, std::move(r));
+}
+
+void LinkTransport::post(p2p::Link& link, PendingRecv r) {
+  if (r.sized) return link.recvUpTo(r.tag, r.dst, std::move(r.sized));
+  link.recv(r.tag, r.dst, std::move(r.done));
 }
 
 void LinkTransport::onBroken(std::size_t peer, const std::shared_ptr<Link>& link,
@@ -155,11 +160,7 @@ void LinkTransport::send(std::size_t peer, std::uint64_t tag, ByteSpan data, Don
   if (!p.dialing) dial(peer);
 }
 
-void LinkTransport::recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) {
-  if (peer >= peers_.size() || peer == group_.rank) {
-    return done(Status(StatusCode::kInternal,
-                       fmt::format("receive from rank {} of {}", peer, peers_.size())));
-  }
+p2p::Link* LinkTransport::inLink(std::size_t peer) {
   Peer& p = peers_[peer];
   if (!p.in) {
     auto it = accepted_.find({group_.ids[peer], group_.epoch});
@@ -169,8 +170,28 @@ void LinkTransport::recv(std::size_t peer, std::uint64_t tag, MutableByteSpan ds
       adopt(peer, std::move(link));
     }
   }
-  if (p.in) return p.in->recv(tag, dst, std::move(done));
-  p.recvs.push_back({tag, dst, std::move(done)});
+  return p.in.get();
+}
+
+void LinkTransport::recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) {
+  if (peer >= peers_.size() || peer == group_.rank) {
+    return done(Status(StatusCode::kInternal,
+                       fmt::format("receive from rank {} of {}", peer, peers_.size())));
+  }
+  if (p2p::Link* link = inLink(peer)) return link->recv(tag, dst, std::move(done));
+  peers_[peer].recvs.push_back({tag, dst, std::move(done), nullptr});
+}
+
+void LinkTransport::recvUpTo(std::size_t peer, std::uint64_t tag, MutableByteSpan dst,
+                             SizedDone done) {
+  if (peer >= peers_.size() || peer == group_.rank) {
+    return done(Status(StatusCode::kInternal,
+                       fmt::format("receive from rank {} of {}", peer, peers_.size())),
+                0);
+  }
+  if (p2p::Link* link = inLink(peer)) return link->recvUpTo(tag, dst, std::move(done));
+  PendingRecv r{tag, dst, nullptr, std::move(done)};
+  peers_[peer].recvs.push_back(std::move(r));
 }
 
 void LinkTransport::closeAll(const Status& why) {
@@ -192,7 +213,13 @@ void LinkTransport::closeAll(const Status& why) {
     closeLink(p.out, why);
     closeLink(p.in, why);
     for (auto& s : p.sends) s.done(why);
-    for (auto& r : p.recvs) r.done(why);
+    for (auto& r : p.recvs) {
+      if (r.sized) {
+        r.sized(why, 0);
+      } else {
+        r.done(why);
+      }
+    }
   }
   for (auto& l : unused) closeLink(l, why);
 }

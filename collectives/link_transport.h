@@ -38,6 +38,7 @@ class LinkTransport final : public Transport {
   void send(std::size_t peer, std::uint64_t tag, ByteSpan data, Done done,
             int priority = 0) override;
   void recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) override;
+  void recvUpTo(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, SizedDone done) override;
   void abort(const Status& why) override;
   void post(std::function<void()> fn) override;
   std::unique_ptr<Alarm> after(Millis delay, std::function<void()> fn) override;
@@ -54,6 +55,7 @@ class LinkTransport final : public Transport {
     std::uint64_t tag;
     MutableByteSpan dst;
     Done done;
+    SizedDone sized;  // recvUpTo
   };
   struct Peer {
     std::shared_ptr<p2p::Link> out, in;
@@ -63,6 +65,9 @@ class LinkTransport final : public Transport {
   };
   void dial(std::size_t peer);
   void adopt(std::size_t peer, std::shared_ptr<p2p::Link> link);
+  // recv and recvUpTo: the link of `peer` (adopting an accepted one), or nullptr (queued).
+  p2p::Link* inLink(std::size_t peer);
+  static void post(p2p::Link& link, PendingRecv r);
   void onBroken(std::size_t peer, const std::shared_ptr<p2p::Link>& link, const Status& why);
   void closeAll(const Status& why);
   static void closeLink(std::shared_ptr<p2p::Link>& link, const Status& why);

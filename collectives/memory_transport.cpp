@@ -37,7 +37,21 @@ class MemoryNetwork::Endpoint final : public Transport {
       staged_.erase(it);
       return complete(peer, bytes, dst, std::move(done));
     }
-    pending_[key] = {dst, std::move(done)};
+    pending_[key] = {dst, std::move(done), nullptr};
+  }
+
+  void recvUpTo(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, SizedDone done) override {
+    // The length travels through a Done that captures it.
+    auto length = std::make_shared<std::size_t>(0);
+    Done plain = [length, done](const Status& st) { done(st, st.isOk() ? *length : 0); };
+    if (peer >= net_.peers() || !net_.alive(peer)) return recv(peer, tag, dst, std::move(plain));
+    auto key = std::make_pair(peer, tag);
+    if (auto it = staged_.find(key); it != staged_.end()) {
+      std::vector<std::uint8_t> bytes = std::move(it->second);
+      staged_.erase(it);
+      return complete(peer, bytes, dst, std::move(plain), length.get());
+    }
+    pending_[key] = {dst, std::move(plain), length};
   }
 
   void abort(const Status& why) override {
@@ -68,12 +82,13 @@ class MemoryNetwork::Endpoint final : public Transport {
     }
     auto p = std::move(it->second);
     pending_.erase(it);
-    complete(m.from, m.bytes, p.dst, std::move(p.done));
+    complete(m.from, m.bytes, p.dst, std::move(p.done), p.length.get());
   }
 
+  // `length`: a recvUpTo, which takes any non-empty length up to dst.size() and reports it there.
   void complete(std::size_t from, const std::vector<std::uint8_t>& bytes, MutableByteSpan dst,
-                Done done) {
-    if (bytes.size() != dst.size()) {
+                Done done, std::size_t* length = nullptr) {
+    if (length ? bytes.empty() || bytes.size() > dst.size() : bytes.size() != dst.size()) {
       Status bad(StatusCode::kProtocolError,
                  fmt::format("{} bytes from peer {} for a {}-byte receive; sender and receiver "
                              "disagree on the size",
@@ -82,6 +97,7 @@ class MemoryNetwork::Endpoint final : public Transport {
       return net_.breakLinks(rank_, bad, bad);
     }
     if (!bytes.empty()) std::memcpy(dst.data(), bytes.data(), bytes.size());
+    if (length) *length = bytes.size();
     done(Status());
   }
 
@@ -114,6 +130,7 @@ class MemoryNetwork::Endpoint final : public Transport {
   struct Pending {
     MutableByteSpan dst;
     Done done;
+    std::shared_ptr<std::size_t> length;  // recvUpTo
   };
   MemoryNetwork& net_;
   std::size_t rank_;

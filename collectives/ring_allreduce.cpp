@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "collectives/compress.h"
+
 namespace loco::collectives {
 namespace {
 // Pieces of at least 64 KiB of fp32 (fewer and the per-transfer overhead shows) and at most
@@ -11,13 +13,16 @@ constexpr std::size_t kMinPieceElems = 16384;
 constexpr std::size_t kMaxPieceElems = std::size_t{1} << 16;
 // What this peer keeps in flight: a piece travels 2(N-1) hops before it is done here, and every
 // hop's link must stay busy, so (2N-2) x 1.5 x the next link's bandwidth-delay product, between
-// 512 KiB and 16 MiB; 16 MiB while the link is unknown. On loopback or a LAN that is the floor:
+// 512 KiB and 16 MiB; 4 MiB while the link is unknown (the first operation: loopback and LANs
+// settle at the floor, and a large first window only raises the peak memory, measured 580 MiB at
+// 256 MiB, N = 4 with 16 MiB, over the 2x + 64 MiB bound). On loopback or a LAN that is the floor:
 // more only spreads the pieces over more memory than the caches hold (measured on this 2-core
 // machine, 64 MiB, N = 2: 512 KiB in flight took about half the CPU time of 16 MiB). On a WAN a
 // window too small for the link shows a lower rate, and the next operation's window follows the
 // product it measures.
 constexpr std::size_t kMinWindowBytes = 512u << 10;
 constexpr std::size_t kMaxWindowBytes = 16u << 20;
+constexpr std::size_t kUnknownLinkWindowBytes = 4u << 20;
 constexpr std::size_t kMaxPiecesInFlight = 256;
 }  // namespace
 
@@ -61,13 +66,18 @@ void RingAllReduce::start() {
   piece_state_.resize(pieces_);
   // The window: pieces in flight (each peer chooses its own; the pieces are the same for all).
   const LinkStats link = transport().linkStats(group.next());
-  std::size_t window = kMaxWindowBytes;
+  compress_ = compressOn(args_.compress, wire_, link);
+  std::size_t window = kUnknownLinkWindowBytes;
   if (link.rtt_s > 0 && link.rate_Bps > 0) {
     const double bdp = link.rtt_s * link.rate_Bps;
     window = std::clamp(static_cast<std::size_t>(1.5 * static_cast<double>(2 * world_ - 2) * bdp),
                         kMinWindowBytes, kMaxWindowBytes);
   }
-  const std::size_t piece_bytes = std::max<std::size_t>(1, n_ / world_ / pieces_) * sizeof(float);
+  // In bytes on the wire: an int4 piece is an eighth of its fp32 size, so it takes eight times
+  // as many pieces to fill the same link (counting fp32 bytes kept int4 rings at an eighth of the
+  // window on a WAN: lab, 100 Mbit/s, 25 ms, 64 MiB, N = 4, int4 took 7.6 s for 12 MiB a link).
+  const std::size_t piece_bytes =
+      std::max<std::size_t>(1, encoded(std::max<std::size_t>(1, n_ / world_ / pieces_)));
   in_flight_ = std::clamp<std::size_t>(window / piece_bytes, 2, kMaxPiecesInFlight);
   startPieces();
 }
@@ -102,12 +112,21 @@ void RingAllReduce::postRecv(std::size_t p, std::size_t step) {
   }
   auto self = std::static_pointer_cast<RingAllReduce>(shared_from_this());
   afterDescriptor(group.prev(), [self, p, step, dst] {
+    auto done = [self, p, step](const Status& st, std::size_t length) {
+      if (self->ended) return;
+      if (!st.isOk()) return self->fail(st);
+      // (Raw all-gather receives, all posted at once, land in the buffer and keep no length.)
+      if (self->wire_ != Wire::kRaw) self->piece_state_[p].len[step & 1] = length;
+      self->onReceived(p, step);
+    };
+    // Encoded pieces may come compressed (shorter): the sender decides, per link. (Empty pieces,
+    // of buffers shorter than the world, are empty on the wire too.)
+    if (self->wire_ != Wire::kRaw && !dst.empty()) {
+      return self->transport().recvUpTo(self->group.prev(), self->tag(step, p), dst,
+                                        std::move(done));
+    }
     self->transport().recv(self->group.prev(), self->tag(step, p), dst,
-                           [self, p, step](const Status& st) {
-                             if (self->ended) return;
-                             if (!st.isOk()) return self->fail(st);
-                             self->onReceived(p, step);
-                           });
+                           [done](const Status& st) { done(st, 0); });
   });
 }
 
@@ -136,12 +155,21 @@ void RingAllReduce::receiveStep(std::size_t p, std::size_t step) {
     // The next receive first, so its bytes can land in its buffer rather than be staged.
     if (step + 1 < N || wire_ != Wire::kRaw) postRecv(p, step + 1);
     if (ended) return;
+    Buffer plain;
     ByteSpan in = ps.in[step & 1].span();
+    if (wire_ != Wire::kRaw && ps.len[step & 1] < in.size()) {
+      plain = pool().take(in.size());
+      Status st = decompressPiece(in.first(ps.len[step & 1]), plain.span());
+      if (!st.isOk()) return fail(st);
+      in = plain.span();
+    }
     if (step < N - 1) {
       accumulate(dst, in);
+      pool().give(std::move(plain));
       return sendPiece(p, step + 1, Buffer());
     }
     accumulateFinal(dst, in, N);
+    pool().give(std::move(plain));
     sendPiece(p, N, seal(dst));
     ps.owned = true;
     return maybeFinishPiece(p);
@@ -152,7 +180,18 @@ void RingAllReduce::receiveStep(std::size_t p, std::size_t step) {
     if (step < 2 * N - 2) postRecv(p, step + 1);
     if (ended) return;
     Buffer& in = ps.in[step & 1];
-    decode(wire_, in.span(), dst, quant_block_);
+    const std::size_t got = ps.len[step & 1];
+    if (got < in.size()) {
+      Buffer plain = pool().take(in.size());
+      Status st = decompressPiece(in.span().first(got), plain.span());
+      if (!st.isOk()) return fail(st);
+      decode(wire_, plain.span(), dst, quant_block_);
+      pool().give(std::move(plain));
+    } else {
+      decode(wire_, in.span(), dst, quant_block_);
+    }
+    // Forwarded as they came: the owner compressed them once, everyone decodes the same bytes.
+    in.resize(got);
     if (step < 2 * N - 2) sendPiece(p, step + 1, std::move(in));
   } else if (step < 2 * N - 2) {
     sendPiece(p, step + 1, Buffer());
@@ -181,6 +220,7 @@ void RingAllReduce::sendPiece(std::size_t p, std::size_t step, Buffer owned) {
     owned = pool().take(encoded(len));
     encode(wire_, std::span<const float>(work_ + b, len), owned.span(), quant_block_);
   }
+  if (compress_ && step <= world_) owned = compressed(std::move(owned));
   // Raw pieces go straight from the buffer: nothing writes that range while it is sent.
   auto bytes = std::make_shared<Buffer>(std::move(owned));
   ByteSpan span = wire_ == Wire::kRaw
@@ -202,6 +242,18 @@ void RingAllReduce::sendPiece(std::size_t p, std::size_t step, Buffer owned) {
         self->maybeComplete();
       },
       priority);
+}
+
+Buffer RingAllReduce::compressed(Buffer bytes) {
+  Buffer z = pool().take(bytes.size());
+  const std::size_t n = compressPiece(bytes.span(), z.span());
+  if (n == 0) {
+    pool().give(std::move(z));
+    return bytes;
+  }
+  z.resize(n);
+  pool().give(std::move(bytes));
+  return z;
 }
 
 void RingAllReduce::maybeComplete() {

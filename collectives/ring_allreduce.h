@@ -32,10 +32,11 @@ class RingAllReduce final : public AllReduce {
 
  private:
   struct Piece {
-    Buffer in[2];        // receive buffers, alternating: the next step's is posted before reducing
-    bool owned = false;  // this peer's segment of the piece is finished and sent
-    std::size_t gathered = 0;  // all-gather steps arrived
-    bool busy = false;         // a step of this piece is being handled
+    Buffer in[2];  // receive buffers, alternating: the next step's is posted before reducing
+    std::size_t len[2] = {0, 0};  // bytes received into in[]: shorter than in[] when compressed
+    bool owned = false;           // this peer's segment of the piece is finished and sent
+    std::size_t gathered = 0;     // all-gather steps arrived
+    bool busy = false;            // a step of this piece is being handled
   };
   // Element range of piece p of segment `seg`.
   std::pair<std::size_t, std::size_t> piece(std::size_t seg, std::size_t p) const;
@@ -47,11 +48,14 @@ class RingAllReduce final : public AllReduce {
   void sendPiece(std::size_t p, std::size_t step, Buffer owned);
   void maybeFinishPiece(std::size_t p);
   void maybeComplete();
+  // `bytes` compressed (compress.h) if that makes them shorter, else `bytes` themselves.
+  Buffer compressed(Buffer bytes);
 
   std::size_t world_ = 1, rank_ = 0, pieces_ = 1;
   std::size_t in_flight_ = 2;  // pieces this peer keeps in flight
   std::size_t started_ = 0, finished_ = 0, sends_in_flight_ = 0;
   bool complete_ = false;
+  bool compress_ = false;  // pieces this peer encodes go compressed to the next peer
   std::vector<Piece> piece_state_;
 };
 

@@ -63,6 +63,16 @@ class Transport {
   // Receives the transfer `tag` from `peer` into `dst`, whose size must equal the sent size
   // (otherwise kProtocolError and the pair's link is closed).
   virtual void recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) = 0;
+  // Receives the transfer `tag` from `peer`, of any length up to dst.size(), into the front of
+  // `dst`; `done` gets the length (compressed pieces, compress.h). Transfers received this way
+  // must not be empty (an empty send puts nothing on the wire); a longer one is kProtocolError.
+  // Both transports in this directory implement it; the default fails, for transports (test
+  // doubles) whose algorithms never compress.
+  using SizedDone = std::function<void(const Status&, std::size_t length)>;
+  virtual void recvUpTo(std::size_t /*peer*/, std::uint64_t /*tag*/, MutableByteSpan /*dst*/,
+                        SizedDone done) {
+    done(Status(StatusCode::kInternal, "this transport cannot receive variable lengths"), 0);
+  }
   // Fails every pending send and receive with `why`, on both ends of this peer's links.
   virtual void abort(const Status& why) = 0;
   // Runs `fn` on the transport's thread. Thread-safe.

@@ -248,6 +248,7 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
   // We heartbeat the peer so it can tell a dead coordinator; its silence is judged by
   // Membership::tick, not by the connection.
   conn->setLiveness(options_.heartbeat_interval, Millis(0));
+  checkReachable(id, hello->advertise);
   conn->send(MsgType::kWelcome, encodeWelcome(WelcomeMsg{
                                     static_cast<std::uint32_t>(options_.heartbeat_interval.count()),
                                     static_cast<std::uint32_t>(options_.heartbeat_timeout.count()),
@@ -377,6 +378,7 @@ RunSnapshot Coordinator::snapshot() const {
   s.view = membership_.view(Clock::now());
   s.view.counters = counterSnapshot();
   s.view.edges = bandwidth_.edges();
+  s.view.reachability = reachabilityView();
   s.events.assign(run_log_.events().begin(), run_log_.events().end());
   s.steps = run_log_.steps();
   s.progress = run_log_.peers();
@@ -413,6 +415,7 @@ void Coordinator::sendStatus(Connection& conn) {
   GroupView v = membership_.view(Clock::now());
   v.counters = counterSnapshot();
   v.edges = bandwidth_.edges();
+  v.reachability = reachabilityView();
   conn.send(MsgType::kStatusReply, encodeGroupView(v), membership_.epoch());
 }
 

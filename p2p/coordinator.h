@@ -49,6 +49,16 @@ struct CoordinatorOptions {
   std::function<Result<EnrollReplyMsg>(const EnrollMsg&, const std::string& from)> enroll;
 };
 
+// What the coordinator's dial-back of a joiner's advertised address found (reachability.cpp).
+struct Reachability {
+  enum State { kChecking, kReachable, kUnreachable };
+  std::string addr;
+  State state = kChecking;
+  std::string detail;  // why not, when unreachable
+  std::uint64_t generation = 0;
+  std::string describe() const;  // "reachable", "unreachable: <why>", "checking"
+};
+
 class Coordinator {
  public:
   // Binds and starts accepting on `io` (which the caller runs). Errors: kInvalidArgument for bad
@@ -82,6 +92,10 @@ class Coordinator {
   void onPeerReport(const std::string& id, ByteSpan payload);
   // `loco doctor`'s reachability check (messages.h DialBackMsg); dial_back.cpp.
   void onDialBack(const std::shared_ptr<Connection>& conn, ByteSpan payload);
+  // Dials `addr` back once per registration and records the outcome (reachability.cpp).
+  void checkReachable(const std::string& id, const std::string& addr);
+  // Registered peers' outcomes, by id, as `loco status` shows them.
+  std::vector<std::pair<std::string, std::string>> reachabilityView() const;
   // Proposes the ring with the fastest slowest edge once every edge among the members is known
   // and it beats the current ring by kReorderGain (so noise does not reshuffle the ring).
   void maybeProposeRing();
@@ -105,6 +119,8 @@ class Coordinator {
   StateSyncRounds state_sync_;
   RunLog run_log_;
   std::size_t dial_backs_in_flight_ = 0;
+  std::map<std::string, Reachability> reachability_;  // by peer id
+  std::uint64_t entry_generation_ = 0;
   std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
   std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
 };

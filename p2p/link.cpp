@@ -168,6 +168,26 @@ void Link::maybeFinishSend(const std::shared_ptr<SendOp>& op) {
 
 Status Link::acceptChunk(RecvOp& op, std::uint64_t tag, std::uint32_t chunk, std::size_t len,
                          bool last) {
+  if (op.sized) {
+    // Any length: whole chunks until the one flagged last, which sets the length.
+    const std::size_t begin = static_cast<std::size_t>(chunk) * options_.chunk_bytes;
+    bool bad = chunk >= op.chunks || op.seen[chunk] || begin + len > op.dst.size() ||
+               (!last && len != options_.chunk_bytes) || (last && len == 0);
+    if (!bad && last) {
+      for (std::uint32_t c = chunk + 1; c < op.chunks; ++c) bad = bad || op.seen[c];
+      op.chunks = chunk + 1;
+      op.length = begin + len;
+      op.got_last = true;
+    }
+    if (bad) {
+      return Status(StatusCode::kProtocolError,
+                    fmt::format("{}: chunk {} ({} bytes{}) of transfer {} does not fit the "
+                                "{}-byte receive buffer or arrived twice",
+                                name_, chunk, len, last ? ", last" : "", tag, op.dst.size()));
+    }
+    op.seen[chunk] = true;
+    return Status();
+  }
   // The sender flags its last chunk, so a buffer that is whole chunks too short or too long is
   // caught as surely as one that is a few bytes off.
   if (chunk >= op.chunks || len != chunkLength(op.dst.size(), chunk) || op.seen[chunk] ||
@@ -221,18 +241,38 @@ void Link::dataDone(std::size_t index, const FrameHeader& h) {
     return;
   }
   auto it = recvs_.find(h.op_id);
-  if (it != recvs_.end() && ++it->second.received == it->second.chunks) finishRecv(h.op_id);
+  if (it != recvs_.end()) {
+    ++it->second.received;
+    if (it->second.complete()) finishRecv(h.op_id);
+  }
 }
 
 void Link::finishRecv(std::uint64_t tag) {
   auto it = recvs_.find(tag);
-  received_bytes_.inc(it->second.dst.size());
+  received_bytes_.inc(it->second.sized ? it->second.length : it->second.dst.size());
   Done done = std::move(it->second.done);
+  SizedDone sized = std::move(it->second.sized);
+  const std::size_t length = it->second.length;
   recvs_.erase(it);
+  if (sized) return sized(Status(), length);
   done(Status());
 }
 
+void Link::recvUpTo(std::uint64_t tag, MutableByteSpan dst, SizedDone done) {
+  if (dst.empty()) {
+    return done(Status(StatusCode::kInvalidArgument, "recvUpTo into an empty buffer"), 0);
+  }
+  auto shared = std::make_shared<SizedDone>(std::move(done));
+  recv(
+      tag, dst, [shared](const Status& st) { (*shared)(st, 0); }, shared);
+}
+
 void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
+  recv(tag, dst, std::move(done), nullptr);
+}
+
+void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done,
+                std::shared_ptr<SizedDone> sized) {
   if (closed_) return done(close_reason_);
   if (recvs_.count(tag) != 0) {
     return done(Status(StatusCode::kInvalidArgument,
@@ -241,6 +281,7 @@ void Link::recv(std::uint64_t tag, MutableByteSpan dst, Done done) {
   RecvOp op;
   op.dst = dst;
   op.done = std::move(done);
+  if (sized) op.sized = [sized](const Status& st, std::size_t n) { (*sized)(st, n); };
   op.chunks = chunkCount(dst.size());
   op.seen.assign(op.chunks, false);
   if (op.chunks == 0) return op.done(Status());
@@ -267,7 +308,8 @@ void Link::deliverStaged(std::uint64_t tag, Staged staged) {
   std::memcpy(op.dst.data() + static_cast<std::size_t>(staged.chunk) * options_.chunk_bytes,
               staged.bytes.data(), staged.bytes.size());
   if (spare_chunks_.size() < 16) spare_chunks_.push_back(std::move(staged.bytes));
-  if (++op.received == op.chunks) {
+  ++op.received;
+  if (op.complete()) {
     finishRecv(tag);
     if (!closed_) resumeParked();
   }
@@ -346,25 +388,32 @@ void LinkListener::close() {
 }
 
 void LinkListener::accept() {
-  acceptor_->acceptor->async_accept([this, alive = lifetime_.watch()](
-                                        const std::error_code& ec, asio::ip::tcp::socket socket) {
-    if (alive.expired() || closed_) return;
-    if (ec) {
-      if (ec == asio::error::operation_aborted) return;
-      counter("p2p.link_accept_errors").inc();
-      auto t = std::make_shared<asio::steady_timer>(net_.context(), Millis(50));
-      t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
-        if (!alive.expired() && !closed_) accept();
+  acceptor_->acceptor->async_accept(
+      [this, alive = lifetime_.watch()](const std::error_code& ec, asio::ip::tcp::socket socket) {
+        if (alive.expired() || closed_) return;
+        if (ec) {
+          if (ec == asio::error::operation_aborted) return;
+          counter("p2p.link_accept_errors").inc();
+          auto t = std::make_shared<asio::steady_timer>(net_.context(), Millis(50));
+          t->async_wait([this, t, alive = lifetime_.watch()](const std::error_code&) {
+            if (!alive.expired() && !closed_) accept();
+          });
+          return;
+        }
+        tuneSocket(socket, options_.tcp_user_timeout);
+        setNotSentLowat(socket, options_.notsent_lowat);
+        acceptStream(tls::wrap(std::move(socket), {tls::Role::kServer, "", true}));
+        accept();
       });
-      return;
-    }
-    tuneSocket(socket, options_.tcp_user_timeout);
-    setNotSentLowat(socket, options_.notsent_lowat);
+}
+
+void LinkListener::acceptStream(std::unique_ptr<Stream> stream) {
+  if (closed_) return stream->close();
+  {
     Connection::Options copts;
     copts.name = "incoming link stream";
     copts.first_frame_timeout = options_.handshake_timeout;
-    auto conn = Connection::create(
-        net_.context(), tls::wrap(std::move(socket), {tls::Role::kServer, "", true}), copts);
+    auto conn = Connection::create(net_.context(), std::move(stream), copts);
     std::weak_ptr<Connection> weak = conn;
     conn->setFrameHandler([this, weak](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       auto c = weak.lock();
@@ -387,8 +436,7 @@ void LinkListener::accept() {
     });
     handshaking_.push_back(conn);
     conn->start();
-    accept();
-  });
+  }
 }
 
 void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload,

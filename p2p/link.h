@@ -29,6 +29,7 @@
 namespace loco::p2p {
 
 class Connection;
+class Stream;
 
 struct LinkOptions {
   std::uint32_t streams = 4;
@@ -61,6 +62,10 @@ class Link : public std::enable_shared_from_this<Link> {
   void send(std::uint64_t tag, ByteSpan data, Done done, int priority = 0);
   // Receives the transfer `tag` into `dst`, whose size must equal the sent size.
   void recv(std::uint64_t tag, MutableByteSpan dst, Done done);
+  // Receives the transfer `tag`, of any length up to dst.size(), into the front of `dst`; `done`
+  // gets the length. The transfer must not be empty (an empty send puts nothing on the wire).
+  using SizedDone = std::function<void(const Status&, std::size_t length)>;
+  void recvUpTo(std::uint64_t tag, MutableByteSpan dst, SizedDone done);
   void close(const Status& why);
   void setCloseHandler(std::function<void(const Status&)> h) { on_close_ = std::move(h); }
 
@@ -96,9 +101,15 @@ class Link : public std::enable_shared_from_this<Link> {
   struct RecvOp {
     MutableByteSpan dst;
     Done done;
+    SizedDone sized;  // recvUpTo: the length is known when the last chunk arrives
+    std::size_t length = 0;
     std::uint32_t chunks = 0;
     std::uint32_t received = 0;
     std::vector<bool> seen;
+    // recvUpTo: the last chunk arrived (until then `chunks` is only the buffer's room, and whole
+    // chunks that fill it must not complete a transfer that may be longer).
+    bool got_last = false;
+    bool complete() const { return received == chunks && (!sized || got_last); }
   };
   struct Staged {
     std::uint32_t chunk;
@@ -119,6 +130,8 @@ class Link : public std::enable_shared_from_this<Link> {
     Status error;
   };
 
+  // recv and recvUpTo: with `sized`, any length up to dst.size().
+  void recv(std::uint64_t tag, MutableByteSpan dst, Done done, std::shared_ptr<SizedDone> sized);
   void wire(std::size_t index);
   void pump();
   // Completes `op` once every chunk handed to a stream has been written or failed.
@@ -165,6 +178,9 @@ class LinkListener {
   ~LinkListener();
   std::uint16_t port() const { return port_; }
   void close();
+  // Takes a stream that arrived some other way (a relay's forwarded connection, p2p/relay.h)
+  // as if this listener had accepted it. Network thread.
+  void acceptStream(std::unique_ptr<Stream> stream);
 
  private:
   struct Acceptor;

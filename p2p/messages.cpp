@@ -207,6 +207,13 @@ std::vector<std::uint8_t> encodeGroupView(const GroupView& v) {
     w.u64(value);
   }
   writeEdges(w, v.edges);
+  if (!v.reachability.empty()) {
+    w.u32(static_cast<std::uint32_t>(v.reachability.size()));
+    for (const auto& [id, what] : v.reachability) {
+      w.str(id);
+      w.str(what);
+    }
+  }
   return out;
 }
 
@@ -238,7 +245,18 @@ Result<GroupView> decodeGroupView(ByteSpan in) {
     if (!(r.str(name, kMaxCounterNameLen) && r.u64(value))) return malformed("Membership");
     v.counters.emplace_back(std::move(name), value);
   }
-  if (!readEdges(r, v.edges) || !r.done()) return malformed("Membership");
+  if (!readEdges(r, v.edges)) return malformed("Membership");
+  if (!r.done()) {
+    std::uint32_t n_reach = 0;
+    // The encoder writes the list only when non-empty: a zero count is trailing garbage.
+    if (!r.u32(n_reach) || n_reach == 0 || n_reach > kMaxPeers) return malformed("Membership");
+    for (std::uint32_t i = 0; i < n_reach; ++i) {
+      std::string id, what;
+      if (!(r.str(id, kMaxIdLen) && r.str(what, kMaxReasonLen))) return malformed("Membership");
+      v.reachability.emplace_back(std::move(id), std::move(what));
+    }
+  }
+  if (!r.done()) return malformed("Membership");
   return v;
 }
 

@@ -96,6 +96,10 @@ struct GroupView {
   std::vector<std::pair<std::string, std::uint64_t>> counters;
   // Status replies only: the coordinator's link bandwidth estimates (topology.h).
   std::vector<EdgeEstimate> edges;
+  // Status replies only: each registered peer's reachability at its advertised address, as the
+  // coordinator's dial-back found it (coordinator.h Reachability::describe()). Appended to the
+  // encoding only when non-empty, so membership broadcasts are unchanged.
+  std::vector<std::pair<std::string, std::string>> reachability;
 
   std::size_t world() const;                 // members
   std::vector<std::string> ringIds() const;  // member ids in ring order (rank r sends to r+1)

@@ -188,10 +188,9 @@ struct Impl : std::enable_shared_from_this<Impl> {
     socket().async_receive(asio::buffer(peek), asio::socket_base::message_peek,
                            [self](const std::error_code& ec, std::size_t n) {
                              if (self->state != State::kHandshaking) return;
-                             if (ec || n == 0) {
-                               return self->fail(ec ? ec : asio::error::eof,
-                                                 "closed before the TLS handshake");
-                             }
+                             // Closed before sending anything: a port check (the
+                             // coordinator's reachability dial, a scanner), not a refusal.
+                             if (ec || n == 0) return self->fail(ec ? ec : asio::error::eof, "");
                              if (self->peek[0] == kTlsHandshakeRecord) return self->handshake();
                              self->refusePlaintext();
                            });

@@ -1,6 +1,7 @@
 #include "training/distributed.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <array>
@@ -13,7 +14,9 @@
 #include "p2p/base/log.h"
 #include "p2p/base/metrics.h"
 #include "p2p/reconnect.h"
+#include "training/accumulate.h"
 #include "training/checkpoint.h"
+#include "training/data_assignment.h"
 
 namespace loco::training {
 
@@ -37,6 +40,22 @@ enum Progress : std::size_t {
 // its MB sent since its last report]. Padded so that every ring segment holds an element.
 constexpr std::size_t kStatsLen = 64;
 enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
+// Slots from the top of the statistics (other features number theirs from the bottom): the
+// explicit-rank buckets of data_assignment.h.
+constexpr std::size_t kStatRankSlots = kStatsLen - kRankSlots;
+// Below them, the adaptive batch's: peers that sent a gradient, Σ‖g_m‖², tokens processed.
+constexpr std::size_t kStatGradPeers = kStatRankSlots - 1;
+constexpr std::size_t kStatGradSqNorms = kStatRankSlots - 2;
+constexpr std::size_t kStatTokens = kStatRankSlots - 3;
+// Speed-aware allocation: Σ throughput of the contributors, Σ windows per step (the weights).
+constexpr std::size_t kStatTokensPerS = kStatRankSlots - 4;
+constexpr std::size_t kStatWindows = kStatRankSlots - 5;
+
+double squaredNorm(std::span<const float> v) {
+  double s = 0;
+  for (float x : v) s += static_cast<double>(x) * x;
+  return s;
+}
 
 // This peer is out of the group (its coordinator was lost, or it was evicted): it registers
 // again on its own, and waitForMembership brings it back.
@@ -65,8 +84,12 @@ class Run {
         stop_(stop),
         on_round_(on_round),
         P_(trainer.numParams()),
-        diloco_(config.method == Method::kDiloco),
-        outer_(P_, config.outer) {}
+        diloco_(config.method != Method::kDdp),
+        streaming_(config.method == Method::kStreaming),
+        noloco_(config.method == Method::kNoloco),
+        overlap_(config.method == Method::kDiloco ? config.overlap : Overlap::kNone),
+        outer_(P_, config.outer),
+        eager_(overlap_ == Overlap::kEager ? P_ : 0, config.outer) {}
 
   Status run() {
     LOCO_RETURN_IF_ERROR(setUpState());
@@ -94,13 +117,16 @@ class Run {
         return epoch.status();
       }
     }
-    synced = true;  // left the loop at a sync point (or at admission)
+    synced = true;                     // left the loop at a sync point (or at admission)
+    training_started_ = Clock::now();  // utilization counts from here, not from the admission
     std::uint32_t failed = 0;
     bool sync_round =
         true;  // every peer decides alike: from the shared progress and the group's verdicts
     while (!stop_.load()) {
       if (!synced && sync_round) {
+        const auto sync_t0 = Clock::now();
         auto epoch = comm_.syncPoint(deadline());
+        addBlocked(sync_t0);
         if (!epoch) {
           if (lostGroup(epoch.status())) {
             // Out of the group: back in at its next sync point (admission is one), as a
@@ -117,7 +143,9 @@ class Run {
       }
       synced = false;
       if (sync_round) {
+        const auto state_t0 = Clock::now();
         Status st = syncState();
+        addBlocked(state_t0);
         if (st.code() == StatusCode::kInvalidArgument) return st;
         if (!st.isOk()) {
           LOG_WARN(kLogTrain, "shared-state sync failed ({}); retrying at the next sync point",
@@ -126,8 +154,14 @@ class Run {
             return st.withContext("too many failed rounds");
           continue;
         }
+        LOCO_RETURN_IF_ERROR(assignDataShard());
       }
       if (done()) break;  // a peer that arrives after the last round
+      if (noloco_) {
+        LOCO_RETURN_IF_ERROR(nolocoRound());
+        failed = 0;
+        continue;
+      }
       auto reduced = reduce();
       if (!reduced) {
         ++retries_;
@@ -142,7 +176,7 @@ class Run {
       LOCO_RETURN_IF_ERROR(apply(*reduced));
       sync_round = diloco_ || progress_[kOuterStep] % cfg_.ddp_sync_every == 0;
       if (done()) break;
-      LOCO_RETURN_IF_ERROR(localPhase());
+      LOCO_RETURN_IF_ERROR(afterApply());
     }
     return Status();
   }
@@ -183,11 +217,30 @@ class Run {
   bool done() const { return static_cast<std::uint64_t>(progress_[kInnerStep]) >= cfg_.steps; }
 
   Status setUpState() {
-    if (diloco_) {
+    if (noloco_) {
+      // NoLoCo's φ and δ are this peer's own (replicas differ by design): only the progress is
+      // group state.
+      theta_.assign(trainer_.paramData(), trainer_.paramData() + P_);
+      momentum_.assign(P_, 0.0f);
+      exchange_delta_.assign(P_, 0.0f);
+      exchange_phi_.assign(P_ + 1, 0.0f);
+      mean_delta_.assign(P_, 0.0f);
+      mean_phi_.assign(P_ + 1, 0.0f);
+    } else if (diloco_) {
       theta_.assign(trainer_.paramData(), trainer_.paramData() + P_);
       momentum_.assign(P_, 0.0f);
       LOCO_RETURN_IF_ERROR(state_.add("outer.params", DType::kF32, theta_.data(), P_));
       LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", DType::kF32, momentum_.data(), P_));
+      if (streaming_) {
+        auto frags = fragmentRanges(trainer_.paramLayout(), cfg_.fragments);
+        if (!frags) return frags.status();
+        fragments_ = std::move(*frags);
+        fragment_theta_.assign(P_, 0.0f);
+        fragment_momentum_.assign(P_, 0.0f);
+        fragment_local_.assign(P_, 0.0f);
+      }
+      if (overlap_ != Overlap::kNone) next_contribution_.assign(P_, 0.0f);
+      start_.assign(P_, 0.0f);
     } else {
       // DDP peers apply identical updates, so the parameters and AdamW's moments are group state.
       adam_m_.assign(P_, 0.0f);
@@ -197,13 +250,36 @@ class Run {
       LOCO_RETURN_IF_ERROR(state_.add("adam.v", DType::kF32, adam_v_.data(), P_));
     }
     LOCO_RETURN_IF_ERROR(state_.add("progress", DType::kI64, progress_.data(), progress_.size()));
+    if (testing()) {
+      batch_state_[0] = cfg_.train.batch_size;
+      LOCO_RETURN_IF_ERROR(state_.add("batch", DType::kI64, batch_state_.data(), 1));
+      grad_buf_.assign(P_, 0.0f);
+      if (diloco_) last_grad_.assign(P_, 0.0f);
+    }
     contribution_.assign(P_, 0.0f);
     reduce_buf_.assign(P_, 0.0f);
     return Status();
   }
 
   std::string checkpointPath() const {
+    if (cfg_.derive_data_rank) {  // no rank to name it by: the identity, stable across restarts
+      return fmt::format("{}/peer-{:016x}.ckpt", cfg_.checkpoint_dir, streamOf(comm_.peerId()));
+    }
     return fmt::format("{}/peer-{}.ckpt", cfg_.checkpoint_dir, cfg_.train.rank);
+  }
+
+  // Without --rank: this peer's slice and stream from the current membership (data_assignment.h).
+  // Called at every sync point, where every member sees the same membership.
+  Status assignDataShard() {
+    if (!cfg_.derive_data_rank) return Status();
+    const auto ring = comm_.ring();
+    const DataAssignment a = assignData(ring, comm_.peerId());
+    if (assigned_ && *assigned_ == a) return Status();
+    LOCO_RETURN_IF_ERROR(trainer_.setShard(a.rank, a.world, a.stream));
+    LOG_INFO(kLogTrain, "data: rank {} of {} ({} sharding), stream {:016x}", a.rank, a.world,
+             shardingName(cfg_.train.sharding), a.stream);
+    assigned_ = a;
+    return Status();
   }
 
   Status resume() {
@@ -218,6 +294,7 @@ class Run {
       }
       theta_ = s.outer_params;
       if (!s.outer_momentum.empty()) momentum_ = s.outer_momentum;
+      noloco_has_phi_ = noloco_;
       progress_[kMomentumStarted] = s.outer_momentum.empty() ? 0 : 1;
     }
     progress_[kOuterStep] = static_cast<std::int64_t>(s.outer_step);
@@ -259,8 +336,11 @@ class Run {
       }
     }
     // A contribution counts only for the round it was computed in.
-    if (have_contribution_ && contribution_for_ != progress_[kOuterStep])
+    if (have_contribution_ && contribution_for_ != progress_[kOuterStep]) {
       have_contribution_ = false;
+      overlap_ran_ = false;  // the Δ trained on top of it is as stale
+      have_next_ = false;
+    }
     return Status();
   }
 
@@ -277,14 +357,43 @@ class Run {
     Reduced r;
     r.stats.fill(0.0f);
     const std::uint64_t sent = bytesSentSoFar();
+    const std::size_t count = dataLen();
     if (have_contribution_) {
       r.stats[kContributes] = 1.0f;
       r.stats[kLoss] = static_cast<float>(contribution_loss_);
-      std::copy(contribution_.begin(), contribution_.end(), reduce_buf_.begin());
+      if (speedSplit()) {
+        // Weighted by the windows behind it: the average is Σ n_m·Δ_m / Σ n_m.
+        const float n = static_cast<float>(contribution_windows_);
+        std::transform(contribution_.begin(), contribution_.begin() + count, reduce_buf_.begin(),
+                       [n](float x) { return x * n; });
+        r.stats[kStatWindows] = n;
+        r.stats[kStatTokensPerS] = static_cast<float>(last_tokens_per_s_);
+      } else {
+        std::copy_n(contribution_.begin(), count, reduce_buf_.begin());
+      }
     } else {
-      std::fill(reduce_buf_.begin(), reduce_buf_.end(), 0.0f);
+      std::fill_n(reduce_buf_.begin(), count, 0.0f);
     }
     r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
+    if (!cfg_.derive_data_rank) {
+      markExplicitRank(std::span<float>(r.stats).subspan(kStatRankSlots), cfg_.train.rank);
+    }
+    if (have_contribution_) r.stats[kStatTokens] = static_cast<float>(contribution_tokens_);
+    // The batch test's sample: this peer's last unclipped mini-batch gradient (DDP: its
+    // contribution itself).
+    sent_grad_ = testing() && have_contribution_ && (!diloco_ || have_grad_);
+    if (sent_grad_) {
+      std::span<const float> g = diloco_ ? std::span<const float>(last_grad_) : contribution_;
+      r.stats[kStatGradPeers] = 1.0f;
+      r.stats[kStatGradSqNorms] = static_cast<float>(squaredNorm(g));
+    }
+    if (testing() && diloco_) {
+      if (sent_grad_) {
+        std::copy(last_grad_.begin(), last_grad_.end(), grad_buf_.begin());
+      } else {
+        std::fill(grad_buf_.begin(), grad_buf_.end(), 0.0f);
+      }
+    }
     r.world = comm_.world();
     r.epoch = comm_.epoch();
     collectives::AllReduceOptions options;
@@ -294,13 +403,31 @@ class Run {
                                     collectives::Wire::kRaw, options);
     if (!stats_op) return stats_op.status();
     options.quant_block = cfg_.quant_block;
+    options.compress = cfg_.compress;
     auto data_op =
-        comm_.allReduce(reduce_buf_.data(), P_, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
+        comm_.allReduce(reduce_buf_.data(), count, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
+    std::optional<Result<std::shared_ptr<collectives::Operation>>> grad_op;
+    if (data_op && testing() && diloco_) {
+      grad_op.emplace(comm_.allReduce(grad_buf_.data(), P_, DType::kF32, ReduceOp::kSum,
+                                      collectives::Wire::kInt8, options));
+    }
+    // The training thread's work while the round's all-reduces run (overlapped methods); a
+    // failure of the training itself still waits for the operations, which use our buffers.
+    Status overlapped = data_op ? overlapPhase() : Status();
+    const auto wait_t0 = Clock::now();
     Status a = (*stats_op)->wait(deadline());
-    if (!data_op) return data_op.status();
+    if (!data_op) {
+      addBlocked(wait_t0);
+      return data_op.status();
+    }
     Status b = (*data_op)->wait(deadline());
+    Status c;
+    if (grad_op) c = *grad_op ? (**grad_op)->wait(deadline()) : grad_op->status();
+    addBlocked(wait_t0);
+    LOCO_RETURN_IF_ERROR(overlapped);
     LOCO_RETURN_IF_ERROR(a);
     LOCO_RETURN_IF_ERROR(b);
+    LOCO_RETURN_IF_ERROR(c);
     sent_reported_ = sent;
     total_megabytes_ += r.stats[kMegabytesSent];
     last_reduce_s_ = toSeconds(Clock::now() - t0);
@@ -309,15 +436,31 @@ class Run {
 
   Status apply(const Reduced& r) {
     const float contributors = r.stats[kContributes];
+    if (!cfg_.derive_data_rank && warned_rank_epoch_ != r.epoch &&
+        sharesExplicitRank(std::span<const float>(r.stats).subspan(kStatRankSlots),
+                           cfg_.train.rank)) {
+      warned_rank_epoch_ = r.epoch;
+      LOG_WARN(kLogTrain,
+               "another live peer also runs with --rank {}: both draw the same batches and one of "
+               "them computes nothing new. Give each peer its own --rank, or leave --rank out and "
+               "let every peer draw its own samples",
+               cfg_.train.rank);
+    }
     RoundRecord rec;
     rec.world = r.world;
     rec.epoch = r.epoch;
     rec.contributors = static_cast<std::size_t>(contributors);
     rec.retries = retries_;
     retries_ = 0;
+    const bool contributed = have_contribution_;
+    rec.local_loss = contributed ? contribution_loss_ : std::nan("");
     if (contributors > 0) {
-      for (float& x : reduce_buf_) x /= contributors;
-      if (diloco_) {
+      const std::size_t count = dataLen();
+      const float divisor = speedSplit() ? r.stats[kStatWindows] : contributors;
+      for (std::size_t i = 0; i < count; ++i) reduce_buf_[i] /= divisor;
+      if (streaming_) {
+        applyFragment(count, contributed);
+      } else if (diloco_) {
         // OuterSgd keeps its momentum privately; the group's copy is the shared one.
         LOCO_RETURN_IF_ERROR(
             outer_.restoreMomentum(progress_[kMomentumStarted] ? momentum_ : std::vector<float>{}));
@@ -327,7 +470,7 @@ class Run {
           progress_[kMomentumStarted] = 1;
         }
         progress_[kInnerStep] =
-            std::min<std::int64_t>(progress_[kInnerStep] + cfg_.inner_steps, cfg_.steps);
+            std::min<std::int64_t>(progress_[kInnerStep] + roundSteps(), cfg_.steps);
       } else {
         std::copy(reduce_buf_.begin(), reduce_buf_.end(), trainer_.gradData());
         auto norm = trainer_.applyGrads(static_cast<std::uint64_t>(progress_[kInnerStep]));
@@ -343,8 +486,21 @@ class Run {
     } else {
       rec.train_loss = std::nan("");
     }
+    rec.tokens = r.stats[kStatTokens];
+    if (testing() && contributors > 0) rec.batch_wanted = batchTest(r);
+    if (speedSplit()) {
+      // A peer without a contribution this round (a joiner) takes the mean share.
+      share_ = speedShare(currentBatch(), contributors, contributed ? last_tokens_per_s_ : 0,
+                          r.stats[kStatTokensPerS]);
+    }
     have_contribution_ = false;
-    if (diloco_) std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
+    if (streaming_) {
+      // A peer without a Δ in this round (the first round, a joiner, a dropped Δ) starts from
+      // the global copies; the others keep their merged fragments.
+      if (!contributed) std::copy(theta_.begin(), theta_.end(), trainer_.paramData());
+    } else if (diloco_) {
+      std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
+    }
     rec.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
     rec.inner_step = static_cast<std::uint64_t>(progress_[kInnerStep]);
     rec.bytes_sent = total_megabytes_ * 1e6;
@@ -359,16 +515,20 @@ class Run {
     if (contributors == 0 && !first) return Status();  // nothing happened worth a line
     reported_first_ = true;
     if (evaluator && (first || done() || rec.outer_step % cfg_.eval_every == 0)) {
-      auto val = trainer_.validationLoss();
+      auto val = validateGlobal();
       if (!val) return val.status().withContext("validation");
       rec.val_loss = *val;
     }
-    rec.wall_s = toSeconds(Clock::now() - started_);
+    fillTiming(rec);
     if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
         (diloco_ || rec.outer_step % cfg_.ddp_sync_every == 0 || done())) {
       LOCO_RETURN_IF_ERROR(checkpoint());
     }
     rec.checkpoint_failures = checkpoint_failures_;
+    rec.data_rank = trainer_.config().rank;
+    rec.batch = currentBatch();
+    rec.micro_batches = plan().micro_batches;
+    rec.share = plan().total();
     if (on_round_) on_round_(rec);
     return Status();
   }
@@ -415,56 +575,422 @@ class Run {
     return saveCheckpoint(checkpointPath(), s);
   }
 
-  // DiLoCo: H inner steps from θ, then Δ_m = θ − θ_m. DDP: one gradient.
-  Status localPhase() {
-    const auto t0 = Clock::now();
-    const auto from = static_cast<std::uint64_t>(progress_[kInnerStep]);
+  // Inner steps [from, until) on the trainer's parameters as they are; adds to compute time.
+  struct Trained {
     double loss_sum = 0;
     std::size_t losses = 0, steps_run = 0;
-    if (diloco_) {
-      const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
-      for (std::uint64_t s = from; s < until && !stop_.load(); ++s, ++steps_run) {
-        auto loss = trainer_.innerStep(s);
-        if (!loss) {
-          if (loss.status().code() != StatusCode::kDataLoss) return loss.status();
-          LOG_WARN(kLogTrain, "inner step {} skipped: {}", s, loss.status().message());
-          continue;
-        }
-        loss_sum += *loss;
-        ++losses;
+    double seconds = 0;
+    std::uint32_t windows = 0;  // per step (the micro plan's total)
+  };
+  // `keep_last`: the batch test samples the gradient of step until-1, before clipping.
+  Result<Trained> train(std::uint64_t from, std::uint64_t until, bool keep_last = false) {
+    Trained t;
+    const auto t0 = Clock::now();
+    const MicroPlan micro = plan();
+    if (keep_last) have_grad_ = false;
+    for (std::uint64_t s = from; s < until && !stop_.load(); ++s, ++t.steps_run) {
+      const bool keep = keep_last && s + 1 == until;
+      auto loss = accumulatedInnerStep(trainer_, s, micro,
+                                       keep ? std::span<float>(last_grad_) : std::span<float>());
+      if (keep) have_grad_ = loss.isOk() && allFinite(last_grad_, nullptr);
+      if (!loss) {
+        if (loss.status().code() != StatusCode::kDataLoss) return loss.status();
+        LOG_WARN(kLogTrain, "inner step {} skipped: {}", s, loss.status().message());
+        continue;
       }
-      pseudoGradient(theta_, std::span<const float>(trainer_.paramData(), P_), contribution_);
-    } else {
-      auto loss = trainer_.computeBackward(from);
-      if (!loss) return loss.status();
-      loss_sum = *loss;
-      losses = 1;
-      steps_run = 1;
-      std::copy(trainer_.gradData(), trainer_.gradData() + P_, contribution_.begin());
+      t.loss_sum += *loss;
+      ++t.losses;
     }
-    const double seconds = toSeconds(Clock::now() - t0);
-    last_compute_s_ = seconds;
-    if (seconds > 0) {
-      last_tokens_per_s_ = static_cast<double>(steps_run) * cfg_.train.batch_size *
-                           cfg_.train.model.context / seconds;
+    t.seconds = toSeconds(Clock::now() - t0);
+    compute_total_s_ += t.seconds;
+    tokens_trained_ += static_cast<double>(t.steps_run) * micro.total() * cfg_.train.model.context;
+    t.windows = micro.total();
+    return t;
+  }
+
+  // Inner steps of one round (streaming: between two fragment syncs).
+  std::uint64_t roundSteps() const {
+    return streaming_ ? cfg_.inner_steps / cfg_.fragments : cfg_.inner_steps;
+  }
+  // Elements of this round's data all-reduce (streaming: the round's fragment).
+  std::size_t dataLen() const {
+    if (!streaming_) return P_;
+    return rangesSize(fragments_[currentFragment()]);
+  }
+  std::uint32_t currentFragment() const {
+    return streamingFragment(static_cast<std::uint64_t>(progress_[kOuterStep]), cfg_.fragments);
+  }
+
+  void addBlocked(TimePoint since) {
+    const double s = toSeconds(Clock::now() - since);
+    blocked_total_s_ += s;
+    round_blocked_s_ += s;
+  }
+
+  void fillTiming(RoundRecord& rec) {
+    rec.wall_s = toSeconds(Clock::now() - started_);
+    rec.compute_total_s = compute_total_s_;
+    rec.blocked_total_s = blocked_total_s_;
+    rec.blocked_s = round_blocked_s_;
+    round_blocked_s_ = 0;
+    const double sent = static_cast<double>(comm_.bytesSent());
+    rec.round_bytes = sent - bytes_at_last_record_;
+    bytes_at_last_record_ = sent;
+    peak_round_bytes_ = std::max(peak_round_bytes_, rec.round_bytes);
+    rec.peak_round_bytes = peak_round_bytes_;
+    rec.e2e_tokens_per_s = rec.wall_s > 0 ? tokens_trained_ / rec.wall_s : 0;
+    const double training_s = toSeconds(Clock::now() - training_started_);
+    rec.utilization = training_s > 0 ? std::min(1.0, compute_total_s_ / training_s) : 0;
+  }
+
+  // The validation loss of what the group holds in common: θ (DiLoCo, DDP), the global copies θ̃
+  // of every fragment (streaming), this peer's φ (NoLoCo: there is no common model).
+  Result<float> validateGlobal() {
+    if (!streaming_) return trainer_.validationLoss();
+    std::copy(trainer_.paramData(), trainer_.paramData() + P_, fragment_local_.begin());
+    std::copy(theta_.begin(), theta_.end(), trainer_.paramData());
+    auto val = trainer_.validationLoss();
+    std::copy(fragment_local_.begin(), fragment_local_.end(), trainer_.paramData());
+    return val;
+  }
+
+  // Streaming: the outer step on the round's fragment of θ̃ and, where this peer contributed,
+  // the merge of its local fragment; progress moves to the step the fragment's Δ was taken at.
+  void applyFragment(std::size_t count, bool contributed) {
+    const auto& ranges = fragments_[currentFragment()];
+    std::span<float> th(fragment_theta_.data(), count), mo(fragment_momentum_.data(), count);
+    gatherRanges(theta_, ranges, th);
+    gatherRanges(momentum_, ranges, mo);
+    outerNesterovStep(th, mo, std::span<const float>(reduce_buf_.data(), count), cfg_.outer);
+    scatterRanges(th, ranges, theta_);
+    scatterRanges(mo, ranges, momentum_);
+    progress_[kMomentumStarted] = 1;
+    if (contributed) {
+      std::span<float> params(trainer_.paramData(), P_);
+      std::span<float> local(fragment_local_.data(), count);
+      gatherRanges(params, ranges, local);
+      mergeFragment(local, th, cfg_.merge_alpha);
+      scatterRanges(local, ranges, params);
     }
-    if (cfg_.inject_nan_at_round >= 0 && progress_[kOuterStep] == cfg_.inject_nan_at_round) {
-      contribution_[P_ / 2] = std::nanf("");  // fault injection (tests)
-    }
-    std::size_t bad = 0;
-    if (!allFinite(contribution_, &bad)) {
-      LOG_WARN(kLogTrain,
-               "round {}: this peer's {} holds a non-finite value at element {}; dropping its "
-               "contribution "
-               "so it cannot poison the group",
-               progress_[kOuterStep], diloco_ ? "pseudo-gradient" : "gradient", bad);
-      have_contribution_ = false;
+    progress_[kInnerStep] =
+        std::min<std::int64_t>(progress_[kInnerStep] + roundSteps(), cfg_.steps);
+  }
+
+  // Runs while the round's all-reduces are in flight (reduce()): streaming trains τ steps past
+  // the fragment's sync point; DiLoCo with --overlap trains the whole next round from θ (+ this
+  // peer's eager correction). Runs once per round, also when the round is retried.
+  Status overlapPhase() {
+    if (!have_contribution_ || overlap_ran_) return Status();
+    const auto inner = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    if (streaming_) {
+      const std::uint64_t at = std::min<std::uint64_t>(inner + roundSteps(), cfg_.steps);
+      const std::uint64_t until = std::min<std::uint64_t>(at + cfg_.overlap_steps, cfg_.steps);
+      auto t = train(at, until);
+      if (!t) return t.status();
+      pending_ = *t;
+      local_step_ = until;
+      overlap_ran_ = true;
       return Status();
     }
-    have_contribution_ = losses > 0;
-    contribution_for_ = progress_[kOuterStep];
-    contribution_loss_ = losses > 0 ? loss_sum / static_cast<double>(losses) : 0;
+    if (overlap_ == Overlap::kNone) return Status();
+    const std::uint64_t from = inner + cfg_.inner_steps;
+    if (from >= cfg_.steps) return Status();  // the last round: nothing left to overlap
+    const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
+    if (overlap_ == Overlap::kEager) {
+      eager_.add(contribution_);
+      eager_.startPoint(theta_, start_);
+    } else {
+      start_ = theta_;  // naive: the average of this round arrives one round late
+    }
+    std::copy(start_.begin(), start_.end(), trainer_.paramData());
+    auto t = train(from, until);
+    if (!t) return t.status();
+    overlap_ran_ = true;
+    pseudoGradient(start_, std::span<const float>(trainer_.paramData(), P_), next_contribution_);
+    have_next_ = finishContribution(*t, next_contribution_, progress_[kOuterStep] + 1);
+    next_loss_ = t->losses > 0 ? t->loss_sum / static_cast<double>(t->losses) : 0;
     return Status();
+  }
+
+  bool testing() const { return cfg_.batch.test != BatchTest::kNone; }
+  // The per-peer batch: the shared one under a batch test, else --batch.
+  std::uint32_t currentBatch() const {
+    return testing() ? static_cast<std::uint32_t>(batch_state_[0]) : cfg_.train.batch_size;
+  }
+  bool speedSplit() const { return cfg_.allocation == Allocation::kSpeed; }
+  // This peer's windows per inner step: its speed share, or the per-peer batch.
+  MicroPlan plan() const {
+    const std::uint32_t mine = speedSplit() && share_ > 0 ? share_ : currentBatch();
+    return microPlan(mine, cfg_.batch.max_micro_batch);
+  }
+
+  // The round's batch test, on values every member holds bit for bit (the all-reduced sums), so
+  // every member reaches the same batch; it goes into the shared state. Returns what the test
+  // asked for (0 when it did not run).
+  double batchTest(const Reduced& r) {
+    GradientMoments g;
+    g.peers = r.stats[kStatGradPeers];
+    g.sq_norms = r.stats[kStatGradSqNorms];
+    if (g.peers >= kMinTestPeers) {
+      // DiLoCo: grad_buf_ holds Σ g_m; DDP: reduce_buf_ already holds the mean.
+      std::vector<float>& mean = diloco_ ? grad_buf_ : reduce_buf_;
+      if (diloco_) {
+        const float inv = 1.0f / static_cast<float>(g.peers);
+        for (float& x : mean) x *= inv;
+      }
+      g.mean_sq_norm = squaredNorm(mean);
+      if (cfg_.batch.test == BatchTest::kInnerProduct && !innerProducts(mean, g)) {
+        return 0;  // logged; the batch stays, on every member alike
+      }
+    }
+    const std::uint32_t before = currentBatch();
+    const BatchDecision d = decideBatch(cfg_.batch, g, before);
+    if (d.batch != before) {
+      const MicroPlan p = microPlan(d.batch, cfg_.batch.max_micro_batch);
+      LOG_INFO(kLogTrain, "round {}: {} test asks for {:.1f}: batch {} -> {}{}",
+               progress_[kOuterStep], batchTestName(cfg_.batch.test), d.wanted, before, d.batch,
+               p.micro_batches > 1
+                   ? fmt::format(" ({} micro-batches of {})", p.micro_batches, p.micro_size)
+                   : "");
+    }
+    batch_state_[0] = d.batch;
+    return d.wanted;
+  }
+
+  // Σ⟨g_m, ḡ⟩ and Σ⟨g_m, ḡ⟩² need ḡ, which exists only after the round's all-reduce: one more
+  // all-reduce of a few floats. It commits on every member or on none, so on failure every
+  // member keeps its batch alike (false).
+  bool innerProducts(std::span<const float> mean, GradientMoments& g) {
+    std::array<float, kStatsLen> dots{};
+    if (sent_grad_) {
+      std::span<const float> mine = diloco_ ? std::span<const float>(last_grad_) : contribution_;
+      double d = 0;
+      for (std::size_t i = 0; i < P_; ++i) d += static_cast<double>(mine[i]) * mean[i];
+      dots[0] = static_cast<float>(d);
+      dots[1] = static_cast<float>(d * d);
+    }
+    collectives::AllReduceOptions options;
+    options.timeout = cfg_.op_timeout;
+    auto op = comm_.allReduce(dots.data(), kStatsLen, DType::kF32, ReduceOp::kSum,
+                              collectives::Wire::kRaw, options);
+    Status st = op ? (*op)->wait(deadline()) : op.status();
+    if (!st.isOk()) {
+      LOG_WARN(kLogTrain, "round {}: the inner-product test's all-reduce failed ({}); batch stays",
+               progress_[kOuterStep], st.message());
+      return false;
+    }
+    g.dots = dots[0];
+    g.sq_dots = dots[1];
+    return true;
+  }
+
+  // After a round is applied: the local work until the next round's all-reduce.
+  Status afterApply() {
+    if (!streaming_ && overlap_ran_) {
+      overlap_ran_ = false;
+      have_contribution_ = have_next_;
+      have_next_ = false;
+      if (have_contribution_) {
+        std::swap(contribution_, next_contribution_);
+        contribution_for_ = progress_[kOuterStep];
+        contribution_loss_ = next_loss_;
+      }
+      return Status();
+    }
+    return localPhase();
+  }
+
+  // The finite check and fault injection of a fresh Δ for round `round`; false: drop it.
+  bool finishContribution(const Trained& t, std::vector<float>& delta, std::int64_t round) {
+    if (cfg_.inject_nan_at_round >= 0 && round == cfg_.inject_nan_at_round) {
+      delta[dataLenFor(round) / 2] = std::nanf("");  // fault injection (tests)
+    }
+    if (t.seconds > 0) {
+      last_compute_s_ = t.seconds;
+      last_tokens_per_s_ =
+          static_cast<double>(t.steps_run) * t.windows * cfg_.train.model.context / t.seconds;
+    }
+    contribution_tokens_ = static_cast<double>(t.steps_run) * t.windows * cfg_.train.model.context;
+    contribution_windows_ = t.windows;
+    std::size_t bad = 0;
+    if (!allFinite(std::span<const float>(delta.data(), dataLenFor(round)), &bad)) {
+      LOG_WARN(kLogTrain,
+               "round {}: this peer's {} holds a non-finite value at element {}; dropping its "
+               "contribution so it cannot poison the group",
+               round, diloco_ ? "pseudo-gradient" : "gradient", bad);
+      return false;
+    }
+    return t.losses > 0;
+  }
+  std::size_t dataLenFor(std::int64_t round) const {
+    if (!streaming_) return P_;
+    return rangesSize(
+        fragments_[streamingFragment(static_cast<std::uint64_t>(round), cfg_.fragments)]);
+  }
+
+  // DiLoCo: H inner steps from θ (+ the eager correction), then Δ_m = θ − θ_m. Streaming: the
+  // rest of the round, then Δ of the next fragment against its global copy. DDP: one gradient.
+  Status localPhase() {
+    const auto from = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    Trained t;
+    if (streaming_) {
+      const std::uint64_t until = std::min<std::uint64_t>(from + roundSteps(), cfg_.steps);
+      auto r = train(overlap_ran_ ? local_step_ : from, until);
+      if (!r) return r.status();
+      t = *r;
+      if (overlap_ran_) {
+        t.loss_sum += pending_.loss_sum;
+        t.losses += pending_.losses;
+        t.steps_run += pending_.steps_run;
+        t.seconds += pending_.seconds;
+      }
+      overlap_ran_ = false;
+      const auto& ranges = fragments_[currentFragment()];
+      const std::size_t n = rangesSize(ranges);
+      std::span<float> g(fragment_theta_.data(), n), l(fragment_local_.data(), n);
+      gatherRanges(theta_, ranges, g);
+      gatherRanges(std::span<const float>(trainer_.paramData(), P_), ranges, l);
+      pseudoGradient(g, l, std::span<float>(contribution_.data(), n));
+    } else if (diloco_) {
+      // A peer without an overlapped Δ (the first round, a joiner, a dropped Δ) has no eager
+      // correction either.
+      if (overlap_ == Overlap::kEager) eager_.reset();
+      start_ = theta_;
+      std::copy(start_.begin(), start_.end(), trainer_.paramData());
+      const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
+      auto r = train(from, until, testing());
+      if (!r) return r.status();
+      t = *r;
+      pseudoGradient(start_, std::span<const float>(trainer_.paramData(), P_), contribution_);
+    } else {
+      const auto t0 = Clock::now();
+      const MicroPlan micro = plan();
+      auto loss = accumulateGradients(trainer_, from, micro);
+      if (!loss) return loss.status();
+      t.loss_sum = *loss;
+      t.losses = 1;
+      t.steps_run = 1;
+      t.windows = micro.total();
+      t.seconds = toSeconds(Clock::now() - t0);
+      compute_total_s_ += t.seconds;
+      tokens_trained_ += static_cast<double>(t.windows) * cfg_.train.model.context;
+      std::copy(trainer_.gradData(), trainer_.gradData() + P_, contribution_.begin());
+    }
+    have_contribution_ = finishContribution(t, contribution_, progress_[kOuterStep]);
+    contribution_for_ = progress_[kOuterStep];
+    contribution_loss_ = t.losses > 0 ? t.loss_sum / static_cast<double>(t.losses) : 0;
+    return Status();
+  }
+
+  // One NoLoCo round: H inner steps from φ, then (Δ, φ) averaged with this round's group over
+  // the exchange, and the modified Nesterov step on φ. A joiner that has no φ of the group's
+  // yet contributes nothing (weight 0) and adopts its group's φ. A failed exchange (a partner
+  // died or left) leaves this peer with its own φ and Δ for the round (logged); the round is
+  // not retried and nobody waits for the lost partner.
+  Status nolocoRound() {
+    const std::int64_t round = progress_[kOuterStep];
+    const auto from = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
+    const bool fresh = !noloco_has_phi_ && round > 0;
+    bool contributes = false;
+    Trained t;
+    std::span<float> params(trainer_.paramData(), P_);
+    if (!fresh) {
+      std::copy(theta_.begin(), theta_.end(), params.begin());
+      auto r = train(from, until);
+      if (!r) return r.status();
+      t = *r;
+      for (std::size_t i = 0; i < P_; ++i) exchange_delta_[i] = params[i] - theta_[i];
+      contributes = finishContribution(t, exchange_delta_, round);
+    }
+    noloco_has_phi_ = true;
+    if (contributes) {
+      std::copy(theta_.begin(), theta_.end(), exchange_phi_.begin());
+      exchange_phi_[P_] = 1.0f;
+    } else {
+      std::fill(exchange_delta_.begin(), exchange_delta_.end(), 0.0f);
+      std::fill(exchange_phi_.begin(), exchange_phi_.end(), 0.0f);
+    }
+    const std::vector<std::string> group =
+        nolocoGroupOf(comm_.ring(), static_cast<std::uint64_t>(round), comm_.peerId());
+    Status st;
+    const auto wait_t0 = Clock::now();
+    if (group.size() > 1) st = nolocoExchange(group);
+    addBlocked(wait_t0);
+    std::size_t counted = contributes ? 1 : 0;
+    if (group.size() > 1 && st.isOk()) {
+      const float w = mean_phi_[P_];  // the share of the group that contributed
+      counted = static_cast<std::size_t>(std::lround(w * static_cast<float>(group.size())));
+      if (w > 0 && w != 1.0f) {
+        for (std::size_t i = 0; i < P_; ++i) {
+          mean_delta_[i] /= w;
+          mean_phi_[i] /= w;
+        }
+      }
+      if (contributes) {
+        nolocoStep(theta_, momentum_, mean_delta_, std::span<const float>(mean_phi_.data(), P_),
+                   cfg_.noloco);
+      } else if (w > 0) {
+        std::copy_n(mean_phi_.begin(), P_, theta_.begin());  // adopt the group's φ
+        std::fill(momentum_.begin(), momentum_.end(), 0.0f);
+        LOG_INFO(kLogTrain, "round {}: took φ from the group {}", round, fmt::join(group, ","));
+      }
+    } else {
+      if (group.size() > 1) {
+        LOG_WARN(kLogTrain,
+                 "round {}: the exchange with {} failed ({}); keeping this peer's own φ and Δ for "
+                 "the round",
+                 round, fmt::join(group, ","), st.message());
+      }
+      if (contributes) nolocoStep(theta_, momentum_, exchange_delta_, theta_, cfg_.noloco);
+    }
+    std::copy(theta_.begin(), theta_.end(), params.begin());
+    progress_[kOuterStep] += 1;
+    progress_[kInnerStep] = static_cast<std::int64_t>(until);
+    state_.advanceRevision();
+    RoundRecord rec;
+    rec.world = comm_.world();
+    rec.epoch = comm_.epoch();
+    rec.contributors = counted;
+    rec.train_loss = t.losses > 0 ? t.loss_sum / static_cast<double>(t.losses) : std::nan("");
+    rec.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
+    rec.inner_step = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    total_megabytes_ = static_cast<double>(bytesSentSoFar()) / 1e6;  // this peer's only
+    rec.bytes_sent = total_megabytes_ * 1e6;
+    rec.tokens_per_s = last_tokens_per_s_;
+    rec.compute_s = last_compute_s_;
+    rec.reduce_s = toSeconds(Clock::now() - wait_t0);
+    rec.state_digest = state_.digest();
+    comm_.setRegistrationReport(state_.revision(), rec.state_digest, rec.outer_step, done());
+    const auto ring = comm_.ring();
+    if (!ring.empty() && ring.front() == comm_.peerId() &&
+        (rec.outer_step == 1 || done() || rec.outer_step % cfg_.eval_every == 0)) {
+      auto val = trainer_.validationLoss();
+      if (!val) return val.status().withContext("validation");
+      rec.val_loss = *val;
+    }
+    fillTiming(rec);
+    if (!cfg_.checkpoint_dir.empty()) LOCO_RETURN_IF_ERROR(checkpoint());
+    rec.checkpoint_failures = checkpoint_failures_;
+    if (on_round_) on_round_(rec);
+    return Status();
+  }
+
+  // Δ (in the run's wire format) and [φ, weight] (raw: φ is the model itself) averaged over
+  // the group, both in flight together. On failure mean_delta_/mean_phi_ are unspecified.
+  Status nolocoExchange(const std::vector<std::string>& group) {
+    collectives::ExchangeOptions options;
+    options.mode = collectives::ExchangeMode::kAverage;
+    options.quant_block = cfg_.quant_block;
+    auto a = comm_.exchange(group, exchange_delta_, mean_delta_, cfg_.wire, deadline(), options);
+    if (!a) return a.status();
+    auto b = comm_.exchange(group, exchange_phi_, mean_phi_, collectives::Wire::kRaw, deadline(),
+                            options);
+    Status sa = (*a)->wait(deadline());
+    if (!b) return b.status();
+    Status sb = (*b)->wait(deadline());
+    LOCO_RETURN_IF_ERROR(sa);
+    return sb;
   }
 
   Communicator& comm_;
@@ -473,25 +999,59 @@ class Run {
   const std::atomic<bool>& stop_;
   const std::function<void(const RoundRecord&)>& on_round_;
   const std::size_t P_;
-  const bool diloco_;
+  const bool diloco_;     // an outer loop over inner steps (diloco, streaming, noloco)
+  const bool streaming_;  // Streaming DiLoCo
+  const bool noloco_;     // NoLoCo
+  const Overlap overlap_;
   OuterSgd outer_;
+  EagerCorrection eager_;
   collectives::SharedState state_;
+  // θ: DiLoCo's global parameters, streaming's global copies θ̃, NoLoCo's φ; momentum_: the
+  // outer momentum (NoLoCo: δ).
   std::vector<float> theta_, momentum_, adam_m_, adam_v_;
   std::array<std::int64_t, kProgressFields> progress_{};
   std::vector<float> contribution_, reduce_buf_;
   bool have_contribution_ = false;
   std::int64_t contribution_for_ = -1;
   double contribution_loss_ = 0;
+  // Overlap: the starting point of the round being trained, and the Δ of the round after the
+  // one in flight (--overlap eager/naive).
+  std::vector<float> start_, next_contribution_;
+  bool overlap_ran_ = false;  // this round's overlap phase ran (not again when it is retried)
+  bool have_next_ = false;
+  double next_loss_ = 0;
+  // Streaming: the fragments' ranges and scratch space for one fragment.
+  std::vector<std::vector<Range>> fragments_;
+  std::vector<float> fragment_theta_, fragment_momentum_, fragment_local_;
+  std::uint64_t local_step_ = 0;  // the next inner step after the overlap phase
+  Trained pending_;               // the overlap phase's steps, reported with the round's
+  // NoLoCo
+  std::vector<float> exchange_delta_, exchange_phi_, mean_delta_, mean_phi_;
+  bool noloco_has_phi_ = false;
   std::uint64_t state_bytes_sent_ = 0, sent_reported_ = 0;
   double total_megabytes_ = 0;
   double last_tokens_per_s_ = 0;
   double last_compute_s_ = 0;
   double last_reduce_s_ = 0;
+  double compute_total_s_ = 0, blocked_total_s_ = 0, round_blocked_s_ = 0;
+  double bytes_at_last_record_ = 0, peak_round_bytes_ = 0;
+  double tokens_trained_ = 0;
   std::uint32_t retries_ = 0;
   std::uint64_t checkpoint_failures_ = 0;
   std::string checkpoint_error_;  // the last failed write's reason; empty after a success
   bool reported_first_ = false;
+  std::optional<DataAssignment> assigned_;  // derive_data_rank: the current one
+  // Adaptive batch: the shared per-peer batch, this peer's last unclipped gradient (DiLoCo) and
+  // the buffer Σ g_m travels in.
+  std::array<std::int64_t, 1> batch_state_{};
+  std::vector<float> last_grad_, grad_buf_;
+  bool have_grad_ = false, sent_grad_ = false;
+  double contribution_tokens_ = 0;
+  std::uint32_t contribution_windows_ = 0;  // windows per step behind the contribution
+  std::uint32_t share_ = 0;                 // speed allocation: windows per step; 0 = the batch
+  std::uint64_t warned_rank_epoch_ = ~std::uint64_t{0};
   TimePoint started_ = Clock::now();
+  TimePoint training_started_ = Clock::now();
 };
 
 }  // namespace

@@ -32,6 +32,8 @@
 //
 // Determinism: the same seed, membership and ring order give bit-identical results; sampling
 // depends on (seed, rank, step), where rank is this peer's fixed data rank, not its ring position.
+// Without an explicit rank (derive_data_rank) the stream is a hash of the peer id instead: unique
+// per peer, reproducible only with a fixed identity file.
 //
 // Thread rules: runDistributed blocks the calling thread (the training thread) for the whole
 // run; `stop` may be set from any thread and ends the run at the next round boundary.
@@ -43,10 +45,14 @@
 #include <string>
 
 #include "collectives/codec.h"
+#include "collectives/compress.h"
 #include "p2p/base/clock.h"
 #include "p2p/base/status.h"
+#include "training/allocation.h"
+#include "training/batch_test.h"
 #include "training/local_trainer.h"
 #include "training/optimizers.h"
+#include "training/sync_methods.h"
 
 namespace loco::collectives {
 class Communicator;
@@ -54,7 +60,10 @@ class Communicator;
 
 namespace loco::training {
 
-enum class Method : std::uint8_t { kDdp, kDiloco };
+// ddp and diloco as above; streaming (Streaming DiLoCo: one fragment of the parameters per sync,
+// overlapped with τ inner steps) and noloco (no all-reduce: pairwise gossip) are described in
+// training/sync_methods.h and the README.
+enum class Method : std::uint8_t { kDdp, kDiloco, kStreaming, kNoloco };
 std::string_view methodName(Method m);
 Result<Method> parseMethod(std::string_view name);
 
@@ -68,6 +77,7 @@ struct DistributedConfig {
   collectives::Wire wire = collectives::Wire::kRaw;  // how Δ (DDP: gradients) travel
   std::uint32_t quant_block =
       1024;  // int8/int4: values per scale (codec.h); Δ tolerates large blocks
+  collectives::Compress compress = collectives::Compress::kAuto;  // zstd stage (compress.h)
   // DDP: steps between sync points (where joiners enter and the shared state is compared) and
   // checkpoints; the steps between are bare all-reduces. A failed step always syncs.
   std::uint32_t ddp_sync_every = 10;
@@ -81,6 +91,24 @@ struct DistributedConfig {
   std::uint32_t max_failed_attempts = 50;  // consecutive failed rounds before giving up
   std::int64_t inject_nan_at_round =
       -1;  // fault injection for tests: a NaN in this peer's Δ at that outer step
+  // No --rank given: this peer's data rank, world and i.i.d. stream come from the membership and
+  // its peer id (data_assignment.h), re-derived at every sync point; checkpoints are named after
+  // the peer id. false: train.rank/world as given (an explicit rank; duplicates are warned about).
+  bool derive_data_rank = false;
+  // Adaptive batch (batch_test.h): the test, its tolerances, the cap and the micro-batch size.
+  // With a test on, the per-peer batch is shared state ("batch"): a joiner receives the current
+  // one. The sum of the peers' last unclipped mini-batch gradients travels as a third buffer of
+  // the round's all-reduces (int8, DiLoCo; DDP's contributions are those gradients already) and
+  // Σ‖g_m‖² with the statistics; the inner-product test adds one all-reduce of a few floats.
+  BatchTestConfig batch;
+  // kSpeed: each peer's windows per step in proportion to its throughput, Δ weighted by windows
+  // (allocation.h). Not bit-reproducible (throughput is measured), hence kEqual by default.
+  Allocation allocation = Allocation::kEqual;
+  Overlap overlap = Overlap::kNone;  // diloco: whole-round overlap (sync_methods.h)
+  std::uint32_t fragments = 2;       // streaming: P (the model needs at least P blocks)
+  std::uint32_t overlap_steps = 2;   // streaming: τ, inner steps its all-reduce overlaps
+  float merge_alpha = 0.5f;          // streaming: θ_m,p ← α·θ_m,p + (1−α)·θ̃_p
+  NolocoOptions noloco;              // noloco: α, β, γ
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -101,9 +129,23 @@ struct RoundRecord {
   double compute_s = 0;  // this peer's local phase (inner steps, or the gradient) before the round
   double reduce_s = 0;   // the round's all-reduces (statistics and contributions, in flight
                          // together), the attempt that went through
-  std::uint64_t state_digest = 0;         // hash of the shared state after the round was applied
-  double wall_s = 0;                      // since runDistributed started
+  std::uint64_t state_digest = 0;  // hash of the shared state after the round was applied
+  double wall_s = 0;               // since runDistributed started
+  double blocked_s = 0;            // this round: the training thread waited for the network
+  double compute_total_s = 0;      // inner steps (or gradients) since the start
+  double blocked_total_s = 0;      // waits for collectives since the start
+  double round_bytes = 0;          // this peer's collective bytes in this round
+  double peak_round_bytes = 0;     // the most this peer sent in one round so far
+  double e2e_tokens_per_s = 0;     // tokens this peer trained / wall_s (waits included)
+  double utilization = 0;          // compute_total_s over the wall time since the first round began
   std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)
+  std::uint32_t data_rank = 0;            // this peer's data rank in the round (given or derived)
+  double local_loss = 0;  // this peer's own mean inner loss in the round; NaN: it contributed none
+  std::uint32_t batch = 0;          // the per-peer batch (windows per inner step) from now on
+  std::uint32_t micro_batches = 1;  // backward passes per inner step from now on
+  double batch_wanted = 0;          // what the batch test asked for this round; 0: no test ran
+  double tokens = 0;                // tokens all contributors processed for this round
+  std::uint32_t share = 0;          // this peer's windows per inner step from now on
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule

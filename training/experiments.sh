@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces issue 6's experiments (E1, E2, E3, E9) and the determinism check with `loco local`:
+# Reproduces issue 6's experiments (E1, E2, E3, E9), issue 13's (E4, E5, E6, E9 for streaming and
+# NoLoCo) and the determinism check with `loco local`:
 # 4 peers, the 0.43M byte GPT (width 128, 2 layers, 4 heads, context 64, batch 16), 600 inner
 # steps per peer, the fortunes corpus. Prints one JSON line per run and a table at the end.
 #
@@ -29,12 +30,26 @@ runs=(
   "int8-h30|--inner-steps 30 --wire int8"
   "int4-h30|--inner-steps 30 --wire int4"
   "kill300-join400-h30|--inner-steps 30 --kill-at 300 --join-at 400"
+  # issue 13: Streaming DiLoCo, NoLoCo, whole-round overlap (E4, E5, E6, E9 again)
+  "streaming-p2-t2-int4|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4"
+  "noloco-h15|--inner-steps 15 --method noloco"
+  "noloco-h15-8peers|--inner-steps 15 --method noloco --peers 8"
+  "eager-h30|--inner-steps 30 --overlap eager"
+  "naive-h30|--inner-steps 30 --overlap naive"
+  "streaming-kill300-join400|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4 --kill-at 300 --join-at 400"
+  "noloco-kill300-join400|--inner-steps 15 --method noloco --kill-at 300 --join-at 400"
 )
+# RUNS=REGEX runs only the entries whose name matches (the criteria of the others print false).
 
 summarize() {  # name seed dir status
   python3 - "$@" <<'PY'
-import json, sys
+import glob, json, sys
 name, seed, d, status = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+peak, per_round = [], []
+for p in sorted(glob.glob(f"{d}/peer-*.jsonl")):
+    pl = [json.loads(l) for l in open(p) if l.strip()]
+    peak += [l.get("peak_round_bytes", 0) for l in pl]
+    per_round += [l["round_bytes"] for l in pl[1:] if "round_bytes" in l]
 lines = [json.loads(l) for l in open(f"{d}/run.jsonl") if l.strip()]
 vals = [l["val_loss"] for l in lines if l["val_loss"] is not None]
 last = lines[-1]
@@ -42,7 +57,9 @@ print(json.dumps({"run": name, "seed": int(seed), "exit": status, "final_val_los
                   "first_val_loss": vals[0] if vals else None, "outer_steps": last["step"],
                   "bytes_sent": last["bytes_sent"], "wall_s": last["wall_s"],
                   "digests_agree_every_round": all(l["digests_agree"] for l in lines),
-                  "max_retries": max(l["retries"] for l in lines), "min_world": min(l["world"] for l in lines[1:] or lines)}))
+                  "max_retries": max(l["retries"] for l in lines), "min_world": min(l["world"] for l in lines[1:] or lines),
+                  "peak_round_bytes_per_peer": max(peak) if peak else None,
+                  "mean_round_bytes_per_peer": sum(per_round) / len(per_round) if per_round else None}))
 PY
 }
 
@@ -50,6 +67,7 @@ for seed in "${seeds[@]}"; do
   for entry in "${runs[@]}"; do
     name="${entry%%|*}"
     flags="${entry#*|}"
+    [[ -n "${RUNS:-}" && ! "$name" =~ $RUNS ]] && continue
     dir="$out/$name-seed$seed"
     status=0
     # shellcheck disable=SC2086
@@ -105,4 +123,25 @@ for seed in seeds:
     kl = loss("kill300-join400-h30")
     print(json.dumps({"check": "E9", "seed": seed, "holds": k.get("exit") == 0 and abs(kl / h30 - 1) <= 0.03 and bool(k.get("digests_agree_every_round")),
                       "rel_to_uninterrupted": round(kl / h30 - 1, 5), "min_world": k.get("min_world"), "exit": k.get("exit")}))
+    def peak(n): return (runs.get(n) or {}).get("peak_round_bytes_per_peer") or float("nan")
+    def per_round(n): return (runs.get(n) or {}).get("mean_round_bytes_per_peer") or float("nan")
+    st = loss("streaming-p2-t2-int4")
+    print(json.dumps({"check": "E4", "seed": seed, "holds": st <= h30 * 1.01 and peak("streaming-p2-t2-int4") <= 0.5 * peak("diloco-h30"),
+                      "streaming": st, "rel_to_h30": round(st / h30 - 1, 5),
+                      "peak_over_diloco_raw": round(peak("streaming-p2-t2-int4") / peak("diloco-h30"), 4),
+                      "peak_over_diloco_int4": round(peak("streaming-p2-t2-int4") / peak("int4-h30"), 4)}))
+    nl = loss("noloco-h15")
+    ratio = per_round("noloco-h15-8peers") / per_round("noloco-h15")
+    print(json.dumps({"check": "E5", "seed": seed, "holds": nl <= h30 * 1.02 and abs(ratio - 1) <= 0.05,
+                      "noloco": nl, "rel_to_h30": round(nl / h30 - 1, 5), "bytes_per_round_8_over_4_peers": round(ratio, 4)}))
+    ea, na = loss("eager-h30"), loss("naive-h30")
+    print(json.dumps({"check": "E6", "seed": seed, "holds": ea <= h30 * 1.05 and na >= h30 * 1.10,
+                      "eager_rel": round(ea / h30 - 1, 5), "naive_rel": round(na / h30 - 1, 5)}))
+    for base, killed in (("streaming-p2-t2-int4", "streaming-kill300-join400"), ("noloco-h15", "noloco-kill300-join400")):
+        k = runs.get(killed, {})
+        kl, bl = loss(killed), loss(base)
+        # NoLoCo's replicas differ by design; its shared state (the progress) still agrees.
+        print(json.dumps({"check": "E9", "method": base, "seed": seed,
+                          "holds": k.get("exit") == 0 and abs(kl / bl - 1) <= 0.01 and bool(k.get("digests_agree_every_round")),
+                          "rel_to_uninterrupted": round(kl / bl - 1, 5), "min_world": k.get("min_world"), "exit": k.get("exit")}))
 PY

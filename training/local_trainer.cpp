@@ -67,6 +67,7 @@ class LocalTrainer::Impl {
     s.rank = config.rank;
     s.world = config.world;
     s.sharding = config.sharding;
+    s.stream = config.stream;
     return s;
   }
 
@@ -247,6 +248,20 @@ Status LocalTrainer::setBatchSize(std::uint32_t batch_size) {
     return bad(fmt::format("batch size {} is out of range 1..{}", batch_size, kMaxBatch));
   }
   impl_->config.batch_size = batch_size;
+  return Status::ok();
+}
+
+Status LocalTrainer::setShard(std::uint32_t rank, std::uint32_t world,
+                              std::optional<std::uint64_t> stream) {
+  ShardSpec spec = impl_->shardSpec();
+  spec.rank = rank;
+  spec.world = world;
+  spec.stream = stream;
+  LOCO_RETURN_IF_ERROR(
+      checkShard(spec, impl_->corpus->train().size(), impl_->config.model.context));
+  impl_->config.rank = rank;
+  impl_->config.world = world;
+  impl_->config.stream = stream;
   return Status::ok();
 }
 

@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,8 +60,9 @@ struct TrainConfig {
   Sharding sharding = Sharding::kIid;
   std::uint32_t rank = 0;  // this peer's data shard / random stream
   std::uint32_t world = 1;
-  std::uint32_t batch_size = 16;  // windows per step (per micro-batch, see computeBackward)
-  std::uint64_t seed = 1;         // model init and batch sampling
+  std::optional<std::uint64_t> stream;  // i.i.d. sampling stream; unset: rank (text_data.h)
+  std::uint32_t batch_size = 16;        // windows per step (per micro-batch, see computeBackward)
+  std::uint64_t seed = 1;               // model init and batch sampling
   InnerConfig inner;
   EvalConfig eval;
   int threads = 1;  // LibTorch intra-op threads for the whole process
@@ -127,6 +129,9 @@ class LocalTrainer {
 
   // Windows per (micro-)batch from now on (adaptive batch size); 1..65536.
   Status setBatchSize(std::uint32_t batch_size);
+  // Which samples this trainer draws from now on (rank/world: contiguous slice; stream: i.i.d.
+  // stream, unset = rank). kInvalidArgument (nothing changed) when checkShard refuses it.
+  Status setShard(std::uint32_t rank, std::uint32_t world, std::optional<std::uint64_t> stream);
 
   // This trainer's part of a checkpoint: model, seed, params, AdamW state; `step` is one past
   // the last step applied. The caller adds the outer fields.

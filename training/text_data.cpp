@@ -259,7 +259,8 @@ void sampleWindows(const ShardSpec& spec, std::size_t train_size, std::uint32_t 
   const std::uint64_t starts = end - begin - window + 1;  // checkShard: end - begin >= window
   // Keys chained through splitmix64 so (seed, rank, step) tuples never collide by arithmetic
   // coincidence (seed 1 rank 2 vs seed 2 rank 1).
-  const std::uint64_t key = splitmix64(splitmix64(splitmix64(spec.seed) ^ spec.rank) ^ step);
+  const std::uint64_t key =
+      splitmix64(splitmix64(splitmix64(spec.seed) ^ spec.stream.value_or(spec.rank)) ^ step);
   for (std::size_t i = 0; i < out.size(); ++i) {
     out[i] = begin + below(splitmix64(key ^ splitmix64(i)), starts);
   }

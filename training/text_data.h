@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -95,6 +96,9 @@ struct ShardSpec {
   std::uint32_t rank = 0;
   std::uint32_t world = 1;
   Sharding sharding = Sharding::kIid;
+  // The i.i.d. random stream; unset: the rank. Set when the stream is derived from the peer's
+  // identity (data_assignment.h) rather than from a --rank.
+  std::optional<std::uint64_t> stream;
 };
 
 // kInvalidArgument when rank >= world, world == 0, or this peer's slice of `train_size` bytes is

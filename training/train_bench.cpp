@@ -6,21 +6,29 @@
 #include <chrono>
 #include <vector>
 
+#include "p2p/base/json.h"
 #include "training/local_trainer.h"
 
 namespace loco::training {
 
 std::string TrainBenchResult::toJson() const {
   const ModelConfig& m = options.model;
-  return fmt::format(
-      "{{\"bench\":\"train\",\"width\":{},\"layers\":{},\"heads\":{},\"context\":{},\"batch\":{},"
-      "\"threads\":{},"
-      "\"params\":{},\"steps\":{},\"ms_per_step\":{:.2f},\"p50_ms\":{:.2f},\"fwd_bwd_ms\":{:.2f},"
-      "\"optimizer_ms\":{:.2f},\"tokens_per_s\":{:.0f},\"first_loss\":{:.4f},\"last_loss\":{:.4f}}"
-      "}",
-      m.width, m.layers, m.heads, m.context, options.batch_size, options.threads, params,
-      options.steps, mean_ms, p50_ms, fwd_bwd_ms, optimizer_ms, tokens_per_s, first_loss,
-      last_loss);
+  return jsonDump({{"bench", "train"},
+                   {"width", m.width},
+                   {"layers", m.layers},
+                   {"heads", m.heads},
+                   {"context", m.context},
+                   {"batch", options.batch_size},
+                   {"threads", options.threads},
+                   {"params", params},
+                   {"steps", options.steps},
+                   {"ms_per_step", jsonFixed(mean_ms, 2)},
+                   {"p50_ms", jsonFixed(p50_ms, 2)},
+                   {"fwd_bwd_ms", jsonFixed(fwd_bwd_ms, 2)},
+                   {"optimizer_ms", jsonFixed(optimizer_ms, 2)},
+                   {"tokens_per_s", jsonFixed(tokens_per_s, 0)},
+                   {"first_loss", jsonFixed(first_loss, 4)},
+                   {"last_loss", jsonFixed(last_loss, 4)}});
 }
 
 Result<TrainBenchResult> benchTrain(const TrainBenchOptions& options,

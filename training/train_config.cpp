@@ -41,20 +41,32 @@ Status validateTrainConfig(const TrainConfig& c) {
 }
 
 std::string_view methodName(Method m) {
-  return m == Method::kDdp ? "ddp" : "diloco";
+  switch (m) {
+    case Method::kDdp:
+      return "ddp";
+    case Method::kDiloco:
+      return "diloco";
+    case Method::kStreaming:
+      return "streaming";
+    case Method::kNoloco:
+      return "noloco";
+  }
+  return "?";
 }
 
 Result<Method> parseMethod(std::string_view name) {
   if (name == "ddp") return Method::kDdp;
   if (name == "diloco") return Method::kDiloco;
+  if (name == "streaming") return Method::kStreaming;
+  if (name == "noloco") return Method::kNoloco;
   return Status(StatusCode::kInvalidArgument,
-                fmt::format("unknown method '{}' (use ddp or diloco)", name));
+                fmt::format("unknown method '{}' (use ddp, diloco, streaming or noloco)", name));
 }
 
 Status validateDistributedConfig(const DistributedConfig& c) {
   LOCO_RETURN_IF_ERROR(validateTrainConfig(c.train));
   if (c.steps == 0) return Status(StatusCode::kInvalidArgument, "--steps must be at least 1");
-  if (c.method == Method::kDiloco) {
+  if (c.method != Method::kDdp) {
     if (c.inner_steps == 0)
       return Status(StatusCode::kInvalidArgument, "--inner-steps must be at least 1");
     if (c.inner_steps > c.steps) {
@@ -64,6 +76,40 @@ Status validateDistributedConfig(const DistributedConfig& c) {
                       c.inner_steps, c.steps));
     }
     LOCO_RETURN_IF_ERROR(validateOuter(c.outer));
+  }
+  if (c.overlap != Overlap::kNone && c.method != Method::kDiloco)
+    return Status(StatusCode::kInvalidArgument, "--overlap is for --method diloco");
+  if (c.method == Method::kStreaming) {
+    if (c.fragments == 0 || c.inner_steps % c.fragments != 0) {
+      return Status(
+          StatusCode::kInvalidArgument,
+          fmt::format("--fragments {} must divide --inner-steps {}", c.fragments, c.inner_steps));
+    }
+    if (c.fragments > c.train.model.layers) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--fragments {} exceeds the model's {} blocks (--layers)",
+                                c.fragments, c.train.model.layers));
+    }
+    if (c.overlap_steps > 5 || c.overlap_steps >= c.inner_steps / c.fragments) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--overlap-steps {} must be in 0..5 and below H/P = {}",
+                                c.overlap_steps, c.inner_steps / c.fragments));
+    }
+    if (!(c.merge_alpha >= 0 && c.merge_alpha <= 1))
+      return Status(StatusCode::kInvalidArgument, "--merge-alpha must be in [0, 1]");
+  }
+  if (c.method == Method::kNoloco) LOCO_RETURN_IF_ERROR(validateNoloco(c.noloco));
+  // The batch tests sample the last inner step's gradient of a whole round and the speed split
+  // weights a whole-model Δ: neither is defined for fragments, gossip or an overlapped round yet.
+  const bool plain_round =
+      c.method == Method::kDdp || (c.method == Method::kDiloco && c.overlap == Overlap::kNone);
+  if (c.batch.test != BatchTest::kNone && !plain_round) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--batch-test is for --method ddp, or diloco with --overlap none");
+  }
+  if (c.allocation == Allocation::kSpeed && !plain_round) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--allocation speed is for --method ddp, or diloco with --overlap none");
   }
   if (c.quant_block == 0 || c.quant_block > collectives::kMaxQuantBlock) {
     return Status(StatusCode::kInvalidArgument,
@@ -78,6 +124,7 @@ Status validateDistributedConfig(const DistributedConfig& c) {
     return Status(StatusCode::kInvalidArgument,
                   "--resume needs --checkpoint-dir (where the checkpoints are)");
   }
+  LOCO_RETURN_IF_ERROR(validateBatchTestConfig(c.batch, c.train.batch_size));
   if (c.train.inner.schedule.total_steps != c.steps) {
     return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");
   }

@@ -4,7 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <nlohmann/json.hpp>
+
+#include "p2p/base/json.h"
 
 namespace loco::chaos {
 namespace {
@@ -12,6 +13,7 @@ namespace {
 constexpr int kFdSlack = 4;
 constexpr long kRssSlackKib = 8 * 1024;
 constexpr std::size_t kMinSamples = 10;
+constexpr double kWarmupS = 30;  // resources: growth before this is warm-up, not a leak
 constexpr std::size_t kRecentRounds = 20;
 
 const char* const kNames[] = {"digests", "steps", "finite", "no_hang", "resources", "val_loss"};
@@ -26,9 +28,10 @@ T median(std::vector<T> v) {
 }  // namespace
 
 Result<RoundLine> parseRoundLine(const std::string& text, const std::string& peer) {
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number())
+  auto parsed = parseJsonObject(text);
+  if (!parsed || !parsed->contains("step") || !(*parsed)["step"].is_number())
     return Status(StatusCode::kInvalidArgument, "not a round record: " + text.substr(0, 80));
+  const nlohmann::json& j = *parsed;
   RoundLine r;
   r.peer = peer;
   auto u64 = [&](const char* key) -> std::uint64_t {
@@ -47,6 +50,12 @@ Result<RoundLine> parseRoundLine(const std::string& text, const std::string& pee
   r.val_loss = dbl("val_loss");
   r.bytes_sent = dbl("bytes_sent").value_or(0);
   r.retries = static_cast<std::uint32_t>(u64("retries"));
+  r.tokens_per_s = dbl("tokens_per_s").value_or(0);
+  r.wall_s = dbl("wall_s").value_or(0);
+  r.batch = dbl("batch").value_or(0);
+  r.tokens = dbl("tokens").value_or(0);
+  r.e2e_tokens_per_s = dbl("e2e_tokens_per_s");
+  r.utilization = dbl("utilization");
   r.pid = static_cast<long>(u64("pid"));
   r.unix_s = dbl("unix_s").value_or(0);
   if (j.contains("digest") && j["digest"].is_string()) r.digest = j["digest"].get<std::string>();
@@ -170,13 +179,18 @@ std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
       continue;
     }
     ++res.checks;
+    // A young process grows while it warms up (LibTorch's allocator, the first rounds' buffers,
+    // a state download), slower still on a loaded machine: the early window starts after
+    // kWarmupS or a fifth of the life, whichever is later, and spans a fifth of the life.
     const double t0 = samples.front().t, span = samples.back().t - t0;
+    const double warm = std::max(kWarmupS, 0.2 * span);
     std::vector<int> early_fds, late_fds;
     std::vector<long> early_rss, late_rss;
     for (const Sample& s : samples) {
-      const double x = (s.t - t0) / span;
-      if (x >= 0.2 && x < 0.4) early_fds.push_back(s.fds), early_rss.push_back(s.rss_kib);
-      if (x >= 0.8) late_fds.push_back(s.fds), late_rss.push_back(s.rss_kib);
+      const double since = s.t - t0;
+      if (since >= warm && since < warm + 0.2 * span)
+        early_fds.push_back(s.fds), early_rss.push_back(s.rss_kib);
+      if (since >= 0.8 * span) late_fds.push_back(s.fds), late_rss.push_back(s.rss_kib);
     }
     if (early_fds.empty() || late_fds.empty()) continue;
     const int fds0 = median(early_fds), fds1 = median(late_fds);

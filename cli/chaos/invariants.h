@@ -32,7 +32,7 @@
 
 namespace loco::chaos {
 
-// One line of a peer's metrics JSONL (cli/join_train.cpp).
+// One line of a peer's metrics JSONL (cli/join_train.cpp; the schema is in the README).
 struct RoundLine {
   std::string peer;  // "peer-2" (the file it came from)
   std::uint64_t step = 0;
@@ -48,6 +48,10 @@ struct RoundLine {
   double unix_s = 0;
   double bytes_sent = 0;
   std::uint32_t retries = 0;
+  double tokens_per_s = 0;
+  double wall_s = 0;
+  double batch = 0, tokens = 0;                         // adaptive batch: 0 when absent
+  std::optional<double> e2e_tokens_per_s, utilization;  // absent in older lines
 };
 
 // Parses one JSONL line; kInvalidArgument for a line that is not a round record.
@@ -64,7 +68,7 @@ struct InvariantLimits {
   double hang_margin_s = 10;
   double growth_limit = 0.10;
   double val_loss_band = 0.05;
-  double min_life_s = 30;  // resources: shorter lives get no verdict
+  double min_life_s = 60;  // resources: shorter lives get no verdict (warm-up, then two windows)
 };
 
 struct Verdict {

@@ -27,7 +27,11 @@
 #include "cli/commands.h"
 #include "cli/lab/net.h"
 #include "cli/plot.h"
+#include "cli/tls_setup.h"
+#include "crypto/ca.h"
+#include "crypto/identity.h"
 #include "p2p/status_client.h"
+#include "p2p/tls_stream.h"
 
 extern char** environ;
 
@@ -629,6 +633,20 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
   if (s_.swarm.standby) {
     args.push_back("--standby");
     args.push_back("on");
+  }
+  if (o_.insecure) {
+    args.push_back("--insecure");
+    p2p::tls::useInsecure(/*warn=*/false);
+  } else {
+    // The CA loco local finds in its --out, and a certificate of our own for the status polls.
+    auto ca = crypto::RunCa::init(dir_ + "/run/ca", std::chrono::hours(24 * 30));
+    if (!ca) return ca.status();
+    const std::string self_dir = dir_ + "/run/tls-chaos";
+    if (Status st = cli::issueInto(*ca, crypto::ephemeralIdentity().id, self_dir,
+                                   std::chrono::hours(24 * 7));
+        !st.isOk() || !(st = cli::useTlsDir(self_dir)).isOk()) {
+      return st;
+    }
   }
   args.insert(args.end(), training.begin(), training.end());
   const std::string local_log = dir_ + "/local.log";

@@ -21,6 +21,9 @@ struct RunOptions {
   std::string exe;  // the loco binary
   std::string log_level = "info";
   bool keep_lab = false;  // leave the lab up afterwards (to look around)
+  // Plaintext swarm. Otherwise TLS: this process makes the run's CA in OUT/run/ca (loco local
+  // uses it) and gives itself a certificate for its status polls.
+  bool insecure = false;
   // --random: size the run to last about this long (a short calibration run measures the
   // swarm's speed first); 0: take the scenario's --steps as they are.
   double duration_s = 0;

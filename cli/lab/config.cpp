@@ -64,6 +64,18 @@ std::string num(double v) {
 
 }  // namespace
 
+const char* natName(NatMode mode) {
+  switch (mode) {
+    case NatMode::kCone:
+      return "on";
+    case NatMode::kSymmetric:
+      return "symmetric";
+    case NatMode::kNone:
+      break;
+  }
+  return "off";
+}
+
 Result<double> parseNumber(const std::string& flag, const std::string& text, double min,
                            double max) {
   double v = 0;
@@ -101,6 +113,11 @@ HostRates LabConfig::host(int i) const {
     if (it->second.down_mbit) r.down_mbit = *it->second.down_mbit;
   }
   return r;
+}
+
+NatMode LabConfig::hostNat(int i) const {
+  auto it = host_overrides.find(i);
+  return it != host_overrides.end() && it->second.nat ? *it->second.nat : NatMode::kNone;
 }
 
 double LabConfig::hostCpu(int i) const {
@@ -181,6 +198,19 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
     if (!kv) return kv.status();
     HostOverride& h = next.host_overrides[*idx];
     for (auto& [key, value] : *kv) {
+      if (key == "nat") {
+        if (value == "on" || value == "cone") {
+          h.nat = NatMode::kCone;
+        } else if (value == "symmetric") {
+          h.nat = NatMode::kSymmetric;
+        } else if (value == "off") {
+          h.nat = NatMode::kNone;
+        } else {
+          return bad(
+              fmt::format("--host '{}': nat must be on, symmetric or off, got '{}'", spec, value));
+        }
+        continue;
+      }
       auto v = parseNumber(fmt::format("--host '{}' {}", spec, key), value, 0,
                            key == "cpu" ? kMaxCpuCores : kMaxRateMbit);
       if (!v) return v.status();
@@ -194,7 +224,8 @@ Status applyOptions(LabConfig& cfg, const LabOptions& o) {
         h.down_mbit = *v;
       } else {
         return bad(fmt::format(
-            "--host '{}': unknown key '{}' (use rate-mbit, up-mbit, down-mbit or cpu)", spec, key));
+            "--host '{}': unknown key '{}' (use rate-mbit, up-mbit, down-mbit, cpu or nat)", spec,
+            key));
       }
     }
   }
@@ -287,6 +318,8 @@ std::string LabConfig::serialize() const {
     if (h.up_mbit) kv.push_back("up-mbit=" + num(*h.up_mbit));
     if (h.down_mbit) kv.push_back("down-mbit=" + num(*h.down_mbit));
     if (h.cpu) kv.push_back("cpu=" + num(*h.cpu));
+    if (h.nat && *h.nat != NatMode::kNone)
+      kv.push_back(*h.nat == NatMode::kCone ? "nat=on" : "nat=symmetric");
     if (!kv.empty()) out += fmt::format("host {}:{}\n", i, fmt::join(kv, ","));
   }
   for (auto& [key, p] : pair_overrides) {
@@ -358,33 +391,38 @@ Result<LabConfig> parseConfig(const std::string& text) {
   return cfg;
 }
 
-std::string LabConfig::toJson() const {
-  std::string hosts_json;
+Json LabConfig::json() const {
+  Json hosts_json = Json::array();
   for (int i = 1; i <= hosts; ++i) {
     HostRates r = host(i);
-    hosts_json += fmt::format(
-        "{}{{\"name\":\"{}\",\"addr\":\"{}\",\"up_mbit\":{},\"down_mbit\":{},"
-        "\"cpu\":{}}}",
-        i > 1 ? "," : "", nsName(i), address(i), num(r.up_mbit), num(r.down_mbit), num(hostCpu(i)));
+    hosts_json.push_back({{"name", nsName(i)},
+                          {"addr", address(i)},
+                          {"up_mbit", r.up_mbit},
+                          {"down_mbit", r.down_mbit},
+                          {"cpu", hostCpu(i)},
+                          {"nat", natName(hostNat(i))}});
   }
-  std::string links;
+  Json links = Json::object();
   for (int a = 1; a <= hosts; ++a) {
     for (int b = a + 1; b <= hosts; ++b) {
       PairParams p = pair(a, b);
-      links += fmt::format(
-          "{}\"{}-{}\":{{\"delay_ms\":{},\"jitter_ms\":{},\"loss\":{},\"rate_mbit\":{},"
-          "\"partitioned\":{}}}",
-          links.empty() ? "" : ",", a, b, num(p.delay_ms), num(p.jitter_ms), num(p.loss),
-          num(p.rate_mbit), partitioned(a, b) ? "true" : "false");
+      links[fmt::format("{}-{}", a, b)] = {{"delay_ms", p.delay_ms},
+                                           {"jitter_ms", p.jitter_ms},
+                                           {"loss", p.loss},
+                                           {"rate_mbit", p.rate_mbit},
+                                           {"partitioned", partitioned(a, b)}};
     }
   }
-  std::string groups;
-  for (auto& g : partition)
-    groups += fmt::format("{}[{}]", groups.empty() ? "" : ",", fmt::join(g, ","));
-  return fmt::format(
-      "{{\"name\":\"{}\",\"hosts\":[{}],\"links\":{{{}}},\"partition\":[{}],\"tcp_rmem_max\":{},"
-      "\"subnet\":\"10.213.{}.0/24\"}}",
-      name, hosts_json, links, groups, tcp_rmem_max, subnet);
+  return {{"name", name},
+          {"hosts", std::move(hosts_json)},
+          {"links", std::move(links)},
+          {"partition", partition},
+          {"tcp_rmem_max", tcp_rmem_max},
+          {"subnet", fmt::format("10.213.{}.0/24", subnet)}};
+}
+
+std::string LabConfig::toJson() const {
+  return jsonDump(json());
 }
 
 }  // namespace loco::lab

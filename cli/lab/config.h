@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "p2p/base/json.h"
 #include "p2p/base/status.h"
 
 namespace loco::lab {
@@ -37,9 +38,15 @@ struct HostRates {
 struct PairOverride {
   std::optional<double> delay_ms, jitter_ms, loss, rate_mbit;
 };
+// A host behind its own NAT router (cli/lab/nat.h): kCone keeps a connection's source port where
+// it can (endpoint-independent mapping, like most home routers); kSymmetric maps every outgoing
+// connection to a new random port. Either drops unsolicited incoming connections.
+enum class NatMode { kNone, kCone, kSymmetric };
+
 struct HostOverride {
   std::optional<double> up_mbit, down_mbit;
-  std::optional<double> cpu;  // CPU cores' worth for the host's processes (cgroup.h); 0: no limit
+  std::optional<NatMode> nat;  // fixed when the lab is built (`lab up` only)
+  std::optional<double> cpu;   // CPU cores' worth for the host's processes (cgroup.h); 0: no limit
 };
 
 struct LabConfig {
@@ -55,6 +62,7 @@ struct LabConfig {
   HostRates host(int i) const;
   // The CPU quota of host i in cores (cli/lab/cgroup.h); 0: no limit.
   double hostCpu(int i) const;
+  NatMode hostNat(int i) const;
   // The cgroup that holds host i's processes when it has a CPU quota.
   std::string cgroupName(int i) const { return "lab-" + name + "-h" + std::to_string(i); }
   PairParams pair(int from, int to) const;
@@ -68,7 +76,8 @@ struct LabConfig {
   std::string mac(int i) const;       // fixed, so the hub knows every host's address
 
   std::string serialize() const;
-  std::string toJson() const;
+  Json json() const;           // what `loco lab status --json` prints
+  std::string toJson() const;  // json() on one line
 };
 
 // Lab names become namespace names NAME1..NAMEN: a lowercase letter, then letters, digits or
@@ -80,7 +89,8 @@ struct LabOptions {
   std::optional<int> hosts;
   std::optional<double> delay_ms, jitter_ms, loss, rate_mbit;
   std::vector<std::string> host_specs;  // "I:rate-mbit=R" | "I:up-mbit=U" | "I:down-mbit=W" |
-                                        // "I:cpu=C" (comma-separated)
+                                        // "I:cpu=C" | "I:nat=on|symmetric|off"
+                                        // (comma-separated)
   std::vector<std::string> link_specs;  // "I-J:delay-ms=D,jitter-ms=J,loss=P,rate-mbit=R"
   std::optional<std::int64_t> tcp_rmem_max;
 };
@@ -93,6 +103,9 @@ Status applyOptions(LabConfig& cfg, const LabOptions& options);
 Result<std::vector<std::vector<int>>> parsePartition(const std::string& text, int hosts);
 
 Result<LabConfig> parseConfig(const std::string& text);
+
+// "on", "symmetric" or "off", as `--host I:nat=` spells it.
+const char* natName(NatMode mode);
 
 // Parses a number flag value with bounds; the message names the flag.
 Result<double> parseNumber(const std::string& flag, const std::string& text, double min,

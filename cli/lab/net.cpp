@@ -2,6 +2,7 @@
 
 #include "cli/commands.h"
 #include "cli/lab/cgroup.h"
+#include "cli/lab/nat.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -161,7 +162,8 @@ std::vector<std::string> labNamespaces(const std::string& name) {
   std::vector<std::string> found;
   std::istringstream in(out);
   std::string line;
-  const std::regex mine("^" + name + "[0-9]+$");
+  // NAME<i> are the hosts, NAME_r<i> the NAT routers (cli/lab/nat.h).
+  const std::regex mine("^" + name + "(_r)?[0-9]+$");
   while (std::getline(in, line)) {
     std::string ns = line.substr(0, line.find(' '));
     if (std::regex_match(ns, mine)) found.push_back(ns);
@@ -195,6 +197,12 @@ Status buildNetwork(const LabConfig& cfg, const std::function<bool()>& interrupt
     if (interrupted())
       return fail(Status(StatusCode::kAborted,
                          "interrupted while building the lab; removed what was built"));
+    if (cfg.hostNat(i) != NatMode::kNone) {
+      Status st = buildNatHost(cfg, i);
+      if (!st.isOk())
+        return fail(st.withContext(fmt::format("building NATed host {} of lab {}", i, cfg.name)));
+      continue;
+    }
     const std::string ns = cfg.nsName(i);
     const std::string outside = cfg.vethName(i);
     Status st = runCommand({"ip", "netns", "add", ns});

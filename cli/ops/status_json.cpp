@@ -36,6 +36,11 @@ json viewJson(const p2p::GroupView& v) {
     jp["state"] = p2p::peerStateName(p.state);
     jp["heartbeat_age_ms"] = p.heartbeat_age_ms;
     jp["streams"] = p.streams;
+    // The coordinator's dial-back of the advertised address (p2p/reachability.cpp).
+    jp["reachability"] = json(nullptr);
+    for (const auto& [id, what] : v.reachability) {
+      if (id == p.id) jp["reachability"] = what;
+    }
     jp["ring_position"] =
         p.state == p2p::PeerState::kMember ? json(ring_position++) : json(nullptr);
     peers.push_back(std::move(jp));

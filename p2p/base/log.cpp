@@ -1,6 +1,6 @@
 #include "p2p/base/log.h"
 
-#include "p2p/base/text.h"
+#include "p2p/base/json.h"
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -32,29 +32,21 @@ spdlog::level::level_enum toSpd(LogLevel l) {
   return spdlog::level::info;
 }
 
-void appendJsonEscaped(spdlog::memory_buf_t& out, std::string_view s) {
-  const std::string escaped = jsonEscape(s);
-  out.append(escaped.data(), escaped.data() + escaped.size());
-}
-
 // One JSON object per line: {"ts":"…","level":"info","logger":"peer","process":"…","msg":"…"}.
 class JsonFormatter final : public spdlog::formatter {
  public:
   explicit JsonFormatter(std::string process) : process_(std::move(process)) {}
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    ts_.format(msg, dest);  // writes {"ts":"…",
-    dest.append(std::string_view("\"level\":\""));
-    auto lvl = spdlog::level::to_string_view(msg.level);
-    dest.append(lvl.data(), lvl.data() + lvl.size());
-    dest.append(std::string_view("\",\"logger\":\""));
-    appendJsonEscaped(dest, std::string_view(msg.logger_name.data(), msg.logger_name.size()));
-    if (!process_.empty()) {
-      dest.append(std::string_view("\",\"process\":\""));
-      appendJsonEscaped(dest, process_);
-    }
-    dest.append(std::string_view("\",\"msg\":\""));
-    appendJsonEscaped(dest, std::string_view(msg.payload.data(), msg.payload.size()));
-    dest.append(std::string_view("\"}\n"));
+    spdlog::memory_buf_t ts;
+    ts_.format(msg, ts);
+    const auto level = spdlog::level::to_string_view(msg.level);
+    Json line{{"ts", std::string(ts.data(), ts.size())},
+              {"level", std::string(level.data(), level.size())},
+              {"logger", std::string(msg.logger_name.data(), msg.logger_name.size())}};
+    if (!process_.empty()) line["process"] = process_;
+    line["msg"] = std::string(msg.payload.data(), msg.payload.size());
+    const std::string text = jsonDump(line) + "\n";
+    dest.append(text.data(), text.data() + text.size());
   }
   std::unique_ptr<spdlog::formatter> clone() const override {
     return std::make_unique<JsonFormatter>(process_);
@@ -62,8 +54,7 @@ class JsonFormatter final : public spdlog::formatter {
 
  private:
   std::string process_;
-  spdlog::pattern_formatter ts_{"{\"ts\":\"%Y-%m-%dT%H:%M:%S.%e%z\",",
-                                spdlog::pattern_time_type::local, ""};
+  spdlog::pattern_formatter ts_{"%Y-%m-%dT%H:%M:%S.%e%z", spdlog::pattern_time_type::local, ""};
 };
 
 struct LogState {

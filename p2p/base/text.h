@@ -11,7 +11,4 @@ inline std::string shortId(std::string_view id) {
   return std::string(id.substr(0, 8));
 }
 
-// `s` escaped for the inside of a JSON string: quote, backslash and control characters.
-std::string jsonEscape(std::string_view s);
-
 }  // namespace loco

@@ -659,6 +659,58 @@ TEST_F(LinkSizeMismatchTest, RecvIntoABufferLongerByWholeChunksFails) {
   EXPECT_EQ(r->code(), StatusCode::kProtocolError) << describe(r);
 }
 
+// recvUpTo (compressed pieces): any length up to the buffer, posted before the chunks arrive or
+// after they were staged; the length comes back, the rest of the buffer is untouched, and a
+// transfer longer than the buffer is a protocol error.
+TEST_F(LinkTest, RecvUpToTakesAnyLengthThatFitsAndRejectsALongerOne) {
+  ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
+  std::uint64_t tag = 40;
+  for (std::size_t size : {std::size_t{1}, 64 * KiB, 3 * 64 * KiB + 5, 300 * KiB}) {
+    for (bool recv_first : {true, false}) {
+      SCOPED_TRACE(std::to_string(size) +
+                   (recv_first ? " bytes, recv first" : " bytes, recv after"));
+      Bytes& src = pattern(size, tag);
+      Bytes& dst = filled(300 * KiB + 64 * KiB, 0xA5);
+      auto got = std::make_shared<std::optional<std::pair<Status, std::size_t>>>();
+      std::promise<void> done;
+      auto post = [&] {
+        ASSERT_TRUE(runOn(recv_net_, [&, got] {
+          receiver_->recvUpTo(tag, MutableByteSpan(dst), [&, got](const Status& st, std::size_t n) {
+            *got = std::make_pair(st, n);
+            done.set_value();
+          });
+        }));
+      };
+      Completion sent;
+      if (recv_first) post();
+      ASSERT_NO_FATAL_FAILURE(postSend(tag, src, sent));
+      if (!recv_first) {
+        std::this_thread::sleep_for(milliseconds(50));
+        post();
+      }
+      ASSERT_EQ(done.get_future().wait_for(kWait), std::future_status::ready);
+      ASSERT_TRUE((*got)->first.isOk()) << (*got)->first.toString();
+      EXPECT_EQ((*got)->second, size);
+      EXPECT_TRUE(std::equal(src.begin(), src.end(), dst.begin()));
+      EXPECT_TRUE(std::all_of(dst.begin() + static_cast<std::ptrdiff_t>(size), dst.end(),
+                              [](std::uint8_t v) { return v == 0xA5; }));
+      ++tag;
+    }
+  }
+  Bytes& big = pattern(2 * 64 * KiB + 1, 99);
+  Bytes& small = filled(2 * 64 * KiB, 0);
+  std::promise<Status> failed;
+  ASSERT_TRUE(runOn(recv_net_, [&] {
+    receiver_->recvUpTo(tag, MutableByteSpan(small),
+                        [&](const Status& st, std::size_t) { failed.set_value(st); });
+  }));
+  Completion sent;
+  ASSERT_NO_FATAL_FAILURE(postSend(tag, big, sent));
+  auto f = failed.get_future();
+  ASSERT_EQ(f.wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(f.get().code(), StatusCode::kProtocolError);
+}
+
 TEST_F(LinkTest, SecondRecvForTheSameTagIsRejected) {
   ASSERT_NO_FATAL_FAILURE(connect(options(4, 64 * KiB)));
   Bytes& d1 = filled(1000, 0);

@@ -240,7 +240,9 @@ TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
 TEST(Resilience, StoppedTrainingPeerIsEvictedRejoinsAndContributesAgain) {
   TempDir dir;
   CoordinatorProcess coordinator(dir, kInterval, kTimeout);
-  TrainingGroup group(dir, 3, coordinator.address(), 180);
+  // Enough steps that the run outlasts the stop (3 heartbeat timeouts) with rounds to spare: a
+  // peer that wakes after the run's end trains nothing, which is another test.
+  TrainingGroup group(dir, 3, coordinator.address(), 600);
   ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
   const int victim = 2;
   const auto stopped = std::chrono::steady_clock::now();

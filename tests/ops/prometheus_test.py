@@ -63,7 +63,9 @@ def main():
         return p
 
     try:
-        start("coordinator", [loco, "coordinator", "--listen", "127.0.0.1:0", "--port-file",
+        # Plaintext on purpose (--insecure on every side): this test is about /metrics, and the
+        # TLS tests (ctest -R Tls) cover the transport.
+        start("coordinator", [loco, "coordinator", "--insecure", "--listen", "127.0.0.1:0", "--port-file",
                               f"{run}/port", "--http", "127.0.0.1:0", "--http-port-file",
                               f"{run}/http-port"])
         wait_for("the coordinator", lambda: os.path.exists(f"{run}/port"), 20)
@@ -71,7 +73,7 @@ def main():
         coord_http = int(open(f"{run}/http-port").read())
         peer_http = [free_port(), free_port()]
         for rank, hp in enumerate(peer_http):
-            start(f"peer{rank}", [loco, "join", "--coordinator", f"127.0.0.1:{port}",
+            start(f"peer{rank}", [loco, "join", "--insecure", "--coordinator", f"127.0.0.1:{port}",
                                   "--listen", "127.0.0.1:0", "--rank", str(rank), "--world-hint",
                                   "2", "--wait-for", "2", "--steps", "600", "--inner-steps", "10",
                                   "--measure-topology", "off", "--http", f"127.0.0.1:{hp}"])

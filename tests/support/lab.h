@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,18 @@ inline CommandResult loco(const TempDir& dir, const std::vector<std::string>& ar
   Process p(args, dir.file("cmd" + std::to_string(n++) + ".log"));
   auto rc = p.waitExit(timeout);
   return {rc.value_or(-1), p.log()};
+}
+
+// The lab's subnet S (its hosts are 10.213.S.i), from its state file; 0 when there is none.
+inline int labSubnet(const std::string& lab) {
+  std::ifstream f("/run/loco-lab/" + lab + "/config");
+  std::string key;
+  int value = 0;
+  while (f >> key) {
+    if (key == "subnet" && f >> value) return value;
+    f.ignore(1 << 20, '\n');
+  }
+  return 0;
 }
 
 // Removes a lab when the test ends, passed or failed.

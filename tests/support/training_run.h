@@ -4,10 +4,10 @@
 
 #include <cstdint>
 #include <fstream>
-#include <regex>
 #include <string>
 #include <vector>
 
+#include "p2p/base/json.h"
 #include "tests/support/process.h"
 
 namespace loco::testing {
@@ -43,19 +43,21 @@ inline std::vector<Line> readJsonl(const std::string& path) {
   std::vector<Line> out;
   std::ifstream in(path);
   std::string l;
-  std::smatch m;
   while (std::getline(in, l)) {
+    auto j = parseJsonObject(l);
+    if (!j || !j->contains("step") || !(*j)["step"].is_number_unsigned()) continue;
+    auto number = [&](const char* key, auto fallback) {
+      const auto it = j->find(key);
+      return it != j->end() && it->is_number() ? it->get<decltype(fallback)>() : fallback;
+    };
     Line x;
-    if (!std::regex_search(l, m, std::regex(R"re("step":([0-9]+))re"))) continue;
-    x.step = std::stoull(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("loss":([-0-9.e]+))re"))) x.loss = std::stod(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("val_loss":([-0-9.e]+))re")))
-      x.val = std::stod(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) x.digest = m[1];
-    if (std::regex_search(l, m, std::regex(R"re("contributors":([0-9]+))re")))
-      x.contributors = std::stoi(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("world":([0-9]+))re"))) x.world = std::stoi(m[1]);
-    if (std::regex_search(l, m, std::regex(R"re("epoch":([0-9]+))re"))) x.epoch = std::stoll(m[1]);
+    x.step = (*j)["step"].get<std::uint64_t>();
+    x.loss = number("loss", -1.0);  // -1: null (not computed, or not finite)
+    x.val = number("val_loss", -1.0);
+    if (auto it = j->find("digest"); it != j->end() && it->is_string()) x.digest = *it;
+    x.contributors = number("contributors", -1);
+    x.world = number("world", -1);
+    x.epoch = number("epoch", std::int64_t{-1});
     out.push_back(x);
   }
   return out;

@@ -339,6 +339,24 @@ TEST(ChaosInvariants, ResourceGrowthBeyondTheLimitIsCaught) {
   }
 }
 
+// A process grows while it warms up (the first 25 s here: +25 %), then stays flat: not a leak.
+// The same growth spread over its whole life is one.
+TEST(ChaosInvariants, WarmUpGrowthIsNotALeak) {
+  InvariantLimits l;
+  l.growth_limit = 0.10;
+  InvariantChecker c(l);
+  for (int t = 0; t <= 120; ++t) {
+    c.onProcessSample("warming", 20, t, 40, 200000 + 2000L * std::min(t, 25));
+    c.onProcessSample("leaking", 21, t, 40, 200000 + 500L * t);
+  }
+  auto v = c.finish(1, std::nullopt, "");
+  ASSERT_EQ(violations(v, "resources"), 1u);
+  for (const auto& x : v) {
+    if (x.invariant != "resources") continue;
+    EXPECT_NE(x.violations[0].detail.find("leaking"), std::string::npos);
+  }
+}
+
 TEST(ChaosInvariants, FinalValidationLossAgainstTheBaseline) {
   InvariantLimits l;
   l.val_loss_band = 0.05;

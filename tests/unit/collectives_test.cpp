@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "collectives/allreduce.h"
+#include "collectives/compress.h"
 #include "collectives/descriptor.h"
 #include "collectives/exchange.h"
 #include "collectives/memory_transport.h"
@@ -628,6 +629,110 @@ TEST(Exchange, MembersThatDisagreeOnTheModeFailBoth) {
   EXPECT_TRUE(h0->status.code() == StatusCode::kInvalidArgument ||
               h1->status.code() == StatusCode::kInvalidArgument);
   EXPECT_EQ(ra, std::vector<float>(100, 0.0f));
+}
+
+// ---- the zstd stage (compress.h)
+// -----------------------------------------------------------------
+
+TEST(Compress, ShrinksQuantizedPiecesLosslesslyAndRejectsWhatIsNotAPiece) {
+  const std::vector<float> x = gaussInput(65536, 0, 11);
+  for (Wire wire : {Wire::kInt8, Wire::kInt4}) {
+    std::vector<std::uint8_t> enc(encodedBytes(wire, x.size(), 1024));
+    encode(wire, x, enc, 1024);
+    std::vector<std::uint8_t> z(enc.size()), back(enc.size());
+    const std::size_t n = compressPiece(enc, z);
+    ASSERT_GT(n, 0u) << wireName(wire);
+    EXPECT_LT(n, enc.size() * (wire == Wire::kInt4 ? 0.9 : 0.97)) << wireName(wire);
+    ASSERT_TRUE(decompressPiece(std::span(z).first(n), back).isOk());
+    EXPECT_EQ(back, enc);
+    // One byte short of the size it was compressed from: not this piece.
+    std::vector<std::uint8_t> small(enc.size() - 1);
+    EXPECT_EQ(decompressPiece(std::span(z).first(n), small).code(), StatusCode::kProtocolError);
+  }
+  // Random bytes do not shrink: sent as they are.
+  std::mt19937 rng(5);
+  std::vector<std::uint8_t> noise(100000), z(noise.size());
+  for (auto& b : noise) b = static_cast<std::uint8_t>(rng());
+  EXPECT_EQ(compressPiece(noise, z), 0u);
+  std::vector<std::uint8_t> out(1000);
+  EXPECT_EQ(decompressPiece(std::span(noise).first(500), out).code(), StatusCode::kProtocolError);
+
+  EXPECT_EQ(*parseCompress("auto"), Compress::kAuto);
+  EXPECT_FALSE(parseCompress("lz4").isOk());
+  const LinkStats wan{0.05, 12.5e6}, loopback{0.0001, 3e9}, busy_loopback{0.0002, 15e6}, unknown{};
+  EXPECT_TRUE(compressOn(Compress::kAuto, Wire::kInt4, wan));
+  EXPECT_FALSE(compressOn(Compress::kAuto, Wire::kInt4, loopback));
+  EXPECT_FALSE(compressOn(Compress::kAuto, Wire::kInt4, busy_loopback));
+  EXPECT_FALSE(compressOn(Compress::kAuto, Wire::kInt4, unknown));
+  EXPECT_FALSE(compressOn(Compress::kZstd, Wire::kRaw, wan));
+  EXPECT_TRUE(compressOn(Compress::kZstd, Wire::kInt8, loopback));
+  EXPECT_FALSE(compressOn(Compress::kOff, Wire::kInt8, wan));
+}
+
+// Lossless and decided per sender: a ring where some peers compress and others do not gives,
+// on every peer, exactly the bytes of a ring where nobody does, and sends fewer bytes.
+TEST(Compress, ARingWithMixedPeersGivesTheUncompressedResultBitForBit) {
+  for (Wire wire : {Wire::kFp16, Wire::kInt8, Wire::kInt4}) {
+    for (std::size_t world : {2u, 3u, 4u}) {
+      SCOPED_TRACE(fmt::format("{} N={}", wireName(wire), world));
+      const std::size_t n = 300001;
+      std::vector<std::vector<float>> result[2];
+      std::uint64_t sent[2] = {0, 0};
+      for (int zstd : {0, 1}) {
+        World w(world, 3 + zstd);
+        auto& bufs = result[zstd];
+        bufs.assign(world, {});
+        std::vector<std::shared_ptr<Operation::State>> hs(world);
+        for (std::size_t r = 0; r < world; ++r) {
+          bufs[r] = gaussInput(n, r, 9);
+          // Every peer but the last compresses in the second run.
+          const Compress c = zstd && r + 1 < world ? Compress::kZstd : Compress::kOff;
+          AllReduceArgs args{bufs[r].data(), n, DType::kF32, ReduceOp::kSum, wire, 1024, c};
+          hs[r] = w.submit(r, makeAllReduce(w.engine(r).pool(), args, Algorithm::kRing), 1);
+        }
+        ASSERT_TRUE(w.net().run([&] { return allFinished(hs, w.members()); }));
+        for (std::size_t r = 0; r < world; ++r) {
+          ASSERT_TRUE(hs[r]->status.isOk()) << hs[r]->status.toString();
+          sent[zstd] += w.engine(r).bytesSent();
+        }
+      }
+      for (std::size_t r = 0; r < world; ++r)
+        ASSERT_EQ(std::memcmp(result[0][r].data(), result[1][r].data(), n * 4), 0) << r;
+      EXPECT_LT(sent[1], sent[0]);
+    }
+  }
+}
+
+TEST(Compress, ADeathAtAnySendRestoresEverySurvivor) {
+  const std::size_t n = 200000;
+  for (std::size_t k = 1; k < 120; k += 3) {
+    SCOPED_TRACE(fmt::format("death at send {}", k));
+    World w(4);
+    std::vector<std::vector<float>> bufs(4);
+    std::vector<std::shared_ptr<Operation::State>> hs(4);
+    const std::size_t victim = k % 4;
+    w.net().killAfterSends(victim, k);
+    for (std::size_t r = 0; r < 4; ++r) {
+      bufs[r] = intInput(n, r, 3);
+      AllReduceArgs args{bufs[r].data(), n,    DType::kF32,    ReduceOp::kSum,
+                         Wire::kInt4,    1024, Compress::kZstd};
+      hs[r] = w.submit(r, makeAllReduce(w.engine(r).pool(), args, Algorithm::kRing), 1);
+    }
+    std::vector<std::size_t> survivors;
+    for (std::size_t r = 0; r < 4; ++r)
+      if (r != victim) survivors.push_back(r);
+    ASSERT_TRUE(w.net().run([&] { return allFinished(hs, survivors); }));
+    if (w.net().alive(victim)) {  // the operation needed fewer sends: it must have worked
+      for (std::size_t r = 0; r < 4; ++r) ASSERT_TRUE(hs[r]->status.isOk());
+      break;
+    }
+    for (std::size_t r : survivors) {
+      const StatusCode code = hs[r]->status.code();
+      EXPECT_TRUE(code == StatusCode::kPeerLost || code == StatusCode::kAborted)
+          << hs[r]->status.toString();
+      EXPECT_EQ(bufs[r], intInput(n, r, 3)) << "peer " << r << " not restored";
+    }
+  }
 }
 
 }  // namespace

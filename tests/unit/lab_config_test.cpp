@@ -801,3 +801,38 @@ TEST(LabConfig, JsonListsNameHostsAndLinks) {
 
 }  // namespace
 }  // namespace loco::lab
+
+// ---- NAT (cli/lab/nat.h) --------------------------------------------------------------------
+
+namespace loco::lab {
+namespace {
+
+TEST(LabConfig, NatModesParseSerializeAndRoundTrip) {
+  LabConfig cfg = makeLab(4, 9);
+  EXPECT_EQ(cfg.hostNat(2), NatMode::kNone);
+  LabOptions o;
+  o.host_specs = {"2:nat=on", "3:nat=symmetric,rate-mbit=10", "4:nat=cone"};
+  ASSERT_TRUE(applyOptions(cfg, o).isOk());
+  EXPECT_EQ(cfg.hostNat(1), NatMode::kNone);
+  EXPECT_EQ(cfg.hostNat(2), NatMode::kCone);
+  EXPECT_EQ(cfg.hostNat(3), NatMode::kSymmetric);
+  EXPECT_EQ(cfg.hostNat(4), NatMode::kCone);
+  EXPECT_EQ(cfg.host(3).up_mbit, 10);
+  auto back = parseConfig(cfg.serialize());
+  ASSERT_TRUE(back.isOk()) << back.status().toString() << "\n" << cfg.serialize();
+  for (int i = 1; i <= 4; ++i) EXPECT_EQ(back->hostNat(i), cfg.hostNat(i)) << i;
+  EXPECT_NE(cfg.toJson().find("\"nat\":\"symmetric\""), std::string::npos) << cfg.toJson();
+  ASSERT_TRUE(applyOptions(cfg, hostSpec("2:nat=off")).isOk());
+  EXPECT_EQ(cfg.hostNat(2), NatMode::kNone);
+}
+
+TEST(LabConfig, BadNatModeIsRefusedWithTheValue) {
+  LabConfig cfg = makeLab();
+  Status st = applyOptions(cfg, hostSpec("2:nat=full-cone"));
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("full-cone"), std::string::npos) << st.message();
+  EXPECT_EQ(cfg.hostNat(2), NatMode::kNone) << "unchanged on error";
+}
+
+}  // namespace
+}  // namespace loco::lab

@@ -443,6 +443,22 @@ TEST(Messages, StateComplaintRoundTrips) {
   EXPECT_EQ(r->reason, "why");
 }
 
+TEST(Messages, GroupViewCarriesReachabilityOnlyWhenThereIsSome) {
+  GroupView v;
+  v.epoch = 3;
+  v.peers.push_back(PeerInfo{"0123456789abcdef0123456789abcdef", "h:1", PeerState::kMember, 5, 4});
+  const auto plain = encodeGroupView(v);
+  v.reachability = {{"0123456789abcdef0123456789abcdef", "unreachable: timed out"}};
+  const auto with = encodeGroupView(v);
+  EXPECT_GT(with.size(), plain.size());
+  auto back = decodeGroupView(with);
+  ASSERT_TRUE(back.isOk()) << back.status().toString();
+  EXPECT_EQ(back->reachability, v.reachability);
+  auto old = decodeGroupView(plain);
+  ASSERT_TRUE(old.isOk());
+  EXPECT_TRUE(old->reachability.empty()) << "membership broadcasts carry none";
+}
+
 TEST(Messages, PeerStateNames) {
   EXPECT_EQ(peerStateName(PeerState::kMember), "member");
   EXPECT_EQ(peerStateName(PeerState::kPending), "pending");

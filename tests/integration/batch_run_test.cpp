@@ -1,0 +1,213 @@
+// Data assignment and adaptive batches with real `loco join` processes: default peers draw their
+// own samples; two peers with the same explicit --rank are warned; the norm test grows the batch
+// identically on every peer.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/support/process.h"
+#include "tests/support/training_run.h"
+
+namespace loco::testing {
+namespace {
+
+struct Round {
+  std::uint64_t step = 0;
+  double local_loss = -1;
+  int rank = -1;
+  std::int64_t batch = -1;
+  std::int64_t share = -1;
+  std::string digest;
+};
+
+std::vector<Round> readRounds(const std::string& path) {
+  std::vector<Round> out;
+  std::ifstream in(path);
+  std::string l;
+  std::smatch m;
+  while (std::getline(in, l)) {
+    Round r;
+    if (!std::regex_search(l, m, std::regex(R"re("step":([0-9]+))re"))) continue;
+    r.step = std::stoull(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("local_loss":([-0-9.e]+))re")))
+      r.local_loss = std::stod(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("rank":([0-9]+))re"))) r.rank = std::stoi(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("batch":([0-9]+))re"))) r.batch = std::stoll(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("share":([0-9]+))re"))) r.share = std::stoll(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) r.digest = m[1];
+    out.push_back(r);
+  }
+  return out;
+}
+
+// `n` peers of one group; `per_peer(i)` adds each one's own flags.
+std::vector<std::unique_ptr<Process>> startPeers(
+    const TempDir& dir, const CoordinatorProcess& coordinator, int n,
+    const std::vector<std::string>& common,
+    const std::function<std::vector<std::string>(int)>& per_peer) {
+  std::vector<std::unique_ptr<Process>> peers;
+  const std::string corpus = writeCorpus(dir);
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::string> args{"join",
+                                  "--coordinator",
+                                  coordinator.address(),
+                                  "--listen",
+                                  "127.0.0.1:0",
+                                  "--wait-for",
+                                  std::to_string(n),
+                                  "--measure-topology",
+                                  "off",
+                                  "--metrics",
+                                  dir.file("peer" + std::to_string(i) + ".jsonl")};
+    for (const auto& f : tiny(corpus)) args.push_back(f);
+    for (const auto& f : common) args.push_back(f);
+    for (const auto& f : per_peer(i)) args.push_back(f);
+    peers.push_back(std::make_unique<Process>(args, dir.file("peer" + std::to_string(i) + ".log")));
+  }
+  return peers;
+}
+
+// The defect this guards against: two volunteers joining with default flags trained on identical
+// batches (same rank 0, same seed) and reported the same losses to six digits.
+TEST(DataAssignment, DefaultPeersDrawTheirOwnSamples) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 2, {"--steps", "20", "--inner-steps", "10"},
+                          [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  auto a = readRounds(dir.file("peer0.jsonl"));
+  auto b = readRounds(dir.file("peer1.jsonl"));
+  ASSERT_GE(a.size(), 2u);
+  ASSERT_EQ(a.size(), b.size());
+  bool compared = false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].digest, b[i].digest) << "one group, one state";
+    if (a[i].local_loss < 0 || b[i].local_loss < 0) continue;
+    EXPECT_NE(a[i].local_loss, b[i].local_loss) << "round " << a[i].step << ": same batches";
+    compared = true;
+  }
+  EXPECT_TRUE(compared) << "no round with both peers' own losses";
+  EXPECT_EQ((std::set<int>{a.back().rank, b.back().rank}), (std::set<int>{0, 1}))
+      << "positions among the members";
+  for (auto& p : peers) EXPECT_EQ(p->log().find("also runs with --rank"), std::string::npos);
+}
+
+TEST(DataAssignment, TwoPeersWithTheSameExplicitRankAreWarned) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 2, {"--steps", "20", "--inner-steps", "10"}, [](int) {
+    return std::vector<std::string>{"--rank", "0"};
+  });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  for (auto& p : peers) {
+    EXPECT_NE(p->log().find("another live peer also runs with --rank 0"), std::string::npos)
+        << p->log();
+  }
+  auto a = readRounds(dir.file("peer0.jsonl"));
+  auto b = readRounds(dir.file("peer1.jsonl"));
+  ASSERT_FALSE(a.empty());
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(a.back().local_loss, b.back().local_loss) << "the override really draws alike";
+}
+
+// The norm test on real processes: the batch grows, every member holds the same batch after every
+// round (it is shared state: the digests cover it), a peer killed mid-run does not split the
+// group's batch, and a peer that joins later receives the current batch.
+TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::string> args{
+      "local",     "--out",       dir.file("run"), "--peers",     "4",
+      "--steps",   "160",         "--inner-steps", "10",          "--batch-test",
+      "norm",      "--batch-eta", "0.5",           "--max-batch", "32",
+      "--kill-at", "50",          "--join-at",     "100"};
+  for (const auto& f : tiny(corpus)) args.push_back(f);
+  Process local(args, dir.file("local.log"));
+  ASSERT_EQ(local.waitExit(std::chrono::milliseconds(240000)).value_or(-1), 0) << local.log();
+  std::map<std::uint64_t, std::set<std::int64_t>> batches;
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  std::int64_t last = -1;
+  for (int i = 1; i <= 5; ++i) {
+    auto rounds = readRounds(dir.file("run/peer-" + std::to_string(i) + ".jsonl"));
+    if (i == 5) ASSERT_FALSE(rounds.empty()) << "the joiner never finished a round";
+    for (const Round& r : rounds) {
+      batches[r.step].insert(r.batch);
+      digests[r.step].insert(r.digest);
+      if (i == 1) last = r.batch;
+    }
+    if (i == 5) {
+      EXPECT_GT(rounds.front().batch, 4) << "the joiner starts from the group's grown batch";
+    }
+  }
+  for (const auto& [step, set] : batches) EXPECT_EQ(set.size(), 1u) << "step " << step;
+  for (const auto& [step, set] : digests) EXPECT_EQ(set.size(), 1u) << "step " << step;
+  EXPECT_GT(last, 4) << "the norm test never grew the batch";
+  EXPECT_LE(last, 32) << "capped by --max-batch";
+}
+
+// Speed-aware allocation: the peers' shares split the group's windows per step (rounding aside),
+// and the weighted average keeps one state on every member.
+TEST(AdaptiveBatch, SpeedAllocationSplitsTheGroupsWindows) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 3,
+                          {"--steps", "40", "--inner-steps", "10", "--allocation", "speed"},
+                          [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  std::vector<std::vector<Round>> rounds;
+  for (int i = 0; i < 3; ++i)
+    rounds.push_back(readRounds(dir.file("peer" + std::to_string(i) + ".jsonl")));
+  ASSERT_GE(rounds[0].size(), 3u);
+  for (std::size_t k = 0; k < rounds[0].size(); ++k) {
+    std::int64_t sum = 0;
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_EQ(rounds[i].size(), rounds[0].size());
+      EXPECT_EQ(rounds[i][k].digest, rounds[0][k].digest);
+      EXPECT_GE(rounds[i][k].share, 1);
+      sum += rounds[i][k].share;
+    }
+    EXPECT_NEAR(static_cast<double>(sum), 3 * 4, 2) << "round " << rounds[0][k].step;
+  }
+}
+
+TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  std::vector<Case> cases{
+      {{"--batch-test", "norm", "--batch-eta", "0"}, "--batch-eta"},
+      {{"--batch-test", "norm", "--batch-eta", "-1"}, "--batch-eta"},
+      {{"--batch-test", "norm", "--max-batch", "2"}, "--max-batch"},
+      {{"--batch-test", "variance"}, "--batch-test"},
+      {{"--batch-eta", "0.5"}, "--batch-eta"},
+      {{"--batch-test", "norm", "--batch-theta", "0.5"}, "--batch-theta"},
+      {{"--max-batch", "64"}, "--max-batch"},
+      {{"--max-micro-batch", "-1"}, "--max-micro-batch"},
+      {{"--allocation", "fast"}, "--allocation"},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    std::vector<std::string> args{"local", "--out", dir.file("bad")};
+    for (const auto& f : tiny(corpus)) args.push_back(f);
+    for (const auto& f : c.args) args.push_back(f);
+    Process p(args, dir.file("bad" + std::to_string(n++) + ".log"));
+    EXPECT_NE(p.waitExit(std::chrono::milliseconds(60000)).value_or(0), 0) << p.log();
+    EXPECT_NE(p.log().find(c.says), std::string::npos) << c.says << "\n" << p.log();
+    EXPECT_EQ(p.log().find("coordinator listening"), std::string::npos) << p.log();
+  }
+}
+
+}  // namespace
+}  // namespace loco::testing

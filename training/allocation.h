@@ -1,0 +1,31 @@
+#pragma once
+// Speed-aware work split (--allocation speed): the group's samples per inner step (peers × the
+// per-peer batch, which the batch test may grow) are divided in proportion to each peer's
+// measured throughput (tokens/s of its last local phase), so a slow peer computes fewer windows
+// per step and all peers finish their H steps at about the same time. The round's average then
+// weighs each peer's Δ (DDP: gradient) by the windows it processed: Σ n_m·Δ_m / Σ n_m.
+//
+// Every peer computes its own share from its own throughput and the group's sum (carried by the
+// round's statistics), so the split needs no extra message. A peer with no measurement yet (a
+// joiner) takes the group's mean share. Throughput is a wall-clock measurement: runs with
+// --allocation speed are not bit-reproducible, which is why `equal` stays the default.
+//
+// Pure functions; no threads, no I/O.
+
+#include <cstdint>
+#include <string_view>
+
+#include "p2p/base/status.h"
+
+namespace loco::training {
+
+enum class Allocation : std::uint8_t { kEqual, kSpeed };
+std::string_view allocationName(Allocation a);
+// "equal" or "speed"; kInvalidArgument otherwise.
+Result<Allocation> parseAllocation(std::string_view name);
+
+// This peer's windows per inner step: round(batch·peers·mine/sum), at least 1 and at most
+// batch·peers; `batch` when there is nothing to go by (mine or sum not positive, peers < 1).
+std::uint32_t speedShare(std::uint32_t batch, double peers, double mine, double sum);
+
+}  // namespace loco::training
