@@ -8,6 +8,7 @@
 #include <ctime>
 
 #include "cli/commands.h"
+#include "cli/tls_setup.h"
 #include "crypto/ca.h"
 #include "crypto/token.h"
 #include "p2p/address.h"
@@ -17,30 +18,6 @@ namespace {
 
 std::int64_t nowUnix() {
   return static_cast<std::int64_t>(std::time(nullptr));
-}
-
-// "90s", "30m", "24h", "7d"; "0" means never.
-Result<std::int64_t> parseDuration(const std::string& text) {
-  auto bad =
-      Status(StatusCode::kInvalidArgument,
-             fmt::format("--expires: '{}' is not a duration like 30m, 24h or 7d (0: never)", text));
-  if (text == "0") return 0;
-  if (text.size() < 2) return bad;
-  std::int64_t n = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size() - 1, n);
-  if (ec != std::errc() || end != text.data() + text.size() - 1 || n <= 0) return bad;
-  switch (text.back()) {
-    case 's':
-      return n;
-    case 'm':
-      return n * 60;
-    case 'h':
-      return n * 3600;
-    case 'd':
-      return n * 86400;
-    default:
-      return bad;
-  }
 }
 
 int caInit(const Args& args) {
@@ -72,7 +49,7 @@ int tokenCreate(const Args& args) {
   }
   auto uses = flags.getInt("uses", 0, 1000000);
   if (!uses) return reportFailure(uses.status());
-  auto expires = parseDuration(flags.get("expires"));
+  auto expires = parseDurationSeconds(flags.get("expires"), "--expires");
   if (!expires) return reportFailure(expires.status());
   auto ca = crypto::RunCa::load(flags.get("ca"));
   if (!ca) return reportFailure(ca.status());
@@ -101,12 +78,15 @@ int tokenCreate(const Args& args) {
 }
 
 int tokenRevoke(const Args& args) {
-  Flags flags("token revoke", "revoke a join token (give the token or its id from token list)",
+  Flags flags("token revoke",
+              "revoke a join token (the token, its id from token list, or the id of a peer "
+              "enrolled with it); a running coordinator --ca evicts and refuses its peers within "
+              "a second",
               {{"ca", "the run CA's directory", ""}});
   if (int rc = parseAndSetUp(flags, args, "token"); rc >= 0) return rc;
   if (flags.get("ca").empty() || flags.positional().size() != 1) {
-    return reportFailure(
-        Status(StatusCode::kInvalidArgument, "usage: loco token revoke --ca DIR TOKEN-OR-ID"));
+    return reportFailure(Status(StatusCode::kInvalidArgument,
+                                "usage: loco token revoke --ca DIR TOKEN-OR-ID-OR-PEER-ID"));
   }
   Status st = crypto::TokenStore(flags.get("ca")).revoke(flags.positional()[0]);
   if (!st.isOk()) return reportFailure(st);
@@ -121,9 +101,12 @@ int tokenList(const Args& args) {
   auto list = crypto::TokenStore(flags.get("ca")).list();
   if (!list) return reportFailure(list.status());
   for (const auto& r : *list) {
-    std::printf("%s uses=%u/%s expires=%lld %s\n", r.shortId().c_str(), r.used,
+    std::string peers;
+    for (const auto& p : r.peers) peers += (peers.empty() ? "" : ",") + p;
+    std::printf("%s uses=%u/%s expires=%lld peers=%s %s\n", r.shortId().c_str(), r.used,
                 r.max_uses == 0 ? "unlimited" : std::to_string(r.max_uses).c_str(),
-                static_cast<long long>(r.expires), r.revoked ? "revoked" : "");
+                static_cast<long long>(r.expires), peers.empty() ? "-" : peers.c_str(),
+                r.revoked ? "revoked" : "");
   }
   return 0;
 }

@@ -1,10 +1,15 @@
 #include <fmt/format.h>
 
+#include <cctype>
+#include <condition_variable>
 #include <csignal>
 #include <ctime>
+#include <functional>
 #include <future>
-
-#include <future>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/ops/dashboard.h"
@@ -14,6 +19,7 @@
 #include "cli/relay_cmd.h"
 #include "cli/tls_setup.h"
 #include "crypto/identity.h"
+#include "crypto/token.h"
 #include "p2p/base/log.h"
 #include "p2p/coordinator.h"
 #include "p2p/runtime.h"
@@ -56,6 +62,43 @@ std::map<std::string, ops::HttpHandler> coordinatorRoutes(p2p::NetworkThread& ne
 
 }  // namespace
 
+// Reads the CA directory's revoked peers every second on a thread of its own and hands every
+// new set to `changed`. Stops (joins) in its destructor.
+class RevocationWatcher {
+ public:
+  RevocationWatcher(std::string ca_dir, std::function<void(std::set<std::string>)> changed)
+      : thread_([this, dir = std::move(ca_dir), changed = std::move(changed)] {
+          std::set<std::string> known;
+          std::unique_lock lock(mu_);
+          while (!stop_) {
+            lock.unlock();
+            auto ids = crypto::TokenStore(dir).revokedPeers();
+            if (!ids) {
+              LOG_WARN(kLogCoord, "cannot read the revoked tokens: {}", ids.status().message());
+            } else if (std::set<std::string> now(ids->begin(), ids->end()); now != known) {
+              known = now;
+              changed(std::move(now));
+            }
+            lock.lock();
+            cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; });
+          }
+        }) {}
+  ~RevocationWatcher() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after the members above exist
+};
+
 int runCoordinator(const Args& args) {
   std::vector<FlagSpec> specs{
       {"listen", "HOST:PORT to accept peers on (port 0: any free port)", "0.0.0.0:7000"},
@@ -81,7 +124,10 @@ int runCoordinator(const Args& args) {
        "with loco join --relay",
        ""},
       {"relay-port-file", "write the bound --relay port to this file", ""},
-      {"cert-lifetime", "hours an enrolled peer's certificate is valid", "24"}};
+      {"cert-lifetime",
+       "how long an enrolled peer's certificate is valid (hours, or 90s/30m/24h/7d); peers "
+       "renew theirs when two thirds of it have passed",
+       "24"}};
   for (auto& spec : securityFlagSpecs(/*with_ca=*/true)) specs.push_back(std::move(spec));
   for (auto& f : relayLimitFlags()) specs.push_back(std::move(f));
   Flags flags("coordinator", "run the membership coordinator (never carries tensor data)",
@@ -113,19 +159,32 @@ int runCoordinator(const Args& args) {
   opts.handshake_timeout = Millis(*handshake);
   opts.holder_wait = Millis(*holder_wait);
   if (!flags.get("ca").empty()) {
-    auto lifetime = flags.getInt("cert-lifetime", 1, 24 * 365);
-    if (!lifetime) return reportFailure(lifetime.status());
+    // A bare number is hours (the first form of this flag); "90s", "30m", "24h", "7d".
+    std::string lifetime_text = flags.get("cert-lifetime");
+    if (!lifetime_text.empty() && std::isdigit(static_cast<unsigned char>(lifetime_text.back())))
+      lifetime_text += "h";
+    auto lifetime_s = parseDurationSeconds(lifetime_text, "--cert-lifetime");
+    if (!lifetime_s) return reportFailure(lifetime_s.status());
+    if (*lifetime_s < 10) {
+      return reportFailure(Status(StatusCode::kInvalidArgument, "--cert-lifetime: at least 10 s"));
+    }
+    const std::chrono::seconds lifetime(*lifetime_s);
     auto ca = crypto::RunCa::load(flags.get("ca"));
     if (!ca) return reportFailure(ca.status());
     LOG_INFO(kLogCoord, "TLS with the run CA sha256={}; enrolling peers with join tokens",
              ca->fingerprint());
-    opts.enroll = [ca = std::move(*ca), hours = std::chrono::hours(*lifetime)](
+    opts.renew = [ca = *ca, lifetime](const p2p::EnrollMsg& m) -> Result<p2p::EnrollReplyMsg> {
+      auto cert = ca.issue(m.peer_id, m.public_key_pem, lifetime);
+      if (!cert) return cert.status();
+      return p2p::EnrollReplyMsg{*cert, ca.certPem()};
+    };
+    opts.enroll = [ca = std::move(*ca), hours = lifetime](
                       const p2p::EnrollMsg& m, const std::string&) -> Result<p2p::EnrollReplyMsg> {
       if (!crypto::isValidPeerId(m.peer_id)) {
         return Status(StatusCode::kInvalidArgument, "peer id must be 32 lowercase hex digits");
       }
       Status redeemed = crypto::TokenStore(ca.dir()).redeem(
-          m.token, static_cast<std::int64_t>(std::time(nullptr)));
+          m.token, static_cast<std::int64_t>(std::time(nullptr)), m.peer_id);
       if (!redeemed.isOk()) return redeemed;
       auto cert = ca.issue(m.peer_id, m.public_key_pem, hours);
       if (!cert) return cert.status();
@@ -210,8 +269,19 @@ int runCoordinator(const Args& args) {
       return reportFailure(st);
     }
   }
+  // --ca: `loco token revoke` takes effect on running members too. The token file is read off
+  // the network thread (file I/O and a lock shared with `loco token`), once a second.
+  std::optional<RevocationWatcher> revocations;
+  if (!flags.get("ca").empty()) {
+    revocations.emplace(flags.get("ca"), [&](std::set<std::string> ids) {
+      net.post([&coord, ids = std::move(ids)] {
+        if (coord) coord->revokePeers(ids);
+      });
+    });
+  }
   const int signal = waitForTerminationSignal(net);
   LOG_INFO(kLogCoord, "signal {}: shutting down", signal);
+  revocations.reset();
   http_server.reset();
   shutdown();
   LOG_INFO(kLogCoord, "stopped");

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "cli/commands.h"
@@ -23,6 +24,7 @@
 #include "p2p/membership_client.h"
 #include "p2p/reconnect.h"
 #include "p2p/runtime.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::cli {
 namespace {
@@ -211,6 +213,10 @@ int runJoin(const Args& args) {
   } else if (Status st = setUpSecurity(flags, identity.id); !st.isOk()) {
     return reportFailure(st);
   }
+  // Renewed before it expires, for as long as this process runs (loco-train included).
+  std::optional<CertificateRenewer> renewer;
+  if (!tls_dir.empty() && p2p::tls::mode() == p2p::tls::Mode::kTls)
+    renewer.emplace(tls_dir, identity.id, *coordinators);
 
   p2p::raiseFileLimit();
   if (!flags.getBool("idle")) {

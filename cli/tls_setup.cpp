@@ -4,12 +4,16 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
 #include <ctime>
 #include <fstream>
 #include <sstream>
 
 #include "crypto/identity.h"
 #include "p2p/address.h"
+#include "p2p/base/log.h"
+#include "p2p/base/metrics.h"
 #include "p2p/status_client.h"
 #include "p2p/tls_stream.h"
 
@@ -116,8 +120,15 @@ bool tlsDirUsable(const std::string& dir, const std::string& id, const std::stri
   const std::string ca_pem = readFile(dir + "/ca.pem");
   auto fp = crypto::certificateFingerprint(ca_pem);
   if (!fp || *fp != ca_fingerprint) return false;
-  auto got = crypto::verifyCertificate(readFile(dir + "/cert.pem"), ca_pem,
-                                       nowUnix() + static_cast<std::int64_t>(margin.count()));
+  // Short-lived certificates (--cert-lifetime below the margin) count while a third of their
+  // lifetime is left: the renewer (CertificateRenewer) takes over from there.
+  const std::string cert_pem = readFile(dir + "/cert.pem");
+  auto info = crypto::inspectCertificate(cert_pem);
+  if (!info) return false;
+  const std::int64_t lifetime = info->not_after - (info->not_before + 300);
+  const std::int64_t need =
+      std::min<std::int64_t>(static_cast<std::int64_t>(margin.count()), lifetime / 3);
+  auto got = crypto::verifyCertificate(cert_pem, ca_pem, nowUnix() + need);
   return got && *got == id && crypto::readPrivateFile(dir + "/key.pem").isOk();
 }
 
@@ -149,6 +160,29 @@ Status enrollInto(const crypto::JoinString& join, const std::string& token, cons
   return writeDir(dir, *key, reply->cert_pem, reply->ca_pem);
 }
 
+Result<std::int64_t> parseDurationSeconds(const std::string& text, const std::string& flag) {
+  auto bad =
+      Status(StatusCode::kInvalidArgument,
+             fmt::format("{}: '{}' is not a duration like 30m, 24h or 7d (0: never)", flag, text));
+  if (text == "0") return 0;
+  if (text.size() < 2) return bad;
+  std::int64_t n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size() - 1, n);
+  if (ec != std::errc() || end != text.data() + text.size() - 1 || n <= 0) return bad;
+  switch (text.back()) {
+    case 's':
+      return n;
+    case 'm':
+      return n * 60;
+    case 'h':
+      return n * 3600;
+    case 'd':
+      return n * 86400;
+    default:
+      return bad;
+  }
+}
+
 Result<std::string> joinToken(const Flags& flags, const crypto::JoinString& join) {
   if (flags.isSet("join-token") && !flags.get("join-token").empty()) return flags.get("join-token");
   if (flags.isSet("token-file") && !flags.get("token-file").empty()) {
@@ -159,6 +193,89 @@ Result<std::string> joinToken(const Flags& flags, const crypto::JoinString& join
     return t;
   }
   return join.token;
+}
+
+CertificateRenewer::CertificateRenewer(std::string dir, std::string id,
+                                       std::vector<p2p::HostPort> coordinators)
+    : dir_(std::move(dir)),
+      id_(std::move(id)),
+      coordinators_(std::move(coordinators)),
+      thread_([this] {
+        std::unique_lock lock(mu_);
+        while (!stop_) {
+          lock.unlock();
+          const std::chrono::seconds wait = step();
+          lock.lock();
+          cv_.wait_for(lock, wait, [this] { return stop_; });
+        }
+      }) {}
+
+CertificateRenewer::~CertificateRenewer() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::chrono::seconds CertificateRenewer::step() {
+  using std::chrono::seconds;
+  const std::string ca_pem = readFile(dir_ + "/ca.pem");
+  auto info = crypto::inspectCertificate(readFile(dir_ + "/cert.pem"));
+  if (!info) {
+    LOG_WARN(kLogPeer, "cannot read our certificate in {} to renew it: {}", dir_,
+             info.status().message());
+    return seconds(60);
+  }
+  // Certificates are backdated 5 minutes for clock skew (crypto/ca.h).
+  const std::int64_t issued = info->not_before + 300;
+  const std::int64_t renew_at = issued + (info->not_after - issued) * 2 / 3;
+  const std::int64_t now = nowUnix();
+  if (now < renew_at) return seconds(std::max<std::int64_t>(1, renew_at - now));
+  const std::int64_t left = info->not_after - now;
+  if (left <= 0) {
+    if (!expired_logged_) {
+      LOG_ERROR(kLogPeer,
+                "our certificate expired without being renewed: open connections go on, new ones "
+                "fail; join again with a new join token (loco token create)");
+      expired_logged_ = true;
+    }
+    return seconds(60);
+  }
+  auto key = crypto::generateKeyPem();
+  auto pub = key ? crypto::publicKeyPem(*key) : Result<std::string>(key.status());
+  Status last = pub.status();
+  for (std::size_t i = 0; pub && i < coordinators_.size(); ++i) {
+    auto reply = p2p::renewWith(coordinators_[i], p2p::EnrollMsg{"", id_, *pub},
+                                Deadline::after(Millis(10000)));
+    if (!reply) {
+      last = reply.status();
+      continue;
+    }
+    auto got = crypto::verifyCertificate(reply->cert_pem, ca_pem, nowUnix());
+    if (!got || *got != id_) {
+      last = Status(StatusCode::kUnauthenticated,
+                    "the coordinator sent a certificate that is not ours or not from our CA");
+      continue;
+    }
+    Status st = writeDir(dir_, *key, reply->cert_pem, ca_pem);
+    if (st.isOk()) st = p2p::tls::use({ca_pem, reply->cert_pem, *key});
+    if (!st.isOk()) {
+      last = st;
+      break;
+    }
+    counter("tls.renewed").inc();
+    auto renewed = crypto::inspectCertificate(reply->cert_pem);
+    LOG_INFO(kLogPeer, "renewed our certificate with coordinator {}: valid for {} s more",
+             coordinators_[i].toString(), renewed ? renewed->not_after - nowUnix() : 0);
+    return seconds(1);
+  }
+  counter("tls.renew_failed").inc();
+  const std::int64_t retry = std::clamp<std::int64_t>(left / 10, 1, 30);
+  LOG_WARN(kLogPeer, "renewing our certificate failed ({} s before it expires): {}; again in {} s",
+           left, last.message(), retry);
+  return seconds(retry);
 }
 
 }  // namespace loco::cli

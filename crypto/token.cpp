@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -71,6 +72,19 @@ Result<std::vector<TokenRecord>> parse(const std::string& path, const std::strin
                     fmt::format("{}: malformed token line; restore it or remove the file", path));
     }
     r.revoked = revoked != 0;
+    // Optional since the first version: the enrolled peers, comma-separated.
+    if (std::string peers; l >> peers) {
+      for (std::size_t at = 0; at < peers.size();) {
+        std::size_t end = std::min(peers.find(',', at), peers.size());
+        std::string id = peers.substr(at, end - at);
+        if (!isValidPeerId(id)) {
+          return Status(StatusCode::kInvalidArgument,
+                        fmt::format("{}: malformed peer id in a token line", path));
+        }
+        r.peers.push_back(std::move(id));
+        at = end + 1;
+      }
+    }
     out.push_back(std::move(r));
   }
   return out;
@@ -79,8 +93,10 @@ Result<std::vector<TokenRecord>> parse(const std::string& path, const std::strin
 std::string render(const std::vector<TokenRecord>& records) {
   std::string out = std::string(kHeader) + "\n";
   for (const auto& r : records) {
-    out += fmt::format("{} {} {} {} {} {}\n", r.hash, r.created, r.expires, r.max_uses, r.used,
+    out += fmt::format("{} {} {} {} {} {}", r.hash, r.created, r.expires, r.max_uses, r.used,
                        r.revoked ? 1 : 0);
+    for (std::size_t i = 0; i < r.peers.size(); ++i) out += (i ? "," : " ") + r.peers[i];
+    out += "\n";
   }
   return out;
 }
@@ -140,7 +156,15 @@ Status TokenStore::revoke(std::string_view token_or_id) {
   const bool full = isWellFormedToken(token_or_id);
   if (!full && (token_or_id.size() < 8 || !isHex(token_or_id))) {
     return Status(StatusCode::kInvalidArgument,
-                  "give the token itself or at least 8 hex digits of its id (loco token list)");
+                  "give the token itself, at least 8 hex digits of its id (loco token list), or "
+                  "the id of a peer enrolled with it");
+  }
+  if (isValidPeerId(std::string(token_or_id))) {
+    for (auto& r : *records) {
+      if (std::find(r.peers.begin(), r.peers.end(), token_or_id) == r.peers.end()) continue;
+      r.revoked = true;
+      return writePrivateFile(path_, render(*records));
+    }
   }
   const std::string key = full ? tokenHash(token_or_id) : std::string(token_or_id);
   TokenRecord* match = nullptr;
@@ -154,7 +178,7 @@ Status TokenStore::revoke(std::string_view token_or_id) {
   return writePrivateFile(path_, render(*records));
 }
 
-Status TokenStore::redeem(std::string_view token, std::int64_t now) {
+Status TokenStore::redeem(std::string_view token, std::int64_t now, const std::string& peer_id) {
   if (!isWellFormedToken(token)) {
     return Status(StatusCode::kUnauthenticated, "malformed join token");
   }
@@ -178,6 +202,10 @@ Status TokenStore::redeem(std::string_view token, std::int64_t now) {
                     fmt::format("join token {} is used up ({} uses)", r.shortId(), r.max_uses));
     }
     ++r.used;
+    if (!peer_id.empty() && std::find(r.peers.begin(), r.peers.end(), peer_id) == r.peers.end()) {
+      if (r.peers.size() >= kMaxPeersPerToken) r.peers.erase(r.peers.begin());
+      r.peers.push_back(peer_id);
+    }
     return writePrivateFile(path_, render(*records));
   }
   return Status(StatusCode::kUnauthenticated, "unknown join token");
@@ -185,6 +213,16 @@ Status TokenStore::redeem(std::string_view token, std::int64_t now) {
 
 Result<std::vector<TokenRecord>> TokenStore::list() const {
   return load(path_);
+}
+
+Result<std::vector<std::string>> TokenStore::revokedPeers() const {
+  auto records = load(path_);
+  if (!records) return records.status();
+  std::vector<std::string> out;
+  for (const auto& r : *records) {
+    if (r.revoked) out.insert(out.end(), r.peers.begin(), r.peers.end());
+  }
+  return out;
 }
 
 bool looksLikeJoinString(std::string_view s) {

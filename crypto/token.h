@@ -28,6 +28,9 @@ struct TokenRecord {
   std::uint32_t max_uses = 0;  // 0: unlimited
   std::uint32_t used = 0;
   bool revoked = false;
+  // The peer ids enrolled with this token (at most kMaxPeersPerToken, the latest kept): revoking
+  // the token revokes them, and the coordinator evicts and refuses them from then on.
+  std::vector<std::string> peers;
   std::string shortId() const { return hash.substr(0, 12); }  // what `loco token revoke` takes
 };
 
@@ -36,6 +39,8 @@ std::string tokenHash(std::string_view token);
 // "lt_" followed by 32 lowercase hex digits.
 bool isWellFormedToken(std::string_view token);
 
+inline constexpr std::size_t kMaxPeersPerToken = 256;
+
 class TokenStore {
  public:
   explicit TokenStore(std::string ca_dir);
@@ -43,12 +48,15 @@ class TokenStore {
   // A new token valid for `lifetime_s` seconds from `now` (0: no expiry) and `max_uses`
   // enrollments (0: unlimited). Returns the token; only its hash is stored.
   Result<std::string> create(std::int64_t now, std::int64_t lifetime_s, std::uint32_t max_uses);
-  // Marks revoked the token given in full, or by a unique prefix (>= 8 hex digits) of its hash.
-  // kNotFound / kInvalidArgument (ambiguous prefix).
+  // Marks revoked the token given in full, by a unique prefix (>= 8 hex digits) of its hash, or
+  // by the id of a peer enrolled with it. kNotFound / kInvalidArgument (ambiguous prefix).
   Status revoke(std::string_view token_or_id);
-  // Checks `token` at `now` and counts one use. kUnauthenticated says why it is refused
-  // (unknown, revoked, expired, used up) without echoing the token.
-  Status redeem(std::string_view token, std::int64_t now);
+  // Checks `token` at `now`, counts one use and records that `peer_id` enrolled with it.
+  // kUnauthenticated says why it is refused (unknown, revoked, expired, used up) without
+  // echoing the token.
+  Status redeem(std::string_view token, std::int64_t now, const std::string& peer_id = "");
+  // The peers enrolled with revoked tokens.
+  Result<std::vector<std::string>> revokedPeers() const;
   Result<std::vector<TokenRecord>> list() const;
 
  private:

@@ -177,6 +177,28 @@ void Coordinator::onEnroll(const std::shared_ptr<Connection>& conn, ByteSpan pay
   }
   auto msg = decodeEnroll(payload);
   if (!msg) return refuse(conn, StatusCode::kProtocolError, msg.status().message());
+  if (revoked_.count(msg->peer_id) || revoked_.count(conn->peerId())) {
+    counter("tls.enroll_refused").inc();
+    return refuse(conn, StatusCode::kUnauthenticated,
+                  fmt::format("peer {} was revoked (loco token revoke)", shortId(msg->peer_id)));
+  }
+  // Renewal: the connection's verified certificate vouches for the id, no token needed.
+  const bool renewal = !conn->peerId().empty();
+  if (renewal && (msg->peer_id != conn->peerId() || !msg->token.empty() || !options_.renew)) {
+    counter("tls.enroll_refused").inc();
+    return refuse(conn, StatusCode::kUnauthenticated,
+                  fmt::format("renewal for {} over a connection certified for {}",
+                              shortId(msg->peer_id), shortId(conn->peerId())));
+  }
+  if (renewal) {
+    auto renewed = options_.renew(*msg);
+    if (!renewed) return refuse(conn, renewed.status().code(), renewed.status().message());
+    counter("tls.renewed").inc();
+    LOG_INFO(kLogCoord, "renewed the certificate of peer {}", shortId(msg->peer_id));
+    conn->send(MsgType::kEnrollReply, encodeEnrollReply(*renewed));
+    conn->closeAfterFlush(Status());
+    return;
+  }
   auto reply = options_.enroll(*msg, conn->remoteAddress());
   if (!reply) {
     counter("tls.enroll_refused").inc();
@@ -193,6 +215,11 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
   if (!hello) return refuse(conn, StatusCode::kProtocolError, hello.status().message());
   if (!crypto::isValidPeerId(hello->peer_id)) {
     return refuse(conn, StatusCode::kInvalidArgument, "peer id must be 32 lowercase hex digits");
+  }
+  if (revoked_.count(hello->peer_id)) {
+    counter("tls.refused", {{"reason", "revoked"}}).inc();
+    return refuse(conn, StatusCode::kUnauthenticated,
+                  fmt::format("peer {} was revoked (loco token revoke)", shortId(hello->peer_id)));
   }
   // The certificate binds the id: a stolen certificate cannot register under another id.
   if (tls::mode() == tls::Mode::kTls && conn->peerId() != hello->peer_id) {
@@ -402,6 +429,28 @@ void Coordinator::maybeProposeRing() {
            "next sync point",
            best_slowest * 8e-6, now_slowest * 8e-6);
   membership_.proposeRing(std::move(*best));
+}
+
+void Coordinator::revokePeers(const std::set<std::string>& ids) {
+  for (const std::string& id : ids) {
+    if (!revoked_.insert(id).second) continue;
+    counter("coord.peers_revoked").inc();
+    auto it = peers_.find(id);
+    if (it == peers_.end()) continue;
+    const std::string why = "revoked (loco token revoke)";
+    if (membership_.contains(id)) {
+      apply(membership_.evict(id, why));
+    }
+    // Evicted above (the Evicted message closes the connection) or registered but not in the
+    // membership: refused outright.
+    if (auto still = peers_.find(id); still != peers_.end()) {
+      auto conn = still->second;
+      peers_.erase(still);
+      conn->setCloseHandler(nullptr);
+      conn->send(MsgType::kRefused, encodeRefused(RefusedMsg{StatusCode::kUnauthenticated, why}));
+      conn->closeAfterFlush(Status(StatusCode::kUnauthenticated, why));
+    }
+  }
 }
 
 void Coordinator::onPeerClosed(const std::string& id, const Connection* conn, const Status& why) {

@@ -47,6 +47,10 @@ struct CoordinatorOptions {
   // connection without a client certificate. Runs on the io thread; `from` is the remote
   // address. Unset: enrollment is refused.
   std::function<Result<EnrollReplyMsg>(const EnrollMsg&, const std::string& from)> enroll;
+  // TLS: signs a fresh certificate for a peer that asks over a connection presenting its current,
+  // still valid one (Enroll without a token, for the id in that certificate), so it renews
+  // before expiry without dropping anything. Runs on the io thread. Unset: refused.
+  std::function<Result<EnrollReplyMsg>(const EnrollMsg&)> renew;
 };
 
 // What the coordinator's dial-back of a joiner's advertised address found (reachability.cpp).
@@ -73,6 +77,11 @@ class Coordinator {
 
   // What /api/status and the dashboard show (run_log.h). Call on the io thread; a copy.
   RunSnapshot snapshot() const;
+
+  // Revoked peers (loco token revoke): those registered are evicted (the group's next epoch
+  // closes every link to them) and from then on they are refused Hello and renewal. The whole
+  // set each time; ids leave it only with a new coordinator. Call on the io thread.
+  void revokePeers(const std::set<std::string>& ids);
 
  private:
   Coordinator(asio::io_context& io, CoordinatorOptions options);
@@ -123,6 +132,7 @@ class Coordinator {
   std::uint64_t entry_generation_ = 0;
   std::map<std::string, std::shared_ptr<Connection>> peers_;  // registered, by peer id
   std::vector<std::shared_ptr<Connection>> handshaking_;      // oldest first
+  std::set<std::string> revoked_;                             // loco token revoke
 };
 
 }  // namespace loco::p2p

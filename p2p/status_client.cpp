@@ -67,10 +67,14 @@ Result<GroupView> fetchStatus(const HostPort& coordinator, Deadline deadline) {
 
 namespace loco::p2p {
 
-Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string& ca_fingerprint,
-                                  const EnrollMsg& request, Deadline deadline) {
+namespace {
+
+// One Enroll round trip over the stream `wrap` makes of the connected socket.
+Result<EnrollReplyMsg> enrollOver(
+    const HostPort& coordinator, const EnrollMsg& request, Deadline deadline,
+    const std::function<std::unique_ptr<Stream>(asio::ip::tcp::socket)>& wrap, const char* what) {
   auto eps = resolve(coordinator);
-  if (!eps) return eps.status().withContext("join string");
+  if (!eps) return eps.status().withContext(what);
   asio::io_context io;
   std::optional<Result<EnrollReplyMsg>> result;
   std::shared_ptr<Connection> conn;
@@ -83,7 +87,7 @@ Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string
     Connection::Options copts;
     copts.name = "coordinator (enrolling)";
     copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
-    conn = Connection::create(io, tls::wrapPinned(std::move(*sock.value()), ca_fingerprint), copts);
+    conn = Connection::create(io, wrap(std::move(*sock.value())), copts);
     conn->setFrameHandler([&](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       if (h.type == MsgType::kEnrollReply) {
         auto r = decodeEnrollReply(payload);
@@ -120,8 +124,28 @@ Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string
     return Status(StatusCode::kTimeout,
                   fmt::format("no enrollment reply from {}", coordinator.toString()));
   if (!result->isOk())
-    return result->status().withContext(fmt::format("enrolling with {}", coordinator.toString()));
+    return result->status().withContext(fmt::format("{} with {}", what, coordinator.toString()));
   return std::move(*result);
+}
+
+}  // namespace
+
+Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string& ca_fingerprint,
+                                  const EnrollMsg& request, Deadline deadline) {
+  return enrollOver(
+      coordinator, request, deadline,
+      [&](asio::ip::tcp::socket s) { return tls::wrapPinned(std::move(s), ca_fingerprint); },
+      "enrolling");
+}
+
+Result<EnrollReplyMsg> renewWith(const HostPort& coordinator, const EnrollMsg& request,
+                                 Deadline deadline) {
+  return enrollOver(
+      coordinator, request, deadline,
+      [](asio::ip::tcp::socket s) {
+        return tls::wrap(std::move(s), {tls::Role::kClient, crypto::kCoordinatorId});
+      },
+      "renewing the certificate");
 }
 
 }  // namespace loco::p2p

@@ -26,4 +26,10 @@ namespace loco::p2p {
 Result<EnrollReplyMsg> enrollWith(const HostPort& coordinator, const std::string& ca_fingerprint,
                                   const EnrollMsg& request, Deadline deadline);
 
+// Renews our certificate (ARCHITECTURE.md §10): the same request without a token, over TLS with
+// the process's current certificate (tls::use), which vouches for the id. Blocking, like
+// fetchStatus. kUnauthenticated: the coordinator refused (revoked, or another id).
+Result<EnrollReplyMsg> renewWith(const HostPort& coordinator, const EnrollMsg& request,
+                                 Deadline deadline);
+
 }  // namespace loco::p2p

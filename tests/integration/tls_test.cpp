@@ -17,13 +17,21 @@ namespace {
 
 // A TLS coordinator with a fresh CA in dir/ca.
 struct SecureRun {
-  explicit SecureRun(const TempDir& d) : dir(d) {
+  explicit SecureRun(const TempDir& d, std::vector<std::string> extra = {}) : dir(d) {
     EXPECT_EQ(loco(dir, {"ca", "init", "--dir", dir.file("ca")}).code, 0);
-    coordinator = std::make_unique<Process>(
-        std::vector<std::string>{"coordinator", "--ca", dir.file("ca"), "--listen", "127.0.0.1:0",
-                                 "--port-file", dir.file("coord.port"), "--heartbeat-interval",
-                                 "200", "--heartbeat-timeout", "2000"},
-        dir.file("coordinator.log"));
+    std::vector<std::string> args{"coordinator",
+                                  "--ca",
+                                  dir.file("ca"),
+                                  "--listen",
+                                  "127.0.0.1:0",
+                                  "--port-file",
+                                  dir.file("coord.port"),
+                                  "--heartbeat-interval",
+                                  "200",
+                                  "--heartbeat-timeout",
+                                  "2000"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    coordinator = std::make_unique<Process>(args, dir.file("coordinator.log"));
     EXPECT_TRUE(eventually(milliseconds(10000), [&] {
       port = std::atoi(readFile(dir.file("coord.port")).c_str());
       return port > 0;
@@ -65,6 +73,127 @@ std::vector<std::string> idleJoin(const std::string& target, std::vector<std::st
                                 "0"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
+}
+
+// A training peer that enrolls with its own one-use join string; long enough to outlast the
+// test (its process is killed at the end).
+std::unique_ptr<Process> trainingJoin(const TempDir& dir, const std::string& join, int rank,
+                                      int peers, const std::string& corpus,
+                                      const std::string& log_level = "warn") {
+  const std::string r = std::to_string(rank);
+  std::vector<std::string> args{"join",
+                                join,
+                                "--listen",
+                                "127.0.0.1:0",
+                                "--identity",
+                                dir.file("peer" + r + ".id"),
+                                "--rank",
+                                r,
+                                "--wait-for",
+                                std::to_string(peers),
+                                "--metrics",
+                                dir.file("peer" + r + ".jsonl"),
+                                "--measure-topology",
+                                "off",
+                                "--inner-steps",
+                                "5",
+                                "--steps",
+                                "1000000",
+                                "--eval-every",
+                                "1000000"};
+  for (const auto& f : tiny(corpus)) args.push_back(f);
+  args.back() = log_level;  // tiny() ends with --log-level warn
+  return std::make_unique<Process>(args, dir.file("peer" + r + ".log"));
+}
+
+std::string peerIdIn(const std::string& identity_file) {
+  const std::string text = readFile(identity_file);
+  const auto at = text.find("id ");
+  return at == std::string::npos ? "" : text.substr(at + 3, 32);
+}
+
+// Issue 15 item 4: revoking a member's token (here by its peer id) evicts it from the running
+// group, whose next epoch closes every link to it; it is refused when it tries to come back,
+// and the others train on without it.
+TEST(Tls, ARevokedMemberIsEvictedAndRefusedAndTheOthersTrainOn) {
+  TempDir dir;
+  SecureRun run(dir);
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int r = 0; r < 3; ++r)
+    peers.push_back(trainingJoin(dir, run.joinString({"--uses", "1"}), r, 3, corpus));
+  auto rounds = [&](int r) { return readJsonl(dir.file("peer" + std::to_string(r) + ".jsonl")); };
+  ASSERT_TRUE(eventually(
+      milliseconds(90000),
+      [&] { return rounds(0).size() >= 3 && rounds(1).size() >= 3 && rounds(2).size() >= 3; }))
+      << peers[0]->log() << peers[2]->log();
+  const std::string victim = peerIdIn(dir.file("peer2.id"));
+  ASSERT_EQ(victim.size(), 32u);
+  auto list = loco(dir, {"token", "list", "--ca", dir.file("ca")});
+  EXPECT_NE(list.out.find(victim), std::string::npos) << "the token records who enrolled";
+  ASSERT_EQ(loco(dir, {"token", "revoke", "--ca", dir.file("ca"), victim}).code, 0);
+  // Out within a few seconds (the coordinator reads the token file every second); it gives up
+  // since its Hello is refused from then on.
+  auto rc = peers[2]->waitExit(milliseconds(15000));
+  ASSERT_TRUE(rc.has_value()) << peers[2]->log();
+  EXPECT_NE(*rc, 0);
+  EXPECT_NE(peers[2]->log().find("revoked"), std::string::npos) << peers[2]->log();
+  EXPECT_NE(run.coordinator->log().find("revoked"), std::string::npos);
+  // The others go on as a group of two: rounds after the revocation count two contributors.
+  const std::size_t before = rounds(0).size();
+  ASSERT_TRUE(eventually(milliseconds(30000), [&] { return rounds(0).size() >= before + 3; }))
+      << peers[0]->log();
+  EXPECT_EQ(rounds(0).back().contributors, 2);
+  EXPECT_EQ(rounds(1).back().contributors, 2);
+  // Its certificate is still within its lifetime, yet it cannot come back.
+  auto again =
+      loco(dir, {"join", "--idle", "--coordinator", run.address(), "--tls-dir",
+                 dir.file("peer2.id.tls"), "--identity", dir.file("peer2.id"), "--listen",
+                 "127.0.0.1:0", "--connect-timeout", "5000", "--coordinator-timeout", "0"});
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.out.find("revoked"), std::string::npos) << again.out;
+}
+
+// Issue 15 item 2: certificates of 12 s are renewed at two thirds of their lifetime, over and
+// over, while two peers train: the group never changes epoch (no link dropped, nobody evicted),
+// and after the first certificate expired a new connection with the renewed one works.
+TEST(Tls, CertificatesAreRenewedBeforeExpiryWithoutDroppingLinks) {
+  TempDir dir;
+  SecureRun run(dir, {"--cert-lifetime", "12s"});
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int r = 0; r < 2; ++r) {
+    // At info level, where renewals are logged.
+    peers.push_back(trainingJoin(dir, run.joinString({"--uses", "1"}), r, 2, corpus, "info"));
+  }
+  auto rounds = [&](int r) { return readJsonl(dir.file("peer" + std::to_string(r) + ".jsonl")); };
+  ASSERT_TRUE(eventually(milliseconds(60000), [&] { return rounds(0).size() >= 2; }))
+      << peers[0]->log();
+  const auto first_cert = readFile(dir.file("peer0.id.tls/cert.pem"));
+  // Past the first certificate's expiry (12 s after enrollment), renewed twice by then.
+  std::this_thread::sleep_for(milliseconds(17000));
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(peers[r]->running()) << peers[r]->log();
+    const std::string log = peers[r]->log();
+    std::size_t renewals = 0;
+    for (auto at = log.find("renewed our certificate"); at != std::string::npos;
+         at = log.find("renewed our certificate", at + 1))
+      ++renewals;
+    EXPECT_GE(renewals, 2u) << log;
+    EXPECT_EQ(log.find("renewing our certificate failed"), std::string::npos) << log;
+  }
+  EXPECT_NE(readFile(dir.file("peer0.id.tls/cert.pem")), first_cert);
+  const auto lines = rounds(0);
+  ASSERT_GE(lines.size(), 4u);
+  for (const Line& l : lines) {
+    if (l.step == 0) continue;  // the state before the first round
+    EXPECT_EQ(l.epoch, lines[1].epoch) << "step " << l.step;
+    EXPECT_EQ(l.contributors, 2) << "step " << l.step;
+  }
+  // A new connection with what the peer holds now: the renewed certificate.
+  auto status =
+      loco(dir, {"status", "--coordinator", run.address(), "--tls-dir", dir.file("peer0.id.tls")});
+  EXPECT_EQ(status.code, 0) << status.out;
 }
 
 TEST(Tls, JoinStringEnrollsOnceAndUsedUpExpiredRevokedTokensAreRefused) {

@@ -116,6 +116,51 @@ TEST_F(CaTest, TokensAreStoredHashedAndRedeemedWithinTheirLimits) {
   EXPECT_EQ(third.message().find(*token), std::string::npos) << "the token is echoed";
 }
 
+TEST_F(CaTest, RevokingATokenOrAPeerIdRevokesThePeersEnrolledWithIt) {
+  ASSERT_TRUE(RunCa::init(ca_dir(), hours(24)).isOk());
+  TokenStore store(ca_dir());
+  auto shared = store.create(now(), 0, 0);
+  auto own = store.create(now(), 0, 1);
+  ASSERT_TRUE(shared.isOk() && own.isOk());
+  const std::string a(32, 'a'), b(32, 'b'), c(32, 'c');
+  ASSERT_TRUE(store.redeem(*shared, now(), a).isOk());
+  ASSERT_TRUE(store.redeem(*shared, now(), b).isOk());
+  ASSERT_TRUE(store.redeem(*own, now(), c).isOk());
+  auto none = store.revokedPeers();
+  ASSERT_TRUE(none.isOk());
+  EXPECT_TRUE(none->empty());
+  // By the id of one peer: its token goes, and with it every peer that enrolled with it.
+  ASSERT_TRUE(store.revoke(b).isOk());
+  auto revoked = store.revokedPeers();
+  ASSERT_TRUE(revoked.isOk());
+  EXPECT_EQ(*revoked, (std::vector<std::string>{a, b}));
+  EXPECT_EQ(store.redeem(*shared, now(), std::string(32, 'd')).code(),
+            StatusCode::kUnauthenticated);
+  EXPECT_EQ(store.revoke(std::string(32, 'e')).code(), StatusCode::kNotFound);
+  ASSERT_TRUE(store.revoke(*own).isOk());
+  revoked = store.revokedPeers();
+  ASSERT_TRUE(revoked.isOk());
+  EXPECT_EQ(revoked->size(), 3u);
+}
+
+TEST_F(CaTest, ATokenFileWithoutPeerListsStillLoads) {
+  ASSERT_TRUE(RunCa::init(ca_dir(), hours(24)).isOk());
+  // The first format: six fields a line.
+  ASSERT_TRUE(writePrivateFile(ca_dir() + "/tokens",
+                               "loco-tokens v1\n" + std::string(64, 'f') + " 1 0 0 2 1\n")
+                  .isOk());
+  TokenStore store(ca_dir());
+  auto listed = store.list();
+  ASSERT_TRUE(listed.isOk()) << listed.status().message();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_TRUE((*listed)[0].revoked);
+  EXPECT_TRUE((*listed)[0].peers.empty());
+  ASSERT_TRUE(writePrivateFile(ca_dir() + "/tokens",
+                               "loco-tokens v1\n" + std::string(64, 'f') + " 1 0 0 2 1 nothex\n")
+                  .isOk());
+  EXPECT_EQ(store.list().status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST_F(CaTest, ExpiredRevokedUnknownAndMalformedTokensAreRefused) {
   ASSERT_TRUE(RunCa::init(ca_dir(), hours(24)).isOk());
   TokenStore store(ca_dir());
