@@ -146,7 +146,9 @@ void Coordinator::refuse(const std::shared_ptr<Connection>& conn, StatusCode cod
 void Coordinator::onHandshakeFrame(const std::shared_ptr<Connection>& conn, const FrameHeader& h,
                                    std::vector<std::uint8_t> payload) {
   if (h.type == MsgType::kEnroll) return onEnroll(conn, payload);
-  if (tls::mode() == tls::Mode::kTls && conn->peerId().empty()) {
+  // DialBack needs no certificate: the coordinator dials only the requester's own address, so
+  // a volunteer's `loco doctor` checks its port before it has enrolled.
+  if (tls::mode() == tls::Mode::kTls && conn->peerId().empty() && h.type != MsgType::kDialBack) {
     counter("tls.refused", {{"reason", "no_client_certificate"}}).inc();
     return refuse(conn, StatusCode::kUnauthenticated,
                   fmt::format("{} without a client certificate: enroll first with a join token "

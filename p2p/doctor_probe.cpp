@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <optional>
 #include <random>
@@ -58,7 +59,8 @@ int intOption(int fd, int level, int name) {
 }  // namespace
 
 Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort& listen,
-                                     const std::string& advertise, Deadline deadline) {
+                                     const std::string& advertise, Deadline deadline,
+                                     const std::string& pinned_ca) {
   auto eps = resolve(coordinator);
   if (!eps) return eps.status().withContext("--coordinator");
   std::optional<HostPort> adv;
@@ -82,9 +84,22 @@ Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort
   }
   const std::uint64_t token = std::random_device{}() * 0x9e3779b97f4a7c15ull ^ unixMillis();
   std::vector<std::shared_ptr<Connection>> accepted;
+  std::vector<std::shared_ptr<asio::ip::tcp::socket>> raw;
+  std::array<std::uint8_t, 2> first{};
   std::function<void()> accept_next = [&] {
     acceptor->async_accept([&](const std::error_code& ec, asio::ip::tcp::socket s) {
       if (ec) return;
+      if (!pinned_ca.empty()) {
+        // No certificate to answer with: a TLS record (0x16 0x03) is the coordinator's dial.
+        auto sock = std::make_shared<asio::ip::tcp::socket>(std::move(s));
+        raw.push_back(sock);
+        asio::async_read(*sock, asio::buffer(first),
+                         [&out, &first](const std::error_code& e, std::size_t) {
+                           if (!e && first[0] == 0x16 && first[1] == 0x03)
+                             out.probe_received = true;
+                         });
+        return accept_next();
+      }
       Connection::Options copts;
       copts.name = "dial-back";
       copts.first_frame_timeout = Millis(5000);
@@ -133,7 +148,10 @@ Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort
     Connection::Options copts;
     copts.name = "coordinator";
     conn = Connection::create(
-        io, tls::wrap(std::move(s), {tls::Role::kClient, crypto::kCoordinatorId}), copts);
+        io,
+        pinned_ca.empty() ? tls::wrap(std::move(s), {tls::Role::kClient, crypto::kCoordinatorId})
+                          : tls::wrapPinned(std::move(s), pinned_ca),
+        copts);
     conn->setFrameHandler([&](const FrameHeader& h, std::vector<std::uint8_t> payload) {
       if (h.type != MsgType::kDialBackResult) {
         failure = Status(StatusCode::kProtocolError,
@@ -187,6 +205,7 @@ Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort
     c->close(Status());
   }
   std::error_code ignored;
+  for (auto& r : raw) r->close(ignored);
   if (acceptor) acceptor->close(ignored);
   io.poll();
   if (failure) return failure->withContext(fmt::format("coordinator {}", coordinator.toString()));

@@ -43,7 +43,12 @@ struct DoctorProbe {
 // address and the listening port). Errors: kInvalidArgument (the coordinator or --advertise does
 // not resolve), kUnavailable (refused), kTimeout (no answer), kProtocolError (not a loco
 // coordinator, or one that predates the dial-back).
+// `pinned_ca` (a join string's CA fingerprint, for a machine without a certificate yet): the
+// coordinator is accepted only with that CA (tls::wrapPinned; kUnauthenticated otherwise), and
+// the dial-back counts as arrived when a TLS handshake reaches the listener (the coordinator's;
+// without a certificate of our own it cannot complete). "": the process's TLS mode as set.
 Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort& listen,
-                                     const std::string& advertise, Deadline deadline);
+                                     const std::string& advertise, Deadline deadline,
+                                     const std::string& pinned_ca = "");
 
 }  // namespace loco::p2p

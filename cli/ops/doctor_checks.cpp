@@ -77,6 +77,28 @@ std::vector<Check> networkChecks(const Result<p2p::DoctorProbe>& probe,
         c.message = st.message();
         c.fix = "--coordinator HOST:PORT with a name this machine resolves (or an IP address)";
         break;
+      case StatusCode::kUnauthenticated: {
+        // TLS: the pin, a plaintext coordinator, or our certificate refused (tls_stream.cpp).
+        c.message = st.message();
+        const std::string& m = st.message();
+        if (m.find("pinned CA") != std::string::npos) {
+          c.fix = fmt::format(
+              "do not join: {} is not the coordinator the join string names (another run, an old "
+              "string, or a man in the middle). Ask the organiser for the run's current join "
+              "string (`loco token create --ca RUN_CA --coordinator {}`)",
+              where, where);
+        } else if (m.find("plaintext") != std::string::npos ||
+                   m.find("--insecure") != std::string::npos) {
+          c.fix =
+              "every side must agree: the coordinator and this machine both TLS (a join string or "
+              "--tls-dir), or both --insecure (only on a network you trust)";
+        } else {
+          c.fix =
+              "join again with a join string from the organiser (`loco join 'loco://...'`): it "
+              "enrolls this machine with the run's CA";
+        }
+        break;
+      }
       default:
         c.message =
             fmt::format("{} answers, but not as a loco coordinator: {}", where, st.message());

@@ -196,6 +196,38 @@ TEST(Tls, CertificatesAreRenewedBeforeExpiryWithoutDroppingLinks) {
   EXPECT_EQ(status.code, 0) << status.out;
 }
 
+// `loco doctor` with a volunteer's join string, before it has enrolled: the coordinator is
+// checked against the pin, its dial-back reaches this machine (TLS, which it cannot finish
+// without a certificate), the token is not spent; a wrong pin fails with what to do.
+TEST(Tls, DoctorChecksAJoinStringWithoutSpendingTheToken) {
+  TempDir dir;
+  SecureRun run(dir);
+  const std::string join = run.joinString({"--uses", "1"});
+  auto ok = loco(dir, {"doctor", join, "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("the coordinator connected to"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("doctor does not spend a use"), std::string::npos) << ok.out;
+  auto list = loco(dir, {"token", "list", "--ca", dir.file("ca")});
+  EXPECT_NE(list.out.find("uses=0/1"), std::string::npos) << list.out;
+
+  std::string wrong = join;
+  const auto at = wrong.find("sha256=") + 7;
+  wrong[at] = wrong[at] == '0' ? '1' : '0';
+  auto refused = loco(dir, {"doctor", wrong, "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(refused.code, 1) << refused.out;
+  EXPECT_NE(refused.out.find("does not chain to the pinned CA"), std::string::npos) << refused.out;
+  EXPECT_NE(refused.out.find("fix: do not join"), std::string::npos) << refused.out;
+
+  // Enrolled: the certificate is checked, and the probe runs with it.
+  Process peer(idleJoin(join, {"--identity", dir.file("v.id")}), dir.file("peer.log"));
+  ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(peer.log()); })) << peer.log();
+  const std::string pinned_only = join.substr(0, join.find('?'));
+  auto enrolled =
+      loco(dir, {"doctor", pinned_only, "--identity", dir.file("v.id"), "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(enrolled.code, 0) << enrolled.out;
+  EXPECT_NE(enrolled.out.find("valid until"), std::string::npos) << enrolled.out;
+}
+
 TEST(Tls, JoinStringEnrollsOnceAndUsedUpExpiredRevokedTokensAreRefused) {
   TempDir dir;
   SecureRun run(dir);
