@@ -213,9 +213,16 @@ int runJoin(const Args& args) {
   } else if (Status st = setUpSecurity(flags, identity.id); !st.isOk()) {
     return reportFailure(st);
   }
-  // Renewed before it expires, for as long as this process runs (loco-train included).
+  // Renewed before it expires, for as long as this process runs; not in a process about to
+  // exec loco-train (which renews it itself): a renewal cut by exec could leave a new key
+  // beside the old certificate.
+#ifdef LOCO_TRAINING_BINARY
+  const bool will_exec = false;
+#else
+  const bool will_exec = !flags.getBool("idle");
+#endif
   std::optional<CertificateRenewer> renewer;
-  if (!tls_dir.empty() && p2p::tls::mode() == p2p::tls::Mode::kTls)
+  if (!will_exec && !tls_dir.empty() && p2p::tls::mode() == p2p::tls::Mode::kTls)
     renewer.emplace(tls_dir, identity.id, *coordinators);
 
   p2p::raiseFileLimit();
