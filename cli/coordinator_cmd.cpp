@@ -69,13 +69,19 @@ class RevocationWatcher {
   RevocationWatcher(std::string ca_dir, std::function<void(std::set<std::string>)> changed)
       : thread_([this, dir = std::move(ca_dir), changed = std::move(changed)] {
           std::set<std::string> known;
+          std::string last_error;  // logged once, not every second
           std::unique_lock lock(mu_);
           while (!stop_) {
             lock.unlock();
             auto ids = crypto::TokenStore(dir).revokedPeers();
             if (!ids) {
-              LOG_WARN(kLogCoord, "cannot read the revoked tokens: {}", ids.status().message());
+              if (ids.status().message() != last_error) {
+                last_error = ids.status().message();
+                LOG_WARN(kLogCoord, "cannot read the revoked tokens (revocations wait): {}",
+                         last_error);
+              }
             } else if (std::set<std::string> now(ids->begin(), ids->end()); now != known) {
+              last_error.clear();
               known = now;
               changed(std::move(now));
             }
@@ -270,7 +276,7 @@ int runCoordinator(const Args& args) {
     }
   }
   // --ca: `loco token revoke` takes effect on running members too. The token file is read off
-  // the network thread (file I/O and a lock shared with `loco token`), once a second.
+  // the network thread (file I/O), once a second.
   std::optional<RevocationWatcher> revocations;
   if (!flags.get("ca").empty()) {
     revocations.emplace(flags.get("ca"), [&](std::set<std::string> ids) {
