@@ -252,6 +252,12 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
       cpu_ms += processCpuMs() - cpu0;
       sent += c.bytesSent() - sent0;
     }
+    // Nobody regenerates its next input while another peer's operation still runs: on a shared
+    // machine that CPU (about 25 ns a value, 6 ms per MiB) came out of the slower peers' time
+    // (loopback, N = 4, 1 MiB, 2 cores: ~15 ms per operation, 80 % of the bench's CPU in the
+    // generator).
+    if (auto st = c.syncPoint(Deadline::after(Millis(60000))); !st)
+      return reportFailure(st.status());
   }
   if (Status st = writeFileAtomic(
           flags.get("out") + ".cpu",
