@@ -183,7 +183,7 @@ Algorithm chooseAlgorithm(const AllReduceArgs& args, std::size_t world, bool one
   if (bytes * (world - 1) <= kDirectMaxBytes) return Algorithm::kDirect;
   // Up to medium sizes on small groups on one host: two hops (scatter to owners, gather from
   // them) with the ring's bandwidth-optimal byte count, instead of the ring's 2(N-1) hops. Across
-  // hosts a slow pair would carry a 1/N of the buffer each way (lab, 100 Mbit/s with two 10
+  // hosts a slow pair would carry 1/N of the buffer each way (lab, 100 Mbit/s with two 10
   // Mbit/s pairs, 8 MiB, N = 4: 4.0 s, against 1.25 s for the ring routed around them).
   if (one_host && world <= kScatterGatherMaxWorld && bytes <= kScatterGatherMaxBytes)
     return Algorithm::kScatterGather;
