@@ -224,10 +224,10 @@ TEST(Resilience, CoordinatorStalledLongerThanTheHeartbeatTimeoutLosesNoRound) {
   EXPECT_NE(coordinator.process().log().find("group rebuilt"), std::string::npos);
 }
 
-TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
+void standbyTakesOver(const std::vector<std::string>& coordinator_flags) {
   TempDir dir;
-  CoordinatorProcess primary(dir, kInterval, kTimeout, {}, "coord-a");
-  CoordinatorProcess standby(dir, kInterval, kTimeout, {}, "coord-standby");
+  CoordinatorProcess primary(dir, kInterval, kTimeout, coordinator_flags, "coord-a");
+  CoordinatorProcess standby(dir, kInterval, kTimeout, coordinator_flags, "coord-standby");
   TrainingGroup group(dir, 3, primary.address() + "," + standby.address(), 100);
   ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
   auto idle = standby.view();
@@ -245,6 +245,15 @@ TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
   group.expectFinishedConsistently();
   EXPECT_NE(standby.process().log().find("group rebuilt"), std::string::npos)
       << standby.process().log();
+}
+
+TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
+  standbyTakesOver({});
+}
+
+// What `loco local --standby on` runs: every peer of the group comes to the standby, a majority.
+TEST(Resilience, StandbyCoordinatorWithTheQuorumRuleTakesOverAsFast) {
+  standbyTakesOver({"--quorum"});
 }
 
 // A TCP forwarder on 127.0.0.1 that a test can cut (every forwarded connection is shut down and
