@@ -963,7 +963,9 @@ int runLocal(const Args& args) {
       {"heartbeat-interval", "the coordinator's heartbeat interval, ms", "250"},
       {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"},
       {"standby",
-       "on: a standby coordinator beside the first; the peers fail over to it (training)", "off"},
+       "on: a standby coordinator beside the first; the peers fail over to it (training); both "
+       "apply the quorum rule (loco coordinator --quorum)",
+       "off"},
       {"http",
        "the coordinator's dashboard and /metrics at HOST:PORT (port 0: any free port; off: none)",
        "127.0.0.1:0"}};
