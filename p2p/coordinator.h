@@ -42,6 +42,9 @@ struct CoordinatorOptions {
   // How long peers behind the run's high-water mark, with no members left, wait for a peer that
   // holds it before the run goes on from what they hold (membership.h).
   Millis holder_wait = kDefaultHolderWait;
+  // The quorum rule (membership.h): on wherever another coordinator may be alive at the same
+  // time (a standby), so that the two sides of a partition cannot both train.
+  bool quorum = false;
 };
 
 // What the coordinator's dial-back of a joiner's advertised address found (reachability.cpp).
