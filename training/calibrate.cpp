@@ -1,0 +1,168 @@
+#include "training/calibrate.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "p2p/base/log.h"
+
+namespace loco::training {
+namespace {
+
+double procStatusBytes(const char* key) {
+  std::ifstream in("/proc/self/status");
+  const std::string k(key);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(k, 0) == 0) return std::strtod(line.c_str() + k.size(), nullptr) * 1024.0;
+  }
+  return 0;
+}
+
+constexpr int kMinPasses = 2;
+constexpr int kMaxPasses = 8;
+constexpr double kMinProbeSeconds = 0.05;
+constexpr int kFlatProbesToStop = 2;
+
+// Starts the peak resident set (VmHWM) again from the current one, so that what calibration
+// reads is its own passes' peak, not the corpus loading's. Best effort: without it, the peaks
+// are higher than the passes need (a smaller b_mem, never a larger one).
+void resetPeakRss() {
+  std::ofstream("/proc/self/clear_refs") << "5";
+}
+
+}  // namespace
+
+double peakRssBytes() {
+  return procStatusBytes("VmHWM:");
+}
+double currentRssBytes() {
+  return procStatusBytes("VmRSS:");
+}
+
+Result<Calibration> calibrateMicroBatch(LocalTrainer& trainer, const CalibrationOptions& options) {
+  const auto t0 = Clock::now();
+  const Deadline until = Deadline::after(options.time_limit);
+  const std::uint32_t restore = trainer.config().batch_size;
+  const double context = trainer.config().model.context;
+  const double budget = static_cast<double>(options.memory_budget_bytes) * kHeadroom;
+  const std::uint32_t largest = std::clamp<std::uint32_t>(options.largest, 1, 65536);
+  Calibration c;
+  resetPeakRss();
+  c.base_rss_bytes = currentRssBytes();
+  if (budget > 0 && c.base_rss_bytes > budget) {
+    return Status(StatusCode::kResourceExhausted,
+                  fmt::format("--memory-budget-mib {}: the model and data alone take {:.0f} MiB "
+                              "({:.0f} % of the budget is for training passes)",
+                              options.memory_budget_bytes >> 20, c.base_rss_bytes / (1 << 20),
+                              kHeadroom * 100));
+  }
+  double best_tps = 0;
+  std::uint32_t best_b = 0, fit_b = 0;
+  int flat = 0;
+  auto finish = [&](std::string why) -> Result<Calibration> {
+    Status st = trainer.setBatchSize(restore);
+    if (!st.isOk()) return st;
+    if (fit_b == 0) {
+      return Status(StatusCode::kResourceExhausted,
+                    fmt::format("--memory-budget-mib {}: not even one window's backward pass fits "
+                                "(peak {:.0f} MiB)",
+                                options.memory_budget_bytes >> 20, peakRssBytes() / (1 << 20)));
+    }
+    c.stopped_by = std::move(why);
+    c.limits.b_max = std::max<std::uint32_t>(1, std::min(best_b, fit_b));
+    if (budget > 0) {
+      // Extend along the line through the probes that fitted: memory grows about linearly
+      // with the micro-batch (activations), from the model's fixed part.
+      std::uint32_t b_mem = fit_b;
+      std::vector<const CalibrationProbe*> fitted;
+      double cap = 65536;
+      for (const auto& p : c.probes) {
+        if (p.batch <= fit_b) fitted.push_back(&p);
+        if (p.batch > fit_b) cap = std::min<double>(cap, p.batch - 1);  // measured: too big
+      }
+      if (fitted.size() >= 2) {
+        const CalibrationProbe& z = *fitted.back();
+        const CalibrationProbe& a = *fitted[fitted.size() - 2];
+        const double slope = (z.peak_rss_bytes - a.peak_rss_bytes) / (z.batch - a.batch);
+        const double more = slope > 0 ? std::floor((budget - z.peak_rss_bytes) / slope) : cap;
+        b_mem = static_cast<std::uint32_t>(std::min(cap, fit_b + std::max(0.0, more)));
+      }
+      c.limits.b_mem = b_mem;
+      c.limits.b_max = std::min(c.limits.b_max, b_mem);
+    }
+    c.seconds = toSeconds(Clock::now() - t0);
+    return c;
+  };
+  for (std::uint32_t b = 1; b <= largest; b *= 2) {
+    if (until.expired()) return finish("time");
+    if (budget > 0 && c.probes.size() >= 2) {
+      const auto& a = c.probes[c.probes.size() - 2];
+      const auto& z = c.probes.back();
+      const double slope =
+          (z.peak_rss_bytes - a.peak_rss_bytes) / static_cast<double>(z.batch - a.batch);
+      if (z.peak_rss_bytes + std::max(0.0, slope) * (b - z.batch) > budget) return finish("memory");
+    }
+    LOCO_RETURN_IF_ERROR(trainer.setBatchSize(b));
+    auto warm = trainer.computeBackward(0);
+    if (!warm) return warm.status();
+    const auto p0 = Clock::now();
+    int passes = 0;
+    double seconds = 0;
+    while (passes < kMaxPasses && (passes < kMinPasses || seconds < kMinProbeSeconds)) {
+      auto l = trainer.computeBackward(0);
+      if (!l) return l.status();
+      ++passes;
+      seconds = toSeconds(Clock::now() - p0);
+    }
+    CalibrationProbe p;
+    p.batch = b;
+    p.tokens_per_s = seconds > 0 ? passes * b * context / seconds : 0;
+    p.peak_rss_bytes = peakRssBytes();
+    c.probes.push_back(p);
+    if (budget > 0 && p.peak_rss_bytes > budget) return finish("memory");
+    fit_b = b;
+    if (p.tokens_per_s > kMinGain * best_tps) {
+      best_tps = p.tokens_per_s;
+      best_b = b;
+      flat = 0;
+    } else if (++flat >= kFlatProbesToStop) {
+      return finish("throughput");
+    }
+    if (b > largest / 2) break;
+  }
+  return finish("largest");
+}
+
+Status calibrateForRun(LocalTrainer& trainer, DistributedConfig& config) {
+  if (config.switch_mode == SwitchMode::kNone) return Status();
+  CalibrationOptions o;
+  o.memory_budget_bytes = config.memory_budget_mib << 20;
+  o.largest = config.batch.test != BatchTest::kNone
+                  ? std::max(config.batch.max_batch, config.train.batch_size)
+                  : config.train.batch_size;
+  auto c = calibrateMicroBatch(trainer, o);
+  if (!c) return c.status();
+  config.micro_limits = c->limits;
+  std::string probes;
+  for (const auto& p : c->probes) {
+    probes += fmt::format("{}{}: {:.0f} tok/s, peak {:.0f} MiB", probes.empty() ? "" : "; ",
+                          p.batch, p.tokens_per_s, p.peak_rss_bytes / (1 << 20));
+  }
+  const MicroPlan plan = switchPlan(config.switch_mode, config.train.batch_size, c->limits, 0);
+  LOG_INFO(kLogTrain,
+           "switch mode {}: b_max {}{} (stopped by {}, {:.1f} s; {}); batch {} -> {} "
+           "micro-batch(es) of {}",
+           switchModeName(config.switch_mode), c->limits.b_max,
+           c->limits.b_mem
+               ? fmt::format(", b_mem {} within {} MiB", c->limits.b_mem, config.memory_budget_mib)
+               : "",
+           c->stopped_by, c->seconds, probes, config.train.batch_size, plan.micro_batches,
+           plan.micro_size);
+  return Status();
+}
+
+}  // namespace loco::training
