@@ -319,6 +319,11 @@ TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
       {{"--max-batch", "64"}, "--max-batch"},
       {{"--max-micro-batch", "-1"}, "--max-micro-batch"},
       {{"--allocation", "fast"}, "--allocation"},
+      {{"--memory-budget-mib", "0"}, "--memory-budget-mib"},
+      {{"--memory-budget-mib", "-64"}, "--memory-budget-mib"},
+      {{"--memory-budget-mib", "512", "--switch-mode", "none"}, "--memory-budget-mib"},
+      {{"--switch-mode", "threshold", "--max-micro-batch", "8"}, "--max-micro-batch"},
+      {{"--switch-mode", "sometimes"}, "--switch-mode"},
   };
   int n = 0;
   for (const Case& c : cases) {
