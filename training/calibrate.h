@@ -12,12 +12,16 @@
 //     measured peak did (that size is then not counted as fitting);
 //   - the largest size the run can ask for (`largest`), or `time_limit`.
 // b_max is the size of the last ≥ kMinGain improvement; b_mem, with a budget, is the largest
-// size that fitted extended along that line (0 without a budget). Only kHeadroom of the budget
-// is given to the passes: the rest is for what the run allocates after calibration (buffers of
-// the all-reduces, the shared state, evaluation).
+// size that fitted extended along that line (0 without a budget). Not all of the budget is
+// given to the passes: the larger of (1 − kHeadroom) of it and kReservedFloatsPerParam floats
+// per parameter is kept for what the run allocates after calibration (AdamW's moments, the
+// outer parameters and momentum, the all-reduce buffers). One validation pass runs before the
+// probes, so its peak is in the base.
 //
-// Cost: about 2 passes per size plus one warm-up, up to twice the largest b_max-sized pass;
-// on the default model (0.44M parameters, context 64) on one loaded core, 1–3 s.
+// Throughput is taken from the fastest of at least 3 passes (at least 0.1 s of them, at most
+// 12) after one warm-up pass: interference from other work only slows passes down.
+// Cost: those passes at every size up to 4·b_max; on the default model (0.44M parameters,
+// context 64) on a loaded 2-core machine, 1–3 s.
 //
 // Blocks; same thread rules as LocalTrainer. Errors: kResourceExhausted (even one window does
 // not fit the budget; the message names --memory-budget-mib), kDataLoss/kInternal from the
@@ -37,6 +41,7 @@ namespace loco::training {
 
 inline constexpr double kMinGain = 1.10;
 inline constexpr double kHeadroom = 0.9;
+inline constexpr double kReservedFloatsPerParam = 16;
 
 struct CalibrationOptions {
   std::uint64_t memory_budget_bytes = 0;  // 0: no budget
