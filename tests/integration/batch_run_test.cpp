@@ -276,6 +276,36 @@ TEST(AdaptiveBatch, PeersRestartedFromCheckpointsComeBackWithTheGroupsBatch) {
   }
 }
 
+// Switch mode on real processes: each peer measures its own b_max before it joins and computes
+// the tiny model's --batch 4 as ⌈4/b_max⌉ micro-batches (accumulate mode); the group's state
+// stays one.
+TEST(AdaptiveBatch, SwitchModeAccumulatesAboveEachPeersMeasuredBMax) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 2,
+                          {"--steps", "10", "--inner-steps", "5", "--switch-mode", "accumulate"},
+                          [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  std::vector<std::string> digests[2];
+  for (int i = 0; i < 2; ++i) {
+    std::ifstream in(dir.file("peer" + std::to_string(i) + ".jsonl"));
+    int lines = 0;
+    for (std::string l; std::getline(in, l);) {
+      auto j = parseJsonObject(l);
+      ASSERT_TRUE(j.has_value()) << l;
+      const auto b_max = (*j)["b_max"].get<std::int64_t>();
+      ASSERT_GE(b_max, 1) << "peer " << i << " measured nothing: " << l;
+      ASSERT_LE(b_max, 4) << "calibration goes no further than the largest batch";
+      EXPECT_EQ((*j)["micro_batches"].get<std::int64_t>(), (4 + b_max - 1) / b_max) << l;
+      digests[i].push_back((*j)["digest"].get<std::string>());
+      ++lines;
+    }
+    EXPECT_GE(lines, 2) << "peer " << i;
+  }
+  EXPECT_EQ(digests[0], digests[1]);
+}
+
 // Speed-aware allocation: the peers' shares split the group's windows per step (rounding aside),
 // and the weighted average keeps one state on every member.
 TEST(AdaptiveBatch, SpeedAllocationSplitsTheGroupsWindows) {
