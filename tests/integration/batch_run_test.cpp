@@ -122,13 +122,15 @@ TEST(DataAssignment, TwoPeersWithTheSameExplicitRankAreWarned) {
 
 // The norm test on real processes: the batch grows, every member holds the same batch after every
 // round (it is shared state: the digests cover it), a peer killed mid-run does not split the
-// group's batch, and a peer that joins later receives the current batch.
+// group's batch, and a peer that joins later receives the current batch. The joiner comes at
+// inner step 100 of 240: once the batch has grown the rounds are short, and it needs rounds left
+// to be admitted to even on a loaded machine.
 TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
   TempDir dir;
   const std::string corpus = writeCorpus(dir);
   std::vector<std::string> args{
       "local",     "--out",       dir.file("run"), "--peers",     "4",
-      "--steps",   "160",         "--inner-steps", "10",          "--batch-test",
+      "--steps",   "240",         "--inner-steps", "10",          "--batch-test",
       "norm",      "--batch-eta", "0.5",           "--max-batch", "32",
       "--kill-at", "50",          "--join-at",     "100"};
   for (const auto& f : tiny(corpus)) args.push_back(f);
