@@ -745,8 +745,9 @@ class Run {
   }
   // The learning-rate schedule's position for inner step `step` of the current round: it counts
   // samples per peer (batch_state.h). Without a batch test the batch is --batch throughout and
-  // the position is `step` itself.
+  // the position is `step` itself; --lr-schedule steps keeps it at the step under a test too.
   std::uint64_t lrStep(std::uint64_t step) const {
+    if (testing() && !cfg_.schedule_in_samples) return step;
     const auto start = static_cast<std::uint64_t>(progress_[kInnerStep]);
     const std::uint64_t samples = testing()
                                       ? static_cast<std::uint64_t>(batch_state_[kScheduleSamples])

@@ -109,6 +109,9 @@ struct DistributedConfig {
   // measured limits (calibrate.h's calibrateForRun fills micro_limits before the run; kNone:
   // --max-micro-batch as given). memory_budget_mib: --memory-budget-mib (0: no budget).
   SwitchMode switch_mode = SwitchMode::kNone;
+  // Under a batch test: the learning-rate schedule counts samples per peer (batch_state.h; true)
+  // or steps, as without a test (--lr-schedule steps).
+  bool schedule_in_samples = true;
   std::uint64_t memory_budget_mib = 0;
   MicroLimits micro_limits;
   Overlap overlap = Overlap::kNone;  // diloco: whole-round overlap (sync_methods.h)

@@ -356,6 +356,8 @@ TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
       {{"--memory-budget-mib", "512", "--switch-mode", "none"}, "--memory-budget-mib"},
       {{"--switch-mode", "threshold", "--max-micro-batch", "8"}, "--max-micro-batch"},
       {{"--switch-mode", "sometimes"}, "--switch-mode"},
+      {{"--lr-schedule", "steps"}, "--lr-schedule"},
+      {{"--batch-test", "norm", "--lr-schedule", "epochs"}, "--lr-schedule"},
   };
   int n = 0;
   for (const Case& c : cases) {
