@@ -3,7 +3,8 @@
 #   E7  DiLoCo H=30 with the norm test (η 0.8, batch 4 -> at most 64) against fixed-batch DiLoCo
 #       H=30 (batch 16): rounds (outer syncs) the norm run needs to reach the fixed run's final
 #       validation loss; holds when that is at most 0.7x the fixed run's rounds. Samples and bytes
-#       are reported too.
+#       are reported too. Two norm runs: the learning-rate schedule counting samples (the
+#       default) and counting steps (--lr-schedule steps), one criterion line each.
 #   E8  switch mode: one peer asks for a batch 8x its measured b_max within a memory budget;
 #       holds when it completes inside the budget (GNU time's peak resident set); the same batch
 #       in one pass is reported beside it.
@@ -55,21 +56,25 @@ for seed in "${seeds[@]}"; do
   [ "${ONLY:-}" = E8 ] && break
   run fixed-h30 "$seed" --inner-steps 30
   run norm-h30 "$seed" --inner-steps 30 --batch 4 --batch-test norm --batch-eta 0.8 --max-batch 64
-  python3 - "$results" "$seed" <<'PY' | tee -a "$results"
+  run norm-h30-steps "$seed" --inner-steps 30 --batch 4 --batch-test norm --batch-eta 0.8 \
+    --max-batch 64 --lr-schedule steps
+  for name in norm-h30 norm-h30-steps; do
+  python3 - "$results" "$seed" "$name" <<'PY' | tee -a "$results"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-seed = int(sys.argv[2])
+seed, name = int(sys.argv[2]), sys.argv[3]
 fixed = next(r for r in rows if r.get("run") == "fixed-h30" and r["seed"] == seed)
-norm = next(r for r in rows if r.get("run") == "norm-h30" and r["seed"] == seed)
+norm = next(r for r in rows if r.get("run") == name and r["seed"] == seed)
 target = fixed["final_val_loss"]
 reached = next((s for s, v in norm["val_by_round"] if v <= target), None)
 ratio = reached / fixed["outer_steps"] if reached else None
-print(json.dumps({"check": "E7", "seed": seed, "target_val_loss": target,
+print(json.dumps({"check": "E7", "run": name, "seed": seed, "target_val_loss": target,
                   "fixed_rounds": fixed["outer_steps"], "norm_rounds_to_target": reached,
                   "ratio": ratio, "holds": ratio is not None and ratio <= 0.7,
                   "norm_tokens_over_fixed": norm["tokens_all_peers"] / fixed["tokens_all_peers"],
                   "norm_bytes_over_fixed": norm["bytes_sent"] / fixed["bytes_sent"]}))
 PY
+  done
 done
 
 # E8: switch mode. A short run measures this machine's b_max within the memory budget
