@@ -101,6 +101,9 @@ Result<Calibration> calibrateMicroBatch(LocalTrainer& trainer, const Calibration
         const CalibrationProbe& a = *fitted[fitted.size() - 2];
         const double slope = (z.peak_rss_bytes - a.peak_rss_bytes) / (z.batch - a.batch);
         const double more = slope > 0 ? std::floor((budget - z.peak_rss_bytes) / slope) : cap;
+        // At small sizes the peak hardly moves (the allocator reuses what it holds), so the
+        // line is trusted for one doubling past what was measured, no further.
+        cap = std::min(cap, 2.0 * fit_b);
         b_mem = static_cast<std::uint32_t>(std::min(cap, fit_b + std::max(0.0, more)));
       }
       c.limits.b_mem = b_mem;
@@ -119,13 +122,19 @@ Result<Calibration> calibrateMicroBatch(LocalTrainer& trainer, const Calibration
       if (z.peak_rss_bytes + std::max(0.0, slope) * (b - z.batch) > budget) return finish("memory");
     }
     LOCO_RETURN_IF_ERROR(trainer.setBatchSize(b));
-    auto warm = trainer.computeBackward(0);
-    if (!warm) return warm.status();
+    // Past the throughput knee, with a budget, the probes go on for b_mem alone: one pass each.
+    const bool memory_only = flat >= kFlatProbesToStop;
+    if (!memory_only) {
+      auto warm = trainer.computeBackward(0);
+      if (!warm) return warm.status();
+    }
     // The fastest pass: on a machine shared with other work, the others' interference only
     // ever slows a pass down, so the minimum is the steadiest estimate of what this size costs.
     int passes = 0;
     double seconds = 0, fastest = 0;
-    while (passes < kMaxPasses && (passes < kMinPasses || seconds < kMinProbeSeconds)) {
+    const int min_passes = memory_only ? 1 : kMinPasses;
+    while (passes < min_passes ||
+           (!memory_only && passes < kMaxPasses && seconds < kMinProbeSeconds)) {
       const auto p0 = Clock::now();
       auto l = trainer.computeBackward(0);
       if (!l) return l.status();
@@ -141,11 +150,13 @@ Result<Calibration> calibrateMicroBatch(LocalTrainer& trainer, const Calibration
     c.probes.push_back(p);
     if (has_budget && p.peak_rss_bytes > budget) return finish("memory");
     fit_b = b;
-    if (p.tokens_per_s > kMinGain * best_tps) {
+    if (memory_only) {
+      // b_max is settled; only b_mem is still being measured.
+    } else if (p.tokens_per_s > kMinGain * best_tps) {
       best_tps = p.tokens_per_s;
       best_b = b;
       flat = 0;
-    } else if (++flat >= kFlatProbesToStop) {
+    } else if (++flat >= kFlatProbesToStop && !has_budget) {
       return finish("throughput");
     }
     if (b > largest / 2) break;

@@ -7,21 +7,22 @@
 // gradient is overwritten, the parameters and the optimizer are untouched; batches are a pure
 // function of (seed, rank, step), so nothing the training draws later changes). For each size
 // it records tokens/s and the process's peak resident set (VmHWM). It stops at the first of:
-//   - two doublings in a row that raised tokens/s by less than kMinGain over the best so far;
+//   - two doublings in a row that raised tokens/s by less than kMinGain over the best so far
+//     (without a budget; with one, the probes go on, one pass each, to measure b_mem);
 //   - the next size would exceed the budget (a straight line through the last two peaks), or a
 //     measured peak did (that size is then not counted as fitting);
 //   - the largest size the run can ask for (`largest`), or `time_limit`.
 // b_max is the size of the last ≥ kMinGain improvement; b_mem, with a budget, is the largest
-// size that fitted extended along that line (0 without a budget). Not all of the budget is
-// given to the passes: the larger of (1 − kHeadroom) of it and kReservedFloatsPerParam floats
-// per parameter is kept for what the run allocates after calibration (AdamW's moments, the
-// outer parameters and momentum, the all-reduce buffers). One validation pass runs before the
-// probes, so its peak is in the base.
+// size that fitted extended along that line, at most to twice that size (0 without a budget).
+// Not all of the budget is given to the passes: the larger of (1 − kHeadroom) of it and
+// kReservedFloatsPerParam floats per parameter is kept for what the run allocates after
+// calibration (AdamW's moments, the outer parameters and momentum, the all-reduce buffers). One
+// validation pass runs before the probes, so its peak is in the base.
 //
 // Throughput is taken from the fastest of at least 3 passes (at least 0.1 s of them, at most
 // 12) after one warm-up pass: interference from other work only slows passes down.
-// Cost: those passes at every size up to 4·b_max; on the default model (0.44M parameters,
-// context 64) on a loaded 2-core machine, 1–3 s.
+// Cost: those passes at every size up to 4·b_max, then (with a budget) one pass per size up to
+// b_mem; on the default model (0.44M parameters, context 64) on a loaded 2-core machine, 1–3 s.
 //
 // Blocks; same thread rules as LocalTrainer. Errors: kResourceExhausted (even one window does
 // not fit the budget; the message names --memory-budget-mib), kDataLoss/kInternal from the
