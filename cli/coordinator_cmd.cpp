@@ -119,6 +119,11 @@ int runCoordinator(const Args& args) {
        "ms peers that hold less than the run reached wait, with no member left, for a "
        "peer that holds it before the run goes on from what they hold",
        "60000"},
+      {"quorum",
+       "the quorum rule: a group trains only while it holds a strict majority of its last "
+       "admitted members, so two coordinators (a standby) cannot both run the group across a "
+       "partition; give it to every coordinator of the run",
+       "", true},
       {"port-file", "write the bound port to this file once listening", ""},
       {"http",
        "HOST:PORT for the dashboard (/), /metrics, /api/status and /healthz (off unless "
@@ -197,6 +202,7 @@ int runCoordinator(const Args& args) {
       return p2p::EnrollReplyMsg{*cert, ca.certPem()};
     };
   }
+  opts.quorum = flags.getBool("quorum");
   if (flags.isSet("rebuild-window")) {
     auto window = flags.getInt("rebuild-window", 0, 3600000);
     if (!window) return reportFailure(window.status());

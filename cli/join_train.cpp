@@ -24,6 +24,7 @@
 #include "collectives/communicator.h"
 #include "p2p/base/log.h"
 #include "p2p/base/text.h"
+#include "training/calibrate.h"
 #include "training/data_assignment.h"
 #include "training/local_trainer.h"
 
@@ -97,6 +98,9 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   // Data and model first: a bad path or shape fails before this peer joins anyone.
   auto trainer = training::LocalTrainer::create(config->train);
   if (!trainer) return reportFailure(trainer.status());
+  // Switch mode measures this machine's micro-batch limits before the group waits for it.
+  if (Status st = training::calibrateForRun(**trainer, *config); !st.isOk())
+    return reportFailure(st);
   LOG_INFO(
       training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
       training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,

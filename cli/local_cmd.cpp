@@ -138,6 +138,7 @@ struct Swarm {
   std::vector<std::unique_ptr<Child>> children;  // [0] coordinator, then peers
   std::uint16_t port = 0;
   std::unique_ptr<Child> standby;  // --standby on: a second coordinator
+  bool quorum = false;             // --standby on: the coordinators apply the quorum rule
   std::uint16_t standby_port = 0;
   // A lab with NATed hosts: the coordinator also runs a relay (p2p/relay.h) on this port, and
   // every peer is told about it (those the coordinator can dial back stay direct).
@@ -494,6 +495,8 @@ std::vector<std::string> coordinatorArgs(const Swarm& s, bool standby = false) {
       std::to_string(s.heartbeat_timeout_ms),
       "--log-level",
       s.log_level};
+  // Two coordinators can be alive at once: only the side with a majority may train.
+  if (s.quorum) args.push_back("--quorum");
   if (!standby && s.wantsRelay()) {
     // Written before --port-file, so the relay's port is known when the coordinator's is.
     args.insert(args.end(), {"--relay", fmt::format("{}:{}", s.addressOf(0), s.relay_port),
@@ -982,7 +985,9 @@ int runLocal(const Args& args) {
       {"heartbeat-interval", "the coordinator's heartbeat interval, ms", "250"},
       {"heartbeat-timeout", "the coordinator evicts a peer silent this long, ms", "2000"},
       {"standby",
-       "on: a standby coordinator beside the first; the peers fail over to it (training)", "off"},
+       "on: a standby coordinator beside the first; the peers fail over to it (training); both "
+       "apply the quorum rule (loco coordinator --quorum)",
+       "off"},
       {"http",
        "the coordinator's dashboard and /metrics at HOST:PORT (port 0: any free port; off: none)",
        "127.0.0.1:0"}};
@@ -1142,6 +1147,7 @@ int runLocal(const Args& args) {
   s.say(fmt::format("local swarm: 1 coordinator + {} peers{}, logs in {}/", s.peers,
                     s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "",
                     s.out_dir));
+  s.quorum = standby == "on";
   Status st = spawn(s, *s.children[0], 0, coordinatorArgs(s));
   if (!st.isOk()) return reportFailure(st);
   if (standby == "on") {

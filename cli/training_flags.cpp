@@ -70,6 +70,20 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"max-micro-batch",
        "windows per backward pass; a larger batch is accumulated over several (0: never split)",
        "0"},
+      {"lr-schedule",
+       "under --batch-test: the learning-rate schedule counts samples per peer (warm-up and decay "
+       "spent after warmup·--batch and steps·--batch samples) or steps",
+       "samples"},
+      {"switch-mode",
+       "none (--max-micro-batch as given), threshold (accumulate micro-batches of the measured "
+       "b_max once the batch exceeds 2·b_max), accumulate (as soon as it exceeds b_max) or loader "
+       "(one pass while it fits the memory budget); default: threshold with --memory-budget-mib, "
+       "else none",
+       ""},
+      {"memory-budget-mib",
+       "switch mode: this peer's memory (peak resident set) for training; bounds the measured "
+       "micro-batch",
+       ""},
   };
 }
 
@@ -145,6 +159,30 @@ Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
   auto micro = flags.getInt("max-micro-batch", 0, 65536);
   if (!micro) return micro.status();
   b.max_micro_batch = static_cast<std::uint32_t>(*micro);
+  if (flags.isSet("memory-budget-mib")) {
+    auto mib = flags.getInt("memory-budget-mib", 1, std::int64_t{1} << 30);
+    if (!mib) return mib.status();
+    c.memory_budget_mib = static_cast<std::uint64_t>(*mib);
+  }
+  const std::string schedule = flags.get("lr-schedule");
+  if (schedule != "samples" && schedule != "steps") {
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("--lr-schedule takes samples or steps, got '{}'", schedule));
+  }
+  if (flags.isSet("lr-schedule") && b.test == training::BatchTest::kNone) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--lr-schedule is for --batch-test norm|inner-product (a fixed batch counts "
+                  "both alike)");
+  }
+  c.schedule_in_samples = schedule == "samples";
+  if (flags.get("switch-mode").empty()) {
+    c.switch_mode =
+        c.memory_budget_mib > 0 ? training::SwitchMode::kThreshold : training::SwitchMode::kNone;
+  } else {
+    auto mode = training::parseSwitchMode(flags.get("switch-mode"));
+    if (!mode) return mode.status().withContext("--switch-mode");
+    c.switch_mode = *mode;
+  }
   return Status();
 }
 

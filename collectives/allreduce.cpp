@@ -175,15 +175,17 @@ Buffer AllReduce::seal(std::span<float> segment) {
   return bytes;
 }
 
-Algorithm chooseAlgorithm(const AllReduceArgs& args, std::size_t world) {
+Algorithm chooseAlgorithm(const AllReduceArgs& args, std::size_t world, bool one_host) {
   if (world <= 1) return Algorithm::kRing;
   const std::size_t bytes = encodedBytes(args.wire, args.count, args.quant_block);
   // Tiny buffers: one hop. Every peer sends its whole buffer to every other, so the bytes grow
   // with the world; beyond a few KiB per peer pair the scatter-gather's two hops win.
   if (bytes * (world - 1) <= kDirectMaxBytes) return Algorithm::kDirect;
-  // Up to medium sizes on small groups: two hops (scatter to owners, gather from them) with
-  // the ring's bandwidth-optimal byte count, instead of the ring's 2(N-1) hops.
-  if (world <= kScatterGatherMaxWorld && bytes <= kScatterGatherMaxBytes)
+  // Up to medium sizes on small groups on one host: two hops (scatter to owners, gather from
+  // them) with the ring's bandwidth-optimal byte count, instead of the ring's 2(N-1) hops. Across
+  // hosts a slow pair would carry 1/N of the buffer each way (lab, 100 Mbit/s with two 10
+  // Mbit/s pairs, 8 MiB, N = 4: 4.0 s, against 1.25 s for the ring routed around them).
+  if (one_host && world <= kScatterGatherMaxWorld && bytes <= kScatterGatherMaxBytes)
     return Algorithm::kScatterGather;
   return Algorithm::kRing;
 }

@@ -88,8 +88,12 @@ class AllReduce : public Collective {
 };
 
 // Which algorithm an all-reduce of `count` elements of `wire` over `world` peers uses. A pure
-// function of its arguments, so every peer that agrees on them picks the same.
-Algorithm chooseAlgorithm(const AllReduceArgs& args, std::size_t world);
+// function of its arguments, so every peer that agrees on them picks the same. `one_host`: every
+// member advertises the same host (from the epoch's view, so every peer knows the same), where
+// all links are alike. Elsewhere links may differ tenfold (a WAN), and only the ring, whose order
+// the topology measurement chooses (ARCHITECTURE.md §5), can go around a slow pair: the
+// scatter-gather sends to every peer at once, so it runs at the slowest pair's rate.
+Algorithm chooseAlgorithm(const AllReduceArgs& args, std::size_t world, bool one_host);
 
 // Builds the operation for `algorithm` (caller's thread).
 std::shared_ptr<AllReduce> makeAllReduce(BufferPool& pool, const AllReduceArgs& args,

@@ -25,6 +25,22 @@ constexpr std::size_t kMaxRing = 64;
 // Operation ids: all-reduces are (epoch << 32 | sequence); exchanges set the top bit and hash
 // their members and their own sequence (exchange groups overlap, so no single counter works).
 constexpr std::uint64_t kExchangeBit = std::uint64_t{1} << 63;
+
+// Whether every member of `v` advertises the same host (any loopback address counts as one).
+// Members' addresses stay fixed within an epoch, so all peers of the epoch get the same answer.
+bool membersShareOneHost(const p2p::GroupView& v) {
+  std::string first;
+  for (const auto& p : v.peers) {
+    if (p.state != p2p::PeerState::kMember) continue;
+    auto hp = p2p::parseHostPort(p.addr);
+    if (!hp) return false;
+    std::string host = hp->host;
+    if (host.rfind("127.", 0) == 0 || host == "::1" || host == "localhost") host = "loopback";
+    if (first.empty()) first = host;
+    if (host != first) return false;
+  }
+  return true;
+}
 }  // namespace
 
 class Communicator::Impl final : public OpEngine::Arbiter {
@@ -155,7 +171,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                              options.quant_block, kMaxQuantBlock)));
     }
     AllReduceArgs args{data, count, dtype, red, wire, options.quant_block, options.compress};
-    Algorithm algorithm = chooseAlgorithm(args, issue->world);
+    Algorithm algorithm = chooseAlgorithm(args, issue->world, issue->one_host);
     switch (options.algorithm) {
       case AllReduceAlgorithm::kAuto:
         break;
@@ -266,6 +282,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
   struct Issue {
     std::uint64_t epoch;
     std::size_t world, rank;  // rank: this peer's place in the ring, as of the view
+    bool one_host;            // every member advertises the same host (chooseAlgorithm)
   };
   // issueEpoch, and the operation counters start again in a new epoch (all-reduces and exchanges
   // alike: their ids are matched across peers by epoch and sequence).
@@ -296,7 +313,8 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     }
     const auto ids = view.ringIds();
     const auto me = std::find(ids.begin(), ids.end(), options_.peer_id);
-    return Issue{view.epoch, ids.size(), static_cast<std::size_t>(me - ids.begin())};
+    return Issue{view.epoch, ids.size(), static_cast<std::size_t>(me - ids.begin()),
+                 membersShareOneHost(view)};
   }
 
   Status requireIdle(const char* what) {

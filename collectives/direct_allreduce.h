@@ -1,6 +1,6 @@
 #pragma once
-// Latency-optimal all-reduces for small buffers (ARCHITECTURE.md §5), chosen by size
-// (allreduce.h: chooseAlgorithm):
+// Latency-optimal all-reduces for small buffers (ARCHITECTURE.md §5), chosen by size and, for
+// the scatter-gather, only on one host (allreduce.h: chooseAlgorithm):
 //
 // - kDirect (tiny buffers): every peer sends its whole buffer, encoded once, to every other and
 //   reduces all N contributions itself, in rank order, from the same decoded values (its own
@@ -21,7 +21,8 @@ namespace loco::collectives {
 
 // kDirect while a peer's bytes to all others stay within this.
 inline constexpr std::size_t kDirectMaxBytes = 48u << 10;
-// kScatterGather up to this many peers and bytes per peer; the ring above.
+// kScatterGather up to this many peers and bytes per peer, when every member is on one host;
+// the ring above, and across hosts (allreduce.h: chooseAlgorithm).
 inline constexpr std::size_t kScatterGatherMaxWorld = 16;
 inline constexpr std::size_t kScatterGatherMaxBytes = 8u << 20;
 

@@ -79,9 +79,9 @@ void LinkTransport::onAccepted(std::shared_ptr<Link> link, const std::string& fr
 
 void LinkTransport::adopt(std::size_t peer, std::shared_ptr<Link> link) {
   Peer& p = peers_[peer];
-  // The peer dials anew only after its previous link to us is gone: whatever waited on that
-  // one can never complete.
-  closeLink(p.in, Status(StatusCode::kAborted, "the peer replaced its link"));
+  // The peer dials anew only after it dropped its previous link to us (dials are one at a time
+  // per peer, so this one is newer): receives posted on the old one move to this one.
+  closeLink(p.in, Status(StatusCode::kPeerLost, "the peer replaced its link"));
   p.in = link;
   std::weak_ptr<Link> weak = link;
   link->setCloseHandler([this, peer, weak](const Status& why) {
@@ -89,20 +89,55 @@ void LinkTransport::adopt(std::size_t peer, std::shared_ptr<Link> link) {
   });
   auto waiting = std::move(p.recvs);
   p.recvs.clear();
-  for (auto& r : waiting) post(*link, std::move(r));
+  for (auto& r : waiting) post(peer, link, std::move(r));
 }
 
-void LinkTransport::post(p2p::Link& link, PendingRecv r) {
-  if (r.sized) return link.recvUpTo(r.tag, r.dst, std::move(r.sized));
-  link.recv(r.tag, r.dst, std::move(r.done));
+void LinkTransport::post(std::size_t peer, const std::shared_ptr<Link>& link, PendingRecv r) {
+  std::weak_ptr<Link> weak = link;
+  const std::uint64_t generation = generation_;
+  if (r.sized) {
+    auto sized = [this, peer, weak, generation, r](const Status& st, std::size_t length) mutable {
+      if (st.code() == StatusCode::kPeerLost) return retryRecv(peer, weak, generation, r, st);
+      r.sized(st, length);
+    };
+    return link->recvUpTo(r.tag, r.dst, std::move(sized));
+  }
+  auto done = [this, peer, weak, generation, r](const Status& st) mutable {
+    if (st.code() == StatusCode::kPeerLost) return retryRecv(peer, weak, generation, r, st);
+    r.done(st);
+  };
+  link->recv(r.tag, r.dst, std::move(done));
+}
+
+void LinkTransport::retryRecv(std::size_t peer, const std::weak_ptr<Link>& failed,
+                              std::uint64_t generation, PendingRecv r, const Status& why) {
+  // A link fails its receives before its close handler runs: decide once that has run.
+  net_.post(
+      [this, peer, failed, generation, r = std::move(r), why, alive = lifetime_.watch()]() mutable {
+        if (alive.expired()) return;
+        auto fail = [&] {
+          if (r.sized) return r.sized(why, 0);
+          r.done(why);
+        };
+        // An abort since (closeAll) or a new epoch ends the receive; so does a link still in use,
+        // which only a close of our own leaves in place.
+        if (generation != generation_ || peer >= peers_.size()) return fail();
+        auto link = inLink(peer);
+        if (link && link == failed.lock()) return fail();
+        if (link) return post(peer, link, std::move(r));
+        peers_[peer].recvs.push_back(std::move(r));
+      });
 }
 
 void LinkTransport::onBroken(std::size_t peer, const std::shared_ptr<Link>& link,
                              const Status& why) {
-  if (peer < peers_.size()) {
-    if (peers_[peer].out == link) peers_[peer].out.reset();
-    if (peers_[peer].in == link) peers_[peer].in.reset();
+  if (peer >= peers_.size()) return;
+  if (peers_[peer].in == link) {
+    // Its receives wait for the peer's next link (see link_transport.h).
+    peers_[peer].in.reset();
+    return;
   }
+  if (peers_[peer].out == link) peers_[peer].out.reset();
   if (on_broken_) on_broken_(why.withContext("a link broke"));
 }
 
@@ -117,12 +152,23 @@ void LinkTransport::dial(std::size_t peer) {
   auto hp = p2p::parseHostPort(addresses_[peer]);
   if (!hp) return fail(hp.status());
   const std::uint64_t epoch = group_.epoch;
+  const std::uint64_t generation = generation_;
   p2p::connectLink(
       net_, *hp, self_id_, options_, Deadline::after(kDialTimeout),
-      [this, peer, epoch, fail, alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
+      [this, peer, epoch, generation, fail,
+       alive = lifetime_.watch()](Result<std::shared_ptr<Link>> r) {
         if (alive.expired()) return;
         if (epoch != group_.epoch) {
           if (r) r.value()->close(Status(StatusCode::kAborted, "the group moved on"));
+          return;
+        }
+        if (generation != generation_) {
+          // Dialed before an abort: the peer may have closed its end in its own abort already,
+          // so nothing after the abort may use it. The next dial starts only now, so the peer
+          // sees it after this one.
+          if (r) r.value()->close(Status(StatusCode::kAborted, "dialed before an abort"));
+          peers_[peer].dialing = false;
+          if (!peers_[peer].sends.empty()) dial(peer);
           return;
         }
         if (!r) {
@@ -160,7 +206,7 @@ void LinkTransport::send(std::size_t peer, std::uint64_t tag, ByteSpan data, Don
   if (!p.dialing) dial(peer);
 }
 
-p2p::Link* LinkTransport::inLink(std::size_t peer) {
+std::shared_ptr<Link> LinkTransport::inLink(std::size_t peer) {
   Peer& p = peers_[peer];
   if (!p.in) {
     auto it = accepted_.find({group_.ids[peer], group_.epoch});
@@ -170,7 +216,7 @@ p2p::Link* LinkTransport::inLink(std::size_t peer) {
       adopt(peer, std::move(link));
     }
   }
-  return p.in.get();
+  return p.in;
 }
 
 void LinkTransport::recv(std::size_t peer, std::uint64_t tag, MutableByteSpan dst, Done done) {
@@ -178,8 +224,9 @@ void LinkTransport::recv(std::size_t peer, std::uint64_t tag, MutableByteSpan ds
     return done(Status(StatusCode::kInternal,
                        fmt::format("receive from rank {} of {}", peer, peers_.size())));
   }
-  if (p2p::Link* link = inLink(peer)) return link->recv(tag, dst, std::move(done));
-  peers_[peer].recvs.push_back({tag, dst, std::move(done), nullptr});
+  PendingRecv r{tag, dst, std::move(done), nullptr};
+  if (auto link = inLink(peer)) return post(peer, link, std::move(r));
+  peers_[peer].recvs.push_back(std::move(r));
 }
 
 void LinkTransport::recvUpTo(std::size_t peer, std::uint64_t tag, MutableByteSpan dst,
@@ -189,14 +236,15 @@ void LinkTransport::recvUpTo(std::size_t peer, std::uint64_t tag, MutableByteSpa
                        fmt::format("receive from rank {} of {}", peer, peers_.size())),
                 0);
   }
-  if (p2p::Link* link = inLink(peer)) return link->recvUpTo(tag, dst, std::move(done));
   PendingRecv r{tag, dst, nullptr, std::move(done)};
+  if (auto link = inLink(peer)) return post(peer, link, std::move(r));
   peers_[peer].recvs.push_back(std::move(r));
 }
 
 void LinkTransport::closeAll(const Status& why) {
   // Completions below may re-enter (an operation failing aborts the transport): take
-  // everything out first.
+  // everything out first. Dials in flight keep their flag: they end as stale (see dial()).
+  ++generation_;
   auto peers = std::move(peers_);
   peers_.assign(peers.size(), Peer{});
   for (std::size_t i = 0; i < peers.size(); ++i) peers_[i].dialing = peers[i].dialing;

@@ -45,7 +45,8 @@ Coordinator::Coordinator(asio::io_context& io, CoordinatorOptions options)
     : io_(io),
       options_(std::move(options)),
       tick_timer_(io),
-      membership_(options_.heartbeat_timeout, options_.rebuild_window, options_.holder_wait) {}
+      membership_(options_.heartbeat_timeout, options_.rebuild_window, options_.holder_wait,
+                  options_.quorum) {}
 
 Coordinator::~Coordinator() {
   shutdown();
@@ -523,6 +524,25 @@ void Coordinator::apply(MembershipEffects fx) {
         counter("coord.held_for_progress").inc();
         LOG_INFO(kLogCoord, "{} (--holder-wait)", e.reason);
         break;
+      case MembershipEvent::Kind::kNoQuorum: {
+        counter(e.peer.empty() ? "coord.held_for_quorum" : "coord.sent_away_for_quorum").inc();
+        if (e.peer.empty()) {
+          LOG_WARN(kLogCoord, "{}", e.reason);
+          break;
+        }
+        LOG_WARN(kLogCoord, "peer {} sent away: {}", shortId(e.peer), e.reason);
+        auto it = peers_.find(e.peer);
+        if (it != peers_.end()) {
+          // Unavailable: not final; the peer looks for a coordinator again.
+          auto conn = it->second;
+          peers_.erase(it);
+          conn->setCloseHandler(nullptr);
+          conn->send(MsgType::kRefused,
+                     encodeRefused(RefusedMsg{StatusCode::kUnavailable, e.reason}));
+          conn->closeAfterFlush(Status(StatusCode::kUnavailable, e.reason));
+        }
+        break;
+      }
       case MembershipEvent::Kind::kRolledBack:
         counter("coord.progress_rolled_back").inc();
         LOG_WARN(kLogCoord, "{}", e.reason);

@@ -51,6 +51,9 @@ struct CoordinatorOptions {
   // still valid one (Enroll without a token, for the id in that certificate), so it renews
   // before expiry without dropping anything. Runs on the io thread. Unset: refused.
   std::function<Result<EnrollReplyMsg>(const EnrollMsg&)> renew;
+  // The quorum rule (membership.h): on wherever another coordinator may be alive at the same
+  // time (a standby), so that the two sides of a partition cannot both train.
+  bool quorum = false;
 };
 
 // What the coordinator's dial-back of a joiner's advertised address found (reachability.cpp).

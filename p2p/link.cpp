@@ -473,6 +473,13 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
     p.from = hello->from_peer;
     p.epoch = epoch;
     p.started = Clock::now();
+    // A dialer that gives up (or whose close a partition eats) never sends the other streams:
+    // without this the ones that arrived stay open, each holding a descriptor, for good.
+    auto t = std::make_shared<asio::steady_timer>(net_.context(), partialLinkTimeout());
+    t->async_wait([this, t, id = hello->link_id, started = p.started,
+                   alive = lifetime_.watch()](const std::error_code&) {
+      if (!alive.expired() && !closed_) dropPartial(id, started);
+    });
   }
   if (p.streams.size() != hello->stream_count || p.streams[hello->stream_index] ||
       p.from != hello->from_peer) {
@@ -490,6 +497,22 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
                                      options_);
   link->start();
   on_link_(std::move(link), from, link_epoch);
+}
+
+void LinkListener::dropPartial(const std::string& link_id, TimePoint started) {
+  auto it = partial_.find(link_id);
+  if (it == partial_.end() || it->second.started != started) return;  // completed, or a new one
+  Partial p = std::move(it->second);
+  partial_.erase(it);
+  counter("p2p.link_partial_dropped").inc();
+  const Status why(
+      StatusCode::kTimeout,
+      fmt::format("link from {}: {} of its {} streams arrived within {} ms", shortId(p.from),
+                  p.arrived, p.streams.size(), partialLinkTimeout().count()));
+  LOG_INFO(kLogP2p, "{}; closing them", why.message());
+  for (auto& c : p.streams) {
+    if (c) c->close(why);
+  }
 }
 
 // ---- connecting -------------------------------------------------------------------------------

@@ -187,6 +187,11 @@ class LinkListener {
   LinkListener(NetworkThread& net, LinkOptions options, OnLink on_link);
   void accept();
   void onHello(const std::shared_ptr<Connection>& conn, ByteSpan payload, std::uint64_t epoch);
+  // Closes the streams of a link still incomplete partialLinkTimeout() after its first stream.
+  void dropPartial(const std::string& link_id, TimePoint started);
+  // Longer than a dialer waits for its streams (connectLink's deadline, 10 s in the
+  // collectives): a slow but live dial is never cut short.
+  Millis partialLinkTimeout() const { return 4 * options_.handshake_timeout; }
 
   struct Partial {
     std::vector<std::shared_ptr<Connection>> streams;

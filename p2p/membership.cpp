@@ -137,9 +137,19 @@ MembershipEffects Membership::remove(const std::string& id, MembershipEvent::Kin
     ring_.erase(std::remove(ring_.begin(), ring_.end(), id), ring_.end());
     synced_.erase(id);
     abortOpenOps(fx, epoch_);
+    // A peer that says it leaves joins no other group: the base shrinks with it.
+    if (kind == MembershipEvent::Kind::kLeft) {
+      quorum_base_.erase(std::remove(quorum_base_.begin(), quorum_base_.end(), id),
+                         quorum_base_.end());
+    }
     ++epoch_;
+    fx.events.push_back({kind, id, epoch_, reason});
+    // One epoch for the whole change: the minority view is never broadcast.
+    if (quorum_ && !ring_.empty() && !holdsMajority(ring_, quorum_base_)) dissolveWithoutQuorum(fx);
+    if (quorum_ && !quorum_base_.empty()) group_epoch_ = epoch_;
+  } else {
+    fx.events.push_back({kind, id, epoch_, reason});
   }
-  fx.events.push_back({kind, id, epoch_, reason});
   // The leaver may have been the last member the barrier waited for.
   fx.merge(maybeCompleteBarrier());
   return fx;
@@ -155,9 +165,16 @@ MembershipEffects Membership::maybeCompleteBarrier() {
     // members of a lost group are still on their way back.
     if (!any_pending) {
       behind_since_.reset();
+      no_quorum_since_.reset();
       return {};
     }
     if (auto stop = checkProgress(fx)) return std::move(*stop);
+    if (quorum_) {
+      if (auto stop = checkQuorum()) {
+        fx.merge(std::move(*stop));
+        return fx;
+      }
+    }
     if (rebuilding()) return fx;
     if (latestReport() != nullptr) rebuilt = describeRebuild();
   } else if (synced_.size() < ring_.size()) {
@@ -175,6 +192,12 @@ MembershipEffects Membership::maybeCompleteBarrier() {
     fx.view_changed = true;
     if (!rebuilt.empty())
       fx.events.push_back({MembershipEvent::Kind::kRebuilt, "", epoch_, rebuilt});
+    if (quorum_) {
+      // Every admission keeps (or, from nobody, reached) a majority of the old base.
+      quorum_base_ = ring_;
+      group_epoch_ = epoch_;
+      no_quorum_since_.reset();
+    }
   }
   if (!proposed_ring_.empty()) {
     std::vector<std::string> a = proposed_ring_, b = ring_;
@@ -324,6 +347,84 @@ std::optional<MembershipEffects> Membership::checkProgress(MembershipEffects& fx
                               best->report.state_digest, false, best->id};
   behind_since_.reset();
   return std::nullopt;
+}
+
+bool Membership::holdsMajority(const std::vector<std::string>& present,
+                               const std::vector<std::string>& of) {
+  std::size_t here = 0;
+  for (const std::string& id : of)
+    here += std::find(present.begin(), present.end(), id) != present.end() ? 1 : 0;
+  return of.empty() || here * 2 > of.size();
+}
+
+void Membership::dissolveWithoutQuorum(MembershipEffects& fx) {
+  const std::string reason = fmt::format(
+      "lost the quorum: {} of the {} members of the group admitted at epoch {} are left, a "
+      "strict majority is {}; the others may be training with another coordinator, so this "
+      "side applies no round (rejoin as pending)",
+      ring_.size(), quorum_base_.size(), group_epoch_, quorum_base_.size() / 2 + 1);
+  for (const std::string& id : ring_) {
+    peers_.erase(
+        std::remove_if(peers_.begin(), peers_.end(), [&](const Peer& p) { return p.id == id; }),
+        peers_.end());
+    fx.events.push_back({MembershipEvent::Kind::kEvicted, id, epoch_, reason});
+  }
+  ring_.clear();
+  synced_.clear();
+  abortOpenOps(fx, epoch_);
+}
+
+std::optional<MembershipEffects> Membership::checkQuorum() {
+  // A report newer than any group this coordinator ran comes from another coordinator's group;
+  // otherwise our own base is the better judge (a dissolved group's peers report the last view
+  // they saw, which still held a majority of a base that has since lost it).
+  std::vector<std::string> reference = quorum_base_;
+  std::uint64_t reference_epoch = group_epoch_;
+  if (const Peer* latest = latestReport();
+      latest != nullptr && (reference.empty() || latest->report.last_epoch > group_epoch_)) {
+    reference = latest->report.last_members;
+    reference_epoch = latest->report.last_epoch;
+  }
+  std::vector<std::string> pending;
+  for (const Peer& p : peers_) {
+    if (p.state == PeerState::kPending) pending.push_back(p.id);
+  }
+  if (holdsMajority(pending, reference)) {
+    no_quorum_since_.reset();
+    return std::nullopt;
+  }
+  std::size_t here = 0;
+  for (const std::string& id : reference)
+    here += std::find(pending.begin(), pending.end(), id) != pending.end() ? 1 : 0;
+  const std::string what =
+      fmt::format("{} of the {} members of epoch {} are here, a strict majority is {}", here,
+                  reference.size(), reference_epoch, reference.size() / 2 + 1);
+  MembershipEffects fx;
+  if (!no_quorum_since_) {
+    no_quorum_since_ = now_;
+    fx.events.push_back(
+        {MembershipEvent::Kind::kNoQuorum, "", epoch_,
+         fmt::format("no quorum: {}; admitting nobody (the rest may train with another "
+                     "coordinator), sending the pending peers away after {} ms",
+                     what, rebuild_window_.count())});
+    return fx;
+  }
+  if (now_ - *no_quorum_since_ < rebuild_window_) return fx;
+  no_quorum_since_.reset();
+  fx.view_changed = true;
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    if (it->state != PeerState::kPending) {
+      ++it;
+      continue;
+    }
+    fx.events.push_back(
+        {MembershipEvent::Kind::kNoQuorum, it->id, epoch_,
+         fmt::format("no quorum here for {} ms: {}; look for the coordinator that holds the "
+                     "group",
+                     rebuild_window_.count(), what)});
+    it = peers_.erase(it);
+  }
+  return fx;
 }
 
 const Membership::Peer* Membership::latestReport() const {

@@ -28,6 +28,20 @@
 //   progress registers, for at most `holder_wait`; after that they are admitted and the run goes
 //   on from the best state they hold (kRolledBack, the mark comes down to it). A coordinator that
 //   restarted knows only what the peers that register again report.
+// - Quorum (on when the peers know more than one coordinator address, so two coordinators can be
+//   alive at once): a group may train only while it holds a strict majority of its quorum base,
+//   the member set of its last admission (a graceful leave shrinks the base; an eviction does
+//   not, since an evicted peer may be alive behind a partition and join another coordinator).
+//   - A group whose evictions leave it without that majority dissolves at once, as one epoch:
+//     its members are evicted ("no quorum") and rejoin as pending, so the minority side of a
+//     partition applies no round.
+//   - With no members, pending peers form a group only with a strict majority of the reference
+//     group: the latest group they report if it is newer than the base, else the base. With
+//     none (the very start of a run), they are admitted at once as before. A 2-member group
+//     needs both; a 1-member group needs its one member.
+//   - Peers held without a majority for `rebuild_window` are sent away (kNoQuorum): they look
+//     for the coordinator that holds the group (the client probes every address and prefers
+//     the one with the most members), or come back here later.
 // Not thread-safe: the coordinator calls it from its one network thread.
 
 #include <cstdint>
@@ -49,6 +63,8 @@ struct MembershipEvent {
   // kCompleted: a pending peer behind a finished run was removed (tell it: Refused kCompleted).
   // kHeld: pending peers behind the high-water mark wait for a peer that holds it (no peer).
   // kRolledBack: nobody holding the mark came back in time; the run goes on from less.
+  // kNoQuorum: a pending peer sent away because no majority of the reference group is here
+  // (tell it: Refused kUnavailable), or (peer empty) pending peers are held for a majority.
   enum class Kind {
     kPending,
     kAdmitted,
@@ -59,13 +75,14 @@ struct MembershipEvent {
     kRebuilt,
     kCompleted,
     kHeld,
-    kRolledBack
+    kRolledBack,
+    kNoQuorum
   };
   Kind kind;
   std::string peer;
   std::uint64_t epoch;  // epoch after the event
-  // kLeft / kEvicted / kReplaced / kCompleted: why; kReordered: the new ring; kRebuilt: who came
-  // back and what state they report; kHeld / kRolledBack: what is missing.
+  // kLeft / kEvicted / kReplaced / kCompleted / kNoQuorum: why; kReordered: the new ring;
+  // kRebuilt: who came back and what state they report; kHeld / kRolledBack: what is missing.
   std::string reason;
 };
 
@@ -121,11 +138,13 @@ struct MembershipEffects {
 
 class Membership {
  public:
+  // `quorum`: apply the quorum rule (see above).
   explicit Membership(Millis heartbeat_timeout, std::optional<Millis> rebuild_window = {},
-                      Millis holder_wait = kDefaultHolderWait)
+                      Millis holder_wait = kDefaultHolderWait, bool quorum = false)
       : heartbeat_timeout_(heartbeat_timeout),
         rebuild_window_(rebuild_window.value_or(defaultRebuildWindow(heartbeat_timeout))),
-        holder_wait_(holder_wait) {}
+        holder_wait_(holder_wait),
+        quorum_(quorum) {}
 
   // Registers a peer as pending. `last_epoch` is the highest epoch the peer has seen: after a
   // coordinator restart the epoch continues above it. Errors: kAlreadyExists if `id` is
@@ -169,6 +188,9 @@ class Membership {
   std::vector<std::string> registered() const;  // members then pending
   GroupView view(TimePoint now) const;
   bool lastTickWasStall() const { return last_tick_stalled_; }
+  // The member set of the last admission that the quorum rule counts against (empty: none yet,
+  // or the quorum rule is off).
+  const std::vector<std::string>& quorumBase() const { return quorum_base_; }
 
  private:
   struct Peer {
@@ -195,10 +217,23 @@ class Membership {
   std::optional<MembershipEffects> checkProgress(MembershipEffects& fx);
   void raiseHighWater(const std::string& id, const ProgressMsg& report);
   std::string describeRebuild() const;
+  // With no members and someone pending, quorum on: nullopt if the pending peers hold a strict
+  // majority of the reference group (or there is none); else the effects to stop with (held,
+  // or sent away once the hold outlasts the rebuild window).
+  std::optional<MembershipEffects> checkQuorum();
+  // Quorum on and the ring no longer a strict majority of the base: every member is evicted.
+  void dissolveWithoutQuorum(MembershipEffects& fx);
+  // A strict majority of `of` is in `present` (true for an empty `of`).
+  static bool holdsMajority(const std::vector<std::string>& present,
+                            const std::vector<std::string>& of);
 
   Millis heartbeat_timeout_;
   Millis rebuild_window_;
   Millis holder_wait_;
+  bool quorum_ = false;
+  std::vector<std::string> quorum_base_;      // ids; see quorumBase()
+  std::uint64_t group_epoch_ = 0;             // the last epoch of a group this coordinator ran
+  std::optional<TimePoint> no_quorum_since_;  // pending peers are held for a majority
   HighWaterMark high_water_;
   std::optional<TimePoint> behind_since_;  // pending peers are held for the high-water mark
   TimePoint now_{};                        // the latest time any input carried

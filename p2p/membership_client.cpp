@@ -517,6 +517,18 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
       return runCompleted(session, Status(StatusCode::kCompleted,
                                           fmt::format("coordinator {}: {}", target, r->reason)));
     }
+    {
+      // Registered already: a coordinator without a quorum sends its pending peers away to look
+      // for the one that holds the group (a lost coordinator for this peer, with the reason).
+      std::lock_guard lock(mu_);
+      if (session == session_ && (state_ == State::kPending || state_ == State::kMember)) {
+        return lostLocked(
+            Status(StatusCode::kPeerLost, fmt::format("coordinator {} sent this peer away: {}",
+                                                      addresses_[address_index_].toString(),
+                                                      r ? r->reason : r.status().message())),
+            /*evicted=*/false);
+      }
+    }
     return attemptFailed(session, r ? Status(r->code, fmt::format("coordinator {} refused this "
                                                                   "peer: {}",
                                                                   target, r->reason))

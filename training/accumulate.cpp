@@ -25,7 +25,8 @@ Result<float> accumulateGradients(LocalTrainer& trainer, std::uint64_t step,
 }
 
 Result<float> accumulatedInnerStep(LocalTrainer& trainer, std::uint64_t step, const MicroPlan& plan,
-                                   std::span<float> unclipped_grad) {
+                                   std::span<float> unclipped_grad,
+                                   std::optional<std::uint64_t> lr_step) {
   auto loss = accumulateGradients(trainer, step, plan);
   if (!loss) return loss;
   if (!std::isfinite(*loss)) {
@@ -36,7 +37,7 @@ Result<float> accumulatedInnerStep(LocalTrainer& trainer, std::uint64_t step, co
   if (unclipped_grad.size() == trainer.numParams()) {
     std::copy(trainer.gradData(), trainer.gradData() + trainer.numParams(), unclipped_grad.begin());
   }
-  auto norm = trainer.applyGrads(step);
+  auto norm = trainer.applyGrads(lr_step.value_or(step));
   if (!norm) return norm.status();
   return loss;
 }

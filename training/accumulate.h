@@ -9,6 +9,7 @@
 // kInvalidArgument (an empty plan).
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "p2p/base/status.h"
@@ -22,8 +23,10 @@ namespace loco::training {
 Result<float> accumulateGradients(LocalTrainer& trainer, std::uint64_t step, const MicroPlan& plan);
 
 // accumulateGradients, then (when `unclipped_grad` is not empty, numParams() long) a copy of the
-// gradient before clipping — what the batch tests sample — then clipping and AdamW.
+// gradient before clipping — what the batch tests sample — then clipping and AdamW at the
+// learning rate of schedule position `lr_step` (unset: `step`; batch_state.h counts samples).
 Result<float> accumulatedInnerStep(LocalTrainer& trainer, std::uint64_t step, const MicroPlan& plan,
-                                   std::span<float> unclipped_grad = {});
+                                   std::span<float> unclipped_grad = {},
+                                   std::optional<std::uint64_t> lr_step = std::nullopt);
 
 }  // namespace loco::training

@@ -3,14 +3,16 @@
 #   E7  DiLoCo H=30 with the norm test (η 0.8, batch 4 -> at most 64) against fixed-batch DiLoCo
 #       H=30 (batch 16): rounds (outer syncs) the norm run needs to reach the fixed run's final
 #       validation loss; holds when that is at most 0.7x the fixed run's rounds. Samples and bytes
-#       are reported too.
-#   E8  gradient accumulation: one peer asks for a batch 8x --max-micro-batch; peak RSS with and
-#       without accumulation (GNU time's maximum resident set of the largest process).
+#       are reported too. Two norm runs: the learning-rate schedule counting samples (the
+#       default) and counting steps (--lr-schedule steps), one criterion line each.
+#   E8  switch mode: one peer asks for a batch 8x its measured b_max within a memory budget;
+#       holds when it completes inside the budget (GNU time's peak resident set); the same batch
+#       in one pass is reported beside it.
 #
 #   training/batch_experiments.sh [OUT_DIR] [SEEDS...]   (default: loco-batch-experiments, 1 2)
 #
 # Model and schedule as training/experiments.sh (width 128, 2 layers, context 64, 600 steps) unless
-# MODEL is set, e.g. MODEL="--width 64 --context 32 --steps 300" for a quick look. Prints one JSON
+# MODEL is set, e.g. MODEL="--width 64 --context 32 --steps 300" for a quick look. ONLY=E8 skips E7. Prints one JSON
 # line per run and one per criterion and seed ({"check":"E7",...,"holds":...}).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,30 +53,73 @@ run() {  # name seed flags...
 }
 
 for seed in "${seeds[@]}"; do
+  [ "${ONLY:-}" = E8 ] && break
   run fixed-h30 "$seed" --inner-steps 30
   run norm-h30 "$seed" --inner-steps 30 --batch 4 --batch-test norm --batch-eta 0.8 --max-batch 64
-  python3 - "$results" "$seed" <<'PY' | tee -a "$results"
+  run norm-h30-steps "$seed" --inner-steps 30 --batch 4 --batch-test norm --batch-eta 0.8 \
+    --max-batch 64 --lr-schedule steps
+  for name in norm-h30 norm-h30-steps; do
+  python3 - "$results" "$seed" "$name" <<'PY' | tee -a "$results"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-seed = int(sys.argv[2])
+seed, name = int(sys.argv[2]), sys.argv[3]
 fixed = next(r for r in rows if r.get("run") == "fixed-h30" and r["seed"] == seed)
-norm = next(r for r in rows if r.get("run") == "norm-h30" and r["seed"] == seed)
+norm = next(r for r in rows if r.get("run") == name and r["seed"] == seed)
 target = fixed["final_val_loss"]
 reached = next((s for s, v in norm["val_by_round"] if v <= target), None)
 ratio = reached / fixed["outer_steps"] if reached else None
-print(json.dumps({"check": "E7", "seed": seed, "target_val_loss": target,
+print(json.dumps({"check": "E7", "run": name, "seed": seed, "target_val_loss": target,
                   "fixed_rounds": fixed["outer_steps"], "norm_rounds_to_target": reached,
                   "ratio": ratio, "holds": ratio is not None and ratio <= 0.7,
                   "norm_tokens_over_fixed": norm["tokens_all_peers"] / fixed["tokens_all_peers"],
                   "norm_bytes_over_fixed": norm["bytes_sent"] / fixed["bytes_sent"]}))
 PY
+  done
 done
 
-# E8: a batch 8x the micro-batch, one peer, with and without accumulation.
-for micro in 0 16; do
-  dir="$out/e8-micro$micro"
+# E8: switch mode. A short run measures this machine's b_max within the memory budget
+# (E8_BUDGET_MIB, default 230: the default model's peer holds about 180 MiB before its first
+# pass); then one peer trains a batch of 8·b_max under --switch-mode threshold with that budget,
+# and once more without switch mode (one pass of the whole batch) for comparison. Holds when the
+# switch-mode run completes with its peak resident set (GNU time, the largest process) inside
+# the budget.
+budget="${E8_BUDGET_MIB:-230}"
+e8() {  # name batch flags...
+  local name="$1" batch="$2" dir="$out/e8-$1" status=0
+  shift 2
   /usr/bin/time -f '%M' -o "$dir.rss" "$loco" local --peers 1 --out "$dir" --log-level warn \
-    --steps 20 --inner-steps 10 --batch 128 --max-micro-batch "$micro" > "$dir.log" 2>&1 || true
-  echo "{\"check\":\"E8\",\"max_micro_batch\":$micro,\"batch\":128,\"peak_rss_kib\":$(tail -1 "$dir.rss")}" \
+    --restart-dead off \
+    "${model[@]}" --steps 20 --inner-steps 10 --batch "$batch" "$@" > "$dir.log" 2>&1 \
+    || status=$?
+  echo "$status"
+}
+probe_status=$(e8 probe 16 --switch-mode threshold --memory-budget-mib "$budget")
+b_max=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["b_max"])' \
+  "$out/e8-probe/peer-1.jsonl" 2>/dev/null || echo 0)
+if [ "$b_max" -gt 0 ]; then
+  big=$((8 * b_max))
+  switch_status=$(e8 switch "$big" --switch-mode threshold --memory-budget-mib "$budget")
+  whole_status=$(e8 whole "$big")
+  python3 - "$out" "$budget" "$b_max" "$big" "$switch_status" "$whole_status" <<'PY' | tee -a "$results"
+import json, sys
+out, budget, b_max, big = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+status = {"switch": int(sys.argv[5]), "whole": int(sys.argv[6])}
+def run(name):
+    lines = [json.loads(l) for l in open(f"{out}/e8-{name}/peer-1.jsonl") if l.strip()]
+    rss_kib = int(open(f"{out}/e8-{name}.rss").read().split()[-1])
+    return {"exit": status[name], "peak_rss_mib": round(rss_kib / 1024, 1),
+            "micro_batches": lines[-1]["micro_batches"] if lines else None,
+            "own_b_max": lines[-1]["b_max"] if lines else None,
+            "own_b_mem": lines[-1]["b_mem"] if lines else None,
+            "rounds": lines[-1]["step"] if lines else 0,
+            "final_loss": lines[-1]["loss"] if lines else None}
+switch, whole = run("switch"), run("whole")
+print(json.dumps({"check": "E8", "memory_budget_mib": budget, "b_max": b_max, "batch": big,
+                  "switch_mode": switch, "one_pass": whole,
+                  "holds": switch["exit"] == 0 and switch["rounds"] >= 2
+                           and switch["peak_rss_mib"] <= budget}))
+PY
+else
+  echo "{\"check\":\"E8\",\"holds\":false,\"why\":\"the probe run measured no b_max (exit $probe_status)\"}" \
     | tee -a "$results"
-done
+fi

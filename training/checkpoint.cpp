@@ -23,7 +23,9 @@ static_assert(std::endian::native == std::endian::little,
               "checkpoints are written in host order = little-endian");
 
 constexpr std::array<char, 8> kMagic = {'L', 'O', 'C', 'O', 'C', 'K', 'P', 'T'};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;
+constexpr std::uint32_t kOldestVersion = 1;  // no batch fields
+constexpr std::size_t kBatchBytes = 2 * 8;   // version 2's batch and schedule_samples
 constexpr std::size_t kSections = 5;
 constexpr std::size_t kHeaderBytes = 8 + 4 + 4 + 5 * 4 + 4 * 8;
 constexpr std::size_t kChecksumBytes = 8;
@@ -124,7 +126,7 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   }
 
   std::vector<std::uint8_t> out;
-  out.reserve(kHeaderBytes + kSections * 8 + 5 * n * sizeof(float) + kChecksumBytes);
+  out.reserve(kHeaderBytes + kSections * 8 + 5 * n * sizeof(float) + kBatchBytes + kChecksumBytes);
   out.insert(out.end(), kMagic.begin(), kMagic.end());
   put<std::uint32_t>(out, kVersion);
   put<std::uint32_t>(out, 0);
@@ -134,6 +136,8 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   }
   for (std::uint64_t f : {s.seed, s.step, s.outer_step, s.adam_steps}) put<std::uint64_t>(out, f);
   for (const auto& [name, v] : sections) putFloats(out, *v);
+  put<std::uint64_t>(out, s.batch);
+  put<std::uint64_t>(out, s.schedule_samples);
   put<std::uint64_t>(out, XXH3_64bits(out.data(), out.size()));
 
   const std::filesystem::path target(path);
@@ -215,10 +219,10 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
     (void)hr.get(s.outer_step);
     (void)hr.get(s.adam_steps);
   }
-  if (version != kVersion) {
+  if (version < kOldestVersion || version > kVersion) {
     ::close(fd);
-    return dataLoss(path,
-                    fmt::format("format version {} is not the supported {}", version, kVersion));
+    return dataLoss(path, fmt::format("format version {} is not one of the supported {}..{}",
+                                      version, kOldestVersion, kVersion));
   }
   if (Status v = validateModelConfig(s.model); !v.isOk()) {
     ::close(fd);
@@ -226,7 +230,7 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
   }
   const std::uint64_t n = paramCount(s.model);
   const std::uint64_t max_size =
-      kHeaderBytes + kSections * (8 + n * sizeof(float)) + kChecksumBytes;
+      kHeaderBytes + kSections * (8 + n * sizeof(float)) + kBatchBytes + kChecksumBytes;
   if (size > max_size) {
     ::close(fd);
     return dataLoss(
@@ -254,6 +258,9 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
     if (!r.get(count) || (count != 0 && count != n) || !r.getFloats(*sections[i], count)) {
       return dataLoss(path, fmt::format("section {} is malformed", names[i]));
     }
+  }
+  if (version >= 2 && (!r.get(s.batch) || !r.get(s.schedule_samples))) {
+    return dataLoss(path, "the batch fields are missing (truncated?)");
   }
   if (r.pos() != body)
     return dataLoss(path,

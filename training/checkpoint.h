@@ -3,14 +3,16 @@
 // uninterrupted run (batches are a pure function of (seed, rank, step), so no sampler state is
 // stored). No LibTorch.
 //
-// File format (little-endian), version 1:
+// File format (little-endian), version 2:
 //   "LOCOCKPT" · u32 version · u32 reserved(0)
 //   u32 width, layers, heads, context, vocab
 //   u64 seed, step, outer_step, adam_steps
 //   5 sections, each u64 count then count fp32: params, outer_params, outer_momentum, adam_m,
 //   adam_v
 //     (count is 0 or the model's parameter count)
+//   u64 batch, schedule_samples (the adaptive batch's shared state; 0 and 0: none)
 //   u64 XXH3-64 of every byte before it
+// Version 1 (no batch fields) is still read: it loads with batch 0 and schedule_samples 0.
 // Writes are atomic: a temporary file in the same directory, fsync, rename over the target,
 // fsync of the directory. A crash leaves either the old checkpoint or the new one, never a mix.
 //
@@ -37,6 +39,11 @@ struct TrainingState {
   std::uint64_t adam_steps = 0;       // inner AdamW state; empty moments: not stored
   std::vector<float> adam_m;
   std::vector<float> adam_v;
+  // Adaptive batch (batch_state.h): the group's per-peer batch and the learning-rate schedule's
+  // position in samples per peer when the checkpoint was written. 0: not an adaptive run (or a
+  // version-1 file).
+  std::uint64_t batch = 0;
+  std::uint64_t schedule_samples = 0;
 };
 
 // Errors: kInvalidArgument (invalid model, or a vector that is neither empty nor paramCount

@@ -15,6 +15,7 @@
 #include "p2p/base/metrics.h"
 #include "p2p/reconnect.h"
 #include "training/accumulate.h"
+#include "training/batch_state.h"
 #include "training/checkpoint.h"
 #include "training/data_assignment.h"
 
@@ -251,8 +252,10 @@ class Run {
     }
     LOCO_RETURN_IF_ERROR(state_.add("progress", DType::kI64, progress_.data(), progress_.size()));
     if (testing()) {
-      batch_state_[0] = cfg_.train.batch_size;
-      LOCO_RETURN_IF_ERROR(state_.add("batch", DType::kI64, batch_state_.data(), 1));
+      batch_state_[kBatchSize] = cfg_.train.batch_size;
+      batch_state_[kScheduleSamples] = 0;
+      LOCO_RETURN_IF_ERROR(
+          state_.add("batch", DType::kI64, batch_state_.data(), batch_state_.size()));
       grad_buf_.assign(P_, 0.0f);
       if (diloco_) last_grad_.assign(P_, 0.0f);
     }
@@ -303,12 +306,30 @@ class Run {
     // keeps 0 there, as in the run that wrote the checkpoint, so that a resumed peer's shared
     // state is bit for bit what the group held at that step.
     if (!diloco_) progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
-    LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}", checkpointPath(),
-             s.outer_step, s.step);
+    resumeBatch(s);
+    LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}{}", checkpointPath(),
+             s.outer_step, s.step,
+             testing() ? fmt::format(", batch {} ({} samples per peer)", currentBatch(),
+                                     batch_state_[kScheduleSamples])
+                       : "");
     // How far this peer is: the coordinator compares it with how far the run got, so that a
     // peer behind a group that is gone does not train those rounds again alone.
     comm_.setRegistrationReport(state_.revision(), state_.digest(), s.outer_step, done());
     return Status();
+  }
+
+  // The adaptive batch from a checkpoint: the group's batch and schedule position when it was
+  // written. A checkpoint without them (version 1, or a run without a batch test) resumes with
+  // --batch, the schedule at its step.
+  void resumeBatch(const TrainingState& s) {
+    if (!testing()) return;
+    if (s.batch > 0) {
+      batch_state_[kBatchSize] = static_cast<std::int64_t>(s.batch);
+      batch_state_[kScheduleSamples] = static_cast<std::int64_t>(s.schedule_samples);
+    } else {
+      batch_state_[kScheduleSamples] =
+          static_cast<std::int64_t>(advanceSamples(0, s.step, cfg_.train.batch_size));
+    }
   }
 
   Status syncState() {
@@ -469,13 +490,13 @@ class Run {
           momentum_ = outer_.momentum();
           progress_[kMomentumStarted] = 1;
         }
-        progress_[kInnerStep] =
-            std::min<std::int64_t>(progress_[kInnerStep] + roundSteps(), cfg_.steps);
+        advanceInnerStep(std::min<std::int64_t>(progress_[kInnerStep] + roundSteps(), cfg_.steps));
       } else {
         std::copy(reduce_buf_.begin(), reduce_buf_.end(), trainer_.gradData());
-        auto norm = trainer_.applyGrads(static_cast<std::uint64_t>(progress_[kInnerStep]));
+        const auto step = static_cast<std::uint64_t>(progress_[kInnerStep]);
+        auto norm = trainer_.applyGrads(lrStep(step));
         if (!norm) return norm.status().withContext("applying the averaged gradient");
-        progress_[kInnerStep] += 1;
+        advanceInnerStep(progress_[kInnerStep] + 1);
       }
       progress_[kOuterStep] += 1;
       rec.train_loss = r.stats[kLoss] / contributors;
@@ -529,6 +550,8 @@ class Run {
     rec.batch = currentBatch();
     rec.micro_batches = plan().micro_batches;
     rec.share = plan().total();
+    rec.b_max = cfg_.micro_limits.b_max;
+    rec.b_mem = cfg_.micro_limits.b_mem;
     if (on_round_) on_round_(rec);
     return Status();
   }
@@ -570,6 +593,10 @@ class Run {
       s.outer_params = theta_;
       if (progress_[kMomentumStarted]) s.outer_momentum = momentum_;
     }
+    if (testing()) {
+      s.batch = static_cast<std::uint64_t>(batch_state_[kBatchSize]);
+      s.schedule_samples = static_cast<std::uint64_t>(batch_state_[kScheduleSamples]);
+    }
     std::error_code ec;
     std::filesystem::create_directories(cfg_.checkpoint_dir, ec);
     return saveCheckpoint(checkpointPath(), s);
@@ -590,8 +617,8 @@ class Run {
     if (keep_last) have_grad_ = false;
     for (std::uint64_t s = from; s < until && !stop_.load(); ++s, ++t.steps_run) {
       const bool keep = keep_last && s + 1 == until;
-      auto loss = accumulatedInnerStep(trainer_, s, micro,
-                                       keep ? std::span<float>(last_grad_) : std::span<float>());
+      auto loss = accumulatedInnerStep(
+          trainer_, s, micro, keep ? std::span<float>(last_grad_) : std::span<float>(), lrStep(s));
       if (keep) have_grad_ = loss.isOk() && allFinite(last_grad_, nullptr);
       if (!loss) {
         if (loss.status().code() != StatusCode::kDataLoss) return loss.status();
@@ -672,8 +699,7 @@ class Run {
       mergeFragment(local, th, cfg_.merge_alpha);
       scatterRanges(local, ranges, params);
     }
-    progress_[kInnerStep] =
-        std::min<std::int64_t>(progress_[kInnerStep] + roundSteps(), cfg_.steps);
+    advanceInnerStep(std::min<std::int64_t>(progress_[kInnerStep] + roundSteps(), cfg_.steps));
   }
 
   // Runs while the round's all-reduces are in flight (reduce()): streaming trains τ steps past
@@ -715,13 +741,34 @@ class Run {
   bool testing() const { return cfg_.batch.test != BatchTest::kNone; }
   // The per-peer batch: the shared one under a batch test, else --batch.
   std::uint32_t currentBatch() const {
-    return testing() ? static_cast<std::uint32_t>(batch_state_[0]) : cfg_.train.batch_size;
+    return testing() ? static_cast<std::uint32_t>(batch_state_[kBatchSize]) : cfg_.train.batch_size;
+  }
+  // The learning-rate schedule's position for inner step `step` of the current round: it counts
+  // samples per peer (batch_state.h). Without a batch test the batch is --batch throughout and
+  // the position is `step` itself; --lr-schedule steps keeps it at the step under a test too.
+  std::uint64_t lrStep(std::uint64_t step) const {
+    if (testing() && !cfg_.schedule_in_samples) return step;
+    const auto start = static_cast<std::uint64_t>(progress_[kInnerStep]);
+    const std::uint64_t samples = testing()
+                                      ? static_cast<std::uint64_t>(batch_state_[kScheduleSamples])
+                                      : advanceSamples(0, start, cfg_.train.batch_size);
+    return scheduleStepOf(step, start, samples, currentBatch(), cfg_.train.batch_size);
+  }
+  // Moves the progress to inner step `to` and, under a batch test, the schedule by the samples
+  // of the steps in between (at the batch they were trained with: the test runs after this).
+  void advanceInnerStep(std::int64_t to) {
+    if (testing() && to > progress_[kInnerStep]) {
+      batch_state_[kScheduleSamples] = static_cast<std::int64_t>(
+          advanceSamples(static_cast<std::uint64_t>(batch_state_[kScheduleSamples]),
+                         static_cast<std::uint64_t>(to - progress_[kInnerStep]), currentBatch()));
+    }
+    progress_[kInnerStep] = to;
   }
   bool speedSplit() const { return cfg_.allocation == Allocation::kSpeed; }
   // This peer's windows per inner step: its speed share, or the per-peer batch.
   MicroPlan plan() const {
     const std::uint32_t mine = speedSplit() && share_ > 0 ? share_ : currentBatch();
-    return microPlan(mine, cfg_.batch.max_micro_batch);
+    return switchPlan(cfg_.switch_mode, mine, cfg_.micro_limits, cfg_.batch.max_micro_batch);
   }
 
   // The round's batch test, on values every member holds bit for bit (the all-reduced sums), so
@@ -746,14 +793,15 @@ class Run {
     const std::uint32_t before = currentBatch();
     const BatchDecision d = decideBatch(cfg_.batch, g, before);
     if (d.batch != before) {
-      const MicroPlan p = microPlan(d.batch, cfg_.batch.max_micro_batch);
+      const MicroPlan p =
+          switchPlan(cfg_.switch_mode, d.batch, cfg_.micro_limits, cfg_.batch.max_micro_batch);
       LOG_INFO(kLogTrain, "round {}: {} test asks for {:.1f}: batch {} -> {}{}",
                progress_[kOuterStep], batchTestName(cfg_.batch.test), d.wanted, before, d.batch,
                p.micro_batches > 1
                    ? fmt::format(" ({} micro-batches of {})", p.micro_batches, p.micro_size)
                    : "");
     }
-    batch_state_[0] = d.batch;
+    batch_state_[kBatchSize] = d.batch;
     return d.wanted;
   }
 
@@ -946,7 +994,7 @@ class Run {
     }
     std::copy(theta_.begin(), theta_.end(), params.begin());
     progress_[kOuterStep] += 1;
-    progress_[kInnerStep] = static_cast<std::int64_t>(until);
+    advanceInnerStep(static_cast<std::int64_t>(until));
     state_.advanceRevision();
     RoundRecord rec;
     rec.world = comm_.world();
@@ -1043,7 +1091,7 @@ class Run {
   std::optional<DataAssignment> assigned_;  // derive_data_rank: the current one
   // Adaptive batch: the shared per-peer batch, this peer's last unclipped gradient (DiLoCo) and
   // the buffer Σ g_m travels in.
-  std::array<std::int64_t, 1> batch_state_{};
+  std::array<std::int64_t, kBatchStateFields> batch_state_{};
   std::vector<float> last_grad_, grad_buf_;
   bool have_grad_ = false, sent_grad_ = false;
   double contribution_tokens_ = 0;

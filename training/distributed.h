@@ -52,6 +52,7 @@
 #include "training/batch_test.h"
 #include "training/local_trainer.h"
 #include "training/optimizers.h"
+#include "training/switch_mode.h"
 #include "training/sync_methods.h"
 
 namespace loco::collectives {
@@ -104,6 +105,15 @@ struct DistributedConfig {
   // kSpeed: each peer's windows per step in proportion to its throughput, Δ weighted by windows
   // (allocation.h). Not bit-reproducible (throughput is measured), hence kEqual by default.
   Allocation allocation = Allocation::kEqual;
+  // Switch mode (switch_mode.h): how a batch is split into micro-batches, from this peer's
+  // measured limits (calibrate.h's calibrateForRun fills micro_limits before the run; kNone:
+  // --max-micro-batch as given). memory_budget_mib: --memory-budget-mib (0: no budget).
+  SwitchMode switch_mode = SwitchMode::kNone;
+  // Under a batch test: the learning-rate schedule counts samples per peer (batch_state.h; true)
+  // or steps, as without a test (--lr-schedule steps).
+  bool schedule_in_samples = true;
+  std::uint64_t memory_budget_mib = 0;
+  MicroLimits micro_limits;
   Overlap overlap = Overlap::kNone;  // diloco: whole-round overlap (sync_methods.h)
   std::uint32_t fragments = 2;       // streaming: P (the model needs at least P blocks)
   std::uint32_t overlap_steps = 2;   // streaming: τ, inner steps its all-reduce overlaps
@@ -146,6 +156,8 @@ struct RoundRecord {
   double batch_wanted = 0;          // what the batch test asked for this round; 0: no test ran
   double tokens = 0;                // tokens all contributors processed for this round
   std::uint32_t share = 0;          // this peer's windows per inner step from now on
+  std::uint32_t b_max = 0;          // switch mode: this peer's measured b_max (0: not measured)
+  std::uint32_t b_mem = 0;          // switch mode: its measured b_mem (0: no memory budget)
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule

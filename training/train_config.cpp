@@ -125,6 +125,19 @@ Status validateDistributedConfig(const DistributedConfig& c) {
                   "--resume needs --checkpoint-dir (where the checkpoints are)");
   }
   LOCO_RETURN_IF_ERROR(validateBatchTestConfig(c.batch, c.train.batch_size));
+  if (c.switch_mode != SwitchMode::kNone && c.batch.max_micro_batch != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--max-micro-batch sets the micro-batch by hand and --switch-mode measures it: "
+                  "give one of them");
+  }
+  if (c.memory_budget_mib != 0 && c.switch_mode == SwitchMode::kNone) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--memory-budget-mib is for --switch-mode threshold|accumulate|loader");
+  }
+  if (c.memory_budget_mib > (std::uint64_t{1} << 30)) {
+    return Status(StatusCode::kInvalidArgument,
+                  fmt::format("--memory-budget-mib {} is more than 1 PiB", c.memory_budget_mib));
+  }
   if (c.train.inner.schedule.total_steps != c.steps) {
     return Status(StatusCode::kInvalidArgument, "the learning-rate schedule must span --steps");
   }

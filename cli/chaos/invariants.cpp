@@ -130,7 +130,11 @@ void InvariantChecker::onRound(const RoundLine& r, double t) {
 }
 
 double InvariantChecker::roundEstimate() const {
-  if (round_times_.size() < 3) return 5;  // no history yet: a generous guess
+  // No history yet: as long as the swarm took from its start to its first round (processes,
+  // joins and one round: this machine's pace under its load; a loaded machine's first rounds
+  // took 80 s in a soak, where a fixed 5 s called that a hang), at least 5 s.
+  if (round_times_.size() < 3)
+    return std::max(5.0, round_times_.empty() ? 0.0 : round_times_.front());
   std::vector<double> gaps;
   const std::size_t from =
       round_times_.size() > kRecentRounds + 1 ? round_times_.size() - kRecentRounds - 1 : 0;

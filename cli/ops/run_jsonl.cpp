@@ -15,8 +15,9 @@ namespace loco::ops {
 // round was finite (JSON has no NaN: a non-finite loss is written as null, like one that was not
 // computed). `checkpoint_failures` counts this process's checkpoint writes that failed (a full
 // disk; training goes on). The rest: the adaptive batch's (local_loss, batch, micro_batches,
-// batch_wanted, tokens, share) and the overlap's timing (compute_s, blocked_s, utilization,
-// round_bytes, peak_round_bytes, e2e_tokens_per_s). `loco chaos` checks its invariants on these.
+// batch_wanted, tokens, share, and switch mode's b_max and b_mem) and the overlap's timing
+// (compute_s, blocked_s, utilization, round_bytes, peak_round_bytes, e2e_tokens_per_s). `loco
+// chaos` checks its invariants on these.
 std::string peerRoundLine(const training::RoundRecord& r, std::uint32_t rank,
                           const std::string& peer, long pid, double unix_s) {
   const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
@@ -45,6 +46,8 @@ std::string peerRoundLine(const training::RoundRecord& r, std::uint32_t rank,
                    {"batch_wanted", jsonFixed(r.batch_wanted, 3)},
                    {"tokens", jsonFixed(r.tokens, 0)},
                    {"share", r.share},
+                   {"b_max", r.b_max},
+                   {"b_mem", r.b_mem},
                    {"compute_s", jsonFixed(r.compute_total_s, 3)},
                    {"blocked_s", jsonFixed(r.blocked_total_s, 3)},
                    {"utilization", jsonFixed(r.utilization, 4)},

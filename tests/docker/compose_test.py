@@ -34,6 +34,9 @@ import time
 import urllib.parse
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from waiting import wait_for  # noqa: E402
+
 SKIP = 77
 STEPS, INNER = 300, 20  # 15 rounds
 T0 = time.monotonic()
@@ -59,20 +62,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(what, fn, timeout_s, interval=1.0):
-    end = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < end:
-        try:
-            value = fn()
-            if value:
-                return value
-        except Exception as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last})")
 
 
 class Compose:

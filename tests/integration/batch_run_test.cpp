@@ -3,6 +3,8 @@
 // identically on every peer.
 #include <gtest/gtest.h>
 
+#include <csignal>
+
 #include <fstream>
 #include <functional>
 #include <map>
@@ -120,13 +122,15 @@ TEST(DataAssignment, TwoPeersWithTheSameExplicitRankAreWarned) {
 
 // The norm test on real processes: the batch grows, every member holds the same batch after every
 // round (it is shared state: the digests cover it), a peer killed mid-run does not split the
-// group's batch, and a peer that joins later receives the current batch.
+// group's batch, and a peer that joins later receives the current batch. The joiner comes at
+// inner step 100 of 240: once the batch has grown the rounds are short, and it needs rounds left
+// to be admitted to even on a loaded machine.
 TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
   TempDir dir;
   const std::string corpus = writeCorpus(dir);
   std::vector<std::string> args{
       "local",     "--out",       dir.file("run"), "--peers",     "4",
-      "--steps",   "160",         "--inner-steps", "10",          "--batch-test",
+      "--steps",   "240",         "--inner-steps", "10",          "--batch-test",
       "norm",      "--batch-eta", "0.5",           "--max-batch", "32",
       "--kill-at", "50",          "--join-at",     "100"};
   for (const auto& f : tiny(corpus)) args.push_back(f);
@@ -137,7 +141,9 @@ TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
   std::int64_t last = -1;
   for (int i = 1; i <= 5; ++i) {
     auto rounds = readRounds(dir.file("run/peer-" + std::to_string(i) + ".jsonl"));
-    if (i == 5) ASSERT_FALSE(rounds.empty()) << "the joiner never finished a round";
+    if (i == 5) {
+      ASSERT_FALSE(rounds.empty()) << "the joiner never finished a round";
+    }
     for (const Round& r : rounds) {
       batches[r.step].insert(r.batch);
       digests[r.step].insert(r.digest);
@@ -151,6 +157,155 @@ TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
   for (const auto& [step, set] : digests) EXPECT_EQ(set.size(), 1u) << "step " << step;
   EXPECT_GT(last, 4) << "the norm test never grew the batch";
   EXPECT_LE(last, 32) << "capped by --max-batch";
+}
+
+// The batch is shared state that outlives processes (issue 14): with the norm test growing the
+// batch, (1) a peer killed with SIGKILL mid-run and restarted from its checkpoint comes back with
+// the group's current batch, and (2) the whole group stopped and restarted from its checkpoints
+// goes on with the batch it had reached, not --batch: each peer's first line after the restart
+// (its resume, no contributions) holds the batch and the shared-state digest the group had at
+// that outer step before the stop. Digests agree at every step throughout.
+TEST(AdaptiveBatch, PeersRestartedFromCheckpointsComeBackWithTheGroupsBatch) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  const std::string corpus = writeCorpus(dir);
+  constexpr int kPeers = 4;
+  std::vector<std::vector<std::string>> argv;
+  std::vector<std::unique_ptr<Process>> peers;
+  auto jsonl = [&](int i) { return dir.file("peer" + std::to_string(i) + ".jsonl"); };
+  auto logOf = [&](int i) { return dir.file("peer" + std::to_string(i) + ".log"); };
+  for (int i = 0; i < kPeers; ++i) {
+    std::vector<std::string> args{"join",
+                                  "--coordinator",
+                                  coordinator.address(),
+                                  "--listen",
+                                  "127.0.0.1:0",
+                                  "--wait-for",
+                                  std::to_string(kPeers),
+                                  "--measure-topology",
+                                  "off",
+                                  "--metrics",
+                                  jsonl(i),
+                                  "--rank",
+                                  std::to_string(i),
+                                  "--checkpoint-dir",
+                                  dir.file("ckpt"),
+                                  "--steps",
+                                  "300",
+                                  "--inner-steps",
+                                  "5",
+                                  "--eval-every",
+                                  "1000000",
+                                  "--batch-test",
+                                  "norm",
+                                  "--batch-eta",
+                                  "0.5",
+                                  "--max-batch",
+                                  "32"};
+    for (const auto& f : tiny(corpus)) args.push_back(f);
+    argv.push_back(args);
+    peers.push_back(std::make_unique<Process>(args, logOf(i)));
+  }
+  auto logs = [&] {
+    std::string out;
+    for (int i = 0; i < kPeers; ++i)
+      out += "--- peer " + std::to_string(i) + "\n" + readFile(logOf(i));
+    return out;
+  };
+  auto restart = [&](int i) {
+    auto args = argv[i];
+    args.push_back("--resume");
+    peers[i] = std::make_unique<Process>(args, logOf(i));
+  };
+  // (1) Once the batch has grown, kill -9 the last peer and start it again from its checkpoint.
+  ASSERT_TRUE(eventually(std::chrono::milliseconds(120000),
+                         [&] {
+                           auto r = readRounds(jsonl(kPeers - 1));
+                           return !r.empty() && r.back().batch > 4;
+                         }))
+      << "the norm test never grew the batch\n"
+      << logs();
+  peers[kPeers - 1]->signal(SIGKILL);
+  ASSERT_TRUE(peers[kPeers - 1]->waitExit(std::chrono::milliseconds(20000)).has_value());
+  const std::size_t killed_lines = readRounds(jsonl(kPeers - 1)).size();
+  restart(kPeers - 1);
+  ASSERT_TRUE(eventually(std::chrono::milliseconds(60000), [&] {
+    return readRounds(jsonl(kPeers - 1)).size() > killed_lines + 1;
+  })) << logs();
+  // (2) Stop the whole group and start it again from its checkpoints.
+  for (auto& p : peers) p->signal(SIGTERM);
+  std::vector<std::vector<Round>> before(kPeers);
+  for (int i = 0; i < kPeers; ++i) {
+    ASSERT_TRUE(peers[i]->waitExit(std::chrono::milliseconds(30000)).has_value()) << logs();
+    before[i] = readRounds(jsonl(i));
+    ASSERT_FALSE(before[i].empty());
+    ASSERT_LT(before[i].back().step, 60u) << "the stop came after the end of the run";
+  }
+  for (int i = 0; i < kPeers; ++i) restart(i);
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(180000)).value_or(-1), 0) << logs();
+
+  std::map<std::uint64_t, std::set<std::int64_t>> batches;
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int i = 0; i < kPeers; ++i) {
+    for (const Round& r : readRounds(jsonl(i))) {
+      batches[r.step].insert(r.batch);
+      digests[r.step].insert(r.digest);
+    }
+  }
+  for (const auto& [step, set] : batches) EXPECT_EQ(set.size(), 1u) << "batch at step " << step;
+  for (const auto& [step, set] : digests) EXPECT_EQ(set.size(), 1u) << "digest at step " << step;
+  // (1): the killed peer's first round after its restart holds the group's grown batch.
+  const auto killed = readRounds(jsonl(kPeers - 1));
+  ASSERT_GT(killed.size(), killed_lines);
+  EXPECT_GT(killed[killed_lines].batch, 4) << "restarted peer back at --batch";
+  // (2): every peer's resume line holds what the group held at that step before the stop.
+  for (int i = 0; i < kPeers; ++i) {
+    const auto all = readRounds(jsonl(i));
+    ASSERT_GT(all.size(), before[i].size()) << "peer " << i << " trained nothing after --resume";
+    const Round& resumed = all[before[i].size()];
+    bool compared = false;
+    for (int j = 0; j < kPeers; ++j) {
+      for (const Round& r : before[j]) {
+        if (r.step != resumed.step) continue;
+        EXPECT_EQ(resumed.batch, r.batch) << "peer " << i << " resumed at step " << r.step;
+        EXPECT_EQ(resumed.digest, r.digest) << "peer " << i << " resumed at step " << r.step;
+        compared = true;
+      }
+    }
+    EXPECT_TRUE(compared) << "peer " << i << ": no line before the stop at step " << resumed.step;
+    EXPECT_GT(resumed.batch, 4) << "peer " << i << " resumed at --batch";
+  }
+}
+
+// Switch mode on real processes: each peer measures its own b_max before it joins and computes
+// the tiny model's --batch 4 as ⌈4/b_max⌉ micro-batches (accumulate mode); the group's state
+// stays one.
+TEST(AdaptiveBatch, SwitchModeAccumulatesAboveEachPeersMeasuredBMax) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 2,
+                          {"--steps", "10", "--inner-steps", "5", "--switch-mode", "accumulate"},
+                          [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  std::vector<std::string> digests[2];
+  for (int i = 0; i < 2; ++i) {
+    std::ifstream in(dir.file("peer" + std::to_string(i) + ".jsonl"));
+    int lines = 0;
+    for (std::string l; std::getline(in, l);) {
+      auto j = parseJsonObject(l);
+      ASSERT_TRUE(j.has_value()) << l;
+      const auto b_max = (*j)["b_max"].get<std::int64_t>();
+      ASSERT_GE(b_max, 1) << "peer " << i << " measured nothing: " << l;
+      ASSERT_LE(b_max, 4) << "calibration goes no further than the largest batch";
+      EXPECT_EQ((*j)["micro_batches"].get<std::int64_t>(), (4 + b_max - 1) / b_max) << l;
+      digests[i].push_back((*j)["digest"].get<std::string>());
+      ++lines;
+    }
+    EXPECT_GE(lines, 2) << "peer " << i;
+  }
+  EXPECT_EQ(digests[0], digests[1]);
 }
 
 // Speed-aware allocation: the peers' shares split the group's windows per step (rounding aside),
@@ -196,6 +351,13 @@ TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
       {{"--max-batch", "64"}, "--max-batch"},
       {{"--max-micro-batch", "-1"}, "--max-micro-batch"},
       {{"--allocation", "fast"}, "--allocation"},
+      {{"--memory-budget-mib", "0"}, "--memory-budget-mib"},
+      {{"--memory-budget-mib", "-64"}, "--memory-budget-mib"},
+      {{"--memory-budget-mib", "512", "--switch-mode", "none"}, "--memory-budget-mib"},
+      {{"--switch-mode", "threshold", "--max-micro-batch", "8"}, "--max-micro-batch"},
+      {{"--switch-mode", "sometimes"}, "--switch-mode"},
+      {{"--lr-schedule", "steps"}, "--lr-schedule"},
+      {{"--batch-test", "norm", "--lr-schedule", "epochs"}, "--lr-schedule"},
   };
   int n = 0;
   for (const Case& c : cases) {

@@ -4,13 +4,20 @@
 // 127.0.0.1 train a tiny GPT; every test checks the peers' JSON lines: outer steps strictly
 // increasing (no round applied twice) and, on peers that never left, contiguous (no round lost),
 // with equal shared-state digests on every peer that reported a step.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <set>
 #include <thread>
@@ -27,14 +34,17 @@ constexpr int kInner = 10;
 
 class TrainingGroup {
  public:
+  // `coordinators_of`: a coordinator list of its own for some ranks (a path that can be cut).
   TrainingGroup(const TempDir& dir, int peers, const std::string& coordinators, int rounds,
-                std::vector<std::string> extra = {})
+                std::vector<std::string> extra = {},
+                const std::map<int, std::string>& coordinators_of = {})
       : dir_(dir), rounds_(rounds) {
     const std::string corpus = writeCorpus(dir);
     for (int r = 0; r < peers; ++r) {
+      auto own = coordinators_of.find(r);
       std::vector<std::string> args = {"join",
                                        "--coordinator",
-                                       coordinators,
+                                       own != coordinators_of.end() ? own->second : coordinators,
                                        "--listen",
                                        "127.0.0.1:0",
                                        "--identity",
@@ -214,10 +224,10 @@ TEST(Resilience, CoordinatorStalledLongerThanTheHeartbeatTimeoutLosesNoRound) {
   EXPECT_NE(coordinator.process().log().find("group rebuilt"), std::string::npos);
 }
 
-TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
+void standbyTakesOver(const std::vector<std::string>& coordinator_flags) {
   TempDir dir;
-  CoordinatorProcess primary(dir, kInterval, kTimeout, {}, "coord-a");
-  CoordinatorProcess standby(dir, kInterval, kTimeout, {}, "coord-standby");
+  CoordinatorProcess primary(dir, kInterval, kTimeout, coordinator_flags, "coord-a");
+  CoordinatorProcess standby(dir, kInterval, kTimeout, coordinator_flags, "coord-standby");
   TrainingGroup group(dir, 3, primary.address() + "," + standby.address(), 100);
   ASSERT_TRUE(group.waitRounds(15, milliseconds(60000))) << group.logs();
   auto idle = standby.view();
@@ -235,6 +245,175 @@ TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
   group.expectFinishedConsistently();
   EXPECT_NE(standby.process().log().find("group rebuilt"), std::string::npos)
       << standby.process().log();
+}
+
+TEST(Resilience, StandbyCoordinatorTakesOverWithoutAnOperator) {
+  standbyTakesOver({});
+}
+
+// What `loco local --standby on` runs: every peer of the group comes to the standby, a majority.
+TEST(Resilience, StandbyCoordinatorWithTheQuorumRuleTakesOverAsFast) {
+  standbyTakesOver({"--quorum"});
+}
+
+// A TCP forwarder on 127.0.0.1 that a test can cut (every forwarded connection is shut down and
+// new ones are closed at once) and heal: a partition between some peers and one coordinator,
+// without network namespaces. Threads end within a poll interval of a cut or the destructor.
+class CuttableProxy {
+ public:
+  explicit CuttableProxy(std::uint16_t target) : target_(target) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), len) != 0 ||
+        ::listen(listen_fd_, 64) != 0 ||
+        ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ADD_FAILURE() << "proxy: cannot listen on 127.0.0.1";
+    }
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { acceptLoop(); });
+  }
+  ~CuttableProxy() {
+    stop_ = true;
+    cut();
+    acceptor_.join();
+    std::vector<std::thread> pumps;
+    {
+      std::lock_guard lock(mu_);
+      pumps = std::move(pumps_);
+    }
+    for (auto& t : pumps) t.join();
+    ::close(listen_fd_);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  void cut() {
+    cut_ = true;
+    std::lock_guard lock(mu_);
+    for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
+  }
+  void heal() { cut_ = false; }
+
+ private:
+  void acceptLoop() {
+    while (!stop_) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      int in = ::accept(listen_fd_, nullptr, nullptr);
+      if (in < 0) continue;
+      if (cut_) {
+        ::close(in);
+        continue;
+      }
+      int out = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(target_);
+      if (::connect(out, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+        ::close(in);
+        ::close(out);
+        continue;
+      }
+      std::lock_guard lock(mu_);
+      open_.insert(in);
+      open_.insert(out);
+      pumps_.emplace_back([this, in, out] { pump(in, out); });
+    }
+  }
+  void pump(int a, int b) {
+    std::vector<char> buf(64 << 10);
+    bool open = true;
+    while (open && !stop_ && !cut_) {
+      pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+      if (::poll(p, 2, 100) <= 0) continue;
+      for (int i = 0; i < 2 && open; ++i) {
+        if ((p[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        const ssize_t n = ::read(p[i].fd, buf.data(), buf.size());
+        if (n <= 0) {
+          open = false;
+          break;
+        }
+        const int to = i == 0 ? b : a;
+        for (ssize_t sent = 0; sent < n && open;) {
+          const ssize_t w =
+              ::send(to, buf.data() + sent, static_cast<std::size_t>(n - sent), MSG_NOSIGNAL);
+          if (w <= 0) open = false;
+          sent += std::max<ssize_t>(w, 0);
+        }
+      }
+    }
+    std::lock_guard lock(mu_);
+    open_.erase(a);
+    open_.erase(b);
+    ::close(a);
+    ::close(b);
+  }
+
+  std::uint16_t target_;
+  int listen_fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::atomic<bool> stop_{false}, cut_{false};
+  std::mutex mu_;
+  std::set<int> open_;
+  std::vector<std::thread> pumps_;
+  std::thread acceptor_;
+};
+
+// The 1-hour soak's split brain: a peer cut off from the coordinator that holds the group finds
+// the standby, which must not make a second group of it: two groups would apply the same outer
+// steps with different states. With the quorum rule the standby holds it (1 of the 3 members it
+// reports) and sends it away, the primary trains on with 2 of 3, and after the heal the peer
+// comes back to the primary. Every outer step has one digest across all peers.
+TEST(Resilience, APeerCutOffFromTheCoordinatorFormsNoSecondGroupWithTheStandby) {
+  TempDir dir;
+  const std::vector<std::string> quorum{"--quorum"};
+  CoordinatorProcess primary(dir, kInterval, kTimeout, quorum, "coord-a");
+  CoordinatorProcess standby(dir, kInterval, kTimeout, quorum, "coord-standby");
+  CuttableProxy path(primary.port());
+  // Rounds take milliseconds here: the run is stopped once the cut-off peer is back.
+  TrainingGroup group(dir, 3, primary.address() + "," + standby.address(), 1000000, {},
+                      {{2, path.address() + "," + standby.address()}});
+  ASSERT_TRUE(group.waitRounds(6, milliseconds(60000))) << group.logs();
+
+  path.cut();
+  const auto cut_at = std::chrono::steady_clock::now();
+  const auto at_cut = group.counts();
+  // Longer than the standby's rebuild window (timeout + 4 s), after which the old rule formed
+  // a group of whoever had come.
+  ASSERT_TRUE(eventually(milliseconds(20000),
+                         [&] {
+                           return standby.counter("coord.sent_away_for_quorum") >= 1 ||
+                                  standby.counter("coord.peers_admitted") >= 1;
+                         }))
+      << "the cut-off peer never reached the standby\n"
+      << standby.process().log() << group.logs();
+  ASSERT_TRUE(group.waitProgress(at_cut, milliseconds(30000), {0, 1})) << group.logs();
+  std::this_thread::sleep_for(milliseconds(2000));
+  std::printf("cut for %.1f s: the primary's side went from %zu to %zu rounds\n",
+              secondsSince(cut_at), at_cut[0], group.counts()[0]);
+  EXPECT_EQ(standby.counter("coord.peers_admitted"), 0u)
+      << "the standby made a group of a minority\n"
+      << standby.process().log();
+
+  path.heal();
+  const auto healed = std::chrono::steady_clock::now();
+  EXPECT_TRUE(group.waitProgress(group.counts(), milliseconds(30000), {2}))
+      << "the cut-off peer did not come back to the group\n"
+      << group.logs();
+  std::printf("after the heal the cut-off peer contributed again %.2f s later\n",
+              secondsSince(healed));
+  auto back = group.counts();
+  back[2] += 20;
+  EXPECT_TRUE(group.waitProgress(back, milliseconds(30000))) << group.logs();
+  for (int r = 0; r < group.size(); ++r) group.peer(r).signal(SIGTERM);
+  for (int r = 0; r < group.size(); ++r)
+    ASSERT_TRUE(group.peer(r).waitExit(milliseconds(20000)).has_value()) << group.logs();
+  expectOneHistory(group);
+  EXPECT_EQ(standby.counter("coord.peers_admitted"), 0u) << standby.process().log();
+  EXPECT_NE(readFile(group.log(2)).find("sent this peer away"), std::string::npos)
+      << readFile(group.log(2));
 }
 
 TEST(Resilience, StoppedTrainingPeerIsEvictedRejoinsAndContributesAgain) {

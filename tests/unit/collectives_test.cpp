@@ -227,13 +227,28 @@ TEST(Descriptor, RoundTripsAndRejectsGarbage) {
 TEST(ChooseAlgorithm, BySizeAndWorld) {
   AllReduceArgs a;
   a.count = 1024;  // 4 KiB
-  EXPECT_EQ(chooseAlgorithm(a, 1), Algorithm::kRing);
-  EXPECT_EQ(chooseAlgorithm(a, 4), Algorithm::kDirect);
+  EXPECT_EQ(chooseAlgorithm(a, 1, true), Algorithm::kRing);
+  EXPECT_EQ(chooseAlgorithm(a, 4, true), Algorithm::kDirect);
   a.count = 256 * 1024;  // 1 MiB
-  EXPECT_EQ(chooseAlgorithm(a, 4), Algorithm::kScatterGather);
-  EXPECT_EQ(chooseAlgorithm(a, 64), Algorithm::kRing);
+  EXPECT_EQ(chooseAlgorithm(a, 4, true), Algorithm::kScatterGather);
+  EXPECT_EQ(chooseAlgorithm(a, 64, true), Algorithm::kRing);
+  a.count = 2u << 20;  // 8 MiB: the largest scatter-gather
+  EXPECT_EQ(chooseAlgorithm(a, 4, true), Algorithm::kScatterGather);
   a.count = 16u << 20;  // 64 MiB
-  EXPECT_EQ(chooseAlgorithm(a, 4), Algorithm::kRing);
+  EXPECT_EQ(chooseAlgorithm(a, 4, true), Algorithm::kRing);
+}
+
+// Across hosts only the ring can be routed around a slow pair: the scatter-gather, which sends
+// to every peer at once, is not chosen there at any size; tiny buffers still go direct.
+TEST(ChooseAlgorithm, AcrossHostsTheRingReplacesTheScatterGather) {
+  AllReduceArgs a;
+  a.count = 1024;  // 4 KiB
+  EXPECT_EQ(chooseAlgorithm(a, 4, false), Algorithm::kDirect);
+  for (std::size_t count : {std::size_t{16} << 10, std::size_t{256} << 10, std::size_t{2} << 20}) {
+    a.count = count;
+    EXPECT_EQ(chooseAlgorithm(a, 4, true), Algorithm::kScatterGather) << count;
+    EXPECT_EQ(chooseAlgorithm(a, 4, false), Algorithm::kRing) << count;
+  }
 }
 
 // ---- results ------------------------------------------------------------------------------------

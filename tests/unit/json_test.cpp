@@ -50,13 +50,15 @@ TEST(RunJsonl, ThePeerLineHasTheDocumentedFieldsInOrder) {
   r.checkpoint_failures = 1;
   const std::string line =
       ops::peerRoundLine(r, 1, "b1720014ffffffffffffffffffffffff", 17544, 1796063434.2691);
-  EXPECT_EQ(line, R"({"rank":1,"peer":"b1720014","step":298,"inner_step":2980,"epoch":5,"world":3,)"
-                  R"("contributors":3,"loss":0.173846,"val_loss":null,"bytes_sent":50996768,)"
-                  R"("retries":2,"tokens_per_s":9601.8,"digest":"c545a6331357eee8","wall_s":7.769,)"
-                  R"("pid":17544,"unix_s":1796063434.269,"finite":true,"checkpoint_failures":1,)"
-                  R"("local_loss":0.0,"batch":0,"micro_batches":1,"batch_wanted":0.0,"tokens":0,)"
-                  R"("share":0,"compute_s":0.0,"blocked_s":0.0,"utilization":0.0,"round_bytes":0,)"
-                  R"("peak_round_bytes":0,"e2e_tokens_per_s":0.0})");
+  EXPECT_EQ(line,
+            R"({"rank":1,"peer":"b1720014","step":298,"inner_step":2980,"epoch":5,"world":3,)"
+            R"("contributors":3,"loss":0.173846,"val_loss":null,"bytes_sent":50996768,)"
+            R"("retries":2,"tokens_per_s":9601.8,"digest":"c545a6331357eee8","wall_s":7.769,)"
+            R"("pid":17544,"unix_s":1796063434.269,"finite":true,"checkpoint_failures":1,)"
+            R"("local_loss":0.0,"batch":0,"micro_batches":1,"batch_wanted":0.0,"tokens":0,)"
+            R"("share":0,"b_max":0,"b_mem":0,"compute_s":0.0,"blocked_s":0.0,"utilization":0.0,)"
+            R"("round_bytes":0,)"
+            R"("peak_round_bytes":0,"e2e_tokens_per_s":0.0})");
 
   auto back = chaos::parseRoundLine(line, "peer-2");
   ASSERT_TRUE(back.isOk());

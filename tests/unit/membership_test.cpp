@@ -1185,3 +1185,191 @@ TEST(RebuildWindow, DefaultCoversAHeartbeatTimeoutAndTwoBackoffCaps) {
 
 }  // namespace
 }  // namespace loco::p2p
+
+// ---- the quorum rule (two coordinators alive at once: a standby) -------------------------------
+
+namespace loco::p2p {
+namespace {
+
+class QuorumTest : public ::testing::Test {
+ protected:
+  static constexpr Millis kHeartbeatTimeout{2000};
+  static constexpr Millis kWindow{6000};
+  Membership m{kHeartbeatTimeout, kWindow, kDefaultHolderWait, /*quorum=*/true};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  std::set<std::string> alive;  // who heartbeats while time passes
+
+  MembershipEffects join(const std::string& id, std::uint64_t last_epoch = 0,
+                         std::vector<std::string> last_members = {}) {
+    JoinRequest r;
+    r.id = id;
+    r.addr = id + ":7000";
+    r.streams = 4;
+    r.last_epoch = last_epoch;
+    r.last_members = std::move(last_members);
+    r.incarnation = (std::hash<std::string>{}(id) | 1) + last_epoch;
+    r.attempt = 1;
+    auto fx = m.join(r, now);
+    EXPECT_TRUE(fx.isOk()) << fx.status().toString();
+    alive.insert(id);
+    return fx.isOk() ? *fx : MembershipEffects{};
+  }
+  MembershipEffects advance(Millis d) {
+    MembershipEffects fx;
+    for (TimePoint end = now + d; now < end;) {
+      now += Millis(100);
+      for (const auto& id : alive) m.heartbeat(id, now);
+      fx.merge(m.tick(now));
+    }
+    return fx;
+  }
+  // A fresh run: `ids` join, the first is admitted alone, the rest at its first sync point.
+  void formFresh(const std::vector<std::string>& ids) {
+    for (const auto& id : ids) join(id);
+    auto fx = m.syncRequest(ids.front(), now);
+    ASSERT_EQ(m.ring(), ids);
+    ASSERT_EQ(m.quorumBase(), ids);
+  }
+};
+
+const std::vector<std::string> kFive{"a", "b", "c", "d", "e"};
+
+TEST_F(QuorumTest, TheVeryStartNeedsNoQuorum) {
+  auto fx = join("a");
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"a"});
+  EXPECT_EQ(m.quorumBase(), std::vector<std::string>{"a"});
+}
+
+// The soak's split brain: two of five peers cut off from the coordinator that holds the group
+// register with the standby. They must not form a second group there.
+TEST_F(QuorumTest, AStandbyJoinedByAMinorityOfTheLastGroupAdmitsNobodyAndSendsThemAway) {
+  auto fx = join("c", 78, kFive);
+  fx.merge(join("e", 78, kFive));
+  ASSERT_NE(findEvent(fx, Kind::kNoQuorum, ""), nullptr);
+  EXPECT_NE(findEvent(fx, Kind::kNoQuorum, "")->reason.find("1 of the 5 members of epoch 78"),
+            std::string::npos)
+      << findEvent(fx, Kind::kNoQuorum, "")->reason;
+  fx = advance(kWindow - Millis(300));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_TRUE(idsOf(fx, Kind::kNoQuorum).empty()) << "held for the rebuild window first";
+  fx.merge(advance(Millis(600)));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty()) << "a minority never forms a group";
+  EXPECT_EQ(idsOf(fx, Kind::kNoQuorum), (std::vector<std::string>{"c", "e"}));
+  EXPECT_TRUE(m.registered().empty());
+  EXPECT_TRUE(m.ring().empty());
+}
+
+TEST_F(QuorumTest, AStandbyJoinedByAMajorityRebuildsWithoutTheRest) {
+  join("a", 78, kFive);
+  join("b", 78, kFive);
+  auto fx = join("d", 78, kFive);
+  EXPECT_EQ(findEvent(fx, Kind::kNoQuorum, ""), nullptr) << "3 of 5 is a majority";
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty()) << "still waiting for c and e (rebuild)";
+  fx = advance(kWindow + Millis(200));
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"a", "b", "d"}));
+  EXPECT_EQ(m.quorumBase(), (std::vector<std::string>{"a", "b", "d"}));
+  // Late members of the old group are ordinary joiners now.
+  join("c", 78, kFive);
+  for (const auto& id : {"a", "b"}) m.syncRequest(id, now);
+  fx = m.syncRequest("d", now);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"c"});
+}
+
+TEST_F(QuorumTest, ATwoMemberGroupNeedsBoth) {
+  const std::vector<std::string> two{"a", "b"};
+  join("a", 9, two);
+  auto fx = advance(kWindow + Millis(200));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  EXPECT_EQ(idsOf(fx, Kind::kNoQuorum), std::vector<std::string>{"a"});
+  join("a", 9, two);
+  fx = join("b", 9, two);
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), two) << "both back: the group comes back at once";
+}
+
+// The coordinator on the minority side of a partition: its evictions leave it without a
+// majority of its base, so it dissolves its group rather than train on.
+TEST_F(QuorumTest, AGroupThatLosesItsMajorityDissolvesAndItsPeersAreHeld) {
+  formFresh(kFive);
+  const auto base_epoch = m.epoch();
+  alive = {"a", "b", "e"};
+  auto fx = advance(kHeartbeatTimeout + Millis(300));
+  EXPECT_EQ(m.ring(), (std::vector<std::string>{"a", "b", "e"})) << "3 of 5 trains on";
+  EXPECT_TRUE(idsOf(fx, Kind::kEvicted).size() == 2u);
+  alive = {"a", "b"};
+  fx = advance(kHeartbeatTimeout + Millis(300));
+  EXPECT_TRUE(m.ring().empty()) << "2 of 5 must not train";
+  std::set<std::string> evicted;
+  for (const auto& id : idsOf(fx, Kind::kEvicted)) evicted.insert(id);
+  EXPECT_EQ(evicted, (std::set<std::string>{"a", "b", "e"}));
+  ASSERT_NE(findEvent(fx, Kind::kEvicted, "a"), nullptr);
+  EXPECT_NE(findEvent(fx, Kind::kEvicted, "a")->reason.find("lost the quorum"), std::string::npos);
+  EXPECT_EQ(m.quorumBase(), kFive) << "evictions do not shrink the base";
+  // No operation of the old epoch can commit any more.
+  fx = m.opReport("a", m.epoch(), 1, true);
+  EXPECT_TRUE(fx.decisions.empty());
+
+  // a and b register again, reporting the last view they saw ({a, b, e}, a majority of it):
+  // the coordinator judges by its base (2 of 5), not by their view.
+  fx = join("a", m.epoch() - 1, {"a", "b", "e"});
+  fx.merge(join("b", m.epoch() - 1, {"a", "b", "e"}));
+  fx.merge(advance(Millis(1000)));
+  EXPECT_TRUE(idsOf(fx, Kind::kAdmitted).empty());
+  // A third member of the base comes back: a majority again.
+  fx = join("c", base_epoch, kFive);
+  fx.merge(advance(kWindow + Millis(200)));
+  std::set<std::string> admitted;
+  for (const auto& id : idsOf(fx, Kind::kAdmitted)) admitted.insert(id);
+  EXPECT_EQ(admitted, (std::set<std::string>{"a", "b", "c"}));
+}
+
+TEST_F(QuorumTest, EvictionsOneAtATimeKeepAMajorityOfTheBaseNotOfTheLastRing) {
+  formFresh(kFive);
+  for (const std::string gone : {"e", "d"}) {
+    alive.erase(gone);
+    advance(kHeartbeatTimeout + Millis(300));
+  }
+  EXPECT_EQ(m.ring().size(), 3u);
+  alive.erase("c");
+  advance(kHeartbeatTimeout + Millis(300));
+  EXPECT_TRUE(m.ring().empty()) << "2 of the base of 5, though 2 of the last ring of 3";
+}
+
+TEST_F(QuorumTest, PeersThatLeaveShrinkTheBaseSoTheEndOfARunIsNoLossOfQuorum) {
+  formFresh({"a", "b", "c"});
+  m.leave("c");
+  m.leave("b");
+  EXPECT_EQ(m.ring(), std::vector<std::string>{"a"});
+  EXPECT_EQ(m.quorumBase(), std::vector<std::string>{"a"});
+}
+
+TEST_F(QuorumTest, AReportNewerThanTheBaseComesFromAnotherCoordinatorsGroup) {
+  formFresh({"a", "b", "c"});
+  alive.clear();
+  advance(kHeartbeatTimeout + Millis(300));  // everyone moved away (a failover)
+  ASSERT_TRUE(m.ring().empty());
+  // The standby's group {a, b} (epoch 40) comes back here: judged by its own report.
+  join("a", 40, {"a", "b"});
+  auto fx = join("b", 40, {"a", "b"});
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(QuorumOff, AMinorityStillRebuildsAfterTheWindowWithoutTheRule) {
+  Membership m{Millis(2000), Millis(6000)};
+  TimePoint now = TimePoint{} + std::chrono::hours(1);
+  JoinRequest r;
+  r.id = "c";
+  r.last_epoch = 78;
+  r.last_members = kFive;
+  ASSERT_TRUE(m.join(r, now).isOk());
+  MembershipEffects fx;
+  for (int i = 0; i < 70; ++i) {
+    now += Millis(100);
+    m.heartbeat("c", now);
+    fx.merge(m.tick(now));
+  }
+  EXPECT_EQ(idsOf(fx, Kind::kAdmitted), std::vector<std::string>{"c"})
+      << "a single coordinator cannot split the run: the old rule is kept";
+}
+
+}  // namespace
+}  // namespace loco::p2p
