@@ -46,6 +46,9 @@ using cli::reportFailure;
 using cli::writeFileAtomic;
 using cli::writeSvgPlot;
 
+// loco local's and loco chaos's exit status after SIGINT (128 + the signal, as shells report it).
+constexpr int kInterruptedExit = 130;
+
 std::atomic<bool> g_interrupted{false};
 extern "C" void onChaosSignal(int) {
   g_interrupted.store(true);
@@ -301,7 +304,8 @@ class SwarmRun {
     }
   }
 
-  // Runs `loco local` to its end (or `stop_after_s` after the first round: calibration).
+  // Runs `loco local` to its end, or stops it (SIGINT) `stop_after_s` after the first round:
+  // the calibration run, and a `--duration` soak once its schedule is over (see below).
   Result<SwarmResult> run(const std::vector<std::string>& training, double stop_after_s = 0);
 
  private:
@@ -317,6 +321,20 @@ class SwarmRun {
   Status labSet(std::vector<std::string> args) {
     args.insert(args.begin(), {"lab", "set", cfg_.name});
     return loco(o_.exe, args, dir_ + "/chaos-tools.log");
+  }
+  // Whether a run asked to stop at `stop_s` may stop now: every fault of the schedule was
+  // injected and undone at least kSettle ago, so the last one's recovery is in the report. A
+  // fault that waits for a target that never comes does not hold the end back more than kSettle.
+  bool scheduleSettled(double t, double stop_s) const {
+    constexpr double kSettle = 30;
+    if (!faults_) return true;
+    if (t - *t0_ > stop_s + 4 * kSettle) return true;
+    if (next_fault_ < records_.size() || !active_.empty()) return false;
+    for (const auto& r : records_) {
+      const std::optional<double> last = r.ended_t ? r.ended_t : r.injected_t;
+      if (last && t - *last < kSettle) return false;
+    }
+    return true;
   }
   void readRounds();
   void inject(FaultRecord& r);
@@ -660,6 +678,7 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
   double last_sample = -1;
   std::optional<int> rc;
   bool asked_to_stop = false;
+  bool stopped_at_duration = false;
   while (!(rc = waitFor(local, 0.1))) {
     const double t = now();
     procs_ = readProcesses(dir_ + "/run/processes.json");
@@ -724,8 +743,10 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
         if (fds >= 0 && rss >= 0) checker_.onProcessSample(name, p.pid, t, fds, rss);
       }
     }
-    if (!asked_to_stop && (g_interrupted || (stop_after_s > 0 && t0_ && t - *t0_ > stop_after_s))) {
+    if (!asked_to_stop && (g_interrupted || (stop_after_s > 0 && t0_ && t - *t0_ > stop_after_s &&
+                                             scheduleSettled(t, stop_after_s)))) {
       asked_to_stop = true;
+      stopped_at_duration = !g_interrupted;
       ::kill(local, SIGINT);
     }
   }
@@ -764,7 +785,11 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
     for (auto& x : v.violations) x.t -= x.t > 0 ? shift : 0;
   }
   Verdict completed{"completed", 1, {}, ""};
-  if (result.local_rc != 0) {
+  if (stopped_at_duration && result.local_rc == kInterruptedExit) {
+    // A soak ends at its duration: loco local stops its processes and reports "interrupted".
+    completed.note = fmt::format("stopped after the --duration ({} inner steps), as planned",
+                                 result.inner_steps);
+  } else if (result.local_rc != 0) {
     completed.violations.push_back(
         Violation{"completed", result.run_s,
                   fmt::format("loco local exited {} (the run did not reach its last step); see {}",
@@ -880,9 +905,15 @@ int runChaos(RunOptions o) {
           "calibration: the swarm applied no round; see " + o.out_dir + "/calibration/local.log"));
     }
     const double rate = static_cast<double>(r->inner_steps) / r->run_s;
-    const auto steps = static_cast<std::uint64_t>(std::ceil(rate * o.duration_s / 100) * 100);
-    say(fmt::format("calibration: {:.0f} inner steps/s; {} steps for {:.0f} s", rate, steps,
-                    o.duration_s));
+    // Twice the calibrated steps, and the run is stopped once the duration is over: the
+    // swarm's speed changes with faults and with the machine's load (one 1-hour soak sized at
+    // exactly the calibrated rate ran out of steps after 42 minutes, another ran 71), and a soak
+    // must inject faults for the whole duration it was asked for.
+    const auto steps = static_cast<std::uint64_t>(std::ceil(2 * rate * o.duration_s / 100) * 100);
+    say(
+        fmt::format("calibration: {:.1f} inner steps/s; {} steps (twice what {:.0f} s take), "
+                    "stopped after {:.0f} s of faults",
+                    rate, steps, o.duration_s, o.duration_s));
     training = withSteps(training, steps);
     s.swarm.training = withSteps(s.swarm.training, steps);
   }
@@ -910,12 +941,12 @@ int runChaos(RunOptions o) {
   }
   if (g_interrupted) {
     down();
-    return 130;
+    return kInterruptedExit;
   }
 
   say(fmt::format("run: {} peers, {} faults", s.swarm.peers, s.faults.size()));
   SwarmRun chaos_run(o, *cfg, o.out_dir, true, baseline_val, baseline_note);
-  auto result = chaos_run.run(training);
+  auto result = chaos_run.run(training, o.duration_s);
   down();
   if (!result) return reportFailure(result.status());
 
@@ -937,7 +968,7 @@ int runChaos(RunOptions o) {
   std::printf("\n%s\n%s", text.c_str(), jsonl.c_str());
   std::printf("wrote %s/report.txt, %s/faults.jsonl, %s/timeline.svg\n", o.out_dir.c_str(),
               o.out_dir.c_str(), o.out_dir.c_str());
-  if (g_interrupted) return 130;
+  if (g_interrupted) return kInterruptedExit;
   return passed ? 0 : 1;
 }
 
