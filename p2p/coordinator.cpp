@@ -471,6 +471,17 @@ void Coordinator::sendStatus(Connection& conn) {
   conn.send(MsgType::kStatusReply, encodeGroupView(v), membership_.epoch());
 }
 
+void Coordinator::refuseAndClose(const std::string& peer, StatusCode code,
+                                 const std::string& reason) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return;
+  auto conn = it->second;
+  peers_.erase(it);
+  conn->setCloseHandler(nullptr);
+  conn->send(MsgType::kRefused, encodeRefused(RefusedMsg{code, reason}));
+  conn->closeAfterFlush(Status(code, reason));
+}
+
 void Coordinator::apply(MembershipEffects fx) {
   const auto epoch = membership_.epoch();
   const auto world = membership_.ring().size();
@@ -507,15 +518,7 @@ void Coordinator::apply(MembershipEffects fx) {
       case MembershipEvent::Kind::kCompleted: {
         counter("coord.told_run_completed").inc();
         LOG_INFO(kLogCoord, "peer {} told that the run is over: {}", shortId(e.peer), e.reason);
-        auto it = peers_.find(e.peer);
-        if (it != peers_.end()) {
-          auto conn = it->second;
-          peers_.erase(it);
-          conn->setCloseHandler(nullptr);
-          conn->send(MsgType::kRefused,
-                     encodeRefused(RefusedMsg{StatusCode::kCompleted, e.reason}));
-          conn->closeAfterFlush(Status(StatusCode::kCompleted, e.reason));
-        }
+        refuseAndClose(e.peer, StatusCode::kCompleted, e.reason);
         break;
       }
       case MembershipEvent::Kind::kHeld:
@@ -531,16 +534,8 @@ void Coordinator::apply(MembershipEffects fx) {
           break;
         }
         LOG_WARN(kLogCoord, "peer {} sent away: {}", shortId(e.peer), e.reason);
-        auto it = peers_.find(e.peer);
-        if (it != peers_.end()) {
-          // Unavailable: not final; the peer looks for a coordinator again.
-          auto conn = it->second;
-          peers_.erase(it);
-          conn->setCloseHandler(nullptr);
-          conn->send(MsgType::kRefused,
-                     encodeRefused(RefusedMsg{StatusCode::kUnavailable, e.reason}));
-          conn->closeAfterFlush(Status(StatusCode::kUnavailable, e.reason));
-        }
+        // Unavailable: not final; the peer looks for a coordinator again.
+        refuseAndClose(e.peer, StatusCode::kUnavailable, e.reason);
         break;
       }
       case MembershipEvent::Kind::kRolledBack:

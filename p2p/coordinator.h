@@ -99,6 +99,9 @@ class Coordinator {
   void refuse(const std::shared_ptr<Connection>& conn, StatusCode code, const std::string& reason);
   void sendStatus(Connection& conn);
   void apply(MembershipEffects fx);
+  // Tells a registered peer why it is turned away (a Refused message) and closes its control
+  // connection once that is sent; its close handler no longer runs.
+  void refuseAndClose(const std::string& peer, StatusCode code, const std::string& reason);
   void tick();
   void onLinkReport(const std::string& id, ByteSpan payload);
   void onPeerReport(const std::string& id, ByteSpan payload);
