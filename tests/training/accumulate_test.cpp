@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "small_trainer.h"
 #include "temp_dir.h"
 #include "training/accumulate.h"
 #include "training/data_assignment.h"
@@ -13,36 +14,10 @@
 namespace loco::training {
 namespace {
 
-TrainConfig config(std::uint32_t batch) {
-  TrainConfig c;
-  c.model = ModelConfig{.width = 32, .layers = 2, .heads = 2, .context = 16, .vocab = kVocabSize};
-  c.batch_size = batch;
-  c.seed = 7;
-  c.inner.schedule =
-      LrSchedule{.lr = 1e-2f, .min_lr_ratio = 0.1f, .warmup_steps = 2, .total_steps = 20};
-  c.eval = EvalConfig{.batches = 2, .batch_size = 4};
-  return c;
-}
-
-std::shared_ptr<const TextCorpus> corpus() {
-  static auto c = *TextCorpus::fromBytes(encodeText(testing::sampleText(20000)), 0.05, 16, "text");
-  return c;
-}
-
-std::unique_ptr<LocalTrainer> trainer(std::uint32_t batch) {
-  auto r = LocalTrainer::create(config(batch), corpus());
-  EXPECT_TRUE(r.isOk()) << r.status().toString();
-  return r.isOk() ? std::move(r).value() : nullptr;
-}
-
-double relativeError(const float* a, const float* b, std::size_t n) {
-  double diff = 0, ref = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    ref += double(b[i]) * b[i];
-  }
-  return std::sqrt(diff / ref);
-}
+using small::config;
+using small::corpus;
+using small::relativeError;
+using small::trainer;
 
 TEST(Accumulate, MicroBatchesEqualOneBigBatch) {
   for (std::uint32_t k : {2u, 4u, 8u}) {
