@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "p2p/base/json.h"
 
@@ -13,7 +14,8 @@ namespace {
 constexpr int kFdSlack = 4;
 constexpr long kRssSlackKib = 8 * 1024;
 constexpr std::size_t kMinSamples = 10;
-constexpr double kWarmupS = 30;  // resources: growth before this is warm-up, not a leak
+constexpr std::size_t kMinWindow = 5;  // resources: settled samples per window at least
+constexpr double kWarmupS = 30;        // resources: growth before this is warm-up, not a leak
 constexpr std::size_t kRecentRounds = 20;
 
 const char* const kNames[] = {"digests", "steps", "finite", "no_hang", "resources", "val_loss"};
@@ -166,44 +168,110 @@ void InvariantChecker::runComplete(double) {
   complete_ = true;
 }
 
-void InvariantChecker::onProcessSample(const std::string& name, long pid, double t, int fds,
-                                       long rss_kib) {
-  samples_[{name, pid}].push_back(Sample{t, fds, rss_kib});
+void InvariantChecker::onProcessSample(const std::string& name, long pid, ProcessSample sample) {
+  std::vector<Sample>& life = samples_[{name, pid}];
+  std::shared_ptr<const std::vector<std::string>> descriptors;
+  if (!life.empty() && life.back().descriptors && *life.back().descriptors == sample.descriptors) {
+    descriptors = life.back().descriptors;
+  } else {
+    descriptors = std::make_shared<const std::vector<std::string>>(std::move(sample.descriptors));
+  }
+  life.push_back(
+      Sample{sample.t, sample.fds, sample.rss_kib, sample.settled, std::move(descriptors)});
 }
+
+namespace {
+
+// "+2 tcp dialed 10.50.0.3:7411, -1 pipe": the descriptors in `late` and not in `early` and the
+// other way round (multisets), at most `limit` kinds.
+std::string descriptorDiff(const std::vector<std::string>& early,
+                           const std::vector<std::string>& late, std::size_t limit = 8) {
+  std::map<std::string, int> delta;
+  for (const auto& d : late) ++delta[d];
+  for (const auto& d : early) --delta[d];
+  std::vector<std::pair<int, std::string>> changed;
+  for (const auto& [d, n] : delta) {
+    if (n != 0) changed.emplace_back(n, d);
+  }
+  std::stable_sort(changed.begin(), changed.end(), [](const auto& a, const auto& b) {
+    return std::abs(a.first) > std::abs(b.first);
+  });
+  std::string out;
+  for (std::size_t i = 0; i < changed.size() && i < limit; ++i) {
+    out += fmt::format("{}{:+d} {}", out.empty() ? "" : ", ", changed[i].first, changed[i].second);
+  }
+  if (changed.size() > limit) out += fmt::format(", and {} more kinds", changed.size() - limit);
+  return out;
+}
+
+}  // namespace
 
 std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
                                               std::optional<double> baseline_val,
                                               const std::string& baseline_note) {
   Verdict& res = verdict("resources");
-  std::size_t too_short = 0;
+  std::size_t too_short = 0, unsettled = 0;
   for (const auto& [key, samples] : samples_) {
     const auto& [name, pid] = key;
     if (samples.size() < kMinSamples || samples.back().t - samples.front().t < limits_.min_life_s) {
       ++too_short;
       continue;
     }
-    ++res.checks;
     // A young process grows while it warms up (LibTorch's allocator, the first rounds' buffers,
     // a state download), slower still on a loaded machine: the early window starts after
-    // kWarmupS or a fifth of the life, whichever is later, and spans a fifth of the life.
+    // kWarmupS or a fifth of the life, whichever is later, and spans a fifth of the life. Both
+    // windows hold only settled samples; one with fewer than kMinWindow of them is widened to the
+    // nearest kMinWindow settled samples (the first after the warm-up, the last of the life).
     const double t0 = samples.front().t, span = samples.back().t - t0;
     const double warm = std::max(kWarmupS, 0.2 * span);
+    std::vector<const Sample*> settled, early, late;
+    for (const Sample& s : samples) {
+      if (s.settled && s.t - t0 >= warm) settled.push_back(&s);
+    }
+    for (const Sample* s : settled) {
+      const double since = s->t - t0;
+      if (since < warm + 0.2 * span) early.push_back(s);
+      if (since >= 0.8 * span) late.push_back(s);
+    }
+    if (early.size() < kMinWindow) {
+      early.assign(settled.begin(),
+                   settled.begin() + static_cast<long>(std::min(kMinWindow, settled.size())));
+    }
+    if (late.size() < kMinWindow) {
+      late.assign(settled.end() - static_cast<long>(std::min(kMinWindow, settled.size())),
+                  settled.end());
+    }
+    // Too few settled samples for two windows that do not overlap: no verdict.
+    if (settled.size() < 2 * kMinWindow || late.front()->t <= early.back()->t) {
+      ++unsettled;
+      continue;
+    }
+    ++res.checks;
     std::vector<int> early_fds, late_fds;
     std::vector<long> early_rss, late_rss;
-    for (const Sample& s : samples) {
-      const double since = s.t - t0;
-      if (since >= warm && since < warm + 0.2 * span)
-        early_fds.push_back(s.fds), early_rss.push_back(s.rss_kib);
-      if (since >= 0.8 * span) late_fds.push_back(s.fds), late_rss.push_back(s.rss_kib);
-    }
-    if (early_fds.empty() || late_fds.empty()) continue;
+    for (const Sample* s : early) early_fds.push_back(s->fds), early_rss.push_back(s->rss_kib);
+    for (const Sample* s : late) late_fds.push_back(s->fds), late_rss.push_back(s->rss_kib);
     const int fds0 = median(early_fds), fds1 = median(late_fds);
     const long rss0 = median(early_rss), rss1 = median(late_rss);
     const double g = 1 + limits_.growth_limit;
     if (fds1 > fds0 * g + kFdSlack) {
+      // Which descriptors: a sample at each window's median count.
+      auto at = [](const std::vector<const Sample*>& w, int fds) {
+        for (const Sample* s : w) {
+          if (s->fds == fds) return s;
+        }
+        return w.front();
+      };
+      const Sample* a = at(early, fds0);
+      const Sample* b = at(late, fds1);
+      std::string diff;
+      if (a->descriptors && b->descriptors && !b->descriptors->empty()) {
+        diff = fmt::format(" (at {:.0f} s vs {:.0f} s: {})", a->t, b->t,
+                           descriptorDiff(*a->descriptors, *b->descriptors));
+      }
       violate("resources", samples.back().t,
-              fmt::format("{} (pid {}) open fds grew {} -> {} over {:.0f} s", name, pid, fds0, fds1,
-                          span));
+              fmt::format("{} (pid {}) open fds grew {} -> {} over {:.0f} s{}", name, pid, fds0,
+                          fds1, span, diff));
     }
     if (static_cast<double>(rss1) > static_cast<double>(rss0) * g + kRssSlackKib) {
       violate("resources", samples.back().t,
@@ -211,9 +279,16 @@ std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
                           span));
     }
   }
+  std::vector<std::string> notes;
   if (too_short)
-    res.note = fmt::format("{} process lives shorter than {:g} s not judged", too_short,
-                           limits_.min_life_s);
+    notes.push_back(fmt::format("{} process lives shorter than {:g} s not judged", too_short,
+                                limits_.min_life_s));
+  if (unsettled)
+    notes.push_back(
+        fmt::format("{} process lives with too few samples outside faults' "
+                    "recoveries not judged",
+                    unsettled));
+  for (const auto& n : notes) res.note += (res.note.empty() ? "" : "; ") + n;
   Verdict& val = verdict("val_loss");
   if (!final_val) {
     val.note = "no final validation loss was reported";

@@ -17,13 +17,17 @@
 //   resources    every process's open fds and RSS at the end of its life (median of its last
 //                fifth) at most (1 + limit) x early in its life (median of its second fifth),
 //                plus a small absolute slack (4 fds, 8 MiB) for one more link's sockets and
-//                allocator noise; only for lives of at least 30 s with 10 samples
+//                allocator noise; only for lives of at least 60 s with 10 samples. Only samples
+//                taken while the swarm was settled count (no fault in flight or recovering): a
+//                leak stays after the recovery, new links during one are not a leak. A finding
+//                names the descriptors that differ between the two windows
 //   val_loss     the final validation loss within a relative band of a fault-free run's
 //
 // Thread rules: one thread at a time.
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,6 +67,16 @@ struct Violation {
   std::string detail;
 };
 
+// One sample of one process life.
+struct ProcessSample {
+  double t = 0;  // seconds on the run's clock
+  int fds = 0;
+  long rss_kib = 0;
+  bool settled = true;  // no fault in flight or recovering when it was taken
+  // What each descriptor is ("tcp dialed 10.50.0.3:7411", "pipe", a file's path); may be empty.
+  std::vector<std::string> descriptors;
+};
+
 struct InvariantLimits {
   double heartbeat_timeout_s = 2;
   double hang_margin_s = 10;
@@ -88,8 +102,8 @@ class InvariantChecker {
   // Every tick: whether a majority of the peers and the coordinator are healthy (running, not
   // stopped, reachable). The hang clock runs only while they are.
   void onTick(double t, bool majority_healthy);
-  // A sample of one process life (`name`, `pid`): open fds and RSS in KiB.
-  void onProcessSample(const std::string& name, long pid, double t, int fds, long rss_kib);
+  // A sample of one process life (`name`, `pid`).
+  void onProcessSample(const std::string& name, long pid, ProcessSample sample);
   // Stops the hang clock for good (the run reached its last step).
   void runComplete(double t);
 
@@ -131,6 +145,9 @@ class InvariantChecker {
     double t;
     int fds;
     long rss_kib;
+    bool settled;
+    // Shared with the previous sample while the listing does not change.
+    std::shared_ptr<const std::vector<std::string>> descriptors;
   };
   std::map<std::pair<std::string, long>, std::vector<Sample>> samples_;
 };

@@ -148,13 +148,80 @@ bool sameMountNs(pid_t pid) {
          std::string(a) == std::string(b);
 }
 
-int fdCount(pid_t pid) {
-  int n = 0;
-  DIR* d = ::opendir(fmt::format("/proc/{}/fd", pid).c_str());
-  if (d == nullptr) return -1;
-  while (dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
+// "10.50.0.3:7411" from /proc/net/tcp's "0300320A:1CF3" (IPv4; IPv6 stays in hex).
+std::string procNetAddress(const std::string& hex) {
+  const auto colon = hex.find(':');
+  if (colon == std::string::npos) return hex;
+  const std::string ip = hex.substr(0, colon);
+  const unsigned port = static_cast<unsigned>(std::stoul(hex.substr(colon + 1), nullptr, 16));
+  if (ip.size() != 8) return fmt::format("[{}]:{}", ip, port);
+  const auto a = static_cast<std::uint32_t>(std::stoul(ip, nullptr, 16));
+  return fmt::format("{}.{}.{}.{}:{}", a & 0xff, (a >> 8) & 0xff, (a >> 16) & 0xff, a >> 24, port);
+}
+
+// What each open descriptor of `pid` is, in words that stay the same across a process's life
+// for the same kind of use: "tcp dialed 10.50.0.3:7411" (the far end), "tcp accepted from
+// 10.50.0.4" (an ephemeral far port says nothing), "tcp listening on :7411", "pipe", "eventfd",
+// a file's path. The TCP sockets are looked up by inode in the process's own network namespace.
+// An empty result when the process is gone.
+std::vector<std::string> describeFds(pid_t pid) {
+  struct Tcp {
+    std::string local, remote;
+    unsigned local_port;
+    bool listening;
+  };
+  std::map<std::string, Tcp> tcp;  // inode -> endpoints
+  std::set<unsigned> listening_ports;
+  for (const char* table : {"tcp", "tcp6"}) {
+    std::ifstream in(fmt::format("/proc/{}/net/{}", pid, table));
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream f(line);
+      std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
+      if (!(f >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >>
+            inode))
+        continue;
+      const std::string l = procNetAddress(local);
+      const unsigned port = static_cast<unsigned>(std::stoul(l.substr(l.rfind(':') + 1)));
+      const bool listening = state == "0A";
+      if (listening) listening_ports.insert(port);
+      tcp[inode] = Tcp{l, procNetAddress(remote), port, listening};
+    }
+  }
+  std::vector<std::string> out;
+  const std::string dir = fmt::format("/proc/{}/fd", pid);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char target[512] = {};
+    const ssize_t n =
+        ::readlink(fmt::format("{}/{}", dir, e->d_name).c_str(), target, sizeof(target) - 1);
+    if (n <= 0) continue;
+    std::string what(target, static_cast<std::size_t>(n));
+    if (what.rfind("socket:[", 0) == 0) {
+      auto it = tcp.find(what.substr(8, what.size() - 9));
+      if (it == tcp.end()) {
+        what = "socket (not TCP)";
+      } else if (it->second.listening) {
+        what = fmt::format("tcp listening on :{}", it->second.local_port);
+      } else if (listening_ports.count(it->second.local_port)) {
+        const std::string& r = it->second.remote;
+        what = fmt::format("tcp accepted from {}", r.substr(0, r.rfind(':')));
+      } else {
+        what = "tcp dialed " + it->second.remote;
+      }
+    } else if (what.rfind("pipe:", 0) == 0) {
+      what = "pipe";
+    } else if (what.rfind("anon_inode:", 0) == 0) {
+      what = what.substr(11);
+    }
+    out.push_back(std::move(what));
+  }
   ::closedir(d);
-  return n;
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 long rssKib(pid_t pid) {
@@ -333,6 +400,20 @@ class SwarmRun {
     for (const auto& r : records_) {
       const std::optional<double> last = r.ended_t ? r.ended_t : r.injected_t;
       if (last && t - *last < kSettle) return false;
+    }
+    return true;
+  }
+  // Whether the swarm is settled at `t`: no fault in flight, and the last one injected or undone
+  // long enough ago for the recovery (new links, a new coordinator connection, a state
+  // transfer) to be over: 20 s or 3 median rounds, whichever is longer. The resources invariant
+  // judges only samples taken while it is.
+  bool settledSince(double t) const {
+    if (!active_.empty() || !stopped_.empty() || !crippled_.empty() || !partition_.empty())
+      return false;
+    const double settle = std::max(20.0, checker_.roundEstimate());
+    for (const auto& r : records_) {
+      const std::optional<double> last = r.ended_t ? r.ended_t : r.injected_t;
+      if (last && t - *last < settle) return false;
     }
     return true;
   }
@@ -738,9 +819,13 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
       last_sample = t;
       for (const auto& [name, p] : procs_) {
         if (!p.running || p.pid <= 0 || stopped_.count(name)) continue;
-        const int fds = fdCount(p.pid);
+        std::vector<std::string> fds = describeFds(p.pid);
         const long rss = rssKib(p.pid);
-        if (fds >= 0 && rss >= 0) checker_.onProcessSample(name, p.pid, t, fds, rss);
+        if (!fds.empty() && rss >= 0) {
+          const int count = static_cast<int>(fds.size());
+          checker_.onProcessSample(name, p.pid,
+                                   ProcessSample{t, count, rss, settledSince(t), std::move(fds)});
+        }
       }
     }
     if (!asked_to_stop && (g_interrupted || (stop_after_s > 0 && t0_ && t - *t0_ > stop_after_s &&

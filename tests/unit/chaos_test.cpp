@@ -339,18 +339,23 @@ TEST(ChaosInvariants, TheFirstRoundsAreJudgedByThePaceOfTheStart) {
   }
 }
 
+// One process sample, settled unless told.
+static ProcessSample sample(double t, int fds, long rss_kib, bool settled = true) {
+  return ProcessSample{t, fds, rss_kib, settled, {}};
+}
+
 TEST(ChaosInvariants, ResourceGrowthBeyondTheLimitIsCaught) {
   InvariantLimits l;
   l.growth_limit = 0.10;
   InvariantChecker c(l);
   for (int t = 0; t <= 100; ++t) {
-    c.onProcessSample("peer-1", 10, t, 40, 100000);                            // flat
-    c.onProcessSample("peer-2", 11, t, 40 + t / 2, 100000);                    // fds leak
-    c.onProcessSample("peer-3", 12, t, 40, 100000 + 1000L * t);                // RSS leak
-    c.onProcessSample("peer-4", 13, t, 40, 100000 + (t % 7 == 0 ? 5000 : 0));  // noise
+    c.onProcessSample("peer-1", 10, sample(t, 40, 100000));                            // flat
+    c.onProcessSample("peer-2", 11, sample(t, 40 + t / 2, 100000));                    // fds leak
+    c.onProcessSample("peer-3", 12, sample(t, 40, 100000 + 1000L * t));                // RSS leak
+    c.onProcessSample("peer-4", 13, sample(t, 40, 100000 + (t % 7 == 0 ? 5000 : 0)));  // noise
   }
-  c.onProcessSample("short", 14, 0, 10, 1000);
-  c.onProcessSample("short", 14, 5, 90, 90000);  // too short to judge
+  c.onProcessSample("short", 14, sample(0, 10, 1000));
+  c.onProcessSample("short", 14, sample(5, 90, 90000));  // too short to judge
   auto v = c.finish(1, std::nullopt, "");
   EXPECT_EQ(violations(v, "resources"), 2u);
   for (const auto& x : v) {
@@ -368,14 +373,61 @@ TEST(ChaosInvariants, WarmUpGrowthIsNotALeak) {
   l.growth_limit = 0.10;
   InvariantChecker c(l);
   for (int t = 0; t <= 120; ++t) {
-    c.onProcessSample("warming", 20, t, 40, 200000 + 2000L * std::min(t, 25));
-    c.onProcessSample("leaking", 21, t, 40, 200000 + 500L * t);
+    c.onProcessSample("warming", 20, sample(t, 40, 200000 + 2000L * std::min(t, 25)));
+    c.onProcessSample("leaking", 21, sample(t, 40, 200000 + 500L * t));
   }
   auto v = c.finish(1, std::nullopt, "");
   ASSERT_EQ(violations(v, "resources"), 1u);
   for (const auto& x : v) {
     if (x.invariant != "resources") continue;
     EXPECT_NE(x.violations[0].detail.find("leaking"), std::string::npos);
+  }
+}
+
+// Extra links while the swarm recovers from a fault are not a leak: the windows hold only
+// settled samples. A descriptor that stays after the recovery is one, and the finding names it.
+TEST(ChaosInvariants, RecoveryTransientIsNotALeakButWhatStaysIs) {
+  InvariantLimits l;
+  l.growth_limit = 0.10;
+  InvariantChecker c(l);
+  std::vector<std::string> base(30, "pipe");
+  base.push_back("tcp dialed 10.50.0.1:7411");
+  for (int t = 0; t <= 200; ++t) {
+    // A failover at 150 s: new links and a new coordinator connection until the end of the life.
+    const bool recovering = t >= 150;
+    std::vector<std::string> transient = base;
+    if (recovering) transient.insert(transient.end(), 8, "tcp accepted from 10.50.0.4");
+    c.onProcessSample("transient", 30,
+                      ProcessSample{static_cast<double>(t), static_cast<int>(transient.size()),
+                                    100000, !recovering, transient});
+    // One connection per 10 s that is never closed, in settled time as well.
+    std::vector<std::string> leaking = base;
+    leaking.insert(leaking.end(), static_cast<std::size_t>(t / 10), "tcp dialed 10.50.0.3:7411");
+    c.onProcessSample("leaking", 31,
+                      ProcessSample{static_cast<double>(t), static_cast<int>(leaking.size()),
+                                    100000, !recovering, leaking});
+  }
+  auto v = c.finish(1, std::nullopt, "");
+  ASSERT_EQ(violations(v, "resources"), 1u);
+  for (const auto& x : v) {
+    if (x.invariant != "resources") continue;
+    EXPECT_EQ(x.checks, 2u);
+    const std::string& d = x.violations[0].detail;
+    EXPECT_NE(d.find("leaking"), std::string::npos) << d;
+    EXPECT_NE(d.find("+8 tcp dialed 10.50.0.3:7411"), std::string::npos) << d;
+  }
+}
+
+// A life without enough settled samples for two windows gets no verdict, and the note says so.
+TEST(ChaosInvariants, ALifeSpentInRecoveriesIsNotJudged) {
+  InvariantChecker c(InvariantLimits{});
+  for (int t = 0; t <= 100; ++t) c.onProcessSample("busy", 40, sample(t, 40 + t, 1000, t < 40));
+  auto v = c.finish(1, std::nullopt, "");
+  EXPECT_EQ(violations(v, "resources"), 0u);
+  for (const auto& x : v) {
+    if (x.invariant != "resources") continue;
+    EXPECT_EQ(x.checks, 0u);
+    EXPECT_NE(x.note.find("outside faults' recoveries"), std::string::npos) << x.note;
   }
 }
 
