@@ -17,7 +17,8 @@ Status ioStatus(const Stream& stream, const std::error_code& ec, const std::stri
                 const char* op) {
   // A refused TLS handshake says why (tls_stream.h); that is not a lost peer to retry.
   if (std::string why = stream.failureReason(); !why.empty()) {
-    return Status(StatusCode::kUnauthenticated, fmt::format("{}: {}", name, why));
+    return Status(StatusCode::kUnauthenticated,
+                  fmt::format("{} ({}): {}", name, stream.remoteAddress(), why));
   }
   if (ec == asio::error::eof) {
     return Status(StatusCode::kPeerLost, fmt::format("{}: closed by the remote end", name));

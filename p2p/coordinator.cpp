@@ -140,6 +140,8 @@ void Coordinator::refuse(const std::shared_ptr<Connection>& conn, StatusCode cod
                          const std::string& reason) {
   counter("coord.joins_refused").inc();
   LOG_WARN(kLogCoord, "refused {}: {}", conn->remoteAddress(), reason);
+  // Logged here, once: the close that follows is not news.
+  conn->setCloseHandler([this, raw = conn.get()](const Status&) { dropHandshaking(raw); });
   conn->send(MsgType::kRefused, encodeRefused(RefusedMsg{code, reason}));
   conn->closeAfterFlush(Status(code, reason));
 }

@@ -460,7 +460,6 @@ void LinkListener::onHello(const std::shared_ptr<Connection>& conn, ByteSpan pay
         fmt::format("link stream from {}: the certificate is for {} but LinkHello "
                     "claims {}",
                     conn->remoteAddress(), shortId(conn->peerId()), shortId(hello->from_peer)));
-    LOG_WARN(kLogP2p, "{}", bad.message());
   }
   if (!bad.isOk()) return conn->close(bad);
 

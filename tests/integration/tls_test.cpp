@@ -1,13 +1,21 @@
 // TLS with real processes (ARCHITECTURE.md §10): a run CA, join tokens and join strings, and the
 // attacks that must fail. Each test starts its own coordinator on 127.0.0.1 and kills every
 // process it started (tests/support/process.h). Registered without LOCO_INSECURE.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 
+#include "p2p/frame.h"
 #include "tests/support/lab.h"
 #include "tests/support/process.h"
 #include "tests/support/training_run.h"
@@ -329,6 +337,234 @@ TEST(Tls, PlaintextAndTlsDoNotMixAndSayWhy) {
   EXPECT_TRUE(eventually(milliseconds(5000), [&] {
     return plain_coord.log().find("a TLS client reached this plaintext") != std::string::npos;
   })) << plain_coord.log();
+}
+
+// GET `path` from 127.0.0.1:`port` (the coordinator's --http); "" when it does not answer.
+std::string httpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, n);
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+// The value of one Prometheus series line (`loco_tls_refused_total{reason="certificate"}`), 0 if
+// absent.
+double metric(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return 0;
+}
+
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// `openssl s_client` against the coordinator as an attacker would run it: TLS 1.3, the client
+// certificate given (or none), `stdin_file` sent once the handshake is done, bounded by 15 s.
+CommandResult sClient(const TempDir& dir, int port, const std::string& cert, const std::string& key,
+                      const std::string& stdin_file) {
+  std::string cmd = "timeout 15 openssl s_client -connect 127.0.0.1:" + std::to_string(port) +
+                    " -tls1_3 -quiet -ign_eof";
+  if (!cert.empty()) cmd += " -cert " + cert + " -key " + key;
+  cmd += " < " + stdin_file + " 2>&1";
+  static int n = 0;
+  Process p("/bin/sh", {"-c", cmd}, dir.file("s_client" + std::to_string(n++) + ".log"));
+  auto rc = p.waitExit(milliseconds(20000));
+  return {rc.value_or(-1), p.log()};
+}
+
+// Issue 15's attacks at the coordinator's door, each with a real client (openssl s_client):
+// no certificate, a certificate from another CA, an expired certificate of this run. Each is
+// refused, counted in a labelled metric (tls.refused{reason}) and logged once with the reason,
+// and a member that was there before stays a member through all of it.
+TEST(Tls, NoCertificateOtherCaAndExpiredCertificatesAreRefusedCountedAndLoggedOnce) {
+  TempDir dir;
+  SecureRun run(dir, {"--cert-lifetime", "10s", "--http", "127.0.0.1:0", "--http-port-file",
+                      dir.file("http.port")});
+  int http = 0;
+  ASSERT_TRUE(eventually(milliseconds(10000), [&] {
+    http = std::atoi(readFile(dir.file("http.port")).c_str());
+    return http > 0;
+  }));
+  // A certificate of this run that expires: a peer enrolls (10 s certificates) and dies before
+  // renewing; its material stays on disk.
+  {
+    Process victim(idleJoin(run.joinString(), {"--identity", dir.file("old.id")}),
+                   dir.file("peer-old.log"));
+    ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(victim.log()); }))
+        << victim.log();
+  }
+  const auto victim_gone = std::chrono::steady_clock::now();
+  Process member(idleJoin(run.joinString(), {"--identity", dir.file("a.id")}),
+                 dir.file("peer-a.log"));
+  ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(member.log()); }))
+      << member.log();
+  // Another CA: a self-signed certificate, as anyone can make.
+  ASSERT_EQ(loco(dir, {"ca", "init", "--dir", dir.file("other")}).code, 0);
+  Process mk("/bin/sh",
+             {"-c",
+              "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+              "-keyout " +
+                  dir.file("other.key") + " -out " + dir.file("other.pem") +
+                  " -subj /CN=intruder -days 1"},
+             dir.file("openssl-req.log"));
+  ASSERT_EQ(mk.waitExit(milliseconds(20000)).value_or(-1), 0) << mk.log();
+  // What a client sends once connected: a status request, which needs a certificate.
+  p2p::FrameHeader h;
+  h.type = p2p::MsgType::kStatusRequest;
+  const auto frame = p2p::encodeFrame(h, {});
+  {
+    std::ofstream f(dir.file("status-request.bin"), std::ios::binary);
+    f.write(reinterpret_cast<const char*>(frame.data()), static_cast<long>(frame.size()));
+  }
+  std::ofstream(dir.file("empty.bin")).flush();
+  // The old peer's certificate has expired (it was issued before its process was killed).
+  std::this_thread::sleep_until(victim_gone + milliseconds(10500));
+
+  auto no_cert = sClient(dir, run.port, "", "", dir.file("status-request.bin"));
+  EXPECT_NE(no_cert.out.find("without a client certificate"), std::string::npos) << no_cert.out;
+  auto other_ca =
+      sClient(dir, run.port, dir.file("other.pem"), dir.file("other.key"), dir.file("empty.bin"));
+  auto expired = sClient(dir, run.port, dir.file("old.id.tls/cert.pem"),
+                         dir.file("old.id.tls/key.pem"), dir.file("empty.bin"));
+  std::string metrics;
+  ASSERT_TRUE(eventually(milliseconds(10000),
+                         [&] {
+                           metrics = httpGet(http, "/metrics");
+                           return metric(metrics,
+                                         R"(loco_tls_refused_total{reason="certificate"})") >= 2;
+                         }))
+      << metrics << run.coordinator->log();
+  EXPECT_EQ(metric(metrics, R"(loco_tls_refused_total{reason="no_client_certificate"})"), 1)
+      << metrics;
+  EXPECT_EQ(metric(metrics, R"(loco_tls_refused_total{reason="certificate"})"), 2) << metrics;
+  const std::string log = run.coordinator->log();
+  EXPECT_EQ(occurrences(log, "without a client certificate"), 1u) << log;
+  EXPECT_EQ(occurrences(log, "certificate is refused (self-signed certificate)"), 1u) << log;
+  EXPECT_EQ(occurrences(log, "certificate is refused (certificate has expired)"), 1u) << log;
+  EXPECT_TRUE(member.running()) << member.log();
+  EXPECT_EQ(member.log().find("lost the coordinator"), std::string::npos) << member.log();
+}
+
+// A flood of TLS handshakes that never finish (a ClientHello's first bytes, then silence): each
+// is closed by the handshake timeout, the number held at once is bounded, and a peer that
+// enrolls during the flood gets in.
+TEST(Tls, AFloodOfUnfinishedHandshakesIsBoundedAndOthersAreServed) {
+  TempDir dir;
+  SecureRun run(dir, {"--handshake-timeout", "2000"});
+  std::vector<int> flood;
+  for (int i = 0; i < 300; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(run.port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    // A TLS record header announcing a 512-byte ClientHello, and 4 of its bytes.
+    const unsigned char partial[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc};
+    ::send(fd, partial, sizeof(partial), MSG_NOSIGNAL);
+    flood.push_back(fd);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  Process peer(idleJoin(run.joinString(), {"--identity", dir.file("a.id")}), dir.file("peer.log"));
+  EXPECT_TRUE(eventually(milliseconds(15000), [&] { return isMember(peer.log()); }))
+      << peer.log() << run.coordinator->log();
+  EXPECT_LT(openFdCount(run.coordinator->pid()), 400) << "unfinished handshakes are bounded";
+  // Every flood connection is closed by the coordinator (EOF or reset), within the handshake
+  // timeout plus scheduling slack.
+  std::size_t closed = 0;
+  for (int fd : flood) {
+    timeval tv{8, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char b;
+    const ssize_t n = ::recv(fd, &b, 1, 0);
+    closed += n == 0 || (n < 0 && errno == ECONNRESET);
+    ::close(fd);
+  }
+  EXPECT_EQ(closed, flood.size());
+  EXPECT_LT(secondsSince(t0), 12.0);
+  EXPECT_TRUE(peer.running()) << peer.log();
+  EXPECT_TRUE(run.coordinator->running());
+}
+
+// Issue 15 item 4: a process with a valid certificate of the run (peer c's) opens a link stream
+// to member a claiming to be member b. a refuses it (the certificate is c's, the LinkHello says
+// b), counts and logs it once, and a and b train on undisturbed.
+TEST(Tls, ALinkStreamClaimingAnotherMembersIdIsRefused) {
+  TempDir dir;
+  SecureRun run(dir);
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int r = 0; r < 2; ++r)
+    peers.push_back(trainingJoin(dir, run.joinString({"--uses", "1"}), r, 2, corpus));
+  auto rounds = [&](int r) { return readJsonl(dir.file("peer" + std::to_string(r) + ".jsonl")); };
+  ASSERT_TRUE(eventually(milliseconds(90000),
+                         [&] { return rounds(0).size() >= 2 && rounds(1).size() >= 2; }))
+      << peers[0]->log() << peers[1]->log();
+  {
+    Process c(idleJoin(run.joinString(), {"--identity", dir.file("c.id")}), dir.file("peer-c.log"));
+    ASSERT_TRUE(eventually(milliseconds(15000), [&] { return isMember(c.log()); })) << c.log();
+  }
+  const std::string a = peerIdIn(dir.file("peer0.id")), b = peerIdIn(dir.file("peer1.id")),
+                    c = peerIdIn(dir.file("c.id"));
+  auto status =
+      loco(dir, {"status", "--coordinator", run.address(), "--ca", dir.file("ca"), "--json"});
+  ASSERT_EQ(status.code, 0) << status.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      status.out, m, std::regex("\"id\":\"" + a + "\",\"addr\":\"127\\.0\\.0\\.1:([0-9]+)\"")))
+      << status.out;
+  const int a_port = std::stoi(m[1].str());
+
+  p2p::LinkHelloMsg hello;
+  hello.link_id = "spoofed-link";
+  hello.from_peer = b;
+  hello.stream_index = 0;
+  hello.stream_count = 1;
+  hello.chunk_bytes = 1u << 20;  // the default, so that only the id is wrong
+  const auto payload = p2p::encodeLinkHello(hello);
+  p2p::FrameHeader h;
+  h.type = p2p::MsgType::kLinkHello;
+  h.length = static_cast<std::uint32_t>(payload.size());
+  const auto frame = p2p::encodeFrame(h, payload);
+  {
+    std::ofstream f(dir.file("link-hello.bin"), std::ios::binary);
+    f.write(reinterpret_cast<const char*>(frame.data()), static_cast<long>(frame.size()));
+  }
+  const std::size_t before = rounds(0).size();
+  auto spoof = sClient(dir, a_port, dir.file("c.id.tls/cert.pem"), dir.file("c.id.tls/key.pem"),
+                       dir.file("link-hello.bin"));
+  EXPECT_NE(spoof.code, -1) << "the stream was closed, not left open: " << spoof.out;
+  const std::string claim =
+      "the certificate is for " + c.substr(0, 8) + " but LinkHello claims " + b.substr(0, 8);
+  ASSERT_TRUE(eventually(milliseconds(5000), [&] {
+    return peers[0]->log().find(claim) != std::string::npos;
+  })) << peers[0]->log();
+  EXPECT_EQ(occurrences(peers[0]->log(), claim), 1u) << peers[0]->log();
+  // a and b go on in the same epoch, both contributing.
+  ASSERT_TRUE(eventually(milliseconds(30000), [&] { return rounds(0).size() >= before + 2; }))
+      << peers[0]->log();
+  const auto lines = rounds(0);
+  EXPECT_EQ(lines.back().contributors, 2);
+  EXPECT_EQ(lines.back().epoch, lines[before - 1].epoch);
 }
 
 TEST(Tls, LocalTrainsOverTlsByDefault) {
