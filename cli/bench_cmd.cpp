@@ -14,9 +14,12 @@
 
 #include "cli/commands.h"
 #include "cli/lab/net.h"
+#include "cli/tls_setup.h"
+#include "crypto/ca.h"
 #include "crypto/identity.h"
 #include "p2p/base/json.h"
 #include "p2p/link.h"
+#include "p2p/tls_stream.h"
 
 namespace loco::cli {
 namespace {
@@ -37,6 +40,13 @@ Status waitReady(std::future<T>& f, Millis timeout, const char* what) {
                   fmt::format("{} did not happen within {} ms", what, timeout.count()));
   }
   return Status();
+}
+
+// The id a link stream claims: our certificate's under TLS (the listener checks it), any
+// otherwise.
+std::string selfId() {
+  const std::string id = p2p::tls::selfId();
+  return id.empty() ? crypto::randomHex(16) : id;
 }
 
 // Moves `mib` MiB from one endpoint to another over a K-stream link on 127.0.0.1, `iters` times.
@@ -65,7 +75,7 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
   }
   std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
   sender_net.post([&] {
-    p2p::connectLink(sender_net, {"127.0.0.1", listener->port()}, crypto::randomHex(16), opts,
+    p2p::connectLink(sender_net, {"127.0.0.1", listener->port()}, selfId(), opts,
                      Deadline::after(Millis(5000)),
                      [&](auto r) { dialed.set_value(std::move(r)); });
   });
@@ -197,7 +207,7 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
 // The sending end of `bench link --lab`, already inside host 1: starts the receiver in host 2
 // and times each transfer until its acknowledgement is back (so one one-way delay is included).
 Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOptions opts,
-                                         std::size_t mib, int iters) {
+                                         std::size_t mib, int iters, const std::string& tls_dir) {
   char dir_template[] = "/tmp/loco-bench-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
   const std::string port_file = std::string(dir_template) + "/port";
@@ -209,6 +219,11 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
         std::to_string(mib), std::string("--iters"), std::to_string(iters),
         std::string("--chunk-kib"), std::to_string(opts.chunk_bytes >> 10)}) {
     argv.push_back(a);
+  }
+  if (tls_dir.empty()) {
+    argv.push_back("--tls=off");
+  } else {
+    argv.insert(argv.end(), {"--tls-dir", tls_dir});
   }
   const pid_t child = spawnProcess(argv);  // the receiver's messages reach our stderr
   std::string receiver_end;                // how the receiver ended, if it did on its own
@@ -241,8 +256,7 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
     p2p::NetworkThread net("bench-send");
     std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
     net.post([&] {
-      p2p::connectLink(net, {cfg.address(2), port}, crypto::randomHex(16), opts,
-                       Deadline::after(Millis(10000)),
+      p2p::connectLink(net, {cfg.address(2), port}, selfId(), opts, Deadline::after(Millis(10000)),
                        [&](auto r) { dialed.set_value(std::move(r)); });
     });
     auto link = dialed.get_future().get();
@@ -363,6 +377,11 @@ int runBench(const Args& args) {
        {"chunk-kib", "KiB per chunk striped over the streams", "1024"},
        {"baseline", "also measure `iperf3` with as many streams in the same run", ""},
        {"lab", "run between hosts 1 and 2 of this lab (`loco lab up`) instead of on 127.0.0.1", ""},
+       {"tls",
+        "on: TLS 1.3 with mutual authentication on every stream (a throwaway run CA); off: "
+        "plaintext",
+        "on"},
+       {"tls-dir", "internal: the --serve end's TLS material", ""},
        {"serve", "internal: the receiving end of a --lab run", "", true},
        {"listen", "internal: address the --serve end listens on", ""},
        {"port-file", "internal: where the --serve end writes its port", ""}});
@@ -379,9 +398,44 @@ int runBench(const Args& args) {
   if (!baseline.empty() && baseline != "iperf3") {
     return reportFailure(Status(StatusCode::kInvalidArgument, "--baseline takes only iperf3"));
   }
+  const std::string tls = flags.get("tls");
+  if (tls != "on" && tls != "off") {
+    return reportFailure(Status(StatusCode::kInvalidArgument, "--tls takes on or off"));
+  }
   p2p::LinkOptions opts;
   opts.streams = static_cast<std::uint32_t>(*streams);
   opts.chunk_bytes = static_cast<std::uint32_t>(*chunk) << 10;
+  // TLS: one throwaway CA and one certificate for both ends (they are one process on
+  // loopback; the --lab receiver is given the same material). Before any connection exists.
+  std::string tls_dir;
+  struct RemoveOnExit {
+    std::string path;
+    ~RemoveOnExit() {
+      std::error_code ec;
+      if (!path.empty()) std::filesystem::remove_all(path, ec);
+    }
+  } tmp;
+  if (flags.getBool("serve")) {
+    if (!flags.get("tls-dir").empty()) {
+      if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
+    } else {
+      p2p::tls::useInsecure(/*warn=*/false);
+    }
+  } else if (tls == "on") {
+    char dir_template[] = "/tmp/loco-bench-tls-XXXXXX";
+    if (::mkdtemp(dir_template) == nullptr)
+      return reportFailure(Status(StatusCode::kIoError, "mkdtemp failed"));
+    tmp.path = dir_template;
+    auto ca = crypto::RunCa::init(tmp.path + "/ca", std::chrono::hours(1));
+    if (!ca) return reportFailure(ca.status());
+    tls_dir = tmp.path + "/tls";
+    if (Status st = issueInto(*ca, crypto::randomHex(16), tls_dir, std::chrono::hours(1));
+        !st.isOk())
+      return reportFailure(st);
+    if (Status st = useTlsDir(tls_dir); !st.isOk()) return reportFailure(st);
+  } else {
+    p2p::tls::useInsecure(/*warn=*/false);
+  }
   if (flags.getBool("serve")) {
     auto listen = p2p::parseHostPort(flags.get("listen"), true);
     if (!listen) return reportFailure(listen.status());
@@ -415,7 +469,7 @@ int runBench(const Args& args) {
     std::fflush(stdout);
   }
   auto r = lab_cfg ? benchLinkLab(*lab_cfg, opts, static_cast<std::size_t>(*mib),
-                                  static_cast<int>(*iters))
+                                  static_cast<int>(*iters), tls_dir)
                    : benchLink(static_cast<std::uint32_t>(*streams), static_cast<std::size_t>(*mib),
                                static_cast<int>(*iters), static_cast<std::uint32_t>(*chunk));
   if (!r) return reportFailure(r.status());
@@ -426,7 +480,8 @@ int runBench(const Args& args) {
                        {"mib", *mib},
                        {"gbit_s", jsonFixed(med, 3)},
                        {"best_gbit_s", jsonFixed(*std::max_element(r->begin(), r->end()), 3)},
-                       {"iters", r->size()}});
+                       {"iters", r->size()},
+                       {"tls", tls == "on"}});
   if (iperf) line["ratio_vs_iperf3"] = jsonFixed(med / *iperf, 3);
   std::printf("%s\n", jsonDump(line).c_str());
   return 0;

@@ -232,6 +232,14 @@ TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
   const double gbit = std::stod(m[1]);
   EXPECT_GT(gbit, 0.02) << bench.out;
   EXPECT_LT(gbit, 0.21) << "a 200 Mbit/s access link caps the transfer\n" << bench.out;
+  // TLS by default, the receiver in host 2 given the same throwaway material; plaintext on ask.
+  EXPECT_NE(bench.out.find("\"tls\":true"), std::string::npos) << bench.out;
+  CommandResult plain = loco(dir,
+                             {"bench", "link", "--lab", name, "--streams", "2", "--mib", "8",
+                              "--iters", "2", "--tls", "off"},
+                             milliseconds(60000));
+  ASSERT_EQ(plain.code, 0) << plain.out;
+  EXPECT_NE(plain.out.find("\"tls\":false"), std::string::npos) << plain.out;
 }
 
 // Topology: hosts 1-2 and 3-4 share only 10 Mbit/s. The ring starts as 1-2-3-4 (two slow
