@@ -129,7 +129,11 @@ bool tlsDirUsable(const std::string& dir, const std::string& id, const std::stri
   const std::int64_t need =
       std::min<std::int64_t>(static_cast<std::int64_t>(margin.count()), lifetime / 3);
   auto got = crypto::verifyCertificate(cert_pem, ca_pem, nowUnix() + need);
-  return got && *got == id && crypto::readPrivateFile(dir + "/key.pem").isOk();
+  if (!got || *got != id) return false;
+  // key.pem and cert.pem are two writes: a crash between them (a renewal) leaves a new key
+  // beside the old certificate, which only enrolling again repairs.
+  auto key = crypto::readPrivateFile(dir + "/key.pem");
+  return key && crypto::keyMatchesCertificate(*key, cert_pem);
 }
 
 Status enrollInto(const crypto::JoinString& join, const std::string& token, const std::string& id,

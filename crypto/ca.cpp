@@ -171,6 +171,12 @@ Result<std::string> publicKeyPem(const std::string& key_pem) {
   return bioText(bio.get());
 }
 
+bool keyMatchesCertificate(const std::string& key_pem, const std::string& cert_pem) {
+  auto key = readKey(key_pem);
+  auto cert = readCert(cert_pem);
+  return key && cert && X509_check_private_key(cert.get(), key.get()) == 1;
+}
+
 Result<std::string> certificateFingerprint(const std::string& cert_pem) {
   auto cert = readCert(cert_pem);
   if (!cert) return Status(StatusCode::kInvalidArgument, "not a certificate");

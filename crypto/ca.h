@@ -24,6 +24,10 @@ Result<std::string> generateKeyPem();
 // The public half of a private key (PEM SubjectPublicKeyInfo).
 Result<std::string> publicKeyPem(const std::string& key_pem);
 
+// Whether `cert_pem` certifies the public half of `key_pem` (a key and certificate written by
+// two writes can disagree after a crash between them).
+bool keyMatchesCertificate(const std::string& key_pem, const std::string& cert_pem);
+
 // SHA-256 of the certificate's DER, 64 lowercase hex digits (what a join string pins).
 Result<std::string> certificateFingerprint(const std::string& cert_pem);
 

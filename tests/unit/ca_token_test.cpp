@@ -83,6 +83,12 @@ TEST_F(CaTest, IssuedCertificateBindsTheIdAndVerifiesOnlyAgainstItsCa) {
   // Expired three hours from now.
   EXPECT_EQ(verifyCertificate(*cert, ca->certPem(), now() + 3 * 3600).status().code(),
             StatusCode::kUnauthenticated);
+  // The key it certifies, and not another (a renewal that crashed between its two writes).
+  EXPECT_TRUE(keyMatchesCertificate(*key, *cert));
+  auto new_key = generateKeyPem();
+  ASSERT_TRUE(new_key.isOk());
+  EXPECT_FALSE(keyMatchesCertificate(*new_key, *cert));
+  EXPECT_FALSE(keyMatchesCertificate("not a key", *cert));
 }
 
 TEST_F(CaTest, IssueRefusesBadIdsAndKeys) {
