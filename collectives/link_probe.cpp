@@ -95,7 +95,10 @@ void LinkProbe::setIdle() {
 
 void LinkProbe::startNext() {
   if (link_ || dialing_ || queue_.empty()) return setIdle();
-  auto [id, addr] = queue_.front();
+  // Not a structured binding: the callback captures the id (clang 14, the fuzz preset's
+  // compiler, cannot capture bindings).
+  const std::string id = queue_.front().first;
+  const std::string addr = queue_.front().second;
   queue_.pop_front();
   auto hp = p2p::parseHostPort(addr);
   if (!hp) return startNext();

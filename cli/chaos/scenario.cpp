@@ -3,13 +3,16 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "cli/lab/config.h"
 
@@ -439,8 +442,74 @@ bool Scenario::needsCheckpoints() const {
   return false;
 }
 
+namespace {
+
+// toml++ 3.3 (Debian's) asserts, and in a release build assumes, that a table header starts with
+// a key character or a quote; a header like `[[(fault]]` or one holding a NUL byte breaks that
+// (found by loco_scenario_fuzz). Such a file is refused here, with its line, before toml++ sees
+// it. A scan of the document's structure: headers are only looked for outside strings,
+// comments and multi-line values.
+std::optional<std::pair<int, std::string>> badTableHeader(const std::string& text) {
+  if (const auto nul = text.find('\0'); nul != std::string::npos) {
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(nul), '\n');
+    return std::pair{static_cast<int>(line), std::string("a NUL byte (is this a text file?)")};
+  }
+  int line = 1, depth = 0;  // depth: open [ and { of a value
+  bool at_line_start = true;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+      at_line_start = true;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\r') continue;
+    const bool line_start = at_line_start;
+    at_line_start = false;
+    if (c == '#') {  // a comment, to the end of the line
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+    } else if (c == '"' || c == '\'') {  // a string, maybe multi-line
+      const bool multi = text.compare(i, 3, std::string(3, c)) == 0;
+      i += multi ? 3 : 1;
+      for (; i < text.size(); ++i) {
+        if (text[i] == '\n') ++line;
+        if (c == '"' && text[i] == '\\') {
+          if (i + 1 < text.size() && text[i + 1] == '\n') ++line;
+          ++i;
+        } else if (text[i] == c && (!multi || text.compare(i, 3, std::string(3, c)) == 0)) {
+          if (multi) i += 2;
+          break;
+        }
+      }
+    } else if (c == '[' && depth == 0 && line_start) {  // a table header
+      std::size_t k = i + 1;
+      if (k < text.size() && text[k] == '[') ++k;
+      while (k < text.size() && (text[k] == ' ' || text[k] == '\t')) ++k;
+      const char first = k < text.size() ? text[k] : '\n';
+      const bool key_start = std::isalnum(static_cast<unsigned char>(first)) || first == '_' ||
+                             first == '-' || first == '"' || first == '\'';
+      if (!key_start)
+        return std::pair{line, fmt::format("a table header must start with a key ({})",
+                                           std::string_view(text).substr(i, k + 1 - i))};
+      i = k - 1;
+      depth = 0;
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;  // the rest of the header line
+    } else if (c == '[' || c == '{') {
+      ++depth;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 Result<Scenario> parseScenario(const std::string& text, const std::string& path) {
   Reader r(path);
+  if (auto bad = badTableHeader(text)) {
+    return r.error(bad->first, "not valid TOML: " + bad->second);
+  }
   toml::parse_result parsed = toml::parse(text, path);
   if (!parsed) {
     const auto& e = parsed.error();

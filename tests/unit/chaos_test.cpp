@@ -66,7 +66,7 @@ TEST(ChaosScenario, ParsesAGoodFileAndSortsTheFaults) {
 
 // Every mistake is refused with the file and the line it is on.
 struct Bad {
-  const char* text;
+  std::string text;
   const char* where;  // "file:line"
   const char* says;
 };
@@ -98,6 +98,10 @@ TEST(ChaosScenario, BadFilesFailNamingTheLine) {
        "bad.toml:3:", "--peers is set by loco chaos"},
       {"name = \"Bad1\"\n", "bad.toml:1:", "bad lab name"},
       {"seed = 1\n[swarm\n", "bad.toml:2:", "not valid TOML"},
+      // Found by loco_scenario_fuzz: toml++ asserted on a NUL inside a table header.
+      {std::string("seed = 1\n[[\0\0fault]]\n", 21), "bad.toml:2:", "a NUL byte"},
+      // And on a table header that starts with no key (an assumption in a release build).
+      {"seed = 1\n[[(ault]]\nkind = \"kill\"\n", "bad.toml:2:", "must start with a key"},
       {"[swarm]\npeers = 2\nhosts = 3\nwhatever = 1\n", "bad.toml:4:", "unknown key 'whatever'"},
       {"[[fault]]\nkind = \"heal\"\nat = 1\nafter_round = 3\n", "bad.toml:4:", "not both"},
       {"[[fault]]\nkind = \"heal\"\nafter_round = 0\n", "bad.toml:3:", "at least 1"},
