@@ -14,13 +14,12 @@
 //   no_hang      while a majority of the peers and the coordinator are healthy, the run applies
 //                a round within heartbeat timeout + the round time (3 x the median of recent
 //                rounds) + a margin
-//   resources    every process's open fds and RSS at the end of its life (median of its last
-//                fifth) at most (1 + limit) x early in its life (median of its second fifth),
-//                plus a small absolute slack (4 fds, 8 MiB) for one more link's sockets and
-//                allocator noise; only for lives of at least 60 s with 10 samples. Only samples
-//                taken while the swarm was settled count (no fault in flight or recovering): a
-//                leak stays after the recovery, new links during one are not a leak. A finding
-//                names the descriptors that differ between the two windows
+//   resources    every process's open fds and RSS late in its life (the floor, lowest sample,
+//                of its last fifth) at most (1 + limit) x early in its life (the floor of its
+//                second fifth), plus a small absolute slack (4 fds, 8 MiB) for one more link's
+//                sockets and allocator noise; only for lives of at least 60 s with 10 samples.
+//                Floors, because a leak stays and a recovery's new links come and go. A finding
+//                names the descriptors that differ between the two floor samples
 //   val_loss     the final validation loss within a relative band of a fault-free run's
 //
 // Thread rules: one thread at a time.
@@ -72,7 +71,6 @@ struct ProcessSample {
   double t = 0;  // seconds on the run's clock
   int fds = 0;
   long rss_kib = 0;
-  bool settled = true;  // no fault in flight or recovering when it was taken
   // What each descriptor is ("tcp dialed 10.50.0.3:7411", "pipe", a file's path); may be empty.
   std::vector<std::string> descriptors;
 };
@@ -145,7 +143,6 @@ class InvariantChecker {
     double t;
     int fds;
     long rss_kib;
-    bool settled;
     // Shared with the previous sample while the listing does not change.
     std::shared_ptr<const std::vector<std::string>> descriptors;
   };

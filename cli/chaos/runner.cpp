@@ -403,20 +403,6 @@ class SwarmRun {
     }
     return true;
   }
-  // Whether the swarm is settled at `t`: no fault in flight, and the last one injected or undone
-  // long enough ago for the recovery (new links, a new coordinator connection, a state
-  // transfer) to be over: 20 s or 3 median rounds, whichever is longer. The resources invariant
-  // judges only samples taken while it is.
-  bool settledSince(double t) const {
-    if (!active_.empty() || !stopped_.empty() || !crippled_.empty() || !partition_.empty())
-      return false;
-    const double settle = std::max(20.0, checker_.roundEstimate());
-    for (const auto& r : records_) {
-      const std::optional<double> last = r.ended_t ? r.ended_t : r.injected_t;
-      if (last && t - *last < settle) return false;
-    }
-    return true;
-  }
   void readRounds();
   void inject(FaultRecord& r);
   void progress(ActiveFault& a);
@@ -823,8 +809,7 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
         const long rss = rssKib(p.pid);
         if (!fds.empty() && rss >= 0) {
           const int count = static_cast<int>(fds.size());
-          checker_.onProcessSample(name, p.pid,
-                                   ProcessSample{t, count, rss, settledSince(t), std::move(fds)});
+          checker_.onProcessSample(name, p.pid, ProcessSample{t, count, rss, std::move(fds)});
         }
       }
     }

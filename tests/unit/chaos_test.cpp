@@ -343,9 +343,9 @@ TEST(ChaosInvariants, TheFirstRoundsAreJudgedByThePaceOfTheStart) {
   }
 }
 
-// One process sample, settled unless told.
-static ProcessSample sample(double t, int fds, long rss_kib, bool settled = true) {
-  return ProcessSample{t, fds, rss_kib, settled, {}};
+// One process sample, without its descriptors.
+static ProcessSample sample(double t, int fds, long rss_kib) {
+  return ProcessSample{t, fds, rss_kib, {}};
 }
 
 TEST(ChaosInvariants, ResourceGrowthBeyondTheLimitIsCaught) {
@@ -388,8 +388,9 @@ TEST(ChaosInvariants, WarmUpGrowthIsNotALeak) {
   }
 }
 
-// Extra links while the swarm recovers from a fault are not a leak: the windows hold only
-// settled samples. A descriptor that stays after the recovery is one, and the finding names it.
+// Extra links while the swarm recovers from a fault (a failover 20 s before the end of a life
+// that ends mid-recovery) are not a leak: the late window's floor is the usual count. A descriptor
+// that stays is one, and the finding names it.
 TEST(ChaosInvariants, RecoveryTransientIsNotALeakButWhatStaysIs) {
   InvariantLimits l;
   l.growth_limit = 0.10;
@@ -397,19 +398,18 @@ TEST(ChaosInvariants, RecoveryTransientIsNotALeakButWhatStaysIs) {
   std::vector<std::string> base(30, "pipe");
   base.push_back("tcp dialed 10.50.0.1:7411");
   for (int t = 0; t <= 200; ++t) {
-    // A failover at 150 s: new links and a new coordinator connection until the end of the life.
-    const bool recovering = t >= 150;
+    const bool recovering = t >= 180;  // killed mid-recovery, at 200 s
     std::vector<std::string> transient = base;
-    if (recovering) transient.insert(transient.end(), 8, "tcp accepted from 10.50.0.4");
+    if (recovering) transient.insert(transient.end(), 12, "tcp accepted from 10.50.0.4");
     c.onProcessSample("transient", 30,
                       ProcessSample{static_cast<double>(t), static_cast<int>(transient.size()),
-                                    100000, !recovering, transient});
-    // One connection per 10 s that is never closed, in settled time as well.
+                                    100000, transient});
+    // One connection per 10 s that is never closed.
     std::vector<std::string> leaking = base;
     leaking.insert(leaking.end(), static_cast<std::size_t>(t / 10), "tcp dialed 10.50.0.3:7411");
-    c.onProcessSample("leaking", 31,
-                      ProcessSample{static_cast<double>(t), static_cast<int>(leaking.size()),
-                                    100000, !recovering, leaking});
+    c.onProcessSample(
+        "leaking", 31,
+        ProcessSample{static_cast<double>(t), static_cast<int>(leaking.size()), 100000, leaking});
   }
   auto v = c.finish(1, std::nullopt, "");
   ASSERT_EQ(violations(v, "resources"), 1u);
@@ -417,22 +417,16 @@ TEST(ChaosInvariants, RecoveryTransientIsNotALeakButWhatStaysIs) {
     if (x.invariant != "resources") continue;
     EXPECT_EQ(x.checks, 2u);
     const std::string& d = x.violations[0].detail;
-    EXPECT_NE(d.find("leaking"), std::string::npos) << d;
-    EXPECT_NE(d.find("+8 tcp dialed 10.50.0.3:7411"), std::string::npos) << d;
+    EXPECT_NE(d.find("leaking (pid 31) open fds grew 35 -> 47"), std::string::npos) << d;
+    EXPECT_NE(d.find("+12 tcp dialed 10.50.0.3:7411"), std::string::npos) << d;
   }
 }
 
-// A life without enough settled samples for two windows gets no verdict, and the note says so.
-TEST(ChaosInvariants, ALifeSpentInRecoveriesIsNotJudged) {
+// A recovery that fills the whole late window is growth as far as anyone can tell: still judged.
+TEST(ChaosInvariants, ALifeThatEndsInALongRecoveryIsStillJudged) {
   InvariantChecker c(InvariantLimits{});
-  for (int t = 0; t <= 100; ++t) c.onProcessSample("busy", 40, sample(t, 40 + t, 1000, t < 40));
-  auto v = c.finish(1, std::nullopt, "");
-  EXPECT_EQ(violations(v, "resources"), 0u);
-  for (const auto& x : v) {
-    if (x.invariant != "resources") continue;
-    EXPECT_EQ(x.checks, 0u);
-    EXPECT_NE(x.note.find("outside faults' recoveries"), std::string::npos) << x.note;
-  }
+  for (int t = 0; t <= 100; ++t) c.onProcessSample("busy", 40, sample(t, t < 75 ? 40 : 60, 1000));
+  EXPECT_EQ(violations(c.finish(1, std::nullopt, ""), "resources"), 1u);
 }
 
 TEST(ChaosInvariants, FinalValidationLossAgainstTheBaseline) {
