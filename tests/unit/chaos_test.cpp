@@ -102,6 +102,8 @@ TEST(ChaosScenario, BadFilesFailNamingTheLine) {
       {std::string("seed = 1\n[[\0\0fault]]\n", 21), "bad.toml:2:", "a NUL byte"},
       // And on a table header that starts with no key (an assumption in a release build).
       {"seed = 1\n[[(ault]]\nkind = \"kill\"\n", "bad.toml:2:", "must start with a key"},
+      // And on some non-ASCII characters (an unreachable branch in toml++): files are ASCII.
+      {"seed = 1\n[swarm]\nhear\xc3\x81beat = 3\n", "bad.toml:3:", "non-ASCII character"},
       {"[swarm]\npeers = 2\nhosts = 3\nwhatever = 1\n", "bad.toml:4:", "unknown key 'whatever'"},
       {"[[fault]]\nkind = \"heal\"\nat = 1\nafter_round = 3\n", "bad.toml:4:", "not both"},
       {"[[fault]]\nkind = \"heal\"\nafter_round = 0\n", "bad.toml:3:", "at least 1"},
