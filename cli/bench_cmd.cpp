@@ -415,13 +415,9 @@ int runBench(const Args& args) {
       if (!path.empty()) std::filesystem::remove_all(path, ec);
     }
   } tmp;
-  if (flags.getBool("serve")) {
-    if (!flags.get("tls-dir").empty()) {
-      if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
-    } else {
-      p2p::tls::useInsecure(/*warn=*/false);
-    }
-  } else if (tls == "on") {
+  if (flags.getBool("serve") && !flags.get("tls-dir").empty()) {
+    if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
+  } else if (!flags.getBool("serve") && tls == "on") {
     char dir_template[] = "/tmp/loco-bench-tls-XXXXXX";
     if (::mkdtemp(dir_template) == nullptr)
       return reportFailure(Status(StatusCode::kIoError, "mkdtemp failed"));

@@ -21,7 +21,7 @@
 // several, e.g. `[}` inside an array); it reports those inputs as errors once they are compiled
 // out, as a release build does. Every build compiles them out, so the fuzz build judges what a
 // release build does. The inputs that reach undefined behaviour instead are refused before
-// toml++ sees them (badTableHeader below).
+// toml++ sees them (unsafeForToml below).
 #define TOML_ASSERT(expr) static_cast<void>(0)
 #include <toml++/toml.h>
 
@@ -455,7 +455,7 @@ namespace {
 // non-ASCII characters break it elsewhere (all found by loco_scenario_fuzz). Such a file is
 // refused here, with its line, before toml++ sees it. A scan of the document's structure: headers
 // are only looked for outside strings, comments and multi-line values.
-std::optional<std::pair<int, std::string>> badTableHeader(const std::string& text) {
+std::optional<std::pair<int, std::string>> unsafeForToml(const std::string& text) {
   if (const auto nul = text.find('\0'); nul != std::string::npos) {
     const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(nul), '\n');
     return std::pair{static_cast<int>(line), std::string("a NUL byte (is this a text file?)")};
@@ -523,7 +523,7 @@ std::optional<std::pair<int, std::string>> badTableHeader(const std::string& tex
 
 Result<Scenario> parseScenario(const std::string& text, const std::string& path) {
   Reader r(path);
-  if (auto bad = badTableHeader(text)) {
+  if (auto bad = unsafeForToml(text)) {
     return r.error(bad->first, "not valid TOML: " + bad->second);
   }
   toml::parse_result parsed = toml::parse(text, path);
