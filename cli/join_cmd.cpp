@@ -98,7 +98,7 @@ int runJoin(const Args& args) {
        "through the relay",
        ""},
       {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
-      {"streams", "parallel TCP streams per peer link", "4"},
+      {"streams", "parallel TCP streams per peer link", std::to_string(p2p::LinkOptions{}.streams)},
       {"connect-timeout", "ms to keep trying to reach the coordinator at start before failing",
        "10000"},
       {"coordinator-timeout",

@@ -19,6 +19,18 @@ constexpr std::size_t kRecentRounds = 20;
 
 const char* const kNames[] = {"digests", "steps", "finite", "no_hang", "resources", "val_loss"};
 
+// The far host of a TCP connection as `describeFds` (runner.cpp) words it ("tcp dialed
+// 10.50.0.3:7411", "tcp accepted from 10.50.0.4"); "" for any other descriptor.
+std::string connectionHost(const std::string& d) {
+  static const std::string kDialed = "tcp dialed ", kAccepted = "tcp accepted from ";
+  if (d.rfind(kAccepted, 0) == 0) return d.substr(kAccepted.size());
+  if (d.rfind(kDialed, 0) == 0) {
+    const std::string endpoint = d.substr(kDialed.size());
+    return endpoint.substr(0, endpoint.rfind(':'));
+  }
+  return "";
+}
+
 template <typename T>
 T median(std::vector<T> v) {
   if (v.empty()) return T{};
@@ -175,7 +187,22 @@ void InvariantChecker::onProcessSample(const std::string& name, long pid, Proces
   } else {
     descriptors = std::make_shared<const std::vector<std::string>>(std::move(sample.descriptors));
   }
-  life.push_back(Sample{sample.t, sample.fds, sample.rss_kib, std::move(descriptors)});
+  int other = sample.fds, most = 0;
+  std::string busiest;
+  if (!descriptors->empty()) {
+    std::map<std::string, int> per_host;
+    for (const auto& d : *descriptors) {
+      const std::string host = connectionHost(d);
+      if (!host.empty()) ++per_host[host];
+    }
+    other = static_cast<int>(descriptors->size());
+    for (const auto& [host, n] : per_host) {
+      other -= n;
+      if (n > most) most = n, busiest = host;
+    }
+  }
+  life.push_back(Sample{sample.t, sample.fds, sample.rss_kib, other, most, std::move(busiest),
+                        std::move(descriptors)});
 }
 
 namespace {
@@ -239,12 +266,12 @@ std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
         return field(a) < field(b);
       });
     };
-    const Sample* fa = floorOf(early, [](const Sample* s) { return s->fds; });
-    const Sample* fb = floorOf(late, [](const Sample* s) { return s->fds; });
+    const Sample* fa = floorOf(early, [](const Sample* s) { return s->other_fds; });
+    const Sample* fb = floorOf(late, [](const Sample* s) { return s->other_fds; });
     const long rss0 = floorOf(early, [](const Sample* s) { return s->rss_kib; })->rss_kib;
     const long rss1 = floorOf(late, [](const Sample* s) { return s->rss_kib; })->rss_kib;
     const double g = 1 + limits_.growth_limit;
-    if (fb->fds > fa->fds * g + kFdSlack) {
+    if (fb->other_fds > fa->other_fds * g + kFdSlack) {
       // Which descriptors: the two floor samples' listings.
       std::string diff;
       if (fa->descriptors && fb->descriptors && !fb->descriptors->empty()) {
@@ -252,8 +279,27 @@ std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
                            descriptorDiff(*fa->descriptors, *fb->descriptors));
       }
       violate("resources", samples.back().t,
-              fmt::format("{} (pid {}) open fds grew {} -> {} over {:.0f} s{}", name, pid, fa->fds,
-                          fb->fds, span, diff));
+              fmt::format("{} (pid {}) open fds other than connections grew {} -> {} over "
+                          "{:.0f} s{}",
+                          name, pid, fa->other_fds, fb->other_fds, span, diff));
+    }
+    // Connections are bounded, not compared: a member's link mesh follows the membership (a
+    // peer admitted while the others were down ends with links to all of them: 11 -> 35 fds
+    // in a 1-hour soak). A leak to one host stays and lifts that host's count above what its
+    // links can need, in every late sample.
+    const Sample* cb = floorOf(late, [](const Sample* s) { return s->most_to_host; });
+    if (limits_.connections_per_host > 0 && cb->most_to_host > limits_.connections_per_host) {
+      std::vector<std::string> to_host;
+      for (const auto& d : *cb->descriptors) {
+        if (connectionHost(d) == cb->busiest_host) to_host.push_back(d);
+      }
+      violate("resources", samples.back().t,
+              fmt::format("{} (pid {}) kept more than {} TCP connections to one host through "
+                          "the last fifth of its life ({:.0f}-{:.0f} s), at least {} to {} (at "
+                          "{:.0f} s: {})",
+                          name, pid, limits_.connections_per_host, late.front()->t,
+                          late.back()->t, cb->most_to_host, cb->busiest_host, cb->t,
+                          descriptorDiff({}, to_host)));
     }
     if (static_cast<double>(rss1) > static_cast<double>(rss0) * g + kRssSlackKib) {
       violate("resources", samples.back().t,

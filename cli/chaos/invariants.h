@@ -14,12 +14,19 @@
 //   no_hang      while a majority of the peers and the coordinator are healthy, the run applies
 //                a round within heartbeat timeout + the round time (3 x the median of recent
 //                rounds) + a margin
-//   resources    every process's open fds and RSS late in its life (the floor, lowest sample,
-//                of its last fifth) at most (1 + limit) x early in its life (the floor of its
-//                second fifth), plus a small absolute slack (4 fds, 8 MiB) for one more link's
-//                sockets and allocator noise; only for lives of at least 60 s with 10 samples.
-//                Floors, because a leak stays and a recovery's new links come and go. A finding
-//                names the descriptors that differ between the two floor samples
+//   resources    every process's RSS and its open fds other than connections late in its life
+//                (the floor, lowest sample, of its last fifth) at most (1 + limit) x early in
+//                its life (the floor of its second fifth), plus a small absolute slack (4 fds,
+//                8 MiB) for allocator noise and a new log or checkpoint file; and its TCP
+//                connections to any one far host bounded: late in its life (the floor of its
+//                last fifth) at most what one member's links need (both directions' streams,
+//                a control connection and a state transfer). Only for lives of at least 60 s
+//                with 10 samples. Floors, because a leak stays and a recovery's new links come
+//                and go; connections by a bound, not by growth, because a member's link mesh
+//                grows with the membership (a peer that starts alone and ends in a swarm of 5
+//                has 2 x 4 streams x 4 more sockets, and that is not a leak). A finding names
+//                the descriptors that differ between the two floor samples, or the connections
+//                to the host over the bound
 //   val_loss     the final validation loss within a relative band of a fault-free run's
 //
 // Thread rules: one thread at a time.
@@ -81,6 +88,7 @@ struct InvariantLimits {
   double growth_limit = 0.10;
   double val_loss_band = 0.05;
   double min_life_s = 60;  // resources: shorter lives get no verdict (warm-up, then two windows)
+  int connections_per_host = 0;  // resources: most TCP connections to one far host; 0: unchecked
 };
 
 struct Verdict {
@@ -143,6 +151,9 @@ class InvariantChecker {
     double t;
     int fds;
     long rss_kib;
+    int other_fds;     // fds that are not TCP connections (all of them without a listing)
+    int most_to_host;  // the most TCP connections to one far host
+    std::string busiest_host;
     // Shared with the previous sample while the listing does not change.
     std::shared_ptr<const std::vector<std::string>> descriptors;
   };

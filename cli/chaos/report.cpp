@@ -10,6 +10,8 @@
 namespace loco::chaos {
 namespace {
 
+constexpr std::size_t kFindingsListed = 20;  // per invariant, in the report and its JSON
+
 bool coordinatorFault(const Fault& f) {
   return f.kind == FaultKind::kFailover ||
          (f.processFault() && (f.target == "coordinator" || f.target == "standby"));
@@ -163,6 +165,11 @@ std::string verdictJson(const std::vector<Verdict>& verdicts, bool passed) {
     x["violations"] = v.violations.size();
     if (!v.note.empty()) x["note"] = v.note;
     if (!v.violations.empty()) x["first"] = v.violations.front().detail;
+    // Every finding, not just the first: the first is often the least telling one.
+    for (std::size_t i = 0; i < v.violations.size() && i < kFindingsListed; ++i) {
+      const Violation& f = v.violations[i];
+      x["findings"].push_back({{"t", std::round(f.t * 10) / 10}, {"detail", f.detail}});
+    }
     j["invariants"][v.invariant] = x;
   }
   return j.dump();
@@ -205,6 +212,15 @@ std::string reportText(const Scenario& s, const std::vector<FaultOutcome>& outco
     }
     out += fmt::format("{:<10} {:<8} {:>7}  {}\n", v.invariant, v.held() ? "held" : "BROKEN",
                        v.checks, detail);
+  }
+  for (const Verdict& v : verdicts) {
+    if (v.violations.size() < 2) continue;  // the table shows a single finding whole
+    out += fmt::format("\n{} findings:\n", v.invariant);
+    for (std::size_t i = 0; i < v.violations.size() && i < kFindingsListed; ++i) {
+      out += fmt::format("  {:8.1f} s  {}\n", v.violations[i].t, v.violations[i].detail);
+    }
+    if (v.violations.size() > kFindingsListed)
+      out += fmt::format("  and {} more\n", v.violations.size() - kFindingsListed);
   }
   out += passed ? "\nevery invariant held\n" : "\nAN INVARIANT BROKE\n";
   return out;

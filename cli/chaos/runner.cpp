@@ -30,6 +30,7 @@
 #include "cli/tls_setup.h"
 #include "crypto/ca.h"
 #include "crypto/identity.h"
+#include "p2p/link.h"
 #include "p2p/status_client.h"
 #include "p2p/tls_stream.h"
 
@@ -382,6 +383,12 @@ class SwarmRun {
     l.hang_margin_s = s_.checks.hang_margin_s;
     l.growth_limit = s_.checks.growth_limit;
     l.val_loss_band = s_.checks.val_loss_band;
+    // What one member's links to one host can need: both directions' streams (the peers run
+    // with the link's default stream count), a control connection and a state transfer; times
+    // the peers that share a host.
+    const int peers_per_host = (s_.swarm.peers + s_.swarm.hostCount() - 1) / s_.swarm.hostCount();
+    l.connections_per_host =
+        (2 * static_cast<int>(p2p::LinkOptions{}.streams) + 2) * std::max(1, peers_per_host);
     return l;
   }
   double now() const { return steadyNow() - origin_; }
@@ -743,6 +750,11 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
   StatusPoller poller(cfg_, origin_);
   SwarmResult result;
   double last_sample = -1;
+  // Every sample the resources invariant judges, so a finding can be looked into afterwards:
+  // one JSON object per line, the descriptor listing only when it changed since the process's
+  // previous sample.
+  std::ofstream samples_out(dir_ + "/run/resources.jsonl");
+  std::map<std::string, std::vector<std::string>> last_listing;
   std::optional<int> rc;
   bool asked_to_stop = false;
   bool stopped_at_duration = false;
@@ -809,6 +821,14 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
         const long rss = rssKib(p.pid);
         if (!fds.empty() && rss >= 0) {
           const int count = static_cast<int>(fds.size());
+          nlohmann::json line{{"t", std::round(t * 10) / 10}, {"process", name},
+                              {"pid", p.pid},         {"fds", count},
+                              {"rss_kib", rss}};
+          if (last_listing[name] != fds) {
+            line["descriptors"] = fds;
+            last_listing[name] = fds;
+          }
+          samples_out << line.dump() << '\n';
           checker_.onProcessSample(name, p.pid, ProcessSample{t, count, rss, std::move(fds)});
         }
       }
