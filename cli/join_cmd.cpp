@@ -1,10 +1,13 @@
 #include <fmt/format.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include <csignal>
 #include <cstdlib>
 
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -60,6 +63,23 @@ struct StopFlag {
   }
 };
 
+// SIGINT and SIGTERM, held back (blocked in this thread and the threads it starts) while a fresh
+// identity's folder exists and nothing is in place yet to stop the peer through its own code:
+// a volunteer who stops a peer while it enrolls still gets its key removed, once the peer can
+// end properly (the idle loop's signal watch, or loco-train's handlers after the exec; the mask
+// survives exec).
+sigset_t stopSignals() {
+  sigset_t stops;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  return stops;
+}
+void holdStops(bool hold) {
+  const sigset_t stops = stopSignals();
+  ::pthread_sigmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &stops, nullptr);
+}
+
 std::string membershipStateName(p2p::MembershipClient::State s) {
   using State = p2p::MembershipClient::State;
   switch (s) {
@@ -98,6 +118,9 @@ int runJoin(const Args& args) {
        "through the relay",
        ""},
       {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
+      {"tls-dir-temporary",
+       "internal: --tls-dir holds a fresh identity's key and certificate; removed at the end",
+       "", true},
       {"streams", "parallel TCP streams per peer link", std::to_string(p2p::LinkOptions{}.streams)},
       {"connect-timeout", "ms to keep trying to reach the coordinator at start before failing",
        "10000"},
@@ -170,6 +193,19 @@ int runJoin(const Args& args) {
   std::string tls_dir = flags.get("tls-dir");
   std::string identity_path = flags.get("identity");
   Args extra_args;  // for loco-train, so that it finds what we enrolled
+  // A fresh identity's key and certificate are of no use once this peer ends: they go with it
+  // (with loco-train's end when it takes over this process), so no private key is left behind.
+  struct RemovedAtEnd {
+    std::string dir;
+    ~RemovedAtEnd() {
+      std::error_code ec;
+      if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+    }
+  } temporary_tls_dir;
+  // Only a folder this command made: an internal flag must not remove anyone's own folder.
+  if (flags.getBool("tls-dir-temporary") &&
+      std::filesystem::path(tls_dir).filename().string().rfind("loco-join-", 0) == 0)
+    temporary_tls_dir.dir = tls_dir;
   if (join) {
     if (tls_dir.empty()) {
       if (!identity_path.empty()) {
@@ -180,6 +216,9 @@ int runJoin(const Args& args) {
           return reportFailure(Status(StatusCode::kIoError, "cannot create a TLS directory"));
         }
         tls_dir = tmpl;
+        temporary_tls_dir.dir = tls_dir;
+        holdStops(true);
+        extra_args.push_back("--tls-dir-temporary");
       }
       extra_args.insert(extra_args.end(), {"--tls-dir", tls_dir});
     }
@@ -242,7 +281,7 @@ int runJoin(const Args& args) {
     Args command{"join"};
     command.insert(command.end(), args.begin(), args.end());
     command.insert(command.end(), extra_args.begin(), extra_args.end());
-    return execTrainingBinary(command);
+    return execTrainingBinary(command);  // still holding stops back, for loco-train's handlers
 #endif
   }
   p2p::NetworkThread net;
@@ -288,6 +327,7 @@ int runJoin(const Args& args) {
   }
   signals = std::make_unique<p2p::SignalWatch>(net, std::initializer_list<int>{SIGINT, SIGTERM},
                                                [&stop](int sig) { stop.set(sig); });
+  holdStops(false);  // a stop held back while enrolling arrives now
   if (!setup.isOk()) {
     cleanup();
     return reportFailure(setup);

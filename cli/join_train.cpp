@@ -73,6 +73,22 @@ std::map<std::string, ops::HttpHandler> peerRoutes(LiveStatus& live, const Train
 }  // namespace
 
 int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
+  // From the start, so that a peer stopped while it loads its data or reaches the coordinator
+  // still ends through its own code (and a fresh identity's key is removed with it); each step
+  // below finishes first (connecting is bounded by --connect-timeout).
+  struct sigaction sa {};
+  sa.sa_handler = onStopSignal;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  sigset_t stops;  // held back by `loco join` while it enrolled, across its exec of this binary
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  ::pthread_sigmask(SIG_UNBLOCK, &stops, nullptr);
+  auto stoppedEarly = [] {
+    if (g_stop.load()) LOG_INFO(training::kLogTrain, "stopped by a signal before training");
+    return g_stop.load();
+  };
   auto config = trainingConfigFromFlags(flags);
   if (!config) return reportFailure(config.status());
   auto rank = flags.getInt("rank", 0, 1 << 20);
@@ -101,6 +117,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   // Switch mode measures this machine's micro-batch limits before the group waits for it.
   if (Status st = training::calibrateForRun(**trainer, *config); !st.isOk())
     return reportFailure(st);
+  if (stoppedEarly()) return 0;
   LOG_INFO(
       training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
       training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
@@ -153,11 +170,6 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
     std::lock_guard lock(live.mu);
     live.comm = comm->get();
   }
-  struct sigaction sa {};
-  sa.sa_handler = onStopSignal;
-  ::sigaction(SIGINT, &sa, nullptr);
-  ::sigaction(SIGTERM, &sa, nullptr);
-
   double last_round_wall_s = -1;
   const std::string http_addr =
       http_server ? p2p::HostPort{setup.http->host, http_server->port()}.toString() : std::string();

@@ -9,8 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -565,6 +568,57 @@ TEST(Tls, ALinkStreamClaimingAnotherMembersIdIsRefused) {
   const auto lines = rounds(0);
   EXPECT_EQ(lines.back().contributors, 2);
   EXPECT_EQ(lines.back().epoch, lines[before - 1].epoch);
+}
+
+// The folders `loco join` makes for a fresh identity's key and certificate (no --identity).
+std::set<std::string> throwawayTlsDirs() {
+  std::set<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/tmp", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("loco-join-", 0) == 0) out.insert(e.path().string());
+  }
+  return out;
+}
+
+// Issue 15 item 6: a peer joining with a join string and no --identity enrolls a fresh key in a
+// folder of its own, and that private key goes when the peer goes: after a refused join, after
+// an idle peer's SIGTERM, and after a training peer's (loco-train, which took the process over).
+TEST(Tls, AFreshIdentitysKeyIsRemovedWhenThePeerEnds) {
+  TempDir dir;
+  SecureRun run(dir);
+  const std::set<std::string> before = throwawayTlsDirs();
+  auto leftBehind = [&] {
+    std::vector<std::string> out;
+    for (const auto& d : throwawayTlsDirs()) {
+      if (!before.count(d)) out.push_back(d);
+    }
+    return out;
+  };
+  const std::string revoked = run.joinString();
+  ASSERT_EQ(loco(dir, {"token", "revoke", "--ca", dir.file("ca"),
+                       revoked.substr(revoked.find("token=") + 6)})
+                .code,
+            0);
+  EXPECT_NE(loco(dir, idleJoin(revoked)).code, 0);
+  EXPECT_TRUE(leftBehind().empty()) << "a refused join left " << leftBehind().front();
+
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::string> training{"join", run.joinString(), "--listen", "127.0.0.1:0",
+                                    "--wait-for", "2"};
+  for (const auto& f : tiny(corpus)) training.push_back(f);
+  for (const auto& args : {idleJoin(run.joinString()), training}) {
+    Process peer(args, dir.file("peer.log"));
+    // Enrolled: the folder holds the certificate.
+    ASSERT_TRUE(eventually(milliseconds(20000), [&] {
+      auto dirs = leftBehind();
+      return dirs.size() == 1 && std::filesystem::exists(dirs[0] + "/cert.pem");
+    })) << peer.log();
+    peer.signal(SIGTERM);
+    ASSERT_TRUE(peer.waitExit(milliseconds(15000)).has_value()) << peer.log();
+    EXPECT_TRUE(leftBehind().empty()) << args[1] << " left " << leftBehind().front() << "\n"
+                                      << peer.log();
+  }
 }
 
 TEST(Tls, LocalTrainsOverTlsByDefault) {
