@@ -31,9 +31,17 @@ constexpr std::uint8_t kTlsHandshakeRecord = 0x16;
 
 struct Contexts {
   std::shared_ptr<asio::ssl::context> client;
-  std::shared_ptr<asio::ssl::context> server_strict;  // client certificate required
-  std::shared_ptr<asio::ssl::context> server_open;    // client certificate optional (enrolling)
   std::string self_id;
+  std::string ca_pem, cert_pem;  // public; the key is the client context's, already parsed
+  // The server sides are built when first needed: a joining peer needs only the client side to
+  // be admitted (each context costs OpenSSL 3 one to two milliseconds of setup and key parsing,
+  // a quarter of a loopback admission), and only a coordinator ever serves enrolling clients.
+  struct Server {
+    std::once_flag once;
+    std::shared_ptr<asio::ssl::context> ctx;
+  };
+  mutable Server server_strict;  // client certificate required
+  mutable Server server_open;    // client certificate optional (enrolling)
 };
 
 struct Global {
@@ -67,16 +75,24 @@ void baseSetup(asio::ssl::context& ctx) {
   SSL_CTX_set_num_tickets(c, 0);
 }
 
-Status loadInto(asio::ssl::context& ctx, const Credentials& cr, bool with_ca_in_chain) {
+// Our certificate chain and key into `ctx`, and the run CA as what the far end must chain to.
+// The key comes as PEM (the first context) or already parsed (`key`, from that context), so the
+// private key's text is not kept around for the contexts built later.
+Status loadInto(asio::ssl::context& ctx, const std::string& ca_pem, const std::string& cert_pem,
+                bool with_ca_in_chain, const std::string& key_pem, EVP_PKEY* key = nullptr) {
   std::error_code ec;
-  ctx.add_certificate_authority(asio::buffer(cr.ca_pem), ec);
+  ctx.add_certificate_authority(asio::buffer(ca_pem), ec);
   if (ec) return Status(StatusCode::kInvalidArgument, "the run CA certificate does not load");
   // The chain sent to the far end includes the CA, so a peer that pins only its fingerprint
   // (enrolling) can check it.
-  const std::string chain = with_ca_in_chain ? cr.cert_pem + cr.ca_pem : cr.cert_pem;
+  const std::string chain = with_ca_in_chain ? cert_pem + ca_pem : cert_pem;
   ctx.use_certificate_chain(asio::buffer(chain), ec);
   if (ec) return Status(StatusCode::kInvalidArgument, "our certificate does not load");
-  ctx.use_private_key(asio::buffer(cr.key_pem), asio::ssl::context::pem, ec);
+  if (key != nullptr) {
+    if (SSL_CTX_use_PrivateKey(ctx.native_handle(), key) != 1) ec = asio::error::invalid_argument;
+  } else {
+    ctx.use_private_key(asio::buffer(key_pem), asio::ssl::context::pem, ec);
+  }
   if (ec) return Status(StatusCode::kInvalidArgument, "our private key does not load");
   if (SSL_CTX_check_private_key(ctx.native_handle()) != 1) {
     return Status(StatusCode::kInvalidArgument, "our private key does not match our certificate");
@@ -363,6 +379,28 @@ class TlsStream final : public Stream {
   std::string local_;
 };
 
+// The server context for `options`, built on first use from the material the client context
+// already loaded; if it should still fail, every handshake on it fails, said once in the log.
+std::shared_ptr<asio::ssl::context> serverContext(const Contexts& contexts,
+                                                  const WrapOptions& options) {
+  Contexts::Server& server =
+      options.require_client_cert ? contexts.server_strict : contexts.server_open;
+  std::call_once(server.once, [&] {
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+    baseSetup(*ctx);
+    EVP_PKEY* key = SSL_CTX_get0_privatekey(contexts.client->native_handle());
+    if (Status st = loadInto(*ctx, contexts.ca_pem, contexts.cert_pem, true, "", key);
+        !st.isOk()) {
+      LOG_ERROR(kLogP2p, "TLS server context: {}", st.withContext(opensslError()).message());
+    }
+    ctx->set_verify_mode(options.require_client_cert
+                             ? asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert
+                             : asio::ssl::verify_peer);
+    server.ctx = std::move(ctx);
+  });
+  return server.ctx;
+}
+
 }  // namespace
 
 Status use(const Credentials& cr) {
@@ -371,20 +409,15 @@ Status use(const Credentials& cr) {
                                         static_cast<std::int64_t>(std::time(nullptr)));
   if (!self) return self.status().withContext("our TLS certificate");
   contexts->self_id = *self;
+  contexts->ca_pem = cr.ca_pem;
+  contexts->cert_pem = cr.cert_pem;
   contexts->client = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
-  contexts->server_strict = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
-  contexts->server_open = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
-  for (auto* ctx :
-       {contexts->client.get(), contexts->server_strict.get(), contexts->server_open.get()}) {
-    baseSetup(*ctx);
-    if (Status st = loadInto(*ctx, cr, ctx != contexts->client.get()); !st.isOk()) {
-      return st.withContext(opensslError());
-    }
+  baseSetup(*contexts->client);
+  if (Status st = loadInto(*contexts->client, cr.ca_pem, cr.cert_pem, false, cr.key_pem);
+      !st.isOk()) {
+    return st.withContext(opensslError());
   }
   contexts->client->set_verify_mode(asio::ssl::verify_peer);
-  contexts->server_strict->set_verify_mode(asio::ssl::verify_peer |
-                                           asio::ssl::verify_fail_if_no_peer_cert);
-  contexts->server_open->set_verify_mode(asio::ssl::verify_peer);
   std::lock_guard lock(global().mu);
   global().contexts = std::move(contexts);
   global().mode = Mode::kTls;
@@ -431,9 +464,7 @@ std::unique_ptr<Stream> wrap(asio::ip::tcp::socket socket, const WrapOptions& op
     if (global().mode == Mode::kTls) contexts = global().contexts;
   }
   if (!contexts) return std::make_unique<TcpStream>(std::move(socket));
-  auto ctx = options.role == Role::kClient ? contexts->client
-             : options.require_client_cert ? contexts->server_strict
-                                           : contexts->server_open;
+  auto ctx = options.role == Role::kClient ? contexts->client : serverContext(*contexts, options);
   return std::make_unique<TlsStream>(
       std::make_shared<Impl>(std::move(socket), std::move(ctx), options, nullptr));
 }
