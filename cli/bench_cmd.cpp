@@ -19,6 +19,7 @@
 #include "crypto/identity.h"
 #include "p2p/base/json.h"
 #include "p2p/link.h"
+#include "p2p/relay.h"
 #include "p2p/tls_stream.h"
 
 namespace loco::cli {
@@ -137,7 +138,7 @@ Result<std::vector<double>> benchLink(std::uint32_t streams, std::size_t mib, in
 // --serve: the receiving end of `bench link --lab`, inside the lab's host 2. Receives `iters`
 // transfers and acknowledges each with one byte (1 if intact).
 int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::LinkOptions opts,
-              std::size_t mib, int iters) {
+              std::size_t mib, int iters, const std::optional<p2p::HostPort>& relay) {
   p2p::NetworkThread net("bench-serve");
   std::promise<std::shared_ptr<p2p::Link>> accepted;
   std::unique_ptr<p2p::LinkListener> listener;
@@ -151,8 +152,28 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
     started.set_value(l ? Status() : l.status());
   });
   if (Status st = started.get_future().get(); !st.isOk()) return reportFailure(st);
-  if (Status st = writeFileAtomic(port_file, fmt::format("{}\n", listener->port())); !st.isOk())
-    return reportFailure(st);
+  // Where the sender dials: our own port, or (--relay) the port the relay gave us, whose
+  // connections reach our listener through the relay as a NATed peer's do.
+  std::string reach = p2p::HostPort{listen.host, listener->port()}.toString();
+  std::shared_ptr<p2p::RelayClient> relay_client;
+  if (relay) {
+    std::promise<Result<std::string>> registered;
+    net.post([&] {
+      relay_client = p2p::RelayClient::start(
+          net, *relay, selfId(),
+          [&](std::unique_ptr<p2p::Stream> stream) { listener->acceptStream(std::move(stream)); },
+          [](const Status& st) {
+            std::fprintf(stderr, "loco bench link --serve: lost the relay: %s\n",
+                         st.message().c_str());
+          },
+          Deadline::after(Millis(10000)),
+          [&](Result<std::string> r) { registered.set_value(std::move(r)); });
+    });
+    auto r = registered.get_future().get();
+    if (!r) return reportFailure(r.status().withContext("registering at the relay"));
+    reach = *r;
+  }
+  if (Status st = writeFileAtomic(port_file, reach + "\n"); !st.isOk()) return reportFailure(st);
   auto link_future = accepted.get_future();
   if (Status st = waitReady(link_future, Millis(30000), "the sender's link"); !st.isOk())
     return reportFailure(st);
@@ -197,6 +218,8 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
   std::promise<void> closed;
   net.post([&] {
     link.reset();
+    if (relay_client) relay_client->close();
+    relay_client.reset();
     listener.reset();
     closed.set_value();
   });
@@ -206,11 +229,45 @@ int serveLink(const p2p::HostPort& listen, const std::string& port_file, p2p::Li
 
 // The sending end of `bench link --lab`, already inside host 1: starts the receiver in host 2
 // and times each transfer until its acknowledgement is back (so one one-way delay is included).
+// With `relay_host` (3 or above), `loco relay` runs in that host and the receiver is reached
+// through it, as a peer behind a NAT is.
 Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOptions opts,
-                                         std::size_t mib, int iters, const std::string& tls_dir) {
+                                         std::size_t mib, int iters, const std::string& tls_dir,
+                                         int relay_host) {
   char dir_template[] = "/tmp/loco-bench-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
   const std::string port_file = std::string(dir_template) + "/port";
+  // Waits for a file that a child writes once it listens; "" when it never does.
+  auto readWhenWritten = [](const std::string& path) {
+    std::string text;
+    for (int i = 0; i < 1000 && text.empty(); ++i) {
+      std::ifstream(path) >> text;
+      if (text.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return text;
+  };
+  pid_t relay = -1;
+  std::string relay_address;
+  if (relay_host > 0) {
+    const std::string relay_port_file = std::string(dir_template) + "/relay.port";
+    std::vector<std::string> relay_argv = lab::inHost(cfg, relay_host);
+    for (std::string a : {selfExecutable(), std::string("relay"), std::string("--listen"),
+                          cfg.address(relay_host) + ":0", std::string("--port-file"),
+                          relay_port_file, std::string("--log-level"), std::string("warn")}) {
+      relay_argv.push_back(a);
+    }
+    relay = spawnProcess(relay_argv);
+    const std::string port = readWhenWritten(relay_port_file);
+    if (port.empty()) {
+      ::kill(relay, SIGTERM);
+      ::waitpid(relay, nullptr, 0);
+      std::error_code ec;
+      std::filesystem::remove_all(dir_template, ec);
+      return Status(StatusCode::kTimeout,
+                    fmt::format("the relay in host {} did not start", relay_host));
+    }
+    relay_address = cfg.address(relay_host) + ":" + port;
+  }
   std::vector<std::string> argv = lab::inHost(cfg, 2);
   for (std::string a :
        {selfExecutable(), std::string("bench"), std::string("link"), std::string("--serve"),
@@ -225,6 +282,7 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
   } else {
     argv.insert(argv.end(), {"--tls-dir", tls_dir});
   }
+  if (relay > 0) argv.insert(argv.end(), {"--relay", relay_address});
   const pid_t child = spawnProcess(argv);  // the receiver's messages reach our stderr
   std::string receiver_end;                // how the receiver ended, if it did on its own
   auto reap = [&] {
@@ -238,15 +296,15 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
       ::kill(child, SIGTERM);
       ::waitpid(child, nullptr, 0);
     }
+    if (relay > 0) {
+      ::kill(relay, SIGTERM);
+      ::waitpid(relay, nullptr, 0);
+    }
     std::error_code ec;
     std::filesystem::remove_all(dir_template, ec);
   };
-  std::uint16_t port = 0;
-  for (int i = 0; i < 1000 && port == 0; ++i) {
-    std::ifstream(port_file) >> port;
-    if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (port == 0) {
+  auto reach = p2p::parseHostPort(readWhenWritten(port_file));
+  if (!reach) {
     reap();
     return Status(StatusCode::kTimeout, "the receiver in host 2 did not start");
   }
@@ -256,7 +314,7 @@ Result<std::vector<double>> benchLinkLab(const lab::LabConfig& cfg, p2p::LinkOpt
     p2p::NetworkThread net("bench-send");
     std::promise<Result<std::shared_ptr<p2p::Link>>> dialed;
     net.post([&] {
-      p2p::connectLink(net, {cfg.address(2), port}, selfId(), opts, Deadline::after(Millis(10000)),
+      p2p::connectLink(net, *reach, selfId(), opts, Deadline::after(Millis(10000)),
                        [&](auto r) { dialed.set_value(std::move(r)); });
     });
     auto link = dialed.get_future().get();
@@ -359,7 +417,7 @@ int runBench(const Args& args) {
   if (args.empty() || args[0] != "link") {
     std::fprintf(stderr,
                  "usage: loco bench link [--streams K] [--mib M] [--iters I] [--baseline iperf3] "
-                 "[--lab NAME]\n"
+                 "[--lab NAME [--relay-host H]]\n"
                  "       loco bench allreduce [--peers N] [--mib M | --kib K] [--wire W] "
                  "[--streams K] [--iters I] [--lab NAME]\n"
                  "       loco bench join [--peers N] [--mib M] [--streams K] [--lab NAME] "
@@ -382,7 +440,12 @@ int runBench(const Args& args) {
         "plaintext",
         "on"},
        {"tls-dir", "internal: the --serve end's TLS material", ""},
+       {"relay-host",
+        "with --lab: reach the receiver (host 2) through `loco relay` in this host (3 or above), "
+        "as a peer behind a NAT is reached",
+        ""},
        {"serve", "internal: the receiving end of a --lab run", "", true},
+       {"relay", "internal: HOST:PORT of the relay the --serve end registers at", ""},
        {"listen", "internal: address the --serve end listens on", ""},
        {"port-file", "internal: where the --serve end writes its port", ""}});
   if (int rc = parseAndSetUp(flags, Args(args.begin() + 1, args.end()), "bench"); rc >= 0)
@@ -435,8 +498,14 @@ int runBench(const Args& args) {
   if (flags.getBool("serve")) {
     auto listen = p2p::parseHostPort(flags.get("listen"), true);
     if (!listen) return reportFailure(listen.status());
+    std::optional<p2p::HostPort> relay;
+    if (flags.isSet("relay")) {
+      auto r = p2p::parseHostPort(flags.get("relay"));
+      if (!r) return reportFailure(r.status().withContext("--relay"));
+      relay = *r;
+    }
     return serveLink(*listen, flags.get("port-file"), opts, static_cast<std::size_t>(*mib),
-                     static_cast<int>(*iters));
+                     static_cast<int>(*iters), relay);
   }
   std::optional<lab::LabConfig> lab_cfg;
   if (flags.isSet("lab")) {
@@ -445,6 +514,17 @@ int runBench(const Args& args) {
     // Before any thread starts: every thread this process creates then lives in host 1.
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     lab_cfg = std::move(cfg.value());
+  }
+  int relay_host = 0;
+  if (flags.isSet("relay-host")) {
+    auto h = flags.getInt("relay-host", 3, 64);
+    if (!h) return reportFailure(h.status());
+    if (!lab_cfg || *h > lab_cfg->hosts) {
+      return reportFailure(Status(
+          StatusCode::kInvalidArgument,
+          fmt::format("--relay-host {} needs --lab with at least {} hosts", *h, *h)));
+    }
+    relay_host = static_cast<int>(*h);
   }
   // The lab's name ends each result line when there is one.
   auto withLab = [&](Json line) {
@@ -465,7 +545,7 @@ int runBench(const Args& args) {
     std::fflush(stdout);
   }
   auto r = lab_cfg ? benchLinkLab(*lab_cfg, opts, static_cast<std::size_t>(*mib),
-                                  static_cast<int>(*iters), tls_dir)
+                                  static_cast<int>(*iters), tls_dir, relay_host)
                    : benchLink(static_cast<std::uint32_t>(*streams), static_cast<std::size_t>(*mib),
                                static_cast<int>(*iters), static_cast<std::uint32_t>(*chunk));
   if (!r) return reportFailure(r.status());
@@ -478,6 +558,7 @@ int runBench(const Args& args) {
                        {"best_gbit_s", jsonFixed(*std::max_element(r->begin(), r->end()), 3)},
                        {"iters", r->size()},
                        {"tls", tls == "on"}});
+  if (relay_host > 0) line["relay_host"] = relay_host;
   if (iperf) line["ratio_vs_iperf3"] = jsonFixed(med / *iperf, 3);
   std::printf("%s\n", jsonDump(line).c_str());
   return 0;

@@ -220,7 +220,7 @@ TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
   const std::string name = uniqueLabName("ben");
   LabGuard guard{dir, name};
   ASSERT_EQ(
-      loco(dir, {"lab", "up", name, "--hosts", "2", "--delay-ms", "5", "--rate-mbit", "200"}).code,
+      loco(dir, {"lab", "up", name, "--hosts", "3", "--delay-ms", "5", "--rate-mbit", "200"}).code,
       0);
   CommandResult bench =
       loco(dir, {"bench", "link", "--lab", name, "--streams", "2", "--mib", "8", "--iters", "2"},
@@ -240,6 +240,27 @@ TEST(Lab, BenchLinkRunsBetweenLabHostsAndFeelsTheRateLimit) {
                              milliseconds(60000));
   ASSERT_EQ(plain.code, 0) << plain.out;
   EXPECT_NE(plain.out.find("\"tls\":false"), std::string::npos) << plain.out;
+  // Through a relay in host 3, as a NATed receiver is reached: intact bytes (the receiver
+  // acknowledges each transfer), TLS end to end through the relay, and the relay's host link
+  // still the cap.
+  CommandResult relayed = loco(dir,
+                               {"bench", "link", "--lab", name, "--streams", "2", "--mib", "8",
+                                "--iters", "2", "--relay-host", "3"},
+                               milliseconds(60000));
+  ASSERT_EQ(relayed.code, 0) << relayed.out;
+  ASSERT_TRUE(std::regex_search(relayed.out, m, std::regex(R"re("gbit_s":([0-9.]+).*"lab":")re")))
+      << relayed.out;
+  EXPECT_GT(std::stod(m[1]), 0.02) << relayed.out;
+  EXPECT_LT(std::stod(m[1]), 0.21) << relayed.out;
+  EXPECT_NE(relayed.out.find("\"tls\":true,\"lab\":\"" + name + "\",\"relay_host\":3"),
+            std::string::npos)
+      << relayed.out;
+  CommandResult no_such_host =
+      loco(dir, {"bench", "link", "--lab", name, "--relay-host", "4"}, milliseconds(10000));
+  EXPECT_NE(no_such_host.code, 0);
+  EXPECT_NE(no_such_host.out.find("--relay-host 4 needs --lab with at least 4 hosts"),
+            std::string::npos)
+      << no_such_host.out;
 }
 
 // Topology: hosts 1-2 and 3-4 share only 10 Mbit/s. The ring starts as 1-2-3-4 (two slow
