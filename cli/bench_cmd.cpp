@@ -520,9 +520,9 @@ int runBench(const Args& args) {
     auto h = flags.getInt("relay-host", 3, 64);
     if (!h) return reportFailure(h.status());
     if (!lab_cfg || *h > lab_cfg->hosts) {
-      return reportFailure(Status(
-          StatusCode::kInvalidArgument,
-          fmt::format("--relay-host {} needs --lab with at least {} hosts", *h, *h)));
+      return reportFailure(
+          Status(StatusCode::kInvalidArgument,
+                 fmt::format("--relay-host {} needs --lab with at least {} hosts", *h, *h)));
     }
     relay_host = static_cast<int>(*h);
   }

@@ -389,8 +389,7 @@ std::shared_ptr<asio::ssl::context> serverContext(const Contexts& contexts,
     auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
     baseSetup(*ctx);
     EVP_PKEY* key = SSL_CTX_get0_privatekey(contexts.client->native_handle());
-    if (Status st = loadInto(*ctx, contexts.ca_pem, contexts.cert_pem, true, "", key);
-        !st.isOk()) {
+    if (Status st = loadInto(*ctx, contexts.ca_pem, contexts.cert_pem, true, "", key); !st.isOk()) {
       LOG_ERROR(kLogP2p, "TLS server context: {}", st.withContext(opensslError()).message());
     }
     ctx->set_verify_mode(options.require_client_cert

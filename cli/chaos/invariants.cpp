@@ -297,9 +297,8 @@ std::vector<Verdict> InvariantChecker::finish(std::optional<double> final_val,
               fmt::format("{} (pid {}) kept more than {} TCP connections to one host through "
                           "the last fifth of its life ({:.0f}-{:.0f} s), at least {} to {} (at "
                           "{:.0f} s: {})",
-                          name, pid, limits_.connections_per_host, late.front()->t,
-                          late.back()->t, cb->most_to_host, cb->busiest_host, cb->t,
-                          descriptorDiff({}, to_host)));
+                          name, pid, limits_.connections_per_host, late.front()->t, late.back()->t,
+                          cb->most_to_host, cb->busiest_host, cb->t, descriptorDiff({}, to_host)));
     }
     if (static_cast<double>(rss1) > static_cast<double>(rss0) * g + kRssSlackKib) {
       violate("resources", samples.back().t,

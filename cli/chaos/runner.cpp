@@ -821,8 +821,10 @@ Result<SwarmResult> SwarmRun::run(const std::vector<std::string>& training, doub
         const long rss = rssKib(p.pid);
         if (!fds.empty() && rss >= 0) {
           const int count = static_cast<int>(fds.size());
-          nlohmann::json line{{"t", std::round(t * 10) / 10}, {"process", name},
-                              {"pid", p.pid},         {"fds", count},
+          nlohmann::json line{{"t", std::round(t * 10) / 10},
+                              {"process", name},
+                              {"pid", p.pid},
+                              {"fds", count},
                               {"rss_kib", rss}};
           if (last_listing[name] != fds) {
             line["descriptors"] = fds;

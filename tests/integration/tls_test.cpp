@@ -604,8 +604,8 @@ TEST(Tls, AFreshIdentitysKeyIsRemovedWhenThePeerEnds) {
   EXPECT_TRUE(leftBehind().empty()) << "a refused join left " << leftBehind().front();
 
   const std::string corpus = writeCorpus(dir);
-  std::vector<std::string> training{"join", run.joinString(), "--listen", "127.0.0.1:0",
-                                    "--wait-for", "2"};
+  std::vector<std::string> training{"join",        run.joinString(), "--listen",
+                                    "127.0.0.1:0", "--wait-for",     "2"};
   for (const auto& f : tiny(corpus)) training.push_back(f);
   for (const auto& args : {idleJoin(run.joinString()), training}) {
     Process peer(args, dir.file("peer.log"));

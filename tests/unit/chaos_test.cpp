@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <nlohmann/json.hpp>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -105,7 +105,9 @@ TEST(ChaosScenario, BadFilesFailNamingTheLine) {
       // And on a table header that starts with no key (an assumption in a release build).
       {"seed = 1\n[[(ault]]\nkind = \"kill\"\n", "bad.toml:2:", "must start with a key"},
       // And on some non-ASCII characters (an unreachable branch in toml++): files are ASCII.
-      {"seed = 1\n[swarm]\nhear\xc3\x81" "beat = 3\n", "bad.toml:3:", "non-ASCII character"},
+      {"seed = 1\n[swarm]\nhear\xc3\x81"
+       "beat = 3\n",
+       "bad.toml:3:", "non-ASCII character"},
       {"[swarm]\npeers = 2\nhosts = 3\nwhatever = 1\n", "bad.toml:4:", "unknown key 'whatever'"},
       {"[[fault]]\nkind = \"heal\"\nat = 1\nafter_round = 3\n", "bad.toml:4:", "not both"},
       {"[[fault]]\nkind = \"heal\"\nafter_round = 0\n", "bad.toml:3:", "at least 1"},
@@ -459,9 +461,9 @@ TEST(ChaosInvariants, ALinkMeshThatGrowsWithTheMembershipIsNotALeak) {
       now.insert(now.end(), 4, "tcp dialed " + ip + ":4" + std::to_string(host) + "000");
       now.insert(now.end(), 4, "tcp accepted from " + ip);
     }
-    c.onProcessSample("peer-2", 2638,
-                      ProcessSample{static_cast<double>(t), static_cast<int>(now.size()), 100000,
-                                    now});
+    c.onProcessSample(
+        "peer-2", 2638,
+        ProcessSample{static_cast<double>(t), static_cast<int>(now.size()), 100000, now});
   }
   auto v = c.finish(1, std::nullopt, "");
   EXPECT_EQ(violations(v, "resources"), 0u);
