@@ -159,6 +159,10 @@ struct Swarm {
   bool interrupted = false;
   std::string log_level = "info";
   std::optional<lab::LabConfig> lab;  // --lab: processes live in the lab's hosts
+  // --measure-topology: peers probe their links so the coordinator can order the ring around
+  // slow ones. Default: on in a lab; on one machine the links say nothing about a WAN, and a
+  // fixed ring keeps runs repeatable.
+  bool measure_topology = false;
   int heartbeat_interval_ms = 250, heartbeat_timeout_ms = 2000;
   // Training:
   bool training = false;
@@ -371,14 +375,25 @@ std::string checkpointDirOf(const Swarm& s, const Child& c) {
 
 std::vector<std::string> trainingPeerArgs(Swarm& s, std::size_t index, bool initial) {
   Child& c = *s.children[index];
-  std::vector<std::string> args{
-      "join", "--coordinator", s.coordinatorList(), "--listen", s.addressOf(index) + ":0",
-      "--identity", fmt::format("{}/{}.id", s.out_dir, c.name), "--log-level", s.log_level,
-      "--rank", std::to_string(index - 1), "--world-hint", std::to_string(s.peers), "--wait-for",
-      initial ? std::to_string(s.peers) : "1", "--metrics",
-      fmt::format("{}/{}.jsonl", s.out_dir, c.name),
-      // On one machine the links say nothing about a WAN; a fixed ring keeps runs repeatable.
-      "--measure-topology", s.lab ? "on" : "off"};
+  std::vector<std::string> args{"join",
+                                "--coordinator",
+                                s.coordinatorList(),
+                                "--listen",
+                                s.addressOf(index) + ":0",
+                                "--identity",
+                                fmt::format("{}/{}.id", s.out_dir, c.name),
+                                "--log-level",
+                                s.log_level,
+                                "--rank",
+                                std::to_string(index - 1),
+                                "--world-hint",
+                                std::to_string(s.peers),
+                                "--wait-for",
+                                initial ? std::to_string(s.peers) : "1",
+                                "--metrics",
+                                fmt::format("{}/{}.jsonl", s.out_dir, c.name),
+                                "--measure-topology",
+                                s.measure_topology ? "on" : "off"};
   if (s.relay_port > 0)
     args.insert(args.end(), {"--relay", fmt::format("{}:{}", s.addressOf(0), s.relay_port)});
   // The training flags, with --checkpoint-dir made per peer. A restarted peer resumes from its
@@ -973,6 +988,10 @@ int runLocal(const Args& args) {
       {"kill-at", "training: kill -9 the last peer once the run reaches this inner step", ""},
       {"join-at", "training: start one more peer once the run reaches this inner step", ""},
       {"lab", "place the coordinator in host 1 and the peers round-robin in this lab's hosts", ""},
+      {"measure-topology",
+       "on: peers probe their links to members they have not measured yet and the ring is ordered "
+       "around slow ones; off: a fixed ring (default: on with --lab, off otherwise)",
+       ""},
       {"restart-dead",
        "on: restart a peer (or the coordinator) that dies before the run's last step; off: the "
        "others train on without it",
@@ -1080,6 +1099,14 @@ int runLocal(const Args& args) {
                              cfg->name)));
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
+  }
+  if (const std::string mt = flags.get("measure-topology"); mt.empty()) {
+    s.measure_topology = s.lab.has_value();
+  } else if (mt == "on" || mt == "off") {
+    s.measure_topology = mt == "on";
+  } else {
+    return reportFailure(
+        Status(StatusCode::kInvalidArgument, "--measure-topology takes on or off"));
   }
   if (flags.get("http") != "off") {
     auto http = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);

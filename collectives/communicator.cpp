@@ -467,6 +467,9 @@ std::uint64_t Communicator::epoch() const {
 std::size_t Communicator::world() const {
   return impl_->client().view().world();
 }
+std::size_t Communicator::pending() const {
+  return impl_->client().view().pending();
+}
 std::uint64_t Communicator::bytesSent() const {
   return impl_->bytesSent();
 }

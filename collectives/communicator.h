@@ -174,6 +174,8 @@ class Communicator {
 
   std::uint64_t epoch() const;
   std::size_t world() const;
+  // Peers registered and waiting for the next sync point to be admitted, as of the latest view.
+  std::size_t pending() const;
   // Bytes this peer has sent for all-reduces so far (payload, every attempt).
   std::uint64_t bytesSent() const;
   // Member ids in ring order (rank r sends to rank r+1), as of the latest view.

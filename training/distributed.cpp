@@ -38,9 +38,15 @@ enum Progress : std::size_t {
 };
 
 // Round statistics travel beside the contributions, raw, summed: [contributes, its train loss,
-// its MB sent since its last report]. Padded so that every ring segment holds an element.
+// its MB sent since its last report, it wants the next round to begin with a sync point]. Padded
+// so that every ring segment holds an element.
 constexpr std::size_t kStatsLen = 64;
-enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent };
+enum Stat : std::size_t { kContributes, kLoss, kMegabytesSent, kWantsSyncPoint };
+// Overlapped methods (streaming, eager and naive overlap) begin a round with a sync point and a
+// shared-state sync (two coordinator round trips the overlap cannot hide) only when a member saw
+// a peer waiting to be admitted, after a failed round, and at least every this many rounds (so a
+// better ring order from the topology is taken up).
+constexpr std::int64_t kRoundsBetweenSyncPoints = 8;
 // Slots from the top of the statistics (other features number theirs from the bottom): the
 // explicit-rank buckets of data_assignment.h.
 constexpr std::size_t kStatRankSlots = kStatsLen - kRankSlots;
@@ -156,6 +162,7 @@ class Run {
           continue;
         }
         LOCO_RETURN_IF_ERROR(assignDataShard());
+        ++sync_points_;
       }
       if (done()) break;  // a peer that arrives after the last round
       if (noloco_) {
@@ -175,7 +182,7 @@ class Run {
       }
       failed = 0;
       LOCO_RETURN_IF_ERROR(apply(*reduced));
-      sync_round = diloco_ || progress_[kOuterStep] % cfg_.ddp_sync_every == 0;
+      sync_round = nextRoundSyncs(*reduced);
       if (done()) break;
       LOCO_RETURN_IF_ERROR(afterApply());
     }
@@ -373,6 +380,17 @@ class Run {
     std::uint64_t epoch;
   };
 
+  // Whether the round after `r` begins with a sync point and a shared-state sync. Decided from
+  // what every member holds alike (the round's summed statistics, the shared progress), so the
+  // whole group meets at the same sync points. Skipping one loses nothing while the membership
+  // stands: every member applied the same committed round, so the shared state is equal
+  // everywhere, and a lost member fails the next operation, which brings a sync point anyway.
+  bool nextRoundSyncs(const Reduced& r) const {
+    if (!diloco_) return progress_[kOuterStep] % cfg_.ddp_sync_every == 0;
+    if (!streaming_ && overlap_ == Overlap::kNone) return true;  // blocking DiLoCo: every round
+    return r.stats[kWantsSyncPoint] > 0 || progress_[kOuterStep] % kRoundsBetweenSyncPoints == 0;
+  }
+
   // Both all-reduces of a round, in flight together. On failure the buffers are as before.
   Result<Reduced> reduce() {
     Reduced r;
@@ -396,6 +414,7 @@ class Run {
       std::fill_n(reduce_buf_.begin(), count, 0.0f);
     }
     r.stats[kMegabytesSent] = static_cast<float>((sent - sent_reported_) / 1e6);
+    r.stats[kWantsSyncPoint] = comm_.pending() > 0 ? 1.0f : 0.0f;
     if (!cfg_.derive_data_rank) {
       markExplicitRank(std::span<float>(r.stats).subspan(kStatRankSlots), cfg_.train.rank);
     }
@@ -665,6 +684,7 @@ class Run {
     bytes_at_last_record_ = sent;
     peak_round_bytes_ = std::max(peak_round_bytes_, rec.round_bytes);
     rec.peak_round_bytes = peak_round_bytes_;
+    rec.sync_points = sync_points_;
     rec.e2e_tokens_per_s = rec.wall_s > 0 ? tokens_trained_ / rec.wall_s : 0;
     const double training_s = toSeconds(Clock::now() - training_started_);
     rec.utilization = training_s > 0 ? std::min(1.0, compute_total_s_ / training_s) : 0;
@@ -1083,6 +1103,7 @@ class Run {
   double last_reduce_s_ = 0;
   double compute_total_s_ = 0, blocked_total_s_ = 0, round_blocked_s_ = 0;
   double bytes_at_last_record_ = 0, peak_round_bytes_ = 0;
+  std::uint64_t sync_points_ = 0;  // rounds that began with a sync point and shared-state sync
   double tokens_trained_ = 0;
   std::uint32_t retries_ = 0;
   std::uint64_t checkpoint_failures_ = 0;

@@ -9,7 +9,10 @@
 //
 // One round (DiLoCo; DDP is the same with one inner step and gradients instead of Δ, and steps 1
 // and 2 only every ddp_sync_every steps):
-//   1. sync point (joiners are admitted here), then syncSharedState;
+//   1. sync point (joiners are admitted here), then syncSharedState. Overlapped methods
+//      (streaming, eager/naive overlap) skip both while the membership stands: only after a
+//      round in which a member saw a peer waiting for admission, after a failed round, and
+//      every 8th round (run.jsonl's sync_points counts them);
 //   2. two all-reduces in flight together: the statistics (who contributes, their train loss and
 //      bytes) in raw fp32, and the contributions Σ Δ_m in the chosen wire format;
 //   3. if anyone contributed: Δ̄ = ΣΔ_m / contributors, outer Nesterov step on θ, progress + 1;
@@ -146,6 +149,7 @@ struct RoundRecord {
   double blocked_total_s = 0;      // waits for collectives since the start
   double round_bytes = 0;          // this peer's collective bytes in this round
   double peak_round_bytes = 0;     // the most this peer sent in one round so far
+  std::uint64_t sync_points = 0;   // group sync points this peer passed since the start
   double e2e_tokens_per_s = 0;     // tokens this peer trained / wall_s (waits included)
   double utilization = 0;          // compute_total_s over the wall time since the first round began
   std::uint64_t checkpoint_failures = 0;  // checkpoint writes that failed so far (this process)

@@ -16,8 +16,8 @@ namespace loco::ops {
 // computed). `checkpoint_failures` counts this process's checkpoint writes that failed (a full
 // disk; training goes on). The rest: the adaptive batch's (local_loss, batch, micro_batches,
 // batch_wanted, tokens, share, and switch mode's b_max and b_mem) and the overlap's timing
-// (compute_s, blocked_s, utilization, round_bytes, peak_round_bytes, e2e_tokens_per_s). `loco
-// chaos` checks its invariants on these.
+// (compute_s, blocked_s, utilization, round_bytes, peak_round_bytes, sync_points,
+// e2e_tokens_per_s). `loco chaos` checks its invariants on these.
 std::string peerRoundLine(const training::RoundRecord& r, std::uint32_t rank,
                           const std::string& peer, long pid, double unix_s) {
   const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
@@ -53,6 +53,7 @@ std::string peerRoundLine(const training::RoundRecord& r, std::uint32_t rank,
                    {"utilization", jsonFixed(r.utilization, 4)},
                    {"round_bytes", jsonFixed(r.round_bytes, 0)},
                    {"peak_round_bytes", jsonFixed(r.peak_round_bytes, 0)},
+                   {"sync_points", r.sync_points},
                    {"e2e_tokens_per_s", jsonFixed(r.e2e_tokens_per_s, 1)}});
 }
 

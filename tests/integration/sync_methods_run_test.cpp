@@ -107,6 +107,13 @@ TEST(SyncMethods, StreamingHalvesThePeakAndRerunsBitIdentically) {
   ASSERT_GT(peak_d, 0);
   // With 4 blocks, fragment 0 carries the embeddings too: a bit over half of DiLoCo's Δ.
   EXPECT_LT(peak_s, 0.75 * peak_d) << peak_s << " vs " << peak_d;
+  // Blocking DiLoCo begins each of its 6 rounds with a sync point; streaming, with nobody
+  // waiting to join, only its first round and every 8th of its 12.
+  const double syncs_s = maxField(dir.file("a/peer-1.jsonl"), "sync_points");
+  const double syncs_d = maxField(dir.file("d/peer-1.jsonl"), "sync_points");
+  EXPECT_GE(syncs_d, 6) << log;
+  EXPECT_GE(syncs_s, 1);
+  EXPECT_LE(syncs_s, 3) << "streaming should skip the sync points nothing calls for";
 }
 
 TEST(SyncMethods, NolocoOddWorldGossipsDeterministically) {
