@@ -58,7 +58,7 @@ TEST(RunJsonl, ThePeerLineHasTheDocumentedFieldsInOrder) {
             R"("local_loss":0.0,"batch":0,"micro_batches":1,"batch_wanted":0.0,"tokens":0,)"
             R"("share":0,"b_max":0,"b_mem":0,"compute_s":0.0,"blocked_s":0.0,"utilization":0.0,)"
             R"("round_bytes":0,)"
-            R"("peak_round_bytes":0,"e2e_tokens_per_s":0.0})");
+            R"("peak_round_bytes":0,"sync_points":0,"e2e_tokens_per_s":0.0})");
 
   auto back = chaos::parseRoundLine(line, "peer-2");
   ASSERT_TRUE(back.isOk());
