@@ -38,7 +38,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from waiting import wait_for  # noqa: E402
 
 SKIP = 77
-STEPS, INNER = 200, 20  # 10 rounds: the kill at round 2 or 3, back by round 5, 5 more to the end
+# 30 rounds of ~2.5 s: the checks before the kill (health, Prometheus, isolation probes) take about
+# 20 s and once let a 10-round run reach round 8 first; the kill must leave rounds to rejoin in.
+STEPS, INNER = 600, 20
 T0 = time.monotonic()
 
 

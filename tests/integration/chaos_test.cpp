@@ -80,7 +80,8 @@ TEST(ChaosLab, SlowHostRunsUnderItsCpuQuota) {
   EXPECT_FALSE(std::filesystem::exists("/sys/fs/cgroup/loco/lab-" + name + "-h2"));
 }
 
-// loco local --peer I:cpu=C: one peer of the swarm on a slower machine.
+// loco local --peer I:cpu=C: one peer of the swarm on a slower machine. A round must last many
+// CFS periods (100 ms): a round shorter than the quota's slice runs at full speed and hides it.
 TEST(ChaosLab, LocalPeerRunsUnderItsCpuQuota) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;
@@ -93,9 +94,9 @@ TEST(ChaosLab, LocalPeerRunsUnderItsCpuQuota) {
                           "--peer",
                           "2:cpu=0.15",
                           "--steps",
-                          "400",
+                          "240",
                           "--inner-steps",
-                          "10",
+                          "40",
                           "--width",
                           "32",
                           "--layers",
@@ -103,9 +104,9 @@ TEST(ChaosLab, LocalPeerRunsUnderItsCpuQuota) {
                           "--heads",
                           "2",
                           "--context",
-                          "16",
+                          "32",
                           "--batch",
-                          "4",
+                          "16",
                           "--warmup",
                           "5"},
                          milliseconds(240000));
