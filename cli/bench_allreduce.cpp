@@ -332,7 +332,7 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::filesystem::remove_all(dir, ec);
   };
   int port = 0;
-  const bool tls = flags.get("tls") == "on";
+  const bool tls = flags.get("tls") == "on";  // checked by runBenchAllReduce
   // --tls decides for every child (--ca/--tls-dir or --insecure on its command line); an
   // inherited LOCO_INSECURE would contradict --tls on.
   ::unsetenv("LOCO_INSECURE");
@@ -570,9 +570,7 @@ int runBenchAllReduce(const Args& args) {
     if (!mib) return reportFailure(mib.status());
     bytes = static_cast<std::size_t>(*mib) << 20;
   }
-  if (flags.get("tls") != "on" && flags.get("tls") != "off") {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--tls takes on or off"));
-  }
+  if (auto tls = flags.getOnOff("tls"); !tls) return reportFailure(tls.status());
   if (flags.getBool("worker")) {
     if (flags.get("impl") == "gloo")
       return runGlooWorker(flags, bytes, static_cast<int>(*peers), static_cast<int>(*iters));

@@ -461,10 +461,9 @@ int runBench(const Args& args) {
   if (!baseline.empty() && baseline != "iperf3") {
     return reportFailure(Status(StatusCode::kInvalidArgument, "--baseline takes only iperf3"));
   }
-  const std::string tls = flags.get("tls");
-  if (tls != "on" && tls != "off") {
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--tls takes on or off"));
-  }
+  auto tls_flag = flags.getOnOff("tls");
+  if (!tls_flag) return reportFailure(tls_flag.status());
+  const bool tls = *tls_flag;
   p2p::LinkOptions opts;
   opts.streams = static_cast<std::uint32_t>(*streams);
   opts.chunk_bytes = static_cast<std::uint32_t>(*chunk) << 10;
@@ -480,7 +479,7 @@ int runBench(const Args& args) {
   } tmp;
   if (flags.getBool("serve") && !flags.get("tls-dir").empty()) {
     if (Status st = useTlsDir(flags.get("tls-dir")); !st.isOk()) return reportFailure(st);
-  } else if (!flags.getBool("serve") && tls == "on") {
+  } else if (!flags.getBool("serve") && tls) {
     char dir_template[] = "/tmp/loco-bench-tls-XXXXXX";
     if (::mkdtemp(dir_template) == nullptr)
       return reportFailure(Status(StatusCode::kIoError, "mkdtemp failed"));
@@ -557,7 +556,7 @@ int runBench(const Args& args) {
                        {"gbit_s", jsonFixed(med, 3)},
                        {"best_gbit_s", jsonFixed(*std::max_element(r->begin(), r->end()), 3)},
                        {"iters", r->size()},
-                       {"tls", tls == "on"}});
+                       {"tls", tls}});
   if (relay_host > 0) line["relay_host"] = relay_host;
   if (iperf) line["ratio_vs_iperf3"] = jsonFixed(med / *iperf, 3);
   std::printf("%s\n", jsonDump(line).c_str());

@@ -101,16 +101,13 @@ int runChaos(const Args& args) {
         kinds.push_back(*k);
       }
     }
-    const std::string coord = flags.get("coordinator-faults");
-    if (coord != "on" && coord != "off")
-      return reportFailure(
-          Status(StatusCode::kInvalidArgument, "--coordinator-faults takes on or off"));
+    auto coord = flags.getOnOff("coordinator-faults");
+    if (!coord) return reportFailure(coord.status());
     // Failovers need a standby coordinator: a random run that may draw them has one.
-    if (coord == "on" &&
-        std::find(kinds.begin(), kinds.end(), chaos::FaultKind::kFailover) != kinds.end())
+    if (*coord && std::find(kinds.begin(), kinds.end(), chaos::FaultKind::kFailover) != kinds.end())
       scenario.swarm.standby = true;
     scenario = chaos::randomScenario(scenario, static_cast<std::uint64_t>(*seed), duration_s, kinds,
-                                     coord == "on");
+                                     *coord);
     if (scenario.name == "chaos") scenario.name = "chaosr";
     // Long runs take longer than their schedule: faults slow them.
     scenario.swarm.timeout_s = std::max(scenario.swarm.timeout_s, 3 * duration_s);

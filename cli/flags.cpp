@@ -126,6 +126,13 @@ Result<std::int64_t> Flags::getInt(const std::string& name, std::int64_t min,
   return out;
 }
 
+Result<bool> Flags::getOnOff(const std::string& name) const {
+  const std::string v = get(name);
+  if (v == "on" || v == "off") return v == "on";
+  return Status(StatusCode::kInvalidArgument,
+                fmt::format("--{} (or {}) takes on or off, got '{}'", name, envName(name), v));
+}
+
 std::string Flags::usage() const {
   std::string out =
       fmt::format("usage: loco {} [flags]\n  {}\n\nflags (each also as an environment variable):\n",

@@ -41,6 +41,8 @@ class Flags {
   bool getBool(const std::string& name) const;
   // Integer in [min, max]; kInvalidArgument names the flag, its env twin and the range.
   Result<std::int64_t> getInt(const std::string& name, std::int64_t min, std::int64_t max) const;
+  // An on|off flag; kInvalidArgument names the flag, its env twin and the value for anything else.
+  Result<bool> getOnOff(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
   std::string usage() const;
 

@@ -98,11 +98,8 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   for (const auto* r : {&rank, &world_hint, &wait_for, &nan_round}) {
     if (!*r) return reportFailure(r->status());
   }
-  const std::string topology = flags.get("measure-topology");
-  if (topology != "on" && topology != "off") {
-    return reportFailure(
-        Status(StatusCode::kInvalidArgument, "--measure-topology takes on or off"));
-  }
+  auto topology = flags.getOnOff("measure-topology");
+  if (!topology) return reportFailure(topology.status());
   config->train.rank = static_cast<std::uint32_t>(*rank);
   config->train.world = static_cast<std::uint32_t>(std::max<std::int64_t>(*world_hint, *rank + 1));
   config->wait_for_world = static_cast<std::size_t>(*wait_for);
@@ -154,7 +151,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   o.advertise = setup.advertise;
   o.relay = setup.relay;
   o.streams = setup.streams;
-  o.measure_topology = topology == "on";
+  o.measure_topology = *topology;
   auto comm = collectives::Communicator::create(o, Deadline::after(setup.connect_timeout));
   if (!comm) {
     if (metrics) std::fclose(metrics);

@@ -1026,13 +1026,11 @@ int runLocal(const Args& args) {
   for (const auto* r : {&peers, &hold, &backoff, &max_restarts, &hb_interval, &hb_timeout}) {
     if (!*r) return reportFailure(r->status());
   }
-  const std::string restart = flags.get("restart-dead");
-  if (restart != "on" && restart != "off")
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--restart-dead takes on or off"));
-  const std::string standby = flags.get("standby");
-  if (standby != "on" && standby != "off")
-    return reportFailure(Status(StatusCode::kInvalidArgument, "--standby takes on or off"));
-  if (standby == "on" && !training)
+  auto restart = flags.getOnOff("restart-dead");
+  if (!restart) return reportFailure(restart.status());
+  auto standby = flags.getOnOff("standby");
+  if (!standby) return reportFailure(standby.status());
+  if (*standby && !training)
     return reportFailure(
         Status(StatusCode::kInvalidArgument, "--standby is for training runs, not --idle"));
   auto overrides = parsePeerOverrides(flags.getAll("peer"), static_cast<int>(*peers));
@@ -1054,7 +1052,7 @@ int runLocal(const Args& args) {
   }
   Swarm s;
   s.training = training;
-  s.restart_dead = restart == "on";
+  s.restart_dead = *restart;
   s.restart_backoff = Millis(*backoff);
   s.max_restarts = static_cast<int>(*max_restarts);
   s.heartbeat_interval_ms = static_cast<int>(*hb_interval);
@@ -1100,13 +1098,12 @@ int runLocal(const Args& args) {
     if (Status st = lab::enterHost(*cfg, 1); !st.isOk()) return reportFailure(st);
     s.lab = std::move(cfg.value());
   }
-  if (const std::string mt = flags.get("measure-topology"); mt.empty()) {
+  if (flags.get("measure-topology").empty()) {
     s.measure_topology = s.lab.has_value();
-  } else if (mt == "on" || mt == "off") {
-    s.measure_topology = mt == "on";
   } else {
-    return reportFailure(
-        Status(StatusCode::kInvalidArgument, "--measure-topology takes on or off"));
+    auto mt = flags.getOnOff("measure-topology");
+    if (!mt) return reportFailure(mt.status());
+    s.measure_topology = *mt;
   }
   if (flags.get("http") != "off") {
     auto http = p2p::parseHostPort(flags.get("http"), /*allow_port_zero=*/true);
@@ -1174,10 +1171,10 @@ int runLocal(const Args& args) {
   s.say(fmt::format("local swarm: 1 coordinator + {} peers{}, logs in {}/", s.peers,
                     s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "",
                     s.out_dir));
-  s.quorum = standby == "on";
+  s.quorum = *standby;
   Status st = spawn(s, *s.children[0], 0, coordinatorArgs(s));
   if (!st.isOk()) return reportFailure(st);
-  if (standby == "on") {
+  if (*standby) {
     s.standby = std::make_unique<Child>(Child{"standby"});
     if (st = spawn(s, *s.standby, 0, coordinatorArgs(s, true)); !st.isOk()) {
       signalChild(*s.children[0], SIGKILL);

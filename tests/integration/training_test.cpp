@@ -295,6 +295,8 @@ TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
       {{"--data", corpus, "--quant-block", "1024"}, "--quant-block"},
       {{"--data", corpus, "--wire", "int8", "--quant-block", "0"}, "--quant-block"},
       {{"--data", corpus, "--kill-at", "100", "--join-at", "50"}, "--join-at"},
+      {{"--data", corpus, "--standby", "yes"}, "--standby (or LOCO_STANDBY) takes on or off"},
+      {{"--data", corpus, "--measure-topology", "1"}, "--measure-topology"},
   };
   std::filesystem::create_directories(dir.path() + "/empty-dir");
   for (const Case& c : cases) {
