@@ -34,6 +34,7 @@ runs=(
   "streaming-p2-t2-int4|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4"
   "noloco-h15|--inner-steps 15 --method noloco"
   "noloco-h15-8peers|--inner-steps 15 --method noloco --peers 8"
+  # eager's default outer lr is 0.5 (0.7, blocking DiLoCo's, gave +6.7 % / +7.5 % here)
   "eager-h30|--inner-steps 30 --overlap eager"
   "naive-h30|--inner-steps 30 --overlap naive"
   "streaming-kill300-join400|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4 --kill-at 300 --join-at 400"

@@ -74,6 +74,15 @@ TEST(SyncMethods, EagerOverlapKeepsDigestsAndBeatsNaive) {
   const double u = maxField(dir.file("eager/peer-1.jsonl"), "utilization");
   EXPECT_GT(u, 0.0);
   EXPECT_LE(u, 1.0);
+  // Eager's default outer learning rate is 0.5 (blocking DiLoCo's 0.7 overshoots with the
+  // stand-in Δ): the same run with --outer-lr 0.5 given is the same run, bit for bit.
+  ASSERT_EQ(runLocal(dir, dir.file("eager05"),
+                     with(base, {"--overlap", "eager", "--outer-lr", "0.5"}), &log),
+            0)
+      << log;
+  auto eager05 = readJsonl(dir.file("eager05/run.jsonl"));
+  ASSERT_EQ(eager05.size(), eager.size());
+  for (std::size_t i = 0; i < eager.size(); ++i) EXPECT_EQ(eager05[i].val, eager[i].val) << i;
   ASSERT_EQ(runLocal(dir, dir.file("naive"), with(base, {"--overlap", "naive"}), &log), 0) << log;
   EXPECT_NE(log.find(kAgree), std::string::npos) << log;
   auto naive = readJsonl(dir.file("naive/run.jsonl"));
