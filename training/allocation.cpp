@@ -26,4 +26,10 @@ std::uint32_t speedShare(std::uint32_t batch, double peers, double mine, double 
   return static_cast<std::uint32_t>(std::clamp(share, 1.0, total));
 }
 
+double smoothedSpeed(double previous, double measured) {
+  if (!(measured > 0) || !std::isfinite(measured)) return previous;
+  if (!(previous > 0)) return measured;
+  return (1 - kSpeedSmoothing) * previous + kSpeedSmoothing * measured;
+}
+
 }  // namespace loco::training

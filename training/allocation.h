@@ -28,4 +28,12 @@ Result<Allocation> parseAllocation(std::string_view name);
 // batch·peers; `batch` when there is nothing to go by (mine or sum not positive, peers < 1).
 std::uint32_t speedShare(std::uint32_t batch, double peers, double mine, double sum);
 
+// The throughput the split goes by: an exponential average over rounds of the measured tokens/s,
+// the newest round weighted kSpeedSmoothing. One round's figure is noisy where peers share
+// cores, and a split that follows it oscillates: a peer given less work one round looks slow the
+// next (measured in the lab, one host at cpu=0.33: its share swung between 8 and 14 windows of
+// 64). previous <= 0 (no history): the measurement as it is; a measurement <= 0 keeps previous.
+inline constexpr double kSpeedSmoothing = 0.25;
+double smoothedSpeed(double previous, double measured);
+
 }  // namespace loco::training

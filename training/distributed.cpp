@@ -406,7 +406,7 @@ class Run {
         std::transform(contribution_.begin(), contribution_.begin() + count, reduce_buf_.begin(),
                        [n](float x) { return x * n; });
         r.stats[kStatWindows] = n;
-        r.stats[kStatTokensPerS] = static_cast<float>(last_tokens_per_s_);
+        r.stats[kStatTokensPerS] = static_cast<float>(speed_tokens_per_s_);
       } else {
         std::copy_n(contribution_.begin(), count, reduce_buf_.begin());
       }
@@ -530,7 +530,7 @@ class Run {
     if (testing() && contributors > 0) rec.batch_wanted = batchTest(r);
     if (speedSplit()) {
       // A peer without a contribution this round (a joiner) takes the mean share.
-      share_ = speedShare(currentBatch(), contributors, contributed ? last_tokens_per_s_ : 0,
+      share_ = speedShare(currentBatch(), contributors, contributed ? speed_tokens_per_s_ : 0,
                           r.stats[kStatTokensPerS]);
     }
     have_contribution_ = false;
@@ -877,6 +877,7 @@ class Run {
       last_compute_s_ = t.seconds;
       last_tokens_per_s_ =
           static_cast<double>(t.steps_run) * t.windows * cfg_.train.model.context / t.seconds;
+      speed_tokens_per_s_ = smoothedSpeed(speed_tokens_per_s_, last_tokens_per_s_);
     }
     contribution_tokens_ = static_cast<double>(t.steps_run) * t.windows * cfg_.train.model.context;
     contribution_windows_ = t.windows;
@@ -1099,6 +1100,7 @@ class Run {
   std::uint64_t state_bytes_sent_ = 0, sent_reported_ = 0;
   double total_megabytes_ = 0;
   double last_tokens_per_s_ = 0;
+  double speed_tokens_per_s_ = 0;  // --allocation speed goes by this average (allocation.h)
   double last_compute_s_ = 0;
   double last_reduce_s_ = 0;
   double compute_total_s_ = 0, blocked_total_s_ = 0, round_blocked_s_ = 0;

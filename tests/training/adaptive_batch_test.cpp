@@ -179,6 +179,12 @@ TEST(Allocation, SharesFollowThroughput) {
   EXPECT_EQ(speedShare(16, 4, 3000, 10000), 19u);  // 64·0.3 = 19.2
   EXPECT_EQ(speedShare(16, 4, 1000, 10000), 6u);   // 64·0.1 = 6.4
   EXPECT_EQ(speedShare(16, 4, 2500, 10000), 16u) << "equal speeds: equal shares";
+  // The split goes by an average: 0.75·1000 + 0.25·2000 = 1250; the first figure as it is; a
+  // round without a measurement changes nothing.
+  EXPECT_DOUBLE_EQ(smoothedSpeed(0, 1000), 1000);
+  EXPECT_DOUBLE_EQ(smoothedSpeed(1000, 2000), 1250);
+  EXPECT_DOUBLE_EQ(smoothedSpeed(1250, 0), 1250);
+  EXPECT_DOUBLE_EQ(smoothedSpeed(1250, std::nan("")), 1250);
   EXPECT_EQ(speedShare(16, 4, 0, 10000), 16u) << "a joiner takes the mean share";
   EXPECT_EQ(speedShare(16, 0, 10, 10), 16u);
   EXPECT_EQ(speedShare(16, 4, 1, 1e9), 1u) << "at least one window";
