@@ -9,10 +9,18 @@
 #       holds when it completes inside the budget (GNU time's peak resident set); the same batch
 #       in one pass is reported beside it.
 #
+#   E10 speed-aware allocation on heterogeneous hosts (needs root: a lab): 4 hosts (100 Mbit/s,
+#       25 ms one way), host 4 at cpu=0.33 (a cgroup quota), 4 peers (peer 3 sits in host 4), the
+#       same run with --allocation equal and speed. Holds when speed processes >= 1.5x the tokens
+#       per wall second, reaches a lower val loss at the wall time speed needed (equal's val loss
+#       interpolated there), and the slow peer's local phase never exceeds the slowest other
+#       peer's by more than 10 % after the first round (which runs before any speed is known).
+#
 #   training/batch_experiments.sh [OUT_DIR] [SEEDS...]   (default: loco-batch-experiments, 1 2)
 #
 # Model and schedule as training/experiments.sh (width 128, 2 layers, context 64, 600 steps) unless
-# MODEL is set, e.g. MODEL="--width 64 --context 32 --steps 300" for a quick look. ONLY=E8 skips E7. Prints one JSON
+# MODEL is set, e.g. MODEL="--width 64 --context 32 --steps 300" for a quick look (E10: 300 steps,
+# E10_STEPS). ONLY=E7|E8|E10 runs one of them. Prints one JSON
 # line per run and one per criterion and seed ({"check":"E7",...,"holds":...}).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -53,7 +61,7 @@ run() {  # name seed flags...
 }
 
 for seed in "${seeds[@]}"; do
-  [ "${ONLY:-}" = E8 ] && break
+  [ -n "${ONLY:-}" ] && [ "${ONLY}" != E7 ] && break
   run fixed-h30 "$seed" --inner-steps 30
   run norm-h30 "$seed" --inner-steps 30 --batch 4 --batch-test norm --batch-eta 0.8 --max-batch 64
   run norm-h30-steps "$seed" --inner-steps 30 --batch 4 --batch-test norm --batch-eta 0.8 \
@@ -83,6 +91,7 @@ done
 # and once more without switch mode (one pass of the whole batch) for comparison. Holds when the
 # switch-mode run completes with its peak resident set (GNU time, the largest process) inside
 # the budget.
+if [ -z "${ONLY:-}" ] || [ "${ONLY}" = E8 ]; then
 budget="${E8_BUDGET_MIB:-230}"
 e8() {  # name batch flags...
   local name="$1" batch="$2" dir="$out/e8-$1" status=0
@@ -122,4 +131,66 @@ PY
 else
   echo "{\"check\":\"E8\",\"holds\":false,\"why\":\"the probe run measured no b_max (exit $probe_status)\"}" \
     | tee -a "$results"
+fi
+fi
+
+# E10: speed-aware allocation, host 4 of a lab at cpu=0.33 (see the top of this file).
+if [ -z "${ONLY:-}" ] || [ "${ONLY}" = E10 ]; then
+lab="${E10_LAB:-e10lab}"
+"$loco" lab down "$lab" > /dev/null 2>&1 || true
+"$loco" lab up "$lab" --hosts 4 --delay-ms 25 --rate-mbit 100 --host 4:cpu=0.33 \
+  > "$out/e10-lab.log" 2>&1
+trap '"$loco" lab down "$lab" > /dev/null 2>&1 || true' EXIT
+for seed in "${seeds[@]}"; do
+  for alloc in equal speed; do
+    dir="$out/e10-$alloc-seed$seed"
+    status=0
+    "$loco" local --lab "$lab" --seed "$seed" --out "$dir" --log-level warn "${model[@]}" \
+      --steps "${E10_STEPS:-300}" --inner-steps 30 --allocation "$alloc" > "$dir.log" 2>&1 \
+      || status=$?
+    echo "{\"run\":\"e10-$alloc\",\"seed\":$seed,\"exit\":$status}" | tee -a "$results"
+  done
+  python3 - "$out" "$seed" <<'PY' | tee -a "$results"
+import glob, json, sys
+out, seed = sys.argv[1], int(sys.argv[2])
+def run(alloc):
+    d = f"{out}/e10-{alloc}-seed{seed}"
+    lines = [json.loads(l) for l in open(f"{d}/run.jsonl") if l.strip()]
+    vals = [(l["wall_s"], l["val_loss"]) for l in lines if l["val_loss"] is not None]
+    tokens = sum(l.get("tokens", 0) for l in lines)
+    # Each peer's local phase per round: the difference of its cumulative compute_s.
+    phase = {}
+    for p in sorted(glob.glob(f"{d}/peer-*.jsonl")):
+        prev, rounds = None, {}
+        for l in (json.loads(x) for x in open(p) if x.strip()):
+            if prev is not None and l["pid"] == prev["pid"] and l["step"] == prev["step"] + 1:
+                rounds[l["step"]] = l["compute_s"] - prev["compute_s"]
+            prev = l
+        phase[p.split("/")[-1][:-6]] = rounds
+    return {"wall_s": lines[-1]["wall_s"], "tokens": tokens, "vals": vals, "phase": phase,
+            "final_val_loss": vals[-1][1]}
+eq, sp = run("equal"), run("speed")
+def val_at(vals, t):  # the val loss of a run at wall time t, linear between evaluations
+    for (t0, v0), (t1, v1) in zip(vals, vals[1:]):
+        if t0 <= t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+    return vals[-1][1] if t >= vals[-1][0] else vals[0][1]
+slow = "peer-3"  # in host 4
+ratios = []
+for step, mine in sp["phase"].get(slow, {}).items():
+    others = [r[step] for name, r in sp["phase"].items() if name != slow and step in r]
+    if step > 1 and others and max(others) > 0:
+        ratios.append(mine / max(others))
+tps = lambda r: r["tokens"] / r["wall_s"]
+eq_at = val_at(eq["vals"], sp["wall_s"])
+print(json.dumps({"check": "E10", "seed": seed,
+                  "tokens_per_wall_s": {"equal": round(tps(eq)), "speed": round(tps(sp))},
+                  "speed_over_equal": round(tps(sp) / tps(eq), 3),
+                  "wall_s": {"equal": eq["wall_s"], "speed": sp["wall_s"]},
+                  "val_loss_at_speed_end": {"equal": round(eq_at, 4), "speed": sp["final_val_loss"]},
+                  "slow_phase_over_slowest_other_max": round(max(ratios), 3) if ratios else None,
+                  "holds": tps(sp) >= 1.5 * tps(eq) and sp["final_val_loss"] < eq_at
+                           and bool(ratios) and max(ratios) <= 1.10}))
+PY
+done
 fi
