@@ -1,9 +1,10 @@
 #pragma once
 // Speed-aware work split (--allocation speed): the group's samples per inner step (peers × the
 // per-peer batch, which the batch test may grow) are divided in proportion to each peer's
-// measured throughput (tokens/s of its last local phase), so a slow peer computes fewer windows
-// per step and all peers finish their H steps at about the same time. The round's average then
-// weighs each peer's Δ (DDP: gradient) by the windows it processed: Σ n_m·Δ_m / Σ n_m.
+// measured throughput (tokens/s of its local phases, averaged: smoothedSpeed), so a slow peer
+// computes fewer windows per step and all peers finish their H steps at about the same time.
+// The round's average then weighs each peer's Δ (DDP: gradient) by the windows it processed:
+// Σ n_m·Δ_m / Σ n_m.
 //
 // Every peer computes its own share from its own throughput and the group's sum (carried by the
 // round's statistics), so the split needs no extra message. A peer with no measurement yet (a
