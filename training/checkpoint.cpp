@@ -23,9 +23,10 @@ static_assert(std::endian::native == std::endian::little,
               "checkpoints are written in host order = little-endian");
 
 constexpr std::array<char, 8> kMagic = {'L', 'O', 'C', 'O', 'C', 'K', 'P', 'T'};
-constexpr std::uint32_t kVersion = 2;
-constexpr std::uint32_t kOldestVersion = 1;  // no batch fields
-constexpr std::size_t kBatchBytes = 2 * 8;   // version 2's batch and schedule_samples
+constexpr std::uint32_t kVersion = 3;
+constexpr std::uint32_t kOldestVersion = 1;     // no batch fields
+constexpr std::size_t kBatchBytes = 2 * 8;      // version 2's batch and schedule_samples
+constexpr std::size_t kStreamingBytes = 4 * 8;  // version 3's local_step and pending steps
 constexpr std::size_t kSections = 5;
 constexpr std::size_t kHeaderBytes = 8 + 4 + 4 + 5 * 4 + 4 * 8;
 constexpr std::size_t kChecksumBytes = 8;
@@ -126,7 +127,8 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   }
 
   std::vector<std::uint8_t> out;
-  out.reserve(kHeaderBytes + kSections * 8 + 5 * n * sizeof(float) + kBatchBytes + kChecksumBytes);
+  out.reserve(kHeaderBytes + kSections * 8 + 5 * n * sizeof(float) + kBatchBytes + kStreamingBytes +
+              kChecksumBytes);
   out.insert(out.end(), kMagic.begin(), kMagic.end());
   put<std::uint32_t>(out, kVersion);
   put<std::uint32_t>(out, 0);
@@ -138,6 +140,9 @@ Status saveCheckpoint(const std::string& path, const TrainingState& s) {
   for (const auto& [name, v] : sections) putFloats(out, *v);
   put<std::uint64_t>(out, s.batch);
   put<std::uint64_t>(out, s.schedule_samples);
+  for (std::uint64_t f : {s.local_step, s.pending_steps, s.pending_losses})
+    put<std::uint64_t>(out, f);
+  put<double>(out, s.pending_loss_sum);
   put<std::uint64_t>(out, XXH3_64bits(out.data(), out.size()));
 
   const std::filesystem::path target(path);
@@ -229,8 +234,8 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
     return dataLoss(path, "its header holds an invalid model (" + v.message() + ")");
   }
   const std::uint64_t n = paramCount(s.model);
-  const std::uint64_t max_size =
-      kHeaderBytes + kSections * (8 + n * sizeof(float)) + kBatchBytes + kChecksumBytes;
+  const std::uint64_t max_size = kHeaderBytes + kSections * (8 + n * sizeof(float)) + kBatchBytes +
+                                 kStreamingBytes + kChecksumBytes;
   if (size > max_size) {
     ::close(fd);
     return dataLoss(
@@ -261,6 +266,10 @@ Result<TrainingState> loadCheckpoint(const std::string& path) {
   }
   if (version >= 2 && (!r.get(s.batch) || !r.get(s.schedule_samples))) {
     return dataLoss(path, "the batch fields are missing (truncated?)");
+  }
+  if (version >= 3 && (!r.get(s.local_step) || !r.get(s.pending_steps) ||
+                       !r.get(s.pending_losses) || !r.get(s.pending_loss_sum))) {
+    return dataLoss(path, "the streaming fields are missing (truncated?)");
   }
   if (r.pos() != body)
     return dataLoss(path,

@@ -3,7 +3,7 @@
 // uninterrupted run (batches are a pure function of (seed, rank, step), so no sampler state is
 // stored). No LibTorch.
 //
-// File format (little-endian), version 2:
+// File format (little-endian), version 3:
 //   "LOCOCKPT" · u32 version · u32 reserved(0)
 //   u32 width, layers, heads, context, vocab
 //   u64 seed, step, outer_step, adam_steps
@@ -11,8 +11,10 @@
 //   adam_v
 //     (count is 0 or the model's parameter count)
 //   u64 batch, schedule_samples (the adaptive batch's shared state; 0 and 0: none)
+//   u64 local_step, pending_steps, pending_losses, f64 pending_loss_sum (Streaming DiLoCo's
+//     steps past the last fragment sync; 0: none)
 //   u64 XXH3-64 of every byte before it
-// Version 1 (no batch fields) is still read: it loads with batch 0 and schedule_samples 0.
+// Versions 1 (no batch fields) and 2 (no streaming fields) are still read, with zeros there.
 // Writes are atomic: a temporary file in the same directory, fsync, rename over the target,
 // fsync of the directory. A crash leaves either the old checkpoint or the new one, never a mix.
 //
@@ -44,6 +46,13 @@ struct TrainingState {
   // version-1 file).
   std::uint64_t batch = 0;
   std::uint64_t schedule_samples = 0;
+  // Streaming DiLoCo: `params` have trained on past `step` (the fragment sync's step) up to
+  // local_step, overlapped with that sync; the next round reports those steps' losses too.
+  // 0: no such steps (other methods, or a version-1/2 file).
+  std::uint64_t local_step = 0;
+  std::uint64_t pending_steps = 0;
+  std::uint64_t pending_losses = 0;
+  double pending_loss_sum = 0;
 };
 
 // Errors: kInvalidArgument (invalid model, or a vector that is neither empty nor paramCount

@@ -313,6 +313,17 @@ class Run {
     // keeps 0 there, as in the run that wrote the checkpoint, so that a resumed peer's shared
     // state is bit for bit what the group held at that step.
     if (!diloco_) progress_[kAdamSteps] = static_cast<std::int64_t>(s.adam_steps);
+    if (streaming_ && s.local_step > s.step) {
+      // The parameters are this peer's merged fragments τ steps past the sync: go on from there
+      // if the group is still where the checkpoint was written (apply() decides).
+      overlap_ran_ = true;
+      local_step_ = s.local_step;
+      pending_ = Trained{};
+      pending_.steps_run = s.pending_steps;
+      pending_.losses = s.pending_losses;
+      pending_.loss_sum = s.pending_loss_sum;
+      resumed_local_for_ = progress_[kOuterStep];
+    }
     resumeBatch(s);
     LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}{}", checkpointPath(),
              s.outer_step, s.step,
@@ -536,8 +547,16 @@ class Run {
     have_contribution_ = false;
     if (streaming_) {
       // A peer without a Δ in this round (the first round, a joiner, a dropped Δ) starts from
-      // the global copies; the others keep their merged fragments.
-      if (!contributed) std::copy(theta_.begin(), theta_.end(), trainer_.paramData());
+      // the global copies; the others keep their merged fragments. So does a peer resumed from
+      // its checkpoint while the group is still at that checkpoint's outer step (a whole group
+      // stopped and started again): its merged fragments are what it would hold had it not
+      // stopped.
+      const bool resumed_current = resumed_local_for_ == progress_[kOuterStep];
+      resumed_local_for_ = -1;
+      if (!contributed && !resumed_current) {
+        std::copy(theta_.begin(), theta_.end(), trainer_.paramData());
+        overlap_ran_ = false;  // steps past a sync the group has moved beyond
+      }
     } else if (diloco_) {
       std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
     }
@@ -615,6 +634,12 @@ class Run {
     if (testing()) {
       s.batch = static_cast<std::uint64_t>(batch_state_[kBatchSize]);
       s.schedule_samples = static_cast<std::uint64_t>(batch_state_[kScheduleSamples]);
+    }
+    if (streaming_ && overlap_ran_) {  // written after a fragment sync: τ steps trained past it
+      s.local_step = local_step_;
+      s.pending_steps = pending_.steps_run;
+      s.pending_losses = pending_.losses;
+      s.pending_loss_sum = pending_.loss_sum;
     }
     std::error_code ec;
     std::filesystem::create_directories(cfg_.checkpoint_dir, ec);
@@ -1092,8 +1117,9 @@ class Run {
   // Streaming: the fragments' ranges and scratch space for one fragment.
   std::vector<std::vector<Range>> fragments_;
   std::vector<float> fragment_theta_, fragment_momentum_, fragment_local_;
-  std::uint64_t local_step_ = 0;  // the next inner step after the overlap phase
-  Trained pending_;               // the overlap phase's steps, reported with the round's
+  std::uint64_t local_step_ = 0;         // the next inner step after the overlap phase
+  std::int64_t resumed_local_for_ = -1;  // streaming: the outer step a checkpoint resumed at
+  Trained pending_;                      // the overlap phase's steps, reported with the round's
   // NoLoCo
   std::vector<float> exchange_delta_, exchange_phi_, mean_delta_, mean_phi_;
   bool noloco_has_phi_ = false;

@@ -2,6 +2,7 @@
 // a generated corpus. The binary links LibTorch; this test binary does not (it only starts it).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -311,13 +312,23 @@ TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
 
 // Checkpoints: a run stopped (Ctrl+C) after some rounds and resumed from its checkpoints goes on
 // with exactly the losses of the uninterrupted run.
-TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
+void resumedRunContinuesWithTheLossesOfAnUninterruptedOne(
+    const std::vector<std::string>& method_flags, std::size_t outer_steps) {
   TempDir dir;
   auto flags = tiny(writeCorpus(dir));
   // Slow enough (about 6 s) to be stopped in the middle.
   for (std::string f :
        {"--peers", "2", "--steps", "2000", "--inner-steps", "100", "--eval-every", "1"}) {
     flags.push_back(f);
+  }
+  for (std::size_t i = 0; i + 1 < method_flags.size(); i += 2) {  // replace or append
+    auto it = std::find(flags.begin(), flags.end(), method_flags[i]);
+    if (it != flags.end()) {
+      *std::next(it) = method_flags[i + 1];
+    } else {
+      flags.push_back(method_flags[i]);
+      flags.push_back(method_flags[i + 1]);
+    }
   }
   auto with = [&](std::vector<std::string> extra) {
     auto all = flags;
@@ -326,7 +337,7 @@ TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
   };
   ASSERT_EQ(runLocal(dir, dir.file("whole"), flags), 0);
   const auto whole = readJsonl(dir.file("whole/run.jsonl"));
-  ASSERT_EQ(whole.size(), 21u);
+  ASSERT_EQ(whole.size(), outer_steps + 1);
 
   {  // Stop it once a few rounds are through.
     std::vector<std::string> args{"local", "--out", dir.file("first")};
@@ -340,7 +351,7 @@ TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
   }
   const auto first = readJsonl(dir.file("first/peer-1.jsonl"));
   ASSERT_GE(first.size(), 5u);
-  ASSERT_LT(first.back().step, 20u) << "stopped before the end";
+  ASSERT_LT(first.back().step, outer_steps) << "stopped before the end";
   std::string log;
   ASSERT_EQ(runLocal(dir, dir.file("second"),
                      with({"--checkpoint-dir", dir.file("ckpt"), "--resume"}), &log),
@@ -356,8 +367,19 @@ TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
     EXPECT_EQ(l.val, whole[l.step].val) << "step " << l.step;
     ++compared;
   }
-  EXPECT_EQ(second.back().step, 20u);
+  EXPECT_EQ(second.back().step, outer_steps);
   EXPECT_GE(compared, 1u);
+}
+
+TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
+  resumedRunContinuesWithTheLossesOfAnUninterruptedOne({}, 20);  // 1 block: blocking DiLoCo
+}
+
+// Streaming DiLoCo: a checkpoint, written after a fragment sync, holds the τ steps trained past
+// it, and a group resumed at that outer step keeps its merged fragments.
+TEST(Training, ResumedStreamingRunContinuesWithTheLossesOfAnUninterruptedOne) {
+  resumedRunContinuesWithTheLossesOfAnUninterruptedOne(
+      {"--layers", "2", "--method", "streaming", "--wire", "int4"}, 40);
 }
 
 }  // namespace

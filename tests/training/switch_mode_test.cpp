@@ -84,42 +84,57 @@ std::string readAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-TEST(Checkpoint, StoresTheBatchAndTheSchedulePositionAndReadsVersion1) {
+TEST(Checkpoint, StoresTheBatchAndTheStreamingStepsAndReadsVersions1And2) {
   testing::TempDir dir;
   const std::string path = dir.file("ckpt.bin");
   TrainingState s = smallState();
   s.batch = 23;
   s.schedule_samples = 1234;
+  s.local_step = 75;
+  s.pending_steps = 5;
+  s.pending_losses = 4;
+  s.pending_loss_sum = 9.25;
   ASSERT_TRUE(saveCheckpoint(path, s).isOk());
   auto loaded = loadCheckpoint(path);
   ASSERT_TRUE(loaded.isOk()) << loaded.status().toString();
   EXPECT_EQ(loaded->batch, 23u);
   EXPECT_EQ(loaded->schedule_samples, 1234u);
   EXPECT_EQ(loaded->step, 70u);
+  EXPECT_EQ(loaded->local_step, 75u);
+  EXPECT_EQ(loaded->pending_steps, 5u);
+  EXPECT_EQ(loaded->pending_losses, 4u);
+  EXPECT_EQ(loaded->pending_loss_sum, 9.25);
 
-  // A version-1 file: the same bytes without the two batch fields, version 1, its checksum.
-  std::string bytes = readAll(path);
-  const std::size_t body = bytes.size() - 8 - 16;
-  std::string v1 = bytes.substr(0, body);
-  const std::uint32_t one = 1;
-  std::memcpy(v1.data() + 8, &one, sizeof one);
-  const std::uint64_t sum = XXH3_64bits(v1.data(), v1.size());
-  v1.append(reinterpret_cast<const char*>(&sum), sizeof sum);
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << v1;
-  auto old = loadCheckpoint(path);
-  ASSERT_TRUE(old.isOk()) << old.status().toString();
-  EXPECT_EQ(old->batch, 0u) << "version 1 has no batch";
-  EXPECT_EQ(old->schedule_samples, 0u);
-  EXPECT_EQ(old->params, s.params);
+  // Older files: the same bytes without the fields their version lacks (version 2: the four
+  // streaming fields; version 1: the two batch fields too), that version, their checksum.
+  const std::string bytes = readAll(path);
+  const std::size_t body = bytes.size() - 8;  // before the checksum
+  auto older = [&](std::uint32_t version, std::size_t cut) {
+    std::string v = bytes.substr(0, body - cut);
+    std::memcpy(v.data() + 8, &version, sizeof version);
+    const std::uint64_t sum = XXH3_64bits(v.data(), v.size());
+    v.append(reinterpret_cast<const char*>(&sum), sizeof sum);
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << v;
+    return loadCheckpoint(path);
+  };
+  auto v2 = older(2, 32);
+  ASSERT_TRUE(v2.isOk()) << v2.status().toString();
+  EXPECT_EQ(v2->batch, 23u);
+  EXPECT_EQ(v2->local_step, 0u) << "version 2 has no streaming steps";
+  EXPECT_EQ(v2->pending_loss_sum, 0.0);
+  auto v1 = older(1, 48);
+  ASSERT_TRUE(v1.isOk()) << v1.status().toString();
+  EXPECT_EQ(v1->batch, 0u) << "version 1 has no batch";
+  EXPECT_EQ(v1->schedule_samples, 0u);
+  EXPECT_EQ(v1->params, s.params);
 
-  // A version-2 file cut before its batch fields (checksum recomputed) is refused.
-  std::string cut = bytes.substr(0, body + 8);
-  const std::uint64_t cut_sum = XXH3_64bits(cut.data(), cut.size());
-  cut.append(reinterpret_cast<const char*>(&cut_sum), sizeof cut_sum);
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << cut;
-  auto bad = loadCheckpoint(path);
-  ASSERT_FALSE(bad.isOk());
-  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << bad.status().toString();
+  // A version-3 file cut before its streaming fields, or a version-2 one before its batch
+  // fields (checksums recomputed), is refused.
+  for (auto [version, cut] : {std::pair<std::uint32_t, std::size_t>{3, 32}, {2, 48}}) {
+    auto bad = older(version, cut);
+    ASSERT_FALSE(bad.isOk()) << version;
+    EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss) << bad.status().toString();
+  }
 }
 
 TEST(SwitchMode, PlansMatchHandComputations) {
