@@ -117,7 +117,7 @@ int runTrainingPeer(const Flags& flags, const TrainingPeerSetup& setup) {
   if (stoppedEarly()) return 0;
   LOG_INFO(
       training::kLogTrain, "{} peer rank {}: {} parameters, {} steps{}",
-      training::methodName(config->method), *rank, (*trainer)->numParams(), config->steps,
+      methodDescription(flags, *config), *rank, (*trainer)->numParams(), config->steps,
       config->method != training::Method::kDdp ? fmt::format(", H={}", config->inner_steps) : "");
 
   std::FILE* metrics = nullptr;

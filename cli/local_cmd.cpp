@@ -171,6 +171,7 @@ struct Swarm {
   int max_restarts = 20;  // consecutive short lives before a peer is given up
   std::string checkpoint_dir;
   std::vector<std::string> training_args;  // forwarded to every peer
+  std::string method;                      // what the peers run (--method auto resolved)
   std::uint64_t total_steps = 0;
   std::size_t next_peer = 1;  // the next child to start (kStartPeers)
   std::int64_t kill_at = -1, join_at = -1;
@@ -1064,6 +1065,7 @@ int runLocal(const Args& args) {
     auto corpus = training::TextCorpus::load(config->train.data, config->train.model.context);
     if (!corpus) return reportFailure(corpus.status());
     s.training_args = forwardedTrainingFlags(flags);
+    s.method = methodDescription(flags, *config);
     s.total_steps = config->steps;
     s.checkpoint_dir = config->checkpoint_dir;
     for (auto [name, out] :
@@ -1171,6 +1173,7 @@ int runLocal(const Args& args) {
   s.say(fmt::format("local swarm: 1 coordinator + {} peers{}, logs in {}/", s.peers,
                     s.lab ? fmt::format(" in lab {} ({} hosts)", s.lab->name, s.lab->hosts) : "",
                     s.out_dir));
+  if (s.training) s.say("training with " + s.method);
   s.quorum = *standby;
   Status st = spawn(s, *s.children[0], 0, coordinatorArgs(s));
   if (!st.isOk()) return reportFailure(st);

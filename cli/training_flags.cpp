@@ -16,23 +16,31 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"sharding", "iid (every peer samples the whole corpus) or contiguous (a slice per peer)",
        "iid"},
       {"method",
-       "ddp (gradients all-reduced every step), diloco, streaming (Streaming DiLoCo: one "
-       "fragment per sync, overlapped) or noloco (pairwise gossip, no all-reduce)",
-       "diloco"},
+       "auto (Streaming DiLoCo with 2 fragments, 5 overlapped steps and int4 Δ, the fastest on a "
+       "wide-area network at DiLoCo's loss; blocking diloco where streaming does not apply, said "
+       "at start), ddp (gradients all-reduced every step), diloco, streaming (Streaming DiLoCo: "
+       "one fragment per sync, overlapped) or noloco (pairwise gossip, no all-reduce)",
+       "auto"},
       {"overlap",
        "diloco: none (the all-reduce blocks), eager (it runs while the next round trains; "
        "this peer's fresh Δ stands in for its share) or naive (WARNING: applies the average one "
        "round late, which hurts the loss badly; for comparison only)",
        "none"},
       {"fragments", "streaming: P fragments, strided over the blocks (P must divide H)", "2"},
-      {"overlap-steps", "streaming: τ inner steps each fragment's all-reduce overlaps (0..5)", "2"},
+      {"overlap-steps",
+       "streaming: τ inner steps each fragment's all-reduce overlaps (0..5; default 5, or H/P - 1 "
+       "where that is less)",
+       ""},
       {"merge-alpha", "streaming: local fragment ← α·local + (1−α)·global", "0.5"},
       {"noloco-alpha", "noloco: momentum of the outer update δ", "0.5"},
       {"noloco-beta", "noloco: weight of the group's mean Δ", "0.7"},
       {"noloco-gamma", "noloco: pull toward the group's mean φ", "0.7"},
       {"inner-steps", "DiLoCo: inner steps per round (H)", "30"},
       {"steps", "inner steps per peer for the whole run", "600"},
-      {"wire", "how Δ (DDP: gradients) travel: raw, fp16, bf16, int8 or int4", "raw"},
+      {"wire",
+       "how Δ (DDP: gradients) travel: raw, fp16, bf16, int8 or int4 (default: int4 under --method "
+       "auto when it picks streaming, else raw)",
+       ""},
       {"quant-block",
        "int8/int4: values per 2-byte scale (1024: 3.99x / 7.96x fewer bytes than fp32; 16: more "
        "exact)",
@@ -189,19 +197,82 @@ Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
   return Status();
 }
 
+// --method auto is the configuration measured fastest in the wide-area lab at blocking DiLoCo's
+// loss (README, "Which method by default"): Streaming DiLoCo, 2 fragments, 5 overlapped steps,
+// int4 Δ.
+constexpr std::int64_t kAutoFragments = 2;
+constexpr std::int64_t kAutoOverlapSteps = 5;
+constexpr collectives::Wire kAutoWire = collectives::Wire::kInt4;
+
+// Why --method auto cannot run Streaming DiLoCo with these flags (it runs blocking DiLoCo then),
+// or "" when it can. Every peer decides alike: the flags and model shape are the group's.
+std::string autoStreamingBlocker(const Flags& flags, std::int64_t inner, std::int64_t layers,
+                                 std::int64_t fragments) {
+  if (flags.isSet("overlap")) return "--overlap is a mode of blocking DiLoCo";
+  if (flags.get("batch-test") != "none") return "the batch test samples whole rounds";
+  if (flags.get("allocation") == "speed") return "--allocation speed weights whole-round Δ";
+  if (layers < fragments)
+    return fmt::format("the model has {} block(s) (--layers), fewer than {} fragments", layers,
+                       fragments);
+  if (inner % fragments != 0)
+    return fmt::format("--inner-steps {} is not a multiple of {} fragments", inner, fragments);
+  if (inner / fragments < 2)
+    return fmt::format("--inner-steps {} leaves no step to overlap a fragment's sync with", inner);
+  return "";
+}
+
+std::int64_t fragmentsOf(const Flags& flags) {
+  auto v = flags.getInt("fragments", 1, 1024);
+  return v ? *v : kAutoFragments;
+}
+
+std::string autoBlocker(const Flags& flags, const training::DistributedConfig& c) {
+  return autoStreamingBlocker(flags, c.inner_steps, c.train.model.layers, fragmentsOf(flags));
+}
+
 }  // namespace
+
+std::string methodDescription(const Flags& flags, const training::DistributedConfig& c) {
+  const std::string name(training::methodName(c.method));
+  if (flags.get("method") != "auto") return name;
+  if (c.method == training::Method::kStreaming) {
+    return fmt::format("{} (--method auto: {} fragments, {} overlapped steps, {} Δ)", name,
+                       c.fragments, c.overlap_steps, collectives::wireName(c.wire));
+  }
+  return fmt::format("{} (--method auto, not streaming: {})", name, autoBlocker(flags, c));
+}
 
 Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) {
   training::DistributedConfig c;
-  auto method = training::parseMethod(flags.get("method"));
-  if (!method) return method.status().withContext("--method");
-  c.method = *method;
+  const bool auto_method = flags.get("method") == "auto";
+  bool auto_streaming = false;
+  if (auto_method) {
+    auto inner = flags.getInt("inner-steps", 1, 1000000);
+    auto layers = flags.getInt("layers", 1, 1024);
+    if (!inner) return inner.status();
+    if (!layers) return layers.status();
+    auto_streaming = autoStreamingBlocker(flags, *inner, *layers, fragmentsOf(flags)).empty();
+    c.method = auto_streaming ? training::Method::kStreaming : training::Method::kDiloco;
+  } else {
+    auto method = training::parseMethod(flags.get("method"));
+    if (!method) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--method: unknown method '{}' (use auto, ddp, diloco, streaming "
+                                "or noloco)",
+                                flags.get("method")));
+    }
+    c.method = *method;
+  }
   auto overlap = training::parseOverlap(flags.get("overlap"));
   if (!overlap) return overlap.status().withContext("--overlap");
   c.overlap = *overlap;
-  auto wire = collectives::parseWire(flags.get("wire"));
-  if (!wire) return wire.status().withContext("--wire");
-  c.wire = *wire;
+  if (flags.get("wire").empty()) {
+    c.wire = auto_streaming ? kAutoWire : collectives::Wire::kRaw;
+  } else {
+    auto wire = collectives::parseWire(flags.get("wire"));
+    if (!wire) return wire.status().withContext("--wire");
+    c.wire = *wire;
+  }
   auto compress = collectives::parseCompress(flags.get("compress"));
   if (!compress) return compress.status().withContext("--compress");
   c.compress = *compress;
@@ -228,12 +299,20 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
            {"threads", 1, 256, &threads},
            {"eval-every", 1, 1000000, &eval_every},
            {"fragments", 1, 1024, &fragments},
-           {"overlap-steps", 0, 5, &overlap_steps},
            {"quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock),
             &quant_block}}) {
     auto v = flags.getInt(f.name, f.min, f.max);
     if (!v) return v.status();
     *f.out = *v;
+  }
+  // τ: as many overlapped steps as measured best, but below a fragment's H/P steps.
+  if (flags.get("overlap-steps").empty()) {
+    overlap_steps = std::clamp<std::int64_t>(inner / std::max<std::int64_t>(fragments, 1) - 1, 0,
+                                             kAutoOverlapSteps);
+  } else {
+    auto v = flags.getInt("overlap-steps", 0, 5);
+    if (!v) return v.status();
+    overlap_steps = *v;
   }
   // A long warm-up keeps DiLoCo's outer momentum from amplifying the large early Δ (with 20 steps
   // of 600, H=10 stalled near 2.8 nats; with 200 it reaches 2.19, see the README). The cap keeps
@@ -293,7 +372,11 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   c.noloco.gamma = static_cast<float>(*noloco_gamma);
   for (const char* f : {"fragments", "overlap-steps", "merge-alpha"}) {
     if (flags.isSet(f) && c.method != training::Method::kStreaming) {
-      return Status(StatusCode::kInvalidArgument, fmt::format("--{} is for --method streaming", f));
+      return Status(
+          StatusCode::kInvalidArgument,
+          fmt::format(
+              "--{} is for --method streaming{}", f,
+              auto_method ? "; --method auto runs diloco here: " + autoBlocker(flags, c) : ""));
     }
   }
   for (const char* f : {"noloco-alpha", "noloco-beta", "noloco-gamma"}) {

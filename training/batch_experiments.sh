@@ -29,7 +29,8 @@ out="${1:-loco-batch-experiments}"
 shift || true
 seeds=("$@")
 [ ${#seeds[@]} -eq 0 ] && seeds=(1 2)
-model=(${MODEL:-})
+# Every run is DiLoCo (the batch test and the speed split need whole rounds), whatever the default.
+model=(--method diloco ${MODEL:-})
 mkdir -p "$out"
 results="$out/results.jsonl"
 : > "$results"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces issue 6's experiments (E1, E2, E3, E9), issue 13's (E4, E5, E6, E9 for streaming and
-# NoLoCo) and the determinism check with `loco local`:
+# NoLoCo), the default method's loss (DEFAULT) and the determinism check with `loco local`:
 # 4 peers, the 0.43M byte GPT (width 128, 2 layers, 4 heads, context 64, batch 16), 600 inner
 # steps per peer, the fortunes corpus. Prints one JSON line per run and a table at the end.
 #
@@ -23,20 +23,22 @@ results="$out/results.jsonl"
 # name | extra flags
 runs=(
   "ddp|--method ddp"
-  "diloco-h10|--inner-steps 10"
-  "diloco-h30|--inner-steps 30"
+  "diloco-h10|--method diloco --inner-steps 10"
+  "diloco-h30|--method diloco --inner-steps 30"
   "single-worker|--method ddp --peers 1"
-  "fedavg-h30|--inner-steps 30 --outer-lr 1 --outer-momentum 0"
-  "int8-h30|--inner-steps 30 --wire int8"
-  "int4-h30|--inner-steps 30 --wire int4"
-  "kill300-join400-h30|--inner-steps 30 --kill-at 300 --join-at 400"
+  "fedavg-h30|--method diloco --inner-steps 30 --outer-lr 1 --outer-momentum 0"
+  "int8-h30|--method diloco --inner-steps 30 --wire int8"
+  "int4-h30|--method diloco --inner-steps 30 --wire int4"
+  "kill300-join400-h30|--method diloco --inner-steps 30 --kill-at 300 --join-at 400"
   # issue 13: Streaming DiLoCo, NoLoCo, whole-round overlap (E4, E5, E6, E9 again)
   "streaming-p2-t2-int4|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4"
   "noloco-h15|--inner-steps 15 --method noloco"
   "noloco-h15-8peers|--inner-steps 15 --method noloco --peers 8"
   # eager's default outer lr is 0.5 (0.7, blocking DiLoCo's, gave +6.7 % / +7.5 % here)
-  "eager-h30|--inner-steps 30 --overlap eager"
-  "naive-h30|--inner-steps 30 --overlap naive"
+  "eager-h30|--method diloco --inner-steps 30 --overlap eager"
+  "naive-h30|--method diloco --inner-steps 30 --overlap naive"
+  # the default (--method auto: streaming, 2 fragments, τ=5, int4), held to E4's loss bound
+  "default|"
   "streaming-kill300-join400|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4 --kill-at 300 --join-at 400"
   "noloco-kill300-join400|--inner-steps 15 --method noloco --kill-at 300 --join-at 400"
 )
@@ -131,6 +133,10 @@ for seed in seeds:
                       "streaming": st, "rel_to_h30": round(st / h30 - 1, 5),
                       "peak_over_diloco_raw": round(peak("streaming-p2-t2-int4") / peak("diloco-h30"), 4),
                       "peak_over_diloco_int4": round(peak("streaming-p2-t2-int4") / peak("int4-h30"), 4)}))
+    df = loss("default")
+    print(json.dumps({"check": "DEFAULT", "seed": seed, "holds": df <= h30 * 1.01,
+                      "default": df, "rel_to_h30": round(df / h30 - 1, 5),
+                      "bytes_over_diloco_raw": round(mb("default") / mb("diloco-h30"), 4)}))
     nl = loss("noloco-h15")
     ratio = per_round("noloco-h15-8peers") / per_round("noloco-h15")
     print(json.dumps({"check": "E5", "seed": seed, "holds": nl <= h30 * 1.02 and abs(ratio - 1) <= 0.05,

@@ -20,10 +20,11 @@ results="$out/results.jsonl"
 
 # name | flags
 configs=(
-  "diloco-h30|--inner-steps 30"
-  "eager-h30|--inner-steps 30 --overlap eager"
+  "diloco-h30|--method diloco --inner-steps 30"
+  "eager-h30|--method diloco --inner-steps 30 --overlap eager"
   "streaming-p2-t2-int4|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 2 --wire int4"
-  "streaming-p2-t5-int4|--inner-steps 30 --method streaming --fragments 2 --overlap-steps 5 --wire int4"
+  # no method flags: --method auto, i.e. streaming P=2 τ=5 with int4 Δ (the README says why)
+  "default|"
   "noloco-h15|--inner-steps 15 --method noloco"
 )
 [ -n "${CONFIGS:-}" ] && IFS=';' read -r -a configs <<< "$CONFIGS"

@@ -125,6 +125,52 @@ TEST(SyncMethods, StreamingHalvesThePeakAndRerunsBitIdentically) {
   EXPECT_LE(syncs_s, 3) << "streaming should skip the sync points nothing calls for";
 }
 
+// No method flag: --method auto runs Streaming DiLoCo (2 fragments, int4 Δ, as many overlapped
+// steps as fit below H/P, at most 5) where the model and flags allow it, blocking DiLoCo
+// otherwise, and says which at start. The pick is bit-for-bit the explicit configuration.
+TEST(SyncMethods, AutoPicksStreamingWhereItAppliesAndSaysWhy) {
+  TempDir dir;
+  const auto base = with(set(tiny(writeCorpus(dir)), "--layers", "2"),
+                         {"--peers", "2", "--steps", "40", "--inner-steps", "10"});
+  std::string log;
+  ASSERT_EQ(runLocal(dir, dir.file("auto"), base, &log), 0) << log;
+  EXPECT_NE(log.find("training with streaming (--method auto: 2 fragments, 4 overlapped steps, "
+                     "int4 Δ)"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find(kAgree), std::string::npos) << log;
+  ASSERT_EQ(runLocal(dir, dir.file("explicit"),
+                     with(base, {"--method", "streaming", "--fragments", "2", "--overlap-steps",
+                                 "4", "--wire", "int4"}),
+                     &log),
+            0)
+      << log;
+  auto a = readJsonl(dir.file("auto/run.jsonl")), b = readJsonl(dir.file("explicit/run.jsonl"));
+  ASSERT_EQ(a.size(), 9u) << "the initial evaluation and 8 fragment syncs (every 5 steps)";
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << a[i].step;
+    EXPECT_EQ(a[i].digest, b[i].digest) << "step " << a[i].step;
+  }
+  // One block cannot be split into 2 fragments; an odd H cannot either; --overlap is DiLoCo's.
+  struct Fallback {
+    std::vector<std::string> flags;
+    std::string says;
+    std::size_t lines;  // the initial evaluation and one per whole round
+  };
+  for (const Fallback& f : std::vector<Fallback>{
+           {set(base, "--layers", "1"),
+            "the model has 1 block(s) (--layers), fewer than 2 fragments", 5},
+           {set(base, "--inner-steps", "5"), "--inner-steps 5 is not a multiple of 2 fragments", 9},
+           {with(base, {"--overlap", "eager"}), "--overlap is a mode of blocking DiLoCo", 5}}) {
+    ASSERT_EQ(runLocal(dir, dir.file("fallback"), f.flags, &log), 0) << log;
+    EXPECT_NE(log.find("training with diloco (--method auto, not streaming: " + f.says + ")"),
+              std::string::npos)
+        << log;
+    EXPECT_EQ(readJsonl(dir.file("fallback/run.jsonl")).size(), f.lines) << log;
+  }
+}
+
 TEST(SyncMethods, NolocoOddWorldGossipsDeterministically) {
   TempDir dir;
   const auto flags = with(tiny(writeCorpus(dir)), {"--peers", "3", "--steps", "60", "--inner-steps",

@@ -293,7 +293,12 @@ TEST(Training, BadInputFailsBeforeAnyPeerStarts) {
       {{"--data", corpus, "--method", "ddp", "--inner-steps", "10"}, "--inner-steps"},
       {{"--data", corpus, "--inner-steps", "700"}, "--inner-steps"},
       {{"--data", corpus, "--wire", "int3"}, "int3"},
-      {{"--data", corpus, "--quant-block", "1024"}, "--quant-block"},
+      {{"--data", corpus, "--method", "diloco", "--quant-block", "1024"}, "--quant-block"},
+      {{"--data", corpus, "--method", "fast"}, "unknown method 'fast' (use auto,"},
+      // --method auto runs blocking DiLoCo for a 1-block model, so streaming's flags are wrong.
+      {{"--data", corpus, "--layers", "1", "--fragments", "2"},
+       "--fragments is for --method streaming; --method auto runs diloco here: the model has 1 "
+       "block(s)"},
       {{"--data", corpus, "--wire", "int8", "--quant-block", "0"}, "--quant-block"},
       {{"--data", corpus, "--kill-at", "100", "--join-at", "50"}, "--join-at"},
       {{"--data", corpus, "--standby", "yes"}, "--standby (or LOCO_STANDBY) takes on or off"},
@@ -375,8 +380,9 @@ TEST(Training, ResumedRunContinuesWithTheLossesOfAnUninterruptedOne) {
   resumedRunContinuesWithTheLossesOfAnUninterruptedOne({}, 20);  // 1 block: blocking DiLoCo
 }
 
-// Streaming DiLoCo: a checkpoint, written after a fragment sync, holds the τ steps trained past
-// it, and a group resumed at that outer step keeps its merged fragments.
+// What the default (--method auto) runs on a model of 2 blocks, Streaming DiLoCo: a checkpoint,
+// written after a fragment sync, holds the τ steps trained past it, and a group resumed at that
+// outer step keeps its merged fragments.
 TEST(Training, ResumedStreamingRunContinuesWithTheLossesOfAnUninterruptedOne) {
   resumedRunContinuesWithTheLossesOfAnUninterruptedOne(
       {"--layers", "2", "--method", "streaming", "--wire", "int4"}, 40);
