@@ -63,7 +63,10 @@ std::vector<FlagSpec> trainingFlagSpecs() {
       {"warmup", "inner warm-up steps (default: a third of --steps, at most 2000)", ""},
       {"seed", "model initialisation and sampling seed", "1"},
       {"threads", "LibTorch threads per peer", "1"},
-      {"eval-every", "rounds (DDP: steps) between validation losses", "1"},
+      {"eval-every",
+       "rounds between validation losses (default 1; DDP: 10 steps; streaming: P fragment syncs, "
+       "once per H inner steps like DiLoCo)",
+       ""},
       {"checkpoint-dir", "write DIR/peer-<rank>.ckpt after every round", ""},
       {"resume", "start from the checkpoints in --checkpoint-dir", "", true},
       {"batch-test",
@@ -285,8 +288,7 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     std::int64_t* out;
   };
   std::int64_t inner = 0, steps = 0, width = 0, layers = 0, heads = 0, context = 0, batch = 0,
-               warmup = 0, seed = 0, threads = 0, eval_every = 0, quant_block = 0, fragments = 0,
-               overlap_steps = 0;
+               warmup = 0, seed = 0, threads = 0, quant_block = 0, fragments = 0, overlap_steps = 0;
   for (const IntFlag& f : std::vector<IntFlag>{
            {"inner-steps", 1, 1000000, &inner},
            {"steps", 1, 100000000, &steps},
@@ -297,7 +299,6 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
            {"batch", 1, 65536, &batch},
            {"seed", 0, (std::int64_t{1} << 62), &seed},
            {"threads", 1, 256, &threads},
-           {"eval-every", 1, 1000000, &eval_every},
            {"fragments", 1, 1024, &fragments},
            {"quant-block", 1, static_cast<std::int64_t>(collectives::kMaxQuantBlock),
             &quant_block}}) {
@@ -363,7 +364,6 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
   c.train.inner.schedule.lr = static_cast<float>(*lr);
   c.train.inner.schedule.warmup_steps = static_cast<std::uint64_t>(warmup);
   c.train.inner.schedule.total_steps = c.steps;
-  c.eval_every = static_cast<std::uint32_t>(eval_every);
   c.fragments = static_cast<std::uint32_t>(fragments);
   c.overlap_steps = static_cast<std::uint32_t>(overlap_steps);
   c.merge_alpha = static_cast<float>(*merge_alpha);
@@ -394,8 +394,20 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     return Status(StatusCode::kInvalidArgument,
                   "--outer-lr and --outer-momentum are for --method diloco");
   }
-  // DDP rounds are single steps: evaluating after each would cost more than the training.
-  if (c.method == training::Method::kDdp && !flags.isSet("eval-every")) c.eval_every = 10;
+  // Validation costs the evaluating peer (and so the whole group, which waits for it at the next
+  // sync) a forward pass over the held-out text. DDP rounds are single steps: evaluating after
+  // each would cost more than the training. A streaming sync is 1/P of a round: once per H
+  // inner steps, as for DiLoCo (after every sync it took about a tenth of the evaluating peer's
+  // time: utilization 0.87 against 0.96 for the others, 4 peers on loopback).
+  if (flags.get("eval-every").empty()) {
+    c.eval_every = c.method == training::Method::kDdp         ? 10
+                   : c.method == training::Method::kStreaming ? c.fragments
+                                                              : 1;
+  } else {
+    auto v = flags.getInt("eval-every", 1, 1000000);
+    if (!v) return v.status();
+    c.eval_every = static_cast<std::uint32_t>(*v);
+  }
   if (c.train.inner.schedule.warmup_steps >= c.steps) {
     return Status(StatusCode::kInvalidArgument,
                   fmt::format("--warmup {} must be shorter than --steps {}",
