@@ -201,9 +201,8 @@ Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
 }
 
 // --method auto is the configuration measured fastest in the wide-area lab at blocking DiLoCo's
-// loss (README, "Which method by default"): Streaming DiLoCo, 2 fragments, 5 overlapped steps,
-// int4 Δ.
-constexpr std::int64_t kAutoFragments = 2;
+// loss (README, "Which method by default"): Streaming DiLoCo, 2 fragments (the --fragments
+// default), 5 overlapped steps, int4 Δ.
 constexpr std::int64_t kAutoOverlapSteps = 5;
 constexpr collectives::Wire kAutoWire = collectives::Wire::kInt4;
 
@@ -224,13 +223,8 @@ std::string autoStreamingBlocker(const Flags& flags, std::int64_t inner, std::in
   return "";
 }
 
-std::int64_t fragmentsOf(const Flags& flags) {
-  auto v = flags.getInt("fragments", 1, 1024);
-  return v ? *v : kAutoFragments;
-}
-
 std::string autoBlocker(const Flags& flags, const training::DistributedConfig& c) {
-  return autoStreamingBlocker(flags, c.inner_steps, c.train.model.layers, fragmentsOf(flags));
+  return autoStreamingBlocker(flags, c.inner_steps, c.train.model.layers, c.fragments);
 }
 
 }  // namespace
@@ -247,35 +241,9 @@ std::string methodDescription(const Flags& flags, const training::DistributedCon
 
 Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) {
   training::DistributedConfig c;
-  const bool auto_method = flags.get("method") == "auto";
-  bool auto_streaming = false;
-  if (auto_method) {
-    auto inner = flags.getInt("inner-steps", 1, 1000000);
-    auto layers = flags.getInt("layers", 1, 1024);
-    if (!inner) return inner.status();
-    if (!layers) return layers.status();
-    auto_streaming = autoStreamingBlocker(flags, *inner, *layers, fragmentsOf(flags)).empty();
-    c.method = auto_streaming ? training::Method::kStreaming : training::Method::kDiloco;
-  } else {
-    auto method = training::parseMethod(flags.get("method"));
-    if (!method) {
-      return Status(StatusCode::kInvalidArgument,
-                    fmt::format("--method: unknown method '{}' (use auto, ddp, diloco, streaming "
-                                "or noloco)",
-                                flags.get("method")));
-    }
-    c.method = *method;
-  }
   auto overlap = training::parseOverlap(flags.get("overlap"));
   if (!overlap) return overlap.status().withContext("--overlap");
   c.overlap = *overlap;
-  if (flags.get("wire").empty()) {
-    c.wire = auto_streaming ? kAutoWire : collectives::Wire::kRaw;
-  } else {
-    auto wire = collectives::parseWire(flags.get("wire"));
-    if (!wire) return wire.status().withContext("--wire");
-    c.wire = *wire;
-  }
   auto compress = collectives::parseCompress(flags.get("compress"));
   if (!compress) return compress.status().withContext("--compress");
   c.compress = *compress;
@@ -306,10 +274,31 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
     if (!v) return v.status();
     *f.out = *v;
   }
+  const bool auto_method = flags.get("method") == "auto";
+  bool auto_streaming = false;
+  if (auto_method) {
+    auto_streaming = autoStreamingBlocker(flags, inner, layers, fragments).empty();
+    c.method = auto_streaming ? training::Method::kStreaming : training::Method::kDiloco;
+  } else {
+    auto method = training::parseMethod(flags.get("method"));
+    if (!method) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--method: unknown method '{}' (use auto, ddp, diloco, streaming "
+                                "or noloco)",
+                                flags.get("method")));
+    }
+    c.method = *method;
+  }
+  if (flags.get("wire").empty()) {
+    c.wire = auto_streaming ? kAutoWire : collectives::Wire::kRaw;
+  } else {
+    auto wire = collectives::parseWire(flags.get("wire"));
+    if (!wire) return wire.status().withContext("--wire");
+    c.wire = *wire;
+  }
   // τ: as many overlapped steps as measured best, but below a fragment's H/P steps.
   if (flags.get("overlap-steps").empty()) {
-    overlap_steps = std::clamp<std::int64_t>(inner / std::max<std::int64_t>(fragments, 1) - 1, 0,
-                                             kAutoOverlapSteps);
+    overlap_steps = std::clamp<std::int64_t>(inner / fragments - 1, 0, kAutoOverlapSteps);
   } else {
     auto v = flags.getInt("overlap-steps", 0, 5);
     if (!v) return v.status();
