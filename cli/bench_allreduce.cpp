@@ -30,6 +30,7 @@
 
 #include "cli/bench_gloo.h"
 #include "cli/commands.h"
+#include "cli/lab/nat.h"
 #include "cli/lab/net.h"
 #include "cli/tls_setup.h"
 #include "collectives/communicator.h"
@@ -211,6 +212,7 @@ int runWorker(const Flags& flags, std::size_t bytes, Wire wire, int peers, int i
     }
   }
   o.listen = *listen;
+  o.relay = flags.get("relay");
   o.streams = static_cast<std::uint32_t>(streams);
   auto algorithm = collectives::parseAllReduceAlgorithm(flags.get("algorithm"));
   if (!algorithm) return reportFailure(algorithm.status());
@@ -320,6 +322,11 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{};
   };
   auto address = [&](int host) { return cfg ? cfg->address(host) : std::string("127.0.0.1"); };
+  // Behind a lab NAT (`--host I:nat=...`) a worker binds the host's private address; the
+  // coordinator then runs a relay for peers its dial-back cannot reach (as `loco local --lab`).
+  bool nat = false;
+  for (int h = 1; cfg && h <= cfg->hosts; ++h) nat = nat || cfg->hostNat(h) != lab::NatMode::kNone;
+  auto bindAddress = [&](int host) { return cfg ? lab::insideAddress(*cfg, host) : address(host); };
   char dir_template[] = "/tmp/loco-allreduce-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) return Status(StatusCode::kIoError, "mkdtemp failed");
   const std::string dir = dir_template;
@@ -331,7 +338,7 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
   };
-  int port = 0;
+  int port = 0, relay_port = 0;
   const bool tls = flags.get("tls") == "on";  // checked by runBenchAllReduce
   // --tls decides for every child (--ca/--tls-dir or --insecure on its command line); an
   // inherited LOCO_INSECURE would contradict --tls on.
@@ -343,6 +350,10 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           address(1) + ":0", std::string("--port-file"), dir + "/port",
                           std::string("--log-level"), std::string("warn")}) {
       coord_argv.push_back(a);
+    }
+    if (nat) {
+      coord_argv.insert(coord_argv.end(),
+                        {"--relay", address(1) + ":0", "--relay-port-file", dir + "/relay.port"});
     }
     if (tls) {
       auto made = crypto::RunCa::init(dir + "/ca", std::chrono::hours(24));
@@ -364,6 +375,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
       cleanup();
       return Status(StatusCode::kTimeout, "the coordinator did not start");
     }
+    // Written before the coordinator's own port file.
+    if (nat) std::ifstream(dir + "/relay.port") >> relay_port;
   } else {
     std::filesystem::create_directories(dir + "/store");
   }
@@ -382,7 +395,7 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
                           std::string("--coordinator"),
                           fmt::format("{}:{}", address(1), port),
                           std::string("--listen"),
-                          address(host) + ":0",
+                          bindAddress(host) + ":0",
                           std::string("--rank"),
                           std::to_string(r),
                           std::string("--peers"),
@@ -408,6 +421,8 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
       argv.push_back(a);
     }
     if (flags.getBool("topology-update")) argv.push_back("--topology-update");
+    if (relay_port > 0)
+      argv.insert(argv.end(), {"--relay", fmt::format("{}:{}", address(1), relay_port)});
     if (ca) {
       const std::string id = crypto::ephemeralIdentity().id;
       const std::string tls_dir = fmt::format("{}/tls-{}", dir, r);
@@ -545,6 +560,7 @@ int runBenchAllReduce(const Args& args) {
        {"store", "internal: Gloo's rendezvous directory", ""},
        {"coordinator", "internal", ""},
        {"listen", "internal", ""},
+       {"relay", "internal: the lab coordinator's relay, for workers behind a NAT", ""},
        {"rank", "internal", ""},
        {"out", "internal", ""}});
   if (int rc = parseAndSetUp(flags, args, "bench"); rc >= 0) return rc;
