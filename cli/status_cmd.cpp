@@ -8,6 +8,7 @@
 #include "p2p/base/json.h"
 #include "p2p/base/text.h"
 #include "p2p/status_client.h"
+#include "p2p/traversal.h"
 
 namespace loco::cli {
 namespace {
@@ -40,6 +41,7 @@ std::string toJson(const p2p::GroupView& v) {
                      {"addr", p.addr},
                      {"state", p2p::peerStateName(p.state)},
                      {"heartbeat_age_ms", p.heartbeat_age_ms},
+                     {"reach", p2p::peerReachName(p.reach)},
                      {"reachability", reachabilityOf(v, p.id)}});
   }
   Json counters = Json::object();
@@ -51,6 +53,7 @@ std::string toJson(const p2p::GroupView& v) {
                      {"to", e.to},
                      {"mbit_s", jsonFixed(e.bytes_per_s * 8e-6, 1)},
                      {"source", p2p::edgeSourceName(e.source)},
+                     {"path", p2p::traversal::linkPathIn(v, e.from, e.to)},
                      {"in_ring", isRingEdge(ring, e)}});
   }
   const double slowest = p2p::ringBottleneck(ring, tableOf(v));
@@ -68,25 +71,26 @@ std::string toTable(const p2p::GroupView& v) {
   std::string out =
       fmt::format("epoch {}   world {}   pending {}\n", v.epoch, v.world(), v.pending());
   if (v.peers.empty()) return out + "(no peers)\n";
-  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}  {}\n", "RING", "PEER ID", "STATE",
-                     "ADDRESS", "HEARTBEAT", "REACHABLE");
+  out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>9}  {:<7}  {}\n", "RING", "PEER ID", "STATE",
+                     "ADDRESS", "HEARTBEAT", "REACH", "REACHABLE");
   std::size_t ring = 0;
   for (const auto& p : v.peers) {
     std::string pos = p.state == p2p::PeerState::kMember ? std::to_string(ring++) : "-";
     std::string reach = reachabilityOf(v, p.id);
-    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms  {}\n", pos, p.id,
+    out += fmt::format("{:>4}  {:<32}  {:<8}  {:<22}  {:>6} ms  {:<7}  {}\n", pos, p.id,
                        p2p::peerStateName(p.state), p.addr, p.heartbeat_age_ms,
-                       reach.empty() ? "-" : reach);
+                       p2p::peerReachName(p.reach), reach.empty() ? "-" : reach);
   }
   if (v.edges.empty()) return out;
   // The bandwidth estimates the ring order is chosen from; '*' marks the ring's own links.
   const auto ring_ids = v.ringIds();
-  out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {}\n", "FROM",
-                     "TO", "MBIT/S", "SOURCE");
+  out += fmt::format("\nLINKS (estimated; * = in the ring)\n{:<8}    {:<8}  {:>10}  {:<7}  {}\n",
+                     "FROM", "TO", "MBIT/S", "PATH", "SOURCE");
   for (const auto& e : v.edges) {
-    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {}{}\n", shortId(e.from), shortId(e.to),
-                       e.bytes_per_s * 8e-6, p2p::edgeSourceName(e.source),
-                       isRingEdge(ring_ids, e) ? " *" : "");
+    const std::string path = p2p::traversal::linkPathIn(v, e.from, e.to);
+    out += fmt::format("{:<8} -> {:<8}  {:>10.1f}  {:<7}  {}{}\n", shortId(e.from), shortId(e.to),
+                       e.bytes_per_s * 8e-6, path.empty() ? "-" : path,
+                       p2p::edgeSourceName(e.source), isRingEdge(ring_ids, e) ? " *" : "");
   }
   const double slowest = p2p::ringBottleneck(ring_ids, tableOf(v));
   if (ring_ids.size() > 1 && slowest > 0)

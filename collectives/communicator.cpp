@@ -17,6 +17,7 @@
 #include "p2p/connect_strategy.h"
 #include "p2p/membership_client.h"
 #include "p2p/relay.h"
+#include "p2p/traversal.h"
 
 namespace loco::collectives {
 
@@ -51,6 +52,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
   }
 
   ~Impl() {
+    p2p::traversal::unregisterSelf(options_.peer_id);  // its signal calls client_
     if (client_) {
       onNetworkThread([this] {
         engine_->abortEverything(Status(StatusCode::kAborted, "the communicator is shutting down"));
@@ -92,19 +94,21 @@ class Communicator::Impl final : public OpEngine::Arbiter {
                         listener_->port()}
               .toString();
     }
-    // Direct, or through a relay when nobody can dial us (p2p/connect_strategy.h).
+    // Direct, dialed back / punched through, or through a relay when nobody can dial us
+    // (p2p/connect_strategy.h).
     auto reach = p2p::chooseReachPath(net_, *listener_, options_.coordinator, options_.listen,
                                       advertise, options_.relay, options_.peer_id, deadline);
     if (!reach) return reach.status();
     // Relayed is a degraded path (every byte crosses the relay host): the operator should see it.
-    if (reach->path == p2p::ReachPath::kRelayed)
+    if (reach->path == p2p::PeerReach::kRelayed)
       LOG_WARN(kLogPeer, "reached relayed: {}", reach->why);
-    else if (!options_.relay.empty())
-      LOG_INFO(kLogPeer, "reached direct: {}", reach->why);
+    else
+      LOG_INFO(kLogPeer, "reached {}: {}", p2p::peerReachName(reach->path), reach->why);
     advertise = reach->advertise;
     relay_ = std::move(reach->relay);
     p2p::MembershipClientOptions client_options{options_.coordinator, options_.peer_id, advertise,
                                                 options_.streams};
+    client_options.reach = reach->path;
     client_options.standby_coordinators = options_.standby_coordinators;
     client_options.coordinator_timeout = options_.coordinator_timeout;
     client_ = std::make_unique<p2p::MembershipClient>(net_, client_options);
@@ -125,6 +129,14 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     });
     client_->setStateCallback([this](const p2p::FrameHeader& h, std::vector<std::uint8_t> payload) {
       state_->onCoordinatorFrame(h, std::move(payload));
+    });
+    // NAT traversal: how this peer asks others for connections, and serves their requests.
+    p2p::traversal::registerSelf(options_.peer_id, reach->path,
+                                 [this](p2p::MsgType type, std::vector<std::uint8_t> payload) {
+                                   client_->sendToCoordinator(type, std::move(payload));
+                                 });
+    client_->setTraversalCallback([this](p2p::MsgType type, std::vector<std::uint8_t> payload) {
+      if (listener_) listener_->onTraversalFrame(options_.peer_id, type, payload);
     });
     client_->setViewCallback([this](const p2p::GroupView& v) {
       probe_->onView(v);

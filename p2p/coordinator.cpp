@@ -10,6 +10,7 @@
 #include "p2p/base/text.h"
 #include "p2p/net.h"
 #include "p2p/tls_stream.h"
+#include "p2p/traversal.h"
 
 namespace loco::p2p {
 namespace {
@@ -257,6 +258,7 @@ void Coordinator::onHello(const std::shared_ptr<Connection>& conn, ByteSpan payl
   request.state_revision = hello->state_revision;
   request.state_digest = hello->state_digest;
   request.progress = hello->progress;
+  request.reach = hello->reach;
   const bool was_registered = membership_.contains(id);
   auto fx = membership_.join(request, Clock::now());
   if (!fx) return refuse(conn, fx.status().code(), fx.status().message());
@@ -362,6 +364,9 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
     case MsgType::kStateDone:
     case MsgType::kStateComplaint:
       return onStateFrame(id, h, payload);
+    case MsgType::kConnectRequest:
+    case MsgType::kConnectReply:
+      return onConnectFrame(id, h.type, payload);
     default: {
       counter("coord.unexpected_frames").inc();
       auto it = peers_.find(id);
@@ -372,6 +377,45 @@ void Coordinator::onPeerFrame(const std::string& id, const FrameHeader& h,
       }
     }
   }
+}
+
+void Coordinator::onConnectFrame(const std::string& id, MsgType type, ByteSpan payload) {
+  auto from = peers_.find(id);
+  auto m = decodeConnect(payload);
+  if (!m) {
+    counter("coord.bad_connect_requests").inc();
+    if (from != peers_.end()) from->second->close(m.status().withContext("from " + shortId(id)));
+    return;
+  }
+  auto to = peers_.find(m->peer);
+  if (to == peers_.end() || m->peer == id) {
+    // Tell the requester at once instead of letting its dial time out.
+    if (type == MsgType::kConnectRequest && from != peers_.end()) {
+      ConnectMsg no{m->peer, m->token, m->mode,
+                    0,       "",       fmt::format("peer {} is not registered", shortId(m->peer))};
+      from->second->send(MsgType::kConnectReply, encodeConnect(no));
+    }
+    return;
+  }
+  // The endpoint is ours to fill in: the sender's advertised address for a reverse dial, the
+  // address its connections come from (its router's) with its port for a punch. A sender cannot
+  // make another peer dial an address of its choosing.
+  ConnectMsg fwd{id, m->token, m->mode, 0, "", m->error};
+  if (m->mode == ConnectMode::kReverse) {
+    for (const PeerInfo& p : membership_.view(Clock::now()).peers) {
+      if (p.id == id) fwd.endpoint = p.addr;
+    }
+  } else if (m->error.empty()) {
+    auto seen = parseHostPort(from->second->remoteAddress());
+    if (seen && m->port != 0) fwd.endpoint = HostPort{seen->host, m->port}.toString();
+  }
+  if (fwd.endpoint.empty() && fwd.error.empty()) fwd.error = "no endpoint to connect to";
+  counter("coord.connect_requests",
+          {{"mode", m->mode == ConnectMode::kPunch ? "punch" : "reverse"}})
+      .inc();
+  LOG_DEBUG(kLogCoord, "{} {} -> {}: {} at {}", msgTypeName(type), shortId(id), shortId(m->peer),
+            m->mode == ConnectMode::kPunch ? "punch" : "reverse dial", fwd.endpoint);
+  to->second->send(type, encodeConnect(fwd));
 }
 
 void Coordinator::onLinkReport(const std::string& id, ByteSpan payload) {
@@ -423,11 +467,13 @@ void Coordinator::maybeProposeRing() {
   if (!bandwidth_dirty_) return;
   bandwidth_dirty_ = false;
   const auto& ring = membership_.ring();
-  auto best = bestRing(ring, bandwidth_);
+  // Relayed links count at half their rate: direct links win (traversal.h planningRates).
+  const BandwidthTable rates = traversal::planningRates(bandwidth_, membership_.view(Clock::now()));
+  auto best = bestRing(ring, rates);
   if (!best) return;
   constexpr double kReorderGain = 1.2;
-  const double now_slowest = ringBottleneck(ring, bandwidth_),
-               best_slowest = ringBottleneck(*best, bandwidth_);
+  const double now_slowest = ringBottleneck(ring, rates),
+               best_slowest = ringBottleneck(*best, rates);
   if (best_slowest <= now_slowest * kReorderGain) return;
   LOG_INFO(kLogCoord,
            "topology: a ring whose slowest link is {:.1f} Mbit/s (now {:.1f}); applying it at the "

@@ -104,6 +104,8 @@ class Coordinator {
   void refuseAndClose(const std::string& peer, StatusCode code, const std::string& reason);
   void tick();
   void onLinkReport(const std::string& id, ByteSpan payload);
+  // NAT traversal (p2p/traversal.h): forwards a connect request or reply to the peer it names.
+  void onConnectFrame(const std::string& id, MsgType type, ByteSpan payload);
   void onPeerReport(const std::string& id, ByteSpan payload);
   // `loco doctor`'s reachability check (messages.h DialBackMsg); dial_back.cpp.
   void onDialBack(const std::shared_ptr<Connection>& conn, ByteSpan payload);

@@ -133,6 +133,7 @@ Result<DoctorProbe> probeCoordinator(const HostPort& coordinator, const HostPort
     const auto local = s.local_endpoint(ec);
     if (!ec) {
       out.local_ip = local.address().to_string();
+      out.local_port = local.port();
       std::tie(out.interface, out.interface_mtu) = interfaceOf(local.address());
     }
     out.path_mtu = intOption(s.native_handle(), local.address().is_v6() ? IPPROTO_IPV6 : IPPROTO_IP,

@@ -17,6 +17,9 @@ namespace loco::p2p {
 struct DoctorProbe {
   double connect_s = 0;  // TCP connect to the coordinator
   std::string local_ip;  // this machine's address on the route to the coordinator
+  // The connection's local port: a NAT between us and the coordinator kept it when
+  // result.seen_from shows the same port (port-preserving, so TCP hole punching can work).
+  std::uint16_t local_port = 0;
 
   // Dial-back. The doctor listens on `listen` itself while it asks; if that port is taken (a
   // running peer), the coordinator's answer still says whether something answers there.

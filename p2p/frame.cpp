@@ -66,6 +66,10 @@ std::string_view msgTypeName(MsgType t) {
       return "Enroll";
     case MsgType::kEnrollReply:
       return "EnrollReply";
+    case MsgType::kConnectRequest:
+      return "ConnectRequest";
+    case MsgType::kConnectReply:
+      return "ConnectReply";
   }
   return "Unknown";
 }
@@ -111,6 +115,8 @@ std::uint32_t maxPayload(MsgType t) {
     case MsgType::kDialBackProbe:
       return 1024;
     case MsgType::kDialBackResult:
+    case MsgType::kConnectRequest:
+    case MsgType::kConnectReply:
       return 4096;
     case MsgType::kEnroll:
     case MsgType::kEnrollReply:

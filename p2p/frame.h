@@ -65,8 +65,11 @@ enum class MsgType : std::uint8_t {
   // Enrollment over a TLS connection that pinned the run CA (p2p/enroll.h, tls_stream.h).
   kEnroll = 29,       // new peer -> coordinator, before Hello: token, id, public key (EnrollMsg)
   kEnrollReply = 30,  // coordinator -> peer: its certificate and the CA (EnrollReplyMsg), close
+  // NAT traversal (p2p/traversal.h), relayed by the coordinator between two registered peers.
+  kConnectRequest = 31,  // dialer -> coordinator -> the peer to reach (ConnectMsg)
+  kConnectReply = 32,    // that peer -> coordinator -> the dialer: a punch's port, or failure
 };
-inline constexpr MsgType kLastMsgType = MsgType::kEnrollReply;
+inline constexpr MsgType kLastMsgType = MsgType::kConnectReply;
 
 std::string_view msgTypeName(MsgType t);
 

@@ -13,6 +13,7 @@
 #include "p2p/messages.h"
 #include "p2p/net.h"
 #include "p2p/tls_stream.h"
+#include "p2p/traversal_net.h"
 
 namespace loco::p2p {
 namespace {
@@ -402,8 +403,25 @@ void LinkListener::accept() {
         }
         tuneSocket(socket, options_.tcp_user_timeout);
         setNotSentLowat(socket, options_.notsent_lowat);
-        acceptStream(tls::wrap(std::move(socket), {tls::Role::kServer, "", true}));
+        // A reverse dial we asked for goes to its dial; anything else is an incoming stream.
+        traversal::routeAccepted(
+            std::move(socket), options_.handshake_timeout, [this, alive](asio::ip::tcp::socket s) {
+              if (alive.expired() || closed_) return;
+              acceptStream(tls::wrap(std::move(s), {tls::Role::kServer, "", true}));
+            });
         accept();
+      });
+}
+
+void LinkListener::onTraversalFrame(const std::string& self_id, MsgType type, ByteSpan payload) {
+  if (closed_) return;
+  traversal::onCoordinatorFrame(
+      net_.context(), self_id, type, payload,
+      [this, alive = lifetime_.watch()](asio::ip::tcp::socket socket) {
+        if (alive.expired() || closed_) return;
+        tuneSocket(socket, options_.tcp_user_timeout);
+        setNotSentLowat(socket, options_.notsent_lowat);
+        acceptStream(tls::wrap(std::move(socket), {tls::Role::kServer, "", true}));
       });
 }
 
@@ -529,6 +547,8 @@ struct LinkDial : std::enable_shared_from_this<LinkDial> {
   std::size_t accepted = 0;
   bool finished = false;
   std::function<void(Result<std::shared_ptr<Link>>)> done;
+  traversal::LinkPath path = traversal::LinkPath::kDirect;
+  TimePoint started = Clock::now();
 
   LinkDial(asio::io_context& i, LinkOptions o) : io(i), timer(i), options(o) {}
 
@@ -550,13 +570,12 @@ void connectLink(NetworkThread& net, const HostPort& remote, const std::string& 
                  LinkOptions options, Deadline deadline,
                  std::function<void(Result<std::shared_ptr<Link>>)> done, std::uint64_t epoch) {
   asio::io_context& io = net.context();
-  auto eps = resolve(remote);
-  if (!eps) return done(eps.status());
   auto dial = std::make_shared<LinkDial>(io, options);
   dial->self_id = self_id;
   dial->remote = remote.toString();
   dial->streams.resize(options.streams);
   dial->done = std::move(done);
+  dial->path = traversal::pathTo(self_id, dial->remote);
   const std::string link_id = crypto::randomHex(16);
   dial->timer.expires_at(deadline.at());
   dial->timer.async_wait([dial](const std::error_code& ec) {
@@ -566,47 +585,56 @@ void connectLink(NetworkThread& net, const HostPort& remote, const std::string& 
   });
   for (std::uint32_t i = 0; i < options.streams; ++i) {
     std::weak_ptr<LinkDial> weak_dial = dial;
-    asyncConnect(io, eps.value(), deadline, [weak_dial, i, link_id, deadline, epoch](auto sock) {
-      auto d = weak_dial.lock();
-      if (!d || d->finished) return;
-      if (!sock) return d->fail(sock.status().withContext("link to " + d->remote));
-      tuneSocket(*sock.value(), d->options.tcp_user_timeout);
-      setNotSentLowat(*sock.value(), d->options.notsent_lowat);
-      Connection::Options copts;
-      copts.name = fmt::format("link to {} stream {}", d->remote, i);
-      copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
-      // The far end must hold the certificate of the member announced at this address.
-      auto conn =
-          Connection::create(d->io,
-                             tls::wrap(std::move(*sock.value()),
-                                       {tls::Role::kClient, tls::expectedPeerAt(d->remote), false}),
-                             copts);
-      d->streams[i] = conn;
-      conn->setCloseHandler([weak_dial](const Status& why) {
-        if (auto dc = weak_dial.lock()) dc->fail(why.withContext("link handshake"));
-      });
-      conn->setFrameHandler([weak_dial](const FrameHeader& h, std::vector<std::uint8_t>) {
-        auto dd = weak_dial.lock();
-        if (!dd || dd->finished) return;
-        if (h.type != MsgType::kLinkAccept) {
-          return dd->fail(Status(StatusCode::kProtocolError,
-                                 fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
-        }
-        if (++dd->accepted < dd->streams.size()) return;
-        dd->finished = true;
-        dd->timer.cancel();
-        auto link =
-            std::make_shared<Link>(fmt::format("link to {}", dd->remote), dd->streams, dd->options);
-        link->start();
-        dd->done(std::move(link));
-      });
-      conn->start();
-      conn->send(MsgType::kLinkHello,
-                 encodeLinkHello(LinkHelloMsg{link_id, d->self_id, i,
-                                              static_cast<std::uint32_t>(d->streams.size()),
-                                              d->options.chunk_bytes}),
-                 epoch);
-    });
+    // Direct, or reverse / punched through the coordinator when the far end cannot accept.
+    traversal::openSocket(
+        io, self_id, remote, deadline, [weak_dial, i, link_id, deadline, epoch](auto sock) {
+          auto d = weak_dial.lock();
+          if (!d || d->finished) return;
+          if (!sock) return d->fail(sock.status().withContext("link to " + d->remote));
+          tuneSocket(*sock.value(), d->options.tcp_user_timeout);
+          setNotSentLowat(*sock.value(), d->options.notsent_lowat);
+          Connection::Options copts;
+          copts.name = fmt::format("link to {} stream {}", d->remote, i);
+          copts.first_frame_timeout = std::max(Millis(1), deadline.remaining());
+          // The far end must hold the certificate of the member announced at this address.
+          auto conn = Connection::create(
+              d->io,
+              tls::wrap(std::move(*sock.value()),
+                        {tls::Role::kClient, tls::expectedPeerAt(d->remote), false}),
+              copts);
+          d->streams[i] = conn;
+          conn->setCloseHandler([weak_dial](const Status& why) {
+            if (auto dc = weak_dial.lock()) dc->fail(why.withContext("link handshake"));
+          });
+          conn->setFrameHandler([weak_dial](const FrameHeader& h, std::vector<std::uint8_t>) {
+            auto dd = weak_dial.lock();
+            if (!dd || dd->finished) return;
+            if (h.type != MsgType::kLinkAccept) {
+              return dd->fail(Status(StatusCode::kProtocolError,
+                                     fmt::format("{} instead of LinkAccept", msgTypeName(h.type))));
+            }
+            if (++dd->accepted < dd->streams.size()) return;
+            dd->finished = true;
+            dd->timer.cancel();
+            if (dd->path != traversal::LinkPath::kDirect) {
+              // The operator's evidence of how a link to a peer behind a NAT came up, and how fast.
+              LOG_INFO(kLogP2p, "link to {} up by {} in {:.0f} ms ({} streams)", dd->remote,
+                       traversal::linkPathName(dd->path),
+                       toSeconds(Clock::now() - dd->started) * 1e3, dd->streams.size());
+              counter("p2p.links_traversed", {{"path", traversal::linkPathName(dd->path)}}).inc();
+            }
+            auto link = std::make_shared<Link>(fmt::format("link to {}", dd->remote), dd->streams,
+                                               dd->options);
+            link->start();
+            dd->done(std::move(link));
+          });
+          conn->start();
+          conn->send(MsgType::kLinkHello,
+                     encodeLinkHello(LinkHelloMsg{link_id, d->self_id, i,
+                                                  static_cast<std::uint32_t>(d->streams.size()),
+                                                  d->options.chunk_bytes}),
+                     epoch);
+        });
   }
 }
 

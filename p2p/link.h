@@ -181,6 +181,9 @@ class LinkListener {
   // Takes a stream that arrived some other way (a relay's forwarded connection, p2p/relay.h)
   // as if this listener had accepted it. Network thread.
   void acceptStream(std::unique_ptr<Stream> stream);
+  // A kConnectRequest / kConnectReply the coordinator forwarded to this process's peer
+  // `self_id` (p2p/traversal.h): connections opened on request arrive here. Network thread.
+  void onTraversalFrame(const std::string& self_id, MsgType type, ByteSpan payload);
 
  private:
   struct Acceptor;

@@ -497,8 +497,8 @@ GroupView Membership::view(TimePoint now) const {
   for (const std::string& id : registered()) {
     const Peer* p = find(id);
     v.peers.push_back(PeerInfo{p->id, p->addr, p->state,
-                               std::max<std::int64_t>(0, toMillis(now - p->last_heard)),
-                               p->streams});
+                               std::max<std::int64_t>(0, toMillis(now - p->last_heard)), p->streams,
+                               p->report.reach});
   }
   return v;
 }

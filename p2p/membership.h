@@ -98,6 +98,7 @@ struct JoinRequest {
   std::uint64_t state_revision = 0;
   std::uint64_t state_digest = 0;
   std::uint64_t progress = 0;
+  PeerReach reach = PeerReach::kDirect;  // how others open connections to it
 };
 
 // Long enough for every live peer of a lost group to find the new coordinator: they notice the

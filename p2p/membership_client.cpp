@@ -13,6 +13,7 @@
 #include "p2p/connection.h"
 #include "p2p/net.h"
 #include "p2p/tls_stream.h"
+#include "p2p/traversal.h"
 
 namespace loco::p2p {
 namespace {
@@ -150,6 +151,11 @@ void MembershipClient::reportProgress(PeerReportMsg report) {
 void MembershipClient::setStateCallback(
     std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb) {
   state_cb_ = std::move(cb);
+}
+
+void MembershipClient::setTraversalCallback(
+    std::function<void(MsgType, std::vector<std::uint8_t>)> cb) {
+  traversal_cb_ = std::move(cb);
 }
 
 void MembershipClient::sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload,
@@ -333,6 +339,7 @@ void MembershipClient::attempt(std::size_t address) {
     hello = HelloMsg{options_.peer_id, options_.advertise, options_.streams, LOCO_VERSION, epoch_};
     hello.incarnation = incarnation_;
     hello.attempt = ++attempt_;
+    hello.reach = options_.reach;
     hello.last_members = last_members_;
     hello.state_revision = report_.state_revision;
     hello.state_digest = report_.state_digest;
@@ -510,6 +517,10 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
     if (session == session_ && state_cb_) state_cb_(h, std::move(payload));
     return;
   }
+  if (h.type == MsgType::kConnectRequest || h.type == MsgType::kConnectReply) {
+    if (session == session_ && traversal_cb_) traversal_cb_(h.type, std::move(payload));
+    return;
+  }
   if (h.type == MsgType::kRefused) {
     auto r = decodeRefused(payload);
     const std::string target = addresses_[attempts_->plan.address()].toString();
@@ -573,9 +584,13 @@ void MembershipClient::onFrame(std::uint64_t session, const FrameHeader& h,
         }
         view_ = std::move(v.value());
         epoch_ = std::max(epoch_, view_.epoch);
-        // Links dialed to these addresses must present these members' certificates.
+        // Links dialed to these addresses must present these members' certificates, and are
+        // opened by the path the two ends' reach calls for (p2p/traversal.h).
         for (const auto& p : view_.peers) {
-          if (auto hp = parseHostPort(p.addr)) tls::expectPeerAt(hp->toString(), p.id);
+          if (auto hp = parseHostPort(p.addr)) {
+            tls::expectPeerAt(hp->toString(), p.id);
+            traversal::notePeer(hp->toString(), p.id, p.reach);
+          }
         }
         if (view_.world() > 0) {
           last_members_ = view_.ringIds();

@@ -53,6 +53,7 @@ struct MembershipClientOptions {
   std::string peer_id;
   std::string advertise;  // HOST:PORT of this peer's link listener
   std::uint32_t streams = 4;
+  PeerReach reach = PeerReach::kDirect;  // how others open connections to us (Hello)
   // Tried in order after `coordinator` (a standby coordinator takes over a lost group).
   std::vector<HostPort> standby_coordinators;
   // After losing the coordinator, how long to look for one before giving up. 0: never
@@ -113,6 +114,9 @@ class MembershipClient {
   // Called on the network thread with every shared-state frame from the coordinator
   // (kStatePlan, kStateComplete; see state_sync.h). Set before join().
   void setStateCallback(std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> cb);
+  // Called on the network thread with every kConnectRequest / kConnectReply the coordinator
+  // forwards (NAT traversal, p2p/traversal.h). Set before join().
+  void setTraversalCallback(std::function<void(MsgType, std::vector<std::uint8_t>)> cb);
   // Queues a frame to the coordinator (shared-state manifests, reports, complaints). Non-blocking;
   // dropped when not connected (the caller's deadline then expires, or the lost callback runs).
   void sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload, std::uint64_t op_id = 0);
@@ -183,6 +187,7 @@ class MembershipClient {
   std::function<void(std::uint64_t, std::uint64_t, bool)> decision_cb_;
   std::function<void(const Status&)> lost_cb_;
   std::function<void(const FrameHeader&, std::vector<std::uint8_t>)> state_cb_;
+  std::function<void(MsgType, std::vector<std::uint8_t>)> traversal_cb_;
 
   std::vector<HostPort> addresses_;  // coordinator, then the standbys
   const std::uint64_t incarnation_;

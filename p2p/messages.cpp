@@ -53,6 +53,22 @@ std::string_view peerStateName(PeerState s) {
   return s == PeerState::kMember ? "member" : "pending";
 }
 
+std::string_view peerReachName(PeerReach r) {
+  switch (r) {
+    case PeerReach::kReverse:
+      return "reverse";
+    case PeerReach::kRelayed:
+      return "relayed";
+    case PeerReach::kDirect:
+      break;
+  }
+  return "direct";
+}
+
+bool validPeerReach(std::uint8_t r) {
+  return r <= static_cast<std::uint8_t>(PeerReach::kRelayed);
+}
+
 std::size_t GroupView::world() const {
   return static_cast<std::size_t>(std::count_if(
       peers.begin(), peers.end(), [](auto& p) { return p.state == PeerState::kMember; }));
@@ -84,6 +100,7 @@ std::vector<std::uint8_t> encodeHello(const HelloMsg& m) {
   w.u64(m.progress);
   w.u32(static_cast<std::uint32_t>(m.last_members.size()));
   for (const auto& id : m.last_members) w.str(id);
+  w.u8(static_cast<std::uint8_t>(m.reach));
   return out;
 }
 
@@ -106,8 +123,15 @@ Result<HelloMsg> decodeHello(ByteSpan in) {
   for (auto& id : m.last_members) {
     if (!r.str(id, kMaxIdLen)) return malformed("Hello");
   }
-  // A newer peer's fields beyond version 2 are not ours to read.
-  if (version == 2 && !r.done()) return malformed("Hello");
+  if (version == 2) {
+    if (!r.done()) return malformed("Hello");
+    return m;
+  }
+  std::uint8_t reach = 0;
+  if (!r.u8(reach) || !validPeerReach(reach)) return malformed("Hello");
+  m.reach = static_cast<PeerReach>(reach);
+  // A newer peer's fields beyond version 3 are not ours to read.
+  if (version == 3 && !r.done()) return malformed("Hello");
   return m;
 }
 
@@ -200,6 +224,7 @@ std::vector<std::uint8_t> encodeGroupView(const GroupView& v) {
     w.u8(static_cast<std::uint8_t>(p.state));
     w.i64(p.heartbeat_age_ms);
     w.u32(p.streams);
+    w.u8(static_cast<std::uint8_t>(p.reach));
   }
   w.u32(static_cast<std::uint32_t>(v.counters.size()));
   for (const auto& [name, value] : v.counters) {
@@ -222,14 +247,16 @@ Result<GroupView> decodeGroupView(ByteSpan in) {
   GroupView v;
   std::uint32_t n = 0;
   if (!(r.u64(v.epoch) && r.u32(n)) || n > kMaxPeers) return malformed("Membership");
-  v.peers.reserve(std::min<std::size_t>(n, r.remaining() / 21));  // 21 = smallest encoded peer
+  v.peers.reserve(std::min<std::size_t>(n, r.remaining() / 22));  // 22 = smallest encoded peer
   for (std::uint32_t i = 0; i < n; ++i) {
     PeerInfo p;
-    std::uint8_t state = 0;
+    std::uint8_t state = 0, reach = 0;
     if (!(r.str(p.id, kMaxIdLen) && r.str(p.addr, kMaxAddrLen) && r.u8(state) &&
-          r.i64(p.heartbeat_age_ms) && r.u32(p.streams))) {
+          r.i64(p.heartbeat_age_ms) && r.u32(p.streams) && r.u8(reach)) ||
+        !validPeerReach(reach)) {
       return malformed("Membership");
     }
+    p.reach = static_cast<PeerReach>(reach);
     if (state != static_cast<std::uint8_t>(PeerState::kPending) &&
         state != static_cast<std::uint8_t>(PeerState::kMember)) {
       return malformed("Membership");
@@ -258,6 +285,32 @@ Result<GroupView> decodeGroupView(ByteSpan in) {
   }
   if (!r.done()) return malformed("Membership");
   return v;
+}
+
+std::vector<std::uint8_t> encodeConnect(const ConnectMsg& m) {
+  std::vector<std::uint8_t> out;
+  ByteWriter w(out);
+  w.str(m.peer);
+  w.u64(m.token);
+  w.u8(static_cast<std::uint8_t>(m.mode));
+  w.u16(m.port);
+  w.str(m.endpoint);
+  w.str(m.error);
+  return out;
+}
+
+Result<ConnectMsg> decodeConnect(ByteSpan in) {
+  ByteReader r(in);
+  ConnectMsg m;
+  std::uint8_t mode = 0;
+  if (!(r.str(m.peer, kMaxIdLen) && r.u64(m.token) && r.u8(mode) && r.u16(m.port) &&
+        r.str(m.endpoint, kMaxAddrLen) && r.str(m.error, kMaxReasonLen) && r.done()) ||
+      (mode != static_cast<std::uint8_t>(ConnectMode::kReverse) &&
+       mode != static_cast<std::uint8_t>(ConnectMode::kPunch))) {
+    return malformed("Connect");
+  }
+  m.mode = static_cast<ConnectMode>(mode);
+  return m;
 }
 
 std::vector<std::uint8_t> encodeLinkReport(const LinkReportMsg& m) {

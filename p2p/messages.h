@@ -20,8 +20,19 @@ inline constexpr std::size_t kMaxLastMembers = 1024;  // ids a Hello may list (k
 
 // Extending a message: new fields go behind a version byte appended to the old payload, so a
 // decoder accepts the older form (the new fields keep their defaults) and a newer one (fields it
-// does not know are skipped). Hello is at version 2.
-inline constexpr std::uint8_t kHelloVersion = 2;
+// does not know are skipped). Hello is at version 3.
+inline constexpr std::uint8_t kHelloVersion = 3;
+
+// How other peers open connections to a peer (p2p/traversal.h), decided by the peer at start
+// (p2p/connect_strategy.h) and announced in its Hello and every membership view.
+enum class PeerReach : std::uint8_t {
+  kDirect = 0,   // dial its advertised address
+  kReverse = 1,  // unreachable behind a port-preserving NAT: it dials out on request (reverse
+                 // dial) or punches a hole with a dialer that is behind a NAT itself
+  kRelayed = 2,  // its advertised address is a relay's (p2p/relay.h): dial it like kDirect
+};
+std::string_view peerReachName(PeerReach r);  // "direct", "reverse", "relayed"
+bool validPeerReach(std::uint8_t r);
 
 struct HelloMsg {
   std::string peer_id;    // 32 hex digits
@@ -47,6 +58,8 @@ struct HelloMsg {
   std::uint64_t state_revision = 0;
   std::uint64_t state_digest = 0;
   std::uint64_t progress = 0;
+  // ---- version 3 ----
+  PeerReach reach = PeerReach::kDirect;
 };
 
 // kProgress, peer -> coordinator, after every round the peer applied (and when it resumes from a
@@ -86,6 +99,7 @@ struct PeerInfo {
   PeerState state = PeerState::kPending;
   std::int64_t heartbeat_age_ms = 0;
   std::uint32_t streams = 0;
+  PeerReach reach = PeerReach::kDirect;
 };
 
 // The group as the coordinator sees it: members in ring order, then pending peers. Broadcast as
@@ -226,6 +240,26 @@ struct DialBackResultMsg {
   std::string seen_from;                 // the requester's address as the coordinator sees it
   std::int64_t coordinator_unix_ms = 0;  // the coordinator's wall clock when it answered
 };
+
+// kConnectRequest / kConnectReply (p2p/traversal.h): a dialer asks, through the coordinator, a
+// peer that cannot accept connections to open one. Sent by a peer, `peer` names the other end;
+// forwarded by the coordinator, it names the sender, and the coordinator fills `endpoint` in
+// from what it knows (the sender's advertised address, or the address it sees the sender at with
+// the sender's port), so nobody can make a peer dial an address of its choosing.
+enum class ConnectMode : std::uint8_t {
+  kReverse = 1,  // the receiver dials `endpoint` and sends the token first
+  kPunch = 2,    // both connect to each other at once (TCP simultaneous open)
+};
+struct ConnectMsg {
+  std::string peer;
+  std::uint64_t token = 0;
+  ConnectMode mode = ConnectMode::kReverse;
+  std::uint16_t port = 0;  // sent by a peer: its local port for a punch (0 otherwise)
+  std::string endpoint;    // forwarded: HOST:PORT to connect to ("" in a failed reply)
+  std::string error;       // a reply that failed: why
+};
+std::vector<std::uint8_t> encodeConnect(const ConnectMsg& m);
+Result<ConnectMsg> decodeConnect(ByteSpan in);
 
 std::vector<std::uint8_t> encodePeerReport(const PeerReportMsg& m);
 Result<PeerReportMsg> decodePeerReport(ByteSpan in);

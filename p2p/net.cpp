@@ -20,6 +20,16 @@ void setNotSentLowat(asio::ip::tcp::socket& socket, std::size_t bytes) {
   ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
+void setKeepalive(asio::ip::tcp::socket& socket, Millis idle) {
+  const int on = 1;
+  const int idle_s = static_cast<int>(std::max<std::int64_t>(1, idle.count() / 1000));
+  const int interval_s = std::max(1, idle_s / 4), probes = 3;
+  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+  ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+}
+
 void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout) {
   unsigned int ms = static_cast<unsigned int>(std::max<std::int64_t>(0, user_timeout.count()));
   ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));

@@ -26,6 +26,10 @@ void setTcpUserTimeout(asio::ip::tcp::socket& socket, Millis user_timeout);
 // writable only below it, so the application, not the kernel's FIFO, decides what goes next.
 // Best effort, like tuneSocket.
 void setNotSentLowat(asio::ip::tcp::socket& socket, std::size_t bytes);
+// TCP keepalive after `idle` without traffic, then every idle/4, dead after 3 unanswered probes:
+// a long-lived idle connection (a relay's control connection) keeps its entry in the NAT
+// routers on the way and notices a vanished far end. Best effort, like tuneSocket.
+void setKeepalive(asio::ip::tcp::socket& socket, Millis idle);
 
 // Blocking name resolution (call it off the network thread). kInvalidArgument when the name
 // does not resolve.

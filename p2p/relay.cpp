@@ -13,11 +13,14 @@
 #include "p2p/net.h"
 #include "p2p/stream.h"
 #include "p2p/tls_stream.h"
+#include "p2p/traversal_net.h"
 
 namespace loco::p2p {
 namespace {
 
 constexpr char kMagic[8] = {'L', 'O', 'C', 'O', 'R', 'L', 'Y', '1'};
+// Control connections idle while nobody dials the peer: TCP keepalive after this long.
+constexpr Millis kControlKeepalive{20000};
 constexpr std::size_t kArgLen = 32;
 constexpr std::size_t kRequestLen = sizeof(kMagic) + 1 + kArgLen;
 constexpr std::size_t kSpliceBuffer = 256u << 10;
@@ -256,6 +259,7 @@ void RelayServer::Impl::registerPeer(std::shared_ptr<tcp::socket> s, const std::
   }
   if (by_peer.size() >= options.max_peers)
     return fail("full", fmt::format("the relay serves {} peers already", options.max_peers));
+  setKeepalive(*s, kControlKeepalive);  // a registered peer that vanished frees its port
   auto acc = listenOn(io, HostPort{options.listen.host, 0});
   if (!acc) return fail("bind", acc.status().message());
   auto a = std::make_shared<Allocation>();
@@ -422,8 +426,14 @@ struct RelayClient::Impl : std::enable_shared_from_this<RelayClient::Impl> {
               *sock, asio::buffer(*req), [self, sock, req](const std::error_code& ec, std::size_t) {
                 if (ec || self->closed) return;
                 // The dialer's bytes follow unread by the relay: our end of its
-                // TLS session (plaintext under --insecure), as on a direct accept.
-                self->on_stream(tls::wrap(std::move(*sock), {tls::Role::kServer, "", true}));
+                // TLS session (plaintext under --insecure), as on a direct accept, or a
+                // reverse dial we asked for through the relay's address (p2p/traversal.h).
+                traversal::routeAccepted(
+                    std::move(*sock), Millis(5000), [self](tcp::socket arrived) {
+                      if (self->closed) return;
+                      self->on_stream(
+                          tls::wrap(std::move(arrived), {tls::Role::kServer, "", true}));
+                    });
               });
         });
   }
@@ -469,6 +479,9 @@ std::shared_ptr<RelayClient> RelayClient::start(NetworkThread& net, const HostPo
         if (!s) return complete(s.status().withContext("relay " + relay.toString()));
         impl->control = s.value();
         tuneSocket(*impl->control, Millis(10000));
+        // Idle for as long as nobody dials us: keepalives hold our router's mapping open and
+        // notice a relay that vanished without a word.
+        setKeepalive(*impl->control, kControlKeepalive);
         auto req =
             std::make_shared<std::array<std::uint8_t, kRequestLen>>(request('R', impl->peer_id));
         asio::async_write(*impl->control, asio::buffer(*req),

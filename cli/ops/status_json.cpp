@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "p2p/topology.h"
+#include "p2p/traversal.h"
 
 namespace loco::ops {
 namespace {
@@ -36,6 +37,8 @@ json viewJson(const p2p::GroupView& v) {
     jp["state"] = p2p::peerStateName(p.state);
     jp["heartbeat_age_ms"] = p.heartbeat_age_ms;
     jp["streams"] = p.streams;
+    // How others open connections to it (p2p/traversal.h).
+    jp["reach"] = p2p::peerReachName(p.reach);
     // The coordinator's dial-back of the advertised address (p2p/reachability.cpp).
     jp["reachability"] = json(nullptr);
     for (const auto& [id, what] : v.reachability) {
@@ -58,6 +61,7 @@ json viewJson(const p2p::GroupView& v) {
                      {"to", e.to},
                      {"mbit_s", std::round(e.bytes_per_s * 8e-6 * 10) / 10},
                      {"source", p2p::edgeSourceName(e.source)},
+                     {"path", p2p::traversal::linkPathIn(v, e.from, e.to)},
                      {"in_ring", isRingEdge(ring, e)}});
   }
   out["links"] = std::move(links);

@@ -106,6 +106,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case MsgType::kEnrollReply:
         (void)decodeEnrollReply(d.payload);
         break;
+      case MsgType::kConnectRequest:
+      case MsgType::kConnectReply:
+        (void)decodeConnect(d.payload);
+        break;
       default:
         break;
     }

@@ -2,13 +2,21 @@
 // (each with its own network thread, as separate peers would have).
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "collectives/communicator.h"
 #include "crypto/identity.h"
+#include "p2p/base/metrics.h"
 #include "p2p/status_client.h"
 #include "tests/support/process.h"
 
@@ -34,12 +42,16 @@ struct Group {
   CoordinatorProcess coordinator{dir, 200, 2000};
   std::vector<std::unique_ptr<Communicator>> peers;
 
-  explicit Group(int n) {
+  // Peers in `unreachable` advertise an address where nothing listens (port 9 + i), as a peer
+  // behind a NAT would: the coordinator's dial-back fails and they join as reverse
+  // (p2p/connect_strategy.h).
+  explicit Group(int n, std::set<int> unreachable = {}) {
     for (int i = 0; i < n; ++i) {
       collectives::CommunicatorOptions o;
       o.coordinator = {"127.0.0.1", coordinator.port()};
       o.peer_id = crypto::randomHex(16);
       o.listen = {"127.0.0.1", 0};
+      if (unreachable.count(i)) o.advertise = "127.0.0.1:" + std::to_string(9 + i);
       auto c = Communicator::create(o, Deadline::after(Millis(10000)));
       EXPECT_TRUE(c.isOk()) << c.status().toString();
       peers.push_back(std::move(c.value()));
@@ -110,6 +122,72 @@ TEST(AllReduce, SumOfFourPeersIsCorrectAndBitIdenticalForEveryWire) {
                                                : 0.15;
     EXPECT_LT(rel, bound);
   }
+}
+
+// Connects to 127.0.0.1:port, sends `bytes` and waits up to 3 s for the far end to close.
+bool sendAndSeeClosed(std::uint16_t port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool closed = false;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
+    timeval tv{3, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char c;
+    const ssize_t n = ::recv(fd, &c, 1, 0);
+    closed = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  }
+  ::close(fd);
+  return closed;
+}
+
+// A peer nobody can dial (behind a NAT) still takes part: links to it are dialed back by it on
+// request through the coordinator (p2p/traversal.h), and the result is the same as anywhere.
+TEST(AllReduce, APeerNobodyCanDialIsReachedByReverseDial) {
+  const std::uint64_t before = counter("p2p.links_traversed", {{"path", "reverse"}}).value();
+  Group g(3, {1});
+  ASSERT_EQ(g.peers[1]->world(), 3u);
+  // Bad input first: a reverse-dial preamble nobody asked for, and a garbled one, sent to a
+  // reachable peer's link listener, are closed and counted; the peer serves the ring after.
+  auto view = p2p::fetchStatus({"127.0.0.1", g.coordinator.port()}, Deadline::after(Millis(5000)));
+  ASSERT_TRUE(view.isOk()) << view.status().toString();
+  std::string open_addr;
+  for (const auto& p : view->peers) {
+    EXPECT_EQ(p.reach,
+              p.addr == "127.0.0.1:10" ? p2p::PeerReach::kReverse : p2p::PeerReach::kDirect)
+        << p.addr;
+    if (p.reach == p2p::PeerReach::kDirect) open_addr = p.addr;
+  }
+  auto hp = p2p::parseHostPort(open_addr);
+  ASSERT_TRUE(hp.isOk()) << open_addr;
+  const std::uint64_t unknown_before =
+      counter("p2p.traversal_refused", {{"reason", "unknown_token"}}).value();
+  const std::uint64_t bad_before =
+      counter("p2p.traversal_refused", {{"reason", "bad_preamble"}}).value();
+  const std::string unknown_token("\xA5LOCORV\0\x01\x02\x03\x04\x05\x06\x07\x08", 16);
+  const std::string garbled("\xA5garbage-bytes!", 16);
+  for (const std::string& bytes : {unknown_token, garbled}) {
+    EXPECT_TRUE(sendAndSeeClosed(hp->port, bytes)) << "the listener must close the connection";
+  }
+  EXPECT_TRUE(eventually(milliseconds(2000), [&] {
+    return counter("p2p.traversal_refused", {{"reason", "unknown_token"}}).value() ==
+               unknown_before + 1 &&
+           counter("p2p.traversal_refused", {{"reason", "bad_preamble"}}).value() == bad_before + 1;
+  }));
+  std::vector<std::vector<float>> bufs;
+  for (int i = 0; i < 3; ++i) bufs.push_back(input(100000, 50 + i));
+  std::vector<float> want(bufs[0].size());
+  for (std::size_t k = 0; k < want.size(); ++k) want[k] = bufs[0][k] + bufs[1][k] + bufs[2][k];
+  for (const Status& st : g.allReduce(bufs, ReduceOp::kSum, Wire::kRaw))
+    ASSERT_TRUE(st.isOk()) << st.toString();
+  for (int i = 1; i < 3; ++i)
+    ASSERT_EQ(std::memcmp(bufs[0].data(), bufs[i].data(), bufs[0].size() * 4), 0) << "peer " << i;
+  for (std::size_t k = 0; k < want.size(); k += 997) EXPECT_NEAR(bufs[0][k], want[k], 1e-4);
+  // The ring's link into peer 1 was dialed back.
+  EXPECT_GE(counter("p2p.links_traversed", {{"path", "reverse"}}).value(), before + 1);
 }
 
 TEST(AllReduce, MinAndMaxAreExact) {

@@ -5,6 +5,7 @@
 // loco's transport.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -137,21 +138,28 @@ TEST(LabNat, OutgoingWorksIncomingIsDroppedSymmetricChangesPorts) {
   EXPECT_FALSE(std::filesystem::exists("/run/netns/" + name + "_r2")) << "router removed";
 }
 
-// A DiLoCo run in a 4-host lab, hosts 3 and 4 behind NATs: `loco local --lab` needs no flag
-// beyond the lab's (the coordinator runs a relay; peers the coordinator cannot dial back use
-// it; links are TLS through it), every peer holds the same state after every round, and the losses
-// and digests equal those of the same run without NAT (same seed, same membership).
+// A DiLoCo run in a 4-host lab, hosts 2 and 3 behind NATs that keep ports and host 4 behind a
+// symmetric one: `loco local --lab` needs no flag beyond the lab's. Hosts 2 and 3 join as
+// reverse (p2p/connect_strategy.h): links into them are dialed back, the link between them is
+// punched through both routers (p2p/traversal.h); host 4 cannot be punched and is relayed (the
+// coordinator runs a relay), and it is dialed back through its relay by the NATed hosts. TLS end
+// to end on every path. Every peer holds the same state after every round, and the losses equal
+// those of the same run without NAT (same seed, same membership).
 TEST(LabNat, TrainingWithTwoNatedHostsMatchesTheRunWithout) {
   SKIP_WITHOUT_LAB_SUPPORT();
   TempDir dir;
   auto flags = tiny(writeCorpus(dir));
   for (std::string f : {"--peers", "4", "--steps", "30", "--inner-steps", "10"}) flags.push_back(f);
+  // Info level: each link that is not direct says how it came up, and in how long.
+  std::replace(flags.begin(), flags.end(), std::string("warn"), std::string("info"));
   std::map<std::string, std::vector<Line>> runs;
   for (const bool nat : {true, false}) {
     const std::string name = uniqueLabName(nat ? "natt" : "plain");
     LabGuard guard{dir, name};
     std::vector<std::string> up{"lab", "up", name, "--hosts", "4", "--delay-ms", "5"};
-    if (nat) up.insert(up.end(), {"--host", "3:nat=on", "--host", "4:nat=on"});
+    if (nat)
+      up.insert(up.end(),
+                {"--host", "2:nat=on", "--host", "3:nat=on", "--host", "4:nat=symmetric"});
     CommandResult r = loco(dir, up);
     ASSERT_EQ(r.code, 0) << r.out;
     const std::string out = dir.file(nat ? "nat" : "plain");
@@ -168,14 +176,32 @@ TEST(LabNat, TrainingWithTwoNatedHostsMatchesTheRunWithout) {
     for (auto& [step, ds] : digests) EXPECT_EQ(ds.size(), 1u) << "step " << step;
     runs[nat ? "nat" : "plain"] = readJsonl(out + "/run.jsonl");
     if (nat) {
-      // Peers 2 and 3 live in hosts 3 and 4 (round-robin after the coordinator in host 1).
-      // (A relayed peer says so at warn level, which the tiny run's log level keeps.)
-      int relayed = 0;
+      // Peers 1, 2 and 3 live in hosts 2, 3 and 4 (round-robin after the coordinator in host 1).
+      int reverse = 0, relayed = 0, dialed_back = 0, punched = 0, through_relay = 0;
+      std::string slowest;
+      double slowest_ms = 0;
       for (int p = 1; p <= 4; ++p) {
         const std::string log = readFile(out + "/peer-" + std::to_string(p) + ".log");
+        reverse += log.find("reached reverse") != std::string::npos;
         relayed += log.find("reached relayed") != std::string::npos;
+        std::smatch m;
+        for (auto it = log.cbegin(); std::regex_search(
+                 it, log.cend(), m, std::regex(R"(up by (reverse|punched|relayed) in (\d+) ms)"));
+             it = m.suffix().first) {
+          (m[1] == "reverse" ? dialed_back : m[1] == "punched" ? punched : through_relay)++;
+          const double ms = std::stod(m[2]);
+          if (ms > slowest_ms) slowest_ms = ms, slowest = m[0];
+        }
       }
-      EXPECT_EQ(relayed, 2) << run.out;
+      EXPECT_EQ(reverse, 2) << run.out;
+      EXPECT_EQ(relayed, 1) << "only the symmetric NAT needs the relay";
+      EXPECT_GE(dialed_back, 1) << "links into the NATed peers are dialed back";
+      EXPECT_GE(punched, 1) << "the link between the two port-keeping NATs is punched";
+      EXPECT_GE(through_relay, 1) << "links into the symmetric NAT go through the relay";
+      // A link that is dialed back or punched comes up well within a second (25 ms hops).
+      EXPECT_LT(slowest_ms, 1000) << slowest;
+      std::printf("links dialed back: %d, punched: %d, relayed: %d, slowest: %s\n", dialed_back,
+                  punched, through_relay, slowest.c_str());
       // TLS end to end (loco local's default): the relay forwards the sessions unread; a peer
       // under --insecure would have said so at warn level.
       EXPECT_FALSE(readFile(out + "/ca/ca.key").empty());

@@ -3,6 +3,7 @@
 // kProtocolError.
 
 #include "p2p/messages.h"
+#include "p2p/traversal.h"
 
 #include <gtest/gtest.h>
 
@@ -120,6 +121,10 @@ std::vector<Codec> allCodecs() {
        encodeDialBackResult(
            {StatusCode::kUnavailable, "connection refused", "10.0.0.7:51234", 1796070024254}),
        [](ByteSpan b) { return statusOf(decodeDialBackResult(b)); }},
+      {"Connect",
+       encodeConnect({"0123456789abcdef0123456789abcdef", 0x1122334455667788ull,
+                      ConnectMode::kPunch, 40001, "10.213.0.3:40001", ""}),
+       [](ByteSpan b) { return statusOf(decodeConnect(b)); }},
   };
 }
 
@@ -234,7 +239,7 @@ TEST(Messages, HelloFromANewerPeerIsReadAndAnImpossibleVersionRejected) {
   const std::size_t version_at = helloV1Size(m);
   ASSERT_EQ(b[version_at], kHelloVersion);
   Bytes newer = b;
-  newer[version_at] = 3;
+  newer[version_at] = kHelloVersion + 1;
   newer.insert(newer.end(), {1, 2, 3, 4, 5});
   auto r = decodeHello(newer);
   ASSERT_TRUE(r.isOk()) << r.status().toString();
@@ -245,6 +250,94 @@ TEST(Messages, HelloFromANewerPeerIsReadAndAnImpossibleVersionRejected) {
     x[version_at] = bad;
     EXPECT_EQ(decodeHello(x).status().code(), StatusCode::kProtocolError) << int(bad);
   }
+}
+
+// Version 3 adds the peer's reach (p2p/traversal.h); a version-2 Hello (an older peer) ends
+// before it and means direct; a reach byte this decoder does not know is malformed.
+TEST(Messages, HelloCarriesTheReachAndAnOlderPeersHelloMeansDirect) {
+  HelloMsg m{"0123456789abcdef0123456789abcdef", "h:1", 1, "9.9", 5};
+  m.reach = PeerReach::kReverse;
+  Bytes b = encodeHello(m);
+  auto r = decodeHello(b);
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->reach, PeerReach::kReverse);
+  Bytes v2 = b;
+  v2[helloV1Size(m)] = 2;
+  v2.pop_back();
+  r = decodeHello(v2);
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->reach, PeerReach::kDirect);
+  Bytes bad = b;
+  bad.back() = 3;
+  EXPECT_EQ(decodeHello(bad).status().code(), StatusCode::kProtocolError);
+}
+
+TEST(Messages, GroupViewCarriesEachPeersReach) {
+  GroupView v;
+  v.epoch = 4;
+  v.peers = {{"aa", "10.0.0.1:7000", PeerState::kMember, 5, 4, PeerReach::kDirect},
+             {"bb", "10.0.0.2:7000", PeerState::kMember, 6, 4, PeerReach::kReverse},
+             {"cc", "10.0.0.9:40000", PeerState::kPending, 7, 4, PeerReach::kRelayed}};
+  auto r = decodeGroupView(encodeGroupView(v));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  ASSERT_EQ(r->peers.size(), 3u);
+  EXPECT_EQ(r->peers[0].reach, PeerReach::kDirect);
+  EXPECT_EQ(r->peers[1].reach, PeerReach::kReverse);
+  EXPECT_EQ(r->peers[2].reach, PeerReach::kRelayed);
+  EXPECT_EQ(peerReachName(PeerReach::kReverse), "reverse");
+}
+
+TEST(Messages, ConnectRoundTripsAndAnUnknownModeIsMalformed) {
+  ConnectMsg m{"0123456789abcdef0123456789abcdef", 7, ConnectMode::kReverse, 0, "", "no route"};
+  auto r = decodeConnect(encodeConnect(m));
+  ASSERT_TRUE(r.isOk()) << r.status().toString();
+  EXPECT_EQ(r->peer, m.peer);
+  EXPECT_EQ(r->token, 7u);
+  EXPECT_EQ(r->mode, ConnectMode::kReverse);
+  EXPECT_EQ(r->error, "no route");
+  Bytes b = encodeConnect(m);
+  b[4 + m.peer.size() + 8] = 9;  // the mode byte
+  EXPECT_EQ(decodeConnect(b).status().code(), StatusCode::kProtocolError);
+}
+
+// Which path a link takes between two peers' reach (p2p/traversal.h), and what status shows.
+TEST(Traversal, LinkPathFollowsBothEndsReach) {
+  using traversal::LinkPath;
+  using traversal::linkPath;
+  for (PeerReach from : {PeerReach::kDirect, PeerReach::kReverse, PeerReach::kRelayed}) {
+    EXPECT_EQ(linkPath(from, PeerReach::kDirect), LinkPath::kDirect);
+    EXPECT_EQ(linkPath(from, PeerReach::kRelayed), LinkPath::kRelayed);
+  }
+  EXPECT_EQ(linkPath(PeerReach::kDirect, PeerReach::kReverse), LinkPath::kReverse);
+  EXPECT_EQ(linkPath(PeerReach::kRelayed, PeerReach::kReverse), LinkPath::kReverse);
+  EXPECT_EQ(linkPath(PeerReach::kReverse, PeerReach::kReverse), LinkPath::kPunched);
+  GroupView v;
+  v.peers = {{"a", "h:1", PeerState::kMember, 0, 4, PeerReach::kReverse},
+             {"b", "h:2", PeerState::kMember, 0, 4, PeerReach::kReverse},
+             {"c", "h:3", PeerState::kMember, 0, 4, PeerReach::kDirect}};
+  EXPECT_EQ(traversal::linkPathIn(v, "a", "b"), "punched");
+  EXPECT_EQ(traversal::linkPathIn(v, "c", "a"), "reverse");
+  EXPECT_EQ(traversal::linkPathIn(v, "a", "c"), "direct");
+  EXPECT_EQ(traversal::linkPathIn(v, "a", "zz"), "");
+}
+
+// The ring is planned with relayed links at half their measured rate: of a direct and a
+// relayed link measured alike, the direct one wins.
+TEST(Traversal, RingPlanningCountsARelayedLinkAtHalfItsRate) {
+  GroupView v;
+  v.peers = {{"a", "h:1", PeerState::kMember, 0, 4, PeerReach::kDirect},
+             {"b", "h:2", PeerState::kMember, 0, 4, PeerReach::kRelayed},
+             {"c", "h:3", PeerState::kMember, 0, 4, PeerReach::kReverse}};
+  BandwidthTable measured;
+  measured.update({"a", "b", 10e6, EdgeSource::kPassive});
+  measured.update({"a", "c", 10e6, EdgeSource::kPassive});
+  measured.update({"c", "b", 4e6, EdgeSource::kProbe});
+  const BandwidthTable planned = traversal::planningRates(measured, v);
+  EXPECT_DOUBLE_EQ(*planned.rate("a", "b"), 5e6);   // relayed
+  EXPECT_DOUBLE_EQ(*planned.rate("a", "c"), 10e6);  // dialed back: a direct TCP connection
+  EXPECT_DOUBLE_EQ(*planned.rate("c", "b"), 2e6);
+  EXPECT_EQ(planned.edges().size(), 3u);
+  EXPECT_EQ(planned.edges()[2].source, EdgeSource::kProbe);
 }
 
 TEST(Messages, HelloListingTooManyLastMembersIsRejected) {
@@ -583,6 +676,7 @@ Bytes groupViewWithPeers(std::uint32_t count_field, std::uint32_t actual) {
     w.u8(static_cast<std::uint8_t>(PeerState::kMember));
     w.i64(0);
     w.u32(1);
+    w.u8(static_cast<std::uint8_t>(PeerReach::kDirect));
   }
   w.u32(0);  // counters
   w.u32(0);  // link estimates
@@ -625,6 +719,12 @@ TEST(Messages, GroupViewInvalidPeerStateByteIsRejected) {
     b[state_off] = static_cast<std::uint8_t>(state);
     auto r = decodeGroupView(b);
     EXPECT_EQ(r.status().code(), StatusCode::kProtocolError) << "state " << state;
+  }
+  {
+    // The reach byte closes the peer (after its i64 age and u32 streams): 3 is unknown.
+    Bytes b = groupViewWithPeers(1, 1);
+    b[8 + 4 + 4 + 4 + 1 + 8 + 4] = 3;
+    EXPECT_EQ(decodeGroupView(b).status().code(), StatusCode::kProtocolError);
   }
   for (PeerState ok : {PeerState::kPending, PeerState::kMember}) {
     Bytes b = groupViewWithPeers(1, 1);
