@@ -179,6 +179,29 @@ std::vector<Check> networkChecks(const Result<p2p::DoctorProbe>& probe,
   }
   out.push_back(std::move(reach));
 
+  // Unreachable: can loco route around it? A NAT that kept the port of our connection to the
+  // coordinator can be punched through (p2p/traversal.h); one that changed it cannot.
+  auto seen = p2p::parseHostPort(r.seen_from);
+  if (r.code != StatusCode::kOk && p.local_port != 0 && seen) {
+    Check nat{"nat", CheckLevel::kOk, "", ""};
+    if (seen->port == p.local_port) {
+      nat.message = fmt::format(
+          "the NAT keeps ports (our port {} arrives as {}): `loco join` takes part anyway, "
+          "dialed back by peers that accept connections and punched through by peers behind "
+          "NATs like this one",
+          p.local_port, r.seen_from);
+    } else {
+      nat.level = CheckLevel::kWarn;
+      nat.message = fmt::format(
+          "the NAT changes ports (our port {} arrives as {}): hole punching cannot work; peers "
+          "that accept connections still dial this machine back, peers behind NATs reach it "
+          "only through a relay",
+          p.local_port, r.seen_from);
+      nat.fix = "loco join --relay HOST:PORT (a `loco relay`, or a coordinator run with --relay)";
+    }
+    out.push_back(std::move(nat));
+  }
+
   // Path MTU: the kernel's path MTU for the connection (lowered by ICMP "fragmentation needed"
   // from a router with a smaller MTU) against the interface's. TCP copes when that ICMP gets
   // through; when a tunnel drops it, large transfers stall while small messages pass, which no

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -101,6 +102,30 @@ TEST(DoctorChecks, DialBackOutcomesBecomeFixes) {
   EXPECT_EQ(checks[3].level, CheckLevel::kWarn);
   EXPECT_NE(checks[3].message.find("42.0 s behind"), std::string::npos) << checks[3].message;
   EXPECT_NE(checks[3].fix.find("timedatectl set-ntp true"), std::string::npos);
+}
+
+// Unreachable behind a NAT: whether it keeps ports decides between "joins anyway" and "needs a
+// relay for peers behind NATs".
+TEST(DoctorChecks, AnUnreachableMachineLearnsWhetherItsNatCanBePunched) {
+  for (const bool keeps : {true, false}) {
+    p2p::DoctorProbe p;
+    p.listening = true;
+    p.listen_port = 7100;
+    p.local_port = 41000;
+    p.advertised = "192.168.1.20:7100";
+    p.result.seen_from = keeps ? "203.0.113.5:41000" : "203.0.113.5:52311";
+    p.result.code = StatusCode::kTimeout;
+    p.result.detail = "timed out";
+    auto checks = networkChecks(p, p2p::HostPort{"198.51.100.1", 7000}, "");
+    auto nat =
+        std::find_if(checks.begin(), checks.end(), [](const Check& c) { return c.name == "nat"; });
+    ASSERT_NE(nat, checks.end());
+    EXPECT_EQ(nat->level, keeps ? CheckLevel::kOk : CheckLevel::kWarn) << nat->message;
+    EXPECT_NE(nat->message.find(keeps ? "keeps ports" : "changes ports"), std::string::npos);
+    if (!keeps) {
+      EXPECT_NE(nat->fix.find("--relay"), std::string::npos);
+    }
+  }
 }
 
 }  // namespace
