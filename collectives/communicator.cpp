@@ -53,13 +53,14 @@ class Communicator::Impl final : public OpEngine::Arbiter {
 
   ~Impl() {
     p2p::traversal::unregisterSelf(options_.peer_id);  // its signal calls client_
+    if (keeper_) keeper_->stop();                      // it calls client_ and uses listener_
     if (client_) {
       onNetworkThread([this] {
         engine_->abortEverything(Status(StatusCode::kAborted, "the communicator is shutting down"));
         state_->shutdown();
         probe_->stop();
         transport_->close(Status(StatusCode::kAborted, "the communicator is shutting down"));
-        relay_.reset();
+        if (keeper_) keeper_->close();
         listener_.reset();
       });
       client_.reset();  // no membership callback runs after this
@@ -95,9 +96,12 @@ class Communicator::Impl final : public OpEngine::Arbiter {
               .toString();
     }
     // Direct, dialed back / punched through, or through a relay when nobody can dial us
-    // (p2p/connect_strategy.h).
-    auto reach = p2p::chooseReachPath(net_, *listener_, options_.coordinator, options_.listen,
-                                      advertise, options_.relay, options_.peer_id, deadline);
+    // (p2p/connect_strategy.h); chosen again if the relay is lost.
+    keeper_ = std::make_unique<p2p::ReachKeeper>(
+        net_, *listener_,
+        p2p::ReachKeeper::Settings{options_.coordinator, options_.listen, advertise, options_.relay,
+                                   options_.peer_id});
+    auto reach = keeper_->choose(deadline);
     if (!reach) return reach.status();
     // Relayed is a degraded path (every byte crosses the relay host): the operator should see it.
     if (reach->path == p2p::PeerReach::kRelayed)
@@ -105,7 +109,6 @@ class Communicator::Impl final : public OpEngine::Arbiter {
     else
       LOG_INFO(kLogPeer, "reached {}: {}", p2p::peerReachName(reach->path), reach->why);
     advertise = reach->advertise;
-    relay_ = std::move(reach->relay);
     p2p::MembershipClientOptions client_options{options_.coordinator, options_.peer_id, advertise,
                                                 options_.streams};
     client_options.reach = reach->path;
@@ -131,12 +134,24 @@ class Communicator::Impl final : public OpEngine::Arbiter {
       state_->onCoordinatorFrame(h, std::move(payload));
     });
     // NAT traversal: how this peer asks others for connections, and serves their requests.
-    p2p::traversal::registerSelf(options_.peer_id, reach->path,
-                                 [this](p2p::MsgType type, std::vector<std::uint8_t> payload) {
-                                   client_->sendToCoordinator(type, std::move(payload));
-                                 });
+    // Requests go to the coordinator through the membership client.
+    auto register_reach = [this](p2p::PeerReach path) {
+      p2p::traversal::registerSelf(options_.peer_id, path,
+                                   [this](p2p::MsgType type, std::vector<std::uint8_t> payload) {
+                                     client_->sendToCoordinator(type, std::move(payload));
+                                   });
+    };
+    register_reach(reach->path);
     client_->setTraversalCallback([this](p2p::MsgType type, std::vector<std::uint8_t> payload) {
       if (listener_) listener_->onTraversalFrame(options_.peer_id, type, payload);
+    });
+    // A lost relay leaves our advertised address dead: register again the way chosen now.
+    keeper_->setOnChange([this, register_reach](const p2p::ReachDecision& d) {
+      register_reach(d.path);
+      client_->reregister(
+          d.advertise, d.path,
+          Status(StatusCode::kPeerLost, fmt::format("the relay was lost; registering again, {}",
+                                                    p2p::peerReachName(d.path))));
     });
     client_->setViewCallback([this](const p2p::GroupView& v) {
       probe_->onView(v);
@@ -386,7 +401,7 @@ class Communicator::Impl final : public OpEngine::Arbiter {
   std::unique_ptr<p2p::MembershipClient> client_;
   // Network thread:
   std::unique_ptr<p2p::LinkListener> listener_;
-  std::shared_ptr<p2p::RelayClient> relay_;  // relayed peers only; feeds listener_
+  std::unique_ptr<p2p::ReachKeeper> keeper_;  // how peers reach us; its relay feeds listener_
   std::unique_ptr<LinkTransport> transport_;
   std::unique_ptr<OpEngine> engine_;
   std::unique_ptr<LinkProbe> probe_;

@@ -17,7 +17,8 @@ namespace loco::p2p {
 Result<ReachDecision> chooseReachPath(NetworkThread& net, LinkListener& listener,
                                       const HostPort& coordinator, const HostPort& listen,
                                       const std::string& advertise, const std::string& relay,
-                                      const std::string& peer_id, Deadline deadline) {
+                                      const std::string& peer_id, Deadline deadline,
+                                      std::function<void(const Status&)> on_relay_lost) {
   ReachDecision d;
   d.advertise = advertise;
   std::optional<HostPort> relay_hp;
@@ -31,6 +32,7 @@ Result<ReachDecision> chooseReachPath(NetworkThread& net, LinkListener& listener
   auto probe = probeCoordinator(coordinator, HostPort{listen.host, listener.port()}, advertise,
                                 Deadline::after(std::min(Millis(6000), deadline.remaining())));
   if (!probe) {
+    d.asked = false;
     d.why = fmt::format("could not ask the coordinator ({}); assuming {} accepts connections",
                         probe.status().message(), advertise);
     return d;
@@ -69,12 +71,13 @@ Result<ReachDecision> chooseReachPath(NetworkThread& net, LinkListener& listener
     client = RelayClient::start(
         net, *relay_hp, peer_id,
         [&listener](std::unique_ptr<Stream> s) { listener.acceptStream(std::move(s)); },
-        [](const Status& why) {
+        [on_relay_lost](const Status& why) {
           // Links through the relay fail with it; the advertised address is dead until this
-          // peer joins again.
+          // peer registers again with another path.
           LOG_ERROR(kLogP2p, "lost the relay: {}; other peers cannot reach this one now",
                     why.message());
           counter("p2p.relay_lost").inc();
+          if (on_relay_lost) on_relay_lost(why);
         },
         deadline, [promise](Result<std::string> r) { promise->set_value(std::move(r)); });
     assigned.set_value();
@@ -82,9 +85,16 @@ Result<ReachDecision> chooseReachPath(NetworkThread& net, LinkListener& listener
   assigned.get_future().wait();
   Result<std::string> registered = future.get();  // the client's deadline bounds it
   if (!registered) {
+    // Better than nothing: peers that accept connections can still have us dial them back.
     net.post([client] { client->close(); });
-    return registered.status().withContext(
-        fmt::format("not reachable at {} ({}), and the relay failed", advertise, why_not));
+    d.path = PeerReach::kReverse;
+    d.why = fmt::format(
+        "not reachable at {} ({}) behind a NAT that changes ports, and the relay "
+        "{} failed ({}): only peers that accept connections can reach this one "
+        "(by dialing back)",
+        advertise, why_not, relay, registered.status().message());
+    counter("p2p.reach_path", {{"path", "reverse"}}).inc();
+    return d;
   }
   d.path = PeerReach::kRelayed;
   d.advertise = registered.value();
@@ -95,6 +105,70 @@ Result<ReachDecision> chooseReachPath(NetworkThread& net, LinkListener& listener
       advertise, why_not, probe->local_port, probe->result.seen_from, relay, d.advertise);
   counter("p2p.reach_path", {{"path", "relayed"}}).inc();
   return d;
+}
+
+ReachKeeper::ReachKeeper(NetworkThread& net, LinkListener& listener, Settings settings)
+    : net_(net), listener_(listener), settings_(std::move(settings)) {}
+
+ReachKeeper::~ReachKeeper() {
+  stop();
+}
+
+void ReachKeeper::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<ReachDecision> ReachKeeper::choose(Deadline deadline) {
+  auto d = chooseReachPath(net_, listener_, settings_.coordinator, settings_.listen,
+                           settings_.advertise, settings_.relay, settings_.peer_id, deadline,
+                           [this](const Status&) { onRelayLost(); });
+  if (d) net_.post([this, relay = d->relay] { relay_ = relay; });
+  return d;
+}
+
+void ReachKeeper::setOnChange(std::function<void(const ReachDecision&)> on_change) {
+  on_change_ = std::move(on_change);
+}
+
+void ReachKeeper::close() {
+  if (relay_) relay_->close();
+  relay_.reset();
+}
+
+void ReachKeeper::onRelayLost() {
+  std::lock_guard lock(mu_);
+  if (stopping_) return;
+  lost_ = true;
+  if (!thread_.joinable()) thread_ = std::thread([this] { repathLoop(); });
+  cv_.notify_all();
+}
+
+void ReachKeeper::repathLoop() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    cv_.wait(lock, [&] { return lost_ || stopping_; });
+    if (stopping_) return;
+    lost_ = false;
+    lock.unlock();
+    LOG_WARN(kLogP2p, "choosing how peers reach this one again: the relay was lost");
+    auto d = choose(Deadline::after(Millis(15000)));
+    // Without the coordinator's verdict the old guess (direct) is no answer: ask again later.
+    if (d && !d->asked) d = Status(StatusCode::kUnavailable, d->why);
+    if (d) {
+      LOG_WARN(kLogPeer, "reached {} again: {}", peerReachName(d->path), d->why);
+      if (on_change_) on_change_(*d);
+    } else {
+      LOG_WARN(kLogP2p, "could not choose a path ({}); trying again in 5 s", d.status().message());
+    }
+    lock.lock();
+    // A failed choice is retried after a pause, unless the keeper stops meanwhile.
+    if (!d) lost_ = !cv_.wait_for(lock, std::chrono::seconds(5), [&] { return stopping_; });
+  }
 }
 
 }  // namespace loco::p2p

@@ -158,6 +158,13 @@ void MembershipClient::setTraversalCallback(
   traversal_cb_ = std::move(cb);
 }
 
+void MembershipClient::reregister(std::string advertise, PeerReach reach, const Status& why) {
+  std::lock_guard lock(mu_);
+  options_.advertise = std::move(advertise);
+  options_.reach = reach;
+  if (state_ == State::kPending || state_ == State::kMember) lostLocked(why, /*evicted=*/false);
+}
+
 void MembershipClient::sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload,
                                          std::uint64_t op_id) {
   net_.post([this, type, payload = std::move(payload), op_id] {

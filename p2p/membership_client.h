@@ -121,6 +121,11 @@ class MembershipClient {
   // dropped when not connected (the caller's deadline then expires, or the lost callback runs).
   void sendToCoordinator(MsgType type, std::vector<std::uint8_t> payload, std::uint64_t op_id = 0);
 
+  // This peer is reached another way now (its relay was lost, p2p/connect_strategy.h): it
+  // registers again with `advertise` and `reach`, as after a lost coordinator (the lost callback
+  // runs; the coordinator replaces the registration, and the next epoch's ring dials the new
+  // address). Any thread. A client not registered just keeps the new values for its next Hello.
+  void reregister(std::string advertise, PeerReach reach, const Status& why);
   // Connects and registers as pending; blocks until a coordinator (the first address that
   // answers) welcomes this peer. Refused and reset connections (a coordinator not up yet) are
   // retried with backoff until the deadline. Errors: kInvalidArgument (an address does not

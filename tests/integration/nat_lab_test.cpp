@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -226,6 +227,108 @@ TEST(LabNat, TrainingWithTwoNatedHostsMatchesTheRunWithout) {
     identical += a[i].digest == b[i].digest;
   }
   std::printf("rounds with bit-identical state in both runs: %d of %zu\n", identical, a.size());
+}
+
+// The relay a peer behind a symmetric NAT registered at is killed mid-run (`loco relay` on its
+// own, in host 1): the operations using links through it abort on every peer, the peer chooses
+// again (the relay is gone, so reverse: the other peers accept connections and have it dial them
+// back), registers again, and the run goes on to its last step with one state on every peer.
+TEST(LabNat, ARelayKilledMidRunLeavesThePeerDialedBackAndTheRunWhole) {
+  SKIP_WITHOUT_LAB_SUPPORT();
+  TempDir dir;
+  const std::string name = uniqueLabName("nrk");
+  LabGuard guard{dir, name};
+  CommandResult up = loco(
+      dir, {"lab", "up", name, "--hosts", "4", "--delay-ms", "2", "--host", "4:nat=symmetric"});
+  ASSERT_EQ(up.code, 0) << up.out;
+  const int subnet = labSubnet(name);
+  ASSERT_GT(subnet, 0);
+  const std::string a1 = "10.213." + std::to_string(subnet) + ".1";
+  auto inHost = [&](int host, std::vector<std::string> args) {
+    std::vector<std::string> out{"lab", "exec", name + std::to_string(host), "--", locoBinary()};
+    out.insert(out.end(), args.begin(), args.end());
+    return out;
+  };
+  auto portIn = [&](const std::string& file) {
+    int port = 0;
+    eventually(milliseconds(10000), [&] { return bool(std::ifstream(file) >> port); });
+    return std::to_string(port);
+  };
+  Process coordinator(
+      inHost(1, {"coordinator", "--listen", a1 + ":0", "--port-file", dir.file("coordinator.port"),
+                 "--heartbeat-interval", "200", "--heartbeat-timeout", "3000", "--insecure"}),
+      dir.file("coordinator.log"));
+  Process relay(inHost(1, {"relay", "--listen", a1 + ":0", "--port-file", dir.file("relay.port")}),
+                dir.file("relay.log"));
+  const std::string coordinator_at = a1 + ":" + portIn(dir.file("coordinator.port"));
+  const std::string relay_at = a1 + ":" + portIn(dir.file("relay.port"));
+  auto flags = tiny(writeCorpus(dir));
+  std::replace(flags.begin(), flags.end(), std::string("warn"), std::string("info"));
+  std::vector<std::unique_ptr<Process>> peers;
+  for (int host : {2, 3, 4}) {
+    const std::string listen =
+        host == 4 ? "192.168.4.2:0"
+                  : "10.213." + std::to_string(subnet) + "." + std::to_string(host) + ":0";
+    std::vector<std::string> args{"join",
+                                  "--coordinator",
+                                  coordinator_at,
+                                  "--listen",
+                                  listen,
+                                  "--relay",
+                                  relay_at,
+                                  "--wait-for",
+                                  "3",
+                                  "--steps",
+                                  "100",
+                                  "--inner-steps",
+                                  "5",
+                                  "--insecure",
+                                  "--metrics",
+                                  dir.file("peer" + std::to_string(host) + ".jsonl")};
+    args.insert(args.end(), flags.begin(), flags.end());
+    peers.push_back(std::make_unique<Process>(inHost(host, args),
+                                              dir.file("peer" + std::to_string(host) + ".log")));
+  }
+  // Kill the relay after the group has trained two rounds together.
+  std::uint64_t killed_at = 0;
+  ASSERT_TRUE(eventually(milliseconds(120000), [&] {
+    auto lines = readJsonl(dir.file("peer4.jsonl"));
+    if (lines.empty() || lines.back().step < 2) return false;
+    killed_at = lines.back().step;
+    return true;
+  })) << peers[2]->log();
+  relay.signal(SIGKILL);
+  ASSERT_TRUE(relay.waitExit(milliseconds(5000)).has_value());
+  for (auto& p : peers) ASSERT_EQ(p->waitExit(milliseconds(180000)).value_or(-1), 0) << p->log();
+  const std::string log4 = peers[2]->log();
+  EXPECT_NE(log4.find("reached relayed"), std::string::npos) << log4;
+  EXPECT_NE(log4.find("lost the relay"), std::string::npos) << log4;
+  EXPECT_NE(log4.find("reached reverse again"), std::string::npos) << log4;
+  // One state on every peer in every round, and the NATed peer trains with the others again
+  // after the kill, its links now dialed back.
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int host : {2, 3, 4}) {
+    for (const Line& l : readJsonl(dir.file("peer" + std::to_string(host) + ".jsonl")))
+      digests[l.step].insert(l.digest);
+  }
+  for (auto& [step, ds] : digests) EXPECT_EQ(ds.size(), 1u) << "step " << step;
+  auto lines4 = readJsonl(dir.file("peer4.jsonl"));
+  ASSERT_FALSE(lines4.empty());
+  EXPECT_EQ(lines4.back().step, 20u) << "the NATed peer reached the last round";
+  bool whole_after = false;
+  for (const Line& l : lines4)
+    whole_after = whole_after || (l.step > killed_at + 1 && l.world == 3);
+  EXPECT_TRUE(whole_after) << "no round after the kill with all three peers";
+  int dialed_back = 0;
+  for (int host : {2, 3}) {
+    const std::string log = readFile(dir.file("peer" + std::to_string(host) + ".log"));
+    for (std::size_t at = log.find("up by reverse"); at != std::string::npos;
+         at = log.find("up by reverse", at + 1))
+      ++dialed_back;
+  }
+  EXPECT_GE(dialed_back, 1) << "links into the NATed peer dialed back after the relay died";
+  std::printf("relay killed after round %llu; links dialed back afterwards: %d\n",
+              static_cast<unsigned long long>(killed_at), dialed_back);
 }
 
 }  // namespace
