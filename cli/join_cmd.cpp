@@ -113,9 +113,10 @@ int runJoin(const Args& args) {
       {"listen", "HOST:PORT for other peers' link streams (port 0: any)", "0.0.0.0:0"},
       {"advertise", "HOST:PORT other peers should connect to (default: derived)", ""},
       {"relay",
-       "HOST:PORT of a relay (loco relay, or loco coordinator --relay) to use when the "
-       "coordinator cannot dial this peer back (behind a NAT): other peers then reach it "
-       "through the relay",
+       "HOST:PORT of a relay (loco relay, or loco coordinator --relay) for when the "
+       "coordinator cannot dial this peer back and its NAT changes ports (no hole punching): "
+       "other peers then reach it through the relay. Behind a NAT that keeps ports no relay "
+       "is needed: peers dial it back or punch through",
        ""},
       {"identity", "identity file (created on first run, mode 0600); default: a fresh id", ""},
       {"tls-dir-temporary",

@@ -57,7 +57,9 @@ struct CommunicatorOptions {
   // fails with kUnavailable (p2p/membership_client.h). 0: never reconnect.
   Millis coordinator_timeout{600000};
   // HOST:PORT of a relay (`loco relay`, p2p/relay.h): used when the coordinator cannot dial
-  // `advertise` back (a NAT), so other peers reach this one through it. Empty: always direct.
+  // `advertise` back and the NAT changes ports, so other peers reach this one through it.
+  // Otherwise (and when empty) an unreachable peer is reverse: dialed back or punched through
+  // (p2p/connect_strategy.h, p2p/traversal.h).
   std::string relay;
 };
 
