@@ -316,7 +316,7 @@ struct RunSummary {
 // One configuration: a coordinator (loco only) and N worker processes, on loopback or in the
 // lab's hosts (round-robin, coordinator and Gloo's rendezvous in host 1's view of /tmp).
 Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfig>& cfg, int N,
-                           bool gloo, int streams, int iters, const std::string& size_key,
+                           bool gloo, bool tls, int streams, int iters, const std::string& size_key,
                            const std::string& size_value) {
   auto hostArgv = [&](int host) {
     return cfg ? lab::inHost(*cfg, host) : std::vector<std::string>{};
@@ -339,7 +339,6 @@ Result<RunSummary> runOnce(const Flags& flags, const std::optional<lab::LabConfi
     std::filesystem::remove_all(dir, ec);
   };
   int port = 0, relay_port = 0;
-  const bool tls = flags.get("tls") == "on";  // checked by runBenchAllReduce
   // --tls decides for every child (--ca/--tls-dir or --insecure on its command line); an
   // inherited LOCO_INSECURE would contradict --tls on.
   ::unsetenv("LOCO_INSECURE");
@@ -586,7 +585,9 @@ int runBenchAllReduce(const Args& args) {
     if (!mib) return reportFailure(mib.status());
     bytes = static_cast<std::size_t>(*mib) << 20;
   }
-  if (auto tls = flags.getOnOff("tls"); !tls) return reportFailure(tls.status());
+  auto tls_flag = flags.getOnOff("tls");
+  if (!tls_flag) return reportFailure(tls_flag.status());
+  const bool tls = *tls_flag;
   if (flags.getBool("worker")) {
     if (flags.get("impl") == "gloo")
       return runGlooWorker(flags, bytes, static_cast<int>(*peers), static_cast<int>(*iters));
@@ -617,8 +618,8 @@ int runBenchAllReduce(const Args& args) {
   std::optional<double> gloo_p50;
   for (bool gloo : {true, false}) {
     if (gloo && baseline != "gloo") continue;
-    auto run = runOnce(flags, cfg, N, gloo, static_cast<int>(*streams), static_cast<int>(*iters),
-                       size_key, size_value);
+    auto run = runOnce(flags, cfg, N, gloo, tls, static_cast<int>(*streams),
+                       static_cast<int>(*iters), size_key, size_value);
     if (!run) return reportFailure(run.status());
     const double algbw = static_cast<double>(bytes) / (run->p50_ms / 1000) / 1e9;
     const double busbw = algbw * 2.0 * (N - 1) / N;
@@ -649,7 +650,7 @@ int runBenchAllReduce(const Args& args) {
       line["compress"] = flags.get("compress");
       line["cpu_ms_per_peer"] = jsonFixed(run->cpu_ms, 1);
       line["sent_mib_per_peer"] = jsonFixed(run->sent_mib, 3);
-      line["tls"] = flags.get("tls") == "on";
+      line["tls"] = tls;
     }
     if (!gloo && !run->ring_before.empty()) {
       line["ring_before"] = run->ring_before;

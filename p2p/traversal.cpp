@@ -122,7 +122,8 @@ void serveReverse(asio::io_context& io, const ConnectMsg& m,
                });
 }
 
-// Both ends connect at once; the far end reached us with `m` (its public endpoint).
+// One side of a simultaneous open: connects the bound `sock` to the far end's public `endpoint`
+// by the deadline (the kernel retries a SYN the far router dropped before its own went out).
 void connectPunch(std::shared_ptr<tcp::socket> sock, const std::string& endpoint, Deadline deadline,
                   std::function<void(const std::error_code&)> done) {
   auto hp = parseHostPort(endpoint);
