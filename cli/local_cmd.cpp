@@ -105,6 +105,7 @@ struct StepRecord {
   std::size_t world = 0;
   double loss = NAN, val_loss = NAN, bytes_sent = 0, wall_s = 0, tokens_per_s = 0;
   double batch = 0, tokens = 0;  // the per-peer batch after the round; tokens all peers processed
+  std::uint32_t instances = 1;   // multi-instance training: instances active after the round
   std::uint32_t retries = 0;
   std::map<std::string, std::string> digests;  // peer name -> shared-state digest
   // peer name -> its tokens over its wall time since it started, and its compute share of it
@@ -456,6 +457,7 @@ void readMetrics(Swarm& s) {
       r.digests[s.children[i]->name] = l.digest;
       r.batch = std::max(r.batch, l.batch);
       r.tokens = std::max(r.tokens, l.tokens);
+      r.instances = l.instances;
       if (l.e2e_tokens_per_s) r.e2e_tokens_per_s[s.children[i]->name] = *l.e2e_tokens_per_s;
       if (l.utilization) r.utilization[s.children[i]->name] = *l.utilization;
     }
@@ -711,6 +713,8 @@ bool writeTrainingResults(Swarm& s) {
       val_vs_bytes{"validation loss", "#d62728", {}};
   PlotSeries batch_vs_step{"per-peer batch", "#2ca02c", {}};
   std::vector<std::uint64_t> batch_changes;  // the batch trajectory (adaptive batch runs)
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> merges;  // (outer step, instances after)
+  std::uint32_t instances_before = 0;
   std::size_t disagreements = 0;
   std::optional<double> first_val, last_val;
   double tokens = 0, e2e_tokens = 0, utilization = 0;
@@ -731,8 +735,12 @@ bool writeTrainingResults(Swarm& s) {
                        {"peers_reporting", r.digests.size()},
                        {"digests_agree", agree},
                        {"batch", jsonFixed(r.batch, 0)},
-                       {"tokens", jsonFixed(r.tokens, 0)}}) +
+                       {"tokens", jsonFixed(r.tokens, 0)},
+                       {"instances", r.instances}}) +
              "\n";
+    if (instances_before == 0 || r.instances != instances_before)
+      merges.emplace_back(step, r.instances);
+    instances_before = r.instances;
     if (r.batch > 0) {
       batch_vs_step.points.emplace_back(static_cast<double>(r.inner_step), r.batch);
       const auto b = static_cast<std::uint64_t>(r.batch);
@@ -781,6 +789,12 @@ bool writeTrainingResults(Swarm& s) {
         writeSvgPlot(s.out_dir + "/batch_vs_steps.svg", "per-peer batch against inner steps",
                      "inner steps per peer", "windows per inner step", {batch_vs_step});
     if (!st.isOk()) s.say("could not write results: " + st.message());
+  }
+  if (merges.size() > 1) {
+    std::string said = std::to_string(merges.front().second) + " instances";
+    for (std::size_t i = 1; i < merges.size(); ++i)
+      said += fmt::format(" -> {} after round {}", merges[i].second, merges[i].first);
+    std::printf("\ninstances per peer: %s", said.c_str());
   }
   std::printf("\nshared-state digests: %s\n",
               disagreements == 0 ? "equal on every reporting peer after every round"

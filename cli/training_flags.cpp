@@ -98,6 +98,16 @@ std::vector<FlagSpec> trainingFlagSpecs() {
        "switch mode: this peer's memory (peak resident set) for training; bounds the measured "
        "micro-batch",
        ""},
+      {"instances",
+       "multi-instance training: K model instances per peer (1..8), each its own DiLoCo "
+       "trajectory on its own data stream, merged pairwise every --merge-every rounds until one "
+       "remains (--method diloco)",
+       "1"},
+      {"merge-every", "multi-instance: rounds between two merges", "5"},
+      {"merge-policy",
+       "multi-instance: which instances merge, by their training loss in the round: "
+       "worst-with-worst or best-with-worst; weighted by each one's batch demand",
+       "worst-with-worst"},
   };
 }
 
@@ -200,6 +210,24 @@ Status batchTestFromFlags(const Flags& flags, training::DistributedConfig& c) {
   return Status();
 }
 
+// --instances and its merge schedule; a merge setting without instances to merge is an error.
+Status multiInstanceFromFlags(const Flags& flags, training::DistributedConfig& c) {
+  auto instances = flags.getInt("instances", 1, training::kMaxInstances);
+  if (!instances) return instances.status();
+  auto every = flags.getInt("merge-every", 1, 1000000);
+  if (!every) return every.status();
+  auto policy = training::parseMergePolicy(flags.get("merge-policy"));
+  if (!policy) return policy.status();
+  c.multi.instances = static_cast<std::uint32_t>(*instances);
+  c.multi.merge_every = static_cast<std::uint32_t>(*every);
+  c.multi.policy = *policy;
+  if (c.multi.instances == 1 && (flags.isSet("merge-every") || flags.isSet("merge-policy"))) {
+    return Status(StatusCode::kInvalidArgument,
+                  "--merge-every and --merge-policy are for --instances 2 or more");
+  }
+  return Status();
+}
+
 // --method auto is the configuration measured fastest in the wide-area lab at blocking DiLoCo's
 // loss (README, "Which method by default"): Streaming DiLoCo, 2 fragments (the --fragments
 // default), 5 overlapped steps, int4 Δ.
@@ -211,6 +239,7 @@ constexpr collectives::Wire kAutoWire = collectives::Wire::kInt4;
 std::string autoStreamingBlocker(const Flags& flags, std::int64_t inner, std::int64_t layers,
                                  std::int64_t fragments) {
   if (flags.isSet("overlap")) return "--overlap is a mode of blocking DiLoCo";
+  if (flags.get("instances") != "1") return "each of several instances trains whole rounds";
   if (flags.get("batch-test") != "none") return "the batch test samples whole rounds";
   if (flags.get("allocation") == "speed") return "--allocation speed weights whole-round Δ";
   if (layers < fragments)
@@ -403,6 +432,7 @@ Result<training::DistributedConfig> trainingConfigFromFlags(const Flags& flags) 
                               c.train.inner.schedule.warmup_steps, c.steps));
   }
   LOCO_RETURN_IF_ERROR(batchTestFromFlags(flags, c));
+  LOCO_RETURN_IF_ERROR(multiInstanceFromFlags(flags, c));
   LOCO_RETURN_IF_ERROR(training::validateDistributedConfig(c));
   return c;
 }

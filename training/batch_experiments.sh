@@ -16,11 +16,17 @@
 #       interpolated there), and the slow peer's local phase never exceeds the slowest other
 #       peer's by more than 10 % after the first round (which runs before any speed is known).
 #
+#   MIT multi-instance training against one instance at equal samples: DiLoCo H=30, fixed batch
+#       16 per peer (K=1), against K=4 instances of batch 4 each, merged every 5 rounds (4 -> 2
+#       -> 1; a merged instance trains both batches, so every peer draws 16 windows per step
+#       throughout), under both merge policies. No target: one line per seed with the val losses,
+#       wall times, tokens and bytes.
+#
 #   training/batch_experiments.sh [OUT_DIR] [SEEDS...]   (default: loco-batch-experiments, 1 2)
 #
 # Model and schedule as training/experiments.sh (width 128, 2 layers, context 64, 600 steps) unless
 # MODEL is set, e.g. MODEL="--width 64 --context 32 --steps 300" for a quick look (E10: 300 steps,
-# E10_STEPS). ONLY=E7|E8|E10 runs one of them. Prints one JSON
+# E10_STEPS). ONLY=E7|E8|E10|MIT runs one of them. Prints one JSON
 # line per run and one per criterion and seed ({"check":"E7",...,"holds":...}).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -84,6 +90,33 @@ print(json.dumps({"check": "E7", "run": name, "seed": seed, "target_val_loss": t
                   "norm_bytes_over_fixed": norm["bytes_sent"] / fixed["bytes_sent"]}))
 PY
   done
+done
+
+# MIT: multi-instance training at equal samples (see the top of this file).
+for seed in "${seeds[@]}"; do
+  [ -n "${ONLY:-}" ] && [ "${ONLY}" != MIT ] && break
+  run mit-k1 "$seed" --inner-steps 30 --batch 16
+  run mit-k4-wow "$seed" --inner-steps 30 --batch 4 --instances 4 --merge-every 5 \
+    --merge-policy worst-with-worst
+  run mit-k4-bow "$seed" --inner-steps 30 --batch 4 --instances 4 --merge-every 5 \
+    --merge-policy best-with-worst
+  python3 - "$results" "$seed" <<'PY' | tee -a "$results"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+seed = int(sys.argv[2])
+get = lambda name: next(r for r in rows if r.get("run") == name and r["seed"] == seed)
+k1 = get("mit-k1")
+out = {"check": "MIT", "seed": seed, "k1_val_loss": k1["final_val_loss"], "k1_wall_s": k1["wall_s"],
+       "holds": None}
+for name in ("mit-k4-wow", "mit-k4-bow"):
+    r = get(name)
+    out[name] = {"val_loss": r["final_val_loss"], "wall_s": r["wall_s"],
+                 "val_over_k1": round(r["final_val_loss"] / k1["final_val_loss"], 4),
+                 "tokens_over_k1": round(r["tokens_all_peers"] / k1["tokens_all_peers"], 3),
+                 "bytes_over_k1": round(r["bytes_sent"] / k1["bytes_sent"], 3),
+                 "wall_over_k1": round(r["wall_s"] / k1["wall_s"], 3)}
+print(json.dumps(out))
+PY
 done
 
 # E8: switch mode. A short run measures this machine's b_max within the memory budget

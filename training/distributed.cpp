@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <span>
 
 #include "collectives/communicator.h"
 #include "collectives/shared_state.h"
@@ -57,6 +59,15 @@ constexpr std::size_t kStatTokens = kStatRankSlots - 3;
 // Speed-aware allocation: Σ throughput of the contributors, Σ windows per step (the weights).
 constexpr std::size_t kStatTokensPerS = kStatRankSlots - 4;
 constexpr std::size_t kStatWindows = kStatRankSlots - 5;
+// Multi-instance training, from the bottom: each instance's training loss (summed over the
+// contributors), then the squared gradient norms of instances 1.. (instance 0's is
+// kStatGradSqNorms, as with one instance).
+constexpr std::size_t kStatInstanceLoss = kWantsSyncPoint + 1;
+constexpr std::size_t kStatInstanceGradSq = kStatInstanceLoss + kMaxInstances;
+static_assert(kStatInstanceGradSq + kMaxInstances - 1 <= kStatWindows);
+constexpr std::size_t gradSqSlot(std::uint32_t instance) {
+  return instance == 0 ? kStatGradSqNorms : kStatInstanceGradSq + instance - 1;
+}
 
 double squaredNorm(std::span<const float> v) {
   double s = 0;
@@ -95,7 +106,8 @@ class Run {
         streaming_(config.method == Method::kStreaming),
         noloco_(config.method == Method::kNoloco),
         overlap_(config.method == Method::kDiloco ? config.overlap : Overlap::kNone),
-        outer_(P_, config.outer),
+        K_(config.multi.instances),
+        outer_(P_ * config.multi.instances, config.outer),
         eager_(overlap_ == Overlap::kEager ? P_ : 0, config.outer) {}
 
   Status run() {
@@ -235,10 +247,16 @@ class Run {
       mean_delta_.assign(P_, 0.0f);
       mean_phi_.assign(P_ + 1, 0.0f);
     } else if (diloco_) {
-      theta_.assign(trainer_.paramData(), trainer_.paramData() + P_);
-      momentum_.assign(P_, 0.0f);
-      LOCO_RETURN_IF_ERROR(state_.add("outer.params", DType::kF32, theta_.data(), P_));
-      LOCO_RETURN_IF_ERROR(state_.add("outer.momentum", DType::kF32, momentum_.data(), P_));
+      // Every instance starts from the same θ_0 (multi_instance.h); one instance: θ is P long.
+      theta_.resize(P_ * K_);
+      for (std::uint32_t k = 0; k < K_; ++k) {
+        std::copy(trainer_.paramData(), trainer_.paramData() + P_, theta_.begin() + k * P_);
+      }
+      momentum_.assign(P_ * K_, 0.0f);
+      LOCO_RETURN_IF_ERROR(state_.add("outer.params", DType::kF32, theta_.data(), theta_.size()));
+      LOCO_RETURN_IF_ERROR(
+          state_.add("outer.momentum", DType::kF32, momentum_.data(), momentum_.size()));
+      LOCO_RETURN_IF_ERROR(createInstances());
       if (streaming_) {
         auto frags = fragmentRanges(trainer_.paramLayout(), cfg_.fragments);
         if (!frags) return frags.status();
@@ -258,17 +276,47 @@ class Run {
       LOCO_RETURN_IF_ERROR(state_.add("adam.v", DType::kF32, adam_v_.data(), P_));
     }
     LOCO_RETURN_IF_ERROR(state_.add("progress", DType::kI64, progress_.data(), progress_.size()));
-    if (testing()) {
-      batch_state_[kBatchSize] = cfg_.train.batch_size;
-      batch_state_[kScheduleSamples] = 0;
+    if (perInstanceBatch()) {
+      batch_state_.assign(kBatchStateFields * K_, 0);
+      for (std::uint32_t k = 0; k < K_; ++k) batchOf(k) = cfg_.train.batch_size;
       LOCO_RETURN_IF_ERROR(
           state_.add("batch", DType::kI64, batch_state_.data(), batch_state_.size()));
-      grad_buf_.assign(P_, 0.0f);
-      if (diloco_) last_grad_.assign(P_, 0.0f);
     }
-    contribution_.assign(P_, 0.0f);
-    reduce_buf_.assign(P_, 0.0f);
+    if (testing()) {
+      grad_buf_.assign(P_ * K_, 0.0f);
+      if (diloco_) last_grad_.assign(P_ * K_, 0.0f);
+    }
+    contribution_.assign(P_ * K_, 0.0f);
+    reduce_buf_.assign(P_ * K_, 0.0f);
+    instance_loss_.assign(K_, 0.0);
     return Status();
+  }
+
+  // Multi-instance: the trainers of instances 1..K-1, on the same corpus as the given one, each
+  // drawing from its own stream; slot k of θ is trained by slot_trainers_[k] (merges permute).
+  Status createInstances() {
+    slot_trainers_ = {&trainer_};
+    const auto corpus =
+        std::shared_ptr<const TextCorpus>(std::shared_ptr<const TextCorpus>(), &trainer_.corpus());
+    for (std::uint32_t k = 1; k < K_; ++k) {
+      TrainConfig tc = trainer_.config();
+      tc.stream = instanceStream(tc.stream.value_or(tc.rank), k);
+      auto t = LocalTrainer::create(tc, corpus);
+      if (!t) return t.status().withContext(fmt::format("creating instance {}", k));
+      slot_trainers_.push_back(t->get());
+      instance_trainers_.push_back(std::move(*t));
+    }
+    return Status();
+  }
+  LocalTrainer& slotTrainer(std::uint32_t k) {
+    return slot_trainers_.empty() ? trainer_ : *slot_trainers_[k];
+  }
+  // Instances active in the current round (1 unless --instances).
+  std::uint32_t active() const {
+    return activeInstances(cfg_.multi, static_cast<std::uint64_t>(progress_[kOuterStep]));
+  }
+  std::span<float> slice(std::vector<float>& v, std::uint32_t k) const {
+    return std::span<float>(v).subspan(static_cast<std::size_t>(k) * P_, P_);
   }
 
   std::string checkpointPath() const {
@@ -286,6 +334,10 @@ class Run {
     const DataAssignment a = assignData(ring, comm_.peerId());
     if (assigned_ && *assigned_ == a) return Status();
     LOCO_RETURN_IF_ERROR(trainer_.setShard(a.rank, a.world, a.stream));
+    for (std::size_t i = 0; i < instance_trainers_.size(); ++i) {
+      LOCO_RETURN_IF_ERROR(instance_trainers_[i]->setShard(
+          a.rank, a.world, instanceStream(a.stream, static_cast<std::uint32_t>(i + 1))));
+    }
     LOG_INFO(kLogTrain, "data: rank {} of {} ({} sharding), stream {:016x}", a.rank, a.world,
              shardingName(cfg_.train.sharding), a.stream);
     assigned_ = a;
@@ -302,8 +354,18 @@ class Run {
         return Status(StatusCode::kInvalidArgument,
                       checkpointPath() + " holds no DiLoCo outer parameters (a DDP run?)");
       }
-      theta_ = s.outer_params;
-      if (!s.outer_momentum.empty()) momentum_ = s.outer_momentum;
+      if (activeInstances(cfg_.multi, s.outer_step) > 1) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            fmt::format("{} was written at outer step {}, while {} instances were "
+                        "active (--instances): those checkpoints are not written",
+                        checkpointPath(), s.outer_step, activeInstances(cfg_.multi, s.outer_step)));
+      }
+      // With --instances the merged instance is slot 0; the other slots stay zero.
+      std::copy(s.outer_params.begin(), s.outer_params.end(), theta_.begin());
+      if (!s.outer_momentum.empty()) {
+        std::copy(s.outer_momentum.begin(), s.outer_momentum.end(), momentum_.begin());
+      }
       noloco_has_phi_ = noloco_;
       progress_[kMomentumStarted] = s.outer_momentum.empty() ? 0 : 1;
     }
@@ -327,9 +389,9 @@ class Run {
     resumeBatch(s);
     LOG_INFO(kLogTrain, "resumed from {}: outer step {}, inner step {}{}", checkpointPath(),
              s.outer_step, s.step,
-             testing() ? fmt::format(", batch {} ({} samples per peer)", currentBatch(),
-                                     batch_state_[kScheduleSamples])
-                       : "");
+             testing()
+                 ? fmt::format(", batch {} ({} samples per peer)", currentBatch(), samplesOf(0))
+                 : "");
     // How far this peer is: the coordinator compares it with how far the run got, so that a
     // peer behind a group that is gone does not train those rounds again alone.
     comm_.setRegistrationReport(state_.revision(), state_.digest(), s.outer_step, done());
@@ -340,13 +402,12 @@ class Run {
   // written. A checkpoint without them (version 1, or a run without a batch test) resumes with
   // --batch, the schedule at its step.
   void resumeBatch(const TrainingState& s) {
-    if (!testing()) return;
+    if (!perInstanceBatch()) return;
     if (s.batch > 0) {
-      batch_state_[kBatchSize] = static_cast<std::int64_t>(s.batch);
-      batch_state_[kScheduleSamples] = static_cast<std::int64_t>(s.schedule_samples);
+      batchOf(0) = static_cast<std::int64_t>(s.batch);
+      samplesOf(0) = static_cast<std::int64_t>(s.schedule_samples);
     } else {
-      batch_state_[kScheduleSamples] =
-          static_cast<std::int64_t>(advanceSamples(0, s.step, cfg_.train.batch_size));
+      samplesOf(0) = static_cast<std::int64_t>(advanceSamples(0, s.step, cfg_.train.batch_size));
     }
   }
 
@@ -432,17 +493,27 @@ class Run {
     if (have_contribution_) r.stats[kStatTokens] = static_cast<float>(contribution_tokens_);
     // The batch test's sample: this peer's last unclipped mini-batch gradient (DDP: its
     // contribution itself).
+    const std::uint32_t instances = active();
     sent_grad_ = testing() && have_contribution_ && (!diloco_ || have_grad_);
     if (sent_grad_) {
-      std::span<const float> g = diloco_ ? std::span<const float>(last_grad_) : contribution_;
       r.stats[kStatGradPeers] = 1.0f;
-      r.stats[kStatGradSqNorms] = static_cast<float>(squaredNorm(g));
+      for (std::uint32_t k = 0; k < instances; ++k) {
+        std::span<const float> g =
+            diloco_ ? slice(last_grad_, k) : std::span<const float>(contribution_);
+        r.stats[gradSqSlot(k)] = static_cast<float>(squaredNorm(g));
+      }
     }
+    if (K_ > 1 && have_contribution_) {
+      for (std::uint32_t k = 0; k < instances; ++k) {
+        r.stats[kStatInstanceLoss + k] = static_cast<float>(instance_loss_[k]);
+      }
+    }
+    const std::size_t grad_count = instances * P_;
     if (testing() && diloco_) {
       if (sent_grad_) {
-        std::copy(last_grad_.begin(), last_grad_.end(), grad_buf_.begin());
+        std::copy_n(last_grad_.begin(), grad_count, grad_buf_.begin());
       } else {
-        std::fill(grad_buf_.begin(), grad_buf_.end(), 0.0f);
+        std::fill_n(grad_buf_.begin(), grad_count, 0.0f);
       }
     }
     r.world = comm_.world();
@@ -459,7 +530,7 @@ class Run {
         comm_.allReduce(reduce_buf_.data(), count, DType::kF32, ReduceOp::kSum, cfg_.wire, options);
     std::optional<Result<std::shared_ptr<collectives::Operation>>> grad_op;
     if (data_op && testing() && diloco_) {
-      grad_op.emplace(comm_.allReduce(grad_buf_.data(), P_, DType::kF32, ReduceOp::kSum,
+      grad_op.emplace(comm_.allReduce(grad_buf_.data(), grad_count, DType::kF32, ReduceOp::kSum,
                                       collectives::Wire::kInt8, options));
     }
     // The training thread's work while the round's all-reduces run (overlapped methods); a
@@ -497,6 +568,7 @@ class Run {
                "let every peer draw its own samples",
                cfg_.train.rank);
     }
+    const std::uint32_t trained = active();  // the instances behind this round's Δ
     RoundRecord rec;
     rec.world = r.world;
     rec.epoch = r.epoch;
@@ -538,7 +610,8 @@ class Run {
       rec.train_loss = std::nan("");
     }
     rec.tokens = r.stats[kStatTokens];
-    if (testing() && contributors > 0) rec.batch_wanted = batchTest(r);
+    if (testing() && contributors > 0) rec.batch_wanted = batchTest(r, trained);
+    if (contributors > 0 && active() < trained) mergeInstances(r, trained);
     if (speedSplit()) {
       // A peer without a contribution this round (a joiner) takes the mean share.
       share_ = speedShare(currentBatch(), contributors, contributed ? speed_tokens_per_s_ : 0,
@@ -558,7 +631,10 @@ class Run {
         overlap_ran_ = false;  // steps past a sync the group has moved beyond
       }
     } else if (diloco_) {
-      std::copy(theta_.begin(), theta_.end(), trainer_.paramData());  // θ_m ← θ
+      for (std::uint32_t k = 0; k < active(); ++k) {  // θ_m ← θ
+        std::span<const float> th = slice(theta_, k);
+        std::copy(th.begin(), th.end(), slotTrainer(k).paramData());
+      }
     }
     rec.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
     rec.inner_step = static_cast<std::uint64_t>(progress_[kInnerStep]);
@@ -574,9 +650,12 @@ class Run {
     if (contributors == 0 && !first) return Status();  // nothing happened worth a line
     reported_first_ = true;
     if (evaluator && (first || done() || rec.outer_step % cfg_.eval_every == 0)) {
-      auto val = validateGlobal();
-      if (!val) return val.status().withContext("validation");
-      rec.val_loss = *val;
+      for (std::uint32_t k = 0; k < active(); ++k) {
+        auto val = k == 0 ? validateGlobal() : slotTrainer(k).validationLoss();
+        if (!val) return val.status().withContext("validation");
+        rec.val_loss = rec.val_loss ? std::min<double>(*rec.val_loss, *val) : *val;
+        if (active() > 1) rec.instance_val_losses.push_back(*val);
+      }
     }
     fillTiming(rec);
     if (!cfg_.checkpoint_dir.empty() && contributors > 0 &&
@@ -590,8 +669,64 @@ class Run {
     rec.share = plan().total();
     rec.b_max = cfg_.micro_limits.b_max;
     rec.b_mem = cfg_.micro_limits.b_mem;
+    rec.instances = active();
+    if (active() > 1) {
+      for (std::uint32_t k = 0; k < active(); ++k) rec.instance_batches.push_back(currentBatch(k));
+    }
     if (on_round_) on_round_(rec);
     return Status();
+  }
+
+  // Multi-instance: the round that was just applied ends a merge period. The `trained`
+  // instances merge pairwise (multi_instance.h's plan, by their mean training loss in the
+  // round) into active() ones: θ and the outer momentum of each pair become their average
+  // weighted by batch demand (each instance's batch, which its test grew; equal without a test).
+  // The merged instance trains the windows of both (b_a + b_b, within --max-batch), so a peer's
+  // samples per step do not drop with a merge; its schedule position is the further of the two.
+  // Every member computes this from what it holds alike.
+  void mergeInstances(const Reduced& r, std::uint32_t trained) {
+    const float contributors = r.stats[kContributes];
+    std::vector<double> losses(trained);
+    for (std::uint32_t k = 0; k < trained; ++k) {
+      losses[k] = r.stats[kStatInstanceLoss + k] / contributors;
+    }
+    const std::vector<MergeGroup> plan = mergePlan(losses, cfg_.multi.policy);
+    const std::vector<float> theta(theta_), momentum(momentum_);
+    const std::vector<std::int64_t> batches(batch_state_);
+    auto field = [&](std::uint32_t k, std::size_t f) { return batches[k * kBatchStateFields + f]; };
+    const std::vector<LocalTrainer*> trainers(slot_trainers_);
+    std::vector<std::string> said;
+    auto weight = [&](std::uint32_t k) { return static_cast<double>(field(k, kBatchSize)); };
+    auto from = [&](const std::vector<float>& v, std::uint32_t k) {
+      return std::span<const float>(v).subspan(static_cast<std::size_t>(k) * P_, P_);
+    };
+    for (std::uint32_t p = 0; p < plan.size(); ++p) {
+      const MergeGroup& g = plan[p];
+      const std::uint32_t a = g.first, b = g.pair ? g.second : g.first;
+      const double wa = weight(a), wb = weight(b);
+      mergeWeighted(from(theta, a), wa, from(theta, b), wb, slice(theta_, p));
+      mergeWeighted(from(momentum, a), wa, from(momentum, b), wb, slice(momentum_, p));
+      std::int64_t batch = field(a, kBatchSize);
+      if (g.pair) {
+        batch += field(b, kBatchSize);
+        if (testing()) batch = std::min<std::int64_t>(batch, cfg_.batch.max_batch);
+      }
+      batchOf(p) = batch;
+      samplesOf(p) = std::max(field(a, kScheduleSamples), field(b, kScheduleSamples));
+      // The heavier instance's trainer goes on with the merged one (its AdamW moments and
+      // data stream); the other is retired.
+      slot_trainers_[p] = trainers[wb > wa ? b : a];
+      said.push_back(g.pair ? fmt::format("{}+{} (loss {:.4f}/{:.4f}, weight {:g}/{:g})", a, b,
+                                          losses[a], losses[b], wa, wb)
+                            : fmt::format("{} alone", a));
+    }
+    const std::size_t keep = plan.size() * P_;
+    std::fill(theta_.begin() + keep, theta_.end(), 0.0f);
+    std::fill(momentum_.begin() + keep, momentum_.end(), 0.0f);
+    std::fill(reduce_buf_.begin() + keep, reduce_buf_.end(), 0.0f);
+    std::fill(batch_state_.begin() + plan.size() * kBatchStateFields, batch_state_.end(), 0);
+    LOG_INFO(kLogTrain, "round {}: merged {} instances into {} ({}): {}", progress_[kOuterStep],
+             trained, plan.size(), mergePolicyName(cfg_.multi.policy), fmt::join(said, ", "));
   }
 
   // A checkpoint that cannot be written (a full disk, a missing or read-only folder) costs
@@ -599,6 +734,16 @@ class Run {
   // goes on, and the next round writes again. Warned once per distinct reason; counted in
   // train.checkpoint_failures and in every RoundRecord.
   Status checkpoint() {
+    if (active() > 1) {
+      // A checkpoint holds one model; the instances are the group's shared state meanwhile, so
+      // a peer restarted now comes back as a newcomer and receives them.
+      if (!said_no_checkpoint_) {
+        LOG_INFO(kLogTrain, "checkpoints begin once the {} instances are merged into one",
+                 active());
+        said_no_checkpoint_ = true;
+      }
+      return Status();
+    }
     Status st = writeCheckpoint();
     if (st.isOk()) {
       if (!checkpoint_error_.empty()) {
@@ -624,16 +769,17 @@ class Run {
   }
 
   Status writeCheckpoint() {
-    TrainingState s = trainer_.exportState();
+    TrainingState s = slotTrainer(0).exportState();
     s.step = static_cast<std::uint64_t>(progress_[kInnerStep]);
     s.outer_step = static_cast<std::uint64_t>(progress_[kOuterStep]);
-    if (diloco_) {
-      s.outer_params = theta_;
-      if (progress_[kMomentumStarted]) s.outer_momentum = momentum_;
+    if (diloco_) {  // with --instances, the one left: slot 0
+      s.outer_params.assign(theta_.begin(), theta_.begin() + P_);
+      if (progress_[kMomentumStarted])
+        s.outer_momentum.assign(momentum_.begin(), momentum_.begin() + P_);
     }
-    if (testing()) {
-      s.batch = static_cast<std::uint64_t>(batch_state_[kBatchSize]);
-      s.schedule_samples = static_cast<std::uint64_t>(batch_state_[kScheduleSamples]);
+    if (perInstanceBatch()) {
+      s.batch = static_cast<std::uint64_t>(batchOf(0));
+      s.schedule_samples = static_cast<std::uint64_t>(samplesOf(0));
     }
     if (streaming_ && overlap_ran_) {  // written after a fragment sync: τ steps trained past it
       s.local_step = local_step_;
@@ -652,18 +798,22 @@ class Run {
     std::size_t losses = 0, steps_run = 0;
     double seconds = 0;
     std::uint32_t windows = 0;  // per step (the micro plan's total)
+    double tokens = 0;
+    bool grad_kept = false;  // keep_last: the last step's gradient is in last_grad_, finite
   };
-  // `keep_last`: the batch test samples the gradient of step until-1, before clipping.
-  Result<Trained> train(std::uint64_t from, std::uint64_t until, bool keep_last = false) {
+  // `keep_last`: the batch test samples the gradient of step until-1, before clipping. `k`: the
+  // instance (multi_instance.h) whose trainer, batch and schedule position it trains.
+  Result<Trained> train(std::uint64_t from, std::uint64_t until, bool keep_last = false,
+                        std::uint32_t k = 0) {
     Trained t;
     const auto t0 = Clock::now();
-    const MicroPlan micro = plan();
-    if (keep_last) have_grad_ = false;
+    const MicroPlan micro = plan(k);
+    LocalTrainer& trainer = slotTrainer(k);
     for (std::uint64_t s = from; s < until && !stop_.load(); ++s, ++t.steps_run) {
       const bool keep = keep_last && s + 1 == until;
-      auto loss = accumulatedInnerStep(
-          trainer_, s, micro, keep ? std::span<float>(last_grad_) : std::span<float>(), lrStep(s));
-      if (keep) have_grad_ = loss.isOk() && allFinite(last_grad_, nullptr);
+      std::span<float> grad = keep ? slice(last_grad_, k) : std::span<float>();
+      auto loss = accumulatedInnerStep(trainer, s, micro, grad, lrStep(s, k));
+      if (keep) t.grad_kept = loss.isOk() && allFinite(grad, nullptr);
       if (!loss) {
         if (loss.status().code() != StatusCode::kDataLoss) return loss.status();
         LOG_WARN(kLogTrain, "inner step {} skipped: {}", s, loss.status().message());
@@ -674,7 +824,8 @@ class Run {
     }
     t.seconds = toSeconds(Clock::now() - t0);
     compute_total_s_ += t.seconds;
-    tokens_trained_ += static_cast<double>(t.steps_run) * micro.total() * cfg_.train.model.context;
+    t.tokens = static_cast<double>(t.steps_run) * micro.total() * cfg_.train.model.context;
+    tokens_trained_ += t.tokens;
     t.windows = micro.total();
     return t;
   }
@@ -685,7 +836,7 @@ class Run {
   }
   // Elements of this round's data all-reduce (streaming: the round's fragment).
   std::size_t dataLen() const {
-    if (!streaming_) return P_;
+    if (!streaming_) return active() * P_;
     return rangesSize(fragments_[currentFragment()]);
   }
   std::uint32_t currentFragment() const {
@@ -718,7 +869,7 @@ class Run {
   // The validation loss of what the group holds in common: θ (DiLoCo, DDP), the global copies θ̃
   // of every fragment (streaming), this peer's φ (NoLoCo: there is no common model).
   Result<float> validateGlobal() {
-    if (!streaming_) return trainer_.validationLoss();
+    if (!streaming_) return slotTrainer(0).validationLoss();
     std::copy(trainer_.paramData(), trainer_.paramData() + P_, fragment_local_.begin());
     std::copy(theta_.begin(), theta_.end(), trainer_.paramData());
     auto val = trainer_.validationLoss();
@@ -785,82 +936,112 @@ class Run {
 
   bool testing() const { return cfg_.batch.test != BatchTest::kNone; }
   // The per-peer batch: the shared one under a batch test, else --batch.
-  std::uint32_t currentBatch() const {
-    return testing() ? static_cast<std::uint32_t>(batch_state_[kBatchSize]) : cfg_.train.batch_size;
+  std::uint32_t currentBatch(std::uint32_t k = 0) const {
+    return perInstanceBatch() ? static_cast<std::uint32_t>(batchOf(k)) : cfg_.train.batch_size;
+  }
+  // The batch is shared state, per instance: under a batch test, and with several instances
+  // (a merged instance trains the windows of both; mergeInstances).
+  bool perInstanceBatch() const { return testing() || K_ > 1; }
+  // Instance k's fields of the shared batch state (one instance: k = 0).
+  std::int64_t& batchOf(std::uint32_t k) {
+    return batch_state_[k * kBatchStateFields + kBatchSize];
+  }
+  std::int64_t batchOf(std::uint32_t k) const {
+    return batch_state_[k * kBatchStateFields + kBatchSize];
+  }
+  std::int64_t& samplesOf(std::uint32_t k) {
+    return batch_state_[k * kBatchStateFields + kScheduleSamples];
+  }
+  std::int64_t samplesOf(std::uint32_t k) const {
+    return batch_state_[k * kBatchStateFields + kScheduleSamples];
   }
   // The learning-rate schedule's position for inner step `step` of the current round: it counts
   // samples per peer (batch_state.h). Without a batch test the batch is --batch throughout and
   // the position is `step` itself; --lr-schedule steps keeps it at the step under a test too.
-  std::uint64_t lrStep(std::uint64_t step) const {
-    if (testing() && !cfg_.schedule_in_samples) return step;
+  std::uint64_t lrStep(std::uint64_t step, std::uint32_t k = 0) const {
+    if (!testing() || !cfg_.schedule_in_samples) return step;
     const auto start = static_cast<std::uint64_t>(progress_[kInnerStep]);
-    const std::uint64_t samples = testing()
-                                      ? static_cast<std::uint64_t>(batch_state_[kScheduleSamples])
-                                      : advanceSamples(0, start, cfg_.train.batch_size);
-    return scheduleStepOf(step, start, samples, currentBatch(), cfg_.train.batch_size);
+    return scheduleStepOf(step, start, static_cast<std::uint64_t>(samplesOf(k)), currentBatch(k),
+                          cfg_.train.batch_size);
   }
   // Moves the progress to inner step `to` and, under a batch test, the schedule by the samples
   // of the steps in between (at the batch they were trained with: the test runs after this).
   void advanceInnerStep(std::int64_t to) {
     if (testing() && to > progress_[kInnerStep]) {
-      batch_state_[kScheduleSamples] = static_cast<std::int64_t>(
-          advanceSamples(static_cast<std::uint64_t>(batch_state_[kScheduleSamples]),
-                         static_cast<std::uint64_t>(to - progress_[kInnerStep]), currentBatch()));
+      for (std::uint32_t k = 0; k < active(); ++k) {
+        samplesOf(k) = static_cast<std::int64_t>(advanceSamples(
+            static_cast<std::uint64_t>(samplesOf(k)),
+            static_cast<std::uint64_t>(to - progress_[kInnerStep]), currentBatch(k)));
+      }
     }
     progress_[kInnerStep] = to;
   }
   bool speedSplit() const { return cfg_.allocation == Allocation::kSpeed; }
   // This peer's windows per inner step: its speed share, or the per-peer batch.
-  MicroPlan plan() const {
-    const std::uint32_t mine = speedSplit() && share_ > 0 ? share_ : currentBatch();
+  MicroPlan plan(std::uint32_t k = 0) const {
+    const std::uint32_t mine = speedSplit() && share_ > 0 ? share_ : currentBatch(k);
     return switchPlan(cfg_.switch_mode, mine, cfg_.micro_limits, cfg_.batch.max_micro_batch);
   }
 
   // The round's batch test, on values every member holds bit for bit (the all-reduced sums), so
   // every member reaches the same batch; it goes into the shared state. Returns what the test
   // asked for (0 when it did not run).
-  double batchTest(const Reduced& r) {
-    GradientMoments g;
-    g.peers = r.stats[kStatGradPeers];
-    g.sq_norms = r.stats[kStatGradSqNorms];
-    if (g.peers >= kMinTestPeers) {
-      // DiLoCo: grad_buf_ holds Σ g_m; DDP: reduce_buf_ already holds the mean.
-      std::vector<float>& mean = diloco_ ? grad_buf_ : reduce_buf_;
-      if (diloco_) {
-        const float inv = 1.0f / static_cast<float>(g.peers);
-        for (float& x : mean) x *= inv;
+  double batchTest(const Reduced& r, std::uint32_t instances) {
+    const float peers = r.stats[kStatGradPeers];
+    std::vector<GradientMoments> g(instances);
+    std::vector<std::span<float>> means(instances);
+    for (std::uint32_t k = 0; k < instances; ++k) {
+      g[k].peers = peers;
+      g[k].sq_norms = r.stats[gradSqSlot(k)];
+      // DiLoCo: grad_buf_ holds Σ g_m per instance; DDP: reduce_buf_ already holds the mean.
+      means[k] = diloco_ ? slice(grad_buf_, k) : std::span<float>(reduce_buf_).first(P_);
+    }
+    if (peers >= kMinTestPeers) {
+      for (std::uint32_t k = 0; k < instances; ++k) {
+        if (diloco_) {
+          const float inv = 1.0f / peers;
+          for (float& x : means[k]) x *= inv;
+        }
+        g[k].mean_sq_norm = squaredNorm(means[k]);
       }
-      g.mean_sq_norm = squaredNorm(mean);
-      if (cfg_.batch.test == BatchTest::kInnerProduct && !innerProducts(mean, g)) {
+      if (cfg_.batch.test == BatchTest::kInnerProduct && !innerProducts(means, g)) {
         return 0;  // logged; the batch stays, on every member alike
       }
     }
-    const std::uint32_t before = currentBatch();
-    const BatchDecision d = decideBatch(cfg_.batch, g, before);
-    if (d.batch != before) {
-      const MicroPlan p =
-          switchPlan(cfg_.switch_mode, d.batch, cfg_.micro_limits, cfg_.batch.max_micro_batch);
-      LOG_INFO(kLogTrain, "round {}: {} test asks for {:.1f}: batch {} -> {}{}",
-               progress_[kOuterStep], batchTestName(cfg_.batch.test), d.wanted, before, d.batch,
-               p.micro_batches > 1
-                   ? fmt::format(" ({} micro-batches of {})", p.micro_batches, p.micro_size)
-                   : "");
+    double wanted = 0;
+    for (std::uint32_t k = 0; k < instances; ++k) {
+      const std::uint32_t before = currentBatch(k);
+      const BatchDecision d = decideBatch(cfg_.batch, g[k], before);
+      if (d.batch != before) {
+        const MicroPlan p =
+            switchPlan(cfg_.switch_mode, d.batch, cfg_.micro_limits, cfg_.batch.max_micro_batch);
+        LOG_INFO(kLogTrain, "round {}: {}{} test asks for {:.1f}: batch {} -> {}{}",
+                 progress_[kOuterStep], K_ > 1 ? fmt::format("instance {}: ", k) : "",
+                 batchTestName(cfg_.batch.test), d.wanted, before, d.batch,
+                 p.micro_batches > 1
+                     ? fmt::format(" ({} micro-batches of {})", p.micro_batches, p.micro_size)
+                     : "");
+      }
+      batchOf(k) = d.batch;
+      wanted = std::max(wanted, d.wanted);
     }
-    batch_state_[kBatchSize] = d.batch;
-    return d.wanted;
+    return wanted;
   }
 
   // Σ⟨g_m, ḡ⟩ and Σ⟨g_m, ḡ⟩² need ḡ, which exists only after the round's all-reduce: one more
-  // all-reduce of a few floats. It commits on every member or on none, so on failure every
-  // member keeps its batch alike (false).
-  bool innerProducts(std::span<const float> mean, GradientMoments& g) {
+  // all-reduce of a few floats (two per instance). It commits on every member or on none, so on
+  // failure every member keeps its batch alike (false).
+  bool innerProducts(const std::vector<std::span<float>>& means, std::vector<GradientMoments>& g) {
     std::array<float, kStatsLen> dots{};
     if (sent_grad_) {
-      std::span<const float> mine = diloco_ ? std::span<const float>(last_grad_) : contribution_;
-      double d = 0;
-      for (std::size_t i = 0; i < P_; ++i) d += static_cast<double>(mine[i]) * mean[i];
-      dots[0] = static_cast<float>(d);
-      dots[1] = static_cast<float>(d * d);
+      for (std::size_t k = 0; k < means.size(); ++k) {
+        std::span<const float> mine = diloco_ ? slice(last_grad_, static_cast<std::uint32_t>(k))
+                                              : std::span<const float>(contribution_);
+        double d = 0;
+        for (std::size_t i = 0; i < P_; ++i) d += static_cast<double>(mine[i]) * means[k][i];
+        dots[2 * k] = static_cast<float>(d);
+        dots[2 * k + 1] = static_cast<float>(d * d);
+      }
     }
     collectives::AllReduceOptions options;
     options.timeout = cfg_.op_timeout;
@@ -872,8 +1053,10 @@ class Run {
                progress_[kOuterStep], st.message());
       return false;
     }
-    g.dots = dots[0];
-    g.sq_dots = dots[1];
+    for (std::size_t k = 0; k < g.size(); ++k) {
+      g[k].dots = dots[2 * k];
+      g[k].sq_dots = dots[2 * k + 1];
+    }
     return true;
   }
 
@@ -900,11 +1083,10 @@ class Run {
     }
     if (t.seconds > 0) {
       last_compute_s_ = t.seconds;
-      last_tokens_per_s_ =
-          static_cast<double>(t.steps_run) * t.windows * cfg_.train.model.context / t.seconds;
+      last_tokens_per_s_ = t.tokens / t.seconds;
       speed_tokens_per_s_ = smoothedSpeed(speed_tokens_per_s_, last_tokens_per_s_);
     }
-    contribution_tokens_ = static_cast<double>(t.steps_run) * t.windows * cfg_.train.model.context;
+    contribution_tokens_ = t.tokens;
     contribution_windows_ = t.windows;
     std::size_t bad = 0;
     if (!allFinite(std::span<const float>(delta.data(), dataLenFor(round)), &bad)) {
@@ -917,7 +1099,7 @@ class Run {
     return t.losses > 0;
   }
   std::size_t dataLenFor(std::int64_t round) const {
-    if (!streaming_) return P_;
+    if (!streaming_) return activeInstances(cfg_.multi, static_cast<std::uint64_t>(round)) * P_;
     return rangesSize(
         fragments_[streamingFragment(static_cast<std::uint64_t>(round), cfg_.fragments)]);
   }
@@ -937,6 +1119,7 @@ class Run {
         t.losses += pending_.losses;
         t.steps_run += pending_.steps_run;
         t.seconds += pending_.seconds;
+        t.tokens += pending_.tokens;
       }
       overlap_ran_ = false;
       const auto& ranges = fragments_[currentFragment()];
@@ -949,13 +1132,28 @@ class Run {
       // A peer without an overlapped Δ (the first round, a joiner, a dropped Δ) has no eager
       // correction either.
       if (overlap_ == Overlap::kEager) eager_.reset();
-      start_ = theta_;
-      std::copy(start_.begin(), start_.end(), trainer_.paramData());
       const std::uint64_t until = std::min<std::uint64_t>(from + cfg_.inner_steps, cfg_.steps);
-      auto r = train(from, until, testing());
-      if (!r) return r.status();
-      t = *r;
-      pseudoGradient(start_, std::span<const float>(trainer_.paramData(), P_), contribution_);
+      // Each instance in turn (one, without --instances): H steps from its θ_k, then its Δ_k.
+      bool grads = true;
+      for (std::uint32_t k = 0; k < active(); ++k) {
+        LocalTrainer& trainer = slotTrainer(k);
+        std::span<const float> start = slice(theta_, k);
+        std::copy(start.begin(), start.end(), trainer.paramData());
+        auto r = train(from, until, testing(), k);
+        if (!r) return r.status();
+        pseudoGradient(start, std::span<const float>(trainer.paramData(), P_),
+                       slice(contribution_, k));
+        instance_loss_[k] =
+            r->losses > 0 ? r->loss_sum / static_cast<double>(r->losses) : std::nan("");
+        grads = grads && r->grad_kept;
+        t.loss_sum += r->loss_sum;
+        t.losses += r->losses;
+        t.steps_run += r->steps_run;
+        t.seconds += r->seconds;
+        t.tokens += r->tokens;
+        t.windows = r->windows;
+      }
+      have_grad_ = grads;
     } else {
       const auto t0 = Clock::now();
       const MicroPlan micro = plan();
@@ -967,7 +1165,8 @@ class Run {
       t.windows = micro.total();
       t.seconds = toSeconds(Clock::now() - t0);
       compute_total_s_ += t.seconds;
-      tokens_trained_ += static_cast<double>(t.windows) * cfg_.train.model.context;
+      t.tokens = static_cast<double>(t.windows) * cfg_.train.model.context;
+      tokens_trained_ += t.tokens;
       std::copy(trainer_.gradData(), trainer_.gradData() + P_, contribution_.begin());
     }
     have_contribution_ = finishContribution(t, contribution_, progress_[kOuterStep]);
@@ -1097,6 +1296,7 @@ class Run {
   const bool streaming_;  // Streaming DiLoCo
   const bool noloco_;     // NoLoCo
   const Overlap overlap_;
+  const std::uint32_t K_;  // --instances (multi_instance.h); 1: one model per peer
   OuterSgd outer_;
   EagerCorrection eager_;
   collectives::SharedState state_;
@@ -1140,13 +1340,21 @@ class Run {
   std::optional<DataAssignment> assigned_;  // derive_data_rank: the current one
   // Adaptive batch: the shared per-peer batch, this peer's last unclipped gradient (DiLoCo) and
   // the buffer Σ g_m travels in.
-  std::array<std::int64_t, kBatchStateFields> batch_state_{};
+  // Multi-instance: kBatchStateFields per instance.
+  std::vector<std::int64_t> batch_state_;
   std::vector<float> last_grad_, grad_buf_;
   bool have_grad_ = false, sent_grad_ = false;
   double contribution_tokens_ = 0;
   std::uint32_t contribution_windows_ = 0;  // windows per step behind the contribution
   std::uint32_t share_ = 0;                 // speed allocation: windows per step; 0 = the batch
   std::uint64_t warned_rank_epoch_ = ~std::uint64_t{0};
+  // Multi-instance (K_ > 1): the trainers of instances 1..K-1, which trainer trains each slot of
+  // θ (slot 0 is the given trainer until a merge), and this peer's mean inner loss per slot in
+  // the round.
+  std::vector<std::unique_ptr<LocalTrainer>> instance_trainers_;
+  std::vector<LocalTrainer*> slot_trainers_;
+  std::vector<double> instance_loss_;
+  bool said_no_checkpoint_ = false;
   TimePoint started_ = Clock::now();
   TimePoint training_started_ = Clock::now();
 };

@@ -46,6 +46,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "collectives/codec.h"
 #include "collectives/compress.h"
@@ -54,6 +55,7 @@
 #include "training/allocation.h"
 #include "training/batch_test.h"
 #include "training/local_trainer.h"
+#include "training/multi_instance.h"
 #include "training/optimizers.h"
 #include "training/switch_mode.h"
 #include "training/sync_methods.h"
@@ -122,6 +124,9 @@ struct DistributedConfig {
   std::uint32_t overlap_steps = 2;   // streaming: τ, inner steps its all-reduce overlaps
   float merge_alpha = 0.5f;          // streaming: θ_m,p ← α·θ_m,p + (1−α)·θ̃_p
   NolocoOptions noloco;              // noloco: α, β, γ
+  // Multi-instance training (multi_instance.h): K instances per peer, merged pairwise every R
+  // rounds. diloco with --overlap none only; checkpoints are written once one instance remains.
+  MultiInstanceConfig multi;
 };
 
 // Validates the combination (kInvalidArgument naming the flag-level problem).
@@ -162,6 +167,11 @@ struct RoundRecord {
   std::uint32_t share = 0;          // this peer's windows per inner step from now on
   std::uint32_t b_max = 0;          // switch mode: this peer's measured b_max (0: not measured)
   std::uint32_t b_mem = 0;          // switch mode: its measured b_mem (0: no memory budget)
+  std::uint32_t instances = 1;      // multi-instance: instances active from now on
+  // Multi-instance, while more than one is active: each instance's validation loss (evaluating
+  // peer; val_loss is the best of them) and each one's batch (batch is instance 0's).
+  std::vector<double> instance_val_losses;
+  std::vector<std::uint32_t> instance_batches;
 };
 
 // Runs the whole training on an admitted (or pending) communicator. Returns when the schedule

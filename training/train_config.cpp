@@ -111,6 +111,19 @@ Status validateDistributedConfig(const DistributedConfig& c) {
     return Status(StatusCode::kInvalidArgument,
                   "--allocation speed is for --method ddp, or diloco with --overlap none");
   }
+  LOCO_RETURN_IF_ERROR(validateMultiInstanceConfig(c.multi));
+  if (c.multi.instances > 1) {
+    if (c.method != Method::kDiloco || c.overlap != Overlap::kNone) {
+      return Status(StatusCode::kInvalidArgument,
+                    "--instances above 1 is for --method diloco with --overlap none (each "
+                    "instance is a whole-round DiLoCo trajectory)");
+    }
+    if (c.allocation == Allocation::kSpeed) {
+      return Status(StatusCode::kInvalidArgument,
+                    "--instances above 1 and --allocation speed cannot be combined yet: give "
+                    "--allocation equal");
+    }
+  }
   if (c.quant_block == 0 || c.quant_block > collectives::kMaxQuantBlock) {
     return Status(StatusCode::kInvalidArgument,
                   fmt::format("--quant-block {} is outside 1..{}", c.quant_block,

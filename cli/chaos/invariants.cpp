@@ -67,6 +67,7 @@ Result<RoundLine> parseRoundLine(const std::string& text, const std::string& pee
   r.wall_s = dbl("wall_s").value_or(0);
   r.batch = dbl("batch").value_or(0);
   r.tokens = dbl("tokens").value_or(0);
+  r.instances = static_cast<std::uint32_t>(std::max<std::uint64_t>(u64("instances"), 1));
   r.e2e_tokens_per_s = dbl("e2e_tokens_per_s");
   r.utilization = dbl("utilization");
   r.pid = static_cast<long>(u64("pid"));

@@ -61,6 +61,7 @@ struct RoundLine {
   double tokens_per_s = 0;
   double wall_s = 0;
   double batch = 0, tokens = 0;                         // adaptive batch: 0 when absent
+  std::uint32_t instances = 1;                          // multi-instance training
   std::optional<double> e2e_tokens_per_s, utilization;  // absent in older lines
 };
 

@@ -17,12 +17,14 @@ namespace loco::ops {
 // disk; training goes on). The rest: the adaptive batch's (local_loss, batch, micro_batches,
 // batch_wanted, tokens, share, and switch mode's b_max and b_mem) and the overlap's timing
 // (compute_s, blocked_s, utilization, round_bytes, peak_round_bytes, sync_points,
-// e2e_tokens_per_s). `loco chaos` checks its invariants on these.
+// e2e_tokens_per_s), and the instances active after the round (multi-instance training; while
+// more than one is, each one's validation loss and batch). `loco chaos` checks its invariants
+// on these.
 std::string peerRoundLine(const training::RoundRecord& r, std::uint32_t rank,
                           const std::string& peer, long pid, double unix_s) {
   const bool finite = (r.contributors == 0 || std::isfinite(r.train_loss)) &&
                       (!r.val_loss || std::isfinite(*r.val_loss));
-  return jsonDump({{"rank", rank},
+  Json line = Json{{"rank", rank},
                    {"peer", shortId(peer)},
                    {"step", r.outer_step},
                    {"inner_step", r.inner_step},
@@ -54,7 +56,15 @@ std::string peerRoundLine(const training::RoundRecord& r, std::uint32_t rank,
                    {"round_bytes", jsonFixed(r.round_bytes, 0)},
                    {"peak_round_bytes", jsonFixed(r.peak_round_bytes, 0)},
                    {"sync_points", r.sync_points},
-                   {"e2e_tokens_per_s", jsonFixed(r.e2e_tokens_per_s, 1)}});
+                   {"e2e_tokens_per_s", jsonFixed(r.e2e_tokens_per_s, 1)},
+                   {"instances", r.instances}};
+  if (!r.instance_val_losses.empty()) {
+    Json vals = Json::array();
+    for (double v : r.instance_val_losses) vals.push_back(jsonFixed(v, 6));
+    line["instance_val_losses"] = vals;
+  }
+  if (!r.instance_batches.empty()) line["instance_batches"] = r.instance_batches;
+  return jsonDump(line);
 }
 
 }  // namespace loco::ops

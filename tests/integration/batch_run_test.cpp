@@ -25,6 +25,7 @@ struct Round {
   int rank = -1;
   std::int64_t batch = -1;
   std::int64_t share = -1;
+  std::int64_t instances = -1;
   std::string digest;
 };
 
@@ -42,6 +43,8 @@ std::vector<Round> readRounds(const std::string& path) {
     if (std::regex_search(l, m, std::regex(R"re("rank":([0-9]+))re"))) r.rank = std::stoi(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("batch":([0-9]+))re"))) r.batch = std::stoll(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("share":([0-9]+))re"))) r.share = std::stoll(m[1]);
+    if (std::regex_search(l, m, std::regex(R"re("instances":([0-9]+))re")))
+      r.instances = std::stoll(m[1]);
     if (std::regex_search(l, m, std::regex(R"re("digest":"([0-9a-f]+)")re"))) r.digest = m[1];
     out.push_back(r);
   }
@@ -157,6 +160,69 @@ TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeThroughAKillAndAJoin) {
   for (const auto& [step, set] : digests) EXPECT_EQ(set.size(), 1u) << "step " << step;
   EXPECT_GT(last, 4) << "the norm test never grew the batch";
   EXPECT_LE(last, 32) << "capped by --max-batch";
+}
+
+// Multi-instance training with real processes (issue 14): 4 peers train 4 instances each,
+// merged every 10 rounds (4 -> 2 -> 1) under the norm test, while one peer is killed with SIGKILL
+// in round 2 and another joins in round 4 (admitted while several instances are active). The
+// instances are shared state: every peer, the joiner included, reports the same instance count
+// and the same shared-state digest after every round, and the count follows the merge schedule.
+TEST(MultiInstance, InstancesMergeAlikeOnEveryPeerThroughAKillAndAJoin) {
+  TempDir dir;
+  const std::string corpus = writeCorpus(dir);
+  std::vector<std::string> args{"local",
+                                "--out",
+                                dir.file("run"),
+                                "--peers",
+                                "4",
+                                "--steps",
+                                "300",
+                                "--inner-steps",
+                                "10",
+                                "--instances",
+                                "4",
+                                "--merge-every",
+                                "10",
+                                "--batch-test",
+                                "norm",
+                                "--batch-eta",
+                                "0.5",
+                                "--max-batch",
+                                "32",
+                                "--kill-at",
+                                "20",
+                                "--join-at",
+                                "40",
+                                "--log-level",
+                                "info"};
+  for (const auto& f : tiny(corpus)) args.push_back(f);
+  args.pop_back();  // tiny()'s --log-level warn: the merges are logged at info
+  args.pop_back();
+  Process local(args, dir.file("local.log"));
+  ASSERT_EQ(local.waitExit(std::chrono::milliseconds(240000)).value_or(-1), 0) << local.log();
+  std::map<std::uint64_t, std::set<std::int64_t>> instances;
+  std::map<std::uint64_t, std::set<std::string>> digests;
+  for (int i = 1; i <= 5; ++i) {
+    auto rounds = readRounds(dir.file("run/peer-" + std::to_string(i) + ".jsonl"));
+    if (i == 5) {
+      ASSERT_FALSE(rounds.empty()) << "the joiner never finished a round";
+      EXPECT_GT(rounds.front().instances, 1) << "the joiner arrived after the last merge";
+    }
+    for (const Round& r : rounds) {
+      instances[r.step].insert(r.instances);
+      digests[r.step].insert(r.digest);
+    }
+  }
+  ASSERT_EQ(instances.rbegin()->first, 30u) << "the run did not reach its last round";
+  for (const auto& [step, set] : digests) EXPECT_EQ(set.size(), 1u) << "step " << step;
+  for (const auto& [step, set] : instances) {
+    ASSERT_EQ(set.size(), 1u) << "step " << step;
+    const std::int64_t want = step < 10 ? 4 : step < 20 ? 2 : 1;
+    EXPECT_EQ(*set.begin(), want) << "step " << step;
+  }
+  const std::string peer_log = readFile(dir.file("run/peer-1.log"));
+  EXPECT_NE(peer_log.find("merged 4 instances into 2"), std::string::npos) << peer_log;
+  EXPECT_NE(peer_log.find("merged 2 instances into 1"), std::string::npos) << peer_log;
 }
 
 // The batch is shared state that outlives processes (issue 14): with the norm test growing the
@@ -358,6 +424,13 @@ TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
       {{"--switch-mode", "sometimes"}, "--switch-mode"},
       {{"--lr-schedule", "steps"}, "--lr-schedule"},
       {{"--batch-test", "norm", "--lr-schedule", "epochs"}, "--lr-schedule"},
+      {{"--instances", "0"}, "--instances"},
+      {{"--instances", "9"}, "--instances"},
+      {{"--merge-every", "3"}, "--merge-every"},
+      {{"--instances", "2", "--merge-every", "0"}, "--merge-every"},
+      {{"--instances", "2", "--merge-policy", "random"}, "--merge-policy"},
+      {{"--instances", "2", "--method", "noloco"}, "--instances"},
+      {{"--instances", "2", "--allocation", "speed"}, "--instances"},
   };
   int n = 0;
   for (const Case& c : cases) {
