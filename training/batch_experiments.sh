@@ -19,8 +19,10 @@
 #   MIT multi-instance training against one instance at equal samples: DiLoCo H=30, fixed batch
 #       16 per peer (K=1), against K=4 instances of batch 4 each, merged every 5 rounds (4 -> 2
 #       -> 1; a merged instance trains both batches, so every peer draws 16 windows per step
-#       throughout), under both merge policies. No target: one line per seed with the val losses,
-#       wall times, tokens and bytes.
+#       throughout), under both merge policies. Then the same under the norm test (η 0.8, up to
+#       64, --lr-schedule steps), both starting at 4 windows per peer per step: K=1 at batch 4
+#       against K=4 at batch 1 each. No target: one line per seed with the val losses, wall times,
+#       tokens and bytes.
 #
 #   training/batch_experiments.sh [OUT_DIR] [SEEDS...]   (default: loco-batch-experiments, 1 2)
 #
@@ -100,6 +102,9 @@ for seed in "${seeds[@]}"; do
     --merge-policy worst-with-worst
   run mit-k4-bow "$seed" --inner-steps 30 --batch 4 --instances 4 --merge-every 5 \
     --merge-policy best-with-worst
+  norm=(--inner-steps 30 --batch-test norm --batch-eta 0.8 --max-batch 64 --lr-schedule steps)
+  run mit-norm-k1 "$seed" "${norm[@]}" --batch 4
+  run mit-norm-k4 "$seed" "${norm[@]}" --batch 1 --instances 4 --merge-every 5
   python3 - "$results" "$seed" <<'PY' | tee -a "$results"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -108,13 +113,14 @@ get = lambda name: next(r for r in rows if r.get("run") == name and r["seed"] ==
 k1 = get("mit-k1")
 out = {"check": "MIT", "seed": seed, "k1_val_loss": k1["final_val_loss"], "k1_wall_s": k1["wall_s"],
        "holds": None}
-for name in ("mit-k4-wow", "mit-k4-bow"):
+for name, base in (("mit-k4-wow", k1), ("mit-k4-bow", k1), ("mit-norm-k4", get("mit-norm-k1"))):
     r = get(name)
     out[name] = {"val_loss": r["final_val_loss"], "wall_s": r["wall_s"],
-                 "val_over_k1": round(r["final_val_loss"] / k1["final_val_loss"], 4),
-                 "tokens_over_k1": round(r["tokens_all_peers"] / k1["tokens_all_peers"], 3),
-                 "bytes_over_k1": round(r["bytes_sent"] / k1["bytes_sent"], 3),
-                 "wall_over_k1": round(r["wall_s"] / k1["wall_s"], 3)}
+                 "val_over_k1": round(r["final_val_loss"] / base["final_val_loss"], 4),
+                 "tokens_over_k1": round(r["tokens_all_peers"] / base["tokens_all_peers"], 3),
+                 "bytes_over_k1": round(r["bytes_sent"] / base["bytes_sent"], 3),
+                 "wall_over_k1": round(r["wall_s"] / base["wall_s"], 3)}
+out["mit-norm-k1_val_loss"] = get("mit-norm-k1")["final_val_loss"]
 print(json.dumps(out))
 PY
 done

@@ -46,7 +46,7 @@ namespace {
 
 bool usable(const GradientMoments& g) {
   return std::isfinite(g.peers) && std::isfinite(g.sq_norms) && std::isfinite(g.mean_sq_norm) &&
-         g.peers >= kMinTestPeers && g.mean_sq_norm > 0;
+         std::isfinite(g.weight) && g.peers >= kMinTestPeers && g.mean_sq_norm > 0;
 }
 
 }  // namespace
@@ -55,6 +55,10 @@ double normTestWant(const GradientMoments& g, std::uint32_t batch, double eta) {
   if (!usable(g)) return std::nan("");
   const double m = g.peers;
   // Rounding can make the difference slightly negative when the peers agree.
+  if (g.weight > 0) {
+    const double variance = std::max(0.0, g.sq_norms - g.weight * g.mean_sq_norm) / (m - 1);
+    return variance / (m * eta * eta * g.mean_sq_norm);
+  }
   const double spread = std::max(0.0, g.sq_norms - m * g.mean_sq_norm);
   const double variance = static_cast<double>(batch) / (m - 1) * spread;
   return variance / (m * eta * eta * g.mean_sq_norm);
@@ -65,8 +69,11 @@ double innerProductTestWant(const GradientMoments& g, std::uint32_t batch, doubl
   if (!usable(g) || !std::isfinite(g.dots) || !std::isfinite(g.sq_dots)) return std::nan("");
   const double m = g.peers;
   const double n2 = g.mean_sq_norm;
-  const double b = static_cast<double>(batch);
-  const double ip_spread = std::max(0.0, g.sq_dots - 2 * n2 * g.dots + m * n2 * n2);
+  // Weighted sums carry the batch in them (w_m): the sample variance needs no factor b.
+  const bool weighted = g.weight > 0;
+  const double b = weighted ? 1.0 : static_cast<double>(batch);
+  const double ip_spread =
+      std::max(0.0, g.sq_dots - 2 * n2 * g.dots + (weighted ? g.weight : m) * n2 * n2);
   const double orth_spread = std::max(0.0, g.sq_norms - g.sq_dots / n2);
   const double b_ip = b / (m - 1) * ip_spread / (m * theta * theta * n2 * n2);
   const double b_orth = b / (m - 1) * orth_spread / (m * nu * nu * n2);

@@ -19,6 +19,13 @@
 // With fewer than 3 contributors (the variance of 2 samples is too noisy to act on), a zero or
 // non-finite ḡ, or a non-finite statistic, the batch stays.
 //
+// Peers whose batches differ (speed allocation: peer m computes w_m windows per step): g_m has
+// variance σ²/w_m, so every per-peer sum is weighted by w_m and ḡ = Σ w_m·g_m / W (W = Σ w_m).
+// Then Σ w_m‖g_m − ḡ‖² = Σ w_m‖g_m‖² − W‖ḡ‖² has expectation (M−1)·σ², and
+//   σ̂² = (Σ w_m‖g_m‖² − W‖ḡ‖²)/(M−1), and likewise for the inner-product terms
+// (Σ w_m(d_m − ‖ḡ‖²)² = Σ w_m d_m² − 2‖ḡ‖²Σ w_m d_m + W‖ḡ‖⁴). With w_m = b for every peer these
+// are the formulas above.
+//
 // Pure functions; no threads, no I/O. Every peer evaluates them on the same all-reduced values
 // (bit-identical on every member), so every peer reaches the same batch.
 
@@ -57,6 +64,9 @@ struct GradientMoments {
   double mean_sq_norm = 0;  // ‖ḡ‖²
   double dots = 0;          // Σ⟨g_m, ḡ⟩ (inner-product test only)
   double sq_dots = 0;       // Σ⟨g_m, ḡ⟩² (inner-product test only)
+  // Batches of different sizes: W = Σ w_m, and sq_norms, dots and sq_dots are Σ w_m·(…) with ḡ
+  // the weighted mean (the header comment). 0: every peer's batch is the `batch` argument.
+  double weight = 0;
 };
 
 inline constexpr double kMinTestPeers = 3;

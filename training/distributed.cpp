@@ -59,12 +59,15 @@ constexpr std::size_t kStatTokens = kStatRankSlots - 3;
 // Speed-aware allocation: Σ throughput of the contributors, Σ windows per step (the weights).
 constexpr std::size_t kStatTokensPerS = kStatRankSlots - 4;
 constexpr std::size_t kStatWindows = kStatRankSlots - 5;
+// Under both: Σ w_m of the peers that sent a gradient for the batch test (batch_test.h's
+// weighted sums; w_m = the windows behind the gradient).
+constexpr std::size_t kStatGradWeight = kStatRankSlots - 6;
 // Multi-instance training, from the bottom: each instance's training loss (summed over the
 // contributors), then the squared gradient norms of instances 1.. (instance 0's is
 // kStatGradSqNorms, as with one instance).
 constexpr std::size_t kStatInstanceLoss = kWantsSyncPoint + 1;
 constexpr std::size_t kStatInstanceGradSq = kStatInstanceLoss + kMaxInstances;
-static_assert(kStatInstanceGradSq + kMaxInstances - 1 <= kStatWindows);
+static_assert(kStatInstanceGradSq + kMaxInstances - 1 < kStatGradWeight);
 constexpr std::size_t gradSqSlot(std::uint32_t instance) {
   return instance == 0 ? kStatGradSqNorms : kStatInstanceGradSq + instance - 1;
 }
@@ -493,14 +496,18 @@ class Run {
     if (have_contribution_) r.stats[kStatTokens] = static_cast<float>(contribution_tokens_);
     // The batch test's sample: this peer's last unclipped mini-batch gradient (DDP: its
     // contribution itself).
+    // Under the speed split the peers' batches differ: every per-peer sum is weighted by the
+    // windows behind the gradient (batch_test.h).
     const std::uint32_t instances = active();
     sent_grad_ = testing() && have_contribution_ && (!diloco_ || have_grad_);
+    const float grad_weight = speedSplit() ? static_cast<float>(contribution_windows_) : 1.0f;
     if (sent_grad_) {
       r.stats[kStatGradPeers] = 1.0f;
+      r.stats[kStatGradWeight] = grad_weight;
       for (std::uint32_t k = 0; k < instances; ++k) {
         std::span<const float> g =
             diloco_ ? slice(last_grad_, k) : std::span<const float>(contribution_);
-        r.stats[gradSqSlot(k)] = static_cast<float>(squaredNorm(g));
+        r.stats[gradSqSlot(k)] = static_cast<float>(grad_weight * squaredNorm(g));
       }
     }
     if (K_ > 1 && have_contribution_) {
@@ -511,7 +518,8 @@ class Run {
     const std::size_t grad_count = instances * P_;
     if (testing() && diloco_) {
       if (sent_grad_) {
-        std::copy_n(last_grad_.begin(), grad_count, grad_buf_.begin());
+        std::transform(last_grad_.begin(), last_grad_.begin() + grad_count, grad_buf_.begin(),
+                       [grad_weight](float x) { return x * grad_weight; });
       } else {
         std::fill_n(grad_buf_.begin(), grad_count, 0.0f);
       }
@@ -988,10 +996,13 @@ class Run {
   // asked for (0 when it did not run).
   double batchTest(const Reduced& r, std::uint32_t instances) {
     const float peers = r.stats[kStatGradPeers];
+    // Σ w_m g_m / Σ w_m; equal batches: w_m = 1, the plain mean over the peers.
+    const float weight = speedSplit() ? r.stats[kStatGradWeight] : peers;
     std::vector<GradientMoments> g(instances);
     std::vector<std::span<float>> means(instances);
     for (std::uint32_t k = 0; k < instances; ++k) {
       g[k].peers = peers;
+      if (speedSplit()) g[k].weight = weight;
       g[k].sq_norms = r.stats[gradSqSlot(k)];
       // DiLoCo: grad_buf_ holds Σ g_m per instance; DDP: reduce_buf_ already holds the mean.
       means[k] = diloco_ ? slice(grad_buf_, k) : std::span<float>(reduce_buf_).first(P_);
@@ -999,7 +1010,7 @@ class Run {
     if (peers >= kMinTestPeers) {
       for (std::uint32_t k = 0; k < instances; ++k) {
         if (diloco_) {
-          const float inv = 1.0f / peers;
+          const float inv = 1.0f / weight;
           for (float& x : means[k]) x *= inv;
         }
         g[k].mean_sq_norm = squaredNorm(means[k]);
@@ -1039,8 +1050,9 @@ class Run {
                                               : std::span<const float>(contribution_);
         double d = 0;
         for (std::size_t i = 0; i < P_; ++i) d += static_cast<double>(mine[i]) * means[k][i];
-        dots[2 * k] = static_cast<float>(d);
-        dots[2 * k + 1] = static_cast<float>(d * d);
+        const double w = speedSplit() ? contribution_windows_ : 1.0;
+        dots[2 * k] = static_cast<float>(w * d);
+        dots[2 * k + 1] = static_cast<float>(w * d * d);
       }
     }
     collectives::AllReduceOptions options;

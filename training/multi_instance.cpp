@@ -14,9 +14,9 @@ std::string_view mergePolicyName(MergePolicy p) {
 Result<MergePolicy> parseMergePolicy(std::string_view name) {
   if (name == "worst-with-worst") return MergePolicy::kWorstWithWorst;
   if (name == "best-with-worst") return MergePolicy::kBestWithWorst;
-  return Status(StatusCode::kInvalidArgument,
-                fmt::format("--merge-policy takes worst-with-worst or best-with-worst, got '{}'",
-                            name));
+  return Status(
+      StatusCode::kInvalidArgument,
+      fmt::format("--merge-policy takes worst-with-worst or best-with-worst, got '{}'", name));
 }
 
 Status validateMultiInstanceConfig(const MultiInstanceConfig& c) {

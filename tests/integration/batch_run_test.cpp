@@ -400,6 +400,38 @@ TEST(AdaptiveBatch, SpeedAllocationSplitsTheGroupsWindows) {
   }
 }
 
+// The norm test under the speed split: the peers' gradients come from batches of different sizes
+// (their shares), so the test weights each by its windows (batch_test.h). Every peer reaches the
+// same batch, the shares cover the group's windows, and the batch grows.
+TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeUnderTheSpeedSplit) {
+  TempDir dir;
+  CoordinatorProcess coordinator(dir, 200, 3000);
+  auto peers = startPeers(dir, coordinator, 3,
+                          {"--steps", "80", "--inner-steps", "10", "--allocation", "speed",
+                           "--batch-test", "norm", "--batch-eta", "0.5", "--max-batch", "32"},
+                          [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers)
+    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  std::vector<std::vector<Round>> rounds;
+  for (int i = 0; i < 3; ++i)
+    rounds.push_back(readRounds(dir.file("peer" + std::to_string(i) + ".jsonl")));
+  ASSERT_GE(rounds[0].size(), 8u);
+  for (std::size_t k = 0; k < rounds[0].size(); ++k) {
+    std::int64_t sum = 0;
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_EQ(rounds[i].size(), rounds[0].size());
+      EXPECT_EQ(rounds[i][k].digest, rounds[0][k].digest);
+      EXPECT_EQ(rounds[i][k].batch, rounds[0][k].batch);
+      sum += rounds[i][k].share;
+    }
+    EXPECT_NEAR(static_cast<double>(sum), 3.0 * static_cast<double>(rounds[0][k].batch),
+                2 + 0.1 * static_cast<double>(rounds[0][k].batch))
+        << "round " << rounds[0][k].step;
+  }
+  EXPECT_GT(rounds[0].back().batch, 4) << "the norm test never grew the batch";
+  EXPECT_LE(rounds[0].back().batch, 32) << "capped by --max-batch";
+}
+
 TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
   TempDir dir;
   const std::string corpus = writeCorpus(dir);

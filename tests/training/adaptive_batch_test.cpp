@@ -2,6 +2,7 @@
 // assignment that keeps default peers on distinct samples.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -57,6 +58,46 @@ TEST(BatchTest, InnerProductTestMatchesAHandComputation) {
   c.nu = 0.25;
   c.max_batch = 1000;
   EXPECT_EQ(decideBatch(c, threeGradients(), 4).batch, 12u);
+}
+
+// Speed allocation: the same three gradients from batches of w = 1, 2, 3 windows. ḡ = Σw·g/W =
+// (4/6, 5/6), ‖ḡ‖² = 41/36; Σw‖g_m − ḡ‖² = 29/36 + 2·17/36 + 3·5/36 = 13/6 (= Σw‖g‖² − W‖ḡ‖² =
+// 9 − 41/6); σ̂² = 13/12 and, η = 1: b = 13/12 / (3·41/36) = 13/41. The inner-product terms are
+// checked against their definitions, summed per peer.
+TEST(BatchTest, UnequalBatchesWeightEachPeersGradientByItsWindows) {
+  const std::vector<std::vector<double>> grads{{1, 0}, {0, 1}, {1, 1}};
+  const std::vector<double> w{1, 2, 3};
+  const double W = 6;
+  const std::vector<double> mean{4.0 / 6, 5.0 / 6};
+  const double n2 = 41.0 / 36;
+  GradientMoments g;
+  g.peers = 3;
+  g.weight = W;
+  g.mean_sq_norm = n2;
+  double ip_spread = 0, orth_spread = 0;
+  for (std::size_t m = 0; m < 3; ++m) {
+    const double d = grads[m][0] * mean[0] + grads[m][1] * mean[1];
+    g.sq_norms += w[m] * (grads[m][0] * grads[m][0] + grads[m][1] * grads[m][1]);
+    g.dots += w[m] * d;
+    g.sq_dots += w[m] * d * d;
+    ip_spread += w[m] * (d - n2) * (d - n2);
+    const double o0 = grads[m][0] - d / n2 * mean[0], o1 = grads[m][1] - d / n2 * mean[1];
+    orth_spread += w[m] * (o0 * o0 + o1 * o1);
+  }
+  EXPECT_NEAR(normTestWant(g, 2, 1.0), 13.0 / 41, 1e-12) << "the batch argument plays no part";
+  EXPECT_NEAR(normTestWant(g, 2, 0.5), 4 * 13.0 / 41, 1e-12);
+  const double b_ip = ip_spread / 2 / (3 * 0.25 * n2 * n2);
+  const double b_orth = orth_spread / 2 / (3 * 0.25 * n2);
+  EXPECT_NEAR(innerProductTestWant(g, 2, 0.5, 0.5), std::max(b_ip, b_orth), 1e-12);
+  // Equal batches of 4, weighted: the unweighted formulas at b = 4.
+  GradientMoments equal = threeGradients();
+  equal.sq_norms *= 4;
+  equal.dots *= 4;
+  equal.sq_dots *= 4;
+  equal.weight = 12;
+  EXPECT_NEAR(normTestWant(equal, 4, 0.5), normTestWant(threeGradients(), 4, 0.5), 1e-12);
+  EXPECT_NEAR(innerProductTestWant(equal, 4, 0.5, 0.25),
+              innerProductTestWant(threeGradients(), 4, 0.5, 0.25), 1e-12);
 }
 
 TEST(BatchTest, NeverShrinksIsCappedAndNeedsThreePeers) {
