@@ -374,62 +374,63 @@ TEST(AdaptiveBatch, SwitchModeAccumulatesAboveEachPeersMeasuredBMax) {
   EXPECT_EQ(digests[0], digests[1]);
 }
 
-// Speed-aware allocation: the peers' shares split the group's windows per step (rounding aside),
-// and the weighted average keeps one state on every member.
-TEST(AdaptiveBatch, SpeedAllocationSplitsTheGroupsWindows) {
+// Three peers under --allocation speed, with `flags` added, run to the end. Checks what holds for
+// every such run: one shared state and one batch on every member after every round, and shares
+// that split the group's windows per step (3 x the batch, rounding aside). Returns peer 0's rounds
+// (empty after a failure).
+std::vector<Round> runSpeedSplit(const std::vector<std::string>& flags) {
   TempDir dir;
   CoordinatorProcess coordinator(dir, 200, 3000);
-  auto peers = startPeers(dir, coordinator, 3,
-                          {"--steps", "40", "--inner-steps", "10", "--allocation", "speed"},
-                          [](int) { return std::vector<std::string>{}; });
-  for (auto& p : peers)
-    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
+  std::vector<std::string> common{"--inner-steps", "10", "--allocation", "speed"};
+  common.insert(common.end(), flags.begin(), flags.end());
+  auto peers =
+      startPeers(dir, coordinator, 3, common, [](int) { return std::vector<std::string>{}; });
+  for (auto& p : peers) {
+    if (p->waitExit(std::chrono::milliseconds(120000)).value_or(-1) != 0) {
+      ADD_FAILURE() << p->log();
+      return {};
+    }
+  }
   std::vector<std::vector<Round>> rounds;
   for (int i = 0; i < 3; ++i)
     rounds.push_back(readRounds(dir.file("peer" + std::to_string(i) + ".jsonl")));
-  ASSERT_GE(rounds[0].size(), 3u);
   for (std::size_t k = 0; k < rounds[0].size(); ++k) {
     std::int64_t sum = 0;
     for (int i = 0; i < 3; ++i) {
-      ASSERT_EQ(rounds[i].size(), rounds[0].size());
+      if (rounds[i].size() != rounds[0].size()) {
+        ADD_FAILURE() << "peer " << i << " reported " << rounds[i].size() << " rounds, peer 0 "
+                      << rounds[0].size();
+        return {};
+      }
       EXPECT_EQ(rounds[i][k].digest, rounds[0][k].digest);
+      EXPECT_EQ(rounds[i][k].batch, rounds[0][k].batch);
       EXPECT_GE(rounds[i][k].share, 1);
       sum += rounds[i][k].share;
     }
-    EXPECT_NEAR(static_cast<double>(sum), 3 * 4, 2) << "round " << rounds[0][k].step;
+    const auto batch = static_cast<double>(rounds[0][k].batch);
+    EXPECT_NEAR(static_cast<double>(sum), 3 * batch, 2 + 0.1 * batch)
+        << "round " << rounds[0][k].step;
   }
+  return rounds[0];
+}
+
+// Speed-aware allocation: the peers' shares split the group's windows per step (rounding aside),
+// and the weighted average keeps one state on every member.
+TEST(AdaptiveBatch, SpeedAllocationSplitsTheGroupsWindows) {
+  const std::vector<Round> rounds = runSpeedSplit({"--steps", "40"});
+  ASSERT_GE(rounds.size(), 3u);
+  EXPECT_EQ(rounds.back().batch, 4) << "no batch test: the batch stays";
 }
 
 // The norm test under the speed split: the peers' gradients come from batches of different sizes
 // (their shares), so the test weights each by its windows (batch_test.h). Every peer reaches the
 // same batch, the shares cover the group's windows, and the batch grows.
 TEST(AdaptiveBatch, NormTestGrowsTheBatchAlikeUnderTheSpeedSplit) {
-  TempDir dir;
-  CoordinatorProcess coordinator(dir, 200, 3000);
-  auto peers = startPeers(dir, coordinator, 3,
-                          {"--steps", "80", "--inner-steps", "10", "--allocation", "speed",
-                           "--batch-test", "norm", "--batch-eta", "0.5", "--max-batch", "32"},
-                          [](int) { return std::vector<std::string>{}; });
-  for (auto& p : peers)
-    ASSERT_EQ(p->waitExit(std::chrono::milliseconds(120000)).value_or(-1), 0) << p->log();
-  std::vector<std::vector<Round>> rounds;
-  for (int i = 0; i < 3; ++i)
-    rounds.push_back(readRounds(dir.file("peer" + std::to_string(i) + ".jsonl")));
-  ASSERT_GE(rounds[0].size(), 8u);
-  for (std::size_t k = 0; k < rounds[0].size(); ++k) {
-    std::int64_t sum = 0;
-    for (int i = 0; i < 3; ++i) {
-      ASSERT_EQ(rounds[i].size(), rounds[0].size());
-      EXPECT_EQ(rounds[i][k].digest, rounds[0][k].digest);
-      EXPECT_EQ(rounds[i][k].batch, rounds[0][k].batch);
-      sum += rounds[i][k].share;
-    }
-    EXPECT_NEAR(static_cast<double>(sum), 3.0 * static_cast<double>(rounds[0][k].batch),
-                2 + 0.1 * static_cast<double>(rounds[0][k].batch))
-        << "round " << rounds[0][k].step;
-  }
-  EXPECT_GT(rounds[0].back().batch, 4) << "the norm test never grew the batch";
-  EXPECT_LE(rounds[0].back().batch, 32) << "capped by --max-batch";
+  const std::vector<Round> rounds = runSpeedSplit(
+      {"--steps", "80", "--batch-test", "norm", "--batch-eta", "0.5", "--max-batch", "32"});
+  ASSERT_GE(rounds.size(), 8u);
+  EXPECT_GT(rounds.back().batch, 4) << "the norm test never grew the batch";
+  EXPECT_LE(rounds.back().batch, 32) << "capped by --max-batch";
 }
 
 TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
