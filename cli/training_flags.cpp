@@ -239,7 +239,8 @@ constexpr collectives::Wire kAutoWire = collectives::Wire::kInt4;
 std::string autoStreamingBlocker(const Flags& flags, std::int64_t inner, std::int64_t layers,
                                  std::int64_t fragments) {
   if (flags.isSet("overlap")) return "--overlap is a mode of blocking DiLoCo";
-  if (flags.get("instances") != "1") return "each of several instances trains whole rounds";
+  if (auto k = flags.getInt("instances", 1, training::kMaxInstances); k && *k > 1)
+    return "each of several instances trains whole rounds";
   if (flags.get("batch-test") != "none") return "the batch test samples whole rounds";
   if (flags.get("allocation") == "speed") return "--allocation speed weights whole-round Δ";
   if (layers < fragments)

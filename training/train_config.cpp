@@ -123,6 +123,13 @@ Status validateDistributedConfig(const DistributedConfig& c) {
                     "--instances above 1 and --allocation speed cannot be combined yet: give "
                     "--allocation equal");
     }
+    // Merged instances train the windows of both: the last one trains K·--batch per step.
+    if (static_cast<std::uint64_t>(c.train.batch_size) * c.multi.instances > kMaxBatch) {
+      return Status(StatusCode::kInvalidArgument,
+                    fmt::format("--instances {} x --batch {} is over {} windows per step, which "
+                                "the merged instance would train",
+                                c.multi.instances, c.train.batch_size, kMaxBatch));
+    }
   }
   if (c.quant_block == 0 || c.quant_block > collectives::kMaxQuantBlock) {
     return Status(StatusCode::kInvalidArgument,
