@@ -464,7 +464,6 @@ TEST(AdaptiveBatch, NonsensicalSettingsNameTheFlag) {
       {{"--instances", "2", "--merge-policy", "random"}, "--merge-policy"},
       {{"--instances", "2", "--method", "noloco"}, "--instances"},
       {{"--instances", "2", "--allocation", "speed"}, "--instances"},
-      {{"--instances", "8", "--batch", "10000"}, "--instances"},
   };
   int n = 0;
   for (const Case& c : cases) {

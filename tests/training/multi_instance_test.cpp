@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "training/distributed.h"
 #include "training/multi_instance.h"
 
 namespace loco::training {
@@ -107,6 +108,20 @@ TEST(MultiInstance, BadSettingsNameTheFlag) {
   c.merge_every = 1;
   EXPECT_TRUE(validateMultiInstanceConfig(c).isOk());
   EXPECT_FALSE(parseMergePolicy("random").isOk());
+  // The run's combinations: the merged instance trains K·--batch windows per step, and only
+  // blocking DiLoCo has whole-round instances.
+  DistributedConfig d;
+  d.steps = d.train.inner.schedule.total_steps = 60;
+  d.inner_steps = 10;
+  d.multi.instances = 8;
+  d.train.batch_size = 10000;
+  st = validateDistributedConfig(d);
+  EXPECT_NE(st.message().find("--instances"), std::string::npos) << st.message();
+  d.train.batch_size = 16;
+  EXPECT_TRUE(validateDistributedConfig(d).isOk()) << validateDistributedConfig(d).message();
+  d.method = Method::kStreaming;
+  st = validateDistributedConfig(d);
+  EXPECT_NE(st.message().find("--instances"), std::string::npos) << st.message();
   EXPECT_EQ(*parseMergePolicy("best-with-worst"), MergePolicy::kBestWithWorst);
 }
 
