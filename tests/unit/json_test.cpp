@@ -58,7 +58,7 @@ TEST(RunJsonl, ThePeerLineHasTheDocumentedFieldsInOrder) {
             R"("local_loss":0.0,"batch":0,"micro_batches":1,"batch_wanted":0.0,"tokens":0,)"
             R"("share":0,"b_max":0,"b_mem":0,"compute_s":0.0,"blocked_s":0.0,"utilization":0.0,)"
             R"("round_bytes":0,)"
-            R"("peak_round_bytes":0,"sync_points":0,"e2e_tokens_per_s":0.0})");
+            R"("peak_round_bytes":0,"sync_points":0,"e2e_tokens_per_s":0.0,"instances":1})");
 
   auto back = chaos::parseRoundLine(line, "peer-2");
   ASSERT_TRUE(back.isOk());
@@ -74,6 +74,24 @@ TEST(RunJsonl, ThePeerLineHasTheDocumentedFieldsInOrder) {
   EXPECT_EQ(back->digest, "c545a6331357eee8");
   EXPECT_EQ(back->pid, 17544);
   EXPECT_TRUE(back->finite);
+  EXPECT_EQ(back->instances, 1u);
+}
+
+TEST(RunJsonl, SeveralInstancesAddTheirLossesAndBatches) {
+  training::RoundRecord r;
+  r.outer_step = 3;
+  r.instances = 2;
+  r.val_loss = 2.25;
+  r.instance_val_losses = {2.5, 2.25};
+  r.instance_batches = {8, 12};
+  const std::string line = ops::peerRoundLine(r, 0, "abc", 1, 0);
+  EXPECT_NE(
+      line.find(R"("instances":2,"instance_val_losses":[2.5,2.25],"instance_batches":[8,12]})"),
+      std::string::npos)
+      << line;
+  auto back = chaos::parseRoundLine(line, "peer-1");
+  ASSERT_TRUE(back.isOk());
+  EXPECT_EQ(back->instances, 2u);
 }
 
 TEST(RunJsonl, ANonFiniteLossIsNullAndMarkedNotFinite) {
