@@ -4,7 +4,8 @@
 //   {"bench":"allreduce","impl":"loco","peers":N,"mib":M,"wire":"…","streams":K,"p50_ms":…,
 //    "algbw_gbs":…,"busbw_gbs":…,"rel_rms_err":…,"bitwise_equal":true|false,"peak_rss_mib":…}
 // busbw = bytes·2(N−1)/N / time; rel_rms_err is rank 0's result against an fp64 reference;
-// peak_rss_mib is the highest peak RSS (VmHWM) of any worker, taken right after its operations.
+// peak_rss_mib is the highest peak RSS (VmHWM) of any worker, taken right after its operations;
+// cpu_ms_per_peer is each worker's CPU time (every thread) per timed operation, averaged.
 // --baseline gloo first prints Gloo's line ("impl":"gloo", plus "algo", "baseline_algo" and, for
 // auto, "candidates_p50_ms"); loco's line then carries "speedup_vs_gloo" (Gloo's p50 / loco's).
 // Gloo's time is the call alone (sum); loco's includes the averaging it does inside the
@@ -12,7 +13,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,15 +80,6 @@ double peakRssMib() {
   return -1;
 }
 
-// User + system CPU time of this process (every thread), in ms. A load-independent measure of
-// what an operation costs, next to its wall time.
-double processCpuMs() {
-  rusage ru{};
-  ::getrusage(RUSAGE_SELF, &ru);
-  auto ms = [](const timeval& tv) { return tv.tv_sec * 1e3 + tv.tv_usec / 1e3; };
-  return ms(ru.ru_utime) + ms(ru.ru_stime);
-}
-
 std::uint64_t fnv1a(const void* data, std::size_t bytes) {
   const auto* p = static_cast<const std::uint8_t*>(data);
   std::uint64_t h = 1469598103934665603ull;
@@ -146,6 +137,10 @@ int runGlooWorker(const Flags& flags, std::size_t bytes, int peers, int iters) {
   std::string extra = run->algo;
   for (const auto& [name, p50] : run->candidates_p50_ms)
     extra += fmt::format(" {} {:.4f}", name, p50);
+  if (Status st =
+          writeFileAtomic(flags.get("out") + ".cpu", fmt::format("{:.3f} 0\n", run->cpu_ms));
+      !st.isOk())
+    return reportFailure(st);
   if (Status st = writeResult(flags, rank, peers, buf, peakRssMib(), run->times_ms, extra);
       !st.isOk())
     return reportFailure(st);
@@ -306,7 +301,7 @@ struct RunSummary {
   double initial_ms = 0;
   std::string ring_before, ring_after;
   double peak_rss_mib = 0;  // the highest of any worker
-  double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers (loco)
+  double cpu_ms = 0;        // CPU time per operation per peer, averaged over the peers
   double sent_mib = 0;      // MiB sent per operation per peer, averaged over the peers (loco)
   // Gloo only: the algorithm timed and, for --baseline-algo auto, every candidate's p50.
   std::string gloo_algo;
@@ -648,10 +643,10 @@ int runBenchAllReduce(const Args& args) {
     } else {
       line["algorithm"] = flags.get("algorithm");
       line["compress"] = flags.get("compress");
-      line["cpu_ms_per_peer"] = jsonFixed(run->cpu_ms, 1);
       line["sent_mib_per_peer"] = jsonFixed(run->sent_mib, 3);
       line["tls"] = tls;
     }
+    line["cpu_ms_per_peer"] = jsonFixed(run->cpu_ms, 1);
     if (!gloo && !run->ring_before.empty()) {
       line["ring_before"] = run->ring_before;
       line["initial_ms"] = jsonFixed(run->initial_ms, 3);

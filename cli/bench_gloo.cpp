@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "cli/bench_gloo.h"
+#include "cli/commands.h"
 
 namespace loco::cli {
 namespace {
@@ -113,16 +114,20 @@ Result<GlooRun> glooAllReduce(int rank, int size, const std::string& hostname,
     for (const auto& a : algos) {
       std::function<void()> run = prepare(a, context, buf.data(), buf.size());
       std::vector<double> times_ms;
+      double cpu_ms = 0;
       for (int it = -1; it < iters; ++it) {  // -1 warms up
         // Every call starts from the inputs, at the same moment everywhere; neither is timed.
         std::memcpy(buf.data(), input.data(), input.size() * sizeof(float));
         barrier();
+        const double cpu0 = processCpuMs();
         const auto t0 = std::chrono::steady_clock::now();
         run();
-        if (it >= 0)
+        if (it >= 0) {
           times_ms.push_back(
               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                   .count());
+          cpu_ms += processCpuMs() - cpu0;
+        }
       }
       const double p50 = algos.size() > 1 ? agreedP50(context, times_ms) : 0;
       out.candidates_p50_ms.emplace_back(a, p50);
@@ -130,6 +135,7 @@ Result<GlooRun> glooAllReduce(int rank, int size, const std::string& hostname,
         best = p50;
         out.algo = a;
         out.times_ms = times_ms;
+        out.cpu_ms = cpu_ms / iters;
         best_run = run;
       }
     }

@@ -20,6 +20,7 @@ inline constexpr std::array<std::string_view, 4> kGlooAlgorithms = {
 struct GlooRun {
   std::string algo;              // the algorithm timed ("auto": the fastest candidate)
   std::vector<double> times_ms;  // this rank's time of each timed call of `algo`
+  double cpu_ms = 0;             // this process's CPU time (every thread) per timed call of `algo`
   // "auto" only: every candidate and its median time (slowest rank per iteration).
   std::vector<std::pair<std::string, double>> candidates_p50_ms;
 };

@@ -44,6 +44,9 @@ std::string readTextFile(const std::string& path);
 // Starts argv[0] (searched on PATH) with stdout and stderr going to `log` ("" keeps them) and
 // stdin from /dev/null. Returns the child's pid, or -1.
 pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log = "");
+// User + system CPU time of this process (every thread), in ms. A load-independent measure of
+// what an operation costs, next to its wall time.
+double processCpuMs();
 // Replaces this process with `loco-train COMMAND...` from the same directory: LibTorch lives only
 // in that binary, so `loco` itself starts fast and stays small. Returns only on failure (exit
 // code).

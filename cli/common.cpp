@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -59,6 +60,13 @@ std::string readTextFile(const std::string& path) {
   std::stringstream s;
   s << f.rdbuf();
   return s.str();
+}
+
+double processCpuMs() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto ms = [](const timeval& tv) { return tv.tv_sec * 1e3 + tv.tv_usec / 1e3; };
+  return ms(ru.ru_utime) + ms(ru.ru_stime);
 }
 
 pid_t spawnProcess(const std::vector<std::string>& argv, const std::string& log) {
