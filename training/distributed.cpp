@@ -318,8 +318,12 @@ class Run {
   std::uint32_t active() const {
     return activeInstances(cfg_.multi, static_cast<std::uint64_t>(progress_[kOuterStep]));
   }
+  // Instance k's part of a buffer that lays the instances side by side (P_ values each).
   std::span<float> slice(std::vector<float>& v, std::uint32_t k) const {
     return std::span<float>(v).subspan(static_cast<std::size_t>(k) * P_, P_);
+  }
+  std::span<const float> slice(const std::vector<float>& v, std::uint32_t k) const {
+    return std::span<const float>(v).subspan(static_cast<std::size_t>(k) * P_, P_);
   }
 
   std::string checkpointPath() const {
@@ -705,15 +709,12 @@ class Run {
     const std::vector<LocalTrainer*> trainers(slot_trainers_);
     std::vector<std::string> said;
     auto weight = [&](std::uint32_t k) { return static_cast<double>(field(k, kBatchSize)); };
-    auto from = [&](const std::vector<float>& v, std::uint32_t k) {
-      return std::span<const float>(v).subspan(static_cast<std::size_t>(k) * P_, P_);
-    };
     for (std::uint32_t p = 0; p < plan.size(); ++p) {
       const MergeGroup& g = plan[p];
       const std::uint32_t a = g.first, b = g.pair ? g.second : g.first;
       const double wa = weight(a), wb = weight(b);
-      mergeWeighted(from(theta, a), wa, from(theta, b), wb, slice(theta_, p));
-      mergeWeighted(from(momentum, a), wa, from(momentum, b), wb, slice(momentum_, p));
+      mergeWeighted(slice(theta, a), wa, slice(theta, b), wb, slice(theta_, p));
+      mergeWeighted(slice(momentum, a), wa, slice(momentum, b), wb, slice(momentum_, p));
       std::int64_t batch = field(a, kBatchSize);
       if (g.pair) {
         batch += field(b, kBatchSize);
@@ -1163,7 +1164,9 @@ class Run {
         t.steps_run += r->steps_run;
         t.seconds += r->seconds;
         t.tokens += r->tokens;
-        t.windows = r->windows;
+        // Every instance's windows per step: what this peer computes per step. (Read only by
+        // the speed split, which --instances refuses: one instance there.)
+        t.windows += r->windows;
       }
       have_grad_ = grads;
     } else {
