@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "p2p/base/log.h"
 
 namespace loco::p2p {
@@ -18,6 +20,10 @@ void tuneSocket(asio::ip::tcp::socket& socket, Millis user_timeout) {
 void setNotSentLowat(asio::ip::tcp::socket& socket, std::size_t bytes) {
   const int lowat = static_cast<int>(bytes);
   ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
+}
+
+std::size_t transferAllAtOnce(const std::error_code& ec, std::size_t /*bytes_transferred*/) {
+  return ec ? 0 : std::numeric_limits<std::size_t>::max();
 }
 
 void setKeepalive(asio::ip::tcp::socket& socket, Millis idle) {

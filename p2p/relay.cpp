@@ -142,7 +142,8 @@ void RelayServer::Impl::Pair::pump(int from) {
         if (ec) return self->close();
         self->bytes.inc(n);
         auto write = [self, from, to, n] {
-          asio::async_write(*self->sock[to], asio::buffer(self->buf[from].data(), n),
+          const auto data = asio::buffer(self->buf[from].data(), n);
+          asio::async_write(*self->sock[to], data, transferAllAtOnce,
                             [self, from](const std::error_code& wec, std::size_t) {
                               if (self->closed) return;
                               if (wec) return self->close();

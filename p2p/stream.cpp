@@ -3,8 +3,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
-#include <limits>
-
 #include "p2p/net.h"
 
 namespace loco::p2p {
@@ -20,18 +18,6 @@ TcpStream::TcpStream(asio::ip::tcp::socket socket) : socket_(std::move(socket)) 
 void TcpStream::asyncReadSome(asio::mutable_buffer buf, IoHandler done) {
   socket_.async_read_some(buf, std::move(done));
 }
-
-namespace {
-// asio's transfer_all offers the socket at most 64 KiB per write (its default_max_transfer_size),
-// and with TCP_NODELAY every write is pushed as its own segment: a 256 KiB ring piece took four
-// sendmsg calls and four pushes (loopback, N = 4, 64 MiB: 1900 sendmsg and 4300 packets per peer
-// per operation, against Gloo's 300 writev and 2000 packets). This offers everything left; the
-// kernel takes what its send buffer (and TCP_NOTSENT_LOWAT) allows and the rest waits for the
-// socket to become writable, as before.
-std::size_t transferAllAtOnce(const std::error_code& ec, std::size_t /*bytes_transferred*/) {
-  return ec ? 0 : std::numeric_limits<std::size_t>::max();
-}
-}  // namespace
 
 void TcpStream::asyncWriteAll(const std::vector<asio::const_buffer>& bufs, IoHandler done) {
   asio::async_write(socket_, bufs, transferAllAtOnce, std::move(done));
